@@ -1,0 +1,102 @@
+//! `cargo xtask setup`: everything the build and the tests need, installed idempotently.
+//! Each step checks first and does nothing when its result is already there.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cache_dir, cmd};
+
+/// Debian packages the host lane uses: iproute2 for the tests' network namespaces and veth
+/// pairs, util-linux (setpriv) to drop capabilities in the exit-3 test.
+pub const HOST_PACKAGES: &[&str] = &["iproute2", "util-linux"];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const NIGHTLY: &str = "nightly";
+
+pub fn run() -> Result<()> {
+    apt_install(HOST_PACKAGES)?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+/// Installs the Debian packages that are missing (`--no-install-recommends`), running
+/// `apt-get update` once first only when something is to be installed.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    let env = [("DEBIAN_FRONTEND", "noninteractive")];
+    cmd::run(Command::new("apt-get").args(["update", "-qq"]).envs(env))
+        .context("apt-get update failed: the Debian package mirror must be reachable")?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .envs(env),
+    )
+}
+
+/// The nightly toolchain's `rust-src`, needed for `-Z build-std=core` (the one download outside
+/// the package registries; RUSTUP_AUTO_INSTALL=0 means nothing installs it implicitly).
+fn rust_src() -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]))
+        .context("rustup cannot list the nightly toolchain's components: a nightly toolchain is required")?;
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to the nightly toolchain");
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+        .context("could not install rust-src for nightly (the Rust distribution server must be reachable)")
+}
+
+/// bpf-linker, linked against the nightly toolchain's own libLLVM (the only LLVM here new enough
+/// to read rustc's bitcode with the BPF backend built in). The LLVM "prefix" is a folder of
+/// symlinks in the cache; the binary finds libLLVM through its rpath there.
+fn bpf_linker() -> Result<()> {
+    let sysroot = String::from_utf8(
+        cmd::output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?.stdout,
+    )?;
+    let libdir = Path::new(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}: the nightly toolchain is incomplete", libdir.display()))?;
+    let prefix = cache_dir().join("llvm-prefix");
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    for name in ["libLLVM.so", libllvm.as_str()] {
+        let link = lib.join(name);
+        let target = libdir.join(&libllvm);
+        if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&target, &link)?;
+        }
+    }
+    let version = Command::new("bpf-linker").arg("--version").output();
+    if matches!(&version, Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the toolchain's libLLVM (about 90 s)");
+    let status = Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", &prefix)
+        .status()?;
+    if !status.success() {
+        bail!("building bpf-linker failed; see the cargo output above");
+    }
+    Ok(())
+}
