@@ -1,8 +1,10 @@
 //! Project tasks: set-up, build, the test lanes, the demo. `cargo xtask --help` lists them.
 
 mod cmd;
+mod kernel_build;
 mod setup;
 mod test;
+mod vm;
 
 use std::path::PathBuf;
 

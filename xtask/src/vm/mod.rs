@@ -1,0 +1,1 @@
+//! The qemu test lanes (owned by the VM-lane work; see issue 3).
