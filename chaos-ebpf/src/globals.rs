@@ -1,4 +1,4 @@
-//! Read-only globals the loader sets before load (`EbpfLoader::set_global`). They live in
+//! Read-only globals the loader sets before load (`EbpfLoader::override_global`). They live in
 //! `.rodata`, so the verifier sees them as constants and prunes what they switch off.
 
 /// Nonzero when the user asked for a log line per decision (`--log-packets`).

@@ -1,4 +1,18 @@
-//! The chaos loader library.
+//! The chaos loader library: validated faults, the kernel boundary, the watch loop and reports.
+//! The `chaos` binary is a thin shell around [`run::main`].
+
+pub mod cli;
+pub mod demo;
+pub mod error;
+pub mod faults;
+pub mod kernel;
+pub mod privileges;
+pub mod report;
+pub mod run;
+pub mod sandbox;
+pub mod target;
+pub mod watch;
+pub mod workload;
 
 /// The kernel object, built by build.rs and embedded so `chaos` is one file to copy to a host.
 pub static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos"));

@@ -32,6 +32,28 @@ enum Task {
         #[arg(long)]
         host_only: bool,
     },
+    /// Build (once per machine) the error-injection kernel for the third lane; print its bzImage path.
+    KernelBuild,
+    /// Set up, build, and run the integration tests inside a qemu guest on one kernel.
+    VmTest {
+        /// Which kernel the guest boots.
+        #[arg(long, value_enum, default_value = "debian-6.1-cloud")]
+        kernel: vm::Lane,
+        /// Passed to each test binary (test name filters, `--exact`, ...).
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
+    /// Manage the kernels the VM lanes use (kernels.lock).
+    Kernels {
+        #[command(subcommand)]
+        action: KernelsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KernelsAction {
+    /// Move each pin in kernels.lock to the newest package apt offers (prints old → new).
+    Update,
 }
 
 fn main() {
@@ -58,6 +80,15 @@ fn run(task: Task) -> Result<()> {
             setup::run()?;
             build_release()?;
             test::run(host_only)
+        }
+        Task::VmTest { kernel, filter } => {
+            setup::run()?;
+            vm::vm_test(kernel, &filter)
+        }
+        Task::Kernels { action: KernelsAction::Update } => vm::lock::update(),
+        Task::KernelBuild => {
+            println!("{}", kernel_build::errinj_kernel()?.display());
+            Ok(())
         }
     }
 }

@@ -11,6 +11,11 @@ use crate::{cache_dir, cmd};
 /// pairs, util-linux (setpriv) to drop capabilities in the exit-3 test.
 pub const HOST_PACKAGES: &[&str] = &["iproute2", "util-linux"];
 
+/// Debian packages the VM lanes use: qemu; busybox, iproute2 and util-linux (setpriv) to copy into
+/// the guest; kmod for depmod; binutils to strip the guest's binaries; cpio to inspect an initramfs.
+pub const VM_PACKAGES: &[&str] =
+    &["qemu-system-x86", "busybox-static", "iproute2", "util-linux", "kmod", "binutils", "cpio"];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";
 
@@ -19,6 +24,11 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     Ok(())
+}
+
+/// What the VM lanes need on top of `run()`.
+pub fn vm() -> Result<()> {
+    apt_install(VM_PACKAGES)
 }
 
 /// Installs the Debian packages that are missing (`--no-install-recommends`), running
@@ -41,7 +51,8 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         .context("apt-get update failed: the Debian package mirror must be reachable")?;
     cmd::run(
         Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            // Another apt run (a second clone's set-up) may hold the lock for a while.
+            .args(["install", "-y", "-qq", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600"])
             .args(&missing)
             .envs(env),
     )

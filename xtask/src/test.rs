@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use crate::cmd;
+use crate::{cmd, vm};
 
 /// Pass/fail counts from libtest's `test result:` lines.
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +39,6 @@ impl Tally {
 }
 
 pub fn run(host_only: bool) -> Result<()> {
-    let _ = host_only;
     let mut total = Tally::default();
     let mut broken = Vec::new();
     match host_lane() {
@@ -52,6 +51,32 @@ pub fn run(host_only: bool) -> Result<()> {
         Err(e) => {
             eprintln!("xtask: host lane: {e:#}");
             broken.push("host");
+        }
+    }
+    // Every lane runs even when an earlier one failed, so the combined line counts them all.
+    if !host_only {
+        for lane in vm::Lane::ALL {
+            match vm::run_lane(lane, &[]) {
+                Ok(outcome) => {
+                    eprintln!(
+                        "xtask: {} lane: {} passed, {} failed",
+                        lane.name(),
+                        outcome.tally.passed,
+                        outcome.tally.failed
+                    );
+                    total.add(outcome.tally);
+                    if let Some(p) = outcome.problem {
+                        eprintln!("xtask: {} lane failed: {p}", lane.name());
+                        broken.push(lane.name());
+                    } else if outcome.tally.failed > 0 {
+                        broken.push(lane.name());
+                    }
+                }
+                Err(e) => {
+                    eprintln!("xtask: {} lane failed: {e:#}", lane.name());
+                    broken.push(lane.name());
+                }
+            }
         }
     }
     println!("{} passed, {} failed", total.passed, total.failed);

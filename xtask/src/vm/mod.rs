@@ -1,1 +1,153 @@
-//! The qemu test lanes (owned by the VM-lane work; see issue 3).
+//! The qemu test lanes: the integration tests run inside a guest booted from a real distribution
+//! kernel (Debian 6.1 cloud) or the self-built errinj kernel, on a busybox initramfs.
+//!
+//! Cache layout (`~/.cache/chaos/`): `debs/` the pinned packages, `kernels/PACKAGE_VERSION/` the
+//! unpacked Debian kernel, `vm/LANE/` the last initramfs.
+
+mod cpio;
+mod initramfs;
+mod kernel;
+pub mod lock;
+mod qemu;
+
+use std::{
+    fs,
+    io::BufRead,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cache_dir, cmd, setup, workspace_root};
+pub use qemu::Outcome;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lane {
+    /// Debian's packaged 6.1 cloud kernel (pinned in kernels.lock).
+    #[value(name = "debian-6.1-cloud")]
+    DebianCloud,
+    /// The self-built 6.1 kernel with error injection and kprobe override.
+    #[value(name = "errinj")]
+    Errinj,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::DebianCloud, Lane::Errinj];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::DebianCloud => "debian-6.1-cloud",
+            Lane::Errinj => "errinj",
+        }
+    }
+}
+
+/// Test threads per binary in the guest (2 vCPUs; overridable with CHAOS_VM_TEST_THREADS).
+const TEST_THREADS: u32 = 1;
+/// The default limit for one boot (emulation is slow; CHAOS_VM_TIMEOUT_SECS overrides it).
+const TIMEOUT_SECS: u64 = 20 * 60;
+
+/// `cargo xtask vm-test`: one lane, its own `N passed, N failed` line; an error if it failed.
+pub fn vm_test(lane: Lane, filter: &[String]) -> Result<()> {
+    let outcome = run_lane(lane, filter)?;
+    println!("{} passed, {} failed", outcome.tally.passed, outcome.tally.failed);
+    match outcome.problem {
+        Some(p) => bail!("{} lane failed: {p}", lane.name()),
+        None => Ok(()),
+    }
+}
+
+/// Boots the lane's kernel and runs the integration tests (those matching `filter`) inside.
+/// Errors before the boot (set-up, build) are returned; what happened in the guest is in `Outcome`.
+pub fn run_lane(lane: Lane, filter: &[String]) -> Result<Outcome> {
+    eprintln!("xtask: {} lane", lane.name());
+    setup::vm()?;
+    let kernel = match lane {
+        Lane::DebianCloud => kernel::debian_cloud()?,
+        Lane::Errinj => kernel::Kernel { image: crate::kernel_build::errinj_kernel()?, modules: None },
+    };
+    crate::build_release()?;
+    let tests = test_binaries()?;
+    if tests.is_empty() {
+        eprintln!("xtask: warning: no integration test binaries to run in the guest");
+    }
+
+    let dir = cache_dir().join("vm").join(lane.name());
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let marker = end_marker();
+    let threads = env_number("CHAOS_VM_TEST_THREADS", TEST_THREADS as u64)?;
+    let mut init = format!(
+        "#!/bin/sh\nEND={marker}\nMODULES='{}'\nTHREADS={threads}\nset -- {}\n",
+        if kernel.modules.is_some() { initramfs::MODULES.join(" ") } else { String::new() },
+        filter.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "),
+    );
+    init.push_str(include_str!("init.sh"));
+    let scratch = dir.join(format!("strip-{}", std::process::id()));
+    let initrd = dir.join("initramfs.cpio.gz");
+    let started = Instant::now();
+    let built = initramfs::build(
+        &initramfs::Contents {
+            init,
+            chaos: &workspace_root().join("target/release/chaos"),
+            tests: &tests,
+            modules: kernel.modules.as_ref(),
+            scratch: &scratch,
+        },
+        &initrd,
+    );
+    let _ = fs::remove_dir_all(&scratch);
+    built.context("building the initramfs")?;
+    let size = fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "xtask: initramfs {} ({:.1} MB) built in {:.1} s; booting {} under qemu (software emulation)",
+        initrd.display(),
+        size as f64 / 1e6,
+        started.elapsed().as_secs_f64(),
+        kernel.image.display()
+    );
+
+    let timeout = Duration::from_secs(env_number("CHAOS_VM_TIMEOUT_SECS", TIMEOUT_SECS)?);
+    qemu::run(&kernel.image, &initrd, &marker, timeout)
+}
+
+/// The integration test executables: `cargo test --no-run` on chaos-tests, or the paths in
+/// CHAOS_VM_TEST_BINARIES (colon-separated; for trying the lane with a test binary of one's own).
+fn test_binaries() -> Result<Vec<PathBuf>> {
+    if let Some(list) = std::env::var_os("CHAOS_VM_TEST_BINARIES") {
+        return Ok(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()).collect());
+    }
+    let mut c = cmd::cargo();
+    c.args(["test", "--release", "--no-run", "--message-format=json", "--package", "chaos-tests"]);
+    let out = cmd::output(c.stderr(std::process::Stdio::inherit()))
+        .context("building the integration tests failed (the compiler's messages are above)")?;
+    let mut bins = Vec::new();
+    for line in out.stdout.as_slice().lines() {
+        let msg: serde_json::Value = serde_json::from_str(&line?).unwrap_or_default();
+        let is_test = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
+        if msg["reason"] == "compiler-artifact" && is_test {
+            if let Some(exe) = msg["executable"].as_str() {
+                bins.push(PathBuf::from(exe));
+            }
+        }
+    }
+    Ok(bins)
+}
+
+/// A marker the guest prints last; the nonce keeps test output from faking it.
+fn end_marker() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("CHAOS-VM-END-{:08x}{:x}", nanos, std::process::id())
+}
+
+fn env_number(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().with_context(|| format!("{name}={v} is not a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Single-quotes `s` for sh.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}

@@ -1,0 +1,86 @@
+//! Faults. A fault is validated input that knows how to start itself on a target; a running
+//! fault is an [`Injection`] that reports its counters and detaches everything when dropped.
+//! Adding a fault means one new impl here, one kernel function, one test file.
+
+pub mod net;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::{error::Result, target::Cgroup};
+
+/// Options every fault run shares.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Log each kernel decision through aya-log (`--log-packets`).
+    pub log_packets: bool,
+    /// Network namespaces to attach device programs in, besides those the target's processes use.
+    pub netns: Vec<PathBuf>,
+}
+
+/// A validated fault, ready to start.
+pub trait Fault {
+    /// The command that asked for it, e.g. "net drop".
+    fn name(&self) -> &'static str;
+    /// One line saying what it does, e.g. "drop 30% of egress udp packets".
+    fn describe(&self) -> String;
+    /// Loads, writes rules and attaches; injecting until monotonic time `deadline_ns`.
+    fn start(&self, target: &Cgroup, deadline_ns: u64, opts: &RunOptions) -> Result<Box<dyn Injection>>;
+}
+
+/// A fault being injected. Dropping it detaches everything it attached.
+pub trait Injection {
+    /// Picks up namespaces and devices that appeared since the start.
+    fn refresh(&mut self);
+    /// Counters read from the kernel now.
+    fn counters(&self) -> Result<Counters>;
+    /// What is attached, by kernel id (programs, links, TC filters).
+    fn attached(&self) -> Attached;
+    /// Forwards pending kernel log records.
+    fn flush_log(&mut self);
+}
+
+/// Per-rule counters, summed over CPUs.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Counters {
+    pub rules: Vec<RuleCounters>,
+    /// Kernel-side failures by kind (a packet that could not be parsed passes untouched).
+    pub kernel_errors: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct RuleCounters {
+    pub rule: u32,
+    pub fault: String,
+    pub seen: u64,
+    pub matched: u64,
+    pub selected: u64,
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+}
+
+impl Counters {
+    pub fn matched(&self) -> u64 {
+        self.rules.iter().map(|r| r.matched).sum()
+    }
+    pub fn injected(&self) -> u64 {
+        self.rules.iter().map(|r| r.dropped).sum()
+    }
+}
+
+/// Kernel objects a run holds, for the report and for tests that check nothing stays behind.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Attached {
+    pub programs: Vec<u32>,
+    pub links: Vec<u32>,
+    pub devices: Vec<AttachedDevice>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachedDevice {
+    pub netns_ino: u64,
+    pub ifname: String,
+    /// "tcx" (a link the kernel removes when chaos exits) or "netlink" (a filter chaos removes).
+    pub mode: &'static str,
+}

@@ -1,0 +1,156 @@
+//! From parsed arguments to an exit code.
+
+use std::time::Duration;
+
+use chaos_common::net::{DIR_EGRESS, DIR_INGRESS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+use crate::{
+    cli::{Cli, Command, Direction, NetCommand, NetDropArgs, Proto, RunArgs, TargetArgs},
+    error::{EXIT_USAGE, Error, Result},
+    faults::{
+        Fault, RunOptions,
+        net::{Drop, NetFilters, NetSpec},
+    },
+    kernel::state,
+    privileges,
+    report::Summary,
+    target::Cgroup,
+};
+
+/// Parses the command line, runs it and returns the exit code. Every failure is one line on
+/// stderr.
+pub fn main() -> i32 {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    let cli = match <Cli as clap::Parser>::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Help and version go to stdout with exit 0; a usage error becomes one line and exit 2.
+fn clap_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind::*;
+    match e.kind() {
+        DisplayHelp | DisplayVersion => {
+            let _ = e.print();
+            0
+        }
+        DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            EXIT_USAGE
+        }
+        _ => {
+            let text = e.render().to_string();
+            // The first paragraph, joined: clap puts the problem there and usage after a blank line.
+            let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let msg = first.join(" ");
+            let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+            eprintln!("chaos: {msg} (see --help)");
+            EXIT_USAGE
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Net(NetCommand::Drop(args)) => net_drop(args),
+        Command::Demo(args) => crate::demo::run(args),
+        Command::Cleanup { json } => {
+            privileges::check()?;
+            let swept = state::sweep();
+            if json {
+                println!("{}", serde_json::to_string(&swept).map_err(anyhow::Error::from)?);
+            } else {
+                println!("chaos cleanup: {} dead runs, {} TC filters removed", swept.runs, swept.filters_removed);
+            }
+            Ok(())
+        }
+        Command::Workload(args) => crate::workload::run(args).map_err(Error::Other),
+    }
+}
+
+fn net_drop(a: NetDropArgs) -> Result<()> {
+    let filters = NetFilters {
+        directions: match a.filters.direction {
+            Direction::Egress => DIR_EGRESS,
+            Direction::Ingress => DIR_INGRESS,
+            Direction::Both => DIR_EGRESS | DIR_INGRESS,
+        },
+        proto: match a.filters.proto {
+            None => PROTO_ANY,
+            Some(Proto::Tcp) => PROTO_TCP,
+            Some(Proto::Udp) => PROTO_UDP,
+            Some(Proto::Icmp) => PROTO_ICMP,
+        },
+        port: a.filters.port,
+        local_port: a.filters.local_port,
+        peer: a.filters.peer,
+    };
+    run_fault(&NetSpec { action: Drop { ppm: a.percent }, filters }, &a.target, &a.run)
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads, so deadlines agree.
+pub fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC exists");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+fn resolve(t: &TargetArgs) -> Result<Cgroup> {
+    match (&t.cgroup, t.pid) {
+        (Some(p), _) => Cgroup::from_arg(p),
+        (None, Some(pid)) => Cgroup::of_pid(pid),
+        (None, None) => Err(crate::usage!("give a target: --cgroup PATH or --pid PID")),
+    }
+}
+
+/// The life of one fault: check, sweep, start, watch, detach, report.
+pub fn run_fault(fault: &dyn Fault, target: &TargetArgs, run: &RunArgs) -> Result<()> {
+    privileges::check()?;
+    let target = resolve(target)?;
+    let swept = state::sweep();
+    if swept.filters_removed > 0 {
+        eprintln!("chaos: removed {} TC filters left by {} killed runs", swept.filters_removed, swept.runs);
+    }
+    let opts = RunOptions { log_packets: run.log_packets, netns: run.netns.clone() };
+    let deadline_ns = monotonic_ns() + run.duration.as_nanos() as u64;
+    let mut inj = fault.start(&target, deadline_ns, &opts)?;
+    eprintln!(
+        "chaos: injecting: {} into {} for {} (Ctrl-C ends it early)",
+        fault.describe(),
+        target.path.display(),
+        humantime::format_duration(Duration::from_secs(run.duration.as_secs().max(1)))
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
+    let ended = rt
+        .block_on(crate::watch::watch(inj.as_mut(), fault.name(), run.duration))
+        .map_err(anyhow::Error::from)?;
+    let counters = inj.counters()?;
+    let attached = inj.attached();
+    drop(inj);
+    let summary = Summary {
+        fault: fault.name().into(),
+        description: fault.describe(),
+        cgroup: target.path.display().to_string(),
+        cgroup_id: target.id,
+        elapsed_s: ended.elapsed.as_secs_f64(),
+        ended_by: ended.by,
+        counters,
+        attached,
+    };
+    if run.json {
+        println!("{}", serde_json::to_string(&summary).map_err(anyhow::Error::from)?);
+    } else {
+        print!("{}", summary.text());
+    }
+    Ok(())
+}

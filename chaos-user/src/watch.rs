@@ -1,0 +1,66 @@
+//! Runs an injection until its deadline or a signal: live status, new devices picked up,
+//! kernel log forwarded. The kernel stops injecting at the deadline on its own; this loop only
+//! decides when to detach.
+
+use std::{
+    io::{IsTerminal, Write},
+    time::{Duration, Instant},
+};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::faults::Injection;
+
+/// How often device lists and cgroup members are re-read.
+const REFRESH: Duration = Duration::from_secs(1);
+
+pub struct Ended {
+    pub by: String,
+    pub elapsed: Duration,
+}
+
+pub async fn watch(inj: &mut dyn Injection, what: &str, duration: Duration) -> std::io::Result<Ended> {
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let tty = std::io::stderr().is_terminal();
+    // A terminal gets one line rewritten in place; a log gets a line every few seconds.
+    let status_every = if tty { Duration::from_millis(500) } else { Duration::from_secs(5) };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let (mut last_status, mut last_refresh) = (Instant::now(), Instant::now());
+    let mut last_matched = (Instant::now(), 0u64);
+    let by = loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break "deadline",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sighup.recv() => break "SIGHUP",
+            _ = tick.tick() => {
+                inj.flush_log();
+                if last_refresh.elapsed() >= REFRESH {
+                    inj.refresh();
+                    last_refresh = Instant::now();
+                }
+                if last_status.elapsed() >= status_every {
+                    last_status = Instant::now();
+                    if let Ok(c) = inj.counters() {
+                        let (t0, m0) = last_matched;
+                        let rate = (c.matched() - m0) as f64 / t0.elapsed().as_secs_f64().max(1e-3);
+                        last_matched = (Instant::now(), c.matched());
+                        let left = duration.saturating_sub(start.elapsed()).as_secs();
+                        let line = format!("chaos: {what}: matched {}, injected {}, {rate:.0} matched/s, {left}s left", c.matched(), c.injected());
+                        let mut e = std::io::stderr().lock();
+                        let _ = if tty { write!(e, "\r\x1b[2K{line}") } else { writeln!(e, "{line}") };
+                    }
+                }
+            }
+        }
+    };
+    if tty {
+        eprintln!();
+    }
+    inj.flush_log();
+    Ok(Ended { by: by.to_string(), elapsed: start.elapsed() })
+}

@@ -1,0 +1,349 @@
+//! Small, self-contained traffic programs for the demo and the tests (`chaos workload ...`,
+//! hidden from help). Each prints one JSON object on stdout when done (rr-client: one per
+//! interval) and `ready` on stderr once its socket is bound. Loops are bounded in count and time.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+#[derive(Args, Debug)]
+pub struct WorkloadArgs {
+    #[command(subcommand)]
+    pub kind: Workload,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Workload {
+    /// Count UDP datagrams until none arrives for --idle.
+    UdpSink {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        idle: Duration,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        max: Duration,
+    },
+    /// Send --count datagrams at --rate per second.
+    UdpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// Accept one TCP connection and read it to the end.
+    TcpSink {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        max: Duration,
+    },
+    /// Send --bytes over one TCP connection; report the retransmissions TCP_INFO counted.
+    TcpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        max: Duration,
+    },
+    /// Answer each 32-byte request on a new TCP connection with 32 bytes.
+    RrServer {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        max: Duration,
+    },
+    /// Make requests to an rr-server at --rate per second; print a JSON line per --interval.
+    RrClient {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+pub fn run(args: WorkloadArgs) -> Result<()> {
+    match args.kind {
+        Workload::UdpSink { bind, idle, max } => udp_sink(bind, idle, max),
+        Workload::UdpSend { to, count, rate, size } => udp_send(to, count, rate, size),
+        Workload::TcpSink { bind, max } => tcp_sink(bind, max),
+        Workload::TcpSend { to, bytes, max } => tcp_send(to, bytes, max),
+        Workload::RrServer { bind, max } => rr_server(bind, max),
+        Workload::RrClient { to, rate, duration, interval, timeout } => rr_client(to, rate, duration, interval, timeout),
+    }
+}
+
+fn ready() {
+    eprintln!("ready");
+}
+
+/// `Udp: ... RcvbufErrors ...` from /proc/net/snmp of this process's network namespace.
+fn udp_rcvbuf_errors() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration) -> Result<()> {
+    let sock = UdpSocket::bind(bind).with_context(|| format!("binding {bind}"))?;
+    set_rcvbuf(&sock, 8 << 20);
+    sock.set_read_timeout(Some(idle))?;
+    let errors_before = udp_rcvbuf_errors();
+    ready();
+    let start = Instant::now();
+    let (mut received, mut buf) = (0u64, [0u8; 2048]);
+    while start.elapsed() < max {
+        match sock.recv_from(&mut buf) {
+            Ok(_) => received += 1,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if received > 0 {
+                    break;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let out = json!({"received": received, "rcvbuf_errors": udp_rcvbuf_errors() - errors_before});
+    println!("{out}");
+    Ok(())
+}
+
+fn set_rcvbuf(sock: &UdpSocket, bytes: i32) {
+    // SAFETY: setsockopt reads an int from a valid pointer for the given length.
+    unsafe {
+        libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&raw const bytes).cast(), 4);
+    }
+}
+
+fn udp_send(to: SocketAddr, count: u64, rate: u64, size: usize) -> Result<()> {
+    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let sock = UdpSocket::bind(bind)?;
+    let payload = vec![0x5au8; size];
+    let gap = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let start = Instant::now();
+    let (mut sent, mut errors, mut first_error) = (0u64, 0u64, None::<String>);
+    for i in 0..count {
+        // Paced against the start, so a slow iteration does not slow the rest.
+        let due = start + gap * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        match sock.send_to(&payload, to) {
+            Ok(_) => sent += 1,
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    println!("{}", json!({"sent": sent, "errors": errors, "first_error": first_error, "secs": start.elapsed().as_secs_f64()}));
+    Ok(())
+}
+
+fn tcp_sink(bind: SocketAddr, max: Duration) -> Result<()> {
+    let listener = TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
+    ready();
+    let (mut conn, _) = listener.accept()?;
+    conn.set_read_timeout(Some(max))?;
+    let (mut total, mut buf) = (0u64, vec![0u8; 1 << 16]);
+    let start = Instant::now();
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => return Err(e.into()),
+        }
+        if start.elapsed() > max {
+            break;
+        }
+    }
+    println!("{}", json!({"bytes": total}));
+    Ok(())
+}
+
+/// Total retransmissions of a TCP socket (tcpi_total_retrans).
+fn tcp_retransmits(s: &TcpStream) -> u64 {
+    // SAFETY: an all-zero tcp_info is valid; getsockopt writes at most `len` bytes into it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        if libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len) == 0 {
+            info.tcpi_total_retrans as u64
+        } else {
+            0
+        }
+    }
+}
+
+fn tcp_send(to: SocketAddr, bytes: u64, max: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut conn = TcpStream::connect_timeout(&to, Duration::from_secs(10)).with_context(|| format!("connecting to {to}"))?;
+    conn.set_write_timeout(Some(max))?;
+    let chunk = vec![0xa5u8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 && start.elapsed() < max {
+        let n = left.min(chunk.len() as u64) as usize;
+        conn.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    conn.shutdown(std::net::Shutdown::Write)?;
+    // Wait for the peer to close, so every byte was acknowledged before TCP_INFO is read.
+    conn.set_read_timeout(Some(max.saturating_sub(start.elapsed()).max(Duration::from_millis(1))))?;
+    let _ = conn.read(&mut [0u8; 1]);
+    println!(
+        "{}",
+        json!({"bytes": bytes - left, "retransmits": tcp_retransmits(&conn), "secs": start.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+const RR_SIZE: usize = 32;
+
+fn rr_server(bind: SocketAddr, max: Duration) -> Result<()> {
+    let listener = TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
+    listener.set_nonblocking(true)?;
+    ready();
+    let start = Instant::now();
+    while start.elapsed() < max {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                std::thread::spawn(move || {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut buf = [0u8; RR_SIZE];
+                    if conn.read_exact(&mut buf).is_ok() {
+                        let _ = conn.write_all(&buf);
+                    }
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// One request: connect, send, read the answer. The time it took, or the error.
+fn rr_once(to: SocketAddr, timeout: Duration) -> std::io::Result<Duration> {
+    let start = Instant::now();
+    let mut c = TcpStream::connect_timeout(&to, timeout)?;
+    let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
+    c.set_read_timeout(Some(left))?;
+    c.set_write_timeout(Some(left))?;
+    c.write_all(&[7u8; RR_SIZE])?;
+    let mut buf = [0u8; RR_SIZE];
+    c.read_exact(&mut buf)?;
+    Ok(start.elapsed())
+}
+
+/// One interval's results.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct RrInterval {
+    pub t: f64,
+    pub ok: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// The p-th percentile (0..=100) of sorted samples, in ms.
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+fn rr_client(to: SocketAddr, rate: u64, duration: Duration, interval: Duration, timeout: Duration) -> Result<()> {
+    const WORKERS: u64 = 8;
+    let (tx, rx) = mpsc::channel::<std::io::Result<Duration>>();
+    let start = Instant::now();
+    let per_worker_gap = Duration::from_secs_f64(WORKERS as f64 / rate.max(1) as f64);
+    for w in 0..WORKERS {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut due = start + per_worker_gap.mul_f64(w as f64 / WORKERS as f64);
+            while start.elapsed() < duration {
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                due += per_worker_gap;
+                if tx.send(rr_once(to, timeout)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut next = start + interval;
+    let mut cur = (Vec::new(), 0u64);
+    let flush = |samples: &mut Vec<Duration>, errors: &mut u64| {
+        samples.sort();
+        let line = RrInterval {
+            t: start.elapsed().as_secs_f64(),
+            ok: samples.len() as u64,
+            errors: *errors,
+            p50_ms: percentile_ms(samples, 50.0),
+            p99_ms: percentile_ms(samples, 99.0),
+        };
+        println!("{}", serde_json::to_string(&line).expect("serialisable"));
+        let _ = std::io::stdout().flush();
+        samples.clear();
+        *errors = 0;
+    };
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Ok(d)) => cur.0.push(d),
+            Ok(Err(_)) => cur.1 += 1,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                flush(&mut cur.0, &mut cur.1);
+                next += interval;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                flush(&mut cur.0, &mut cur.1);
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_sample() {
+        let s: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile_ms(&s, 50.0), 51.0);
+        assert_eq!(percentile_ms(&s, 99.0), 99.0);
+        assert_eq!(percentile_ms(&s, 100.0), 100.0);
+        assert_eq!(percentile_ms(&[], 50.0), 0.0);
+    }
+}

@@ -1,0 +1,148 @@
+//! Boots the guest under qemu (software emulation: /dev/kvm is not usable here), streams its
+//! serial console to stdout line by line, and judges the run from what the console showed.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use crate::test::Tally;
+
+/// How a boot went: the tests' counts, and what went wrong, if anything.
+pub struct Outcome {
+    pub tally: Tally,
+    pub problem: Option<String>,
+}
+
+/// What the console showed.
+#[derive(Default)]
+struct Console {
+    tally: Tally,
+    end_code: Option<i32>,
+    panic: Option<String>,
+}
+
+/// Boots `kernel` with `initrd`; the guest's /init prints `<marker> rc=N` when done. The run is
+/// killed after `timeout`.
+pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration) -> Result<Outcome> {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-m", "2048", "-smp", "2", "-nographic", "-no-reboot"])
+        // No network card: the guest's only traffic is loopback and its own namespaces.
+        .args(["-nic", "none"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let started = Instant::now();
+    let mut child = c
+        .spawn()
+        .context("could not start qemu-system-x86_64: `cargo xtask setup` installs qemu-system-x86")?;
+    let stdout = child.stdout.take().expect("piped");
+    let marker = format!("{marker} rc=");
+    let reader = thread::spawn(move || watch(stdout, &marker));
+
+    let timed_out = loop {
+        if child.try_wait()?.is_some() {
+            break false;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break true;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let console = reader.join().expect("console reader panicked")?;
+    let secs = started.elapsed().as_secs();
+    let problem = if timed_out {
+        Some(format!(
+            "hung: no end after {secs} s, qemu killed (CHAOS_VM_TIMEOUT_SECS sets the limit)"
+        ))
+    } else if let Some(p) = console.panic {
+        Some(format!("the guest kernel panicked: {p}"))
+    } else {
+        match console.end_code {
+            None => Some("the guest stopped without reaching the end of /init (see its console above)".into()),
+            Some(0) => None,
+            Some(n) => Some(format!("the tests in the guest ended with status {n} (see the console above)")),
+        }
+    };
+    eprintln!("xtask: guest ran {secs} s");
+    Ok(Outcome { tally: console.tally, problem })
+}
+
+/// Echoes each console line (cleaned of terminal control sequences) and notes results, the end
+/// marker and a kernel panic.
+fn watch(out: impl Read, marker: &str) -> Result<Console> {
+    let mut console = Console::default();
+    let mut r = BufReader::new(out);
+    let mut raw = Vec::new();
+    while r.read_until(b'\n', &mut raw)? > 0 {
+        let line = plain(&String::from_utf8_lossy(&raw));
+        raw.clear();
+        println!("{line}");
+        console.tally.add_line(&line);
+        if let Some(rest) = line.split_once(marker).map(|(_, r)| r) {
+            console.end_code = rest.trim().parse().ok().or(Some(-1));
+        }
+        if line.contains("Kernel panic - not syncing") && console.panic.is_none() {
+            console.panic = Some(line.trim().to_string());
+        }
+    }
+    Ok(console)
+}
+
+/// The line without escape sequences and control characters (the firmware clears the screen with
+/// `ESC c`, which would wipe the user's terminal).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '\x1b' => {
+                // ESC [ params final-byte, or ESC and one character.
+                if chars.next() == Some('[') {
+                    for c in chars.by_ref() {
+                        if ('\x40'..='\x7e').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\t' => out.push(ch),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_terminal_controls() {
+        assert_eq!(plain("\x1bcSeaBIOS\r\n"), "SeaBIOS");
+        assert_eq!(plain("\x1b[2J\x1b[01;01Hok\tx"), "ok\tx");
+    }
+
+    #[test]
+    fn reads_marker_results_and_panics() {
+        let text = "test result: ok. 2 passed; 0 failed; 0 ignored\r\n\
+                    [ 1.0] Kernel panic - not syncing: Attempted to kill init!\r\n\
+                    END-1 rc=3\r\n";
+        let c = watch(text.as_bytes(), "END-1 rc=").unwrap();
+        assert_eq!(c.tally, Tally { passed: 2, failed: 0 });
+        assert_eq!(c.end_code, Some(3));
+        assert!(c.panic.unwrap().contains("Attempted to kill init"));
+    }
+}
