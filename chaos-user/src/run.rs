@@ -124,6 +124,9 @@ pub fn run_fault(fault: &dyn Fault, target: &TargetArgs, run: &RunArgs) -> Resul
     let opts = RunOptions { log_packets: run.log_packets, netns: run.netns.clone() };
     let deadline_ns = monotonic_ns() + run.duration.as_nanos() as u64;
     let mut inj = fault.start(&target, deadline_ns, &opts)?;
+    let a = inj.attached();
+    let devices: Vec<String> = a.devices.iter().map(|d| format!("{}({})", d.ifname, d.mode)).collect();
+    log::info!("attached: programs {:?} links {:?} devices [{}]", a.programs, a.links, devices.join(" "));
     eprintln!(
         "chaos: injecting: {} into {} for {} (Ctrl-C ends it early)",
         fault.describe(),

@@ -22,7 +22,7 @@ pub struct WorkloadArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Workload {
-    /// Count UDP datagrams until none arrives for --idle.
+    /// Count UDP datagrams until stdin closes (the sender is done) and none arrives for --idle.
     UdpSink {
         #[arg(long)]
         bind: SocketAddr,
@@ -111,20 +111,34 @@ fn udp_rcvbuf_errors() -> u64 {
 fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration) -> Result<()> {
     let sock = UdpSocket::bind(bind).with_context(|| format!("binding {bind}"))?;
     set_rcvbuf(&sock, 8 << 20);
-    sock.set_read_timeout(Some(idle))?;
+    sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+    // Whoever started us closes our stdin once the sender has finished; a loss of any size then
+    // ends the count after --idle of quiet, instead of guessing when the last packet is due.
+    let sender_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = sender_done.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
     let errors_before = udp_rcvbuf_errors();
     ready();
     let start = Instant::now();
-    let (mut received, mut buf) = (0u64, [0u8; 2048]);
+    let (mut received, mut buf, mut quiet_since) = (0u64, [0u8; 2048], Instant::now());
     while start.elapsed() < max {
         match sock.recv_from(&mut buf) {
-            Ok(_) => received += 1,
+            Ok(_) => {
+                received += 1;
+                quiet_since = Instant::now();
+            }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                if received > 0 {
+                if sender_done.load(std::sync::atomic::Ordering::SeqCst) && quiet_since.elapsed() >= idle {
                     break;
                 }
             }
             Err(e) => return Err(e.into()),
+        }
+        if !sender_done.load(std::sync::atomic::Ordering::SeqCst) {
+            quiet_since = Instant::now();
         }
     }
     let out = json!({"received": received, "rcvbuf_errors": udp_rcvbuf_errors() - errors_before});

@@ -1,1 +1,294 @@
-//! Helpers for the integration tests.
+//! What the integration tests share: a sandbox (a cgroup of their own and two network namespaces
+//! joined by a veth pair), workload processes placed in it before they run, and a running `chaos`.
+//!
+//! Everything a test makes is named uniquely (pid + counter), so tests run in parallel, and is
+//! removed on drop, so a failing test cleans up too. Traffic stays inside the sandbox's namespaces.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use chaos_user::sandbox::{TempCgroup, spawn_in};
+pub use serde_json::Value;
+
+/// The `chaos` binary under test: `CHAOS_BIN`, or `target/<profile>/chaos` beside the test binary.
+pub fn chaos_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CHAOS_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("chaos");
+    assert!(bin.exists(), "{} is missing: build it first (cargo build --release -p chaos-user)", bin.display());
+    bin
+}
+
+/// A short name unique to this process and call (interface names are limited to 15 bytes).
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip (iproute2)");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Addresses of the two ends of the sandbox's veth pair (each inside a namespace the test made).
+pub const CLIENT_V4: &str = "10.254.0.1";
+pub const SERVER_V4: &str = "10.254.0.2";
+pub const CLIENT_V6: &str = "fd00:c4a0::1";
+pub const SERVER_V6: &str = "fd00:c4a0::2";
+
+/// Where a workload runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// In the client namespace and in the target cgroup.
+    Target,
+    /// In the client namespace, outside the target cgroup.
+    Bystander,
+    /// In the server namespace (never in the cgroup).
+    Server,
+}
+
+pub struct Sandbox {
+    pub cgroup: TempCgroup,
+    pub client_ns: String,
+    pub server_ns: String,
+}
+
+impl Sandbox {
+    /// A cgroup, a client and a server namespace, and a veth pair between them with IPv4 and IPv6
+    /// addresses; `lo` up in both.
+    pub fn new() -> Sandbox {
+        let name = unique("ct");
+        let cgroup = TempCgroup::new(&format!("chaos-test-{name}")).expect("creating the test cgroup");
+        let sb = Sandbox { cgroup, client_ns: format!("{name}c"), server_ns: format!("{name}s") };
+        ip(&["netns", "add", &sb.client_ns]);
+        ip(&["netns", "add", &sb.server_ns]);
+        let (a, b) = (format!("{name}a"), format!("{name}b"));
+        ip(&["-n", &sb.client_ns, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &sb.server_ns]);
+        for (ns, dev, v4, v6) in [(&sb.client_ns, &a, CLIENT_V4, CLIENT_V6), (&sb.server_ns, &b, SERVER_V4, SERVER_V6)] {
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/30"), "dev", dev]);
+            ip(&["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        sb
+    }
+
+    pub fn netns_path(&self, p: Place) -> PathBuf {
+        let ns = if p == Place::Server { &self.server_ns } else { &self.client_ns };
+        PathBuf::from("/run/netns").join(ns)
+    }
+
+    /// Starts `chaos workload ARGS` at `place`.
+    pub fn spawn(&self, place: Place, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(chaos_bin());
+        cmd.arg("workload").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let cg = (place == Place::Target).then_some(self.cgroup.path.as_path());
+        let child = spawn_in(&mut cmd, cg, Some(&self.netns_path(place))).expect("spawning a workload");
+        Proc::new(child, format!("workload {}", args.join(" ")))
+    }
+
+    /// `--cgroup PATH --netns FILE` for a chaos run on this sandbox.
+    pub fn target_args(&self) -> Vec<String> {
+        vec![
+            "--cgroup".into(),
+            self.cgroup.path.display().to_string(),
+            "--netns".into(),
+            self.netns_path(Place::Target).display().to_string(),
+        ]
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.cgroup.kill_all();
+        for ns in [&self.client_ns, &self.server_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// A child process with its stderr read line by line in the background; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    what: String,
+    stderr: mpsc::Receiver<String>,
+    pub stderr_seen: Vec<String>,
+}
+
+impl Proc {
+    pub fn new(mut child: Child, what: String) -> Proc {
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, what, stderr: rx, stderr_seen: Vec::new() }
+    }
+
+    /// Waits for a stderr line containing `needle` (or finds it among those already seen);
+    /// panics with what was seen if it does not come.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        if let Some(l) = self.stderr_seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr_seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("{}: no '{needle}' on stderr within {timeout:?}; saw: {:?}", self.what, self.stderr_seen),
+            }
+        }
+    }
+
+    pub fn ready(&mut self) {
+        self.wait_for("ready", Duration::from_secs(20));
+    }
+
+    /// Closes the child's stdin (a udp-sink then finishes once traffic stops).
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    /// Waits for exit (bounded) and returns (exit code, stdout, all stderr lines).
+    pub fn finish(mut self, timeout: Duration) -> (i32, String, Vec<String>) {
+        self.close_stdin();
+        let end = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                panic!("{}: still running after {timeout:?}; stderr: {:?}", self.what, self.stderr_seen);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            o.read_to_string(&mut out).expect("reading stdout");
+        }
+        // The reader thread ends at EOF; collect what it has.
+        while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(200)) {
+            self.stderr_seen.push(l);
+        }
+        (status.code().unwrap_or(-1), out, std::mem::take(&mut self.stderr_seen))
+    }
+
+    /// Waits for a successful exit and parses stdout's last line as JSON.
+    pub fn json(self, timeout: Duration) -> Value {
+        let what = self.what.clone();
+        let (code, out, err) = self.finish(timeout);
+        assert_eq!(code, 0, "{what} exited {code}; stdout {out:?} stderr {err:?}");
+        let last = out.lines().last().unwrap_or_default();
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}): {out:?}"))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `chaos ARGS` with RUST_LOG=info; returns once it says it is injecting.
+pub fn start_chaos(args: &[String]) -> Proc {
+    let mut cmd = Command::new(chaos_bin());
+    cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawning chaos");
+    let mut p = Proc::new(child, format!("chaos {}", args.join(" ")));
+    p.wait_for("chaos: injecting", Duration::from_secs(30));
+    p
+}
+
+/// Ends a chaos run with SIGINT and returns its JSON summary.
+pub fn stop_chaos(p: Proc) -> Value {
+    p.signal(libc::SIGINT);
+    p.json(Duration::from_secs(30))
+}
+
+/// Runs `chaos ARGS` to the end; (exit code, stdout, stderr lines).
+pub fn run_chaos(args: &[&str]) -> (i32, String, Vec<String>) {
+    let child = Command::new(chaos_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning chaos");
+    Proc::new(child, format!("chaos {}", args.join(" "))).finish(Duration::from_secs(60))
+}
+
+/// The first rule's counters of a chaos summary.
+pub fn rule0(summary: &Value) -> (u64, u64, u64, u64) {
+    let r = &summary["rules"][0];
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("summary lacks rules[0].{k}: {summary}"));
+    (n("seen"), n("matched"), n("selected"), n("dropped"))
+}
+
+/// Program and link ids from chaos's `attached:` log line.
+pub fn attached_ids(line: &str) -> (Vec<u32>, Vec<u32>) {
+    let list = |key: &str| -> Vec<u32> {
+        let start = line.find(key).unwrap_or_else(|| panic!("no '{key}' in {line:?}")) + key.len();
+        let rest = &line[start..];
+        let end = rest.find(']').expect("closing bracket");
+        rest[..end].trim_start_matches('[').split(',').filter_map(|s| s.trim().parse().ok()).collect()
+    };
+    (list("programs "), list("links "))
+}
+
+/// Whether any of these program or link ids still exists in the kernel.
+pub fn still_loaded(programs: &[u32], links: &[u32]) -> Vec<String> {
+    let mut left = Vec::new();
+    for p in aya::programs::loaded_programs().flatten() {
+        if programs.contains(&p.id()) {
+            left.push(format!("program {}", p.id()));
+        }
+    }
+    for l in aya::programs::loaded_links().flatten() {
+        if links.contains(&l.id()) {
+            left.push(format!("link {}", l.id()));
+        }
+    }
+    left
+}
+
+/// Polls `still_loaded` until empty (the kernel frees programs after an RCU grace period).
+pub fn assert_all_gone(programs: &[u32], links: &[u32], when: &str) {
+    assert!(!programs.is_empty(), "no program ids to check {when}");
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = still_loaded(programs, links);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < end, "{when}: still in the kernel: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

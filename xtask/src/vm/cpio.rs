@@ -119,7 +119,15 @@ impl Archive {
 
 /// One `newc` header (110 ASCII bytes: magic and 13 hex fields) and the NUL-terminated name, padded
 /// to a multiple of 4. Owner root, mtime 0 (the archive depends only on its contents).
-fn header(w: &mut impl Write, ino: u32, mode: u32, nlink: u32, size: usize, rdev: (u32, u32), name: &str) -> Result<()> {
+fn header(
+    w: &mut impl Write,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    size: usize,
+    rdev: (u32, u32),
+    name: &str,
+) -> Result<()> {
     let fields = [ino, mode, 0, 0, nlink, 0, size as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
     let mut h = String::from("070701");
     for f in fields {
@@ -157,7 +165,9 @@ mod tests {
         let mut pos = 0;
         for name in names {
             assert_eq!(&out[pos..pos + 6], b"070701");
-            let field = |i: usize| u32::from_str_radix(std::str::from_utf8(&out[pos + 6 + 8 * i..][..8]).unwrap(), 16).unwrap() as usize;
+            let field = |i: usize| {
+                u32::from_str_radix(std::str::from_utf8(&out[pos + 6 + 8 * i..][..8]).unwrap(), 16).unwrap() as usize
+            };
             let (size, namesize) = (field(6), field(11));
             assert_eq!(&out[pos + 110..pos + 110 + namesize - 1], name.as_bytes());
             pos += (110 + namesize).div_ceil(4) * 4;

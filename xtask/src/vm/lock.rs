@@ -37,10 +37,10 @@ pub fn locked(name: &str) -> Result<Pin> {
     let text = fs::read_to_string(&path)
         .with_context(|| format!("reading {}: run `cargo xtask kernels update` to create it", path.display()))?;
     for line in text.lines() {
-        if let Some((n, pin)) = parse_line(line)? {
-            if n == name {
-                return Ok(pin);
-            }
+        if let Some((n, pin)) = parse_line(line)?
+            && n == name
+        {
+            return Ok(pin);
         }
     }
     bail!("{} has no `{name}` line: run `cargo xtask kernels update` to add it", path.display())
@@ -110,9 +110,7 @@ fn download(pin: &Pin, dir: &Path) -> Result<PathBuf> {
     eprintln!("xtask: downloading {spec} with apt");
     let get = || {
         cmd::output(
-            Command::new("apt-get")
-                .args(["download", "-q", "-o", "APT::Sandbox::User=root", &spec])
-                .current_dir(dir),
+            Command::new("apt-get").args(["download", "-q", "-o", "APT::Sandbox::User=root", &spec]).current_dir(dir),
         )
     };
     if !(apt_knows(pin) && get().is_ok()) {
@@ -157,7 +155,9 @@ pub fn update() -> Result<()> {
     let old_text = fs::read_to_string(&path).unwrap_or_default();
     let mut lines: Vec<String> = old_text.lines().map(str::to_string).collect();
     if lines.is_empty() {
-        lines.push("# Kernels the test lanes use; move with `cargo xtask kernels update` (see xtask/src/vm/lock.rs).".into());
+        lines.push(
+            "# Kernels the test lanes use; move with `cargo xtask kernels update` (see xtask/src/vm/lock.rs).".into(),
+        );
     }
     for (name, package) in newest {
         let new = candidate(&package)?;

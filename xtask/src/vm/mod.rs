@@ -125,10 +125,11 @@ fn test_binaries() -> Result<Vec<PathBuf>> {
     for line in out.stdout.as_slice().lines() {
         let msg: serde_json::Value = serde_json::from_str(&line?).unwrap_or_default();
         let is_test = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
-        if msg["reason"] == "compiler-artifact" && is_test {
-            if let Some(exe) = msg["executable"].as_str() {
-                bins.push(PathBuf::from(exe));
-            }
+        if msg["reason"] == "compiler-artifact"
+            && is_test
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            bins.push(PathBuf::from(exe));
         }
     }
     Ok(bins)

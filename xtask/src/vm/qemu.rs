@@ -42,9 +42,8 @@ pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration) -> Res
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let started = Instant::now();
-    let mut child = c
-        .spawn()
-        .context("could not start qemu-system-x86_64: `cargo xtask setup` installs qemu-system-x86")?;
+    let mut child =
+        c.spawn().context("could not start qemu-system-x86_64: `cargo xtask setup` installs qemu-system-x86")?;
     let stdout = child.stdout.take().expect("piped");
     let marker = format!("{marker} rc=");
     let reader = thread::spawn(move || watch(stdout, &marker));
@@ -63,9 +62,7 @@ pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration) -> Res
     let console = reader.join().expect("console reader panicked")?;
     let secs = started.elapsed().as_secs();
     let problem = if timed_out {
-        Some(format!(
-            "hung: no end after {secs} s, qemu killed (CHAOS_VM_TIMEOUT_SECS sets the limit)"
-        ))
+        Some(format!("hung: no end after {secs} s, qemu killed (CHAOS_VM_TIMEOUT_SECS sets the limit)"))
     } else if let Some(p) = console.panic {
         Some(format!("the guest kernel panicked: {p}"))
     } else {

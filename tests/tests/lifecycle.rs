@@ -1,0 +1,97 @@
+//! A fault never outlives its owner: nothing stays attached after a normal end or SIGKILL, the
+//! kernel stops at the deadline even when chaos is stopped, and runs on nested cgroups coexist.
+
+use std::time::{Duration, Instant};
+
+use chaos_tests::*;
+
+fn args(sb: &Sandbox, percent: &str, dur: &str, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["net", "drop", "--percent", percent, "--for", dur, "--json"].map(String::from).to_vec();
+    a.extend(sb.target_args());
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn udp(sb: &Sandbox, port: u16, count: u64) -> u64 {
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "700ms"]);
+    sink.ready();
+    let to = format!("{SERVER_V4}:{port}");
+    sb.spawn(Place::Target, &["udp-send", "--to", &to, "--count", &count.to_string(), "--rate", "2000"]).json(Duration::from_secs(30));
+    sink.json(Duration::from_secs(30))["received"].as_u64().expect("received")
+}
+
+#[test]
+fn nothing_stays_attached_after_the_deadline() {
+    let sb = Sandbox::new();
+    let mut chaos = start_chaos(&args(&sb, "50", "2s", &["--proto", "udp"]));
+    let line = chaos.wait_for("attached:", Duration::from_secs(5));
+    let (programs, links) = attached_ids(&line);
+    assert!(links.len() >= 2, "a cgroup link and device links: {line}");
+    assert!(still_loaded(&programs, &links).len() >= programs.len(), "ids are live while running");
+    let summary = chaos.json(Duration::from_secs(30));
+    assert_eq!(summary["ended_by"], "deadline");
+    assert_all_gone(&programs, &links, "after a normal end");
+}
+
+#[test]
+fn nothing_stays_attached_after_sigkill() {
+    let sb = Sandbox::new();
+    let mut chaos = start_chaos(&args(&sb, "100", "60s", &["--proto", "udp"]));
+    let (programs, links) = attached_ids(&chaos.wait_for("attached:", Duration::from_secs(5)));
+    assert_eq!(udp(&sb, 5501, 200), 0, "the fault is active before the kill");
+    chaos.signal(libc::SIGKILL);
+    let _ = chaos.finish(Duration::from_secs(10));
+    assert_all_gone(&programs, &links, "after SIGKILL");
+    assert_eq!(udp(&sb, 5502, 200), 200, "traffic flows again after SIGKILL");
+}
+
+#[test]
+fn a_stopped_chaos_stops_injecting_at_its_deadline() {
+    let sb = Sandbox::new();
+    let chaos = start_chaos(&args(&sb, "100", "3s", &["--proto", "udp"]));
+    let started = Instant::now();
+    chaos.signal(libc::SIGSTOP);
+    assert_eq!(udp(&sb, 5503, 200), 0, "before the deadline everything is dropped");
+    // Past the deadline, with chaos still stopped and its programs still attached.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(300));
+    assert_eq!(udp(&sb, 5504, 200), 200, "after the deadline the kernel injects nothing, chaos or no chaos");
+    chaos.signal(libc::SIGCONT);
+    let summary = chaos.json(Duration::from_secs(30));
+    let (_, matched, _, dropped) = rule0(&summary);
+    assert_eq!((matched, dropped), (200, 200), "only the packets before the deadline matched");
+}
+
+#[test]
+fn runs_on_nested_cgroups_coexist_with_their_own_counters() {
+    let sb = Sandbox::new();
+    let child = sb.cgroup.path.join("inner");
+    std::fs::create_dir(&child).expect("child cgroup");
+    let netns = sb.netns_path(Place::Target).display().to_string();
+    let run = |cg: &std::path::Path, port: &str| {
+        start_chaos(&[
+            "net", "drop", "--percent", "100", "--proto", "udp", "--port", port, "--for", "60s", "--json",
+            "--cgroup", &cg.display().to_string(), "--netns", &netns,
+        ].map(String::from))
+    };
+    let outer = run(&sb.cgroup.path, "5511");
+    let inner = run(&child, "5512");
+    // The sender lives in the inner cgroup, so both runs see it.
+    let send = |port: u16| {
+        let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "700ms"]);
+        sink.ready();
+        let mut cmd = std::process::Command::new(chaos_bin());
+        cmd.args(["workload", "udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", "100", "--rate", "2000"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let c = chaos_user::sandbox::spawn_in(&mut cmd, Some(&child), Some(&sb.netns_path(Place::Target))).expect("spawn");
+        Proc::new(c, "udp-send in inner".into()).json(Duration::from_secs(30));
+        sink.json(Duration::from_secs(30))["received"].as_u64().expect("received")
+    };
+    assert_eq!(send(5511), 0, "the outer run drops its port");
+    assert_eq!(send(5512), 0, "the inner run drops its port");
+    assert_eq!(send(5513), 100, "neither touches a third port");
+    let (_, _, _, inner_dropped) = rule0(&stop_chaos(inner));
+    let (_, _, _, outer_dropped) = rule0(&stop_chaos(outer));
+    assert_eq!((outer_dropped, inner_dropped), (100, 100), "each run counted only its own rule's drops");
+    std::fs::remove_dir(&child).ok();
+}

@@ -1,0 +1,91 @@
+//! `chaos net drop` with UDP: the drop ratio, what senders see, what the counters say, filters,
+//! and that processes outside the target are untouched.
+
+use std::time::Duration;
+
+use chaos_tests::*;
+
+const N: u64 = 2000;
+const T: Duration = Duration::from_secs(60);
+
+/// Sends N paced datagrams from `from` to the server's sink on `port`; returns (sent, send
+/// errors, received, receiver buffer overflows).
+fn udp_round(sb: &Sandbox, from: Place, to_addr: &str, port: u16) -> (u64, u64, u64, u64) {
+    let bind = if to_addr.contains(':') { format!("[::]:{port}") } else { format!("0.0.0.0:{port}") };
+    let to = if to_addr.contains(':') { format!("[{to_addr}]:{port}") } else { format!("{to_addr}:{port}") };
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &bind, "--idle", "1s"]);
+    sink.ready();
+    let sent = sb.spawn(from, &["udp-send", "--to", &to, "--count", &N.to_string(), "--rate", "4000"]).json(T);
+    let got = sink.json(T);
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    (n(&sent, "sent"), n(&sent, "errors"), n(&got, "received"), n(&got, "rcvbuf_errors"))
+}
+
+fn drop_args(sb: &Sandbox, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["net", "drop", "--percent", "30", "--for", "60s", "--json"].map(String::from).to_vec();
+    a.extend(sb.target_args());
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+#[test]
+fn udp_egress_drop_is_wire_like_and_counted_and_spares_bystanders() {
+    let sb = Sandbox::new();
+    let chaos = start_chaos(&drop_args(&sb, &["--proto", "udp"]));
+
+    let (sent, errors, received, overflow) = udp_round(&sb, Place::Target, SERVER_V4, 5301);
+    assert_eq!(sent, N, "every send succeeded");
+    assert_eq!(errors, 0, "a wire-like drop is invisible to the sender");
+    assert_eq!(overflow, 0, "the receiver's buffer never overflowed, so every loss is chaos's");
+    let lost = N - received;
+    let pct = 100.0 * lost as f64 / N as f64;
+    assert!((25.0..=35.0).contains(&pct), "lost {pct:.1}% of {N}; expected 30 ± 5");
+
+    // An identical sender in the same namespace but outside the cgroup loses nothing.
+    let (b_sent, b_errors, b_received, _) = udp_round(&sb, Place::Bystander, SERVER_V4, 5302);
+    assert_eq!((b_sent, b_errors, b_received), (N, 0, N), "the bystander lost packets");
+
+    let summary = stop_chaos(chaos);
+    let (seen, matched, selected, dropped) = rule0(&summary);
+    assert_eq!(dropped, lost, "the kernel's drop count equals what the receiver missed");
+    assert_eq!(selected, dropped, "every selected packet was dropped on a device chaos attached to");
+    assert!(matched >= N && seen >= matched, "seen {seen} matched {matched}");
+    assert_eq!(summary["ended_by"], "SIGINT");
+}
+
+#[test]
+fn udp_ingress_drop_over_ipv6() {
+    let sb = Sandbox::new();
+    // The sink is the target: it runs in the cgroup, in the client namespace.
+    let chaos = start_chaos(&drop_args(&sb, &["--direction", "ingress", "--proto", "udp"]));
+    let mut sink = sb.spawn(Place::Target, &["udp-sink", "--bind", "[::]:5303", "--idle", "1s"]);
+    sink.ready();
+    let to = format!("[{CLIENT_V6}]:5303");
+    let sent = sb.spawn(Place::Server, &["udp-send", "--to", &to, "--count", &N.to_string(), "--rate", "4000"]).json(T);
+    let got = sink.json(T);
+    assert_eq!(sent["errors"], 0);
+    assert_eq!(got["rcvbuf_errors"], 0);
+    let received = got["received"].as_u64().expect("received");
+    let pct = 100.0 * (N - received) as f64 / N as f64;
+    assert!((25.0..=35.0).contains(&pct), "lost {pct:.1}%; expected 30 ± 5");
+    let (_, _, _, dropped) = rule0(&stop_chaos(chaos));
+    assert_eq!(dropped, N - received);
+}
+
+#[test]
+fn port_and_peer_filters_limit_the_fault() {
+    let sb = Sandbox::new();
+    let chaos = start_chaos(&{
+        let mut a = drop_args(&sb, &["--proto", "udp", "--port", "5305", "--peer", &format!("{SERVER_V4}/32")]);
+        a[3] = "100".into(); // --percent 100
+        a
+    });
+    let (_, _, on_port, _) = udp_round(&sb, Place::Target, SERVER_V4, 5305);
+    let (_, _, other_port, _) = udp_round(&sb, Place::Target, SERVER_V4, 5306);
+    let (_, _, other_peer, _) = udp_round(&sb, Place::Target, SERVER_V6, 5305);
+    assert_eq!(on_port, 0, "port 5305 to the peer: all dropped");
+    assert_eq!(other_port, N, "another port: untouched");
+    assert_eq!(other_peer, N, "another peer address (IPv6): untouched");
+    let (_, matched, _, dropped) = rule0(&stop_chaos(chaos));
+    assert_eq!((matched, dropped), (N, N));
+}
