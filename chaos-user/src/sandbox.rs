@@ -41,11 +41,23 @@ impl TempCgroup {
 impl Drop for TempCgroup {
     fn drop(&mut self) {
         self.kill_all();
-        // Members take a moment to leave after SIGKILL; rmdir fails with EBUSY until then.
-        let start = Instant::now();
-        while std::fs::remove_dir(&self.path).is_err() && start.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
+        remove_tree(&self.path);
+    }
+}
+
+/// Removes a cgroup and its descendants, deepest first. Members take a moment to leave after
+/// SIGKILL, and rmdir fails with EBUSY until they have; retried for a bounded time.
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
         }
+    }
+    let start = Instant::now();
+    while std::fs::remove_dir(dir).is_err() && dir.exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
