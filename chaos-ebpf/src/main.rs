@@ -8,6 +8,7 @@
 
 mod globals;
 mod net;
+mod probe;
 
 /// GPL-compatible, so GPL-only helpers and program types (LSM, tracing) can be used.
 #[unsafe(link_section = "license")]

@@ -15,7 +15,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
     name = "chaos",
     version,
     about = "Kernel fault injection for one cgroup at a time (eBPF): drop, delay, corrupt or fail packets and syscalls, and count what it did.",
-    after_help = "Examples:\n  chaos net drop --cgroup /system.slice/api.service --percent 5 --for 30s\n  chaos net drop --pid 4242 --percent 30 --proto udp --port 53 --json\n  chaos demo\n  chaos cleanup"
+    after_help = "Examples:\n  chaos net drop --cgroup /system.slice/api.service --percent 5 --for 30s\n  chaos net drop --pid 4242 --percent 30 --proto udp --port 53 --json\n  chaos demo\n  chaos probe\n  chaos cleanup"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -30,6 +30,12 @@ pub enum Command {
     /// Build a sandbox, inject a packet drop into a small client/server workload, show the impact
     /// and the return to the steady state.
     Demo(DemoArgs),
+    /// Show what this kernel can do, backend by backend (each found by loading a tiny program).
+    Probe {
+        /// Print the matrix as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove what a killed chaos left in the kernel (netlink TC filters on pre-6.6 kernels).
     Cleanup {
         /// Print the result as one JSON object.

@@ -7,6 +7,7 @@ pub mod error;
 pub mod faults;
 pub mod kernel;
 pub mod privileges;
+pub mod probe;
 pub mod report;
 pub mod run;
 pub mod sandbox;

@@ -65,6 +65,16 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Net(NetCommand::Drop(args)) => net_drop(args),
         Command::Demo(args) => crate::demo::run(args),
+        Command::Probe { json } => {
+            privileges::check()?;
+            let report = crate::probe::probe()?;
+            if json {
+                println!("{}", serde_json::to_string(&report).map_err(anyhow::Error::from)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(())
+        }
         Command::Cleanup { json } => {
             privileges::check()?;
             let swept = state::sweep();
@@ -117,6 +127,7 @@ fn resolve(t: &TargetArgs) -> Result<Cgroup> {
 pub fn run_fault(fault: &dyn Fault, target: &TargetArgs, run: &RunArgs) -> Result<()> {
     privileges::check()?;
     let target = resolve(target)?;
+    crate::probe::require(fault.needs())?;
     let swept = state::sweep();
     if swept.filters_removed > 0 {
         eprintln!("chaos: removed {} TC filters left by {} killed runs", swept.filters_removed, swept.runs);

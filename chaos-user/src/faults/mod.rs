@@ -23,6 +23,8 @@ pub struct RunOptions {
 pub trait Fault {
     /// The command that asked for it, e.g. "net drop".
     fn name(&self) -> &'static str;
+    /// Backends it needs: at least one of each group must work (checked before anything attaches).
+    fn needs(&self) -> &'static [&'static [crate::probe::Backend]];
     /// One line saying what it does, e.g. "drop 30% of egress udp packets".
     fn describe(&self) -> String;
     /// Loads, writes rules and attaches; injecting until monotonic time `deadline_ns`.

@@ -25,6 +25,7 @@ use ipnet::IpNet;
 use super::{Attached, AttachedDevice, Counters, Fault, Injection, RuleCounters, RunOptions};
 use crate::{
     error::{Error, Result},
+    probe::Backend,
     kernel::{
         Kernel,
         netdev::{self, Netns},
@@ -152,6 +153,14 @@ impl<A: NetAction> Fault for NetSpec<A> {
 
     fn describe(&self) -> String {
         format!("{} of {}", self.action.describe(), self.filters)
+    }
+
+    fn needs(&self) -> &'static [&'static [Backend]] {
+        if self.filters.directions & DIR_EGRESS != 0 {
+            &[&[Backend::CgroupSkb], &[Backend::Tcx, Backend::TcNetlink]]
+        } else {
+            &[&[Backend::CgroupSkb]]
+        }
     }
 
     fn start(&self, target: &Cgroup, deadline_ns: u64, opts: &RunOptions) -> Result<Box<dyn Injection>> {

@@ -1,7 +1,9 @@
 //! The boundary with the kernel: loading the embedded object, attaching its programs, and the
 //! records that let a later run remove what a killed one left behind.
 
+pub mod config;
 pub mod netdev;
+pub mod qdisc;
 pub mod state;
 
 use aya::{
@@ -115,4 +117,9 @@ fn raise_memlock() {
     let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads the struct we pass and has no other effect on memory.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+/// The running kernel's release string.
+pub fn release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }

@@ -1,0 +1,52 @@
+//! Tiny programs `chaos probe` loads (and attaches where that is the test) to learn what this
+//! kernel really accepts, one per backend. None of them changes anything: each acts only when the
+//! loader sets `PROBE_ARMED`, which it never does; the branch keeps the helper call in the program
+//! so the verifier must accept that helper.
+
+use aya_ebpf::{
+    helpers::{bpf_override_return, bpf_send_signal_thread},
+    macros::{btf_tracepoint, cgroup_sock_addr, kprobe, lsm, map},
+    maps::Array,
+    programs::{BtfTracePointContext, LsmContext, ProbeContext, SockAddrContext},
+};
+
+/// A map value, not a constant, so the verifier cannot prove the armed branches dead.
+#[map]
+static PROBE_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn armed() -> bool {
+    PROBE_ARMED.get(0).is_some_and(|v| *v == 0x5eed)
+}
+
+/// cgroup sock-address hooks (`cgroup/connect4`): 1 lets the connect proceed.
+#[cgroup_sock_addr(connect4)]
+pub fn chaos_probe_connect4(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+/// tp_btf on sys_enter with the signal helper the syscall "signal" fault uses.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn chaos_probe_tp_btf(_ctx: BtfTracePointContext) -> i32 {
+    if armed() {
+        // SAFETY: no preconditions; never reached unless armed.
+        unsafe { bpf_send_signal_thread(0) };
+    }
+    0
+}
+
+/// BPF LSM on file_open: 0 allows.
+#[lsm(hook = "file_open")]
+pub fn chaos_probe_lsm(_ctx: LsmContext) -> i32 {
+    0
+}
+
+/// kprobe with bpf_override_return, the "any syscall" failure backend.
+#[kprobe]
+pub fn chaos_probe_kprobe(ctx: ProbeContext) -> u32 {
+    if armed() {
+        // SAFETY: regs is the probed function's register set, valid for this run.
+        unsafe { bpf_override_return(ctx.regs, 0) };
+    }
+    0
+}

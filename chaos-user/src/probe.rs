@@ -1,0 +1,356 @@
+//! `chaos probe`: what this kernel can do, backend by backend, found by loading (and where that is
+//! the test, attaching) a tiny program, never by reading the config alone. The config only
+//! explains a refusal. Every fault command runs the checks it needs through [`require`] before
+//! attaching anything, so a missing feature is exit 3 with the same reason probe prints.
+
+use std::{collections::BTreeMap, fs::File, io};
+
+use aya::{
+    Btf,
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSockAddrAttachType,
+        KProbe, Lsm, ProgramError, SchedClassifier,
+        tc::{NlOptions, TcAttachOptions, TcAttachType, qdisc_add_clsact},
+    },
+};
+use chaos_common::net::{PROG_EGRESS, PROG_TC_STEAL};
+use nix::sched::{CloneFlags, unshare};
+use serde::Serialize;
+
+use crate::{
+    error::{Result, chain},
+    kernel::{Kernel, config, qdisc},
+    sandbox::TempCgroup,
+    unsupported,
+};
+
+/// A way of injecting that a kernel may or may not offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    CgroupSkb,
+    Tcx,
+    TcNetlink,
+    CgroupSockAddr,
+    TpBtfSignal,
+    BpfLsm,
+    FmodRetSecurity,
+    FmodRetSyscall,
+    KprobeOverride,
+    SchFq,
+    Netem,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 11] = [
+        Backend::CgroupSkb,
+        Backend::Tcx,
+        Backend::TcNetlink,
+        Backend::CgroupSockAddr,
+        Backend::TpBtfSignal,
+        Backend::BpfLsm,
+        Backend::FmodRetSecurity,
+        Backend::FmodRetSyscall,
+        Backend::KprobeOverride,
+        Backend::SchFq,
+        Backend::Netem,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Backend::CgroupSkb => "cgroup_skb",
+            Backend::Tcx => "tcx (TC link, 6.6+)",
+            Backend::TcNetlink => "TC via netlink (cls_bpf)",
+            Backend::CgroupSockAddr => "cgroup sock hooks",
+            Backend::TpBtfSignal => "tp_btf + signals",
+            Backend::BpfLsm => "BPF LSM",
+            Backend::FmodRetSecurity => "fmod_ret on security_*",
+            Backend::FmodRetSyscall => "fmod_ret on syscalls",
+            Backend::KprobeOverride => "kprobe + override_return",
+            Backend::SchFq => "sch_fq (EDT delay)",
+            Backend::Netem => "netem (peer comparison)",
+        }
+    }
+
+    /// The faults (present and planned) that stand on this backend.
+    pub fn faults(self) -> &'static str {
+        match self {
+            Backend::CgroupSkb => "net drop (decision, ingress)",
+            Backend::Tcx | Backend::TcNetlink => "net drop (egress wire loss; either one)",
+            Backend::CgroupSockAddr => "sys fail: connect/bind (planned)",
+            Backend::TpBtfSignal => "sys signal (planned)",
+            Backend::BpfLsm | Backend::FmodRetSecurity => "sys fail: file, socket, exec hooks (planned)",
+            Backend::FmodRetSyscall | Backend::KprobeOverride => "sys fail: any syscall (planned)",
+            Backend::SchFq => "net delay (planned)",
+            Backend::Netem => "benchmarks against tc netem",
+        }
+    }
+
+    /// Kernel options that explain a refusal.
+    fn options(self) -> &'static [&'static str] {
+        match self {
+            Backend::CgroupSkb | Backend::CgroupSockAddr => &["CONFIG_CGROUP_BPF"],
+            Backend::Tcx => &["CONFIG_NET_XGRESS"],
+            Backend::TcNetlink => &["CONFIG_NET_CLS_BPF", "CONFIG_NET_SCH_INGRESS"],
+            Backend::TpBtfSignal => &["CONFIG_DEBUG_INFO_BTF", "CONFIG_BPF_EVENTS"],
+            Backend::BpfLsm => &["CONFIG_BPF_LSM", "CONFIG_DEBUG_INFO_BTF"],
+            Backend::FmodRetSecurity | Backend::FmodRetSyscall => &["CONFIG_DYNAMIC_FTRACE", "CONFIG_FUNCTION_ERROR_INJECTION"],
+            Backend::KprobeOverride => &["CONFIG_KPROBES", "CONFIG_FUNCTION_ERROR_INJECTION", "CONFIG_BPF_KPROBE_OVERRIDE"],
+            Backend::SchFq => &["CONFIG_NET_SCH_FQ"],
+            Backend::Netem => &["CONFIG_NET_SCH_NETEM"],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub backend: Backend,
+    pub label: &'static str,
+    pub faults: &'static str,
+    pub works: bool,
+    /// Why not, when it does not work.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub checks: Vec<Check>,
+}
+
+/// The facts every check may use to explain itself.
+struct Facts {
+    config: Option<BTreeMap<String, String>>,
+    active_lsms: Option<String>,
+    btf: Option<Btf>,
+}
+
+impl Facts {
+    fn gather() -> Facts {
+        let _ = nix::mount::mount(Some("securityfs"), "/sys/kernel/security", Some("securityfs"), nix::mount::MsFlags::empty(), None::<&str>);
+        Facts {
+            config: config::read(),
+            active_lsms: std::fs::read_to_string("/sys/kernel/security/lsm").ok(),
+            btf: Btf::from_sys_fs().ok(),
+        }
+    }
+
+    /// A refusal, explained: the error, then the config options it is missing.
+    fn explain(&self, b: Backend, what: &str) -> String {
+        let mut s = what.to_string();
+        let missing = config::unset(self.config.as_ref(), b.options());
+        if !missing.is_empty() {
+            s += &format!(" ({} not set)", missing.join(", "));
+        }
+        s
+    }
+}
+
+fn errno_of(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+fn describe_errno(e: &ProgramError) -> String {
+    match errno_of(e) {
+        Some(libc::EPERM) => "refused with EPERM".into(),
+        Some(libc::EINVAL) => "refused with EINVAL".into(),
+        Some(libc::ENOENT) => "refused with ENOENT".into(),
+        Some(524) | Some(libc::EOPNOTSUPP) => "not supported (ENOTSUPP)".into(), // 524: the kernel-internal ENOTSUPP
+        _ => chain(e),
+    }
+}
+
+/// Runs every check. Needs the same privileges as a fault.
+pub fn probe() -> Result<Report> {
+    let facts = Facts::gather();
+    let mut kernel = Kernel::load(0x100, false)?;
+    let checks = Backend::ALL.iter().map(|&b| check(&mut kernel, &facts, b)).collect();
+    Ok(Report { kernel: crate::kernel::release(), checks })
+}
+
+/// Fails with exit 3 unless at least one of each group of backends works, naming why not.
+pub fn require(groups: &[&[Backend]]) -> Result<()> {
+    let facts = Facts::gather();
+    let mut kernel = Kernel::load(0x100, false)?;
+    for group in groups {
+        let results: Vec<Check> = group.iter().map(|&b| check(&mut kernel, &facts, b)).collect();
+        if !results.iter().any(|c| c.works) {
+            let why: Vec<String> =
+                results.iter().map(|c| format!("{}: {}", c.label, c.reason.as_deref().unwrap_or("?"))).collect();
+            return Err(unsupported!("this kernel cannot do it: {} (see `chaos probe`)", why.join("; ")));
+        }
+    }
+    Ok(())
+}
+
+fn check(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Check {
+    let outcome = match b {
+        Backend::CgroupSkb => check_cgroup_skb(kernel),
+        Backend::Tcx => check_tc(kernel, true),
+        Backend::TcNetlink => check_tc(kernel, false),
+        Backend::CgroupSockAddr => check_sock_addr(kernel),
+        Backend::TpBtfSignal => check_btf(kernel, facts, b),
+        Backend::BpfLsm => check_btf(kernel, facts, b),
+        Backend::KprobeOverride => check_kprobe(kernel, facts),
+        Backend::FmodRetSecurity | Backend::FmodRetSyscall => Err(
+            "not supported by this build: aya 0.14 cannot load fmod_ret programs (its object parser rejects the section)"
+                .to_string(),
+        ),
+        Backend::SchFq => qdisc::try_qdisc("fq", None).map_err(|e| qdisc_reason("fq", &e)),
+        Backend::Netem => qdisc::try_qdisc("netem", Some(qdisc::netem_options())).map_err(|e| qdisc_reason("netem", &e)),
+    };
+    let reason = outcome.err().map(|what| match b {
+        Backend::FmodRetSecurity | Backend::FmodRetSyscall => what,
+        _ => facts.explain(b, &what),
+    });
+    Check { backend: b, label: b.label(), faults: b.faults(), works: reason.is_none(), reason }
+}
+
+fn qdisc_reason(kind: &str, e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => format!("the kernel has no {kind} qdisc (creating one: ENOENT)"),
+        _ => format!("creating a {kind} qdisc failed: {e}"),
+    }
+}
+
+type Outcome = std::result::Result<(), String>;
+
+/// A load error, phrased for the matrix.
+fn load_failed(what: &str, e: &ProgramError) -> String {
+    if let ProgramError::LoadError { verifier_log, .. } = e {
+        log::debug!("verifier log for the {what} probe:\n{verifier_log}");
+    }
+    format!("loading a {what} program {}", describe_errno(e))
+}
+
+fn check_cgroup_skb(kernel: &mut Kernel) -> Outcome {
+    let prog = kernel.program::<CgroupSkb>(PROG_EGRESS, "cgroup_skb").map_err(|e| e.to_string())?;
+    let cg = TempCgroup::new(&format!("chaos-probe-{}", std::process::id())).map_err(|e| format!("{e:#}"))?;
+    let f = File::open(&cg.path).map_err(|e| e.to_string())?;
+    let id = prog
+        .attach(&f, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .map_err(|e| format!("attaching to a cgroup: {}", describe_errno(&e)))?;
+    prog.detach(id).map_err(|e| e.to_string())
+}
+
+fn check_sock_addr(kernel: &mut Kernel) -> Outcome {
+    let prog: &mut CgroupSockAddr = kernel
+        .ebpf
+        .program_mut("chaos_probe_connect4")
+        .ok_or("probe program missing")?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    prog.load().map_err(|e| load_failed("cgroup/connect4", &e))?;
+    let cg = TempCgroup::new(&format!("chaos-probe-sa-{}", std::process::id())).map_err(|e| format!("{e:#}"))?;
+    let f = File::open(&cg.path).map_err(|e| e.to_string())?;
+    let _ = CgroupSockAddrAttachType::Connect4;
+    let id = prog
+        .attach(&f, CgroupAttachMode::Single)
+        .map_err(|e| format!("attaching to a cgroup: {}", describe_errno(&e)))?;
+    prog.detach(id).map_err(|e| e.to_string())
+}
+
+/// TC in a throwaway network namespace: tcx (a link) or netlink (clsact + cls_bpf filter).
+fn check_tc(kernel: &mut Kernel, tcx: bool) -> Outcome {
+    let prog = kernel.program::<SchedClassifier>(PROG_TC_STEAL, "TC classifier").map_err(|e| e.to_string())?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Outcome {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("creating a network namespace: {e}"))?;
+            let opts = if tcx {
+                TcAttachOptions::TcxOrder(Default::default())
+            } else {
+                qdisc_add_clsact("lo").map_err(|e| format!("adding a clsact qdisc: {}", chain(&e)))?;
+                TcAttachOptions::Netlink(NlOptions::default())
+            };
+            let id = prog.attach_with_options("lo", TcAttachType::Egress, opts).map_err(|e| {
+                if tcx && errno_of(&e) == Some(libc::EINVAL) {
+                    "attaching a tcx link refused with EINVAL (tcx needs Linux 6.6+)".to_string()
+                } else {
+                    format!("attaching: {}", describe_errno(&e))
+                }
+            })?;
+            // Detached here, inside the namespace the filter lives in.
+            prog.detach(id).map_err(|e| e.to_string())
+        })
+        .join()
+        .map_err(|_| "the probing thread panicked".to_string())?
+    })
+}
+
+fn check_btf(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Outcome {
+    let btf = facts.btf.as_ref().ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
+    if b == Backend::BpfLsm {
+        let prog: &mut Lsm = kernel
+            .ebpf
+            .program_mut("chaos_probe_lsm")
+            .ok_or("probe program missing")?
+            .try_into()
+            .map_err(|e: ProgramError| e.to_string())?;
+        prog.load("file_open", btf).map_err(|e| {
+            let mut s = load_failed("BPF LSM", &e);
+            let empty_log = matches!(&e, ProgramError::LoadError { verifier_log, .. } if verifier_log.to_string().trim().is_empty());
+            let bpf_active = facts.active_lsms.as_deref().is_some_and(|l| l.split(',').any(|x| x.trim() == "bpf"));
+            if errno_of(&e) == Some(libc::EPERM) && empty_log && bpf_active {
+                s += " with an empty verifier log although 'bpf' is an active LSM: this kernel's policy refuses BPF trampoline programs (LSM, fentry, fmod_ret)";
+            }
+            s
+        })?;
+        if let Some(l) = &facts.active_lsms
+            && !l.split(',').any(|x| x.trim() == "bpf")
+        {
+            return Err(format!("'bpf' is not among the active LSMs ({}); boot with lsm=...,bpf", l.trim()));
+        }
+        let id = prog.attach().map_err(|e| format!("attaching: {}", describe_errno(&e)))?;
+        prog.detach(id).map_err(|e| e.to_string())
+    } else {
+        let prog: &mut BtfTracePoint = kernel
+            .ebpf
+            .program_mut("chaos_probe_tp_btf")
+            .ok_or("probe program missing")?
+            .try_into()
+            .map_err(|e: ProgramError| e.to_string())?;
+        prog.load("sys_enter", btf).map_err(|e| load_failed("tp_btf", &e))?;
+        let id = prog.attach().map_err(|e| format!("attaching: {}", describe_errno(&e)))?;
+        prog.detach(id).map_err(|e| e.to_string())
+    }
+}
+
+fn check_kprobe(kernel: &mut Kernel, facts: &Facts) -> Outcome {
+    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        return Err("the kernel has no kprobe event source (/sys/bus/event_source/devices/kprobe)".into());
+    }
+    let _ = facts;
+    let prog: &mut KProbe = kernel
+        .ebpf
+        .program_mut("chaos_probe_kprobe")
+        .ok_or("probe program missing")?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    prog.load().map_err(|e| load_failed("kprobe with bpf_override_return", &e))?;
+    // Attaching checks that the target is on the error-injection list (every syscall entry is).
+    let id = prog
+        .attach("__x64_sys_getpid", 0)
+        .map_err(|e| format!("attaching to __x64_sys_getpid: {}", describe_errno(&e)))?;
+    prog.detach(id).map_err(|e| e.to_string())
+}
+
+impl Report {
+    pub fn text(&self) -> String {
+        let mut s = format!("chaos probe: kernel {}\n\n", self.kernel);
+        s += &format!("{:<27} {:<6} {:<44} {}\n", "backend", "works", "used by", "why not");
+        for c in &self.checks {
+            s += &format!(
+                "{:<27} {:<6} {:<44} {}\n",
+                c.label,
+                if c.works { "yes" } else { "no" },
+                c.faults,
+                c.reason.as_deref().unwrap_or("")
+            );
+        }
+        s
+    }
+}

@@ -1,0 +1,79 @@
+//! `chaos probe` matches reality: checked against independent evidence (iproute2 creating the same
+//! qdiscs, the kernel version for tcx) and against what the fault commands really do.
+
+use std::process::Command;
+
+use chaos_tests::*;
+
+fn probe() -> Value {
+    let (code, out, err) = run_chaos(&["probe", "--json"]);
+    assert_eq!(code, 0, "probe failed: {err:?}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("probe --json is not JSON ({e}): {out}"))
+}
+
+fn works(report: &Value, backend: &str) -> bool {
+    let c = report["checks"].as_array().expect("checks").iter().find(|c| c["backend"] == backend);
+    let c = c.unwrap_or_else(|| panic!("no check for {backend} in {report}"));
+    c["works"].as_bool().expect("works is a bool")
+}
+
+/// Whether `tc qdisc add dev lo root KIND ARGS` works in a fresh namespace.
+fn tc_can_add(kind: &[&str]) -> bool {
+    let ns = unique("pq");
+    assert!(Command::new("ip").args(["netns", "add", &ns]).status().expect("ip").success());
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &ns, "tc", "qdisc", "add", "dev", "lo", "root"])
+        .args(kind)
+        .output()
+        .expect("tc")
+        .status
+        .success();
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    ok
+}
+
+#[test]
+fn every_backend_is_reported_with_a_reason_when_it_does_not_work() {
+    let report = probe();
+    let checks = report["checks"].as_array().expect("checks");
+    assert_eq!(checks.len(), 11, "{report}");
+    for c in checks {
+        if c["works"] == false {
+            let reason = c["reason"].as_str().unwrap_or_default();
+            assert!(reason.len() > 10, "{} does not work but says no reason: {c}", c["backend"]);
+        } else {
+            assert!(c["reason"].is_null(), "{c}");
+        }
+    }
+    // fmod_ret cannot be loaded by this build on any kernel; probe must say so, not guess.
+    assert!(!works(&report, "fmod_ret_syscall"));
+}
+
+#[test]
+fn qdisc_checks_agree_with_iproute2() {
+    let report = probe();
+    assert_eq!(works(&report, "sch_fq"), tc_can_add(&["fq"]), "fq: probe and tc disagree");
+    assert_eq!(works(&report, "netem"), tc_can_add(&["netem", "delay", "1ms"]), "netem: probe and tc disagree");
+}
+
+#[test]
+fn tcx_is_reported_exactly_on_6_6_and_later() {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    assert_eq!(works(&probe(), "tcx"), (major, minor) >= (6, 6), "kernel {release}");
+}
+
+#[test]
+fn net_drop_starts_exactly_when_probe_says_its_backends_work() {
+    let report = probe();
+    let can = works(&report, "cgroup_skb") && (works(&report, "tcx") || works(&report, "tc_netlink"));
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let (code, _, err) = run_chaos(&["net", "drop", "--cgroup", &cg, "--percent", "1", "--for", "1s"]);
+    if can {
+        assert_eq!(code, 0, "probe says net drop can work, but: {err:?}");
+    } else {
+        assert_eq!(code, 3, "probe says net drop cannot work: expected exit 3, got {code}: {err:?}");
+    }
+}
