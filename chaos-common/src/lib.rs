@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod net;
+pub mod sys;
 
 /// Name of the global the loader sets to make the kernel programs log every decision through
 /// aya-log (`chaos ... --log-packets`). Off by default: nothing is logged per packet.

@@ -9,6 +9,7 @@
 mod globals;
 mod net;
 mod probe;
+mod sys;
 
 /// GPL-compatible, so GPL-only helpers and program types (LSM, tracing) can be used.
 #[unsafe(link_section = "license")]

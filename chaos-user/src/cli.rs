@@ -27,6 +27,9 @@ pub enum Command {
     /// Packet faults for one cgroup.
     #[command(subcommand)]
     Net(NetCommand),
+    /// Syscall faults for one cgroup.
+    #[command(subcommand)]
+    Sys(SysCommand),
     /// Build a sandbox, inject a packet drop into a small client/server workload, show the impact
     /// and the return to the steady state.
     Demo(DemoArgs),
@@ -52,6 +55,34 @@ pub enum NetCommand {
     /// Drop packets as a lossy wire would: senders see no error, TCP retransmits.
     #[command(after_help = "Examples:\n  chaos net drop --cgroup /system.slice/api.service --percent 5\n  chaos net drop --pid 4242 --percent 30 --direction both --proto tcp --port 443 --for 2m\n  chaos net drop --cgroup web --percent 100 --peer 10.0.0.0/8 --proto udp")]
     Drop(NetDropArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SysCommand {
+    /// Make a syscall fail with an errno, in the kernel, for the target's processes only.
+    #[command(after_help = "Examples:\n  chaos sys fail --cgroup /system.slice/db.service --syscall openat --errno EIO --percent 10\n  chaos sys fail --pid 4242 --syscall fsync --errno ENOSPC --backend kprobe --for 30s")]
+    Fail(SysFailArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SysFailArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The syscall, by name (openat, read, fsync, connect, ...).
+    #[arg(long, value_parser = crate::faults::sys::parse_syscall)]
+    pub syscall: String,
+    /// The error to return: a name (ENOENT, EIO, ...) or a number.
+    #[arg(long, value_parser = crate::faults::sys::parse_errno)]
+    pub errno: i32,
+    /// Probability of failing a call, 0-100.
+    #[arg(long, value_parser = parse_percent, value_name = "P", default_value = "100")]
+    pub percent: u32,
+    /// lsm covers the open family without kprobes; kprobe covers any syscall where the kernel has
+    /// CONFIG_BPF_KPROBE_OVERRIDE; auto picks the first this kernel offers.
+    #[arg(long, value_enum, default_value_t = crate::faults::sys::SysBackend::Auto)]
+    pub backend: crate::faults::sys::SysBackend,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Args, Debug)]

@@ -121,7 +121,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         // Enter and leave the fault at phase boundaries.
         if idx == 1 && injection.is_none() && phases[1].secs == 0.0 {
             let deadline = crate::run::monotonic_ns() + phase.as_nanos() as u64;
-            injection = Some(spec.start(&target, deadline, &RunOptions::default())?);
+            injection = Some(spec.start(&target, deadline, &RunOptions::default(), &[])?);
             println!("        --- injecting: {} ---", spec.describe());
         }
         if idx == 2 && let Some(inj) = injection.take() {

@@ -172,19 +172,22 @@ pub fn probe() -> Result<Report> {
     Ok(Report { kernel: crate::kernel::release(), checks })
 }
 
-/// Fails with exit 3 unless at least one of each group of backends works, naming why not.
-pub fn require(groups: &[&[Backend]]) -> Result<()> {
+/// Fails with exit 3 unless at least one of each group of backends works, naming why not;
+/// returns the backends that work.
+pub fn require(groups: &[&[Backend]]) -> Result<Vec<Backend>> {
     let facts = Facts::gather();
     let mut kernel = Kernel::load(0x100, false)?;
+    let mut working = Vec::new();
     for group in groups {
         let results: Vec<Check> = group.iter().map(|&b| check(&mut kernel, &facts, b)).collect();
+        working.extend(results.iter().filter(|c| c.works).map(|c| c.backend));
         if !results.iter().any(|c| c.works) {
             let why: Vec<String> =
                 results.iter().map(|c| format!("{}: {}", c.label, c.reason.as_deref().unwrap_or("?"))).collect();
             return Err(unsupported!("this kernel cannot do it: {} (see `chaos probe`)", why.join("; ")));
         }
     }
-    Ok(())
+    Ok(working)
 }
 
 fn check(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Check {

@@ -26,16 +26,22 @@ impl Summary {
             self.description, self.cgroup, self.ended_by, self.elapsed_s
         );
         for r in &self.counters.rules {
-            let pct = if r.matched > 0 { 100.0 * r.dropped as f64 / r.matched as f64 } else { 0.0 };
+            let pct = if r.matched > 0 { 100.0 * r.injected as f64 / r.matched as f64 } else { 0.0 };
+            let detail: Vec<String> = r.detail.iter().map(|(k, v)| format!("{k} {v}")).collect();
             s += &format!(
-                "  rule {} ({}): seen {}, matched {}, dropped {} ({pct:.1}% of matched, {} bytes)\n",
-                r.rule, r.fault, r.seen, r.matched, r.dropped, r.dropped_bytes
+                "  rule {} ({}): seen {}, matched {}, injected {} ({pct:.1}% of matched); {}\n",
+                r.rule,
+                r.fault,
+                r.seen,
+                r.matched,
+                r.injected,
+                detail.join(", ")
             );
-            if r.selected > r.dropped {
-                s += &format!(
-                    "  note: {} packets selected for dropping left through a device chaos was not attached to\n",
-                    r.selected - r.dropped
-                );
+            let (selected, dropped) = (r.detail.get("selected"), r.detail.get("dropped"));
+            if let (Some(&s_), Some(&d)) = (selected, dropped)
+                && s_ > d
+            {
+                s += &format!("  note: {} packets selected for dropping left through a device chaos was not attached to\n", s_ - d);
             }
         }
         let errs: Vec<String> =

@@ -5,11 +5,12 @@ use std::time::Duration;
 use chaos_common::net::{DIR_EGRESS, DIR_INGRESS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    cli::{Cli, Command, Direction, NetCommand, NetDropArgs, Proto, RunArgs, TargetArgs},
+    cli::{Cli, Command, Direction, NetCommand, NetDropArgs, Proto, RunArgs, SysCommand, TargetArgs},
     error::{EXIT_USAGE, Error, Result},
     faults::{
         Fault, RunOptions,
         net::{Drop, NetFilters, NetSpec},
+        sys::SysFail,
     },
     kernel::state,
     privileges,
@@ -64,6 +65,11 @@ fn clap_error(e: clap::Error) -> i32 {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Net(NetCommand::Drop(args)) => net_drop(args),
+        Command::Sys(SysCommand::Fail(a)) => run_fault(
+            &SysFail { syscall: a.syscall, errno: a.errno, ppm: a.percent, backend: a.backend },
+            &a.target,
+            &a.run,
+        ),
         Command::Demo(args) => crate::demo::run(args),
         Command::Probe { json } => {
             privileges::check()?;
@@ -127,14 +133,14 @@ fn resolve(t: &TargetArgs) -> Result<Cgroup> {
 pub fn run_fault(fault: &dyn Fault, target: &TargetArgs, run: &RunArgs) -> Result<()> {
     privileges::check()?;
     let target = resolve(target)?;
-    crate::probe::require(fault.needs())?;
+    let available = crate::probe::require(fault.needs())?;
     let swept = state::sweep();
     if swept.filters_removed > 0 {
         eprintln!("chaos: removed {} TC filters left by {} killed runs", swept.filters_removed, swept.runs);
     }
     let opts = RunOptions { log_packets: run.log_packets, netns: run.netns.clone() };
     let deadline_ns = monotonic_ns() + run.duration.as_nanos() as u64;
-    let mut inj = fault.start(&target, deadline_ns, &opts)?;
+    let mut inj = fault.start(&target, deadline_ns, &opts, &available)?;
     let a = inj.attached();
     let devices: Vec<String> = a.devices.iter().map(|d| format!("{}({})", d.ifname, d.mode)).collect();
     log::info!("attached: programs {:?} links {:?} devices [{}]", a.programs, a.links, devices.join(" "));

@@ -65,6 +65,15 @@ pub enum Workload {
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         max: Duration,
     },
+    /// Open (and close) a file, or fsync it, --count times; count the results by errno.
+    SyscallLoop {
+        #[arg(long, value_parser = ["open", "fsync"])]
+        call: String,
+        #[arg(long)]
+        path: std::path::PathBuf,
+        #[arg(long)]
+        count: u64,
+    },
     /// Make requests to an rr-server at --rate per second; print a JSON line per --interval.
     RrClient {
         #[arg(long)]
@@ -88,7 +97,27 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         Workload::TcpSend { to, bytes, max } => tcp_send(to, bytes, max),
         Workload::RrServer { bind, max } => rr_server(bind, max),
         Workload::RrClient { to, rate, duration, interval, timeout } => rr_client(to, rate, duration, interval, timeout),
+        Workload::SyscallLoop { call, path, count } => syscall_loop(&call, &path, count),
     }
+}
+
+/// Runs one syscall --count times; prints {"calls", "ok", "errors": {errno: n}}.
+fn syscall_loop(call: &str, path: &std::path::Path, count: u64) -> Result<()> {
+    let mut errors = std::collections::BTreeMap::<i32, u64>::new();
+    let mut ok = 0u64;
+    let file = if call == "fsync" { Some(std::fs::OpenOptions::new().append(true).create(true).open(path)?) } else { None };
+    for _ in 0..count {
+        let r = match &file {
+            Some(f) => f.sync_all(),
+            None => std::fs::File::open(path).map(drop),
+        };
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => *errors.entry(e.raw_os_error().unwrap_or(-1)).or_default() += 1,
+        }
+    }
+    println!("{}", json!({"calls": count, "ok": ok, "errors": errors}));
+    Ok(())
 }
 
 fn ready() {

@@ -3,6 +3,7 @@
 //! Adding a fault means one new impl here, one kernel function, one test file.
 
 pub mod net;
+pub mod sys;
 
 use std::path::PathBuf;
 
@@ -28,7 +29,8 @@ pub trait Fault {
     /// One line saying what it does, e.g. "drop 30% of egress udp packets".
     fn describe(&self) -> String;
     /// Loads, writes rules and attaches; injecting until monotonic time `deadline_ns`.
-    fn start(&self, target: &Cgroup, deadline_ns: u64, opts: &RunOptions) -> Result<Box<dyn Injection>>;
+    /// `available`: the backends `probe::require` found working for [`Fault::needs`].
+    fn start(&self, target: &Cgroup, deadline_ns: u64, opts: &RunOptions, available: &[crate::probe::Backend]) -> Result<Box<dyn Injection>>;
 }
 
 /// A fault being injected. Dropping it detaches everything it attached.
@@ -54,12 +56,17 @@ pub struct Counters {
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct RuleCounters {
     pub rule: u32,
+    /// What the rule does: "drop", "fail".
     pub fault: String,
+    /// Events (packets, calls) of the target that reached the rule.
     pub seen: u64,
+    /// ... that matched every filter while the rule was live.
     pub matched: u64,
-    pub selected: u64,
-    pub dropped: u64,
-    pub dropped_bytes: u64,
+    /// ... to which the fault was done.
+    pub injected: u64,
+    /// The fault's own counters by name ("dropped", "dropped_bytes", "failed", ...).
+    #[serde(flatten)]
+    pub detail: std::collections::BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -67,7 +74,7 @@ impl Counters {
         self.rules.iter().map(|r| r.matched).sum()
     }
     pub fn injected(&self) -> u64 {
-        self.rules.iter().map(|r| r.dropped).sum()
+        self.rules.iter().map(|r| r.injected).sum()
     }
 }
 

@@ -163,7 +163,7 @@ impl<A: NetAction> Fault for NetSpec<A> {
         }
     }
 
-    fn start(&self, target: &Cgroup, deadline_ns: u64, opts: &RunOptions) -> Result<Box<dyn Injection>> {
+    fn start(&self, target: &Cgroup, deadline_ns: u64, opts: &RunOptions, _available: &[Backend]) -> Result<Box<dyn Injection>> {
         let run_tag = loop {
             // Any nonzero upper 24 bits; the low byte carries the rule index.
             let t = rand_u32() & !0xff;
@@ -384,9 +384,11 @@ impl Injection for NetInjection {
                 fault: format!("{:?}", self.fault).to_lowercase(),
                 seen: sum.seen,
                 matched: sum.matched,
-                selected: sum.selected,
-                dropped: sum.dropped,
-                dropped_bytes: sum.dropped_bytes,
+                injected: sum.dropped,
+                detail: [("selected", sum.selected), ("dropped", sum.dropped), ("dropped_bytes", sum.dropped_bytes)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
             }],
             kernel_errors,
         })

@@ -1,0 +1,232 @@
+//! `chaos sys fail`: make one syscall fail with a chosen errno for one cgroup.
+//!
+//! Backends, best first: BPF LSM (`file_open`, for the open family; no kprobe needed) and kprobe +
+//! `bpf_override_return` on `__x64_sys_<name>` (any syscall; needs CONFIG_BPF_KPROBE_OVERRIDE).
+//! fmod_ret would serve both, but aya 0.14 cannot load it (see `chaos probe`).
+
+use aya::{
+    Btf,
+    maps::{Array, PerCpuArray},
+    programs::{KProbe, Lsm, ProgramError, links::FdLink},
+};
+use chaos_common::{
+    ppm_to_threshold,
+    sys::{COUNTERS_MAP, PROG_KPROBE, PROG_LSM_FILE_OPEN, RULES_MAP, SysCounters, SysRule},
+};
+
+use super::{Attached, Counters, Fault, Injection, RuleCounters, RunOptions};
+use crate::{
+    error::{Error, Result, chain},
+    kernel::Kernel,
+    probe::Backend,
+    target::{Cgroup, cgroup2_mount},
+    unsupported, usage,
+};
+
+/// Which backend the user asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SysBackend {
+    /// The best this kernel offers for the syscall.
+    Auto,
+    Lsm,
+    Kprobe,
+}
+
+/// Syscalls a BPF LSM hook can fail, with that hook.
+const LSM_HOOKS: &[(&str, &str)] = &[("open", "file_open"), ("openat", "file_open"), ("openat2", "file_open"), ("creat", "file_open")];
+
+#[derive(Debug)]
+pub struct SysFail {
+    pub syscall: String,
+    /// Positive errno.
+    pub errno: i32,
+    pub ppm: u32,
+    pub backend: SysBackend,
+}
+
+/// "ENOENT", "enoent" or "2" → 2.
+pub fn parse_errno(s: &str) -> std::result::Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..4096).contains(&n) { Ok(n) } else { Err(format!("errno {n} is outside 1-4095")) };
+    }
+    let want = s.to_ascii_uppercase();
+    (1..4096)
+        .find(|&n| format!("{:?}", nix::errno::Errno::from_raw(n)) == want)
+        .ok_or_else(|| format!("'{s}' is not an errno name; give one such as ENOENT, EIO or EACCES, or a number"))
+}
+
+/// A syscall name: lower-case letters, digits and underscores.
+pub fn parse_syscall(s: &str) -> std::result::Result<String, String> {
+    if !s.is_empty() && s.len() < 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        Ok(s.to_string())
+    } else {
+        Err(format!("'{s}' is not a syscall name; give one such as openat, read or connect"))
+    }
+}
+
+impl SysFail {
+    fn lsm_hook(&self) -> Option<&'static str> {
+        LSM_HOOKS.iter().find(|(s, _)| *s == self.syscall).map(|(_, h)| *h)
+    }
+}
+
+impl Fault for SysFail {
+    fn name(&self) -> &'static str {
+        "sys fail"
+    }
+
+    fn describe(&self) -> String {
+        let name = format!("{:?}", nix::errno::Errno::from_raw(self.errno));
+        format!("fail {}% of {}() calls with {name}", self.ppm as f64 / 10_000.0, self.syscall)
+    }
+
+    fn needs(&self) -> &'static [&'static [Backend]] {
+        match (self.backend, self.lsm_hook().is_some()) {
+            (SysBackend::Lsm, _) => &[&[Backend::BpfLsm]],
+            (SysBackend::Kprobe, _) | (SysBackend::Auto, false) => &[&[Backend::KprobeOverride]],
+            (SysBackend::Auto, true) => &[&[Backend::BpfLsm, Backend::KprobeOverride]],
+        }
+    }
+
+    fn start(&self, target: &Cgroup, deadline_ns: u64, opts: &RunOptions, available: &[Backend]) -> Result<Box<dyn Injection>> {
+        let use_lsm = match self.backend {
+            SysBackend::Lsm => true,
+            SysBackend::Kprobe => false,
+            SysBackend::Auto => self.lsm_hook().is_some() && available.contains(&Backend::BpfLsm),
+        };
+        if use_lsm && self.lsm_hook().is_none() {
+            let known: Vec<&str> = LSM_HOOKS.iter().map(|(s, _)| *s).collect();
+            return Err(usage!("no LSM hook fails {}(); the lsm backend covers {}: use --backend kprobe", self.syscall, known.join(", ")));
+        }
+        let mount = cgroup2_mount()?;
+        let level = target.path.strip_prefix(&mount).map(|p| p.components().count()).unwrap_or(0) as u32;
+        let mut kernel = Kernel::load(0x100, opts.log_packets)?;
+        let rule = SysRule {
+            deadline_ns,
+            threshold: ppm_to_threshold(self.ppm),
+            cgroup_id: target.id,
+            cgroup_level: level,
+            errno: self.errno as u32,
+            active: 1,
+            _pad: 0,
+        };
+        let mut rules: Array<_, SysRule> =
+            Array::try_from(kernel.ebpf.map_mut(RULES_MAP).ok_or_else(no_map)?).map_err(|e| Error::Other(e.into()))?;
+        rules.set(0, rule, 0).map_err(|e| Error::Other(e.into()))?;
+
+        let (link, backend) = if use_lsm {
+            let btf = Btf::from_sys_fs().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); the lsm backend needs it"))?;
+            let prog: &mut Lsm = program(&mut kernel, PROG_LSM_FILE_OPEN)?;
+            prog.load("file_open", &btf).map_err(|e| load_refused("BPF LSM", &e))?;
+            let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching the LSM program: {}", chain(&e))))?;
+            (prog.take_link(id).map_err(|e| Error::Other(e.into()))?.into(), "lsm")
+        } else {
+            let prog: &mut KProbe = program(&mut kernel, PROG_KPROBE)?;
+            prog.load().map_err(|e| load_refused("kprobe", &e))?;
+            let symbol = format!("__x64_sys_{}", self.syscall);
+            let id = prog.attach(&symbol, 0).map_err(|e| {
+                if kallsyms_has(&symbol) == Some(false) {
+                    usage!("this kernel has no syscall {}() (no {symbol}): check the name", self.syscall)
+                } else {
+                    Error::Other(anyhow::anyhow!("attaching a kprobe to {symbol}: {}", chain(&e)))
+                }
+            })?;
+            let link = prog.take_link(id).map_err(|e| Error::Other(e.into()))?;
+            (FdLink::try_from(link).map_err(|e| Error::Other(e.into()))?, "kprobe")
+        };
+        let link_id = link.info().map(|i| i.id()).ok();
+        Ok(Box::new(SysInjection { kernel, _link: link, link_id, backend }))
+    }
+}
+
+fn no_map() -> Error {
+    Error::Other(anyhow::anyhow!("the embedded kernel object lacks a map chaos needs"))
+}
+
+fn program<'a, T>(kernel: &'a mut Kernel, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    kernel
+        .ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::Other(anyhow::anyhow!("the embedded kernel object has no program {name}")))?
+        .try_into()
+        .map_err(|e: ProgramError| Error::Other(e.into()))
+}
+
+fn load_refused(kind: &str, e: &ProgramError) -> Error {
+    if let ProgramError::LoadError { verifier_log, .. } = e {
+        log::debug!("verifier log:\n{verifier_log}");
+    }
+    unsupported!("this kernel refused the {kind} program ({}); see `chaos probe`", chain(e))
+}
+
+/// Whether /proc/kallsyms lists `symbol` (None if it cannot be read).
+fn kallsyms_has(symbol: &str) -> Option<bool> {
+    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    Some(text.lines().any(|l| l.split_whitespace().nth(2) == Some(symbol)))
+}
+
+struct SysInjection {
+    kernel: Kernel,
+    /// Held: dropping it detaches the program.
+    _link: FdLink,
+    link_id: Option<u32>,
+    backend: &'static str,
+}
+
+impl Injection for SysInjection {
+    fn refresh(&mut self) {}
+
+    fn counters(&self) -> Result<Counters> {
+        let map = self.kernel.ebpf.map(COUNTERS_MAP).ok_or_else(no_map)?;
+        let per_cpu: PerCpuArray<_, SysCounters> = PerCpuArray::try_from(map).map_err(|e| Error::Other(e.into()))?;
+        let mut sum = SysCounters::default();
+        for c in per_cpu.get(&0, 0).map_err(|e| Error::Other(e.into()))?.iter() {
+            sum.add(c);
+        }
+        Ok(Counters {
+            rules: vec![RuleCounters {
+                rule: 0,
+                fault: format!("fail ({})", self.backend),
+                seen: sum.seen,
+                matched: sum.matched,
+                injected: sum.failed,
+                detail: [("failed".to_string(), sum.failed)].into_iter().collect(),
+            }],
+            kernel_errors: Vec::new(),
+        })
+    }
+
+    fn attached(&self) -> Attached {
+        let programs = self.kernel.ebpf.programs().filter_map(|(_, p)| p.info().ok().map(|i| i.id())).collect();
+        Attached { programs, links: self.link_id.into_iter().collect(), devices: Vec::new() }
+    }
+
+    fn flush_log(&mut self) {
+        self.kernel.flush_log();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_by_name_or_number() {
+        assert_eq!(parse_errno("ENOENT"), Ok(2));
+        assert_eq!(parse_errno("eacces"), Ok(13));
+        assert_eq!(parse_errno("5"), Ok(5));
+        assert!(parse_errno("0").is_err());
+        assert!(parse_errno("EWHATEVER").is_err());
+    }
+
+    #[test]
+    fn syscall_names_are_plain() {
+        assert_eq!(parse_syscall("openat"), Ok("openat".into()));
+        assert!(parse_syscall("open at").is_err());
+        assert!(parse_syscall("../x").is_err());
+        assert!(parse_syscall("").is_err());
+    }
+}

@@ -1,0 +1,73 @@
+//! `chaos sys fail`: where `chaos probe` says a backend works, a syscall made by a process in the
+//! target cgroup fails with the chosen errno and a bystander's does not; where it says the backend
+//! does not work, the command exits 3 with the reason. Both halves run on every lane, so each
+//! kernel proves whichever half is true for it.
+
+use std::time::Duration;
+
+use chaos_tests::*;
+
+fn backend_works(name: &str) -> (bool, String) {
+    let (code, out, err) = run_chaos(&["probe", "--json"]);
+    assert_eq!(code, 0, "{err:?}");
+    let report: Value = serde_json::from_str(&out).expect("probe json");
+    let c = report["checks"].as_array().expect("checks").iter().find(|c| c["backend"] == name).cloned().expect("check");
+    (c["works"] == true, c["reason"].as_str().unwrap_or_default().to_string())
+}
+
+/// Runs `syscall-loop` at `place` and returns its JSON.
+fn calls(sb: &Sandbox, place: Place, call: &str, path: &str, n: u64) -> Value {
+    sb.spawn(place, &["syscall-loop", "--call", call, "--path", path, "--count", &n.to_string()]).json(Duration::from_secs(60))
+}
+
+fn fail_case(backend: &str, probe_name: &str, call: &str, syscall: &str, errno_name: &str, errno: i32) {
+    let sb = Sandbox::new();
+    let file = std::env::temp_dir().join(unique("chaos-sys-"));
+    std::fs::write(&file, b"x").expect("test file");
+    let path = file.display().to_string();
+    let (works, reason) = backend_works(probe_name);
+    let cg = sb.cgroup.path.display().to_string();
+    let mut args: Vec<String> = ["sys", "fail", "--cgroup", &cg, "--syscall", syscall, "--errno", errno_name, "--backend", backend, "--for", "60s", "--json"]
+        .map(String::from)
+        .to_vec();
+    if !works {
+        let (code, _, err) = run_chaos(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(code, 3, "probe says {probe_name} does not work ({reason}); chaos must exit 3: {err:?}");
+        assert!(err.len() == 1 && err[0].contains("cannot do it"), "{err:?}");
+        eprintln!("{probe_name} is not available on this kernel ({reason}): checked the exit-3 refusal instead");
+        let _ = std::fs::remove_file(&file);
+        return;
+    }
+    args.push("--percent".into());
+    args.push("100".into());
+    let chaos = start_chaos(&args);
+    let target = calls(&sb, Place::Target, call, &path, 200);
+    let bystander = calls(&sb, Place::Bystander, call, &path, 200);
+    let summary = stop_chaos(chaos);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(target["ok"], 0, "every {call} in the cgroup should fail: {target}");
+    assert_eq!(target["errors"][errno.to_string()], 200, "with {errno_name}: {target}");
+    assert_eq!(bystander["ok"], 200, "a process outside the cgroup is untouched: {bystander}");
+    let r = &summary["rules"][0];
+    assert_eq!(r["failed"], 200, "the kernel counted exactly the failed calls: {summary}");
+}
+
+#[test]
+fn lsm_backend_fails_open_in_the_cgroup_only() {
+    fail_case("lsm", "bpf_lsm", "open", "openat", "EIO", libc::EIO);
+}
+
+#[test]
+fn kprobe_backend_fails_any_syscall_in_the_cgroup_only() {
+    fail_case("kprobe", "kprobe_override", "fsync", "fsync", "ENOSPC", libc::ENOSPC);
+}
+
+#[test]
+fn an_unknown_syscall_or_errno_is_bad_input() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let (code, _, err) = run_chaos(&["sys", "fail", "--cgroup", &cg, "--syscall", "openat", "--errno", "EWHAT"]);
+    assert_eq!((code, err.len()), (2, 1), "{err:?}");
+    let (code, _, err) = run_chaos(&["sys", "fail", "--cgroup", &cg, "--syscall", "Open At", "--errno", "EIO"]);
+    assert_eq!((code, err.len()), (2, 1), "{err:?}");
+}
