@@ -4,10 +4,10 @@
 //! so the verifier must accept that helper.
 
 use aya_ebpf::{
-    helpers::{bpf_override_return, bpf_send_signal_thread},
-    macros::{btf_tracepoint, cgroup_sock_addr, kprobe, lsm, map},
+    helpers::{bpf_ktime_get_ns, bpf_override_return, bpf_send_signal_thread},
+    macros::{btf_tracepoint, cgroup_sock_addr, classifier, kprobe, lsm, map},
     maps::Array,
-    programs::{BtfTracePointContext, LsmContext, ProbeContext, SockAddrContext},
+    programs::{BtfTracePointContext, LsmContext, ProbeContext, SockAddrContext, TcContext},
 };
 
 /// A map value, not a constant, so the verifier cannot prove the armed branches dead.
@@ -49,4 +49,23 @@ pub fn chaos_probe_kprobe(ctx: ProbeContext) -> u32 {
         unsafe { bpf_override_return(ctx.regs, 0) };
     }
     0
+}
+
+/// The delay, in ns, `chaos_probe_edt` gives every packet (0: none). Set by the EDT experiment.
+#[map]
+static PROBE_EDT_DELAY: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The ground of the delay fault: an Earliest Departure Time. A TC egress program sets
+/// `skb->tstamp` in the future and sch_fq on the device holds the packet until then. Without fq
+/// the timestamp is ignored, which is why delay faults must check for fq first.
+#[classifier]
+pub fn chaos_probe_edt(ctx: TcContext) -> i32 {
+    if let Some(&delay) = PROBE_EDT_DELAY.get(0)
+        && delay != 0
+    {
+        // SAFETY: `ctx.skb.skb` is the __sk_buff of this run; tstamp is writable at TC egress,
+        // where the kernel records it as a monotonic delivery time.
+        unsafe { (*ctx.skb.skb).tstamp = bpf_ktime_get_ns() + delay };
+    }
+    0 // TC_ACT_OK / TCX_PASS
 }

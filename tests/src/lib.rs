@@ -36,7 +36,7 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
 }
 
-fn ip(args: &[&str]) {
+pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("running ip (iproute2)");
     assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
@@ -62,6 +62,9 @@ pub struct Sandbox {
     pub cgroup: TempCgroup,
     pub client_ns: String,
     pub server_ns: String,
+    /// The veth ends: in the client namespace and in the server namespace.
+    pub client_dev: String,
+    pub server_dev: String,
 }
 
 impl Sandbox {
@@ -70,10 +73,16 @@ impl Sandbox {
     pub fn new() -> Sandbox {
         let name = unique("ct");
         let cgroup = TempCgroup::new(&format!("chaos-test-{name}")).expect("creating the test cgroup");
-        let sb = Sandbox { cgroup, client_ns: format!("{name}c"), server_ns: format!("{name}s") };
+        let (a, b) = (format!("{name}a"), format!("{name}b"));
+        let sb = Sandbox {
+            cgroup,
+            client_ns: format!("{name}c"),
+            server_ns: format!("{name}s"),
+            client_dev: a.clone(),
+            server_dev: b.clone(),
+        };
         ip(&["netns", "add", &sb.client_ns]);
         ip(&["netns", "add", &sb.server_ns]);
-        let (a, b) = (format!("{name}a"), format!("{name}b"));
         ip(&["-n", &sb.client_ns, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &sb.server_ns]);
         for (ns, dev, v4, v6) in [(&sb.client_ns, &a, CLIENT_V4, CLIENT_V6), (&sb.server_ns, &b, SERVER_V4, SERVER_V6)] {
             ip(&["-n", ns, "addr", "add", &format!("{v4}/30"), "dev", dev]);
@@ -291,4 +300,18 @@ pub fn assert_all_gone(programs: &[u32], links: &[u32], when: &str) {
         assert!(Instant::now() < end, "{when}: still in the kernel: {left:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The JSON `chaos probe --json` prints.
+pub fn probe_report() -> Value {
+    let (code, out, err) = run_chaos(&["probe", "--json"]);
+    assert_eq!(code, 0, "probe failed: {err:?}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("probe --json is not JSON ({e}): {out}"))
+}
+
+/// (works, reason) of one backend in a probe report.
+pub fn backend(report: &Value, name: &str) -> (bool, String) {
+    let c = report["checks"].as_array().expect("checks").iter().find(|c| c["backend"] == name);
+    let c = c.unwrap_or_else(|| panic!("no check for {name} in {report}"));
+    (c["works"] == true, c["reason"].as_str().unwrap_or_default().to_string())
 }

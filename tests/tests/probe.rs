@@ -6,15 +6,11 @@ use std::process::Command;
 use chaos_tests::*;
 
 fn probe() -> Value {
-    let (code, out, err) = run_chaos(&["probe", "--json"]);
-    assert_eq!(code, 0, "probe failed: {err:?}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("probe --json is not JSON ({e}): {out}"))
+    probe_report()
 }
 
-fn works(report: &Value, backend: &str) -> bool {
-    let c = report["checks"].as_array().expect("checks").iter().find(|c| c["backend"] == backend);
-    let c = c.unwrap_or_else(|| panic!("no check for {backend} in {report}"));
-    c["works"].as_bool().expect("works is a bool")
+fn works(report: &Value, name: &str) -> bool {
+    backend(report, name).0
 }
 
 /// Whether `tc qdisc add dev lo root KIND ARGS` works in a fresh namespace.

@@ -7,14 +7,6 @@ use std::time::Duration;
 
 use chaos_tests::*;
 
-fn backend_works(name: &str) -> (bool, String) {
-    let (code, out, err) = run_chaos(&["probe", "--json"]);
-    assert_eq!(code, 0, "{err:?}");
-    let report: Value = serde_json::from_str(&out).expect("probe json");
-    let c = report["checks"].as_array().expect("checks").iter().find(|c| c["backend"] == name).cloned().expect("check");
-    (c["works"] == true, c["reason"].as_str().unwrap_or_default().to_string())
-}
-
 /// Runs `syscall-loop` at `place` and returns its JSON.
 fn calls(sb: &Sandbox, place: Place, call: &str, path: &str, n: u64) -> Value {
     sb.spawn(place, &["syscall-loop", "--call", call, "--path", path, "--count", &n.to_string()]).json(Duration::from_secs(60))
@@ -25,7 +17,7 @@ fn fail_case(backend: &str, probe_name: &str, call: &str, syscall: &str, errno_n
     let file = std::env::temp_dir().join(unique("chaos-sys-"));
     std::fs::write(&file, b"x").expect("test file");
     let path = file.display().to_string();
-    let (works, reason) = backend_works(probe_name);
+    let (works, reason) = backend(&probe_report(), probe_name);
     let cg = sb.cgroup.path.display().to_string();
     let mut args: Vec<String> = ["sys", "fail", "--cgroup", &cg, "--syscall", syscall, "--errno", errno_name, "--backend", backend, "--for", "60s", "--json"]
         .map(String::from)
