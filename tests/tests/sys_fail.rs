@@ -12,14 +12,14 @@ fn calls(sb: &Sandbox, place: Place, call: &str, path: &str, n: u64) -> Value {
     sb.spawn(place, &["syscall-loop", "--call", call, "--path", path, "--count", &n.to_string()]).json(Duration::from_secs(60))
 }
 
-fn fail_case(backend: &str, probe_name: &str, call: &str, syscall: &str, errno_name: &str, errno: i32) {
+fn fail_case(which: &str, probe_name: &str, call: &str, syscall: &str, errno_name: &str, errno: i32) {
     let sb = Sandbox::new();
     let file = std::env::temp_dir().join(unique("chaos-sys-"));
     std::fs::write(&file, b"x").expect("test file");
     let path = file.display().to_string();
     let (works, reason) = backend(&probe_report(), probe_name);
     let cg = sb.cgroup.path.display().to_string();
-    let mut args: Vec<String> = ["sys", "fail", "--cgroup", &cg, "--syscall", syscall, "--errno", errno_name, "--backend", backend, "--for", "60s", "--json"]
+    let mut args: Vec<String> = ["sys", "fail", "--cgroup", &cg, "--syscall", syscall, "--errno", errno_name, "--backend", which, "--for", "60s", "--json"]
         .map(String::from)
         .to_vec();
     if !works {
