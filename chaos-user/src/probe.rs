@@ -241,12 +241,7 @@ fn check_cgroup_skb(kernel: &mut Kernel) -> Outcome {
 }
 
 fn check_sock_addr(kernel: &mut Kernel) -> Outcome {
-    let prog: &mut CgroupSockAddr = kernel
-        .ebpf
-        .program_mut("chaos_probe_connect4")
-        .ok_or("probe program missing")?
-        .try_into()
-        .map_err(|e: ProgramError| e.to_string())?;
+    let prog: &mut CgroupSockAddr = kernel.get("chaos_probe_connect4").map_err(|e| e.to_string())?;
     prog.load().map_err(|e| load_failed("cgroup/connect4", &e))?;
     let cg = TempCgroup::new(&format!("chaos-probe-sa-{}", std::process::id())).map_err(|e| format!("{e:#}"))?;
     let f = File::open(&cg.path).map_err(|e| e.to_string())?;
@@ -287,12 +282,7 @@ fn check_tc(kernel: &mut Kernel, tcx: bool) -> Outcome {
 fn check_btf(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Outcome {
     let btf = facts.btf.as_ref().ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
     if b == Backend::BpfLsm {
-        let prog: &mut Lsm = kernel
-            .ebpf
-            .program_mut("chaos_probe_lsm")
-            .ok_or("probe program missing")?
-            .try_into()
-            .map_err(|e: ProgramError| e.to_string())?;
+        let prog: &mut Lsm = kernel.get("chaos_probe_lsm").map_err(|e| e.to_string())?;
         prog.load("file_open", btf).map_err(|e| {
             let mut s = load_failed("BPF LSM", &e);
             let empty_log = matches!(&e, ProgramError::LoadError { verifier_log, .. } if verifier_log.to_string().trim().is_empty());
@@ -310,12 +300,7 @@ fn check_btf(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Outcome {
         let id = prog.attach().map_err(|e| format!("attaching: {}", describe_errno(&e)))?;
         prog.detach(id).map_err(|e| e.to_string())
     } else {
-        let prog: &mut BtfTracePoint = kernel
-            .ebpf
-            .program_mut("chaos_probe_tp_btf")
-            .ok_or("probe program missing")?
-            .try_into()
-            .map_err(|e: ProgramError| e.to_string())?;
+        let prog: &mut BtfTracePoint = kernel.get("chaos_probe_tp_btf").map_err(|e| e.to_string())?;
         prog.load("sys_enter", btf).map_err(|e| load_failed("tp_btf", &e))?;
         let id = prog.attach().map_err(|e| format!("attaching: {}", describe_errno(&e)))?;
         prog.detach(id).map_err(|e| e.to_string())
@@ -327,12 +312,7 @@ fn check_kprobe(kernel: &mut Kernel, facts: &Facts) -> Outcome {
         return Err("the kernel has no kprobe event source (/sys/bus/event_source/devices/kprobe)".into());
     }
     let _ = facts;
-    let prog: &mut KProbe = kernel
-        .ebpf
-        .program_mut("chaos_probe_kprobe")
-        .ok_or("probe program missing")?
-        .try_into()
-        .map_err(|e: ProgramError| e.to_string())?;
+    let prog: &mut KProbe = kernel.get("chaos_probe_kprobe").map_err(|e| e.to_string())?;
     prog.load().map_err(|e| load_failed("kprobe with bpf_override_return", &e))?;
     // Attaching checks that the target is on the error-injection list (every syscall entry is).
     let id = prog

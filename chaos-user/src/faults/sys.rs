@@ -116,12 +116,12 @@ impl Fault for SysFail {
 
         let (link, backend) = if use_lsm {
             let btf = Btf::from_sys_fs().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); the lsm backend needs it"))?;
-            let prog: &mut Lsm = program(&mut kernel, PROG_LSM_FILE_OPEN)?;
+            let prog: &mut Lsm = kernel.get(PROG_LSM_FILE_OPEN)?;
             prog.load("file_open", &btf).map_err(|e| load_refused("BPF LSM", &e))?;
             let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching the LSM program: {}", chain(&e))))?;
             (prog.take_link(id).map_err(|e| Error::Other(e.into()))?.into(), "lsm")
         } else {
-            let prog: &mut KProbe = program(&mut kernel, PROG_KPROBE)?;
+            let prog: &mut KProbe = kernel.get(PROG_KPROBE)?;
             prog.load().map_err(|e| load_refused("kprobe", &e))?;
             let symbol = format!("__x64_sys_{}", self.syscall);
             let id = prog.attach(&symbol, 0).map_err(|e| {
@@ -141,18 +141,6 @@ impl Fault for SysFail {
 
 fn no_map() -> Error {
     Error::Other(anyhow::anyhow!("the embedded kernel object lacks a map chaos needs"))
-}
-
-fn program<'a, T>(kernel: &'a mut Kernel, name: &str) -> Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-{
-    kernel
-        .ebpf
-        .program_mut(name)
-        .ok_or_else(|| Error::Other(anyhow::anyhow!("the embedded kernel object has no program {name}")))?
-        .try_into()
-        .map_err(|e: ProgramError| Error::Other(e.into()))
 }
 
 fn load_refused(kind: &str, e: &ProgramError) -> Error {

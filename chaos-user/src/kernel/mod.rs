@@ -68,6 +68,18 @@ impl Kernel {
         Ok(prog)
     }
 
+    /// The named program, as its type, not yet loaded (for types whose load takes arguments).
+    pub fn get<'a, T>(&'a mut self, name: &str) -> Result<&'a mut T>
+    where
+        &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+    {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| Error::Other(anyhow::anyhow!("the embedded kernel object has no program {name}")))?
+            .try_into()
+            .map_err(|e: ProgramError| Error::Other(anyhow::anyhow!("program {name}: {e}")))
+    }
+
     /// Forwards pending kernel log records.
     pub fn flush_log(&mut self) {
         if let Some(l) = self.logger.as_mut() {
