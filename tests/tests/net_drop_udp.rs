@@ -89,3 +89,27 @@ fn port_and_peer_filters_limit_the_fault() {
     let (_, matched, _, dropped) = rule0(&stop_chaos(chaos));
     assert_eq!((matched, dropped), (N, N));
 }
+
+#[test]
+fn log_packets_reports_each_decision_and_a_status_line_comes_every_few_seconds() {
+    let sb = Sandbox::new();
+    let mut args: Vec<String> = ["net", "drop", "--percent", "100", "--proto", "udp", "--for", "6s", "--json", "--log-packets"]
+        .map(String::from)
+        .to_vec();
+    args.extend(sb.target_args());
+    let mut cmd = std::process::Command::new(chaos_bin());
+    cmd.args(&args).env("RUST_LOG", "debug").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut chaos = Proc::new(cmd.spawn().expect("chaos"), "chaos --log-packets".into());
+    chaos.wait_for("chaos: injecting", Duration::from_secs(30));
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", "0.0.0.0:5307", "--idle", "500ms"]);
+    sink.ready();
+    sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:5307"), "--count", "20", "--rate", "200"]).json(T);
+    assert_eq!(sink.json(T)["received"], 0);
+    let (code, out, err) = chaos.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err:?}");
+    let decisions = err.iter().filter(|l| l.contains("chaos: drop rule=0")).count();
+    assert_eq!(decisions, 20, "one kernel log line per dropped packet: {err:?}");
+    assert!(err.iter().any(|l| l.contains("chaos: net drop: matched 20, injected 20")), "no status line: {err:?}");
+    let summary: Value = serde_json::from_str(out.lines().last().unwrap_or_default()).expect("json");
+    assert_eq!(rule0(&summary).3, 20);
+}
