@@ -23,7 +23,8 @@ use crate::{
 /// What `make bzImage` needs beyond a C toolchain: flex/bison for Kconfig, libelf for objtool,
 /// bc for the timeconst header, libssl for the signing tools, pahole (dwarves) for BTF, xz for
 /// the source tarball and tinyconfig's xz-compressed bzImage.
-const BUILD_PACKAGES: &[&str] = &["make", "gcc", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "dwarves", "xz-utils"];
+const BUILD_PACKAGES: &[&str] =
+    &["make", "gcc", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "dwarves", "xz-utils"];
 
 /// The project's options, merged on top of these make targets (in this order).
 const FRAGMENT: &str = "kernel/errinj.config";
@@ -84,7 +85,8 @@ pub fn errinj_kernel() -> Result<PathBuf> {
         make(&[target])?;
     }
     let config = build.join(".config");
-    logged(Command::new(src.join("scripts/kconfig/merge_config.sh")).arg("-m").arg("-O").arg(&build).arg(&config).arg(&fragment_path))?;
+    let merge = src.join("scripts/kconfig/merge_config.sh");
+    logged(Command::new(merge).arg("-m").arg("-O").arg(&build).arg(&config).arg(&fragment_path))?;
     make(&["olddefconfig"])?;
     check_config(&config, &wanted, &src)?;
 
@@ -204,4 +206,24 @@ fn short_hash(text: &str) -> Result<String> {
     child.stdin.take().expect("piped").write_all(text.as_bytes())?;
     let out = child.wait_with_output()?;
     Ok(String::from_utf8_lossy(&out.stdout)[..12].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_set_unset_and_string_options() {
+        let options = parse_config("# a comment\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_LSM=\"x,y\"\nOTHER=1\n");
+        let expect = [("CONFIG_A", "y"), ("CONFIG_B", "n"), ("CONFIG_LSM", "\"x,y\"")];
+        assert_eq!(options, expect.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    }
+
+    #[test]
+    fn fragment_asks_for_what_the_lane_exists_for() {
+        let fragment = parse_config(&fs::read_to_string(workspace_root().join(FRAGMENT)).unwrap());
+        for name in ["MODULES", "KPROBES", "FUNCTION_ERROR_INJECTION", "BPF_KPROBE_OVERRIDE", "DEBUG_INFO_BTF", "BPF_LSM"] {
+            assert_eq!(fragment.get(&format!("CONFIG_{name}")).map(String::as_str), Some("y"), "CONFIG_{name}");
+        }
+    }
 }
