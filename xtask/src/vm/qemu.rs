@@ -5,6 +5,10 @@ use std::{
     io::{BufRead, BufReader, Read},
     path::Path,
     process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -18,6 +22,9 @@ pub struct Outcome {
     pub tally: Tally,
     pub problem: Option<String>,
 }
+
+/// How long qemu may take to exit after the guest printed its end marker.
+const LINGER: Duration = Duration::from_secs(5);
 
 /// What the console showed.
 #[derive(Default)]
@@ -46,16 +53,27 @@ pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration) -> Res
         c.spawn().context("could not start qemu-system-x86_64: `cargo xtask setup` installs qemu-system-x86")?;
     let stdout = child.stdout.take().expect("piped");
     let marker = format!("{marker} rc=");
-    let reader = thread::spawn(move || watch(stdout, &marker));
+    let ended = Arc::new(AtomicBool::new(false));
+    let reader = thread::spawn({
+        let ended = ended.clone();
+        move || watch(stdout, &marker, &ended)
+    });
 
+    // A kernel without ACPI (the errinj one) halts on `poweroff -f` instead of ending qemu, so
+    // once the end marker is out, qemu gets a few seconds to exit and is then stopped.
+    let mut ended_at = None;
     let timed_out = loop {
         if child.try_wait()?.is_some() {
             break false;
         }
-        if started.elapsed() > timeout {
+        if ended_at.is_none() && ended.load(Ordering::Relaxed) {
+            ended_at = Some(Instant::now());
+        }
+        let linger = ended_at.is_some_and(|t| t.elapsed() > LINGER);
+        if linger || started.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            break true;
+            break !linger;
         }
         thread::sleep(Duration::from_millis(100));
     };
@@ -78,7 +96,7 @@ pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration) -> Res
 
 /// Echoes each console line (cleaned of terminal control sequences) and notes results, the end
 /// marker and a kernel panic.
-fn watch(out: impl Read, marker: &str) -> Result<Console> {
+fn watch(out: impl Read, marker: &str, ended: &AtomicBool) -> Result<Console> {
     let mut console = Console::default();
     let mut r = BufReader::new(out);
     let mut raw = Vec::new();
@@ -89,6 +107,7 @@ fn watch(out: impl Read, marker: &str) -> Result<Console> {
         console.tally.add_line(&line);
         if let Some(rest) = line.split_once(marker).map(|(_, r)| r) {
             console.end_code = rest.trim().parse().ok().or(Some(-1));
+            ended.store(true, Ordering::Relaxed);
         }
         if line.contains("Kernel panic - not syncing") && console.panic.is_none() {
             console.panic = Some(line.trim().to_string());
@@ -137,7 +156,9 @@ mod tests {
         let text = "test result: ok. 2 passed; 0 failed; 0 ignored\r\n\
                     [ 1.0] Kernel panic - not syncing: Attempted to kill init!\r\n\
                     END-1 rc=3\r\n";
-        let c = watch(text.as_bytes(), "END-1 rc=").unwrap();
+        let ended = AtomicBool::new(false);
+        let c = watch(text.as_bytes(), "END-1 rc=", &ended).unwrap();
+        assert!(ended.load(Ordering::Relaxed));
         assert_eq!(c.tally, Tally { passed: 2, failed: 0 });
         assert_eq!(c.end_code, Some(3));
         assert!(c.panic.unwrap().contains("Attempted to kill init"));
