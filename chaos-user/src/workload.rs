@@ -69,6 +69,10 @@ pub enum Workload {
     SyscallLoop {
         #[arg(long, value_parser = ["open", "fsync"])]
         call: String,
+        /// Wait for a line on stdin before the first call (so a fault can start after this
+        /// process has already executed: an LSM file_open fault would otherwise fail its exec).
+        #[arg(long)]
+        wait: bool,
         #[arg(long)]
         path: std::path::PathBuf,
         #[arg(long)]
@@ -97,15 +101,19 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         Workload::TcpSend { to, bytes, max } => tcp_send(to, bytes, max),
         Workload::RrServer { bind, max } => rr_server(bind, max),
         Workload::RrClient { to, rate, duration, interval, timeout } => rr_client(to, rate, duration, interval, timeout),
-        Workload::SyscallLoop { call, path, count } => syscall_loop(&call, &path, count),
+        Workload::SyscallLoop { call, path, count, wait } => syscall_loop(&call, &path, count, wait),
     }
 }
 
 /// Runs one syscall --count times; prints {"calls", "ok", "errors": {errno: n}}.
-fn syscall_loop(call: &str, path: &std::path::Path, count: u64) -> Result<()> {
+fn syscall_loop(call: &str, path: &std::path::Path, count: u64, wait: bool) -> Result<()> {
+    let file = if call == "fsync" { Some(std::fs::OpenOptions::new().append(true).create(true).open(path)?) } else { None };
+    if wait {
+        ready();
+        std::io::stdin().read_line(&mut String::new())?;
+    }
     let mut errors = std::collections::BTreeMap::<i32, u64>::new();
     let mut ok = 0u64;
-    let file = if call == "fsync" { Some(std::fs::OpenOptions::new().append(true).create(true).open(path)?) } else { None };
     for _ in 0..count {
         let r = match &file {
             Some(f) => f.sync_all(),

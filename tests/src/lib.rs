@@ -174,6 +174,13 @@ impl Proc {
         self.wait_for("ready", Duration::from_secs(20));
     }
 
+    /// Writes a line to the child's stdin (a `--wait`ing workload starts).
+    pub fn go(&mut self) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin piped");
+        stdin.write_all(b"go\n").and_then(|_| stdin.flush()).expect("writing to the workload's stdin");
+    }
+
     /// Closes the child's stdin (a udp-sink then finishes once traffic stops).
     pub fn close_stdin(&mut self) {
         drop(self.child.stdin.take());

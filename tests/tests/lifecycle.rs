@@ -26,7 +26,8 @@ fn nothing_stays_attached_after_the_deadline() {
     let mut chaos = start_chaos(&args(&sb, "50", "2s", &["--proto", "udp"]));
     let line = chaos.wait_for("attached:", Duration::from_secs(5));
     let (programs, links) = attached_ids(&line);
-    assert!(links.len() >= 2, "a cgroup link and device links: {line}");
+    // At least the cgroup link; device attachments are links too under tcx, netlink filters before 6.6.
+    assert!(!links.is_empty() && line.contains("devices [") && !line.contains("devices []"), "{line}");
     assert!(still_loaded(&programs, &links).len() >= programs.len(), "ids are live while running");
     let summary = chaos.json(Duration::from_secs(30));
     assert_eq!(summary["ended_by"], "deadline");

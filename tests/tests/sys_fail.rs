@@ -7,9 +7,17 @@ use std::time::Duration;
 
 use chaos_tests::*;
 
-/// Runs `syscall-loop` at `place` and returns its JSON.
-fn calls(sb: &Sandbox, place: Place, call: &str, path: &str, n: u64) -> Value {
-    sb.spawn(place, &["syscall-loop", "--call", call, "--path", path, "--count", &n.to_string()]).json(Duration::from_secs(60))
+/// Starts `syscall-loop --wait` at `place`: executed and ready, its calls not yet made.
+fn caller(sb: &Sandbox, place: Place, call: &str, path: &str, n: u64) -> Proc {
+    let mut p = sb.spawn(place, &["syscall-loop", "--wait", "--call", call, "--path", path, "--count", &n.to_string()]);
+    p.ready();
+    p
+}
+
+/// Lets a waiting caller make its calls and returns its JSON.
+fn run_calls(mut p: Proc) -> Value {
+    p.go();
+    p.json(Duration::from_secs(60))
 }
 
 fn fail_case(which: &str, probe_name: &str, call: &str, syscall: &str, errno_name: &str, errno: i32) {
@@ -32,9 +40,10 @@ fn fail_case(which: &str, probe_name: &str, call: &str, syscall: &str, errno_nam
     }
     args.push("--percent".into());
     args.push("100".into());
+    // The processes exist before the fault starts: an open fault would fail their exec too.
+    let (target, bystander) = (caller(&sb, Place::Target, call, &path, 200), caller(&sb, Place::Bystander, call, &path, 200));
     let chaos = start_chaos(&args);
-    let target = calls(&sb, Place::Target, call, &path, 200);
-    let bystander = calls(&sb, Place::Bystander, call, &path, 200);
+    let (target, bystander) = (run_calls(target), run_calls(bystander));
     let summary = stop_chaos(chaos);
     let _ = std::fs::remove_file(&file);
     assert_eq!(target["ok"], 0, "every {call} in the cgroup should fail: {target}");
