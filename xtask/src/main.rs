@@ -1,5 +1,6 @@
 //! Project tasks: set-up, build, the test lanes, the demo. `cargo xtask --help` lists them.
 
+mod bench;
 mod cmd;
 mod kernel_build;
 mod setup;
@@ -43,6 +44,9 @@ enum Task {
         #[arg(last = true)]
         filter: Vec<String>,
     },
+    /// Measure what chaos costs the traffic it watches, side by side with the baseline; writes
+    /// BENCHMARKS.md.
+    Bench,
     /// Manage the kernels the VM lanes use (kernels.lock).
     Kernels {
         #[command(subcommand)]
@@ -77,8 +81,12 @@ fn run(task: Task) -> Result<()> {
             cmd::run(std::process::Command::new(workspace_root().join("target/release/chaos")).arg("demo"))
         }
         Task::Test { host_only } => {
-            setup::run()?;
-            build_release()?;
+            // A run that cannot even build still ends with the combined line.
+            if let Err(e) = setup::run().and_then(|_| build_release()) {
+                eprintln!("xtask: {e:#}");
+                println!("0 passed, 1 failed");
+                std::process::exit(1);
+            }
             test::run(host_only)
         }
         Task::VmTest { kernel, filter } => {
@@ -86,6 +94,11 @@ fn run(task: Task) -> Result<()> {
             vm::vm_test(kernel, &filter)
         }
         Task::Kernels { action: KernelsAction::Update } => vm::lock::update(),
+        Task::Bench => {
+            setup::run()?;
+            build_release()?;
+            bench::run()
+        }
         Task::KernelBuild => {
             println!("{}", kernel_build::errinj_kernel()?.display());
             Ok(())

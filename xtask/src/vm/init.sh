@@ -24,6 +24,8 @@ step mount -t securityfs securityfs /sys/kernel/security
 step mount -t debugfs debugfs /sys/kernel/debug
 step mount -t tracefs tracefs /sys/kernel/tracing
 step ip link set lo up
+# Where a distribution keeps the kernel's config.
+[ -f /boot/config ] && mv /boot/config "/boot/config-$(uname -r)"
 
 for m in $MODULES; do
 	step modprobe "$m"

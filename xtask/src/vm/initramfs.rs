@@ -51,6 +51,8 @@ pub struct Contents<'a> {
     pub chaos: &'a Path,
     pub tests: &'a [PathBuf],
     pub modules: Option<&'a Modules>,
+    /// Shipped as /boot/config; /init renames it to /boot/config-$(uname -r).
+    pub config: Option<&'a Path>,
     /// A scratch folder for stripped copies of the Rust binaries.
     pub scratch: &'a Path,
 }
@@ -58,7 +60,7 @@ pub struct Contents<'a> {
 /// Writes the gzip'd initramfs to `out`.
 pub fn build(c: &Contents, out: &Path) -> Result<()> {
     let mut a = Archive::default();
-    for d in ["proc", "sys", "dev", "run", "tmp", "root", "tests", "etc", "lib64", "lib"] {
+    for d in ["proc", "sys", "dev", "run", "tmp", "root", "tests", "etc", "lib64", "lib", "boot"] {
         a.dir(d);
     }
     // The kernel opens /dev/console for /init's stdio before anything is mounted.
@@ -91,6 +93,9 @@ pub fn build(c: &Contents, out: &Path) -> Result<()> {
     }
     if let Some(m) = c.modules {
         modules(&mut a, m)?;
+    }
+    if let Some(cfg) = c.config.filter(|p| p.is_file()) {
+        a.file("boot/config", cfg, 0o644);
     }
     a.write_gz(out)
 }

@@ -17,6 +17,9 @@ use crate::{cache_dir, cmd};
 pub struct Kernel {
     pub image: PathBuf,
     pub modules: Option<Modules>,
+    /// The kernel's build configuration, shipped as /boot/config-RELEASE as a distribution does
+    /// (`chaos probe` names the option behind a refusal from it).
+    pub config: Option<PathBuf>,
 }
 
 /// An unpacked `lib/modules/RELEASE` tree with a modules.dep from depmod.
@@ -36,6 +39,7 @@ pub fn debian_cloud() -> Result<Kernel> {
     let release = only_entry(&dir.join("lib/modules"))?;
     Ok(Kernel {
         image: dir.join("boot").join(format!("vmlinuz-{release}")),
+        config: Some(dir.join("boot").join(format!("config-{release}"))),
         modules: Some(Modules { dir: dir.join("lib/modules").join(&release), release }),
     })
 }

@@ -66,7 +66,11 @@ pub fn run_lane(lane: Lane, filter: &[String]) -> Result<Outcome> {
     setup::vm()?;
     let kernel = match lane {
         Lane::DebianCloud => kernel::debian_cloud()?,
-        Lane::Errinj => kernel::Kernel { image: crate::kernel_build::errinj_kernel()?, modules: None },
+        Lane::Errinj => {
+            let image = crate::kernel_build::errinj_kernel()?;
+            let config = image.parent().map(|d| d.join("config"));
+            kernel::Kernel { image, modules: None, config }
+        }
     };
     crate::build_release()?;
     let tests = test_binaries()?;
@@ -93,6 +97,7 @@ pub fn run_lane(lane: Lane, filter: &[String]) -> Result<Outcome> {
             chaos: &workspace_root().join("target/release/chaos"),
             tests: &tests,
             modules: kernel.modules.as_ref(),
+            config: kernel.config.as_deref(),
             scratch: &scratch,
         },
         &initrd,
