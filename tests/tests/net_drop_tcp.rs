@@ -29,9 +29,13 @@ fn tcp_bulk_transfer_completes_with_retransmissions() {
     let retrans = target["retransmits"].as_u64().expect("retransmits");
     assert!(retrans > 0, "no retransmissions: the sender's TCP did not see a wire-like loss ({target})");
 
-    let bystander = transfer(&sb, Place::Bystander, 5402);
-    assert_eq!(bystander["retransmits"], 0, "the bystander's transfer was touched: {bystander}");
+    // The bystander's transfer completes (transfer() checks every byte arrived). Its
+    // retransmission count is not asserted: an unpaced 16 MiB burst over a veth can overflow the
+    // receive backlog of a busy machine, a real loss chaos has no part in. That chaos takes nothing
+    // but what its cgroup program selected is asserted below, and exactly in the paced UDP test.
+    transfer(&sb, Place::Bystander, 5402);
 
-    let (_, matched, _, dropped) = rule0(&stop_chaos(chaos));
+    let (_, matched, selected, dropped) = rule0(&stop_chaos(chaos));
     assert!(dropped > 0 && matched > dropped, "matched {matched} dropped {dropped}");
+    assert_eq!(selected, dropped, "the device program took exactly the packets the cgroup program selected");
 }
