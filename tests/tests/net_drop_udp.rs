@@ -113,3 +113,21 @@ fn log_packets_reports_each_decision_and_a_status_line_comes_every_few_seconds()
     let summary: Value = serde_json::from_str(out.lines().last().unwrap_or_default()).expect("json");
     assert_eq!(rule0(&summary).3, 20);
 }
+
+#[test]
+fn pid_targets_the_cgroup_the_process_is_in() {
+    let sb = Sandbox::new();
+    let mut sink = sb.spawn(Place::Target, &["udp-sink", "--bind", "0.0.0.0:5309", "--idle", "500ms"]);
+    sink.ready();
+    let pid = sink.child.id().to_string();
+    let netns = sb.netns_path(Place::Target).display().to_string();
+    let chaos = start_chaos(
+        &["net", "drop", "--pid", &pid, "--percent", "100", "--direction", "ingress", "--for", "60s", "--json", "--netns", &netns]
+            .map(String::from),
+    );
+    sb.spawn(Place::Server, &["udp-send", "--to", &format!("{CLIENT_V4}:5309"), "--count", "50", "--rate", "500"]).json(T);
+    assert_eq!(sink.json(T)["received"], 0, "the process's cgroup receives nothing");
+    let summary = stop_chaos(chaos);
+    assert_eq!(summary["cgroup"], sb.cgroup.path.display().to_string(), "--pid resolved to the sandbox cgroup");
+    assert_eq!(rule0(&summary).3, 50);
+}
