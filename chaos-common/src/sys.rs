@@ -9,6 +9,9 @@ pub const COUNTERS_MAP: &str = "SYS_COUNTERS";
 
 /// kprobe on `__x64_sys_<name>` + `bpf_override_return`: any syscall on the error-injection list.
 pub const PROG_KPROBE: &str = "chaos_sys_fail_kprobe";
+/// fmod_ret on `security_file_open` or `__x64_sys_<name>`; its ELF section (aya cannot load it).
+pub const PROG_FMOD_RET: &str = "chaos_sys_fail_fmod_ret";
+pub const FMOD_RET_SECTION: &str = "lsm/chaos_fmod_ret";
 /// BPF LSM on `file_open`: fails open/openat/creat (and anything else that opens a file).
 pub const PROG_LSM_FILE_OPEN: &str = "chaos_sys_fail_file_open";
 

@@ -79,8 +79,8 @@ impl Backend {
             Backend::Tcx | Backend::TcNetlink => "net drop (egress wire loss; either one)",
             Backend::CgroupSockAddr => "sys fail: connect/bind (planned)",
             Backend::TpBtfSignal => "sys signal (planned)",
-            Backend::BpfLsm | Backend::FmodRetSecurity => "sys fail: file, socket, exec hooks (planned)",
-            Backend::FmodRetSyscall | Backend::KprobeOverride => "sys fail: any syscall (planned)",
+            Backend::BpfLsm | Backend::FmodRetSecurity => "sys fail: the open family",
+            Backend::FmodRetSyscall | Backend::KprobeOverride => "sys fail: any syscall",
             Backend::SchFq => "net delay (planned)",
             Backend::Netem => "benchmarks against tc netem",
         }
@@ -94,7 +94,8 @@ impl Backend {
             Backend::TcNetlink => &["CONFIG_NET_CLS_BPF", "CONFIG_NET_SCH_INGRESS"],
             Backend::TpBtfSignal => &["CONFIG_DEBUG_INFO_BTF", "CONFIG_BPF_EVENTS"],
             Backend::BpfLsm => &["CONFIG_BPF_LSM", "CONFIG_DEBUG_INFO_BTF"],
-            Backend::FmodRetSecurity | Backend::FmodRetSyscall => &["CONFIG_DYNAMIC_FTRACE", "CONFIG_FUNCTION_ERROR_INJECTION"],
+            Backend::FmodRetSecurity => &["CONFIG_DYNAMIC_FTRACE", "CONFIG_BPF_LSM"],
+            Backend::FmodRetSyscall => &["CONFIG_DYNAMIC_FTRACE", "CONFIG_FUNCTION_ERROR_INJECTION"],
             Backend::KprobeOverride => &["CONFIG_KPROBES", "CONFIG_FUNCTION_ERROR_INJECTION", "CONFIG_BPF_KPROBE_OVERRIDE"],
             Backend::SchFq => &["CONFIG_NET_SCH_FQ"],
             Backend::Netem => &["CONFIG_NET_SCH_NETEM"],
@@ -199,17 +200,12 @@ fn check(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Check {
         Backend::TpBtfSignal => check_btf(kernel, facts, b),
         Backend::BpfLsm => check_btf(kernel, facts, b),
         Backend::KprobeOverride => check_kprobe(kernel, facts),
-        Backend::FmodRetSecurity | Backend::FmodRetSyscall => Err(
-            "not supported by this build: aya 0.14 cannot load fmod_ret programs (its object parser rejects the section)"
-                .to_string(),
-        ),
+        Backend::FmodRetSecurity => check_fmod_ret(kernel, facts, "security_file_open"),
+        Backend::FmodRetSyscall => check_fmod_ret(kernel, facts, "__x64_sys_openat"),
         Backend::SchFq => qdisc::try_qdisc("fq", None).map_err(|e| qdisc_reason("fq", &e)),
         Backend::Netem => qdisc::try_qdisc("netem", Some(qdisc::netem_options())).map_err(|e| qdisc_reason("netem", &e)),
     };
-    let reason = outcome.err().map(|what| match b {
-        Backend::FmodRetSecurity | Backend::FmodRetSyscall => what,
-        _ => facts.explain(b, &what),
-    });
+    let reason = outcome.err().map(|what| facts.explain(b, &what));
     Check { backend: b, label: b.label(), faults: b.faults(), works: reason.is_none(), reason }
 }
 
@@ -304,6 +300,31 @@ fn check_btf(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Outcome {
         prog.load("sys_enter", btf).map_err(|e| load_failed("tp_btf", &e))?;
         let id = prog.attach().map_err(|e| format!("attaching: {}", describe_errno(&e)))?;
         prog.detach(id).map_err(|e| e.to_string())
+    }
+}
+
+/// The real fmod_ret program, loaded by hand and attached to `function` (its rule is inactive, so
+/// it changes nothing), then detached.
+fn check_fmod_ret(kernel: &mut Kernel, facts: &Facts, function: &str) -> Outcome {
+    let btf = facts.btf.as_ref().ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
+    match kernel.fmod_ret(function, btf) {
+        Ok(attached) => {
+            drop(attached);
+            Ok(())
+        }
+        Err(e) => {
+            let mut s = match e.errno() {
+                Some(libc::EPERM) => format!("loading fmod_ret on {function} refused with EPERM"),
+                Some(libc::EINVAL) => format!("loading fmod_ret on {function} refused with EINVAL"),
+                _ => e.to_string(),
+            };
+            if e.errno() == Some(libc::EPERM) {
+                s += " (this kernel's policy refuses BPF trampoline programs)";
+            } else if e.errno() == Some(libc::EINVAL) && function.starts_with("__x64_sys_") {
+                s += " (the function is not on the error-injection list)";
+            }
+            Err(s)
+        }
     }
 }
 

@@ -46,7 +46,7 @@ fn fail_case(which: &str, probe_name: &str, call: &str, syscall: &str, errno_nam
     let (target, bystander) = (run_calls(target), run_calls(bystander));
     let summary = stop_chaos(chaos);
     let _ = std::fs::remove_file(&file);
-    assert_eq!(target["ok"], 0, "every {call} in the cgroup should fail: {target}");
+    assert_eq!(target["ok"], 0, "every {call} in the cgroup should fail: {target}; chaos: {summary}");
     assert_eq!(target["errors"][errno.to_string()], 200, "with {errno_name}: {target}");
     assert_eq!(bystander["ok"], 200, "a process outside the cgroup is untouched: {bystander}");
     let r = &summary["rules"][0];
@@ -61,6 +61,16 @@ fn lsm_backend_fails_open_in_the_cgroup_only() {
 #[test]
 fn kprobe_backend_fails_any_syscall_in_the_cgroup_only() {
     fail_case("kprobe", "kprobe_override", "fsync", "fsync", "ENOSPC", libc::ENOSPC);
+}
+
+#[test]
+fn fmod_ret_backend_fails_open_through_security_file_open() {
+    fail_case("fmod-ret", "fmod_ret_security", "open", "openat", "EACCES", libc::EACCES);
+}
+
+#[test]
+fn fmod_ret_backend_fails_any_syscall_without_kprobes() {
+    fail_case("fmod-ret", "fmod_ret_syscall", "fsync", "fsync", "EDQUOT", libc::EDQUOT);
 }
 
 #[test]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_override_return},
     macros::{kprobe, lsm, map},
     maps::{Array, PerCpuArray},
-    programs::{LsmContext, ProbeContext},
+    programs::{FExitContext, LsmContext, ProbeContext},
 };
 use chaos_common::{
     roll,
@@ -64,4 +64,24 @@ pub fn chaos_sys_fail_file_open(ctx: LsmContext) -> i32 {
         return previous;
     }
     decide().map(|e| -(e as i32)).unwrap_or(0)
+}
+
+/// fmod_ret: attached (by chaos-user's own loader, see `kernel/fmod_ret.rs`) with
+/// `BPF_MODIFY_RETURN` to `security_file_open` or a `__x64_sys_*` entry. A non-zero return replaces
+/// the function's result and skips its body.
+///
+/// Written without an aya macro, in an `lsm/` section: aya 0.14 rejects `fmod_ret/` sections (the
+/// whole object would fail to load), it parses `lsm/` ones, and chaos never loads this one as LSM.
+/// aya's `#[fexit]` wrapper would discard the return value, and `#[lsm]` returns an i32, which
+/// reaches a `long` syscall result zero-extended: -errno must be a full 64-bit value.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "lsm/chaos_fmod_ret")]
+pub fn chaos_sys_fail_fmod_ret(ctx: *mut core::ffi::c_void) -> i64 {
+    let ctx = FExitContext::new(ctx);
+    // Both targets take one argument; the slot after it holds the return value so far.
+    let previous: i64 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    decide().map(|e| -(e as i64)).unwrap_or(0)
 }

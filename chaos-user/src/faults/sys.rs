@@ -1,8 +1,9 @@
 //! `chaos sys fail`: make one syscall fail with a chosen errno for one cgroup.
 //!
-//! Backends, best first: BPF LSM (`file_open`, for the open family; no kprobe needed) and kprobe +
-//! `bpf_override_return` on `__x64_sys_<name>` (any syscall; needs CONFIG_BPF_KPROBE_OVERRIDE).
-//! fmod_ret would serve both, but aya 0.14 cannot load it (see `chaos probe`).
+//! Backends, in the order `--backend auto` tries them:
+//! - the open family: BPF LSM on `file_open`, then fmod_ret on `security_file_open`, then kprobe;
+//! - any other syscall: fmod_ret on `__x64_sys_<name>` (no kprobe needed), then kprobe +
+//!   `bpf_override_return` on it (needs CONFIG_BPF_KPROBE_OVERRIDE).
 
 use aya::{
     Btf,
@@ -17,7 +18,10 @@ use chaos_common::{
 use super::{Attached, Counters, Fault, Injection, RuleCounters, RunOptions};
 use crate::{
     error::{Error, Result, chain},
-    kernel::Kernel,
+    kernel::{
+        Kernel,
+        fmod_ret::{FmodRet, FmodRetError},
+    },
     probe::Backend,
     target::{Cgroup, cgroup2_mount},
     unsupported, usage,
@@ -29,6 +33,7 @@ pub enum SysBackend {
     /// The best this kernel offers for the syscall.
     Auto,
     Lsm,
+    FmodRet,
     Kprobe,
 }
 
@@ -83,18 +88,29 @@ impl Fault for SysFail {
     fn needs(&self) -> &'static [&'static [Backend]] {
         match (self.backend, self.lsm_hook().is_some()) {
             (SysBackend::Lsm, _) => &[&[Backend::BpfLsm]],
-            (SysBackend::Kprobe, _) | (SysBackend::Auto, false) => &[&[Backend::KprobeOverride]],
-            (SysBackend::Auto, true) => &[&[Backend::BpfLsm, Backend::KprobeOverride]],
+            (SysBackend::FmodRet, true) => &[&[Backend::FmodRetSecurity]],
+            (SysBackend::FmodRet, false) => &[&[Backend::FmodRetSyscall]],
+            (SysBackend::Kprobe, _) => &[&[Backend::KprobeOverride]],
+            (SysBackend::Auto, true) => &[&[Backend::BpfLsm, Backend::FmodRetSecurity, Backend::KprobeOverride]],
+            (SysBackend::Auto, false) => &[&[Backend::FmodRetSyscall, Backend::KprobeOverride]],
         }
     }
 
     fn start(&self, target: &Cgroup, deadline_ns: u64, opts: &RunOptions, available: &[Backend]) -> Result<Box<dyn Injection>> {
-        let use_lsm = match self.backend {
-            SysBackend::Lsm => true,
-            SysBackend::Kprobe => false,
-            SysBackend::Auto => self.lsm_hook().is_some() && available.contains(&Backend::BpfLsm),
+        let open_family = self.lsm_hook().is_some();
+        let backend = match self.backend {
+            SysBackend::Auto => {
+                let first = self.needs()[0].iter().find(|b| available.contains(b)).copied();
+                match first {
+                    Some(Backend::BpfLsm) => SysBackend::Lsm,
+                    Some(Backend::FmodRetSecurity | Backend::FmodRetSyscall) => SysBackend::FmodRet,
+                    _ => SysBackend::Kprobe,
+                }
+            }
+            b => b,
         };
-        if use_lsm && self.lsm_hook().is_none() {
+        let use_lsm = backend == SysBackend::Lsm;
+        if use_lsm && !open_family {
             let known: Vec<&str> = LSM_HOOKS.iter().map(|(s, _)| *s).collect();
             return Err(usage!("no LSM hook fails {}(); the lsm backend covers {}: use --backend kprobe", self.syscall, known.join(", ")));
         }
@@ -114,6 +130,18 @@ impl Fault for SysFail {
             Array::try_from(kernel.ebpf.map_mut(RULES_MAP).ok_or_else(no_map)?).map_err(|e| Error::Other(e.into()))?;
         rules.set(0, rule, 0).map_err(|e| Error::Other(e.into()))?;
 
+        if backend == SysBackend::FmodRet {
+            // The open family through the LSM layer (one hook covers them all), others directly.
+            let function = if open_family { "security_file_open".to_string() } else { format!("__x64_sys_{}", self.syscall) };
+            let btf = Btf::from_sys_fs().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); fmod_ret needs it"))?;
+            let attached = kernel.fmod_ret(&function, &btf).map_err(|e| match e {
+                FmodRetError::NoFunction(_) => usage!("this kernel has no syscall {}() (no {function} in its BTF): check the name", self.syscall),
+                FmodRetError::Load { .. } | FmodRetError::Attach { .. } => unsupported!("this kernel refused fmod_ret on {function} ({e}); see `chaos probe`"),
+                other => Error::Other(other.into()),
+            })?;
+            let link_id = Some(attached.link_id);
+            return Ok(Box::new(SysInjection { kernel, _link: Held::FmodRet(attached), link_id, backend: "fmod_ret" }));
+        }
         let (link, backend) = if use_lsm {
             let btf = Btf::from_sys_fs().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); the lsm backend needs it"))?;
             let prog: &mut Lsm = kernel.get(PROG_LSM_FILE_OPEN)?;
@@ -135,7 +163,7 @@ impl Fault for SysFail {
             (FdLink::try_from(link).map_err(|e| Error::Other(e.into()))?, "kprobe")
         };
         let link_id = link.info().map(|i| i.id()).ok();
-        Ok(Box::new(SysInjection { kernel, _link: link, link_id, backend }))
+        Ok(Box::new(SysInjection { kernel, _link: Held::Link(link), link_id, backend }))
     }
 }
 
@@ -156,10 +184,16 @@ fn kallsyms_has(symbol: &str) -> Option<bool> {
     Some(text.lines().any(|l| l.split_whitespace().nth(2) == Some(symbol)))
 }
 
+/// What keeps the program attached; dropping it detaches.
+#[allow(dead_code, reason = "held for its Drop")]
+enum Held {
+    Link(FdLink),
+    FmodRet(FmodRet),
+}
+
 struct SysInjection {
     kernel: Kernel,
-    /// Held: dropping it detaches the program.
-    _link: FdLink,
+    _link: Held,
     link_id: Option<u32>,
     backend: &'static str,
 }
@@ -188,7 +222,10 @@ impl Injection for SysInjection {
     }
 
     fn attached(&self) -> Attached {
-        let programs = self.kernel.ebpf.programs().filter_map(|(_, p)| p.info().ok().map(|i| i.id())).collect();
+        let mut programs: Vec<u32> = self.kernel.ebpf.programs().filter_map(|(_, p)| p.info().ok().map(|i| i.id())).collect();
+        if let Held::FmodRet(f) = &self._link {
+            programs.push(f.prog_id);
+        }
         Attached { programs, links: self.link_id.into_iter().collect(), devices: Vec::new() }
     }
 

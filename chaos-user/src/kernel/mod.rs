@@ -2,6 +2,7 @@
 //! records that let a later run remove what a killed one left behind.
 
 pub mod config;
+pub mod fmod_ret;
 pub mod netdev;
 pub mod qdisc;
 pub mod state;
@@ -78,6 +79,19 @@ impl Kernel {
             .ok_or_else(|| Error::Other(anyhow::anyhow!("the embedded kernel object has no program {name}")))?
             .try_into()
             .map_err(|e: ProgramError| Error::Other(anyhow::anyhow!("program {name}: {e}")))
+    }
+
+    /// Loads the fmod_ret program by hand (see `fmod_ret.rs`) and attaches it to kernel function
+    /// `target`, using this object's syscall-fault maps.
+    pub fn fmod_ret(&self, target: &str, btf: &aya::Btf) -> std::result::Result<fmod_ret::FmodRet, fmod_ret::FmodRetError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let mut maps = std::collections::HashMap::new();
+        for (name, map) in self.ebpf.maps() {
+            if let aya::maps::Map::Array(m) | aya::maps::Map::PerCpuArray(m) = map {
+                maps.insert(name.to_string(), m.fd().as_fd().as_raw_fd());
+            }
+        }
+        fmod_ret::attach(KERNEL_OBJECT, chaos_common::sys::FMOD_RET_SECTION, &maps, target, btf)
     }
 
     /// Forwards pending kernel log records.
