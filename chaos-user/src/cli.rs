@@ -77,8 +77,8 @@ pub struct SysFailArgs {
     /// Probability of failing a call, 0-100.
     #[arg(long, value_parser = parse_percent, value_name = "P", default_value = "100")]
     pub percent: u32,
-    /// lsm covers the open family without kprobes; kprobe covers any syscall where the kernel has
-    /// CONFIG_BPF_KPROBE_OVERRIDE; auto picks the first this kernel offers.
+    /// lsm and fmod-ret (on security_file_open) cover the open family; fmod-ret (on the syscall
+    /// entry) and kprobe cover any syscall; auto picks the first this kernel offers (`chaos probe`).
     #[arg(long, value_enum, default_value_t = crate::faults::sys::SysBackend::Auto)]
     pub backend: crate::faults::sys::SysBackend,
     #[command(flatten)]
