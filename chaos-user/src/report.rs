@@ -45,7 +45,7 @@ impl Summary {
             }
         }
         let errs: Vec<String> =
-            self.counters.kernel_errors.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+            self.counters.kernel_errors.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
         if !errs.is_empty() {
             s += &format!("  kernel-side errors (packets passed untouched): {}\n", errs.join(", "));
         }

@@ -34,6 +34,7 @@ fn fail_case(which: &str, probe_name: &str, call: &str, syscall: &str, errno_nam
         let (code, _, err) = run_chaos(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(code, 3, "probe says {probe_name} does not work ({reason}); chaos must exit 3: {err:?}");
         assert!(err.len() == 1 && err[0].contains("cannot do it"), "{err:?}");
+        assert!(err[0].contains(&reason), "the refusal must give probe's reason {reason:?}: {err:?}");
         eprintln!("{probe_name} is not available on this kernel ({reason}): checked the exit-3 refusal instead");
         let _ = std::fs::remove_file(&file);
         return;

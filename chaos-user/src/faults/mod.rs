@@ -50,7 +50,7 @@ pub trait Injection {
 pub struct Counters {
     pub rules: Vec<RuleCounters>,
     /// Kernel-side failures by kind (a packet that could not be parsed passes untouched).
-    pub kernel_errors: Vec<(String, u64)>,
+    pub kernel_errors: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]

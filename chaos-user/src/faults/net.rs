@@ -373,10 +373,10 @@ impl Injection for NetInjection {
             sum.add(c);
         }
         let errors: PerCpuArray<_, u64> = PerCpuArray::try_from(map(ERRORS_MAP)?).map_err(|e| Error::Other(e.into()))?;
-        let mut kernel_errors = Vec::new();
+        let mut kernel_errors = std::collections::BTreeMap::new();
         for (i, name) in ["header_load", "rule_lookup", "bad_mark"].iter().enumerate().take(NET_ERROR_KINDS as usize) {
             let n: u64 = errors.get(&(i as u32), 0).map_err(|e| Error::Other(e.into()))?.iter().sum();
-            kernel_errors.push((name.to_string(), n));
+            kernel_errors.insert(name.to_string(), n);
         }
         Ok(Counters {
             rules: vec![RuleCounters {

@@ -217,7 +217,7 @@ impl Injection for SysInjection {
                 injected: sum.failed,
                 detail: [("failed".to_string(), sum.failed)].into_iter().collect(),
             }],
-            kernel_errors: Vec::new(),
+            kernel_errors: Default::default(),
         })
     }
 
