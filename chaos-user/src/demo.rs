@@ -25,6 +25,13 @@ use crate::{
     workload::RrInterval,
 };
 
+/// Set by Ctrl-C or SIGTERM: the demo stops early and still removes its sandbox.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Kills a child process when dropped (Ctrl-C, errors).
 struct Reaped(Child);
 
@@ -74,6 +81,11 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
+    }
     privileges::check()?;
     let me = std::env::current_exe().context("finding the chaos binary")?;
     let cg = TempCgroup::new(&format!("chaos-demo-{}", std::process::id()))?;
@@ -118,6 +130,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut last_t = 0.0;
     println!("{:>6}  {:<13} {:>8} {:>7} {:>9} {:>9}  {}", "t(s)", "phase", "req/s", "errors", "p50(ms)", "p99(ms)", "kernel: matched/dropped");
     for line in lines {
+        if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+            println!("        --- stopped early: removing the fault and the sandbox ---");
+            break;
+        }
         let line = line.context("reading the client's output")?;
         let Ok(i) = serde_json::from_str::<RrInterval>(&line) else { continue };
         let elapsed = start.elapsed();
@@ -158,6 +174,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     println!("\n{:<13} {:>8} {:>8} {:>9} {:>9}", "phase", "req/s", "errors", "p50(ms)", "p99(ms)");
     for p in &phases {
         println!("{:<13} {:>8.0} {:>7.1}% {:>9.2} {:>9.2}", p.name, p.rate(), p.error_pct(), p.p(&p.p50), p.p(&p.p99));
+    }
+    if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+        println!("\nstopped early: no verdict. The fault was detached and the sandbox removed.");
+        return Ok(());
     }
     let (steady, fault) = (&phases[0], &phases[1]);
     let impact = fault.p(&fault.p99) > 2.0 * steady.p(&steady.p99) || fault.errors > steady.errors;

@@ -131,6 +131,12 @@ fn resolve(t: &TargetArgs) -> Result<Cgroup> {
 
 /// The life of one fault: check, sweep, start, watch, detach, report.
 pub fn run_fault(fault: &dyn Fault, target: &TargetArgs, run: &RunArgs) -> Result<()> {
+    // Signals first: from here on Ctrl-C, SIGTERM or SIGHUP end the run cleanly, whenever they come.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
+    let signals = {
+        let _in_runtime = rt.enter();
+        crate::watch::Signals::register().map_err(anyhow::Error::from)?
+    };
     privileges::check()?;
     let target = resolve(target)?;
     let available = crate::probe::require(fault.needs())?;
@@ -150,9 +156,8 @@ pub fn run_fault(fault: &dyn Fault, target: &TargetArgs, run: &RunArgs) -> Resul
         target.path.display(),
         humantime::format_duration(Duration::from_secs(run.duration.as_secs().max(1)))
     );
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
     let ended = rt
-        .block_on(crate::watch::watch(inj.as_mut(), fault.name(), run.duration))
+        .block_on(crate::watch::watch(inj.as_mut(), fault.name(), run.duration, signals))
         .map_err(anyhow::Error::from)?;
     let counters = inj.counters()?;
     let attached = inj.attached();

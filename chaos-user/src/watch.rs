@@ -19,12 +19,29 @@ pub struct Ended {
     pub elapsed: Duration,
 }
 
-pub async fn watch(inj: &mut dyn Injection, what: &str, duration: Duration) -> std::io::Result<Ended> {
+/// The signals that end a run. Registered before anything is attached, so a signal that arrives
+/// while attaching ends the run cleanly instead of killing the process with faults in place.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must be called inside the runtime (`Runtime::enter`).
+    pub fn register() -> std::io::Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+pub async fn watch(inj: &mut dyn Injection, what: &str, duration: Duration, signals: Signals) -> std::io::Result<Ended> {
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + duration;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    let Signals { int: mut sigint, term: mut sigterm, hup: mut sighup } = signals;
     let tty = std::io::stderr().is_terminal();
     // A terminal gets one line rewritten in place; a log gets a line every few seconds.
     let status_every = if tty { Duration::from_millis(500) } else { Duration::from_secs(5) };

@@ -107,6 +107,13 @@ impl Sandbox {
         Proc::new(child, format!("workload {}", args.join(" ")))
     }
 
+    /// `tc qdisc show` of the client namespace (where chaos attaches its device programs).
+    pub fn client_qdiscs(&self) -> String {
+        let out = Command::new("ip").args(["netns", "exec", &self.client_ns, "tc", "qdisc", "show"]).output().expect("tc");
+        assert!(out.status.success(), "tc qdisc show: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `--cgroup PATH --netns FILE` for a chaos run on this sandbox.
     pub fn target_args(&self) -> Vec<String> {
         vec![

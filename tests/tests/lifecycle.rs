@@ -32,6 +32,22 @@ fn nothing_stays_attached_after_the_deadline() {
     let summary = chaos.json(Duration::from_secs(30));
     assert_eq!(summary["ended_by"], "deadline");
     assert_all_gone(&programs, &links, "after a normal end");
+    // Before 6.6 chaos adds clsact qdiscs to attach through netlink; it removes them too.
+    let qdiscs = sb.client_qdiscs();
+    assert!(!qdiscs.contains("clsact"), "a clsact qdisc stayed behind:\n{qdiscs}");
+}
+
+#[test]
+fn sigterm_and_sighup_end_a_run_with_its_summary() {
+    let sb = Sandbox::new();
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")] {
+        let mut chaos = start_chaos(&args(&sb, "100", "60s", &["--proto", "udp"]));
+        let (programs, links) = attached_ids(&chaos.wait_for("attached:", Duration::from_secs(5)));
+        chaos.signal(sig);
+        let summary = chaos.json(Duration::from_secs(30));
+        assert_eq!(summary["ended_by"], name);
+        assert_all_gone(&programs, &links, &format!("after {name}"));
+    }
 }
 
 #[test]
@@ -54,6 +70,8 @@ fn nothing_stays_attached_after_sigkill() {
         assert!(swept["filters_removed"].as_u64().unwrap_or(0) >= 1, "cleanup removed nothing: {out}");
     }
     assert_all_gone(&programs, &links, "after SIGKILL (and the sweep, where the kernel needs one)");
+    let qdiscs = sb.client_qdiscs();
+    assert!(!qdiscs.contains("clsact"), "the sweep left the clsact qdisc chaos added:\n{qdiscs}");
     assert_eq!(udp(&sb, 5502, 200), 200, "traffic flows again after SIGKILL");
 }
 

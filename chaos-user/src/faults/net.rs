@@ -325,14 +325,14 @@ fn attach_in_netns(prog: &mut SchedClassifier, ns: &Netns, known: &BTreeSet<(u64
         }
         out.push((|| {
             let fail = |e: &dyn std::error::Error| Error::Other(anyhow::anyhow!("attaching to {ifname} egress: {}", crate::error::chain(e)));
+            let mut clsact_added = false;
             let id = match prog.attach(&ifname, TcAttachType::Egress) {
                 Ok(id) => id,
                 // Netlink attach (kernels before 6.6) needs the clsact qdisc; add it and retry.
                 Err(_) => {
-                    if let Err(e) = qdisc_add_clsact(&ifname)
-                        && !e.to_string().contains("exists")
-                    {
-                        log::debug!("adding clsact to {ifname}: {e}");
+                    match qdisc_add_clsact(&ifname) {
+                        Ok(()) => clsact_added = true,
+                        Err(e) => log::debug!("adding clsact to {ifname}: {e}"),
                     }
                     prog.attach(&ifname, TcAttachType::Egress).map_err(|e| fail(&e))?
                 }
@@ -347,6 +347,7 @@ fn attach_in_netns(prog: &mut SchedClassifier, ns: &Netns, known: &BTreeSet<(u64
                     egress: true,
                     priority,
                     handle: handle.into(),
+                    clsact_added,
                 }),
                 _ => None,
             };
@@ -439,12 +440,24 @@ impl std::ops::Drop for NetInjection {
                 .filter(|d| d.netns_ino == ns.ino)
                 .filter_map(|d| d.link.take().map(ManuallyDrop::new))
                 .collect();
+            let added_clsact: Vec<u32> = self
+                .devices
+                .iter()
+                .filter(|d| d.netns_ino == ns.ino && d.filter.as_ref().is_some_and(|f| f.clsact_added))
+                .map(|d| d.ifindex)
+                .collect();
             let detached = ns.run(move || {
                 let mut ok = true;
                 for l in mine {
                     if let Err(e) = ManuallyDrop::into_inner(l).detach() {
                         log::warn!("detaching TC program: {e}");
                         ok = false;
+                    }
+                }
+                // The clsact qdiscs chaos added go too, unless someone attached a filter since.
+                for ifindex in added_clsact {
+                    if let Err(e) = crate::kernel::qdisc::remove_clsact_if_unused(ifindex) {
+                        log::warn!("removing the clsact qdisc chaos added to device {ifindex}: {e}");
                     }
                 }
                 ok

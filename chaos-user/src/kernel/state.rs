@@ -34,6 +34,10 @@ pub struct TcFilter {
     pub egress: bool,
     pub priority: u16,
     pub handle: u32,
+    /// chaos added the device's clsact qdisc for this filter; it removes it again once no filter
+    /// of anyone's is left on it.
+    #[serde(default)]
+    pub clsact_added: bool,
 }
 
 /// One run's record.
@@ -109,10 +113,11 @@ pub fn detach_filter(f: &TcFilter) -> anyhow::Result<bool> {
         }
         let kind = if f.egress { TcAttachType::Egress } else { TcAttachType::Ingress };
         let link = SchedClassifierLink::attached(&f.ifname, kind, f.priority, TcHandle::from(f.handle), None)?;
-        match link.detach() {
-            Ok(()) => Ok(true),
-            Err(e) => Err(anyhow::anyhow!("detaching TC filter on {} (prio {}): {e}", f.ifname, f.priority)),
+        link.detach().map_err(|e| anyhow::anyhow!("detaching TC filter on {} (prio {}): {e}", f.ifname, f.priority))?;
+        if f.clsact_added {
+            super::qdisc::remove_clsact_if_unused(f.ifindex)?;
         }
+        Ok(true)
     })?
 }
 
