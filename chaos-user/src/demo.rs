@@ -6,7 +6,7 @@ use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -92,7 +92,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let target = Cgroup::from_arg(&cg.path)?;
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port().context("finding a free port")?).parse().expect("valid");
     let phase = args.phase;
-    let total = phase * 3 + Duration::from_millis(500);
+    // Phases are counted in the client's one-second intervals, not by the wall clock, so a slow
+    // machine (or a slow fault start) cannot squeeze one phase into another. The client runs long
+    // enough for all three and is stopped after the last.
+    let per_phase = phase.as_secs().max(1) as usize;
+    let total = phase * 3 + Duration::from_secs(30);
 
     println!("chaos demo: a client in cgroup {} makes TCP requests to a server on {addr}", target.path.display());
     println!("  method: measure the steady state, inject {}% egress packet drop on the client's cgroup for {}, remove it, check recovery\n", args.percent as f64 / 10_000.0, humantime::format_duration(phase));
@@ -116,7 +120,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         action: NetDrop { ppm: args.percent },
         filters: NetFilters { directions: DIR_EGRESS, proto: PROTO_TCP, ..Default::default() },
     };
-    let start = Instant::now();
+    let mut seen = 0usize;
     let mut phases = [
         Phase { name: "steady state", ..Default::default() },
         Phase { name: "fault", ..Default::default() },
@@ -136,19 +140,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         }
         let line = line.context("reading the client's output")?;
         let Ok(i) = serde_json::from_str::<RrInterval>(&line) else { continue };
-        let elapsed = start.elapsed();
-        let idx = if elapsed < phase { 0 } else if elapsed < phase * 2 { 1 } else { 2 };
-        // Enter and leave the fault at phase boundaries.
-        if idx == 1 && injection.is_none() && phases[1].secs == 0.0 {
-            let deadline = crate::run::monotonic_ns() + phase.as_nanos() as u64;
-            injection = Some(spec.start(&target, deadline, &RunOptions::default(), &[])?);
-            println!("        --- injecting: {} ---", spec.describe());
-        }
-        if idx == 2 && let Some(inj) = injection.take() {
-            let c = inj.counters()?;
-            drop(inj);
-            println!("        --- fault removed: kernel matched {} packets, dropped {} ---", c.matched(), c.injected());
-        }
+        let idx = (seen / per_phase).min(2);
+        seen += 1;
         let secs = i.t - last_t;
         last_t = i.t;
         phases[idx].add(&i, secs);
@@ -166,6 +159,23 @@ pub fn run(args: DemoArgs) -> Result<()> {
             "{:>6.1}  {:<13} {:>8.0} {:>7} {:>9.2} {:>9.2}  {kernel}",
             i.t, phases[idx].name, i.ok as f64 / secs.max(1e-9), i.errors, i.p50_ms, i.p99_ms
         );
+        // Enter and leave the fault at phase boundaries.
+        if seen == per_phase {
+            // The kernel's own deadline is a bound in case the demo is stopped; removal is below.
+            let deadline = crate::run::monotonic_ns() + (phase + Duration::from_secs(30)).as_nanos() as u64;
+            injection = Some(spec.start(&target, deadline, &RunOptions::default(), &[])?);
+            println!("        --- injecting: {} ---", spec.describe());
+        }
+        if seen == 2 * per_phase
+            && let Some(inj) = injection.take()
+        {
+            let c = inj.counters()?;
+            drop(inj);
+            println!("        --- fault removed: kernel matched {} packets, dropped {} ---", c.matched(), c.injected());
+        }
+        if seen == 3 * per_phase {
+            break;
+        }
     }
     drop(injection);
     drop(client);

@@ -115,10 +115,16 @@ fn net_drop(a: NetDropArgs) -> Result<()> {
     run_fault(&NetSpec { action: Drop { ppm: a.percent }, filters }, &a.target, &a.run)
 }
 
-/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads, so deadlines agree.
+/// CLOCK_MONOTONIC in ns, read through the clock_gettime system call: the kernel's own
+/// timekeeping, which `bpf_ktime_get_ns` reads, so a rule's deadline means the same on both sides.
+/// The vDSO (what libc's clock_gettime uses) reads the TSC directly; where vCPUs' TSCs disagree with
+/// the kernel's clock (measured under qemu TCG) that put deadlines seconds early or late.
 pub fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC exists");
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: the kernel writes one timespec into the valid, exclusively borrowed `ts`.
+    let r = unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime(CLOCK_MONOTONIC) cannot fail");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn resolve(t: &TargetArgs) -> Result<Cgroup> {
@@ -157,7 +163,7 @@ pub fn run_fault(fault: &dyn Fault, target: &TargetArgs, run: &RunArgs) -> Resul
         humantime::format_duration(Duration::from_secs(run.duration.as_secs().max(1)))
     );
     let ended = rt
-        .block_on(crate::watch::watch(inj.as_mut(), fault.name(), run.duration, signals))
+        .block_on(crate::watch::watch(inj.as_mut(), fault.name(), deadline_ns, signals))
         .map_err(anyhow::Error::from)?;
     let counters = inj.counters()?;
     let attached = inj.attached();

@@ -38,8 +38,11 @@ impl Signals {
     }
 }
 
-pub async fn watch(inj: &mut dyn Injection, what: &str, duration: Duration, signals: Signals) -> std::io::Result<Ended> {
+/// Watches until the kernel rule's own deadline (`deadline_ns`, CLOCK_MONOTONIC), so user space
+/// and the kernel agree on when the fault ends however long attaching took.
+pub async fn watch(inj: &mut dyn Injection, what: &str, deadline_ns: u64, signals: Signals) -> std::io::Result<Ended> {
     let start = Instant::now();
+    let duration = Duration::from_nanos(deadline_ns.saturating_sub(crate::run::monotonic_ns()));
     let deadline = tokio::time::Instant::now() + duration;
     let Signals { int: mut sigint, term: mut sigterm, hup: mut sighup } = signals;
     let tty = std::io::stderr().is_terminal();

@@ -125,3 +125,23 @@ fn runs_on_nested_cgroups_coexist_with_their_own_counters() {
     assert_eq!((outer_dropped, inner_dropped), (100, 100), "each run counted only its own rule's drops");
     std::fs::remove_dir(&child).ok();
 }
+
+#[test]
+fn the_kernel_rule_lives_exactly_as_long_as_chaos_stays_attached() {
+    // A sender that runs before, during and after the fault. If user space and the kernel
+    // disagreed on the deadline, chaos would stay attached while the rule was already dead
+    // (seen but not matched), or detach while it was live.
+    let sb = Sandbox::new();
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", "0.0.0.0:5521", "--idle", "500ms"]);
+    sink.ready();
+    let sender = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:5521"), "--count", "600", "--rate", "100"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let chaos = start_chaos(&args(&sb, "100", "2s", &["--proto", "udp"]));
+    let summary = chaos.json(Duration::from_secs(30));
+    sender.json(Duration::from_secs(30));
+    let received = sink.json(Duration::from_secs(30))["received"].as_u64().expect("received");
+    let (seen, matched, _, dropped) = rule0(&summary);
+    assert!(seen >= 150, "the sender ran through the whole fault: seen {seen}");
+    assert!(seen - matched <= 10, "seen {seen} but matched {matched}: the rule died while chaos was attached");
+    assert_eq!(600 - received, dropped, "every drop was counted, and only drops were lost");
+}
