@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, fs::File, io};
 use aya::{
     Btf,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSockAddrAttachType,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
         KProbe, Lsm, ProgramError, SchedClassifier,
         tc::{NlOptions, TcAttachOptions, TcAttachType, qdisc_add_clsact},
     },
@@ -199,7 +199,7 @@ fn check(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Check {
         Backend::CgroupSockAddr => check_sock_addr(kernel),
         Backend::TpBtfSignal => check_btf(kernel, facts, b),
         Backend::BpfLsm => check_btf(kernel, facts, b),
-        Backend::KprobeOverride => check_kprobe(kernel, facts),
+        Backend::KprobeOverride => check_kprobe(kernel),
         Backend::FmodRetSecurity => check_fmod_ret(kernel, facts, "security_file_open"),
         Backend::FmodRetSyscall => check_fmod_ret(kernel, facts, "__x64_sys_openat"),
         Backend::SchFq => qdisc::try_qdisc("fq", None).map_err(|e| qdisc_reason("fq", &e)),
@@ -241,7 +241,6 @@ fn check_sock_addr(kernel: &mut Kernel) -> Outcome {
     prog.load().map_err(|e| load_failed("cgroup/connect4", &e))?;
     let cg = TempCgroup::new(&format!("chaos-probe-sa-{}", std::process::id())).map_err(|e| format!("{e:#}"))?;
     let f = File::open(&cg.path).map_err(|e| e.to_string())?;
-    let _ = CgroupSockAddrAttachType::Connect4;
     let id = prog
         .attach(&f, CgroupAttachMode::Single)
         .map_err(|e| format!("attaching to a cgroup: {}", describe_errno(&e)))?;
@@ -328,11 +327,10 @@ fn check_fmod_ret(kernel: &mut Kernel, facts: &Facts, function: &str) -> Outcome
     }
 }
 
-fn check_kprobe(kernel: &mut Kernel, facts: &Facts) -> Outcome {
+fn check_kprobe(kernel: &mut Kernel) -> Outcome {
     if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         return Err("the kernel has no kprobe event source (/sys/bus/event_source/devices/kprobe)".into());
     }
-    let _ = facts;
     let prog: &mut KProbe = kernel.get("chaos_probe_kprobe").map_err(|e| e.to_string())?;
     prog.load().map_err(|e| load_failed("kprobe with bpf_override_return", &e))?;
     // Attaching checks that the target is on the error-injection list (every syscall entry is).
