@@ -136,7 +136,8 @@ pub struct RunArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Log every kernel decision (through RUST_LOG=debug); slow, for debugging.
+    /// Log every packet the kernel drops, with its rule, direction, protocol and length (shown with
+    /// RUST_LOG=debug); for debugging.
     #[arg(long)]
     pub log_packets: bool,
     /// Also attach device programs in this network namespace (a file such as /run/netns/NAME);
