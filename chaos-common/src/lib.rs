@@ -10,9 +10,8 @@
 pub mod net;
 pub mod sys;
 
-/// Name of the global the loader sets to make the kernel programs log every decision through
-/// aya-log for every packet it drops (`chaos ... --log-packets`). Off by default: nothing is logged
-/// per packet.
+/// Name of the global the loader sets to make the kernel programs log, through aya-log, every packet
+/// they drop (`chaos ... --log-packets`). Off by default: nothing is logged per packet.
 pub const LOG_PACKETS_GLOBAL: &str = "LOG_PACKETS";
 
 /// Converts a probability in parts per million (0..=1_000_000) into the threshold the kernel
