@@ -105,7 +105,7 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
     }
 }
 
-/// Runs one syscall --count times; prints {"calls", "ok", "errors": {errno: n}}.
+/// Runs one syscall --count times; prints {"calls", "ok", "errors": {errno: n}, "secs"}.
 fn syscall_loop(call: &str, path: &std::path::Path, count: u64, wait: bool) -> Result<()> {
     let file = if call == "fsync" { Some(std::fs::OpenOptions::new().append(true).create(true).open(path)?) } else { None };
     if wait {
@@ -114,6 +114,7 @@ fn syscall_loop(call: &str, path: &std::path::Path, count: u64, wait: bool) -> R
     }
     let mut errors = std::collections::BTreeMap::<i32, u64>::new();
     let mut ok = 0u64;
+    let start = Instant::now();
     for _ in 0..count {
         let r = match &file {
             Some(f) => f.sync_all(),
@@ -124,7 +125,7 @@ fn syscall_loop(call: &str, path: &std::path::Path, count: u64, wait: bool) -> R
             Err(e) => *errors.entry(e.raw_os_error().unwrap_or(-1)).or_default() += 1,
         }
     }
-    println!("{}", json!({"calls": count, "ok": ok, "errors": errors}));
+    println!("{}", json!({"calls": count, "ok": ok, "errors": errors, "secs": start.elapsed().as_secs_f64()}));
     Ok(())
 }
 

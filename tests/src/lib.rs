@@ -107,6 +107,12 @@ impl Sandbox {
         Proc::new(child, format!("workload {}", args.join(" ")))
     }
 
+    /// Runs `tc ARGS` in the client namespace; panics with tc's message if it fails.
+    pub fn client_tc(&self, args: &[&str]) {
+        let out = Command::new("ip").args(["netns", "exec", &self.client_ns, "tc"]).args(args).output().expect("tc");
+        assert!(out.status.success(), "tc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// `tc qdisc show` of the client namespace (where chaos attaches its device programs).
     pub fn client_qdiscs(&self) -> String {
         let out = Command::new("ip").args(["netns", "exec", &self.client_ns, "tc", "qdisc", "show"]).output().expect("tc");

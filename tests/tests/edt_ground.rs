@@ -3,7 +3,7 @@
 //! netem configured the same way on the same device. Runs where probe finds fq and netem (the qemu
 //! lanes); elsewhere it checks that probe says why not.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use aya::{
     maps::Array,
@@ -28,11 +28,6 @@ fn p50_ms(sb: &Sandbox, port: u16) -> f64 {
     out["p50_ms"].as_f64().expect("p50_ms")
 }
 
-fn tc(sb: &Sandbox, args: &[&str]) {
-    let out = Command::new("ip").args(["netns", "exec", &sb.client_ns, "tc"]).args(args).output().expect("tc");
-    assert!(out.status.success(), "tc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 #[test]
 fn edt_with_fq_delays_like_netem_side_by_side() {
     let report = probe_report();
@@ -49,7 +44,7 @@ fn edt_with_fq_delays_like_netem_side_by_side() {
     let baseline = p50_ms(&sb, 5601);
 
     // EDT: fq on the device, and the TC program stamping every packet DELAY_MS ahead.
-    tc(&sb, &["qdisc", "replace", "dev", &sb.client_dev, "root", "fq"]);
+    sb.client_tc(&["qdisc", "replace", "dev", &sb.client_dev, "root", "fq"]);
     let mut kernel = Kernel::load(0x100, false).expect("loading the kernel object");
     let mut delay: Array<_, u64> = Array::try_from(kernel.ebpf.map_mut("PROBE_EDT_DELAY").expect("map")).expect("array");
     delay.set(0, DELAY_MS * 1_000_000, 0).expect("setting the delay");
@@ -67,7 +62,7 @@ fn edt_with_fq_delays_like_netem_side_by_side() {
     ns.run(move || link.detach().expect("detaching")).expect("netns");
 
     // netem, the peer, configured the same way on the same device.
-    tc(&sb, &["qdisc", "replace", "dev", &sb.client_dev, "root", "netem", "delay", &format!("{DELAY_MS}ms")]);
+    sb.client_tc(&["qdisc", "replace", "dev", &sb.client_dev, "root", "netem", "delay", &format!("{DELAY_MS}ms")]);
     let netem_p50 = p50_ms(&sb, 5601);
 
     eprintln!("request p50 over one veth: baseline {baseline:.2} ms, EDT+fq {edt:.2} ms, netem {netem_p50:.2} ms (delay {DELAY_MS} ms per packet; a request crosses twice: SYN and data)");

@@ -1,9 +1,12 @@
-//! `cargo xtask bench`: what chaos costs the traffic it watches, measured side by side with the
-//! baseline in one run (interleaved rounds, medians) and reported as ratios in BENCHMARKS.md.
+//! `cargo xtask bench`: what chaos costs the workload it watches, measured side by side with the
+//! baseline and the peers in one run (interleaved rounds, medians), reported as ratios in
+//! BENCHMARKS.md.
 //!
-//! The workloads are chaos's own (`chaos workload ...`) over loopback; the client runs in a cgroup
-//! made for the run. "With chaos" means `chaos net drop --percent 0` on that cgroup: both
-//! programs attached and every packet parsed, matched and rolled, none dropped: the pure overhead.
+//! Two parts. On the host: chaos's own workloads over loopback, the client in a cgroup made for the
+//! run, with and without `chaos net drop --percent 0` (both programs attached, every packet parsed,
+//! matched and rolled, none dropped: the pure overhead). In the errinj qemu guest, where every
+//! syscall backend, fq and netem exist: `tests/tests/bench_peers.rs`, chaos against
+//! `strace -e inject=` and `tc netem`; its table comes back as the guest's `BENCH| ` lines.
 
 use std::{
     fmt::Write as _,
@@ -54,10 +57,18 @@ fn workload_in(cgroup: &Path, args: &[&str]) -> Result<serde_json::Value> {
 }
 
 fn spawn_ready(args: &[&str]) -> Result<Killed> {
-    let mut c = Command::new(chaos()).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let mut c = Killed(Command::new(chaos()).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?);
     let mut line = String::new();
-    BufReader::new(c.stderr.take().expect("piped")).read_line(&mut line)?;
-    Ok(Killed(c))
+    BufReader::new(c.0.stderr.take().expect("piped")).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("workload {args:?} did not start: {}", line.trim());
+    }
+    Ok(c)
+}
+
+/// A port the kernel says is free now, on loopback.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Starts a 0% drop on `cgroup` and waits until it is injecting.
@@ -94,14 +105,13 @@ struct Sample {
     mbps: Vec<f64>,
 }
 
-fn measure(cg: &Path, port: u16, sink_port: &mut u16, s: &mut Sample) -> Result<()> {
+fn measure(cg: &Path, port: u16, s: &mut Sample) -> Result<()> {
     let to = format!("127.0.0.1:{port}");
     let rr = workload_in(cg, &["rr-client", "--to", &to, "--rate", "2000", "--duration", "4s", "--interval", "5s"])?;
     s.rps.push(rr["ok"].as_f64().unwrap_or(0.0) / 4.0);
     s.p50.push(rr["p50_ms"].as_f64().unwrap_or(0.0) * 1000.0);
     s.p99.push(rr["p99_ms"].as_f64().unwrap_or(0.0) * 1000.0);
-    *sink_port += 1;
-    let bind = format!("127.0.0.1:{sink_port}");
+    let bind = format!("127.0.0.1:{}", free_port()?);
     let _sink = spawn_ready(&["workload", "tcp-sink", "--bind", &bind])?;
     let bytes = 512u64 << 20;
     let tcp = workload_in(cg, &["tcp-send", "--to", &bind, "--bytes", &bytes.to_string()])?;
@@ -120,18 +130,17 @@ pub fn run() -> Result<()> {
 }
 
 fn bench(cg: &Path) -> Result<()> {
-    let port = 20000 + (std::process::id() % 20000) as u16;
+    let port = free_port()?;
     let _server = spawn_ready(&["workload", "rr-server", "--bind", &format!("127.0.0.1:{port}"), "--max", "10m"])?;
     let (mut base, mut with) = (Sample::default(), Sample::default());
-    let mut sink_port = port + 1;
     let mut rss = 0;
     let started = Instant::now();
     for round in 0..ROUNDS {
         eprintln!("bench: round {}/{ROUNDS}", round + 1);
-        measure(cg, port, &mut sink_port, &mut base)?;
+        measure(cg, port, &mut base)?;
         let (chaos, r) = start_chaos(cg)?;
         rss = rss.max(r);
-        measure(cg, port, &mut sink_port, &mut with)?;
+        measure(cg, port, &mut with)?;
         drop(chaos);
     }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -152,8 +161,19 @@ fn bench(cg: &Path) -> Result<()> {
         writeln!(md, "| {name} | {b:.1} | {w:.1} | {:.3} |", w / b.max(1e-9))?;
     }
     writeln!(md, "\nchaos's own resident memory while injecting: {rss} kB.")?;
-    writeln!(md, "\nPeers: `tc netem` and `strace -e inject=` are not on this kernel (no sch_netem; no syscall backend")?;
-    writeln!(md, "for chaos here); KERNEL.md measured strace's inject at 137x on an open/close loop.")?;
+    writeln!(md, "\n## Against the peers, in the errinj qemu guest\n")?;
+    writeln!(md, "`tc netem` and `strace -e inject=` have nothing to compare against on this host (no sch_netem; no")?;
+    writeln!(md, "syscall backend for chaos here), so `tests/tests/bench_peers.rs` measures them inside the errinj")?;
+    writeln!(md, "kernel's guest, side by side with chaos and the workload alone.\n")?;
+    match crate::vm::run_lane(crate::vm::Lane::Errinj, &["--ignored".into(), "--nocapture".into(), "bench_peers_side_by_side".into()]) {
+        Ok(outcome) if outcome.problem.is_none() && !outcome.bench.is_empty() => {
+            for line in outcome.bench {
+                writeln!(md, "{line}")?;
+            }
+        }
+        Ok(outcome) => bail!("the guest benchmark did not complete: {}", outcome.problem.unwrap_or_else(|| "no table".into())),
+        Err(e) => bail!("the guest benchmark lane failed: {e:#}"),
+    }
     print!("{md}");
     std::fs::write(crate::workspace_root().join("BENCHMARKS.md"), md)?;
     Ok(())

@@ -14,7 +14,7 @@ pub const HOST_PACKAGES: &[&str] = &["iproute2", "util-linux"];
 /// Debian packages the VM lanes use: qemu; busybox, iproute2 and util-linux (setpriv) to copy into
 /// the guest; kmod for depmod; binutils to strip the guest's binaries; cpio to inspect an initramfs.
 pub const VM_PACKAGES: &[&str] =
-    &["qemu-system-x86", "busybox-static", "iproute2", "util-linux", "kmod", "binutils", "cpio"];
+    &["qemu-system-x86", "busybox-static", "iproute2", "util-linux", "kmod", "binutils", "cpio", "strace"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";

@@ -41,6 +41,8 @@ const TOOLS: &[(&str, &str, &str)] = &[
     ("ip", "usr/sbin/ip", "iproute2"),
     ("tc", "usr/sbin/tc", "iproute2"),
     ("setpriv", "usr/bin/setpriv", "util-linux"),
+    // The peer the syscall-fault benchmark measures chaos against.
+    ("strace", "usr/bin/strace", "strace"),
 ];
 
 /// netem's delay distribution tables (`tc ... netem delay 10ms 2ms distribution normal`).

@@ -21,6 +21,8 @@ use crate::test::Tally;
 pub struct Outcome {
     pub tally: Tally,
     pub problem: Option<String>,
+    /// Lines the guest printed as `BENCH| ...` (benchmark tables), without the prefix.
+    pub bench: Vec<String>,
 }
 
 /// How long qemu may take to exit after the guest printed its end marker.
@@ -30,6 +32,7 @@ const LINGER: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct Console {
     tally: Tally,
+    bench: Vec<String>,
     end_code: Option<i32>,
     panic: Option<String>,
 }
@@ -91,7 +94,7 @@ pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration) -> Res
         }
     };
     eprintln!("xtask: guest ran {secs} s");
-    Ok(Outcome { tally: console.tally, problem })
+    Ok(Outcome { tally: console.tally, problem, bench: console.bench })
 }
 
 /// Echoes each console line (cleaned of terminal control sequences) and notes results, the end
@@ -105,6 +108,9 @@ fn watch(out: impl Read, marker: &str, ended: &AtomicBool) -> Result<Console> {
         raw.clear();
         println!("{line}");
         console.tally.add_line(&line);
+        if let Some(b) = line.split_once("BENCH| ").map(|(_, b)| b) {
+            console.bench.push(b.trim_end().to_string());
+        }
         if let Some(rest) = line.split_once(marker).map(|(_, r)| r) {
             console.end_code = rest.trim().parse().ok().or(Some(-1));
             ended.store(true, Ordering::Relaxed);
