@@ -167,8 +167,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
             println!("        --- injecting: {} ---", spec.describe());
         }
         if seen == 2 * per_phase
-            && let Some(inj) = injection.take()
+            && let Some(mut inj) = injection.take()
         {
+            inj.detach();
             let c = inj.counters()?;
             drop(inj);
             println!("        --- fault removed: kernel matched {} packets, dropped {} ---", c.matched(), c.injected());

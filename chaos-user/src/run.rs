@@ -151,8 +151,10 @@ pub fn run_fault(fault: &dyn Fault, target: &TargetArgs, run: &RunArgs) -> Resul
         eprintln!("chaos: removed {} TC filters left by {} killed runs", swept.filters_removed, swept.runs);
     }
     let opts = RunOptions { log_packets: run.log_packets, netns: run.netns.clone() };
+    // A bound while attaching; once attached, the fault lasts its full --for from now.
+    let mut inj = fault.start(&target, monotonic_ns() + run.duration.as_nanos() as u64, &opts, &available)?;
     let deadline_ns = monotonic_ns() + run.duration.as_nanos() as u64;
-    let mut inj = fault.start(&target, deadline_ns, &opts, &available)?;
+    inj.set_deadline(deadline_ns)?;
     let a = inj.attached();
     let devices: Vec<String> = a.devices.iter().map(|d| format!("{}({})", d.ifname, d.mode)).collect();
     log::info!("attached: programs {:?} links {:?} devices [{}]", a.programs, a.links, devices.join(" "));
@@ -165,8 +167,11 @@ pub fn run_fault(fault: &dyn Fault, target: &TargetArgs, run: &RunArgs) -> Resul
     let ended = rt
         .block_on(crate::watch::watch(inj.as_mut(), fault.name(), deadline_ns, signals))
         .map_err(anyhow::Error::from)?;
-    let counters = inj.counters()?;
+    // What was attached, then detach, then the counters: a packet decided just before the end is
+    // still counted where it is finally dropped.
     let attached = inj.attached();
+    inj.detach();
+    let counters = inj.counters()?;
     drop(inj);
     let summary = Summary {
         fault: fault.name().into(),

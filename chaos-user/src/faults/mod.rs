@@ -28,13 +28,20 @@ pub trait Fault {
     fn needs(&self) -> &'static [&'static [crate::probe::Backend]];
     /// One line saying what it does, e.g. "drop 30% of egress udp packets".
     fn describe(&self) -> String;
-    /// Loads, writes rules and attaches; injecting until monotonic time `deadline_ns`.
+    /// Loads, writes rules and attaches; injecting until monotonic time `deadline_ns` at the latest
+    /// (`Injection::set_deadline` then sets the real end, once everything is attached).
     /// `available`: the backends `probe::require` found working for [`Fault::needs`].
     fn start(&self, target: &Cgroup, deadline_ns: u64, opts: &RunOptions, available: &[crate::probe::Backend]) -> Result<Box<dyn Injection>>;
 }
 
 /// A fault being injected. Dropping it detaches everything it attached.
 pub trait Injection {
+    /// Detaches every program, keeping the maps, so the final counters can be read after the
+    /// last packet or call was decided. Idempotent; dropping also detaches.
+    fn detach(&mut self);
+    /// Rewrites the rules' deadline (CLOCK_MONOTONIC ns): the fault's `--for` counts from when it
+    /// is fully attached, however long attaching took.
+    fn set_deadline(&mut self, deadline_ns: u64) -> Result<()>;
     /// Picks up namespaces and devices that appeared since the start.
     fn refresh(&mut self);
     /// Counters read from the kernel now.

@@ -358,6 +358,18 @@ fn attach_in_netns(prog: &mut SchedClassifier, ns: &Netns, known: &BTreeSet<(u64
 }
 
 impl Injection for NetInjection {
+    fn detach(&mut self) {
+        self.detach_all();
+    }
+
+    fn set_deadline(&mut self, deadline_ns: u64) -> Result<()> {
+        let mut rules: Array<_, NetRule> =
+            Array::try_from(self.kernel.ebpf.map_mut(RULES_MAP).ok_or_else(no_map)?).map_err(|e| Error::Other(e.into()))?;
+        let mut rule = rules.get(&0, 0).map_err(|e| Error::Other(e.into()))?;
+        rule.deadline_ns = deadline_ns;
+        rules.set(0, rule, 0).map_err(|e| Error::Other(e.into()))
+    }
+
     fn refresh(&mut self) {
         if self.directions & DIR_EGRESS != 0
             && let Err(e) = self.attach_devices(false)
@@ -426,6 +438,12 @@ impl Injection for NetInjection {
 
 impl std::ops::Drop for NetInjection {
     fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+impl NetInjection {
+    fn detach_all(&mut self) {
         // The cgroup programs first, so nothing new is marked; then the device programs, each
         // inside its own namespace (a netlink filter is named by ifindex, which only means
         // something there). The links travel as ManuallyDrop: if the namespace cannot be entered,
@@ -470,6 +488,8 @@ impl std::ops::Drop for NetInjection {
                 }
             }
         }
+        // Forget what was handled, so a second call (Drop after detach) does nothing.
+        self.devices.clear();
         if clean {
             self.record.remove();
         }

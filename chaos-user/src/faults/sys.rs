@@ -140,7 +140,7 @@ impl Fault for SysFail {
                 other => Error::Other(other.into()),
             })?;
             let link_id = Some(attached.link_id);
-            return Ok(Box::new(SysInjection { kernel, _link: Held::FmodRet(attached), link_id, backend: "fmod_ret" }));
+            return Ok(Box::new(SysInjection { kernel, link: Some(Held::FmodRet(attached)), link_id, backend: "fmod_ret" }));
         }
         let (link, backend) = if use_lsm {
             let btf = Btf::from_sys_fs().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); the lsm backend needs it"))?;
@@ -163,7 +163,7 @@ impl Fault for SysFail {
             (FdLink::try_from(link).map_err(|e| Error::Other(e.into()))?, "kprobe")
         };
         let link_id = link.info().map(|i| i.id()).ok();
-        Ok(Box::new(SysInjection { kernel, _link: Held::Link(link), link_id, backend }))
+        Ok(Box::new(SysInjection { kernel, link: Some(Held::Link(link)), link_id, backend }))
     }
 }
 
@@ -193,12 +193,25 @@ enum Held {
 
 struct SysInjection {
     kernel: Kernel,
-    _link: Held,
+    /// `None` once detached.
+    link: Option<Held>,
     link_id: Option<u32>,
     backend: &'static str,
 }
 
 impl Injection for SysInjection {
+    fn detach(&mut self) {
+        self.link = None;
+    }
+
+    fn set_deadline(&mut self, deadline_ns: u64) -> Result<()> {
+        let mut rules: Array<_, SysRule> =
+            Array::try_from(self.kernel.ebpf.map_mut(RULES_MAP).ok_or_else(no_map)?).map_err(|e| Error::Other(e.into()))?;
+        let mut rule = rules.get(&0, 0).map_err(|e| Error::Other(e.into()))?;
+        rule.deadline_ns = deadline_ns;
+        rules.set(0, rule, 0).map_err(|e| Error::Other(e.into()))
+    }
+
     fn refresh(&mut self) {}
 
     fn counters(&self) -> Result<Counters> {
@@ -223,7 +236,7 @@ impl Injection for SysInjection {
 
     fn attached(&self) -> Attached {
         let mut programs: Vec<u32> = self.kernel.ebpf.programs().filter_map(|(_, p)| p.info().ok().map(|i| i.id())).collect();
-        if let Held::FmodRet(f) = &self._link {
+        if let Some(Held::FmodRet(f)) = &self.link {
             programs.push(f.prog_id);
         }
         Attached { programs, links: self.link_id.into_iter().collect(), devices: Vec::new() }
