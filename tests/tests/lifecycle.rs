@@ -136,13 +136,21 @@ fn the_kernel_rule_lives_exactly_as_long_as_chaos_stays_attached() {
     sink.ready();
     let sender = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:5521"), "--count", "600", "--rate", "100"]);
     std::thread::sleep(Duration::from_millis(500));
-    let chaos = start_chaos(&args(&sb, "100", "2s", &["--proto", "udp"]));
+    let mut chaos = start_chaos(&args(&sb, "100", "2s", &["--proto", "udp"]));
+    let netlink = chaos.wait_for("attached:", Duration::from_secs(5)).contains("(netlink)");
     let summary = chaos.json(Duration::from_secs(30));
     let sent = sender.json(Duration::from_secs(30));
     let received = sink.json(Duration::from_secs(30))["received"].as_u64().expect("received");
     let (seen, matched, _, dropped) = rule0(&summary);
     assert!(seen >= 150, "the sender ran through the whole fault: seen {seen}");
     assert!(seen - matched <= 10, "seen {seen} but matched {matched}: the rule died while chaos was attached");
-    let sent_ok = sent["sent"].as_u64().expect("sent");
-    assert_eq!(sent_ok - received, dropped, "every drop was counted, and only drops were lost (sender: {sent})");
+    let lost = sent["sent"].as_u64().expect("sent") - received;
+    if netlink {
+        // Before 6.6 chaos adds the clsact qdisc at the start and removes it at the end; each change
+        // deactivates the device for an instant (qdisc_graft), and a datagram sent then is lost
+        // silently (noop qdisc, NET_XMIT_CN, reported to UDP as success). At most one per change.
+        assert!((dropped..=dropped + 2).contains(&lost), "lost {lost}, dropped {dropped} (sender: {sent})");
+    } else {
+        assert_eq!(lost, dropped, "every drop was counted, and only drops were lost (sender: {sent})");
+    }
 }
