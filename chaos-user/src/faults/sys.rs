@@ -205,11 +205,7 @@ impl Injection for SysInjection {
     }
 
     fn set_deadline(&mut self, deadline_ns: u64) -> Result<()> {
-        let mut rules: Array<_, SysRule> =
-            Array::try_from(self.kernel.ebpf.map_mut(RULES_MAP).ok_or_else(no_map)?).map_err(|e| Error::Other(e.into()))?;
-        let mut rule = rules.get(&0, 0).map_err(|e| Error::Other(e.into()))?;
-        rule.deadline_ns = deadline_ns;
-        rules.set(0, rule, 0).map_err(|e| Error::Other(e.into()))
+        self.kernel.update_rule::<SysRule>(RULES_MAP, 0, |r| r.deadline_ns = deadline_ns)
     }
 
     fn refresh(&mut self) {}

@@ -94,6 +94,16 @@ impl Kernel {
         fmod_ret::attach(KERNEL_OBJECT, chaos_common::sys::FMOD_RET_SECTION, &maps, target, btf)
     }
 
+    /// Reads rule `index` of the `Array` map `map`, lets `change` edit it, and writes it back.
+    pub fn update_rule<T: aya::Pod>(&mut self, map: &str, index: u32, change: impl FnOnce(&mut T)) -> Result<()> {
+        let other = |e: aya::maps::MapError| Error::Other(e.into());
+        let map = self.ebpf.map_mut(map).ok_or_else(|| Error::Other(anyhow::anyhow!("the kernel object has no map {map}")))?;
+        let mut rules: aya::maps::Array<_, T> = aya::maps::Array::try_from(map).map_err(other)?;
+        let mut rule = rules.get(&index, 0).map_err(other)?;
+        change(&mut rule);
+        rules.set(index, rule, 0).map_err(other)
+    }
+
     /// Forwards pending kernel log records.
     pub fn flush_log(&mut self) {
         if let Some(l) = self.logger.as_mut() {
