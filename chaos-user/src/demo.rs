@@ -132,7 +132,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut settled = Phase { name: "settled", ..Default::default() };
     let mut recovery_intervals = 0;
     let mut last_t = 0.0;
-    println!("{:>6}  {:<13} {:>8} {:>7} {:>9} {:>9}  {}", "t(s)", "phase", "req/s", "errors", "p50(ms)", "p99(ms)", "kernel: matched/dropped");
+    println!("{:>6}  {:<13} {:>8} {:>7} {:>9} {:>9}  kernel: matched/dropped", "t(s)", "phase", "req/s", "errors", "p50(ms)", "p99(ms)");
     for line in lines {
         if STOP.load(std::sync::atomic::Ordering::SeqCst) {
             println!("        --- stopped early: removing the fault and the sandbox ---");
