@@ -3,16 +3,227 @@
 //! Everything here is `#[repr(C)]`, made of fixed-width integers with explicit padding, and
 //! size-checked at compile time: the kernel object and the loader are built by different
 //! compilers for different targets, and a silent layout difference would corrupt every rule.
-//! Decision logic that does not need the kernel (rule matching, probability thresholds) lives
-//! here as plain functions so it is unit-tested on the host and runs unchanged in the kernel.
+//! Decision logic that does not need the kernel (rule matching, probability thresholds, the
+//! rule schedule) lives here as plain functions so it is unit-tested on the host and runs
+//! unchanged in the kernel.
+//!
+//! The engine's maps, one set per session (docs/design.md has the picture):
+//! - [`RULES_MAP`]: every rule of the session, of any fault kind, indexed 0..[`MAX_RULES`].
+//! - [`TARGETS_MAP`]: target cgroup id → which rules apply to it, per hook family ([`TargetRules`]).
+//! - [`COUNTERS_MAP`]: per-CPU [`Counters`] per rule, updated with atomic adds.
+//! - [`INJECTIONS_MAP`]: one shared count per rule, the budget of `--max-injections`.
+//! - [`SESSION_MAP`]: the session's own processes, exempt from every fault ([`SessionConfig`]).
+//! - [`ERRORS_MAP`]: per-CPU counts of kernel-side failures, by [`KernelError`].
 #![no_std]
 
 pub mod net;
 pub mod sys;
 
-/// Name of the global the loader sets to make the kernel programs log, through aya-log, every packet
-/// they drop (`chaos ... --log-packets`). Off by default: nothing is logged per packet.
+/// Rules one session can hold. A target's rules are a bit mask of this width.
+pub const MAX_RULES: u32 = 64;
+/// Distinct target cgroups one session can hold.
+pub const MAX_TARGETS: u32 = 64;
+/// How many cgroup levels the kernel walks looking for a target among a cgroup's ancestors.
+pub const MAX_CGROUP_DEPTH: u32 = 32;
+
+pub const RULES_MAP: &str = "CHAOS_RULES";
+pub const TARGETS_MAP: &str = "CHAOS_TARGETS";
+pub const COUNTERS_MAP: &str = "CHAOS_COUNTERS";
+pub const INJECTIONS_MAP: &str = "CHAOS_INJECTED";
+pub const SESSION_MAP: &str = "CHAOS_SESSION";
+pub const ERRORS_MAP: &str = "CHAOS_ERRORS";
+
+/// Name of the global the loader sets to make the kernel programs log, through aya-log, every
+/// injection they make (`--log-packets`). Off by default: nothing is logged per packet or call.
 pub const LOG_PACKETS_GLOBAL: &str = "LOG_PACKETS";
+
+/// What a rule does to an event (a packet, a call) it selects. One variant per fault kind; the
+/// kernel programs dispatch on it, user space builds it (`chaos-user/src/faults/`). Stored as a
+/// u32 in [`Rule::action`]. Adding a fault kind starts here.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Slot unused.
+    None = 0,
+    /// Lose the packet as a lossy wire would (`net.drop`).
+    NetDrop = 1,
+    /// Make the call fail with `sys.errno` (`sys.fail`).
+    SysFail = 2,
+}
+
+impl Action {
+    pub const fn from_u32(v: u32) -> Action {
+        match v {
+            1 => Action::NetDrop,
+            2 => Action::SysFail,
+            _ => Action::None,
+        }
+    }
+}
+
+/// One rule of a session: when it is live, how often it fires, how many times at most, what it
+/// does, and the filters of its hook family (`net` for packets, `sys` for calls). The target is
+/// not in the rule: [`TARGETS_MAP`] maps target cgroups to rules.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// CLOCK_MONOTONIC ns (`bpf_ktime_get_ns`): the rule injects from `start_ns` ...
+    pub start_ns: u64,
+    /// ... until `deadline_ns` (exclusive). Every rule has one: nothing is forever.
+    pub deadline_ns: u64,
+    /// Inject when `bpf_get_prandom_u32() < threshold` (see [`ppm_to_threshold`]).
+    pub threshold: u64,
+    /// The rule stops after this many injections (`--max-injections`); 0: no cap.
+    pub max_injections: u64,
+    /// [`Action`] as u32.
+    pub action: u32,
+    pub _pad: u32,
+    pub net: net::NetMatch,
+    pub sys: sys::SysMatch,
+}
+
+const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16);
+
+impl Rule {
+    /// Whether the rule injects at monotonic time `now_ns`: in its window, and not a free slot.
+    #[inline(always)]
+    pub const fn live(&self, now_ns: u64) -> bool {
+        self.action != Action::None as u32 && self.start_ns <= now_ns && now_ns < self.deadline_ns
+    }
+
+    /// A rule that was written but has not started: the loader writes rules this way, attaches
+    /// everything, then sets the real window.
+    pub const NOT_STARTED: u64 = u64::MAX;
+}
+
+/// Which rules apply to one target cgroup (and its descendants), one bit per rule index, per hook
+/// family: the packet programs read `egress`/`ingress`, the syscall programs `sys`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetRules {
+    pub egress: u64,
+    pub ingress: u64,
+    pub sys: u64,
+    pub _reserved: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<TargetRules>() == 32);
+
+/// The hook families a [`TargetRules`] mask is kept for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Egress,
+    Ingress,
+    Sys,
+}
+
+impl TargetRules {
+    #[inline(always)]
+    pub const fn mask(&self, f: Family) -> u64 {
+        match f {
+            Family::Egress => self.egress,
+            Family::Ingress => self.ingress,
+            Family::Sys => self.sys,
+        }
+    }
+
+    pub fn add(&mut self, f: Family, rule: u32) {
+        let bit = 1u64 << (rule % MAX_RULES);
+        match f {
+            Family::Egress => self.egress |= bit,
+            Family::Ingress => self.ingress |= bit,
+            Family::Sys => self.sys |= bit,
+        }
+    }
+}
+
+/// The session's own processes, which no rule ever touches (the loader, its guardian): a target
+/// that contains chaos itself (`--force`) must not fail chaos's own calls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub loader_tgid: u32,
+    pub guardian_tgid: u32,
+    /// Set by `chaos stop` (user space reads it; the kernel ends rules by their deadline).
+    pub stop_requested: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SessionConfig>() == 16);
+
+impl SessionConfig {
+    #[inline(always)]
+    pub const fn exempt(&self, tgid: u32) -> bool {
+        tgid != 0 && (tgid == self.loader_tgid || tgid == self.guardian_tgid)
+    }
+}
+
+/// Counters of one rule. Per CPU in the kernel, updated with atomic adds (a program in process
+/// context and one in softirq context can run for the same rule on the same CPU), summed by user
+/// space. Packet rules count both skbs and wire segments (`*_segs`: an skb of a GSO packet on
+/// `lo`, a veth or a TSO device carries up to 64 KB, many segments on the wire).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Events (packets, calls) of the target that reached the rule.
+    pub seen: u64,
+    /// ... of which matched every filter while the rule was live.
+    pub matched: u64,
+    /// ... of which the dice selected.
+    pub selected: u64,
+    /// ... to which the fault was done.
+    pub injected: u64,
+    pub seen_segs: u64,
+    pub matched_segs: u64,
+    pub selected_segs: u64,
+    pub injected_segs: u64,
+    /// Bytes of the injected packets.
+    pub injected_bytes: u64,
+    /// Selected, but not injected: the rule had reached `max_injections`.
+    pub capped: u64,
+    /// Non-first IP fragments that followed their datagram's fate (dropped with it); not counted
+    /// as packets above, where the datagram counts once.
+    pub fragments: u64,
+    pub _reserved: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Counters>() == 96);
+
+impl Counters {
+    /// Adds another CPU's counters.
+    pub fn add(&mut self, o: &Counters) {
+        self.seen += o.seen;
+        self.matched += o.matched;
+        self.selected += o.selected;
+        self.injected += o.injected;
+        self.seen_segs += o.seen_segs;
+        self.matched_segs += o.matched_segs;
+        self.selected_segs += o.selected_segs;
+        self.injected_segs += o.injected_segs;
+        self.injected_bytes += o.injected_bytes;
+        self.capped += o.capped;
+        self.fragments += o.fragments;
+    }
+}
+
+/// Kernel-side failures, counted per CPU in [`ERRORS_MAP`] rather than dropped on the floor. The
+/// event they happened on passed untouched.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelError {
+    /// A header could not be read (`bpf_skb_load_bytes_relative` failed).
+    HeaderLoad = 0,
+    /// A rule or counter slot could not be read.
+    RuleLookup = 1,
+    /// A cgroup deeper than [`MAX_CGROUP_DEPTH`]: targets below that level are not found.
+    DeepCgroup = 2,
+    /// An IPv6 packet with more extension headers than the parser walks: matched on address only.
+    Ipv6Headers = 3,
+}
+pub const KERNEL_ERROR_KINDS: u32 = 4;
+/// Names for reports, by [`KernelError`] value.
+pub const KERNEL_ERROR_NAMES: [&str; KERNEL_ERROR_KINDS as usize] =
+    ["header_load", "rule_lookup", "deep_cgroup", "ipv6_headers"];
 
 /// Converts a probability in parts per million (0..=1_000_000) into the threshold the kernel
 /// compares a `bpf_get_prandom_u32()` value against: inject when `random < threshold`.
@@ -30,6 +241,36 @@ pub const PPM_ONE: u32 = 1_000_000;
 #[inline(always)]
 pub const fn roll(random: u32, threshold: u64) -> bool {
     (random as u64) < threshold
+}
+
+/// Whether an injection may happen under the rule's cap, given the count of injections before
+/// this one (the value an atomic fetch-and-add returned): exactly `max` of them pass.
+#[inline(always)]
+pub const fn within_cap(before: u64, max: u64) -> bool {
+    max == 0 || before < max
+}
+
+/// How the hooks walk a target's rule mask: `while more_rules(mask, i) { if has_rule(mask, i)
+/// {..} i += 1 }`. The constant bound lets the verifier see the loop end; the shift ends it after
+/// the highest rule, so one rule costs one turn, not [`MAX_RULES`].
+#[inline(always)]
+pub const fn more_rules(mask: u64, i: u32) -> bool {
+    i < MAX_RULES && (mask >> i) != 0
+}
+
+#[inline(always)]
+pub const fn has_rule(mask: u64, i: u32) -> bool {
+    i < MAX_RULES && (mask >> i) & 1 != 0
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` structs of integers with explicit padding fields and no
+    // implicit padding (sizes asserted above): every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::TargetRules {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::SessionConfig {}
 }
 
 #[cfg(test)]
@@ -60,9 +301,61 @@ mod tests {
         // An evenly spaced sweep of the u32 range stands in for uniform randomness.
         let t = ppm_to_threshold(250_000);
         let n = 100_000u64;
-        let hits = (0..n)
-            .filter(|i| roll(((i * (u32::MAX as u64)) / n) as u32, t))
-            .count();
+        let hits = (0..n).filter(|i| roll(((i * (u32::MAX as u64)) / n) as u32, t)).count();
         assert!((24_999..=25_001).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn a_rule_is_live_only_inside_its_window() {
+        let r = Rule { action: Action::NetDrop as u32, start_ns: 10, deadline_ns: 100, ..Default::default() };
+        assert!(!r.live(9));
+        assert!(r.live(10));
+        assert!(r.live(99));
+        assert!(!r.live(100), "the deadline is exclusive");
+        assert!(!Rule { action: Action::None as u32, ..r }.live(50), "a free slot is never live");
+        let waiting = Rule { start_ns: Rule::NOT_STARTED, deadline_ns: u64::MAX, ..r };
+        assert!(!waiting.live(u64::MAX - 1), "a rule not yet started never injects");
+    }
+
+    #[test]
+    fn the_cap_lets_exactly_max_injections_through() {
+        assert_eq!((0..1000u64).filter(|&before| within_cap(before, 7)).count(), 7);
+        assert!(within_cap(123_456, 0), "0 means no cap");
+    }
+
+    #[test]
+    fn rule_masks_are_walked_lowest_first_and_bounded() {
+        let mask = (1u64 << 0) | (1 << 5) | (1 << 63);
+        let mut seen = [0u32; 4];
+        let (mut n, mut i, mut turns) = (0, 0, 0);
+        while more_rules(mask, i) {
+            if has_rule(mask, i) {
+                seen[n] = i;
+                n += 1;
+            }
+            i += 1;
+            turns += 1;
+        }
+        assert_eq!(&seen[..n], &[0, 5, 63]);
+        assert_eq!(turns, 64);
+        let (mut i, mut turns) = (0, 0);
+        while more_rules(1, i) {
+            i += 1;
+            turns += 1;
+        }
+        assert_eq!(turns, 1, "one rule, one turn");
+        assert!(!more_rules(0, 0));
+        let mut t = TargetRules::default();
+        t.add(Family::Ingress, 3);
+        t.add(Family::Sys, 63);
+        assert_eq!((t.mask(Family::Egress), t.mask(Family::Ingress), t.mask(Family::Sys)), (0, 8, 1 << 63));
+    }
+
+    #[test]
+    fn only_the_sessions_own_processes_are_exempt() {
+        let s = SessionConfig { loader_tgid: 100, guardian_tgid: 101, ..Default::default() };
+        assert!(s.exempt(100) && s.exempt(101));
+        assert!(!s.exempt(102));
+        assert!(!SessionConfig::default().exempt(0), "an unset config exempts nobody");
     }
 }

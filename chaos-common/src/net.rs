@@ -1,158 +1,77 @@
-//! Packet faults: rule layout, packet summary, matching, counters and map names.
+//! Packet faults: filters, the packet summary the parser makes, matching, and the IPv6
+//! extension-header walk.
 //!
-//! Data path (docs/design.md has the picture): a `cgroup_skb` program attached to the target
-//! cgroup parses each packet into a [`Packet`], walks the [`NetRule`]s and rolls the dice.
-//! Ingress drops happen right there. Egress drops are handed to a TC program on the device
-//! through `skb->mark` ([`steal_mark`]) so the stack believes the packet left, as on a lossy wire.
-
-/// Rules of one `chaos` run, indexed 0..MAX_RULES. An `Array` map.
-pub const RULES_MAP: &str = "NET_RULES";
-/// Per-CPU [`NetCounters`], same index as the rule. A `PerCpuArray` map.
-pub const COUNTERS_MAP: &str = "NET_COUNTERS";
-/// Per-CPU error counts, indexed by [`NetError`]. A `PerCpuArray<u64>` map.
-pub const ERRORS_MAP: &str = "NET_ERRORS";
-/// The global holding this run's mark tag (see [`steal_mark`]).
-pub const RUN_TAG_GLOBAL: &str = "RUN_TAG";
-
-/// Rules one run can hold. Small: every packet of the target walks them.
-pub const MAX_RULES: u32 = 8;
+//! Data path (docs/design.md has the picture): egress packets are decided by a TC program on
+//! the devices of the target's network namespace, from the cgroup of the packet's socket;
+//! ingress packets by a `cgroup_skb` program on the target cgroup. Neither touches `skb->mark`.
 
 /// Program names in the kernel object (the function names).
-pub const PROG_EGRESS: &str = "chaos_net_egress";
-pub const PROG_INGRESS: &str = "chaos_net_ingress";
-pub const PROG_TC_STEAL: &str = "chaos_tc_steal";
+pub const PROG_TC_EGRESS: &str = "chaos_tc_egress";
+pub const PROG_CGROUP_INGRESS: &str = "chaos_cgroup_ingress";
 
-/// `NetRule::directions` bits.
+/// [`NetMatch::directions`] bits.
 pub const DIR_EGRESS: u8 = 1;
 pub const DIR_INGRESS: u8 = 2;
 
-/// IP protocol numbers the filters understand (`NetRule::proto`); 0 means any.
+/// IP protocol numbers the filters understand ([`NetMatch::proto`]); 0 means any.
 pub const PROTO_ANY: u8 = 0;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 
-/// What a rule does to a packet it selects. One variant per packet fault; the kernel
-/// dispatches on it, user space builds it. Stored as a u8 in the rule.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NetFault {
-    /// Slot unused.
-    None = 0,
-    Drop = 1,
-}
-
-impl NetFault {
-    pub const fn from_u8(v: u8) -> NetFault {
-        match v {
-            1 => NetFault::Drop,
-            _ => NetFault::None,
-        }
-    }
-}
-
-/// One packet-fault rule. Addresses are 128-bit, split into two u64 halves holding the
+/// The filters of a packet rule. Addresses are 128-bit, split into two u64 halves holding the
 /// big-endian address bytes as numbers; an IPv4 address is stored IPv4-mapped (::ffff:a.b.c.d)
-/// so one comparison serves both families. A zero mask matches any address.
+/// so one comparison serves both families. A zero mask matches any address; a port range of
+/// `0..=0` any port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NetRule {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) after which the rule injects nothing.
-    pub deadline_ns: u64,
-    /// Inject when `bpf_get_prandom_u32() < threshold` (see [`crate::ppm_to_threshold`]).
-    pub threshold: u64,
+pub struct NetMatch {
     pub peer_hi: u64,
     pub peer_lo: u64,
     pub peer_mask_hi: u64,
     pub peer_mask_lo: u64,
-    /// Remote port (destination on egress, source on ingress), host order; 0 = any.
-    pub remote_port: u16,
-    /// Local port, host order; 0 = any.
-    pub local_port: u16,
-    /// [`NetFault`] as u8.
-    pub fault: u8,
+    /// Remote port range (destination on egress, source on ingress), host order, inclusive.
+    pub remote_port_lo: u16,
+    pub remote_port_hi: u16,
+    /// Local port range, host order, inclusive.
+    pub local_port_lo: u16,
+    pub local_port_hi: u16,
     /// `DIR_*` bits.
     pub directions: u8,
     /// `PROTO_*`; `PROTO_ICMP` also matches ICMPv6.
     pub proto: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 6],
 }
 
-const _: () = assert!(core::mem::size_of::<NetRule>() == 56);
+const _: () = assert!(core::mem::size_of::<NetMatch>() == 48);
 
-/// Counters of one rule. Per CPU in the kernel, summed by user space.
-#[repr(C)]
+/// Where a packet stands among the fragments of its IP datagram.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NetCounters {
-    /// Packets of the target cgroup that reached the rule in one of its directions.
-    pub seen: u64,
-    /// ... of which matched every filter while the rule was live.
-    pub matched: u64,
-    /// ... of which the dice selected for the fault.
-    pub selected: u64,
-    /// ... of which were really dropped. Egress drops are counted by the device program when it
-    /// steals the marked packet, so `selected - dropped` is what left through a device without
-    /// chaos's TC program.
-    pub dropped: u64,
-    pub dropped_bytes: u64,
+pub enum Fragment {
+    /// A whole datagram.
+    #[default]
+    No,
+    /// The first fragment: it carries the transport header, and decides for the datagram.
+    First,
+    /// A later fragment: no transport header; it follows the first fragment's fate.
+    Later,
 }
 
-const _: () = assert!(core::mem::size_of::<NetCounters>() == 40);
-
-impl NetCounters {
-    /// Adds another CPU's counters.
-    pub fn add(&mut self, o: &NetCounters) {
-        self.seen += o.seen;
-        self.matched += o.matched;
-        self.selected += o.selected;
-        self.dropped += o.dropped;
-        self.dropped_bytes += o.dropped_bytes;
-    }
-}
-
-/// Kernel-side failures, counted in [`ERRORS_MAP`] rather than dropped on the floor.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NetError {
-    /// A header could not be read (`bpf_skb_load_bytes` failed): the packet passed untouched.
-    HeaderLoad = 0,
-    /// A rule slot could not be read.
-    RuleLookup = 1,
-    /// A marked packet named a rule index out of range.
-    BadMark = 2,
-}
-pub const NET_ERROR_KINDS: u32 = 3;
-
-/// What the kernel learned about a packet, in the same representation as [`NetRule`].
+/// What the kernel learned about a packet, in the same representation as [`NetMatch`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Packet {
+    /// The transport protocol (after any IPv6 extension headers).
     pub proto: u8,
     pub remote_hi: u64,
     pub remote_lo: u64,
-    /// 0 when unknown (not TCP/UDP, or a non-first fragment).
+    /// Whether the ports below were read (TCP or UDP, and not a later fragment).
+    pub has_ports: bool,
     pub remote_port: u16,
     pub local_port: u16,
-}
-
-/// The upper bits of `skb->mark` a run uses to tell its TC program "drop this": a random tag
-/// per run, so runs on other cgroups never steal each other's packets; the low byte is the rule
-/// index, so the TC program counts the drop against the right rule.
-pub const MARK_RULE_BITS: u32 = 0xff;
-
-#[inline(always)]
-pub const fn steal_mark(run_tag: u32, rule: u32) -> u32 {
-    (run_tag & !MARK_RULE_BITS) | (rule & MARK_RULE_BITS)
-}
-
-/// If `mark` carries `run_tag`, the rule index it names.
-#[inline(always)]
-pub const fn marked_rule(run_tag: u32, mark: u32) -> Option<u32> {
-    if run_tag & !MARK_RULE_BITS != 0 && mark & !MARK_RULE_BITS == run_tag & !MARK_RULE_BITS {
-        Some(mark & MARK_RULE_BITS)
-    } else {
-        None
-    }
+    pub fragment: Fragment,
+    /// The IP identification of a fragmented datagram (IPv4: 16 bits; IPv6: the fragment header's 32).
+    pub frag_id: u32,
 }
 
 /// IPv4-mapped representation of an IPv4 address given as its four bytes.
@@ -178,17 +97,34 @@ pub const fn v6_halves(addr: [u8; 16]) -> (u64, u64) {
 /// Masks selecting the first `prefix` bits of a 128-bit address.
 pub const fn prefix_masks(prefix: u8) -> (u64, u64) {
     let p = if prefix > 128 { 128 } else { prefix as u32 };
-    let hi = if p >= 64 { u64::MAX } else if p == 0 { 0 } else { u64::MAX << (64 - p) };
-    let lo = if p <= 64 { 0 } else if p == 128 { u64::MAX } else { u64::MAX << (128 - p) };
+    let hi = if p >= 64 {
+        u64::MAX
+    } else if p == 0 {
+        0
+    } else {
+        u64::MAX << (64 - p)
+    };
+    let lo = if p <= 64 {
+        0
+    } else if p == 128 {
+        u64::MAX
+    } else {
+        u64::MAX << (128 - p)
+    };
     (hi, lo)
 }
 
-impl NetRule {
+#[inline(always)]
+const fn in_range(port: u16, lo: u16, hi: u16) -> bool {
+    lo <= port && port <= hi
+}
+
+impl NetMatch {
     /// Whether `pkt`, travelling in direction `dir` (a `DIR_*` bit), passes every filter.
-    /// Time and probability are not part of matching; see [`NetRule::live`] and [`crate::roll`].
+    /// Time, probability and the cap are not part of matching (see `Rule::live`).
     #[inline(always)]
     pub fn matches(&self, dir: u8, pkt: &Packet) -> bool {
-        if self.fault == NetFault::None as u8 || self.directions & dir == 0 {
+        if self.directions & dir == 0 {
             return false;
         }
         if self.proto != PROTO_ANY {
@@ -197,60 +133,144 @@ impl NetRule {
                 return false;
             }
         }
-        if self.remote_port != 0 && self.remote_port != pkt.remote_port {
-            return false;
+        let port_filter = self.remote_port_hi != 0 || self.local_port_hi != 0;
+        if port_filter {
+            if !pkt.has_ports {
+                return false;
+            }
+            if self.remote_port_hi != 0 && !in_range(pkt.remote_port, self.remote_port_lo, self.remote_port_hi) {
+                return false;
+            }
+            if self.local_port_hi != 0 && !in_range(pkt.local_port, self.local_port_lo, self.local_port_hi) {
+                return false;
+            }
         }
-        if self.local_port != 0 && self.local_port != pkt.local_port {
-            return false;
-        }
-        pkt.remote_hi & self.peer_mask_hi == self.peer_hi
-            && pkt.remote_lo & self.peer_mask_lo == self.peer_lo
-    }
-
-    /// Whether the rule still injects at monotonic time `now_ns`.
-    #[inline(always)]
-    pub const fn live(&self, now_ns: u64) -> bool {
-        now_ns < self.deadline_ns
+        pkt.remote_hi & self.peer_mask_hi == self.peer_hi && pkt.remote_lo & self.peer_mask_lo == self.peer_lo
     }
 }
 
+/// IPv6 extension headers the parser walks (RFC 8200 §4 and the IANA list).
+pub const IPV6_HOPOPTS: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_AH: u8 = 51;
+pub const IPV6_DSTOPTS: u8 = 60;
+pub const IPV6_MOBILITY: u8 = 135;
+/// How many extension headers the parser walks before giving up (real packets carry one or two).
+pub const IPV6_MAX_EXT_HEADERS: u32 = 6;
+
+/// One IPv6 extension header, from its first 8 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Ext {
+    /// The header after this one.
+    pub next: u8,
+    /// This header's length in bytes.
+    pub len: u16,
+    /// For a fragment header: the fragment offset (in 8-byte units) and the identification.
+    pub frag_offset: u16,
+    pub frag_id: u32,
+}
+
+/// Whether `kind` is an extension header the parser walks.
+#[inline(always)]
+pub const fn is_ipv6_ext(kind: u8) -> bool {
+    matches!(kind, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_AH | IPV6_DSTOPTS | IPV6_MOBILITY)
+}
+
+/// If `kind` is an extension header the parser walks, what its first 8 bytes say; `None` for a
+/// transport header or one that cannot be walked (ESP, No Next Header).
+#[inline(always)]
+pub const fn ipv6_ext(kind: u8, h: [u8; 8]) -> Option<Ipv6Ext> {
+    let len = match kind {
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_MOBILITY => (h[1] as u16 + 1) * 8,
+        IPV6_FRAGMENT => 8,
+        IPV6_AH => (h[1] as u16 + 2) * 4,
+        _ => return None,
+    };
+    let (frag_offset, frag_id) = if kind == IPV6_FRAGMENT {
+        (u16::from_be_bytes([h[2], h[3]]) >> 3, u32::from_be_bytes([h[4], h[5], h[6], h[7]]))
+    } else {
+        (0, 0)
+    };
+    Some(Ipv6Ext { next: h[0], len, frag_offset, frag_id })
+}
+
+/// The fragment position of an IPv4 packet from its flags-and-offset field.
+#[inline(always)]
+pub const fn ipv4_fragment(flags_offset: u16) -> Fragment {
+    let more = flags_offset & 0x2000 != 0;
+    let offset = flags_offset & 0x1fff;
+    if offset != 0 {
+        Fragment::Later
+    } else if more {
+        Fragment::First
+    } else {
+        Fragment::No
+    }
+}
+
+/// The datagram whose first fragment a CPU decided last (per CPU in the kernel: the fragments of
+/// one datagram are sent back to back by one `ip_do_fragment` call on one CPU). A later fragment
+/// of the same datagram gets the same verdict, so a datagram is one decision however many
+/// fragments it becomes, and `dropped` never exceeds `selected`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastDatagram {
+    pub remote_hi: u64,
+    pub remote_lo: u64,
+    pub frag_id: u32,
+    /// 1 + the index of the rule that dropped it; 0: not dropped.
+    pub dropped_by: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<LastDatagram>() == 24);
+
+impl LastDatagram {
+    /// The rule that dropped the datagram `pkt` (a later fragment) belongs to, if it was dropped.
+    #[inline(always)]
+    pub const fn verdict_for(&self, pkt: &Packet) -> Option<u32> {
+        if self.dropped_by != 0 && self.frag_id == pkt.frag_id && self.remote_hi == pkt.remote_hi && self.remote_lo == pkt.remote_lo {
+            Some(self.dropped_by - 1)
+        } else {
+            None
+        }
+    }
+}
+
+/// Per-CPU [`LastDatagram`] (one slot).
+pub const LAST_DATAGRAM_MAP: &str = "CHAOS_LAST_DGRAM";
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain `#[repr(C)]` structs of integers with explicit padding fields and no
-    // implicit padding (sizes asserted above): every bit pattern is a valid value.
-    unsafe impl aya::Pod for super::NetRule {}
-    unsafe impl aya::Pod for super::NetCounters {}
+    // SAFETY: `#[repr(C)]` integers with explicit padding, sizes asserted: any bit pattern is valid.
+    unsafe impl aya::Pod for super::NetMatch {}
+    unsafe impl aya::Pod for super::LastDatagram {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn drop_rule() -> NetRule {
-        NetRule {
-            fault: NetFault::Drop as u8,
-            directions: DIR_EGRESS,
-            deadline_ns: 100,
-            ..Default::default()
-        }
+    fn egress() -> NetMatch {
+        NetMatch { directions: DIR_EGRESS, ..Default::default() }
     }
 
     fn udp_to(addr: [u8; 4], port: u16) -> Packet {
         let (remote_hi, remote_lo) = v4_mapped(addr);
-        Packet { proto: PROTO_UDP, remote_hi, remote_lo, remote_port: port, local_port: 40000 }
+        Packet { proto: PROTO_UDP, remote_hi, remote_lo, has_ports: true, remote_port: port, local_port: 40000, ..Default::default() }
     }
 
     #[test]
-    fn empty_slot_and_wrong_direction_never_match() {
+    fn wrong_direction_never_matches() {
         let pkt = udp_to([127, 0, 0, 1], 53);
-        assert!(!NetRule::default().matches(DIR_EGRESS, &pkt));
-        assert!(drop_rule().matches(DIR_EGRESS, &pkt));
-        assert!(!drop_rule().matches(DIR_INGRESS, &pkt));
+        assert!(egress().matches(DIR_EGRESS, &pkt));
+        assert!(!egress().matches(DIR_INGRESS, &pkt));
+        assert!(!NetMatch::default().matches(DIR_EGRESS, &pkt), "no direction: nothing");
     }
 
     #[test]
     fn protocol_filter_and_icmp_covers_icmpv6() {
-        let mut r = drop_rule();
+        let mut r = egress();
         r.proto = PROTO_TCP;
         assert!(!r.matches(DIR_EGRESS, &udp_to([127, 0, 0, 1], 53)));
         r.proto = PROTO_ICMP;
@@ -260,18 +280,33 @@ mod tests {
     }
 
     #[test]
-    fn ports_must_match_when_set() {
-        let mut r = drop_rule();
-        r.remote_port = 53;
+    fn port_ranges_must_match_when_set() {
+        let mut r = egress();
+        (r.remote_port_lo, r.remote_port_hi) = (53, 53);
         assert!(r.matches(DIR_EGRESS, &udp_to([127, 0, 0, 1], 53)));
         assert!(!r.matches(DIR_EGRESS, &udp_to([127, 0, 0, 1], 54)));
-        r.local_port = 40001;
-        assert!(!r.matches(DIR_EGRESS, &udp_to([127, 0, 0, 1], 53)));
+        (r.remote_port_lo, r.remote_port_hi) = (8000, 8100);
+        assert!(r.matches(DIR_EGRESS, &udp_to([127, 0, 0, 1], 8000)));
+        assert!(r.matches(DIR_EGRESS, &udp_to([127, 0, 0, 1], 8100)));
+        assert!(!r.matches(DIR_EGRESS, &udp_to([127, 0, 0, 1], 8101)));
+        (r.local_port_lo, r.local_port_hi) = (40001, 40001);
+        assert!(!r.matches(DIR_EGRESS, &udp_to([127, 0, 0, 1], 8050)));
+    }
+
+    #[test]
+    fn a_port_filter_never_matches_a_packet_without_ports() {
+        let mut r = egress();
+        (r.remote_port_lo, r.remote_port_hi) = (53, 53);
+        let mut later = udp_to([127, 0, 0, 1], 0);
+        later.has_ports = false;
+        later.fragment = Fragment::Later;
+        assert!(!r.matches(DIR_EGRESS, &later));
+        assert!(egress().matches(DIR_EGRESS, &later), "without a port filter it matches on the rest");
     }
 
     #[test]
     fn v4_cidr_matches_inside_only_and_never_v6() {
-        let mut r = drop_rule();
+        let mut r = egress();
         let (hi, lo) = v4_mapped([127, 1, 0, 0]);
         let (mh, ml) = prefix_masks(96 + 16);
         (r.peer_hi, r.peer_lo, r.peer_mask_hi, r.peer_mask_lo) = (hi, lo, mh, ml);
@@ -293,19 +328,39 @@ mod tests {
     }
 
     #[test]
-    fn marks_round_trip_and_foreign_tags_are_ignored() {
-        let tag = 0x5a5a_1200;
-        let m = steal_mark(tag, 3);
-        assert_eq!(marked_rule(tag, m), Some(3));
-        assert_eq!(marked_rule(0x7777_0000, m), None, "another run's tag");
-        assert_eq!(marked_rule(tag, 0), None, "an unmarked packet");
-        assert_eq!(marked_rule(0, 3), None, "a zero tag is never valid");
+    fn ipv6_extension_headers_have_their_rfc_lengths() {
+        // Hop-by-hop and destination options: (hdr ext len + 1) * 8 bytes.
+        assert_eq!(ipv6_ext(IPV6_HOPOPTS, [PROTO_UDP, 0, 1, 4, 0, 0, 0, 0]).map(|e| (e.next, e.len)), Some((PROTO_UDP, 8)));
+        assert_eq!(ipv6_ext(IPV6_DSTOPTS, [PROTO_TCP, 2, 0, 0, 0, 0, 0, 0]).map(|e| (e.next, e.len)), Some((PROTO_TCP, 24)));
+        assert_eq!(ipv6_ext(IPV6_ROUTING, [IPV6_DSTOPTS, 4, 0, 0, 0, 0, 0, 0]).map(|e| e.len), Some(40));
+        // AH: (payload len + 2) * 4 bytes.
+        assert_eq!(ipv6_ext(IPV6_AH, [PROTO_UDP, 4, 0, 0, 0, 0, 0, 0]).map(|e| e.len), Some(24));
+        // Fragment: 8 bytes, offset in 8-byte units in the top 13 bits, 32-bit identification.
+        let f = ipv6_ext(IPV6_FRAGMENT, [PROTO_UDP, 0, 0x05, 0xa9, 0xde, 0xad, 0xbe, 0xef]).expect("fragment");
+        assert_eq!((f.next, f.len, f.frag_offset, f.frag_id), (PROTO_UDP, 8, 181, 0xdead_beef));
+        // Transport headers and ESP end the walk.
+        assert_eq!(ipv6_ext(PROTO_UDP, [0; 8]), None);
+        assert_eq!(ipv6_ext(50, [0; 8]), None);
+        assert!(is_ipv6_ext(IPV6_DSTOPTS) && !is_ipv6_ext(PROTO_TCP) && !is_ipv6_ext(50));
     }
 
     #[test]
-    fn deadline_is_exclusive() {
-        let r = drop_rule();
-        assert!(r.live(99));
-        assert!(!r.live(100));
+    fn ipv4_fragments_by_flags_and_offset() {
+        assert_eq!(ipv4_fragment(0x4000), Fragment::No, "DF set, no fragment");
+        assert_eq!(ipv4_fragment(0x2000), Fragment::First, "MF, offset 0");
+        assert_eq!(ipv4_fragment(0x2000 | 185), Fragment::Later);
+        assert_eq!(ipv4_fragment(370), Fragment::Later, "the last fragment: no MF, offset set");
+    }
+
+    #[test]
+    fn later_fragments_follow_the_datagram_that_was_dropped() {
+        let mut first = udp_to([10, 0, 0, 2], 53);
+        first.fragment = Fragment::First;
+        first.frag_id = 77;
+        let slot = LastDatagram { remote_hi: first.remote_hi, remote_lo: first.remote_lo, frag_id: 77, dropped_by: 4 };
+        let later = Packet { fragment: Fragment::Later, has_ports: false, ..first };
+        assert_eq!(slot.verdict_for(&later), Some(3));
+        assert_eq!(slot.verdict_for(&Packet { frag_id: 78, ..later }), None, "another datagram");
+        assert_eq!(LastDatagram { dropped_by: 0, ..slot }.verdict_for(&later), None, "kept, not dropped");
     }
 }

@@ -1,74 +1,46 @@
-//! Syscall faults: rule layout, counters, map and program names.
+//! Syscall faults: the filter of a syscall rule, the hooks, program names.
 //!
-//! One rule per run. The target is a cgroup and all its descendants, matched in the kernel with
-//! `bpf_get_current_ancestor_cgroup_id(level) == cgroup_id`; the backend program is attached to the
-//! one syscall (kprobe on its entry function) or the one LSM hook the fault is about.
-
-pub const RULES_MAP: &str = "SYS_RULES";
-pub const COUNTERS_MAP: &str = "SYS_COUNTERS";
+//! A syscall program is attached once per session per hook (the LSM hook, or the entry function
+//! of each syscall a rule names), whatever the number of rules and targets. It finds the rules of
+//! the calling process through [`crate::TARGETS_MAP`], by walking the ids of the process's cgroup
+//! ancestors: cgroup ids are global, so this is right at any depth and from inside a cgroup
+//! namespace or a bind-mounted subtree, where paths and levels are not.
 
 /// kprobe on `__x64_sys_<name>` + `bpf_override_return`: any syscall on the error-injection list.
-pub const PROG_KPROBE: &str = "chaos_sys_fail_kprobe";
-/// fmod_ret on `security_file_open` or `__x64_sys_<name>`; its ELF section (aya cannot load it).
-pub const PROG_FMOD_RET: &str = "chaos_sys_fail_fmod_ret";
-pub const FMOD_RET_SECTION: &str = "lsm/chaos_fmod_ret";
+pub const PROG_KPROBE: &str = "chaos_sys_kprobe";
 /// BPF LSM on `file_open`: fails open/openat/creat (and anything else that opens a file).
-pub const PROG_LSM_FILE_OPEN: &str = "chaos_sys_fail_file_open";
+pub const PROG_LSM_FILE_OPEN: &str = "chaos_sys_file_open";
+/// fmod_ret programs, in ELF sections aya parses but chaos loads by hand (`kernel/fmod_ret.rs`):
+/// on a `__x64_sys_*` entry, and on `security_file_open`.
+pub const FMOD_RET_SYSCALL_SECTION: &str = "lsm/chaos_fmod_ret_syscall";
+pub const FMOD_RET_FILE_OPEN_SECTION: &str = "lsm/chaos_fmod_ret_file_open";
 
+/// [`SysMatch::hook`]: where the rule's calls are caught.
+/// Opening a file (`file_open` LSM hook, or fmod_ret on `security_file_open`): the open family.
+pub const HOOK_FILE_OPEN: u32 = 1;
+/// The entry of one syscall, `SysMatch::syscall_nr` (fmod_ret or kprobe on `__x64_sys_<name>`).
+pub const HOOK_SYSCALL: u32 = 2;
+
+/// The filter and effect of a syscall rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SysRule {
-    /// `bpf_ktime_get_ns()` after which nothing is injected.
-    pub deadline_ns: u64,
-    /// Inject when `bpf_get_prandom_u32() < threshold`.
-    pub threshold: u64,
-    /// The target cgroup's id (the inode of its cgroup2 directory) ...
-    pub cgroup_id: u64,
-    /// ... and its depth below the cgroup2 root (root = 0).
-    pub cgroup_level: u32,
-    /// The errno to fail with, positive (the program returns its negation).
-    pub errno: u32,
-    /// 0 = slot unused.
-    pub active: u32,
-    pub _pad: u32,
+pub struct SysMatch {
+    /// `HOOK_*`; 0 in a packet rule.
+    pub hook: u32,
+    /// The x86_64 syscall number, for `HOOK_SYSCALL`.
+    pub syscall_nr: u32,
+    /// What the failed call returns: a negative errno.
+    pub retval: i64,
 }
 
-const _: () = assert!(core::mem::size_of::<SysRule>() == 40);
+const _: () = assert!(core::mem::size_of::<SysMatch>() == 16);
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SysCounters {
-    /// Calls made by processes of the target cgroup.
-    pub seen: u64,
-    /// ... while the rule was live.
-    pub matched: u64,
-    /// ... that were failed.
-    pub failed: u64,
-}
-
-const _: () = assert!(core::mem::size_of::<SysCounters>() == 24);
-
-impl SysCounters {
-    pub fn add(&mut self, o: &SysCounters) {
-        self.seen += o.seen;
-        self.matched += o.matched;
-        self.failed += o.failed;
-    }
-}
-
-impl SysRule {
-    /// Whether a call by a process whose ancestor at `cgroup_level` is `ancestor` is targeted.
+impl SysMatch {
+    /// Whether a call caught at `hook` (for `HOOK_SYSCALL`: syscall `nr`) is this rule's.
     #[inline(always)]
-    pub fn targets(&self, ancestor: u64) -> bool {
-        self.active != 0 && ancestor == self.cgroup_id
+    pub const fn matches(&self, hook: u32, nr: u32) -> bool {
+        self.hook == hook && (hook != HOOK_SYSCALL || self.syscall_nr == nr)
     }
-}
-
-#[cfg(feature = "user")]
-mod pod {
-    // SAFETY: `#[repr(C)]` integers with explicit padding, sizes asserted: any bit pattern is valid.
-    unsafe impl aya::Pod for super::SysRule {}
-    unsafe impl aya::Pod for super::SysCounters {}
 }
 
 #[cfg(test)]
@@ -76,10 +48,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_an_active_rule_targets_its_cgroup() {
-        let r = SysRule { cgroup_id: 42, cgroup_level: 2, active: 1, ..Default::default() };
-        assert!(r.targets(42));
-        assert!(!r.targets(41));
-        assert!(!SysRule { active: 0, ..r }.targets(42));
+    fn a_rule_matches_its_hook_and_syscall_only() {
+        let fsync = SysMatch { hook: HOOK_SYSCALL, syscall_nr: 74, retval: -28 };
+        assert!(fsync.matches(HOOK_SYSCALL, 74));
+        assert!(!fsync.matches(HOOK_SYSCALL, 75));
+        assert!(!fsync.matches(HOOK_FILE_OPEN, 74));
+        let open = SysMatch { hook: HOOK_FILE_OPEN, syscall_nr: 0, retval: -5 };
+        assert!(open.matches(HOOK_FILE_OPEN, 0));
+        assert!(open.matches(HOOK_FILE_OPEN, 257), "the open hook does not know the syscall");
+        assert!(!SysMatch::default().matches(HOOK_FILE_OPEN, 0), "a packet rule is no syscall rule");
     }
 }

@@ -1,23 +1,13 @@
 //! Read-only globals the loader sets before load (`EbpfLoader::override_global`). They live in
 //! `.rodata`, so the verifier sees them as constants and prunes what they switch off.
 
-/// Nonzero when the user asked for a log line per decision (`--log-packets`).
+/// Nonzero when the user asked for a log line per injection (`--log-packets`).
 #[unsafe(no_mangle)]
 static LOG_PACKETS: u8 = 0;
-
-/// This run's mark tag (see `chaos_common::net::steal_mark`); 0 until the loader sets it.
-#[unsafe(no_mangle)]
-static RUN_TAG: u32 = 0;
 
 #[inline(always)]
 pub fn log_packets() -> bool {
     // SAFETY: a plain read of an immutable static; volatile so the compiler does not fold the
     // value it saw at build time (the loader rewrites it before the kernel sees the program).
     unsafe { core::ptr::read_volatile(&LOG_PACKETS) != 0 }
-}
-
-#[inline(always)]
-pub fn run_tag() -> u32 {
-    // SAFETY: as above.
-    unsafe { core::ptr::read_volatile(&RUN_TAG) }
 }

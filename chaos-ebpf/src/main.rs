@@ -1,11 +1,16 @@
-//! The chaos kernel programs. One object, embedded in the `chaos` binary; each `chaos` run loads
-//! its own copy, so its maps (rules, counters) belong to that run alone.
+//! The chaos kernel programs. One object, embedded in the `chaos` binary; each session loads it
+//! once, so its maps (rules, targets, counters) belong to that session alone.
 //!
-//! Layout: one module per hook family. Each program is a thin entry point that calls a
-//! `try_*` function; failures are counted in an error map, never swallowed.
+//! Layout: `engine` (the maps and the counted decision every hook shares), then one module per
+//! hook family. Each program is a thin entry point that calls a `try_*` function; failures are
+//! counted in an error map, never swallowed.
 #![no_std]
 #![no_main]
+// Atomic adds on map values (engine.rs): the BPF target has no stable atomic read-modify-write.
+#![feature(core_intrinsics)]
+#![allow(internal_features, reason = "core::intrinsics::atomic_xadd, see engine.rs")]
 
+mod engine;
 mod globals;
 mod net;
 mod probe;

@@ -4,10 +4,10 @@
 //! so the verifier must accept that helper.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_override_return, bpf_send_signal_thread},
-    macros::{btf_tracepoint, cgroup_sock_addr, classifier, kprobe, lsm, map},
-    maps::Array,
-    programs::{BtfTracePointContext, LsmContext, ProbeContext, SockAddrContext, TcContext},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_override_return, bpf_send_signal_thread},
+    macros::{btf_tracepoint, cgroup_sock_addr, cgroup_skb, classifier, kprobe, lsm, map},
+    maps::{Array, PerCpuArray},
+    programs::{BtfTracePointContext, LsmContext, ProbeContext, SkBuffContext, SockAddrContext, TcContext},
 };
 
 /// A map value, not a constant, so the verifier cannot prove the armed branches dead.
@@ -68,4 +68,32 @@ pub fn chaos_probe_edt(ctx: TcContext) -> i32 {
         unsafe { (*ctx.skb.skb).tstamp = bpf_ktime_get_ns() + delay };
     }
     0 // TC_ACT_OK / TCX_PASS
+}
+
+/// The floors `cargo xtask bench` measures chaos's per-packet kernel time against, in the same
+/// run: the least a program on these hooks can do that still does what every chaos decision does
+/// (count, and draw a random number). Never attached outside the benchmark.
+#[map]
+static BENCH_FLOOR: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn floor_work() {
+    if let Some(p) = BENCH_FLOOR.get_ptr_mut(0) {
+        // SAFETY: a per-CPU map value, valid for this run; the helper has no preconditions.
+        unsafe { *p += (bpf_get_prandom_u32() & 1) as u64 + 1 };
+    }
+}
+
+/// An empty `cgroup_skb` program with one counter and one random draw.
+#[cgroup_skb(egress)]
+pub fn chaos_bench_floor(_ctx: SkBuffContext) -> i32 {
+    floor_work();
+    1
+}
+
+/// The same at TC egress, beside `chaos_tc_egress`.
+#[classifier]
+pub fn chaos_bench_floor_tc(_ctx: TcContext) -> i32 {
+    floor_work();
+    -1 // TC_ACT_UNSPEC / TCX_NEXT
 }

@@ -1,21 +1,25 @@
-//! The command line (clap derive). Parsing and value checks only; `run.rs` does the work.
+//! The command line (clap). Parsing and value checks only; `run.rs` does the work.
+//!
+//! The fault commands (`chaos net drop`, `chaos sys fail`, ...) are made from the fault kinds'
+//! table (`faults::KINDS`): each kind's flags are also its keys in a fault file, so the command
+//! line and `chaos apply` parse a fault the same way.
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, Parser, Subcommand};
 use ipnet::IpNet;
 
-use crate::workload::WorkloadArgs;
+use crate::{faults::{KINDS, Kind}, workload::WorkloadArgs};
 
-/// Longest fault chaos accepts in one run: every fault ends by itself, and soon.
+/// Longest fault chaos accepts: every fault ends by itself, and soon.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Parser, Debug)]
 #[command(
     name = "chaos",
     version,
-    about = "Kernel fault injection for one cgroup at a time (eBPF): drop, delay, corrupt or fail packets and syscalls, and count what it did.",
-    after_help = "Examples:\n  chaos net drop --cgroup /system.slice/api.service --percent 5 --for 30s\n  chaos net drop --pid 4242 --percent 30 --proto udp --port 53 --json\n  chaos demo\n  chaos probe\n  chaos cleanup"
+    about = "Kernel fault injection for one cgroup at a time (eBPF): drop packets and fail syscalls for a container or service, and count what it did.",
+    after_help = "Examples:\n  chaos net drop --cgroup /system.slice/api.service --percent 5 --for 30s\n  chaos sys fail --pid 4242 --syscall fsync --errno ENOSPC\n  chaos apply faults.toml\n  chaos status\n  chaos stop --all\n  chaos demo\n  chaos probe"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -30,6 +34,17 @@ pub enum Command {
     /// Syscall faults for one cgroup.
     #[command(subcommand)]
     Sys(SysCommand),
+    /// Run every fault of a fault file in one session, until the last one ends.
+    #[command(after_help = "A fault file lists [[fault]] tables whose keys are the flags of the fault's command:\n\n  [[fault]]\n  kind = \"net.drop\"\n  cgroup = \"/system.slice/api.service\"\n  percent = 5\n  proto = \"udp\"\n  for = \"30s\"\n\n  [[fault]]\n  kind = \"sys.fail\"\n  cgroup = \"/system.slice/db.service\"\n  syscall = \"fsync\"\n  errno = \"EIO\"\n  after = \"10s\"\n  max-injections = 100\n\nExamples:\n  chaos apply faults.toml\n  chaos apply faults.toml --dry-run\n  chaos apply faults.toml --json")]
+    Apply(ApplyArgs),
+    /// List the sessions running on this host: faults, targets, time left, live counters.
+    Status {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End sessions cleanly (each prints its summary); returns once they are gone.
+    Stop(StopArgs),
     /// Build a sandbox, inject a packet drop into a small client/server workload, show the impact
     /// and the return to the steady state.
     Demo(DemoArgs),
@@ -39,7 +54,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove what a killed chaos left in the kernel (netlink TC filters on pre-6.6 kernels).
+    /// Undo what killed sessions left (netlink TC filters and qdiscs on pre-6.6 kernels).
     Cleanup {
         /// Print the result as one JSON object.
         #[arg(long)]
@@ -48,91 +63,17 @@ pub enum Command {
     /// Test and demo workloads (internal).
     #[command(hide = true)]
     Workload(WorkloadArgs),
+    /// Undoes a session's changes when its process dies (internal: started by the session).
+    #[command(hide = true)]
+    Guardian {
+        #[arg(long)]
+        session: String,
+    },
 }
 
-#[derive(Subcommand, Debug)]
-pub enum NetCommand {
-    /// Drop packets as a lossy wire would: senders see no error, TCP retransmits.
-    #[command(after_help = "Examples:\n  chaos net drop --cgroup /system.slice/api.service --percent 5\n  chaos net drop --pid 4242 --percent 30 --direction both --proto tcp --port 443 --for 2m\n  chaos net drop --cgroup web --percent 100 --peer 10.0.0.0/8 --proto udp")]
-    Drop(NetDropArgs),
-}
-
-#[derive(Subcommand, Debug)]
-pub enum SysCommand {
-    /// Make a syscall fail with an errno, in the kernel, for the target's processes only.
-    #[command(after_help = "Examples:\n  chaos sys fail --cgroup /system.slice/db.service --syscall openat --errno EIO --percent 10\n  chaos sys fail --pid 4242 --syscall fsync --errno ENOSPC --backend kprobe --for 30s")]
-    Fail(SysFailArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct SysFailArgs {
-    #[command(flatten)]
-    pub target: TargetArgs,
-    /// The syscall, by name (openat, read, fsync, connect, ...).
-    #[arg(long, value_parser = crate::faults::sys::parse_syscall)]
-    pub syscall: String,
-    /// The error to return: a name (ENOENT, EIO, ...) or a number.
-    #[arg(long, value_parser = crate::faults::sys::parse_errno)]
-    pub errno: i32,
-    /// Probability of failing a call, 0-100.
-    #[arg(long, value_parser = parse_percent, value_name = "P", default_value = "100")]
-    pub percent: u32,
-    /// lsm and fmod-ret (on security_file_open) cover the open family; fmod-ret (on the syscall
-    /// entry) and kprobe cover any syscall; auto picks the first this kernel offers (`chaos probe`).
-    #[arg(long, value_enum, default_value_t = crate::faults::sys::SysBackend::Auto)]
-    pub backend: crate::faults::sys::SysBackend,
-    #[command(flatten)]
-    pub run: RunArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct NetDropArgs {
-    #[command(flatten)]
-    pub target: TargetArgs,
-    /// Probability of dropping a matching packet, 0-100 (decimals allowed).
-    #[arg(long, value_parser = parse_percent, value_name = "P")]
-    pub percent: u32,
-    #[command(flatten)]
-    pub filters: NetFilterArgs,
-    #[command(flatten)]
-    pub run: RunArgs,
-}
-
-#[derive(Args, Debug)]
-#[group(required = true, multiple = false)]
-pub struct TargetArgs {
-    /// The target cgroup v2 directory: absolute, or relative to the cgroup2 mount.
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
-    /// Target the cgroup v2 that this process is in.
-    #[arg(long, value_name = "PID")]
-    pub pid: Option<u32>,
-}
-
-#[derive(Args, Debug)]
-pub struct NetFilterArgs {
-    /// Which packets of the target: sent, received, or both.
-    #[arg(long, value_enum, default_value_t = Direction::Egress)]
-    pub direction: Direction,
-    /// Only this protocol (icmp covers ICMPv6 too).
-    #[arg(long, value_enum)]
-    pub proto: Option<Proto>,
-    /// Only packets whose remote port is N (destination when sending, source when receiving).
-    #[arg(long, value_name = "N", value_parser = parse_port)]
-    pub port: Option<u16>,
-    /// Only packets whose local port is N.
-    #[arg(long, value_name = "N", value_parser = parse_port)]
-    pub local_port: Option<u16>,
-    /// Only packets whose remote address is in CIDR (IPv4 or IPv6; a bare address means /32 or /128).
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    pub peer: Option<IpNet>,
-}
-
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    /// How long the fault lasts; it ends by itself (e.g. 30s, 5m, 1h30m).
-    #[arg(long = "for", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub duration: Duration,
+/// Flags of a session, whatever its faults.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SessionArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -140,10 +81,27 @@ pub struct RunArgs {
     /// RUST_LOG=debug); for debugging.
     #[arg(long)]
     pub log_packets: bool,
-    /// Also attach device programs in this network namespace (a file such as /run/netns/NAME);
-    /// by default, the namespaces of the target's processes.
-    #[arg(long, value_name = "FILE")]
-    pub netns: Vec<PathBuf>,
+    /// Resolve the targets, check the kernel and print what would attach; attach nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// The fault file (TOML).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct StopArgs {
+    /// The session to stop (as `chaos status` lists it).
+    pub id: Option<String>,
+    /// Stop every session on this host.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Args, Debug)]
@@ -156,18 +114,67 @@ pub struct DemoArgs {
     pub phase: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Direction {
-    Egress,
-    Ingress,
-    Both,
+/// A fault command of one family: the kind and clap's matches of its flags.
+#[derive(Debug)]
+pub struct FaultCommand {
+    pub kind: &'static Kind,
+    pub matches: ArgMatches,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Proto {
-    Tcp,
-    Udp,
-    Icmp,
+impl FaultCommand {
+    pub fn session_args(&self) -> SessionArgs {
+        <SessionArgs as clap::FromArgMatches>::from_arg_matches(&self.matches).unwrap_or_default()
+    }
+}
+
+/// `chaos net <verb>` and `chaos sys <verb>`, made from [`KINDS`].
+macro_rules! family_command {
+    ($name:ident, $family:literal) => {
+        #[derive(Debug)]
+        pub struct $name(pub FaultCommand);
+
+        impl clap::FromArgMatches for $name {
+            fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+                let (verb, sub) = m.subcommand().ok_or_else(|| clap::Error::new(clap::error::ErrorKind::MissingSubcommand))?;
+                let kind = KINDS
+                    .iter()
+                    .find(|k| k.family == $family && k.verb == verb)
+                    .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))?;
+                Ok($name(FaultCommand { kind, matches: sub.clone() }))
+            }
+            fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+                *self = Self::from_arg_matches(m)?;
+                Ok(())
+            }
+        }
+
+        impl clap::Subcommand for $name {
+            fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+                KINDS
+                    .iter()
+                    .filter(|k| k.family == $family)
+                    .fold(cmd, |c, k| c.subcommand(SessionArgs::augment_args(k.fault_command().name(k.verb))))
+                    .subcommand_required(true)
+            }
+            fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+                Self::augment_subcommands(cmd)
+            }
+            fn has_subcommand(name: &str) -> bool {
+                KINDS.iter().any(|k| k.family == $family && k.verb == name)
+            }
+        }
+    };
+}
+family_command!(NetCommand, "net");
+family_command!(SysCommand, "sys");
+
+/// A clap error as one line: clap puts the problem in its first paragraph and usage after a
+/// blank line.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    let msg = first.join(" ");
+    msg.strip_prefix("error: ").unwrap_or(&msg).to_string()
 }
 
 /// "30", "0.5", "12.5%" → parts per million.
@@ -180,10 +187,18 @@ pub fn parse_percent(s: &str) -> Result<u32, String> {
     Ok((v * 10_000.0).round() as u32)
 }
 
-pub fn parse_port(s: &str) -> Result<u16, String> {
-    match s.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("'{s}' is not a port; give a number from 1 to 65535")),
+/// "53" → (53, 53); "8000-8100" → (8000, 8100).
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let port = |p: &str| match p.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("'{s}' is not a port or range; give a number from 1 to 65535, or two such as 8000-8100")),
         Ok(p) => Ok(p),
+    };
+    match s.split_once('-') {
+        None => port(s).map(|p| (p, p)),
+        Some((a, b)) => {
+            let (lo, hi) = (port(a)?, port(b)?);
+            if lo > hi { Err(format!("'{s}' is an empty range: give the lower port first")) } else { Ok((lo, hi)) }
+        }
     }
 }
 
@@ -193,13 +208,20 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("'{s}' is not an address or CIDR; give one such as 10.0.0.0/8 or ::1"))
 }
 
+/// A fault's length: more than 0, at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); give one such as 30s or 5m"))?;
+    let d = parse_offset(s)?;
     if d.is_zero() {
         return Err("a fault must last longer than 0s".into());
     }
+    Ok(d)
+}
+
+/// A start offset: 0 or more, at most [`MAX_DURATION`].
+pub fn parse_offset(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); give one such as 30s or 5m"))?;
     if d > MAX_DURATION {
-        return Err(format!("'{s}' is longer than the 24h chaos allows in one run"));
+        return Err(format!("'{s}' is longer than the 24h chaos allows"));
     }
     Ok(d)
 }
@@ -221,10 +243,13 @@ mod tests {
     }
 
     #[test]
-    fn ports_and_cidrs() {
-        assert_eq!(parse_port("53"), Ok(53));
-        assert!(parse_port("0").is_err());
-        assert!(parse_port("70000").is_err());
+    fn ports_ranges_and_cidrs() {
+        assert_eq!(parse_port_range("53"), Ok((53, 53)));
+        assert_eq!(parse_port_range("8000-8100"), Ok((8000, 8100)));
+        assert!(parse_port_range("0").is_err());
+        assert!(parse_port_range("70000").is_err());
+        assert!(parse_port_range("9-8").is_err());
+        assert!(parse_port_range("1-").is_err());
         assert_eq!(parse_cidr("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
         assert_eq!(parse_cidr("fd00::/8").unwrap().to_string(), "fd00::/8");
         assert!(parse_cidr("10.0.0.0/33").is_err());
@@ -234,14 +259,20 @@ mod tests {
     fn durations_are_bounded() {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_offset("0s"), Ok(Duration::ZERO));
         assert!(parse_duration("2d").is_err());
         assert!(parse_duration("soon").is_err());
     }
 
     #[test]
-    fn target_is_required_and_exclusive() {
-        assert!(Cli::try_parse_from(["chaos", "net", "drop", "--percent", "5"]).is_err());
+    fn fault_commands_come_from_the_kinds_table() {
+        let cli = Cli::try_parse_from(["chaos", "net", "drop", "--percent", "5", "--cgroup", "x", "--json"]).expect("parses");
+        let Command::Net(NetCommand(fc)) = cli.command else { panic!("not a net command") };
+        assert_eq!(fc.kind.name, "net.drop");
+        assert!(fc.session_args().json);
+        assert!(Cli::try_parse_from(["chaos", "net", "drop", "--percent", "5"]).is_err(), "a target is required");
         assert!(Cli::try_parse_from(["chaos", "net", "drop", "--percent", "5", "--cgroup", "x", "--pid", "1"]).is_err());
-        assert!(Cli::try_parse_from(["chaos", "net", "drop", "--percent", "5", "--cgroup", "x"]).is_ok());
+        assert!(Cli::try_parse_from(["chaos", "sys", "fail", "--cgroup", "x", "--syscall", "openat", "--errno", "EIO"]).is_ok());
+        assert!(Cli::try_parse_from(["chaos", "net", "explode", "--cgroup", "x"]).is_err());
     }
 }

@@ -16,10 +16,11 @@ use crate::{
     cli::DemoArgs,
     error::Result,
     faults::{
-        Fault, Injection, RunOptions,
-        net::{Drop as NetDrop, NetFilters, NetSpec},
+        FaultArgs, FaultSpec, TargetArgs,
+        net_drop::{NetDrop, NetFilters},
     },
     privileges,
+    session::{self, Options, Session},
     sandbox::{TempCgroup, spawn_in},
     target::Cgroup,
     workload::RrInterval,
@@ -116,9 +117,23 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut client = Reaped(spawn_in(&mut client, Some(&cg.path), None).context("starting the demo client in its cgroup")?);
     let lines = BufReader::new(client.0.stdout.take().expect("piped")).lines();
 
-    let spec = NetSpec {
-        action: NetDrop { ppm: args.percent },
-        filters: NetFilters { directions: DIR_EGRESS, proto: PROTO_TCP, ..Default::default() },
+    let fault = NetDrop {
+        ppm: args.percent,
+        filters: NetFilters { directions: DIR_EGRESS, proto: PROTO_TCP, port: None, local_port: None, peer: None },
+        netns: Vec::new(),
+    };
+    let description = format!("drop {}% of the client's egress TCP packets", args.percent as f64 / 10_000.0);
+    let fault_for = |phase: Duration| FaultSpec {
+        fault: Box::new(NetDrop { filters: fault.filters.clone(), netns: Vec::new(), ..fault }),
+        // The kernel's own deadline is a bound in case the demo is stopped; removal is below.
+        args: FaultArgs {
+            target: TargetArgs { cgroup: Some(target.path.clone()), pid: None },
+            duration: phase + Duration::from_secs(30),
+            after: Duration::ZERO,
+            max_injections: None,
+            force: false,
+        },
+        origin: String::new(),
     };
     let mut seen = 0usize;
     let mut phases = [
@@ -126,7 +141,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         Phase { name: "fault", ..Default::default() },
         Phase { name: "recovery", ..Default::default() },
     ];
-    let mut injection: Option<Box<dyn Injection>> = None;
+    let mut injection: Option<(Session, std::time::Instant)> = None;
     // Recovery judged after one settling interval: the first second after removal still carries
     // the retransmissions of requests the fault delayed.
     let mut settled = Phase { name: "settled", ..Default::default() };
@@ -152,7 +167,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
             }
         }
         let kernel = match &injection {
-            Some(inj) => inj.counters().map(|c| format!("{}/{}", c.matched(), c.injected())).unwrap_or_default(),
+            Some((s, _)) => {
+                let (matched, injected) = s.totals();
+                format!("{matched}/{injected}")
+            }
             None => String::new(),
         };
         println!(
@@ -161,18 +179,16 @@ pub fn run(args: DemoArgs) -> Result<()> {
         );
         // Enter and leave the fault at phase boundaries.
         if seen == per_phase {
-            // The kernel's own deadline is a bound in case the demo is stopped; removal is below.
-            let deadline = crate::run::monotonic_ns() + (phase + Duration::from_secs(30)).as_nanos() as u64;
-            injection = Some(spec.start(&target, deadline, &RunOptions::default(), &[])?);
-            println!("        --- injecting: {} ---", spec.describe());
+            let plan = session::plan(vec![fault_for(phase)])?;
+            injection = Some((Session::start(plan, &Options::default())?, std::time::Instant::now()));
+            println!("        --- injecting: {description} ---");
         }
         if seen == 2 * per_phase
-            && let Some(mut inj) = injection.take()
+            && let Some((s, started)) = injection.take()
         {
-            inj.detach();
-            let c = inj.counters()?;
-            drop(inj);
-            println!("        --- fault removed: kernel matched {} packets, dropped {} ---", c.matched(), c.injected());
+            let summary = s.finish("demo", started.elapsed())?;
+            let (matched, dropped) = summary.rules.first().map(|r| (r.matched, r.injected)).unwrap_or_default();
+            println!("        --- fault removed: kernel matched {matched} packets, dropped {dropped} ---");
         }
         if seen == 3 * per_phase {
             break;

@@ -1,16 +1,20 @@
-//! The chaos loader library: validated faults, the kernel boundary, the watch loop and reports.
-//! The `chaos` binary is a thin shell around [`run::main`].
+//! The chaos loader library: fault kinds, sessions (the kernel object, rules, attachments, the
+//! undo journal), the watch loop and reports. The `chaos` binary is a thin shell around
+//! [`run::main`].
 
 pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod faults;
+pub mod file;
 pub mod kernel;
 pub mod privileges;
 pub mod probe;
 pub mod report;
 pub mod run;
 pub mod sandbox;
+pub mod session;
+pub mod status;
 pub mod target;
 pub mod watch;
 pub mod workload;

@@ -13,13 +13,16 @@ use aya::{
         tc::{NlOptions, TcAttachOptions, TcAttachType, qdisc_add_clsact},
     },
 };
-use chaos_common::net::{PROG_EGRESS, PROG_TC_STEAL};
+use chaos_common::{
+    net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS},
+    sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION},
+};
 use nix::sched::{CloneFlags, unshare};
 use serde::Serialize;
 
 use crate::{
     error::{Result, chain},
-    kernel::{Kernel, config, qdisc},
+    kernel::{Kernel, config, rtnl},
     sandbox::TempCgroup,
     unsupported,
 };
@@ -75,8 +78,8 @@ impl Backend {
     /// The faults (present and planned) that stand on this backend.
     pub fn faults(self) -> &'static str {
         match self {
-            Backend::CgroupSkb => "net drop (decision, ingress)",
-            Backend::Tcx | Backend::TcNetlink => "net drop (egress wire loss; either one)",
+            Backend::CgroupSkb => "net faults, ingress",
+            Backend::Tcx | Backend::TcNetlink => "net faults, egress (either one)",
             Backend::CgroupSockAddr => "sys fail: connect/bind (planned)",
             Backend::TpBtfSignal => "sys signal (planned)",
             Backend::BpfLsm | Backend::FmodRetSecurity => "sys fail: the open family",
@@ -168,7 +171,7 @@ fn describe_errno(e: &ProgramError) -> String {
 /// Runs every check. Needs the same privileges as a fault.
 pub fn probe() -> Result<Report> {
     let facts = Facts::gather();
-    let mut kernel = Kernel::load(0x100, false)?;
+    let mut kernel = Kernel::load(false)?;
     let checks = Backend::ALL.iter().map(|&b| check(&mut kernel, &facts, b)).collect();
     Ok(Report { kernel: crate::kernel::release(), checks })
 }
@@ -177,7 +180,7 @@ pub fn probe() -> Result<Report> {
 /// returns the backends that work.
 pub fn require(groups: &[&[Backend]]) -> Result<Vec<Backend>> {
     let facts = Facts::gather();
-    let mut kernel = Kernel::load(0x100, false)?;
+    let mut kernel = Kernel::load(false)?;
     let mut working = Vec::new();
     for group in groups {
         let results: Vec<Check> = group.iter().map(|&b| check(&mut kernel, &facts, b)).collect();
@@ -200,10 +203,10 @@ fn check(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Check {
         Backend::TpBtfSignal => check_btf(kernel, facts, b),
         Backend::BpfLsm => check_btf(kernel, facts, b),
         Backend::KprobeOverride => check_kprobe(kernel),
-        Backend::FmodRetSecurity => check_fmod_ret(kernel, facts, "security_file_open"),
-        Backend::FmodRetSyscall => check_fmod_ret(kernel, facts, "__x64_sys_openat"),
-        Backend::SchFq => qdisc::try_qdisc("fq", None).map_err(|e| qdisc_reason("fq", &e)),
-        Backend::Netem => qdisc::try_qdisc("netem", Some(qdisc::netem_options())).map_err(|e| qdisc_reason("netem", &e)),
+        Backend::FmodRetSecurity => check_fmod_ret(kernel, facts, FMOD_RET_FILE_OPEN_SECTION, "security_file_open"),
+        Backend::FmodRetSyscall => check_fmod_ret(kernel, facts, FMOD_RET_SYSCALL_SECTION, "__x64_sys_openat"),
+        Backend::SchFq => rtnl::try_qdisc("fq").map_err(|e| qdisc_reason("fq", &e)),
+        Backend::Netem => rtnl::try_qdisc("netem").map_err(|e| qdisc_reason("netem", &e)),
     };
     let reason = outcome.err().map(|what| facts.explain(b, &what));
     Check { backend: b, label: b.label(), faults: b.faults(), works: reason.is_none(), reason }
@@ -227,11 +230,11 @@ fn load_failed(what: &str, e: &ProgramError) -> String {
 }
 
 fn check_cgroup_skb(kernel: &mut Kernel) -> Outcome {
-    let prog = kernel.program::<CgroupSkb>(PROG_EGRESS, "cgroup_skb").map_err(|e| e.to_string())?;
+    let prog = kernel.program::<CgroupSkb>(PROG_CGROUP_INGRESS, "cgroup_skb").map_err(|e| e.to_string())?;
     let cg = TempCgroup::new(&format!("chaos-probe-{}", std::process::id())).map_err(|e| format!("{e:#}"))?;
     let f = File::open(&cg.path).map_err(|e| e.to_string())?;
     let id = prog
-        .attach(&f, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .attach(&f, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
         .map_err(|e| format!("attaching to a cgroup: {}", describe_errno(&e)))?;
     prog.detach(id).map_err(|e| e.to_string())
 }
@@ -249,7 +252,7 @@ fn check_sock_addr(kernel: &mut Kernel) -> Outcome {
 
 /// TC in a throwaway network namespace: tcx (a link) or netlink (clsact + cls_bpf filter).
 fn check_tc(kernel: &mut Kernel, tcx: bool) -> Outcome {
-    let prog = kernel.program::<SchedClassifier>(PROG_TC_STEAL, "TC classifier").map_err(|e| e.to_string())?;
+    let prog = kernel.program::<SchedClassifier>(PROG_TC_EGRESS, "TC classifier").map_err(|e| e.to_string())?;
     std::thread::scope(|s| {
         s.spawn(|| -> Outcome {
             unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("creating a network namespace: {e}"))?;
@@ -304,9 +307,9 @@ fn check_btf(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Outcome {
 
 /// The real fmod_ret program, loaded by hand and attached to `function` (its rule is inactive, so
 /// it changes nothing), then detached.
-fn check_fmod_ret(kernel: &mut Kernel, facts: &Facts, function: &str) -> Outcome {
+fn check_fmod_ret(kernel: &mut Kernel, facts: &Facts, section: &str, function: &str) -> Outcome {
     let btf = facts.btf.as_ref().ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
-    match kernel.fmod_ret(function, btf) {
+    match kernel.fmod_ret(section, function, btf) {
         Ok(attached) => {
             drop(attached);
             Ok(())

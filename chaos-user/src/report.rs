@@ -1,53 +1,116 @@
-//! The end-of-run summary: one JSON object, or a short text.
+//! The end-of-session summary: one JSON object, or a short text.
 
+use std::collections::BTreeMap;
+
+use chaos_common::{Counters, Family};
 use serde::Serialize;
 
-use crate::faults::{Attached, Counters};
+use crate::{
+    session::{Planned, attach::Attached},
+    target::Cgroup,
+};
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
-    pub fault: String,
+    pub session: String,
+    pub pid: u32,
+    /// "deadline", "chaos stop", or the signal that ended it ("SIGINT", "SIGTERM", "SIGHUP").
+    pub ended_by: String,
+    /// Seconds the session was in place.
+    pub elapsed_s: f64,
+    pub rules: Vec<RuleSummary>,
+    /// Kernel-side failures by kind (the packet or call passed untouched).
+    pub kernel_errors: BTreeMap<String, u64>,
+    pub attached: Attached,
+}
+
+/// One rule's counters, summed over CPUs. Packet rules also count wire segments (`*_segs`): an
+/// skb of a GSO packet is one packet here but several on the wire.
+#[derive(Debug, Serialize)]
+pub struct RuleSummary {
+    pub rule: u32,
+    pub kind: String,
     pub description: String,
     pub cgroup: String,
     pub cgroup_id: u64,
-    /// Seconds the fault was in place.
-    pub elapsed_s: f64,
-    /// "deadline", or the signal that ended it ("SIGINT", "SIGTERM", "SIGHUP").
-    pub ended_by: String,
+    pub after_s: f64,
+    pub for_s: f64,
+    pub max_injections: Option<u64>,
+    /// Events (packets, calls) of the target that reached the rule.
+    pub seen: u64,
+    /// ... that matched every filter while the rule was live.
+    pub matched: u64,
+    /// ... that the dice selected.
+    pub selected: u64,
+    /// ... to which the fault was done.
+    pub injected: u64,
+    /// Selected but not injected: the rule had reached --max-injections.
+    pub capped: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seen_segs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_segs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selected_segs: Option<u64>,
+    /// The kind's own names for what it did ("dropped", "failed", ...).
     #[serde(flatten)]
-    pub counters: Counters,
-    pub attached: Attached,
+    pub detail: BTreeMap<String, u64>,
+}
+
+impl RuleSummary {
+    pub fn new(rule: u32, f: &Planned, target: &Cgroup, c: &Counters) -> RuleSummary {
+        let packets = f.hooks.iter().any(|h| h.family() != Family::Sys);
+        let segs = |v: u64| packets.then_some(v);
+        RuleSummary {
+            rule,
+            kind: f.spec.fault.kind().to_string(),
+            description: f.spec.fault.describe(),
+            cgroup: target.path.display().to_string(),
+            cgroup_id: target.id,
+            after_s: f.spec.args.after.as_secs_f64(),
+            for_s: f.spec.args.duration.as_secs_f64(),
+            max_injections: f.spec.args.max_injections,
+            seen: c.seen,
+            matched: c.matched,
+            selected: c.selected,
+            injected: c.injected,
+            capped: c.capped,
+            seen_segs: segs(c.seen_segs),
+            matched_segs: segs(c.matched_segs),
+            selected_segs: segs(c.selected_segs),
+            detail: f.spec.fault.report(c).into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
 }
 
 impl Summary {
     pub fn text(&self) -> String {
         let mut s = format!(
-            "chaos: {} on {} ended by {} after {:.1}s\n",
-            self.description, self.cgroup, self.ended_by, self.elapsed_s
+            "chaos: session {} ended by {} after {:.1}s\n",
+            self.session, self.ended_by, self.elapsed_s
         );
-        for r in &self.counters.rules {
+        for r in &self.rules {
             let pct = if r.matched > 0 { 100.0 * r.injected as f64 / r.matched as f64 } else { 0.0 };
             let detail: Vec<String> = r.detail.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            s += &format!("  rule {} ({}) on {}: {}\n", r.rule, r.kind, r.cgroup, r.description);
             s += &format!(
-                "  rule {} ({}): seen {}, matched {}, injected {} ({pct:.1}% of matched); {}\n",
-                r.rule,
-                r.fault,
+                "    seen {}, matched {}, selected {}, injected {} ({pct:.1}% of matched); {}\n",
                 r.seen,
                 r.matched,
+                r.selected,
                 r.injected,
                 detail.join(", ")
             );
-            let (selected, dropped) = (r.detail.get("selected"), r.detail.get("dropped"));
-            if let (Some(&s_), Some(&d)) = (selected, dropped)
-                && s_ > d
-            {
-                s += &format!("  note: {} packets selected for dropping left through a device chaos was not attached to\n", s_ - d);
+            if let (Some(seen), Some(matched)) = (r.seen_segs, r.matched_segs) {
+                s += &format!("    wire segments: seen {seen}, matched {matched}\n");
+            }
+            if r.capped > 0 {
+                s += &format!("    {} more were selected after the rule reached --max-injections\n", r.capped);
             }
         }
-        let errs: Vec<String> =
-            self.counters.kernel_errors.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+        let errs: Vec<String> = self.kernel_errors.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
         if !errs.is_empty() {
-            s += &format!("  kernel-side errors (packets passed untouched): {}\n", errs.join(", "));
+            s += &format!("  kernel-side errors (passed untouched): {}\n", errs.join(", "));
         }
         s
     }

@@ -2,20 +2,13 @@
 
 use std::time::Duration;
 
-use chaos_common::net::{DIR_EGRESS, DIR_INGRESS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-
 use crate::{
-    cli::{Cli, Command, Direction, NetCommand, NetDropArgs, Proto, RunArgs, SysCommand, TargetArgs},
+    cli::{Cli, Command, FaultCommand, NetCommand, SessionArgs, SysCommand},
     error::{EXIT_USAGE, Error, Result},
-    faults::{
-        Fault, RunOptions,
-        net::{Drop, NetFilters, NetSpec},
-        sys::SysFail,
-    },
-    kernel::state,
+    faults::{self, FaultSpec},
     privileges,
-    report::Summary,
-    target::Cgroup,
+    session::{self, Options, Session, journal},
+    usage,
 };
 
 /// Parses the command line, runs it and returns the exit code. Every failure is one line on
@@ -51,12 +44,7 @@ fn clap_error(e: clap::Error) -> i32 {
             EXIT_USAGE
         }
         _ => {
-            let text = e.render().to_string();
-            // The first paragraph, joined: clap puts the problem there and usage after a blank line.
-            let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
-            let msg = first.join(" ");
-            let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
-            eprintln!("chaos: {msg} (see --help)");
+            eprintln!("chaos: {} (see --help)", crate::cli::one_line(&e));
             EXIT_USAGE
         }
     }
@@ -64,12 +52,41 @@ fn clap_error(e: clap::Error) -> i32 {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Net(NetCommand::Drop(args)) => net_drop(args),
-        Command::Sys(SysCommand::Fail(a)) => run_fault(
-            &SysFail { syscall: a.syscall, errno: a.errno, ppm: a.percent, backend: a.backend },
-            &a.target,
-            &a.run,
-        ),
+        Command::Net(NetCommand(fc)) | Command::Sys(SysCommand(fc)) => fault_command(fc),
+        Command::Apply(a) => {
+            let text = std::fs::read_to_string(&a.file).map_err(|e| usage!("cannot read {}: {e}", a.file.display()))?;
+            let command_for = |kind: &str| faults::kind(kind).map(|k| k.fault_command());
+            let parsed = crate::file::parse(&a.file, &text, &command_for, &faults::kind_names()).map_err(|e| Error::Usage(e.0))?;
+            let mut specs = Vec::new();
+            for f in parsed {
+                let kind = faults::kind(&f.kind).ok_or_else(|| usage!("{}:{}: unknown fault kind {}", a.file.display(), f.line, f.kind))?;
+                specs.push(FaultSpec::from_matches(kind, &f.matches, format!("{}:{}", a.file.display(), f.line))?);
+            }
+            run_session(specs, &a.session)
+        }
+        Command::Status { json } => {
+            privileges::check()?;
+            privileges::require(privileges::CAP_SYS_ADMIN, "CAP_SYS_ADMIN", "reading other sessions' maps")?;
+            let report = crate::status::status()?;
+            if json {
+                println!("{}", serde_json::to_string(&report).map_err(anyhow::Error::from)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(())
+        }
+        Command::Stop(a) => {
+            privileges::check()?;
+            privileges::require(privileges::CAP_SYS_ADMIN, "CAP_SYS_ADMIN", "stopping a session through its maps")?;
+            let stopped = crate::status::stop(a.id.as_deref(), a.all)?;
+            if stopped.is_empty() {
+                eprintln!("chaos: no session is running");
+            }
+            for s in stopped {
+                eprintln!("chaos: stopped session {} (pid {}) in {:.2}s", s.id, s.pid, s.seconds);
+            }
+            Ok(())
+        }
         Command::Demo(args) => crate::demo::run(args),
         Command::Probe { json } => {
             privileges::check()?;
@@ -83,60 +100,30 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Cleanup { json } => {
             privileges::check()?;
-            let swept = state::sweep();
+            let swept = journal::sweep();
             if json {
                 println!("{}", serde_json::to_string(&swept).map_err(anyhow::Error::from)?);
             } else {
-                println!("chaos cleanup: {} dead runs, {} TC filters removed", swept.runs, swept.filters_removed);
+                println!("chaos cleanup: {} dead sessions, {} changes undone", swept.sessions, swept.undone);
+                for r in &swept.refused {
+                    println!("chaos cleanup: refused: {r}");
+                }
             }
             Ok(())
         }
         Command::Workload(args) => crate::workload::run(args).map_err(Error::Other),
+        Command::Guardian { session } => session::guardian::run(&session).map_err(Error::Other),
     }
 }
 
-fn net_drop(a: NetDropArgs) -> Result<()> {
-    let filters = NetFilters {
-        directions: match a.filters.direction {
-            Direction::Egress => DIR_EGRESS,
-            Direction::Ingress => DIR_INGRESS,
-            Direction::Both => DIR_EGRESS | DIR_INGRESS,
-        },
-        proto: match a.filters.proto {
-            None => PROTO_ANY,
-            Some(Proto::Tcp) => PROTO_TCP,
-            Some(Proto::Udp) => PROTO_UDP,
-            Some(Proto::Icmp) => PROTO_ICMP,
-        },
-        port: a.filters.port,
-        local_port: a.filters.local_port,
-        peer: a.filters.peer,
-    };
-    run_fault(&NetSpec { action: Drop { ppm: a.percent }, filters }, &a.target, &a.run)
+/// `chaos net drop ...`, `chaos sys fail ...`: a session of one fault.
+fn fault_command(fc: FaultCommand) -> Result<()> {
+    let spec = FaultSpec::from_matches(fc.kind, &fc.matches, String::new())?;
+    run_session(vec![spec], &fc.session_args())
 }
 
-/// CLOCK_MONOTONIC in ns, read through the clock_gettime system call: the kernel's own
-/// timekeeping, which `bpf_ktime_get_ns` reads, so a rule's deadline means the same on both sides.
-/// The vDSO (what libc's clock_gettime uses) reads the TSC directly; where vCPUs' TSCs disagree with
-/// the kernel's clock (measured under qemu TCG) that put deadlines seconds early or late.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: the kernel writes one timespec into the valid, exclusively borrowed `ts`.
-    let r = unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(r, 0, "clock_gettime(CLOCK_MONOTONIC) cannot fail");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn resolve(t: &TargetArgs) -> Result<Cgroup> {
-    match (&t.cgroup, t.pid) {
-        (Some(p), _) => Cgroup::from_arg(p),
-        (None, Some(pid)) => Cgroup::of_pid(pid),
-        (None, None) => Err(crate::usage!("give a target: --cgroup PATH or --pid PID")),
-    }
-}
-
-/// The life of one fault: check, sweep, start, watch, detach, report.
-pub fn run_fault(fault: &dyn Fault, target: &TargetArgs, run: &RunArgs) -> Result<()> {
+/// The life of a session: check, sweep, plan, start, watch, finish, report.
+pub fn run_session(specs: Vec<FaultSpec>, args: &SessionArgs) -> Result<()> {
     // Signals first: from here on Ctrl-C, SIGTERM or SIGHUP end the run cleanly, whenever they come.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
     let signals = {
@@ -144,46 +131,38 @@ pub fn run_fault(fault: &dyn Fault, target: &TargetArgs, run: &RunArgs) -> Resul
         crate::watch::Signals::register().map_err(anyhow::Error::from)?
     };
     privileges::check()?;
-    let target = resolve(target)?;
-    let available = crate::probe::require(fault.needs())?;
-    let swept = state::sweep();
-    if swept.filters_removed > 0 {
-        eprintln!("chaos: removed {} TC filters left by {} killed runs", swept.filters_removed, swept.runs);
+    let plan = session::plan(specs)?;
+    if args.dry_run {
+        let view = plan.view();
+        if args.json {
+            println!("{}", serde_json::to_string(&view).map_err(anyhow::Error::from)?);
+        } else {
+            print!("{}", view.text());
+        }
+        return Ok(());
     }
-    let opts = RunOptions { log_packets: run.log_packets, netns: run.netns.clone() };
-    // A bound while attaching; once attached, the fault lasts its full --for from now.
-    let mut inj = fault.start(&target, monotonic_ns() + run.duration.as_nanos() as u64, &opts, &available)?;
-    let deadline_ns = monotonic_ns() + run.duration.as_nanos() as u64;
-    inj.set_deadline(deadline_ns)?;
-    let a = inj.attached();
+    let swept = journal::sweep();
+    if swept.undone > 0 {
+        eprintln!("chaos: undid {} change(s) left by {} killed session(s)", swept.undone, swept.sessions);
+    }
+    for r in &swept.refused {
+        log::warn!("{r}");
+    }
+    let mut session = Session::start(plan, &Options { log_packets: args.log_packets })?;
+    let a = session.attached();
     let devices: Vec<String> = a.devices.iter().map(|d| format!("{}({})", d.ifname, d.mode)).collect();
     log::info!("attached: programs {:?} links {:?} devices [{}]", a.programs, a.links, devices.join(" "));
+    let left = Duration::from_nanos(session.end_ns().saturating_sub(crate::kernel::monotonic_ns()));
     eprintln!(
-        "chaos: injecting: {} into {} for {} (Ctrl-C ends it early)",
-        fault.describe(),
-        target.path.display(),
-        humantime::format_duration(Duration::from_secs(run.duration.as_secs().max(1)))
+        "chaos: injecting: session {} with {} fault(s) for {} (Ctrl-C or `chaos stop {}` ends it early)",
+        session.id,
+        session.rules(),
+        humantime::format_duration(Duration::from_secs(left.as_secs_f64().round() as u64)),
+        session.id
     );
-    let ended = rt
-        .block_on(crate::watch::watch(inj.as_mut(), fault.name(), deadline_ns, signals))
-        .map_err(anyhow::Error::from)?;
-    // What was attached, then detach, then the counters: a packet decided just before the end is
-    // still counted where it is finally dropped.
-    let attached = inj.attached();
-    inj.detach();
-    let counters = inj.counters()?;
-    drop(inj);
-    let summary = Summary {
-        fault: fault.name().into(),
-        description: fault.describe(),
-        cgroup: target.path.display().to_string(),
-        cgroup_id: target.id,
-        elapsed_s: ended.elapsed.as_secs_f64(),
-        ended_by: ended.by,
-        counters,
-        attached,
-    };
-    if run.json {
+    let ended = rt.block_on(crate::watch::watch(&mut session, signals)).map_err(anyhow::Error::from)?;
+    let summary = session.finish(&ended.by, ended.elapsed)?;
+    if args.json {
         println!("{}", serde_json::to_string(&summary).map_err(anyhow::Error::from)?);
     } else {
         print!("{}", summary.text());

@@ -20,7 +20,7 @@ pub struct TempCgroup {
 impl TempCgroup {
     /// Makes `<cgroup2 mount>/<name>`.
     pub fn new(name: &str) -> anyhow::Result<TempCgroup> {
-        let path = cgroup2_mount()?.join(name);
+        let path = cgroup2_mount()?.mount_point.join(name);
         std::fs::create_dir(&path).map_err(|e| anyhow::anyhow!("creating cgroup {}: {e}", path.display()))?;
         Ok(TempCgroup { path })
     }

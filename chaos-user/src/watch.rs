@@ -1,6 +1,6 @@
-//! Runs an injection until its deadline or a signal: live status, new devices picked up,
-//! kernel log forwarded. The kernel stops injecting at the deadline on its own; this loop only
-//! decides when to detach.
+//! Runs a session until its last rule's deadline, a signal, or `chaos stop`: live status, new
+//! devices picked up, kernel log forwarded. The kernel stops injecting at each deadline on its
+//! own; this loop only decides when to detach.
 
 use std::{
     io::{IsTerminal, Write},
@@ -9,18 +9,21 @@ use std::{
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::faults::Injection;
+use crate::{kernel::monotonic_ns, session::Session};
 
 /// How often device lists and cgroup members are re-read.
 const REFRESH: Duration = Duration::from_secs(1);
+/// How often the loop looks at the kernel (the stop flag, counters): also the bound on how long
+/// `chaos stop` waits for a session to notice.
+const TICK: Duration = Duration::from_millis(100);
 
 pub struct Ended {
     pub by: String,
     pub elapsed: Duration,
 }
 
-/// The signals that end a run. Registered before anything is attached, so a signal that arrives
-/// while attaching ends the run cleanly instead of killing the process with faults in place.
+/// The signals that end a session. Registered before anything is attached, so a signal that
+/// arrives while attaching ends the run cleanly instead of killing the process with faults in place.
 pub struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
@@ -30,27 +33,25 @@ pub struct Signals {
 impl Signals {
     /// Must be called inside the runtime (`Runtime::enter`).
     pub fn register() -> std::io::Result<Signals> {
-        Ok(Signals {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
-        })
+        Ok(Signals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())?, hup: signal(SignalKind::hangup())? })
     }
 }
 
-/// Watches until the kernel rule's own deadline (`deadline_ns`, CLOCK_MONOTONIC), so user space
-/// and the kernel agree on when the fault ends however long attaching took.
-pub async fn watch(inj: &mut dyn Injection, what: &str, deadline_ns: u64, signals: Signals) -> std::io::Result<Ended> {
+/// Watches until the session's last deadline, read through the kernel's clock, so user space and
+/// the kernel agree on when the faults end however long attaching took.
+pub async fn watch(session: &mut Session, signals: Signals) -> std::io::Result<Ended> {
     let start = Instant::now();
-    let duration = Duration::from_nanos(deadline_ns.saturating_sub(crate::run::monotonic_ns()));
+    let duration = Duration::from_nanos(session.end_ns().saturating_sub(monotonic_ns()));
     let deadline = tokio::time::Instant::now() + duration;
     let Signals { int: mut sigint, term: mut sigterm, hup: mut sighup } = signals;
     let tty = std::io::stderr().is_terminal();
     // A terminal gets one line rewritten in place; a log gets a line every few seconds.
     let status_every = if tty { Duration::from_millis(500) } else { Duration::from_secs(5) };
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(TICK);
     let (mut last_status, mut last_refresh) = (Instant::now(), Instant::now());
     let mut last_matched = (Instant::now(), 0u64);
+    let n = session.rules();
+    let what = if n == 1 { format!("session {}", session.id) } else { format!("session {} ({n} faults)", session.id) };
     let by = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break "deadline",
@@ -58,22 +59,24 @@ pub async fn watch(inj: &mut dyn Injection, what: &str, deadline_ns: u64, signal
             _ = sigterm.recv() => break "SIGTERM",
             _ = sighup.recv() => break "SIGHUP",
             _ = tick.tick() => {
-                inj.flush_log();
+                session.flush_log();
+                if session.stop_requested() {
+                    break "chaos stop";
+                }
                 if last_refresh.elapsed() >= REFRESH {
-                    inj.refresh();
+                    session.refresh();
                     last_refresh = Instant::now();
                 }
                 if last_status.elapsed() >= status_every {
                     last_status = Instant::now();
-                    if let Ok(c) = inj.counters() {
-                        let (t0, m0) = last_matched;
-                        let rate = (c.matched() - m0) as f64 / t0.elapsed().as_secs_f64().max(1e-3);
-                        last_matched = (Instant::now(), c.matched());
-                        let left = duration.saturating_sub(start.elapsed()).as_secs();
-                        let line = format!("chaos: {what}: matched {}, injected {}, {rate:.0} matched/s, {left}s left", c.matched(), c.injected());
-                        let mut e = std::io::stderr().lock();
-                        let _ = if tty { write!(e, "\r\x1b[2K{line}") } else { writeln!(e, "{line}") };
-                    }
+                    let (matched, injected) = session.totals();
+                    let (t0, m0) = last_matched;
+                    let rate = matched.saturating_sub(m0) as f64 / t0.elapsed().as_secs_f64().max(1e-3);
+                    last_matched = (Instant::now(), matched);
+                    let left = duration.saturating_sub(start.elapsed()).as_secs();
+                    let line = format!("chaos: {what}: matched {matched}, injected {injected}, {rate:.0} matched/s, {left}s left");
+                    let mut e = std::io::stderr().lock();
+                    let _ = if tty { write!(e, "\r\x1b[2K{line}") } else { writeln!(e, "{line}") };
                 }
             }
         }
@@ -81,6 +84,6 @@ pub async fn watch(inj: &mut dyn Injection, what: &str, deadline_ns: u64, signal
     if tty {
         eprintln!();
     }
-    inj.flush_log();
+    session.flush_log();
     Ok(Ended { by: by.to_string(), elapsed: start.elapsed() })
 }

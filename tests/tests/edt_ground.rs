@@ -45,7 +45,7 @@ fn edt_with_fq_delays_like_netem_side_by_side() {
 
     // EDT: fq on the device, and the TC program stamping every packet DELAY_MS ahead.
     sb.client_tc(&["qdisc", "replace", "dev", &sb.client_dev, "root", "fq"]);
-    let mut kernel = Kernel::load(0x100, false).expect("loading the kernel object");
+    let mut kernel = Kernel::load(false).expect("loading the kernel object");
     let mut delay: Array<_, u64> = Array::try_from(kernel.ebpf.map_mut("PROBE_EDT_DELAY").expect("map")).expect("array");
     delay.set(0, DELAY_MS * 1_000_000, 0).expect("setting the delay");
     let prog = kernel.program::<SchedClassifier>("chaos_probe_edt", "TC").expect("loading chaos_probe_edt");

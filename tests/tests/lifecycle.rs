@@ -67,7 +67,7 @@ fn nothing_stays_attached_after_sigkill() {
         let (code, out, err) = run_chaos(&["cleanup", "--json"]);
         assert_eq!(code, 0, "cleanup failed: {err:?}");
         let swept: Value = serde_json::from_str(&out).expect("cleanup --json");
-        assert!(swept["filters_removed"].as_u64().unwrap_or(0) >= 1, "cleanup removed nothing: {out}");
+        assert!(swept["undone"].as_u64().unwrap_or(0) >= 1, "cleanup removed nothing: {out}");
     }
     assert_all_gone(&programs, &links, "after SIGKILL (and the sweep, where the kernel needs one)");
     let qdiscs = sb.client_qdiscs();

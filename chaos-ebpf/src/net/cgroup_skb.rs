@@ -1,40 +1,24 @@
-//! The per-cgroup decision. Attached to the target cgroup, so only its processes (and those of
-//! its descendants) ever reach these programs.
+//! Ingress packet faults, at `cgroup_skb/ingress` on the target cgroup: only its processes' (and
+//! its descendants') packets reach the program. The packet already crossed the wire, so to the
+//! remote sender a drop here is exactly wire loss.
 
-use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
-    macros::cgroup_skb,
-    programs::SkBuffContext,
-};
+use aya_ebpf::{helpers::generated::bpf_skb_ancestor_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
 use aya_log_ebpf::debug;
-use chaos_common::{
-    net::{DIR_EGRESS, DIR_INGRESS, MAX_RULES, NetError, NetFault, steal_mark},
-    roll,
-};
+use chaos_common::{Action, Family, KernelError, has_rule, more_rules, net::DIR_INGRESS};
 
-use super::{
-    maps::{NET_RULES, count_error, counters},
-    parse,
+use super::parse;
+use crate::{
+    engine::{count_error, decide, injected, now, rule, rules_for},
+    globals::log_packets,
 };
-use crate::globals::{log_packets, run_tag};
 
 /// cgroup_skb verdicts.
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 
-#[cgroup_skb(egress)]
-pub fn chaos_net_egress(ctx: SkBuffContext) -> i32 {
-    decide(&ctx, DIR_EGRESS)
-}
-
 #[cgroup_skb(ingress)]
-pub fn chaos_net_ingress(ctx: SkBuffContext) -> i32 {
-    decide(&ctx, DIR_INGRESS)
-}
-
-#[inline(always)]
-fn decide(ctx: &SkBuffContext, dir: u8) -> i32 {
-    match try_decide(ctx, dir) {
+pub fn chaos_cgroup_ingress(ctx: SkBuffContext) -> i32 {
+    match try_ingress(&ctx) {
         Ok(verdict) => verdict,
         Err(e) => {
             count_error(e);
@@ -43,34 +27,34 @@ fn decide(ctx: &SkBuffContext, dir: u8) -> i32 {
     }
 }
 
-fn try_decide(ctx: &SkBuffContext, dir: u8) -> Result<i32, NetError> {
-    let Some(pkt) = parse::packet(ctx, dir).map_err(|_| NetError::HeaderLoad)? else {
+fn try_ingress(ctx: &SkBuffContext) -> Result<i32, KernelError> {
+    let skb = ctx.skb.skb;
+    // The kernel sets skb->sk to the receiving socket for the run of these programs, so the
+    // socket's cgroup and its ancestors are at hand.
+    // SAFETY: the context the kernel passed in.
+    let mask = rules_for(Family::Ingress, |level| unsafe { bpf_skb_ancestor_cgroup_id(skb.cast(), level) });
+    if mask == 0 {
         return Ok(PASS);
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
+    }
+    let Some(pkt) = parse::packet(skb, DIR_INGRESS)? else { return Ok(PASS) };
+    // SAFETY: as above.
+    let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
+    let len = ctx.len() as u64;
+    let now = now();
     let mut i = 0;
-    while i < MAX_RULES {
-        let rule = NET_RULES.get(i).ok_or(NetError::RuleLookup)?;
-        if rule.fault != NetFault::None as u8 && rule.directions & dir != 0 {
-            let c = counters(i).ok_or(NetError::RuleLookup)?;
-            c.seen += 1;
-            if rule.live(now) && rule.matches(dir, &pkt) {
-                c.matched += 1;
-                // SAFETY: bpf_get_prandom_u32 has no preconditions.
-                if roll(unsafe { bpf_get_prandom_u32() }, rule.threshold) {
-                    c.selected += 1;
-                    if log_packets() {
-                        debug!(ctx, "chaos: drop rule={} dir={} proto={} len={}", i, dir, pkt.proto, ctx.len());
+    while more_rules(mask, i) {
+        if has_rule(mask, i) {
+            let r = rule(i)?;
+            if decide(i, r, now, r.net.matches(DIR_INGRESS, &pkt), segs)? {
+                match Action::from_u32(r.action) {
+                    Action::NetDrop => {
+                        injected(i, segs, len);
+                        if log_packets() {
+                            debug!(ctx, "chaos: drop rule={} dir=ingress proto={} len={}", i, pkt.proto, len);
+                        }
+                        return Ok(DROP);
                     }
-                    if dir == DIR_EGRESS {
-                        // Let it go on to the device, where chaos_tc_steal drops it as the wire
-                        // would; dropping here would tell the sender "not sent" (see design.md).
-                        ctx.set_mark(steal_mark(run_tag(), i));
-                        return Ok(PASS);
-                    }
-                    c.dropped += 1;
-                    c.dropped_bytes += ctx.len() as u64;
-                    return Ok(DROP);
+                    Action::SysFail | Action::None => {}
                 }
             }
         }

@@ -1,6 +1,7 @@
-//! Packet faults: per-cgroup decision in `cgroup_skb`, wire-like egress loss in TC.
+//! Packet faults: egress decided at TC on the devices of the target's network namespace, from the
+//! cgroup of the packet's socket; ingress decided at `cgroup_skb` on the target cgroup. Neither
+//! reads or writes `skb->mark`.
 
 mod cgroup_skb;
-mod maps;
 mod parse;
 mod tc;

@@ -1,17 +1,33 @@
-//! Wire-like egress loss: takes away the packets this run's cgroup program marked. The stack is
-//! told the packet was sent, so TCP recovers by retransmission and UDP senders see no error.
+//! Egress packet faults, decided and done at TC egress on the devices of the target's network
+//! namespace. The packet's socket says which cgroup sent it (`bpf_skb_cgroup_id`), so a packet
+//! of any other process passes after one lookup, and nothing is handed over in `skb->mark`.
 //!
-//! `TC_ACT_STOLEN` would say that through cls_bpf (netlink), but tcx (6.6+) maps every verdict
-//! other than pass/drop/redirect to "next", and `TC_ACT_SHOT` is reported to the sender as a local
-//! drop (TCP then never retransmits). An egress redirect is always reported as sent
-//! (`NET_XMIT_SUCCESS`), and `skb_do_redirect` frees the packet when the target ifindex names no
-//! device; ifindex 0 never does. So a redirect to 0 is wire loss under both attach modes.
+//! Drop as a lossy wire: the stack must believe the packet left, so TCP recovers by
+//! retransmission and UDP senders see no error. `TC_ACT_SHOT` is reported to the sender as a local
+//! drop (TCP then never retransmits), and tcx (6.6+) maps every verdict other than
+//! pass/drop/redirect to "next", so `TC_ACT_STOLEN` would let the packet through there. An egress
+//! redirect is always reported as sent, and `skb_do_redirect` frees the packet when the target
+//! ifindex names no device; ifindex 0 never does. So a redirect to 0 is wire loss under both
+//! attach modes.
 
-use aya_ebpf::{helpers::bpf_redirect, macros::classifier, programs::TcContext};
-use chaos_common::net::{MAX_RULES, NetError, marked_rule};
+use aya_ebpf::{
+    helpers::{bpf_redirect, generated::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id}},
+    macros::{classifier, map},
+    maps::PerCpuArray,
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+use chaos_common::{
+    Action, Family, KernelError, has_rule,
+    net::{DIR_EGRESS, Fragment, LastDatagram, Packet},
+    more_rules,
+};
 
-use super::maps::{count_error, counters};
-use crate::globals::run_tag;
+use super::parse;
+use crate::{
+    engine::{count_error, decide, fragment_followed, injected, now, rule, rules_for},
+    globals::log_packets,
+};
 
 /// "No opinion": the next program or filter decides (tcx `TCX_NEXT`, cls_bpf `TC_ACT_UNSPEC`).
 const NEXT: i32 = -1;
@@ -19,23 +35,88 @@ const NEXT: i32 = -1;
 /// An ifindex no device ever has.
 const NOWHERE: u32 = 0;
 
+/// Name must equal chaos_common::net::LAST_DATAGRAM_MAP.
+#[map]
+static CHAOS_LAST_DGRAM: PerCpuArray<LastDatagram> = PerCpuArray::with_max_entries(1, 0);
+
 #[classifier]
-pub fn chaos_tc_steal(ctx: TcContext) -> i32 {
-    // SAFETY: `ctx.skb.skb` is the __sk_buff the kernel passed in, valid for this run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    match marked_rule(run_tag(), mark) {
-        None => NEXT,
-        Some(i) if i < MAX_RULES => {
-            if let Some(c) = counters(i) {
-                c.dropped += 1;
-                c.dropped_bytes += ctx.len() as u64;
-            }
-            // SAFETY: bpf_redirect only records the target for after the program returns.
-            unsafe { bpf_redirect(NOWHERE, 0) as i32 }
-        }
-        Some(_) => {
-            count_error(NetError::BadMark);
+pub fn chaos_tc_egress(ctx: TcContext) -> i32 {
+    match try_egress(&ctx) {
+        Ok(verdict) => verdict,
+        Err(e) => {
+            count_error(e);
             NEXT
+        }
+    }
+}
+
+#[inline(always)]
+fn wire_loss() -> i32 {
+    // SAFETY: bpf_redirect only records the target for after the program returns.
+    unsafe { bpf_redirect(NOWHERE, 0) as i32 }
+}
+
+fn try_egress(ctx: &TcContext) -> Result<i32, KernelError> {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context the kernel passed in. 0: no socket, or one that is not a full socket
+    // (a TIME_WAIT reply): no cgroup, so no target.
+    let leaf = unsafe { bpf_skb_cgroup_id(skb) };
+    if leaf == 0 {
+        return Ok(NEXT);
+    }
+    // SAFETY: as above.
+    let mask = rules_for(Family::Egress, |level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) });
+    if mask == 0 {
+        return Ok(NEXT);
+    }
+    let Some(pkt) = parse::packet(skb, DIR_EGRESS)? else { return Ok(NEXT) };
+    let slot = CHAOS_LAST_DGRAM.get_ptr_mut(0).ok_or(KernelError::RuleLookup)?;
+    if pkt.fragment == Fragment::Later {
+        // SAFETY: a per-CPU map value, valid for this run.
+        if let Some(i) = unsafe { (*slot).verdict_for(&pkt) }
+            && has_rule(mask, i)
+        {
+            fragment_followed(i);
+            return Ok(wire_loss());
+        }
+        return Ok(NEXT);
+    }
+    // SAFETY: as above.
+    let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
+    let len = ctx.len() as u64;
+    let now = now();
+    let mut i = 0;
+    while more_rules(mask, i) {
+        if has_rule(mask, i) {
+            let r = rule(i)?;
+            if decide(i, r, now, r.net.matches(DIR_EGRESS, &pkt), segs)? {
+                match Action::from_u32(r.action) {
+                    Action::NetDrop => {
+                        injected(i, segs, len);
+                        remember(slot, &pkt, i + 1);
+                        if log_packets() {
+                            debug!(ctx, "chaos: drop rule={} dir=egress proto={} len={}", i, pkt.proto, len);
+                        }
+                        return Ok(wire_loss());
+                    }
+                    Action::SysFail | Action::None => {}
+                }
+            }
+        }
+        i += 1;
+    }
+    remember(slot, &pkt, 0);
+    Ok(NEXT)
+}
+
+/// Records the fate of a first fragment for the fragments that follow it on this CPU.
+#[inline(always)]
+fn remember(slot: *mut LastDatagram, pkt: &Packet, dropped_by: u32) {
+    if pkt.fragment == Fragment::First {
+        // SAFETY: a per-CPU map value, valid for this run; only this CPU's programs use it, and
+        // a datagram's fragments are sent by one call on one CPU.
+        unsafe {
+            *slot = LastDatagram { remote_hi: pkt.remote_hi, remote_lo: pkt.remote_lo, frag_id: pkt.frag_id, dropped_by };
         }
     }
 }

@@ -1,87 +1,127 @@
-//! Syscall faults: the decision shared by every backend, and one thin program per backend.
+//! Syscall faults: one decision shared by every backend, and one thin program per backend. Each
+//! program is attached once per session per hook; it finds the calling process's rules by the ids
+//! of its cgroup's ancestors (`engine::rules_for`), never by a path or a level.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_override_return},
-    macros::{kprobe, lsm, map},
-    maps::{Array, PerCpuArray},
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_override_return, bpf_probe_read_kernel,
+        generated::bpf_get_current_ancestor_cgroup_id,
+    },
+    macros::{kprobe, lsm},
     programs::{FExitContext, LsmContext, ProbeContext},
 };
 use chaos_common::{
-    roll,
-    sys::{SysCounters, SysRule},
+    Action, Family, KernelError, has_rule, more_rules,
+    sys::{HOOK_FILE_OPEN, HOOK_SYSCALL},
 };
 
-// Names must equal chaos_common::sys::{RULES_MAP, COUNTERS_MAP}.
-#[map]
-static SYS_RULES: Array<SysRule> = Array::with_max_entries(1, 0);
+use crate::engine::{count_error, decide, injected, is_session_process, now, rule, rules_for};
 
-#[map]
-static SYS_COUNTERS: PerCpuArray<SysCounters> = PerCpuArray::with_max_entries(1, 0);
-
-/// The errno to fail this call with, if the rule targets the calling process and the dice say so.
+/// What to return instead of running the call, if a rule of the calling process says so.
 #[inline(always)]
-fn decide() -> Option<u32> {
-    let rule = SYS_RULES.get(0)?;
-    if rule.active == 0 {
-        return None;
+fn decide_call(hook: u32, nr: u32) -> Option<i64> {
+    match try_decide_call(hook, nr) {
+        Ok(r) => r,
+        Err(e) => {
+            count_error(e);
+            None
+        }
     }
-    // SAFETY: helpers without preconditions.
-    let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(rule.cgroup_level as i32) };
-    if !rule.targets(ancestor) {
-        return None;
-    }
-    // SAFETY: a per-CPU slot, valid for this run and not shared with another CPU.
-    let c = unsafe { &mut *SYS_COUNTERS.get_ptr_mut(0)? };
-    c.seen += 1;
-    if unsafe { bpf_ktime_get_ns() } >= rule.deadline_ns {
-        return None;
-    }
-    c.matched += 1;
-    if !roll(unsafe { bpf_get_prandom_u32() }, rule.threshold) {
-        return None;
-    }
-    c.failed += 1;
-    Some(rule.errno)
 }
 
-/// Attached to `__x64_sys_<name>`: makes the syscall return -errno without running it.
+#[inline(always)]
+fn try_decide_call(hook: u32, nr: u32) -> Result<Option<i64>, KernelError> {
+    // SAFETY: helpers without preconditions.
+    let mask = rules_for(Family::Sys, |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) });
+    if mask == 0 {
+        return Ok(None);
+    }
+    // chaos never fails its own calls, even in a target that contains it (`--force`).
+    if is_session_process((bpf_get_current_pid_tgid() >> 32) as u32) {
+        return Ok(None);
+    }
+    let now = now();
+    let mut i = 0;
+    while more_rules(mask, i) {
+        if has_rule(mask, i) {
+            let r = rule(i)?;
+            // Only calls caught where the rule looks reach it (an fsync rule never sees opens).
+            if r.sys.matches(hook, nr) && decide(i, r, now, true, 1)? {
+                match Action::from_u32(r.action) {
+                    Action::SysFail => {
+                        injected(i, 1, 0);
+                        return Ok(Some(r.sys.retval));
+                    }
+                    Action::NetDrop | Action::None => {}
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok(None)
+}
+
+/// The syscall number of a `__x64_sys_*` entry, from the user registers it is given.
+#[inline(always)]
+fn syscall_nr(user_regs: *const pt_regs) -> u32 {
+    // SAFETY: a read through the helper that tolerates a bad pointer (it returns an error).
+    unsafe { bpf_probe_read_kernel(&(*user_regs).orig_rax) }.map(|nr| nr as u32).unwrap_or(u32::MAX)
+}
+
+/// Attached to `__x64_sys_<name>`: makes the syscall return the rule's value without running it.
 #[kprobe]
-pub fn chaos_sys_fail_kprobe(ctx: ProbeContext) -> u32 {
-    if let Some(errno) = decide() {
+pub fn chaos_sys_kprobe(ctx: ProbeContext) -> u32 {
+    let Some(user_regs) = ctx.arg::<*const pt_regs>(0) else { return 0 };
+    if let Some(ret) = decide_call(HOOK_SYSCALL, syscall_nr(user_regs)) {
         // SAFETY: regs is the probed function's register set; the function is on the
         // error-injection list (the kernel refused the attach otherwise).
-        unsafe { bpf_override_return(ctx.regs, (-(errno as i64)) as u64) };
+        unsafe { bpf_override_return(ctx.regs, ret as u64) };
     }
     0
 }
 
 /// BPF LSM on file_open: a non-zero return denies the open with that error.
 #[lsm(hook = "file_open")]
-pub fn chaos_sys_fail_file_open(ctx: LsmContext) -> i32 {
+pub fn chaos_sys_file_open(ctx: LsmContext) -> i32 {
     // file_open has one argument; the slot after it holds the previous BPF LSM verdict.
     let previous: i32 = ctx.arg(1);
     if previous != 0 {
         return previous;
     }
-    decide().map(|e| -(e as i32)).unwrap_or(0)
+    decide_call(HOOK_FILE_OPEN, 0).map(|r| r as i32).unwrap_or(0)
 }
 
-/// fmod_ret: attached (by chaos-user's own loader, see `kernel/fmod_ret.rs`) with
-/// `BPF_MODIFY_RETURN` to `security_file_open` or a `__x64_sys_*` entry. A non-zero return replaces
-/// the function's result and skips its body.
-///
-/// Written without an aya macro, in an `lsm/` section: aya 0.14 rejects `fmod_ret/` sections (the
-/// whole object would fail to load), it parses `lsm/` ones, and chaos never loads this one as LSM.
-/// aya's `#[fexit]` wrapper would discard the return value, and `#[lsm]` returns an i32, which
-/// reaches a `long` syscall result zero-extended: -errno must be a full 64-bit value.
+// fmod_ret programs, attached (by chaos-user's own loader, see `kernel/fmod_ret.rs`) with
+// `BPF_MODIFY_RETURN`. A non-zero return replaces the function's result and skips its body.
+//
+// Written without an aya macro, in `lsm/` sections: aya 0.14 rejects `fmod_ret/` sections (the
+// whole object would fail to load), it parses `lsm/` ones, and chaos never loads these as LSM.
+// aya's `#[fexit]` wrapper would discard the return value, and `#[lsm]` returns an i32, which
+// reaches a `long` syscall result zero-extended: the result must be a full 64-bit value.
+
+/// On `__x64_sys_<name>(const struct pt_regs *regs)`.
 #[unsafe(no_mangle)]
-#[unsafe(link_section = "lsm/chaos_fmod_ret")]
-pub fn chaos_sys_fail_fmod_ret(ctx: *mut core::ffi::c_void) -> i64 {
+#[unsafe(link_section = "lsm/chaos_fmod_ret_syscall")]
+pub fn chaos_sys_fmod_ret_syscall(ctx: *mut core::ffi::c_void) -> i64 {
     let ctx = FExitContext::new(ctx);
-    // Both targets take one argument; the slot after it holds the return value so far.
+    // One argument; the slot after it holds the return value so far.
     let previous: i64 = ctx.arg(1);
     if previous != 0 {
         return previous;
     }
-    decide().map(|e| -(e as i64)).unwrap_or(0)
+    let user_regs: *const pt_regs = ctx.arg(0);
+    decide_call(HOOK_SYSCALL, syscall_nr(user_regs)).unwrap_or(0)
+}
+
+/// On `security_file_open(struct file *file)`: the open family.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "lsm/chaos_fmod_ret_file_open")]
+pub fn chaos_sys_fmod_ret_file_open(ctx: *mut core::ffi::c_void) -> i64 {
+    let ctx = FExitContext::new(ctx);
+    let previous: i64 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    decide_call(HOOK_FILE_OPEN, 0).unwrap_or(0)
 }

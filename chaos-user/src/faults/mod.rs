@@ -1,102 +1,169 @@
-//! Faults. A fault is validated input that knows how to start itself on a target; a running
-//! fault is an [`Injection`] that reports its counters and detaches everything when dropped.
-//! Adding a fault means one new impl here, one kernel function, one test file.
+//! Fault kinds. A kind is one [`Fault`] impl and one entry in [`KINDS`]: its command-line flags
+//! (which are also its keys in a fault file), what it needs from the kernel, the hooks it is
+//! decided at, how it fills its rule, and how its counters are named. The session
+//! (`session/`), the CLI (`cli.rs`), fault files (`file.rs`), the watch loop and the report are
+//! shared by every kind. docs/design.md, "Adding a fault", lists the files a new kind touches.
 
-pub mod net;
-pub mod sys;
+pub mod net_drop;
+pub mod sys_fail;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
+use chaos_common::{Counters, Family, Rule};
+use clap::{ArgMatches, Args, FromArgMatches};
 use serde::Serialize;
 
-use crate::{error::Result, target::Cgroup};
+use crate::{error::Result, probe::Backend};
 
-/// Options every fault run shares.
-#[derive(Clone, Debug, Default)]
-pub struct RunOptions {
-    /// Log each kernel decision through aya-log (`--log-packets`).
-    pub log_packets: bool,
-    /// Network namespaces to attach device programs in, besides those the target's processes use.
-    pub netns: Vec<PathBuf>,
+/// Where a fault is decided. A session attaches each hook once per target (cgroup hooks), per
+/// device (TC), or once (syscall hooks), whatever the number of rules.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    /// TC egress on every device of the network namespaces the target's processes use.
+    TcEgress,
+    /// `cgroup_skb/ingress` on the target cgroup.
+    CgroupIngress,
+    /// BPF LSM `file_open`.
+    LsmFileOpen,
+    /// fmod_ret on `security_file_open`.
+    FmodRetFileOpen,
+    /// fmod_ret on a syscall's entry function (`__x64_sys_NAME`).
+    FmodRetSyscall(String),
+    /// kprobe + `bpf_override_return` on a syscall's entry function.
+    Kprobe(String),
 }
 
-/// A validated fault, ready to start.
-pub trait Fault {
-    /// The command that asked for it, e.g. "net drop".
-    fn name(&self) -> &'static str;
-    /// Backends it needs: at least one of each group must work (checked before anything attaches).
-    fn needs(&self) -> &'static [&'static [crate::probe::Backend]];
+impl Hook {
+    /// The rule mask of a target this hook reads.
+    pub fn family(&self) -> Family {
+        match self {
+            Hook::TcEgress => Family::Egress,
+            Hook::CgroupIngress => Family::Ingress,
+            _ => Family::Sys,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Hook::TcEgress => "TC egress on the target's devices".into(),
+            Hook::CgroupIngress => "cgroup_skb/ingress on the target".into(),
+            Hook::LsmFileOpen => "BPF LSM file_open".into(),
+            Hook::FmodRetFileOpen => "fmod_ret on security_file_open".into(),
+            Hook::FmodRetSyscall(f) => format!("fmod_ret on {f}"),
+            Hook::Kprobe(f) => format!("kprobe + bpf_override_return on {f}"),
+        }
+    }
+}
+
+/// One fault kind's validated parameters.
+pub trait Fault: std::fmt::Debug {
+    /// The kind, as in fault files: "net.drop".
+    fn kind(&self) -> &'static str;
     /// One line saying what it does, e.g. "drop 30% of egress udp packets".
     fn describe(&self) -> String;
-    /// Loads, writes rules and attaches; injecting until monotonic time `deadline_ns` at the latest
-    /// (`Injection::set_deadline` then sets the real end, once everything is attached).
-    /// `available`: the backends `probe::require` found working for [`Fault::needs`].
-    fn start(&self, target: &Cgroup, deadline_ns: u64, opts: &RunOptions, available: &[crate::probe::Backend]) -> Result<Box<dyn Injection>>;
-}
-
-/// A fault being injected. Dropping it detaches everything it attached.
-pub trait Injection {
-    /// Detaches every program, keeping the maps, so the final counters can be read after the
-    /// last packet or call was decided. Idempotent; dropping also detaches.
-    fn detach(&mut self);
-    /// Rewrites the rules' deadline (CLOCK_MONOTONIC ns): the fault's `--for` counts from when it
-    /// is fully attached, however long attaching took.
-    fn set_deadline(&mut self, deadline_ns: u64) -> Result<()>;
-    /// Picks up namespaces and devices that appeared since the start.
-    fn refresh(&mut self);
-    /// Counters read from the kernel now.
-    fn counters(&self) -> Result<Counters>;
-    /// What is attached, by kernel id (programs, links, TC filters).
-    fn attached(&self) -> Attached;
-    /// Forwards pending kernel log records.
-    fn flush_log(&mut self);
-}
-
-/// Per-rule counters, summed over CPUs.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Counters {
-    pub rules: Vec<RuleCounters>,
-    /// Kernel-side failures by kind (a packet that could not be parsed passes untouched).
-    pub kernel_errors: std::collections::BTreeMap<String, u64>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct RuleCounters {
-    pub rule: u32,
-    /// What the rule does: "drop", "fail".
-    pub fault: String,
-    /// Events (packets, calls) of the target that reached the rule.
-    pub seen: u64,
-    /// ... that matched every filter while the rule was live.
-    pub matched: u64,
-    /// ... to which the fault was done.
-    pub injected: u64,
-    /// The fault's own counters by name ("dropped", "dropped_bytes", "failed", ...).
-    #[serde(flatten)]
-    pub detail: std::collections::BTreeMap<String, u64>,
-}
-
-impl Counters {
-    pub fn matched(&self) -> u64 {
-        self.rules.iter().map(|r| r.matched).sum()
-    }
-    pub fn injected(&self) -> u64 {
-        self.rules.iter().map(|r| r.injected).sum()
+    /// Backends it needs: at least one of each group must work (checked before anything attaches).
+    fn needs(&self) -> Vec<&'static [Backend]>;
+    /// The hooks it is decided at, given the backends that work on this kernel.
+    fn hooks(&self, available: &[Backend]) -> Result<Vec<Hook>>;
+    /// Fills the rule's action, filters and parameters (the engine sets the window and the cap).
+    fn fill(&self, rule: &mut Rule, hooks: &[Hook]) -> Result<()>;
+    /// The kind's names for what it did, from the rule's counters ("dropped", "failed", ...).
+    fn report(&self, c: &Counters) -> Vec<(&'static str, u64)>;
+    /// Network namespaces whose devices the fault's TC hook must also sit on (`--netns`).
+    fn netns(&self) -> &[PathBuf] {
+        &[]
     }
 }
 
-/// Kernel objects a run holds, for the report and for tests that check nothing stays behind.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Attached {
-    pub programs: Vec<u32>,
-    pub links: Vec<u32>,
-    pub devices: Vec<AttachedDevice>,
+/// One fault kind: its name, its flags, and how its flags become a [`Fault`].
+#[derive(Debug)]
+pub struct Kind {
+    /// As in fault files (`kind = "net.drop"`).
+    pub name: &'static str,
+    /// As on the command line (`chaos net drop`): the family and the verb.
+    pub family: &'static str,
+    pub verb: &'static str,
+    /// The kind's own flags (clap builder); [`FaultArgs`] are added to them.
+    pub command: fn() -> clap::Command,
+    pub build: fn(&ArgMatches) -> Result<Box<dyn Fault>>,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct AttachedDevice {
-    pub netns_ino: u64,
-    pub ifname: String,
-    /// "tcx" (a link the kernel removes when chaos exits) or "netlink" (a filter chaos removes).
-    pub mode: &'static str,
+/// Every fault kind. Adding one is a line here.
+pub const KINDS: &[Kind] = &[net_drop::KIND, sys_fail::KIND];
+
+pub fn kind(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// The names of all kinds, for messages.
+pub fn kind_names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.name).collect()
+}
+
+impl Kind {
+    /// The kind's flags and the flags every fault has: the same on the command line and as the
+    /// keys of a `[[fault]]` table.
+    pub fn fault_command(&self) -> clap::Command {
+        FaultArgs::augment_args((self.command)().name(self.name))
+    }
+}
+
+/// The flags every fault has, whatever its kind.
+#[derive(Args, Clone, Debug)]
+pub struct FaultArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// How long the fault lasts, counted from when it starts; it ends by itself (e.g. 30s, 5m).
+    #[arg(long = "for", value_name = "DURATION", default_value = "60s", value_parser = crate::cli::parse_duration)]
+    pub duration: Duration,
+    /// Start this long after the session is in place (fault files: stagger faults).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = crate::cli::parse_offset)]
+    pub after: Duration,
+    /// Stop injecting after N injections: a bound the kernel keeps even if chaos is frozen.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_injections: Option<u64>,
+    /// Inject even into a cgroup that contains chaos itself (chaos's own process stays exempt).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+#[group(required = true, multiple = false)]
+pub struct TargetArgs {
+    /// The target cgroup v2 directory: absolute, or relative to the cgroup2 mount.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Target the cgroup v2 that this process is in.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+}
+
+/// A fault as the user asked for it, validated: a kind's parameters plus the common flags.
+#[derive(Debug)]
+pub struct FaultSpec {
+    pub fault: Box<dyn Fault>,
+    pub args: FaultArgs,
+    /// Where it was written ("faults.toml:12"), for messages; empty on the command line.
+    pub origin: String,
+}
+
+impl FaultSpec {
+    /// Builds the spec from clap's matches of [`Kind::fault_command`]: the one path the command
+    /// line and fault files share.
+    pub fn from_matches(kind: &Kind, m: &ArgMatches, origin: String) -> Result<FaultSpec> {
+        let args = FaultArgs::from_arg_matches(m).map_err(|e| crate::usage!("{}", crate::cli::one_line(&e)))?;
+        let fault = (kind.build)(m)?;
+        Ok(FaultSpec { fault, args, origin })
+    }
+
+    /// "faults.toml:12: " or "".
+    pub fn at(&self) -> String {
+        if self.origin.is_empty() { String::new() } else { format!("{}: ", self.origin) }
+    }
+}
+
+/// Per-cent as parts per million, for descriptions.
+pub fn percent(ppm: u32) -> String {
+    format!("{}%", ppm as f64 / 10_000.0)
 }

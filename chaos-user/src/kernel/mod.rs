@@ -1,17 +1,24 @@
-//! The boundary with the kernel: loading the embedded object, attaching its programs, and the
-//! records that let a later run remove what a killed one left behind.
+//! The boundary with the kernel: loading the embedded object once per session, its maps (rules,
+//! targets, counters), its programs, and the maps of another session opened by id.
 
 pub mod config;
 pub mod fmod_ret;
 pub mod netdev;
-pub mod qdisc;
-pub mod state;
+pub mod rtnl;
+
+use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{Program, ProgramError},
+    util::nr_cpus,
 };
-use chaos_common::{LOG_PACKETS_GLOBAL, net::RUN_TAG_GLOBAL};
+use chaos_common::{
+    COUNTERS_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
+    SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules,
+};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     KERNEL_OBJECT,
@@ -19,36 +26,96 @@ use crate::{
     unsupported,
 };
 
-/// One run's copy of the kernel object: its programs and its own maps.
+/// One session's copy of the kernel object: its programs and its own maps.
 pub struct Kernel {
     pub ebpf: Ebpf,
     /// Forwards the programs' aya-log records to env_logger; flushed by the watch loop.
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
+fn map_error(e: MapError) -> Error {
+    Error::Other(e.into())
+}
+
+/// The kernel ids of a session's maps: how `chaos status` and `chaos stop` reach a session that
+/// another process holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MapIds {
+    pub rules: u32,
+    pub counters: u32,
+    pub session: u32,
+    pub errors: u32,
+}
+
 impl Kernel {
     /// Loads the object's maps (programs are loaded one by one, when a fault needs them).
-    pub fn load(run_tag: u32, log_packets: bool) -> Result<Kernel> {
+    pub fn load(log_packets: bool) -> Result<Kernel> {
         raise_memlock();
         let log_flag = log_packets as u8;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(RUN_TAG_GLOBAL, &run_tag, true)
-            .override_global(LOG_PACKETS_GLOBAL, &log_flag, true)
-            .load(KERNEL_OBJECT)
-            .map_err(|e| {
-                log::debug!("loading the kernel object: {e:?}");
-                if is_eperm(&e) {
-                    unsupported!("the kernel refused to create BPF maps (EPERM): run chaos as root, or with CAP_BPF")
-                } else {
-                    Error::Other(anyhow::anyhow!("loading the kernel object failed: {e}"))
-                }
-            })?;
+        let mut ebpf = EbpfLoader::new().override_global(LOG_PACKETS_GLOBAL, &log_flag, true).load(KERNEL_OBJECT).map_err(|e| {
+            log::debug!("loading the kernel object: {e:?}");
+            if is_eperm(&e) {
+                unsupported!("the kernel refused to create BPF maps (EPERM): run chaos as root, or with CAP_BPF")
+            } else {
+                Error::Other(anyhow::anyhow!("loading the kernel object failed: {e}"))
+            }
+        })?;
         let logger = if log_packets || log::log_enabled!(log::Level::Debug) {
             aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("no kernel log channel: {e}")).ok()
         } else {
             None
         };
         Ok(Kernel { ebpf, logger })
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf.map_mut(name).ok_or_else(|| Error::Other(anyhow::anyhow!("the embedded kernel object has no map {name}")))
+    }
+
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf.map(name).ok_or_else(|| Error::Other(anyhow::anyhow!("the embedded kernel object has no map {name}")))
+    }
+
+    pub fn set_rule(&mut self, index: u32, rule: &Rule) -> Result<()> {
+        let mut rules: Array<_, Rule> = Array::try_from(self.map_mut(RULES_MAP)?).map_err(map_error)?;
+        rules.set(index, rule, 0).map_err(map_error)
+    }
+
+    pub fn set_target(&mut self, cgroup_id: u64, t: &TargetRules) -> Result<()> {
+        let mut targets: HashMap<_, u64, TargetRules> = HashMap::try_from(self.map_mut(TARGETS_MAP)?).map_err(map_error)?;
+        targets.insert(cgroup_id, t, 0).map_err(map_error)
+    }
+
+    pub fn set_session(&mut self, s: &SessionConfig) -> Result<()> {
+        let mut session: Array<_, SessionConfig> = Array::try_from(self.map_mut(SESSION_MAP)?).map_err(map_error)?;
+        session.set(0, s, 0).map_err(map_error)
+    }
+
+    pub fn session(&self) -> Result<SessionConfig> {
+        let session: Array<_, SessionConfig> = Array::try_from(self.map(SESSION_MAP)?).map_err(map_error)?;
+        session.get(&0, 0).map_err(map_error)
+    }
+
+    /// Rule `index`'s counters, summed over CPUs.
+    pub fn counters(&self, index: u32) -> Result<Counters> {
+        let per_cpu: PerCpuArray<_, Counters> = PerCpuArray::try_from(self.map(COUNTERS_MAP)?).map_err(map_error)?;
+        Ok(sum(&per_cpu.get(&index, 0).map_err(map_error)?))
+    }
+
+    /// Kernel-side failures by name.
+    pub fn errors(&self) -> Result<BTreeMap<String, u64>> {
+        errors_of(PerCpuArray::try_from(self.map(ERRORS_MAP)?).map_err(map_error)?)
+    }
+
+    pub fn map_ids(&self) -> Result<MapIds> {
+        let id = |name| -> Result<u32> {
+            let data = match self.map(name)? {
+                Map::Array(d) | Map::PerCpuArray(d) | Map::HashMap(d) => d,
+                _ => return Err(Error::Other(anyhow::anyhow!("map {name} has an unexpected type"))),
+            };
+            Ok(data.info().map_err(map_error)?.id())
+        };
+        Ok(MapIds { rules: id(RULES_MAP)?, counters: id(COUNTERS_MAP)?, session: id(SESSION_MAP)?, errors: id(ERRORS_MAP)? })
     }
 
     /// The named program, loaded into the kernel if it is not yet. A refusal is reported by
@@ -81,27 +148,17 @@ impl Kernel {
             .map_err(|e: ProgramError| Error::Other(anyhow::anyhow!("program {name}: {e}")))
     }
 
-    /// Loads the fmod_ret program by hand (see `fmod_ret.rs`) and attaches it to kernel function
-    /// `target`, using this object's syscall-fault maps.
-    pub fn fmod_ret(&self, target: &str, btf: &aya::Btf) -> std::result::Result<fmod_ret::FmodRet, fmod_ret::FmodRetError> {
+    /// Loads the fmod_ret program of ELF `section` by hand (see `fmod_ret.rs`) and attaches it to
+    /// kernel function `target`, using this session's maps.
+    pub fn fmod_ret(&self, section: &str, target: &str, btf: &aya::Btf) -> std::result::Result<fmod_ret::FmodRet, fmod_ret::FmodRetError> {
         use std::os::fd::{AsFd, AsRawFd};
         let mut maps = std::collections::HashMap::new();
         for (name, map) in self.ebpf.maps() {
-            if let aya::maps::Map::Array(m) | aya::maps::Map::PerCpuArray(m) = map {
+            if let Map::Array(m) | Map::PerCpuArray(m) | Map::HashMap(m) = map {
                 maps.insert(name.to_string(), m.fd().as_fd().as_raw_fd());
             }
         }
-        fmod_ret::attach(KERNEL_OBJECT, chaos_common::sys::FMOD_RET_SECTION, &maps, target, btf)
-    }
-
-    /// Reads rule `index` of the `Array` map `map`, lets `change` edit it, and writes it back.
-    pub fn update_rule<T: aya::Pod>(&mut self, map: &str, index: u32, change: impl FnOnce(&mut T)) -> Result<()> {
-        let other = |e: aya::maps::MapError| Error::Other(e.into());
-        let map = self.ebpf.map_mut(map).ok_or_else(|| Error::Other(anyhow::anyhow!("the kernel object has no map {map}")))?;
-        let mut rules: aya::maps::Array<_, T> = aya::maps::Array::try_from(map).map_err(other)?;
-        let mut rule = rules.get(&index, 0).map_err(other)?;
-        change(&mut rule);
-        rules.set(index, rule, 0).map_err(other)
+        fmod_ret::attach(KERNEL_OBJECT, section, &maps, target, btf)
     }
 
     /// Forwards pending kernel log records.
@@ -110,6 +167,100 @@ impl Kernel {
             l.flush();
         }
     }
+}
+
+fn sum(per_cpu: &PerCpuValues<Counters>) -> Counters {
+    let mut total = Counters::default();
+    for c in per_cpu.iter() {
+        total.add(c);
+    }
+    total
+}
+
+fn errors_of<T: std::borrow::Borrow<MapData>>(errors: PerCpuArray<T, u64>) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for (i, name) in KERNEL_ERROR_NAMES.iter().enumerate().take(KERNEL_ERROR_KINDS as usize) {
+        let n: u64 = errors.get(&(i as u32), 0).map_err(map_error)?.iter().sum();
+        out.insert(name.to_string(), n);
+    }
+    Ok(out)
+}
+
+/// Another session's maps, opened by id (needs CAP_SYS_ADMIN): what `chaos status` reads and
+/// `chaos stop` writes. Each map's kernel name is checked, so a reused id is never written to.
+pub struct SessionMaps {
+    rules: Array<MapData, Rule>,
+    counters: PerCpuArray<MapData, Counters>,
+    session: Array<MapData, SessionConfig>,
+    errors: PerCpuArray<MapData, u64>,
+}
+
+impl SessionMaps {
+    pub fn open(ids: &MapIds) -> Result<SessionMaps> {
+        let open = |id: u32, name: &str| -> Result<MapData> {
+            let data = MapData::from_id(id).map_err(|e| {
+                if format!("{e:?}").contains("os error 1)") {
+                    unsupported!("opening another session's maps needs CAP_SYS_ADMIN ({e})")
+                } else {
+                    Error::Other(anyhow::anyhow!("map {id} is gone: {e}"))
+                }
+            })?;
+            let info = data.info().map_err(map_error)?;
+            if info.name_as_str() != Some(name) {
+                return Err(Error::Other(anyhow::anyhow!("map {id} is not a chaos {name} map")));
+            }
+            Ok(data)
+        };
+        let err = |e: MapError| Error::Other(e.into());
+        Ok(SessionMaps {
+            rules: Array::try_from(Map::Array(open(ids.rules, RULES_MAP)?)).map_err(err)?,
+            counters: PerCpuArray::try_from(Map::PerCpuArray(open(ids.counters, COUNTERS_MAP)?)).map_err(err)?,
+            session: Array::try_from(Map::Array(open(ids.session, SESSION_MAP)?)).map_err(err)?,
+            errors: PerCpuArray::try_from(Map::PerCpuArray(open(ids.errors, ERRORS_MAP)?)).map_err(err)?,
+        })
+    }
+
+    pub fn rule(&self, index: u32) -> Result<Rule> {
+        self.rules.get(&index, 0).map_err(map_error)
+    }
+
+    pub fn counters(&self, index: u32) -> Result<Counters> {
+        Ok(sum(&self.counters.get(&index, 0).map_err(map_error)?))
+    }
+
+    pub fn session(&self) -> Result<SessionConfig> {
+        self.session.get(&0, 0).map_err(map_error)
+    }
+
+    pub fn errors(&self) -> Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for (i, name) in KERNEL_ERROR_NAMES.iter().enumerate() {
+            let n: u64 = self.errors.get(&(i as u32), 0).map_err(map_error)?.iter().sum();
+            out.insert(name.to_string(), n);
+        }
+        Ok(out)
+    }
+
+    /// Ends the session's faults in the kernel at once (every live rule's deadline becomes `now_ns`)
+    /// and asks its process to end (the watch loop sees the flag within a tick).
+    pub fn stop(&mut self, rules: u32, now_ns: u64) -> Result<()> {
+        let mut s = self.session()?;
+        s.stop_requested = 1;
+        self.session.set(0, s, 0).map_err(map_error)?;
+        for i in 0..rules {
+            let mut r = self.rule(i)?;
+            if r.deadline_ns > now_ns {
+                r.deadline_ns = now_ns;
+                self.rules.set(i, r, 0).map_err(map_error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The number of possible CPUs (per-CPU maps have one value each).
+pub fn cpus() -> usize {
+    nr_cpus().unwrap_or(1)
 }
 
 /// The program types chaos loads, so `Kernel::program` can load any of them.
@@ -126,7 +277,7 @@ macro_rules! loadable {
         }
     )*};
 }
-loadable!(aya::programs::CgroupSkb, aya::programs::SchedClassifier);
+loadable!(aya::programs::CgroupSkb, aya::programs::SchedClassifier, aya::programs::KProbe);
 
 fn load_error(name: &str, kind: &str, e: ProgramError) -> Error {
     if let ProgramError::LoadError { io_error, verifier_log } = &e {
@@ -158,4 +309,16 @@ fn raise_memlock() {
 /// The running kernel's release string.
 pub fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// CLOCK_MONOTONIC in ns, read through the clock_gettime system call: the kernel's own
+/// timekeeping, which `bpf_ktime_get_ns` reads, so a rule's deadline means the same on both sides.
+/// The vDSO (what libc's clock_gettime uses) reads the TSC directly; where vCPUs' TSCs disagree with
+/// the kernel's clock (measured under qemu TCG) that put deadlines seconds early or late.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: the kernel writes one timespec into the valid, exclusively borrowed `ts`.
+    let r = unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime(CLOCK_MONOTONIC) cannot fail");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -1,49 +1,67 @@
 //! Network namespaces and devices: where the egress TC program must sit.
 //!
-//! `skb->mark` is cleared when a packet crosses into another namespace, so the program that steals
-//! marked packets sits on the devices of the namespace the target's sockets live in: for a
-//! container, its own namespace. Attaching there means entering it: `setns` on a short-lived
-//! thread, so the rest of the process never changes namespace.
+//! The TC program decides from the cgroup of a packet's socket, so it must see the packet while
+//! the socket is still attached: on the devices of the namespace the target's sockets live in (for
+//! a container, its own namespace; crossing a veth into another namespace orphans the packet).
+//! Attaching there means entering it: `setns` on a short-lived thread, so the rest of the process
+//! never changes namespace, and anything named by ifindex is only ever acted on inside it.
 
 use std::{
     collections::BTreeSet,
     fs::File,
+    io,
     os::{fd::AsFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, anyhow};
 use nix::sched::{CloneFlags, setns};
 
-use crate::target::Cgroup;
+use crate::{error::{Error, Result}, target::Cgroup, unsupported, usage};
 
-/// An open handle on a network namespace. Holding it keeps the namespace (and so our filters'
-/// devices) reachable for detaching, however the processes in it come and go.
+/// An open handle on a network namespace. Holding it keeps the namespace (and so the session's
+/// devices in it) reachable for detaching, however the processes in it come and go.
 #[derive(Debug)]
 pub struct Netns {
     pub file: File,
     pub ino: u64,
-    /// Where it was found (for the cleanup record).
+    /// Where it was found (for the journal).
     pub path: PathBuf,
 }
 
 impl Netns {
-    pub fn open(path: &Path) -> anyhow::Result<Netns> {
-        let file = File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;
-        let ino = file.metadata()?.ino();
+    /// Opens `path`. Another user's `/proc/PID/ns/net` needs CAP_SYS_PTRACE: that is exit 3
+    /// naming it; a path that is no namespace is bad input.
+    pub fn open(path: &Path) -> Result<Netns> {
+        let file = File::open(path).map_err(|e| match e.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM) => unsupported!(
+                "opening the network namespace {} was refused ({e}): reading another user's process's namespace needs CAP_SYS_PTRACE",
+                path.display()
+            ),
+            _ => usage!("cannot open network namespace {} ({e}): give a namespace file such as /run/netns/NAME or /proc/PID/ns/net", path.display()),
+        })?;
+        let ino = file.metadata().map_err(|e| Error::Other(e.into()))?.ino();
         Ok(Netns { file, ino, path: path.to_path_buf() })
     }
 
-    /// Runs `f` on a thread inside this namespace and returns its result.
-    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> anyhow::Result<R> {
+    /// Runs `f` on a thread inside this namespace and returns its result. Entering another
+    /// namespace needs CAP_SYS_ADMIN: without it, exit 3 naming it.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
         std::thread::scope(|s| {
             s.spawn(|| {
-                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| anyhow!("entering network namespace {}: {e}", self.path.display()))?;
+                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    if e == nix::errno::Errno::EPERM {
+                        unsupported!(
+                            "entering the network namespace {} was refused (EPERM): it needs CAP_SYS_ADMIN",
+                            self.path.display()
+                        )
+                    } else {
+                        Error::Other(anyhow::anyhow!("entering network namespace {}: {e}", self.path.display()))
+                    }
+                })?;
                 Ok(f())
             })
             .join()
-            .map_err(|_| anyhow!("a thread inside network namespace {} panicked", self.path.display()))?
+            .map_err(|_| Error::Other(anyhow::anyhow!("a thread inside network namespace {} panicked", self.path.display())))?
         })
     }
 }
@@ -59,10 +77,16 @@ pub fn netns_of(cg: &Cgroup) -> Vec<(u64, PathBuf)> {
     let mut out = Vec::new();
     for pid in cg.pids() {
         let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        if let Ok(m) = std::fs::metadata(&path)
-            && seen.insert(m.ino())
-        {
-            out.push((m.ino(), path));
+        match std::fs::metadata(&path) {
+            Ok(m) => {
+                if seen.insert(m.ino()) {
+                    out.push((m.ino(), path));
+                }
+            }
+            // stat of another user's namespace link is refused without CAP_SYS_PTRACE: keep the
+            // path so that opening it reports that.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => out.push((0, path)),
+            Err(_) => {}
         }
     }
     out

@@ -1,0 +1,394 @@
+//! Everything a session attaches, held so that it can only be detached where it was attached.
+//!
+//! - cgroup links (`cgroup_skb/ingress`), one per target that needs one: fd-based, gone with the
+//!   process.
+//! - syscall hooks (LSM, fmod_ret, kprobe), one per hook: fd-based.
+//! - TC egress on every device of the targets' network namespaces: a tcx link (6.6+, fd-based,
+//!   placed before every other program) or a netlink cls_bpf filter (before 6.6: outlives the
+//!   process, so it is journaled before it is made, proved ours by its program id). A device link
+//!   carries its namespace and is detached inside it; if that namespace cannot be entered, the
+//!   link is leaked rather than detached elsewhere, and the journal keeps it for the guardian.
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    mem::ManuallyDrop,
+    path::PathBuf,
+    sync::Arc,
+};
+
+use aya::{
+    Btf,
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, KProbe, Lsm, SchedClassifier,
+        links::{FdLink, Link, LinkOrder},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType},
+    },
+};
+use chaos_common::{
+    net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS},
+    sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_KPROBE, PROG_LSM_FILE_OPEN},
+};
+use serde::Serialize;
+
+use super::journal::{Change, Journal, NetnsRef};
+use crate::{
+    error::{Error, Result, chain},
+    faults::Hook,
+    kernel::{
+        Kernel,
+        fmod_ret::{FmodRet, FmodRetError},
+        netdev::{self, Netns},
+        rtnl,
+    },
+    target::Cgroup,
+    unsupported, usage,
+};
+
+/// Kernel objects a session holds, for the report and for tests that check nothing stays behind.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Attached {
+    pub programs: Vec<u32>,
+    pub links: Vec<u32>,
+    pub devices: Vec<AttachedDevice>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachedDevice {
+    pub netns_ino: u64,
+    pub ifname: String,
+    /// "tcx" (a link the kernel removes when chaos exits) or "netlink" (a filter chaos removes).
+    pub mode: &'static str,
+}
+
+/// What keeps a syscall hook attached; dropping it detaches.
+enum SysHeld {
+    Link(FdLink),
+    FmodRet(FmodRet),
+}
+
+struct SysLink {
+    held: SysHeld,
+    link_id: u32,
+}
+
+/// The TC program on one device.
+struct DeviceLink {
+    ns: Arc<Netns>,
+    ifindex: u32,
+    ifname: String,
+    /// `Some` while attached.
+    link: Option<SchedClassifierLink>,
+    link_id: Option<u32>,
+    /// The journal entries of a netlink filter and of a clsact chaos added for it.
+    filter: Option<Change>,
+    clsact: Option<Change>,
+}
+
+impl Drop for DeviceLink {
+    /// A last resort (the normal path is [`Attachments::detach_all`]): detaches inside the link's
+    /// own namespace, or leaks the link if the namespace cannot be entered.
+    fn drop(&mut self) {
+        if let Some(link) = self.link.take() {
+            let link = ManuallyDrop::new(link);
+            if let Err(e) = self.ns.run(move || ManuallyDrop::into_inner(link).detach()) {
+                log::warn!("{e}");
+            }
+        }
+    }
+}
+
+/// A test hook: `CHAOS_TEST_FAIL_ATTACH=N` makes the N-th device attachment of a session fail, to
+/// show that a half-attached session undoes exactly what it did.
+fn injected_failure(count: u32) -> bool {
+    std::env::var("CHAOS_TEST_FAIL_ATTACH").ok().and_then(|v| v.parse::<u32>().ok()) == Some(count)
+}
+
+#[derive(Default)]
+pub struct Attachments {
+    cgroup: Vec<(PathBuf, FdLink, u32)>,
+    sys: Vec<SysLink>,
+    devices: Vec<DeviceLink>,
+    namespaces: Vec<Arc<Netns>>,
+    device_attempts: u32,
+}
+
+impl Attachments {
+    /// `cgroup_skb/ingress` on `target`.
+    pub fn attach_ingress(&mut self, kernel: &mut Kernel, target: &Cgroup) -> Result<()> {
+        let prog = kernel.program::<CgroupSkb>(PROG_CGROUP_INGRESS, "cgroup_skb")?;
+        let cg = File::open(&target.path).map_err(|e| Error::Other(anyhow::anyhow!("opening {}: {e}", target.path.display())))?;
+        // A cgroup link always coexists with other programs on the cgroup (link-based attachment
+        // is multi-attach by nature; the kernel refuses the ALLOW_MULTI flag there).
+        let id = prog.attach(&cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single).map_err(|e| {
+            Error::Other(anyhow::anyhow!("attaching {PROG_CGROUP_INGRESS} to {}: {}", target.path.display(), chain(&e)))
+        })?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(|e| Error::Other(e.into()))?
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| Error::Other(e.into()))?;
+        let link_id = link.info().map(|i| i.id()).unwrap_or(0);
+        self.cgroup.push((target.path.clone(), link, link_id));
+        Ok(())
+    }
+
+    /// One syscall hook.
+    pub fn attach_sys(&mut self, kernel: &mut Kernel, hook: &Hook) -> Result<()> {
+        let btf = || Btf::from_sys_fs().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); {} needs it", hook.describe()));
+        let held = match hook {
+            Hook::LsmFileOpen => {
+                let btf = btf()?;
+                let prog: &mut Lsm = kernel.get(PROG_LSM_FILE_OPEN)?;
+                if prog.fd().is_err() {
+                    prog.load("file_open", &btf).map_err(|e| load_refused("BPF LSM", &e))?;
+                }
+                let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching the LSM program: {}", chain(&e))))?;
+                SysHeld::Link(prog.take_link(id).map_err(|e| Error::Other(e.into()))?.into())
+            }
+            Hook::FmodRetFileOpen | Hook::FmodRetSyscall(_) => {
+                let (section, function) = match hook {
+                    Hook::FmodRetSyscall(f) => (FMOD_RET_SYSCALL_SECTION, f.as_str()),
+                    _ => (FMOD_RET_FILE_OPEN_SECTION, "security_file_open"),
+                };
+                let btf = btf()?;
+                SysHeld::FmodRet(kernel.fmod_ret(section, function, &btf).map_err(|e| match e {
+                    FmodRetError::NoFunction(_) => usage!("this kernel has no function {function} in its BTF: check the syscall name"),
+                    FmodRetError::Load { .. } | FmodRetError::Attach { .. } => {
+                        unsupported!("this kernel refused fmod_ret on {function} ({e}); see `chaos probe`")
+                    }
+                    other => Error::Other(other.into()),
+                })?)
+            }
+            Hook::Kprobe(symbol) => {
+                let prog = kernel.program::<KProbe>(PROG_KPROBE, "kprobe")?;
+                let id = prog.attach(symbol, 0).map_err(|e| {
+                    if kallsyms_has(symbol) == Some(false) {
+                        usage!("this kernel has no function {symbol}: check the syscall name")
+                    } else {
+                        Error::Other(anyhow::anyhow!("attaching a kprobe to {symbol}: {}", chain(&e)))
+                    }
+                })?;
+                let link = prog.take_link(id).map_err(|e| Error::Other(e.into()))?;
+                SysHeld::Link(FdLink::try_from(link).map_err(|e| Error::Other(e.into()))?)
+            }
+            Hook::TcEgress | Hook::CgroupIngress => return Ok(()),
+        };
+        let link_id = match &held {
+            SysHeld::Link(l) => l.info().map(|i| i.id()).unwrap_or(0),
+            SysHeld::FmodRet(f) => f.link_id,
+        };
+        self.sys.push(SysLink { held, link_id });
+        Ok(())
+    }
+
+    /// The TC egress program on every device, not yet attached, of the namespaces `paths` name.
+    /// `strict` (at the start): the first failure ends the attachment with an error, after which
+    /// [`Attachments::detach_all`] undoes exactly what was done. Otherwise (refreshing while
+    /// running): failures are logged and the rest goes on.
+    pub fn attach_devices(&mut self, kernel: &mut Kernel, journal: &mut Journal, paths: &[(u64, PathBuf)], tcx: bool, strict: bool) -> Result<()> {
+        for (ino, path) in paths {
+            if *ino != 0 && self.namespaces.iter().any(|n| n.ino == *ino) {
+                continue;
+            }
+            match Netns::open(path) {
+                Ok(mut ns) => {
+                    if self.namespaces.iter().any(|n| n.ino == ns.ino) {
+                        continue;
+                    }
+                    // Keep /proc/self paths meaningful in the journal: name our own pid.
+                    if path.starts_with("/proc/self") {
+                        ns.path = format!("/proc/{}/ns/net", std::process::id()).into();
+                    }
+                    self.namespaces.push(Arc::new(ns));
+                }
+                Err(e) if strict => return Err(e),
+                Err(e) => log::debug!("{e}"),
+            }
+        }
+        let prog_id = {
+            let prog = kernel.program::<SchedClassifier>(PROG_TC_EGRESS, "TC classifier (sched_cls)")?;
+            prog.info().map(|i| i.id()).map_err(|e| Error::Other(e.into()))?
+        };
+        let known: BTreeSet<(u64, u32)> = self.devices.iter().map(|d| (d.ns.ino, d.ifindex)).collect();
+        for ns in self.namespaces.clone() {
+            let prog = kernel.program::<SchedClassifier>(PROG_TC_EGRESS, "TC classifier (sched_cls)")?;
+            let attempts = &mut self.device_attempts;
+            let devices = &mut self.devices;
+            // Every result is handled inside the namespace: a link is never dropped (detached)
+            // on another thread, where its ifindex would name another namespace's device.
+            let outcome = ns.run(|| -> Result<()> {
+                for (ifindex, ifname) in netdev::devices() {
+                    if known.contains(&(ns.ino, ifindex)) {
+                        continue;
+                    }
+                    *attempts += 1;
+                    let attached = if injected_failure(*attempts) {
+                        Err(Error::Other(anyhow::anyhow!("attaching to {ifname}: failed on purpose (CHAOS_TEST_FAIL_ATTACH={attempts})")))
+                    } else {
+                        attach_device(prog, prog_id, journal, &ns, ifindex, &ifname, tcx)
+                    };
+                    match attached {
+                        Ok(d) => devices.push(d),
+                        Err(e) if strict => return Err(e),
+                        Err(e) => log::warn!("{e}"),
+                    }
+                }
+                Ok(())
+            });
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) | Err(e) if strict => return Err(e),
+                Ok(Err(e)) | Err(e) => log::warn!("{e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches everything: the cgroup and syscall hooks first, then each device's program inside
+    /// its own namespace, then any clsact qdisc chaos added that nothing uses any more. Journal
+    /// entries go as their changes are undone. Idempotent.
+    pub fn detach_all(&mut self, journal: &mut Journal) {
+        self.cgroup.clear();
+        self.sys.clear();
+        for mut d in std::mem::take(&mut self.devices) {
+            let ns = d.ns.clone();
+            let link = d.link.take().map(ManuallyDrop::new);
+            let (filter, clsact) = (d.filter.take(), d.clsact.take());
+            let ifindex = d.ifindex;
+            let added_clsact = clsact.is_some();
+            let done = ns.run(move || {
+                let detached = match link {
+                    Some(l) => ManuallyDrop::into_inner(l).detach().map_err(|e| log::warn!("detaching the TC program: {e}")).is_ok(),
+                    None => true,
+                };
+                if added_clsact && detached && let Err(e) = rtnl::remove_clsact_if_unused(ifindex) {
+                    log::warn!("removing the clsact qdisc chaos added: {e}");
+                }
+                detached
+            });
+            match done {
+                // Detached: the filter and the clsact (removed, or kept because another tool's
+                // filter now uses it) are no longer ours to undo. Not detached: both stay in the
+                // journal for the guardian and the sweep.
+                Ok(true) => {
+                    for c in filter.iter().chain(clsact.iter()) {
+                        let _ = journal.forget(c);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => log::warn!("{e}: its TC program stays attached and recorded for `chaos cleanup`"),
+            }
+        }
+    }
+
+    /// Kernel ids of what is attached.
+    pub fn attached(&self, kernel: &Kernel) -> Attached {
+        let mut programs: Vec<u32> = kernel.ebpf.programs().filter_map(|(_, p)| p.info().ok().map(|i| i.id())).collect();
+        programs.extend(self.sys.iter().filter_map(|s| match &s.held {
+            SysHeld::FmodRet(f) => Some(f.prog_id),
+            SysHeld::Link(_) => None,
+        }));
+        let mut links: Vec<u32> = self.cgroup.iter().map(|(_, _, id)| *id).collect();
+        links.extend(self.sys.iter().map(|s| s.link_id));
+        links.extend(self.devices.iter().filter_map(|d| d.link_id));
+        let devices = self
+            .devices
+            .iter()
+            .map(|d| AttachedDevice {
+                netns_ino: d.ns.ino,
+                ifname: d.ifname.clone(),
+                mode: if d.filter.is_some() { "netlink" } else { "tcx" },
+            })
+            .collect();
+        Attached { programs, links, devices }
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+}
+
+impl Drop for Attachments {
+    fn drop(&mut self) {
+        // Device links detach in their own namespaces (DeviceLink::drop); the journal keeps any
+        // netlink filter for the guardian and the sweep, which verify by program id.
+        self.cgroup.clear();
+        self.sys.clear();
+    }
+}
+
+/// Runs inside `ns`: attaches `prog` at egress of device `ifindex`.
+fn attach_device(
+    prog: &mut SchedClassifier,
+    prog_id: u32,
+    journal: &mut Journal,
+    ns: &Arc<Netns>,
+    ifindex: u32,
+    ifname: &str,
+    tcx: bool,
+) -> Result<DeviceLink> {
+    let fail = |e: &dyn std::error::Error| Error::Other(anyhow::anyhow!("attaching to {ifname} egress: {}", chain(e)));
+    let nsref = NetnsRef { ino: ns.ino, path: ns.path.clone() };
+    let mut d = DeviceLink { ns: ns.clone(), ifindex, ifname: ifname.to_string(), link: None, link_id: None, filter: None, clsact: None };
+    if tcx {
+        // First in the device's chain: a program before chaos that returns "pass" would end the
+        // chain and let the packets chaos was to act on leave.
+        let id = prog
+            .attach_with_options(ifname, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::first()))
+            .map_err(|e| fail(&e))?;
+        let link = prog.take_link(id).map_err(|e| fail(&e))?;
+        let fd: Option<&FdLink> = (&link).try_into().ok();
+        d.link_id = fd.and_then(|l| l.info().ok()).map(|i| i.id());
+        d.link = Some(link);
+        return Ok(d);
+    }
+    // Netlink (before 6.6): a clsact qdisc first, if the device has none, then the filter. Each
+    // is journaled before it is made.
+    let journal_err = |e: anyhow::Error| Error::Other(e.context("writing the session record"));
+    if !rtnl::has_qdisc(ifindex, "clsact").map_err(|e| fail(&e))? {
+        let change = Change::Clsact { netns: nsref.clone(), ifindex, ifname: ifname.to_string() };
+        journal.before(change.clone()).map_err(journal_err)?;
+        match rtnl::add_clsact(ifindex) {
+            Ok(()) => d.clsact = Some(change),
+            Err(e) => {
+                let _ = journal.forget(&change);
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(fail(&e));
+                }
+            }
+        }
+    }
+    let change = Change::TcFilter { netns: nsref, ifindex, ifname: ifname.to_string(), parent: rtnl::CLSACT_EGRESS, prog_id };
+    journal.before(change.clone()).map_err(journal_err)?;
+    // Priority 0: the kernel places the filter before every existing one.
+    match prog.attach_with_options(ifname, TcAttachType::Egress, TcAttachOptions::Netlink(NlOptions::default())) {
+        Ok(id) => {
+            d.link = Some(prog.take_link(id).map_err(|e| fail(&e))?);
+            d.filter = Some(change);
+            Ok(d)
+        }
+        Err(e) => {
+            let _ = journal.forget(&change);
+            if let Some(c) = d.clsact.take()
+                && rtnl::remove_clsact_if_unused(ifindex).is_ok()
+            {
+                let _ = journal.forget(&c);
+            }
+            Err(fail(&e))
+        }
+    }
+}
+
+fn load_refused(kind: &str, e: &aya::programs::ProgramError) -> Error {
+    if let aya::programs::ProgramError::LoadError { verifier_log, .. } = e {
+        log::debug!("verifier log:\n{verifier_log}");
+    }
+    unsupported!("this kernel refused the {kind} program ({}); see `chaos probe`", chain(e))
+}
+
+/// Whether /proc/kallsyms lists `symbol` (None if it cannot be read).
+fn kallsyms_has(symbol: &str) -> Option<bool> {
+    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    Some(text.lines().any(|l| l.split_whitespace().nth(2) == Some(symbol)))
+}

@@ -1,0 +1,509 @@
+//! A session: one loaded kernel object, many rules of any kind on any number of target cgroups,
+//! every attachment, and the journal of every change that outlives the process.
+//!
+//! Its life: [`plan`] (resolve the targets, check the kernel, decide what attaches where: what
+//! `--dry-run` prints), [`Session::start`] (write the rules, not yet started; attach each hook once
+//! per target, device or syscall hook; then start every rule's window), the watch loop
+//! (`watch.rs`), and [`Session::finish`] (detach, read the counters, undo, report).
+
+pub mod attach;
+pub mod guardian;
+pub mod journal;
+
+use std::{path::PathBuf, time::Duration};
+
+use chaos_common::{MAX_RULES, MAX_TARGETS, Rule, SessionConfig, TargetRules};
+use serde::Serialize;
+
+use self::{
+    attach::{Attached, Attachments},
+    journal::{Change, FaultInfo, Journal, Record},
+};
+use crate::{
+    error::{Error, Result},
+    faults::{FaultSpec, Hook},
+    kernel::{Kernel, monotonic_ns, netdev},
+    privileges,
+    probe::{self, Backend},
+    report::{RuleSummary, Summary},
+    target::Cgroup,
+    usage,
+};
+
+/// One fault of a plan: the spec, its target's index, its hooks and its rule (not yet started).
+#[derive(Debug)]
+pub struct Planned {
+    pub spec: FaultSpec,
+    pub target: usize,
+    pub hooks: Vec<Hook>,
+    pub rule: Rule,
+}
+
+/// What a session will do, decided before anything is attached.
+#[derive(Debug)]
+pub struct Plan {
+    pub faults: Vec<Planned>,
+    /// Distinct target cgroups (a rule's target is an index into this).
+    pub targets: Vec<Cgroup>,
+    /// Targets that get a `cgroup_skb/ingress` link: those with ingress rules, except the ones
+    /// inside another such target (its program already runs for their packets and finds their
+    /// rules by their ancestors' ids).
+    pub ingress_at: Vec<usize>,
+    /// Targets with egress rules: the TC program goes on the devices of their namespaces.
+    pub egress_targets: Vec<usize>,
+    /// Namespaces named explicitly (`--netns`).
+    pub extra_netns: Vec<PathBuf>,
+    /// Syscall hooks, each once.
+    pub sys_hooks: Vec<Hook>,
+    /// TC through tcx links (6.6+) rather than netlink filters.
+    pub tcx: bool,
+}
+
+/// Resolves targets, checks that this kernel can do every fault, and decides what attaches where.
+pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
+    if specs.is_empty() {
+        return Err(usage!("no fault to run"));
+    }
+    if specs.len() > MAX_RULES as usize {
+        return Err(usage!("{} faults: a session holds at most {MAX_RULES}; split them across sessions", specs.len()));
+    }
+    let own = Cgroup::own();
+    let mut targets: Vec<Cgroup> = Vec::new();
+    let mut target_of = Vec::new();
+    for spec in &specs {
+        let t = &spec.args.target;
+        let cg = match (&t.cgroup, t.pid) {
+            (Some(p), _) => Cgroup::from_arg(p),
+            (None, Some(pid)) => Cgroup::of_pid(pid),
+            (None, None) => Err(usage!("give a target: --cgroup PATH or --pid PID")),
+        }
+        .map_err(|e| prefixed(&spec.at(), e))?;
+        if let Some(own) = &own
+            && cg.contains(own)
+            && !spec.args.force
+        {
+            return Err(usage!(
+                "{}the target {} contains chaos itself (it runs in {}): give --force to inject anyway (chaos's own process stays exempt)",
+                spec.at(),
+                cg.path.display(),
+                own.path.display()
+            ));
+        }
+        let index = match targets.iter().position(|x| x.id == cg.id) {
+            Some(i) => i,
+            None => {
+                targets.push(cg);
+                targets.len() - 1
+            }
+        };
+        target_of.push(index);
+    }
+    if targets.len() > MAX_TARGETS as usize {
+        return Err(usage!("{} target cgroups: a session holds at most {MAX_TARGETS}", targets.len()));
+    }
+    // One kernel check for the whole session, with the reasons of what is missing.
+    let mut needs: Vec<&'static [Backend]> = Vec::new();
+    for spec in &specs {
+        for group in spec.fault.needs() {
+            if !needs.contains(&group) {
+                needs.push(group);
+            }
+        }
+    }
+    let available = probe::require(&needs)?;
+    let mut faults = Vec::new();
+    for (spec, target) in specs.into_iter().zip(target_of) {
+        let hooks = spec.fault.hooks(&available).map_err(|e| prefixed(&spec.at(), e))?;
+        let mut rule = Rule {
+            start_ns: Rule::NOT_STARTED,
+            deadline_ns: u64::MAX,
+            max_injections: spec.args.max_injections.unwrap_or(0),
+            ..Default::default()
+        };
+        spec.fault.fill(&mut rule, &hooks).map_err(|e| prefixed(&spec.at(), e))?;
+        faults.push(Planned { spec, target, hooks, rule });
+    }
+    let with_hook = |h: &Hook| -> Vec<usize> {
+        let mut v: Vec<usize> = faults.iter().filter(|f| f.hooks.contains(h)).map(|f| f.target).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let ingress = with_hook(&Hook::CgroupIngress);
+    let ingress_at = ingress
+        .iter()
+        .copied()
+        .filter(|&t| !ingress.iter().any(|&o| o != t && targets[o].contains(&targets[t])))
+        .collect();
+    let mut sys_hooks: Vec<Hook> = faults.iter().flat_map(|f| f.hooks.iter().cloned()).filter(|h| !matches!(h, Hook::TcEgress | Hook::CgroupIngress)).collect();
+    sys_hooks.sort();
+    sys_hooks.dedup();
+    let mut extra_netns: Vec<PathBuf> = faults.iter().flat_map(|f| f.spec.fault.netns().to_vec()).collect();
+    extra_netns.sort();
+    extra_netns.dedup();
+    let plan = Plan {
+        egress_targets: with_hook(&Hook::TcEgress),
+        ingress_at,
+        sys_hooks,
+        extra_netns,
+        tcx: available.contains(&Backend::Tcx),
+        targets,
+        faults,
+    };
+    // Entering another network namespace needs CAP_SYS_ADMIN: say so before anything attaches.
+    let own = netdev::own_netns_ino();
+    if plan.egress_namespaces().iter().any(|(ino, _)| *ino != own) {
+        privileges::require(privileges::CAP_SYS_ADMIN, "CAP_SYS_ADMIN", "entering the target's network namespace (setns)")?;
+    }
+    Ok(plan)
+}
+
+fn prefixed(at: &str, e: Error) -> Error {
+    if at.is_empty() {
+        return e;
+    }
+    match e {
+        Error::Usage(m) => Error::Usage(format!("{at}{m}")),
+        Error::Unsupported(m) => Error::Unsupported(format!("{at}{m}")),
+        Error::Other(e) => Error::Other(e.context(at.trim_end_matches(": ").to_string())),
+    }
+}
+
+/// What the plan attaches, as text (`--dry-run`).
+#[derive(Debug, Serialize)]
+pub struct PlanView {
+    pub faults: Vec<PlannedView>,
+    pub attach: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlannedView {
+    pub rule: usize,
+    pub kind: &'static str,
+    pub description: String,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub after_s: f64,
+    pub for_s: f64,
+    pub max_injections: Option<u64>,
+    pub hooks: Vec<Hook>,
+}
+
+impl Plan {
+    pub fn view(&self) -> PlanView {
+        let faults = self
+            .faults
+            .iter()
+            .enumerate()
+            .map(|(i, f)| PlannedView {
+                rule: i,
+                kind: f.spec.fault.kind(),
+                description: f.spec.fault.describe(),
+                cgroup: self.targets[f.target].path.display().to_string(),
+                cgroup_id: self.targets[f.target].id,
+                after_s: f.spec.args.after.as_secs_f64(),
+                for_s: f.spec.args.duration.as_secs_f64(),
+                max_injections: f.spec.args.max_injections,
+                hooks: f.hooks.clone(),
+            })
+            .collect();
+        let mut attach = Vec::new();
+        for &t in &self.ingress_at {
+            attach.push(format!("cgroup_skb/ingress on {}", self.targets[t].path.display()));
+        }
+        for (ino, path) in self.egress_namespaces() {
+            let devices = netdev::Netns::open(&path).and_then(|ns| ns.run(netdev::devices)).map(|d| {
+                d.into_iter().map(|(_, n)| n).collect::<Vec<_>>().join(", ")
+            });
+            attach.push(format!(
+                "TC egress ({}) on every device of network namespace {} (inode {ino}): {}",
+                if self.tcx { "tcx link, first in the chain" } else { "netlink cls_bpf filter, journaled" },
+                path.display(),
+                devices.unwrap_or_else(|e| format!("cannot list ({e})"))
+            ));
+        }
+        for h in &self.sys_hooks {
+            attach.push(format!("{}, once", h.describe()));
+        }
+        PlanView { faults, attach }
+    }
+
+    /// The namespaces whose devices the TC program goes on: those of the egress targets'
+    /// processes, the ones named with `--netns`, or this process's own for a target with no
+    /// process yet (its processes will most likely start there).
+    pub fn egress_namespaces(&self) -> Vec<(u64, PathBuf)> {
+        if self.egress_targets.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<(u64, PathBuf)> = Vec::new();
+        for &t in &self.egress_targets {
+            for (ino, path) in netdev::netns_of(&self.targets[t]) {
+                if ino == 0 || !out.iter().any(|(i, _)| *i == ino) {
+                    out.push((ino, path));
+                }
+            }
+        }
+        for p in &self.extra_netns {
+            out.push((0, p.clone()));
+        }
+        if out.is_empty() {
+            out.push((netdev::own_netns_ino(), "/proc/self/ns/net".into()));
+        }
+        out
+    }
+}
+
+impl PlanView {
+    pub fn text(&self) -> String {
+        let mut s = String::from("chaos: dry run: nothing was attached\n");
+        for f in &self.faults {
+            s += &format!(
+                "  rule {} ({}) on {}: {}; from +{}s for {}s{}\n",
+                f.rule,
+                f.kind,
+                f.cgroup,
+                f.description,
+                f.after_s,
+                f.for_s,
+                f.max_injections.map(|n| format!(", at most {n} injections")).unwrap_or_default()
+            );
+        }
+        s += "  would attach:\n";
+        for a in &self.attach {
+            s += &format!("    {a}\n");
+        }
+        s
+    }
+}
+
+/// Options of a session's run.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Log each injection through aya-log (`--log-packets`).
+    pub log_packets: bool,
+}
+
+/// A running session.
+pub struct Session {
+    pub id: String,
+    kernel: Kernel,
+    plan: Plan,
+    attachments: Attachments,
+    journal: Journal,
+    /// Each rule's window once started (CLOCK_MONOTONIC ns).
+    windows: Vec<(u64, u64)>,
+    finished: bool,
+}
+
+/// A short random session id.
+fn new_id() -> String {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most 4 bytes into the valid buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
+    if n != 4 {
+        b = (monotonic_ns() as u32 ^ std::process::id()).to_ne_bytes();
+    }
+    format!("{:08x}", u32::from_ne_bytes(b))
+}
+
+impl Session {
+    /// Loads the object, writes the rules (not started) and targets, records the session, attaches
+    /// every hook, then starts every rule's window: `--for` counts from when the session is in
+    /// place, however long attaching took. On failure, everything done so far is undone.
+    pub fn start(plan: Plan, opts: &Options) -> Result<Session> {
+        let id = new_id();
+        let mut kernel = Kernel::load(opts.log_packets)?;
+        let pid = std::process::id();
+        kernel.set_session(&SessionConfig { loader_tgid: pid, ..Default::default() })?;
+        let mut masks = vec![TargetRules::default(); plan.targets.len()];
+        for (i, f) in plan.faults.iter().enumerate() {
+            kernel.set_rule(i as u32, &f.rule)?;
+            for h in &f.hooks {
+                masks[f.target].add(h.family(), i as u32);
+            }
+        }
+        for (t, m) in plan.targets.iter().zip(&masks) {
+            kernel.set_target(t.id, m)?;
+        }
+        let mut record = Record::new(&id);
+        record.maps = kernel.map_ids()?;
+        record.faults = plan
+            .faults
+            .iter()
+            .enumerate()
+            .map(|(i, f)| FaultInfo {
+                rule: i as u32,
+                kind: f.spec.fault.kind().to_string(),
+                description: f.spec.fault.describe(),
+                cgroup: plan.targets[f.target].path.display().to_string(),
+                cgroup_id: plan.targets[f.target].id,
+                start_ns: 0,
+                deadline_ns: 0,
+            })
+            .collect();
+        let journal = Journal::new(record);
+        journal.save().map_err(|e| Error::Other(e.context("writing the session record")))?;
+        let mut s = Session { id, kernel, plan, attachments: Attachments::default(), journal, windows: Vec::new(), finished: false };
+        if let Err(e) = s.attach_all() {
+            s.teardown();
+            return Err(e);
+        }
+        s.set_windows()?;
+        Ok(s)
+    }
+
+    fn attach_all(&mut self) -> Result<()> {
+        let namespaces = self.plan.egress_namespaces();
+        if !namespaces.is_empty() {
+            self.attachments.attach_devices(&mut self.kernel, &mut self.journal, &namespaces, self.plan.tcx, true)?;
+            self.note_guardian()?;
+        }
+        for &t in &self.plan.ingress_at.clone() {
+            self.attachments.attach_ingress(&mut self.kernel, &self.plan.targets[t])?;
+        }
+        for h in &self.plan.sys_hooks.clone() {
+            self.attachments.attach_sys(&mut self.kernel, h)?;
+        }
+        // A harmless journaled change, for the guardian's test.
+        if let Some(path) = std::env::var_os("CHAOS_TEST_FAKE_CHANGE") {
+            let change = Change::TestFile { path: PathBuf::from(path), marker: self.id.clone() };
+            self.journal.before(change.clone()).map_err(Error::Other)?;
+            self.note_guardian()?;
+            if let Change::TestFile { path, marker } = &change {
+                std::fs::write(path, format!("{marker}\n")).map_err(|e| Error::Other(e.into()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Exempts a newly started guardian from the session's faults.
+    fn note_guardian(&mut self) -> Result<()> {
+        if let Some(g) = self.journal.record().guardian {
+            let mut s = self.kernel.session()?;
+            if s.guardian_tgid != g {
+                s.guardian_tgid = g;
+                self.kernel.set_session(&s)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_windows(&mut self) -> Result<()> {
+        let now = monotonic_ns();
+        self.windows.clear();
+        for (i, f) in self.plan.faults.iter_mut().enumerate() {
+            let start = now + f.spec.args.after.as_nanos() as u64;
+            let deadline = start + f.spec.args.duration.as_nanos() as u64;
+            f.rule.start_ns = start;
+            f.rule.deadline_ns = deadline;
+            self.kernel.set_rule(i as u32, &f.rule)?;
+            self.windows.push((start, deadline));
+            let info = &mut self.journal.record_mut().faults[i];
+            (info.start_ns, info.deadline_ns) = (start, deadline);
+        }
+        self.journal.save().map_err(|e| Error::Other(e.context("writing the session record")))
+    }
+
+    /// When the last rule ends (CLOCK_MONOTONIC ns).
+    pub fn end_ns(&self) -> u64 {
+        self.windows.iter().map(|w| w.1).max().unwrap_or(0)
+    }
+
+    pub fn rules(&self) -> usize {
+        self.plan.faults.len()
+    }
+
+    /// Picks up namespaces and devices that appeared since the start.
+    pub fn refresh(&mut self) {
+        let namespaces = self.plan.egress_namespaces();
+        if namespaces.is_empty() {
+            return;
+        }
+        if let Err(e) = self.attachments.attach_devices(&mut self.kernel, &mut self.journal, &namespaces, self.plan.tcx, false) {
+            log::warn!("{e}");
+        }
+        if let Err(e) = self.note_guardian() {
+            log::warn!("{e}");
+        }
+    }
+
+    /// Whether `chaos stop` asked this session to end.
+    pub fn stop_requested(&self) -> bool {
+        self.kernel.session().is_ok_and(|s| s.stop_requested != 0)
+    }
+
+    /// (matched, injected) over all rules, now.
+    pub fn totals(&self) -> (u64, u64) {
+        let mut t = (0, 0);
+        for i in 0..self.rules() {
+            if let Ok(c) = self.kernel.counters(i as u32) {
+                t.0 += c.matched;
+                t.1 += c.injected;
+            }
+        }
+        t
+    }
+
+    pub fn attached(&self) -> Attached {
+        self.attachments.attached(&self.kernel)
+    }
+
+    pub fn flush_log(&mut self) {
+        self.kernel.flush_log();
+    }
+
+    /// Detaches everything (so a packet decided just before is counted where it is finally dealt
+    /// with), reads the counters, undoes the journal, and reports.
+    pub fn finish(mut self, ended_by: &str, elapsed: Duration) -> Result<Summary> {
+        let attached = self.attached();
+        self.teardown();
+        let mut rules = Vec::new();
+        for (i, f) in self.plan.faults.iter().enumerate() {
+            let c = self.kernel.counters(i as u32)?;
+            rules.push(RuleSummary::new(i as u32, f, &self.plan.targets[f.target], &c));
+        }
+        Ok(Summary {
+            session: self.id.clone(),
+            pid: std::process::id(),
+            ended_by: ended_by.to_string(),
+            elapsed_s: elapsed.as_secs_f64(),
+            rules,
+            kernel_errors: self.kernel.errors()?,
+            attached,
+        })
+    }
+
+    fn teardown(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        // The rules first: nothing is injected from here on, whatever detaching takes.
+        let now = monotonic_ns();
+        for (i, f) in self.plan.faults.iter_mut().enumerate() {
+            if f.rule.deadline_ns > now {
+                f.rule.deadline_ns = now;
+                let _ = self.kernel.set_rule(i as u32, &f.rule);
+            }
+        }
+        self.attachments.detach_all(&mut self.journal);
+        // Changes not undone by detaching (the test file) are undone here.
+        for c in self.journal.changes().to_vec().iter().rev() {
+            if matches!(c, Change::TestFile { .. }) {
+                match journal::undo(c) {
+                    Ok(_) => {
+                        let _ = self.journal.forget(c);
+                    }
+                    Err(e) => log::warn!("{e:#}"),
+                }
+            }
+        }
+        self.journal.close();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
