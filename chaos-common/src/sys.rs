@@ -10,6 +10,10 @@
 pub const PROG_KPROBE: &str = "chaos_sys_kprobe";
 /// BPF LSM on `file_open`: fails open/openat/creat (and anything else that opens a file).
 pub const PROG_LSM_FILE_OPEN: &str = "chaos_sys_file_open";
+/// cgroup `connect4`/`connect6` hooks with `bpf_set_retval`: fail connect() on inet sockets,
+/// attached to the target cgroup (works on any kernel with cgroup BPF, 5.18+).
+pub const PROG_CONNECT4: &str = "chaos_sys_connect4";
+pub const PROG_CONNECT6: &str = "chaos_sys_connect6";
 /// fmod_ret programs, in ELF sections aya parses but chaos loads by hand (`kernel/fmod_ret.rs`):
 /// on a `__x64_sys_*` entry, and on `security_file_open`.
 pub const FMOD_RET_SYSCALL_SECTION: &str = "lsm/chaos_fmod_ret_syscall";
@@ -20,6 +24,8 @@ pub const FMOD_RET_FILE_OPEN_SECTION: &str = "lsm/chaos_fmod_ret_file_open";
 pub const HOOK_FILE_OPEN: u32 = 1;
 /// The entry of one syscall, `SysMatch::syscall_nr` (fmod_ret or kprobe on `__x64_sys_<name>`).
 pub const HOOK_SYSCALL: u32 = 2;
+/// connect() on an inet socket, at the target cgroup's `connect4`/`connect6` hooks.
+pub const HOOK_CONNECT: u32 = 3;
 
 /// The filter and effect of a syscall rule.
 #[repr(C)]

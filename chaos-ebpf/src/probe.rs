@@ -5,9 +5,9 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_override_return, bpf_send_signal_thread},
-    macros::{btf_tracepoint, cgroup_sock_addr, cgroup_skb, classifier, kprobe, lsm, map},
+    macros::{btf_tracepoint, cgroup_skb, classifier, kprobe, lsm, map},
     maps::{Array, PerCpuArray},
-    programs::{BtfTracePointContext, LsmContext, ProbeContext, SkBuffContext, SockAddrContext, TcContext},
+    programs::{BtfTracePointContext, LsmContext, ProbeContext, SkBuffContext, TcContext},
 };
 
 /// A map value, not a constant, so the verifier cannot prove the armed branches dead.
@@ -17,12 +17,6 @@ static PROBE_ARMED: Array<u32> = Array::with_max_entries(1, 0);
 #[inline(always)]
 fn armed() -> bool {
     PROBE_ARMED.get(0).is_some_and(|v| *v == 0x5eed)
-}
-
-/// cgroup sock-address hooks (`cgroup/connect4`): 1 lets the connect proceed.
-#[cgroup_sock_addr(connect4)]
-pub fn chaos_probe_connect4(_ctx: SockAddrContext) -> i32 {
-    1
 }
 
 /// tp_btf on sys_enter with the signal helper the syscall "signal" fault uses.

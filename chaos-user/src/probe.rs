@@ -15,7 +15,7 @@ use aya::{
 };
 use chaos_common::{
     net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS},
-    sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION},
+    sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_CONNECT4},
 };
 use nix::sched::{CloneFlags, unshare};
 use serde::Serialize;
@@ -80,7 +80,7 @@ impl Backend {
         match self {
             Backend::CgroupSkb => "net faults, ingress",
             Backend::Tcx | Backend::TcNetlink => "net faults, egress (either one)",
-            Backend::CgroupSockAddr => "sys fail: connect/bind (planned)",
+            Backend::CgroupSockAddr => "sys fail: connect",
             Backend::TpBtfSignal => "sys signal (planned)",
             Backend::BpfLsm | Backend::FmodRetSecurity => "sys fail: the open family",
             Backend::FmodRetSyscall | Backend::KprobeOverride => "sys fail: any syscall",
@@ -240,8 +240,9 @@ fn check_cgroup_skb(kernel: &mut Kernel) -> Outcome {
 }
 
 fn check_sock_addr(kernel: &mut Kernel) -> Outcome {
-    let prog: &mut CgroupSockAddr = kernel.get("chaos_probe_connect4").map_err(|e| e.to_string())?;
-    prog.load().map_err(|e| load_failed("cgroup/connect4", &e))?;
+    // The real program: it proves the helpers the connect fault uses (bpf_set_retval: 5.18+).
+    let prog: &mut CgroupSockAddr = kernel.get(PROG_CONNECT4).map_err(|e| e.to_string())?;
+    prog.load().map_err(|e| load_failed("cgroup/connect4 with bpf_set_retval", &e))?;
     let cg = TempCgroup::new(&format!("chaos-probe-sa-{}", std::process::id())).map_err(|e| format!("{e:#}"))?;
     let f = File::open(&cg.path).map_err(|e| e.to_string())?;
     let id = prog

@@ -30,18 +30,12 @@ pub enum Workload {
         idle: Duration,
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         max: Duration,
+        /// Read each datagram's skb->mark (SO_RCVMARK, Linux 5.19+) and count datagrams by mark.
+        #[arg(long)]
+        marks: bool,
     },
     /// Send --count datagrams at --rate per second.
-    UdpSend {
-        #[arg(long)]
-        to: SocketAddr,
-        #[arg(long)]
-        count: u64,
-        #[arg(long, default_value_t = 2000)]
-        rate: u64,
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-    },
+    UdpSend(UdpSendArgs),
     /// Accept one TCP connection and read it to the end.
     TcpSink {
         #[arg(long)]
@@ -65,16 +59,19 @@ pub enum Workload {
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         max: Duration,
     },
-    /// Open (and close) a file, or fsync it, --count times; count the results by errno.
+    /// Open (and close) a file, fsync it, or connect to --to (a new TCP socket each time),
+    /// --count times; count the results by errno.
     SyscallLoop {
-        #[arg(long, value_parser = ["open", "fsync"])]
+        #[arg(long, value_parser = ["open", "fsync", "connect"])]
         call: String,
         /// Wait for a line on stdin before the first call (so a fault can start after this
         /// process has already executed: an LSM file_open fault would otherwise fail its exec).
         #[arg(long)]
         wait: bool,
         #[arg(long)]
-        path: std::path::PathBuf,
+        path: Option<std::path::PathBuf>,
+        #[arg(long)]
+        to: Option<SocketAddr>,
         #[arg(long)]
         count: u64,
     },
@@ -93,21 +90,50 @@ pub enum Workload {
     },
 }
 
+#[derive(Args, Debug)]
+pub struct UdpSendArgs {
+    #[arg(long)]
+    to: SocketAddr,
+    #[arg(long)]
+    count: u64,
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Payload bytes (above the MTU, the kernel sends IP fragments).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Set SO_MARK on the socket: every datagram leaves with this skb->mark.
+    #[arg(long)]
+    mark: Option<u32>,
+    /// IPv6: put a destination-options extension header in every datagram (IPV6_DSTOPTS).
+    #[arg(long)]
+    dstopts: bool,
+    /// Run on this CPU only.
+    #[arg(long)]
+    cpu: Option<usize>,
+}
+
 pub fn run(args: WorkloadArgs) -> Result<()> {
     match args.kind {
-        Workload::UdpSink { bind, idle, max } => udp_sink(bind, idle, max),
-        Workload::UdpSend { to, count, rate, size } => udp_send(to, count, rate, size),
+        Workload::UdpSink { bind, idle, max, marks } => udp_sink(bind, idle, max, marks),
+        Workload::UdpSend(a) => udp_send(&a),
         Workload::TcpSink { bind, max } => tcp_sink(bind, max),
         Workload::TcpSend { to, bytes, max } => tcp_send(to, bytes, max),
         Workload::RrServer { bind, max } => rr_server(bind, max),
         Workload::RrClient { to, rate, duration, interval, timeout } => rr_client(to, rate, duration, interval, timeout),
-        Workload::SyscallLoop { call, path, count, wait } => syscall_loop(&call, &path, count, wait),
+        Workload::SyscallLoop { call, path, to, count, wait } => syscall_loop(&call, path.as_deref(), to, count, wait),
     }
 }
 
 /// Runs one syscall --count times; prints {"calls", "ok", "errors": {errno: n}, "secs"}.
-fn syscall_loop(call: &str, path: &std::path::Path, count: u64, wait: bool) -> Result<()> {
-    let file = if call == "fsync" { Some(std::fs::OpenOptions::new().append(true).create(true).open(path)?) } else { None };
+fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAddr>, count: u64, wait: bool) -> Result<()> {
+    let need = |what: &str| anyhow::anyhow!("--call {call} needs {what}");
+    let file = if call == "fsync" { Some(std::fs::OpenOptions::new().append(true).create(true).open(path.ok_or_else(|| need("--path"))?)?) } else { None };
+    if call == "open" && path.is_none() {
+        return Err(need("--path"));
+    }
+    if call == "connect" && to.is_none() {
+        return Err(need("--to"));
+    }
     if wait {
         ready();
         std::io::stdin().read_line(&mut String::new())?;
@@ -116,9 +142,10 @@ fn syscall_loop(call: &str, path: &std::path::Path, count: u64, wait: bool) -> R
     let mut ok = 0u64;
     let start = Instant::now();
     for _ in 0..count {
-        let r = match &file {
-            Some(f) => f.sync_all(),
-            None => std::fs::File::open(path).map(drop),
+        let r = match (&file, to) {
+            (Some(f), _) => f.sync_all(),
+            (None, Some(to)) => TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(drop),
+            (None, None) => std::fs::File::open(path.expect("checked above")).map(drop),
         };
         match r {
             Ok(()) => ok += 1,
@@ -146,9 +173,42 @@ fn udp_rcvbuf_errors() -> u64 {
         .unwrap_or(0)
 }
 
-fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration) -> Result<()> {
+/// SO_RCVMARK (Linux 5.19+): a received datagram's skb->mark comes as an SO_MARK control message.
+const SO_RCVMARK: libc::c_int = 75;
+
+/// Receives one datagram; with `marks`, also its skb->mark. Returns (bytes, mark).
+fn recv_with_mark(sock: &UdpSocket, buf: &mut [u8], marks: bool) -> std::io::Result<(usize, Option<u32>)> {
+    if !marks {
+        return sock.recv_from(buf).map(|(n, _)| (n, None));
+    }
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(u32);
+    let msg = nix::sys::socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), nix::sys::socket::MsgFlags::empty())
+        .map_err(std::io::Error::from)?;
+    let mut mark = None;
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let nix::sys::socket::ControlMessageOwned::Unknown(u) = c
+            && u.cmsg_header.cmsg_level == libc::SOL_SOCKET
+            && u.cmsg_header.cmsg_type == libc::SO_MARK
+            && u.data_bytes.len() >= 4
+        {
+            mark = Some(u32::from_ne_bytes([u.data_bytes[0], u.data_bytes[1], u.data_bytes[2], u.data_bytes[3]]));
+        }
+    }
+    Ok((msg.bytes, mark))
+}
+
+fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration, marks: bool) -> Result<()> {
     let sock = UdpSocket::bind(bind).with_context(|| format!("binding {bind}"))?;
     set_rcvbuf(&sock, 8 << 20);
+    if marks {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads an int from a valid pointer for the given length.
+        if unsafe { libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_RCVMARK, (&raw const on).cast(), 4) } != 0 {
+            anyhow::bail!("SO_RCVMARK: {}", std::io::Error::last_os_error());
+        }
+    }
+    let mut by_mark = std::collections::BTreeMap::<u32, u64>::new();
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
     // Whoever started us closes our stdin once the sender has finished; a loss of any size then
     // ends the count after --idle of quiet, instead of guessing when the last packet is due.
@@ -161,11 +221,14 @@ fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration) -> Result<()> {
     let errors_before = udp_rcvbuf_errors();
     ready();
     let start = Instant::now();
-    let (mut received, mut buf, mut quiet_since) = (0u64, [0u8; 2048], Instant::now());
+    let (mut received, mut buf, mut quiet_since) = (0u64, vec![0u8; 65536], Instant::now());
     while start.elapsed() < max {
-        match sock.recv_from(&mut buf) {
-            Ok(_) => {
+        match recv_with_mark(&sock, &mut buf, marks) {
+            Ok((_, mark)) => {
                 received += 1;
+                if let Some(m) = mark {
+                    *by_mark.entry(m).or_default() += 1;
+                }
                 quiet_since = Instant::now();
             }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
@@ -179,7 +242,7 @@ fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration) -> Result<()> {
             quiet_since = Instant::now();
         }
     }
-    let out = json!({"received": received, "rcvbuf_errors": udp_rcvbuf_errors() - errors_before});
+    let out = json!({"received": received, "rcvbuf_errors": udp_rcvbuf_errors() - errors_before, "marks": by_mark});
     println!("{out}");
     Ok(())
 }
@@ -191,10 +254,32 @@ fn set_rcvbuf(sock: &UdpSocket, bytes: i32) {
     }
 }
 
-fn udp_send(to: SocketAddr, count: u64, rate: u64, size: usize) -> Result<()> {
+fn udp_send(a: &UdpSendArgs) -> Result<()> {
+    let (to, count, rate) = (a.to, a.count, a.rate);
+    if let Some(cpu) = a.cpu {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu)?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).with_context(|| format!("pinning to CPU {cpu}"))?;
+    }
     let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
     let sock = UdpSocket::bind(bind)?;
-    let payload = vec![0x5au8; size];
+    let setopt = |level: libc::c_int, name: libc::c_int, val: &[u8]| -> Result<()> {
+        // SAFETY: setsockopt reads `val.len()` bytes from a valid slice.
+        let r = unsafe { libc::setsockopt(sock.as_raw_fd(), level, name, val.as_ptr().cast(), val.len() as libc::socklen_t) };
+        if r != 0 {
+            anyhow::bail!("setsockopt({level}, {name}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    if let Some(mark) = a.mark {
+        setopt(libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes())?;
+    }
+    if a.dstopts {
+        // An 8-byte destination-options header holding one PadN option (type 1, 4 bytes of
+        // padding); the kernel fills in the next-header field.
+        setopt(libc::IPPROTO_IPV6, libc::IPV6_DSTOPTS, &[0, 0, 1, 4, 0, 0, 0, 0])?;
+    }
+    let payload = vec![0x5au8; a.size];
     let gap = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let start = Instant::now();
     let (mut sent, mut errors, mut first_error) = (0u64, 0u64, None::<String>);

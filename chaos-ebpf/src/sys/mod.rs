@@ -6,14 +6,14 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_pid_tgid, bpf_override_return, bpf_probe_read_kernel,
-        generated::bpf_get_current_ancestor_cgroup_id,
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_set_retval},
     },
-    macros::{kprobe, lsm},
-    programs::{FExitContext, LsmContext, ProbeContext},
+    macros::{cgroup_sock_addr, kprobe, lsm},
+    programs::{FExitContext, LsmContext, ProbeContext, SockAddrContext},
 };
 use chaos_common::{
     Action, Family, KernelError, has_rule, more_rules,
-    sys::{HOOK_FILE_OPEN, HOOK_SYSCALL},
+    sys::{HOOK_CONNECT, HOOK_FILE_OPEN, HOOK_SYSCALL},
 };
 
 use crate::engine::{count_error, decide, injected, is_session_process, now, rule, rules_for};
@@ -79,6 +79,30 @@ pub fn chaos_sys_kprobe(ctx: ProbeContext) -> u32 {
         unsafe { bpf_override_return(ctx.regs, ret as u64) };
     }
     0
+}
+
+/// cgroup `connect4`/`connect6`: 1 lets the connect proceed; 0 refuses it, and `bpf_set_retval`
+/// says with which error (EPERM otherwise).
+#[inline(always)]
+fn connect_verdict() -> i32 {
+    match decide_call(HOOK_CONNECT, 0) {
+        Some(ret) => {
+            // SAFETY: no preconditions; the value is what connect() returns.
+            unsafe { bpf_set_retval(ret as i32) };
+            0
+        }
+        None => 1,
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn chaos_sys_connect4(_ctx: SockAddrContext) -> i32 {
+    connect_verdict()
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn chaos_sys_connect6(_ctx: SockAddrContext) -> i32 {
+    connect_verdict()
 }
 
 /// BPF LSM on file_open: a non-zero return denies the open with that error.

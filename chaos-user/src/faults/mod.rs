@@ -24,6 +24,8 @@ pub enum Hook {
     TcEgress,
     /// `cgroup_skb/ingress` on the target cgroup.
     CgroupIngress,
+    /// `cgroup/connect4` and `cgroup/connect6` on the target cgroup.
+    CgroupConnect,
     /// BPF LSM `file_open`.
     LsmFileOpen,
     /// fmod_ret on `security_file_open`.
@@ -35,6 +37,9 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// Hooks attached to each target cgroup (rather than to devices or once per session).
+    pub const PER_CGROUP: [Hook; 2] = [Hook::CgroupIngress, Hook::CgroupConnect];
+
     /// The rule mask of a target this hook reads.
     pub fn family(&self) -> Family {
         match self {
@@ -48,6 +53,7 @@ impl Hook {
         match self {
             Hook::TcEgress => "TC egress on the target's devices".into(),
             Hook::CgroupIngress => "cgroup_skb/ingress on the target".into(),
+            Hook::CgroupConnect => "cgroup/connect4 and connect6 on the target".into(),
             Hook::LsmFileOpen => "BPF LSM file_open".into(),
             Hook::FmodRetFileOpen => "fmod_ret on security_file_open".into(),
             Hook::FmodRetSyscall(f) => format!("fmod_ret on {f}"),

@@ -1,13 +1,15 @@
 //! `sys.fail`: make a syscall fail with an errno for one cgroup, in the kernel.
 //!
 //! Backends, in the order `--backend auto` tries them:
+//! - connect: the target cgroup's `connect4`/`connect6` hooks (any kernel with cgroup BPF and
+//!   `bpf_set_retval`, 5.18+; inet sockets only), then fmod_ret, then kprobe;
 //! - the open family: BPF LSM on `file_open`, then fmod_ret on `security_file_open`, then kprobe;
 //! - any other syscall: fmod_ret on `__x64_sys_<name>` (no kprobe needed), then kprobe +
 //!   `bpf_override_return` on it (needs CONFIG_BPF_KPROBE_OVERRIDE).
 
 use chaos_common::{
     Action, Counters, Rule, ppm_to_threshold,
-    sys::{HOOK_FILE_OPEN, HOOK_SYSCALL},
+    sys::{HOOK_CONNECT, HOOK_FILE_OPEN, HOOK_SYSCALL},
 };
 use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 
@@ -20,7 +22,8 @@ fn command() -> clap::Command {
     SysFailArgs::augment_args(clap::Command::new("fail"))
         .about("Make a syscall fail with an errno, in the kernel, for the target's processes only.")
         .after_help(
-            "Examples:\n  chaos sys fail --cgroup /system.slice/db.service --syscall openat --errno EIO --percent 10\n  \
+            "Examples:\n  chaos sys fail --cgroup /system.slice/api.service --syscall connect --errno ECONNREFUSED\n  \
+             chaos sys fail --cgroup /system.slice/db.service --syscall openat --errno EIO --percent 10\n  \
              chaos sys fail --pid 4242 --syscall fsync --errno ENOSPC --backend kprobe --for 30s",
         )
 }
@@ -45,8 +48,9 @@ pub struct SysFailArgs {
     /// Probability of failing a call, 0-100.
     #[arg(long, value_parser = cli::parse_percent, value_name = "P", default_value = "100")]
     pub percent: u32,
-    /// lsm and fmod-ret (on security_file_open) cover the open family; fmod-ret (on the syscall
-    /// entry) and kprobe cover any syscall; auto picks the first this kernel offers (`chaos probe`).
+    /// cgroup covers connect (inet sockets); lsm and fmod-ret (on security_file_open) cover the
+    /// open family; fmod-ret (on the syscall entry) and kprobe cover any syscall; auto picks the
+    /// first this kernel offers (`chaos probe`).
     #[arg(long, value_enum, default_value_t = SysBackend::Auto)]
     pub backend: SysBackend,
 }
@@ -56,6 +60,7 @@ pub struct SysFailArgs {
 pub enum SysBackend {
     /// The best this kernel offers for the syscall.
     Auto,
+    Cgroup,
     Lsm,
     FmodRet,
     Kprobe,
@@ -95,6 +100,10 @@ pub fn parse_syscall(s: &str) -> std::result::Result<String, String> {
 }
 
 impl SysFail {
+    fn is_connect(&self) -> bool {
+        self.syscall == "connect"
+    }
+
     fn open_family(&self) -> bool {
         OPEN_FAMILY.contains(&self.syscall.as_str())
     }
@@ -115,7 +124,17 @@ impl Fault for SysFail {
     }
 
     fn needs(&self) -> Vec<&'static [Backend]> {
+        if self.is_connect() {
+            return vec![match self.backend {
+                SysBackend::Cgroup => &[Backend::CgroupSockAddr],
+                SysBackend::FmodRet => &[Backend::FmodRetSyscall],
+                SysBackend::Kprobe => &[Backend::KprobeOverride],
+                SysBackend::Lsm => &[Backend::BpfLsm],
+                SysBackend::Auto => &[Backend::CgroupSockAddr, Backend::FmodRetSyscall, Backend::KprobeOverride],
+            }];
+        }
         vec![match (self.backend, self.open_family()) {
+            (SysBackend::Cgroup, _) => &[Backend::CgroupSockAddr],
             (SysBackend::Lsm, _) => &[Backend::BpfLsm],
             (SysBackend::FmodRet, true) => &[Backend::FmodRetSecurity],
             (SysBackend::FmodRet, false) => &[Backend::FmodRetSyscall],
@@ -130,6 +149,7 @@ impl Fault for SysFail {
             SysBackend::Auto => {
                 let first = self.needs()[0].iter().find(|b| available.contains(b)).copied();
                 match first {
+                    Some(Backend::CgroupSockAddr) => SysBackend::Cgroup,
                     Some(Backend::BpfLsm) => SysBackend::Lsm,
                     Some(Backend::FmodRetSecurity | Backend::FmodRetSyscall) => SysBackend::FmodRet,
                     _ => SysBackend::Kprobe,
@@ -138,6 +158,10 @@ impl Fault for SysFail {
             b => b,
         };
         Ok(vec![match (backend, self.open_family()) {
+            (SysBackend::Cgroup, _) if self.is_connect() => Hook::CgroupConnect,
+            (SysBackend::Cgroup, _) => {
+                return Err(usage!("no cgroup hook fails {}(); the cgroup backend covers connect", self.syscall));
+            }
             (SysBackend::Lsm, true) => Hook::LsmFileOpen,
             (SysBackend::Lsm, false) => {
                 return Err(usage!(
@@ -156,6 +180,7 @@ impl Fault for SysFail {
         rule.action = Action::SysFail as u32;
         rule.threshold = ppm_to_threshold(self.ppm);
         rule.sys.hook = match hooks.first() {
+            Some(Hook::CgroupConnect) => HOOK_CONNECT,
             Some(Hook::LsmFileOpen | Hook::FmodRetFileOpen) => HOOK_FILE_OPEN,
             _ => HOOK_SYSCALL,
         };
@@ -199,5 +224,8 @@ mod tests {
         assert_eq!(fsync.hooks(&[Backend::KprobeOverride]).unwrap(), vec![Hook::Kprobe("__x64_sys_fsync".into())]);
         let lsm = SysFail { backend: SysBackend::Lsm, ..fsync };
         assert!(lsm.hooks(&[Backend::BpfLsm]).is_err(), "no LSM hook for fsync");
+        let connect = SysFail { syscall: "connect".into(), nr: 42, errno: 111, ppm: 0, backend: SysBackend::Auto };
+        assert_eq!(connect.hooks(&[Backend::KprobeOverride, Backend::CgroupSockAddr]).unwrap(), vec![Hook::CgroupConnect]);
+        assert_eq!(connect.hooks(&[Backend::KprobeOverride]).unwrap(), vec![Hook::Kprobe("__x64_sys_connect".into())]);
     }
 }

@@ -20,14 +20,14 @@ use std::{
 use aya::{
     Btf,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, KProbe, Lsm, SchedClassifier,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, KProbe, Lsm, SchedClassifier,
         links::{FdLink, Link, LinkOrder},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType},
     },
 };
 use chaos_common::{
     net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS},
-    sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_KPROBE, PROG_LSM_FILE_OPEN},
+    sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_CONNECT4, PROG_CONNECT6, PROG_KPROBE, PROG_LSM_FILE_OPEN},
 };
 use serde::Serialize;
 
@@ -114,22 +114,32 @@ pub struct Attachments {
 }
 
 impl Attachments {
-    /// `cgroup_skb/ingress` on `target`.
-    pub fn attach_ingress(&mut self, kernel: &mut Kernel, target: &Cgroup) -> Result<()> {
-        let prog = kernel.program::<CgroupSkb>(PROG_CGROUP_INGRESS, "cgroup_skb")?;
+    /// A per-cgroup hook on `target`: `cgroup_skb/ingress`, or `connect4` and `connect6`. A
+    /// cgroup link always coexists with other programs on the cgroup (link-based attachment is
+    /// multi-attach by nature; the kernel refuses the ALLOW_MULTI flag there).
+    pub fn attach_cgroup(&mut self, kernel: &mut Kernel, hook: &Hook, target: &Cgroup) -> Result<()> {
         let cg = File::open(&target.path).map_err(|e| Error::Other(anyhow::anyhow!("opening {}: {e}", target.path.display())))?;
-        // A cgroup link always coexists with other programs on the cgroup (link-based attachment
-        // is multi-attach by nature; the kernel refuses the ALLOW_MULTI flag there).
-        let id = prog.attach(&cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single).map_err(|e| {
-            Error::Other(anyhow::anyhow!("attaching {PROG_CGROUP_INGRESS} to {}: {}", target.path.display(), chain(&e)))
-        })?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(|e| Error::Other(e.into()))?
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| Error::Other(e.into()))?;
-        let link_id = link.info().map(|i| i.id()).unwrap_or(0);
-        self.cgroup.push((target.path.clone(), link, link_id));
+        let fail = |name: &str, e: &dyn std::error::Error| Error::Other(anyhow::anyhow!("attaching {name} to {}: {}", target.path.display(), chain(e)));
+        let mut links = Vec::new();
+        match hook {
+            Hook::CgroupIngress => {
+                let prog = kernel.program::<CgroupSkb>(PROG_CGROUP_INGRESS, "cgroup_skb")?;
+                let id = prog.attach(&cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single).map_err(|e| fail(PROG_CGROUP_INGRESS, &e))?;
+                links.push(FdLink::try_from(prog.take_link(id).map_err(|e| fail(PROG_CGROUP_INGRESS, &e))?).map_err(|e| fail(PROG_CGROUP_INGRESS, &e))?);
+            }
+            Hook::CgroupConnect => {
+                for name in [PROG_CONNECT4, PROG_CONNECT6] {
+                    let prog = kernel.program::<CgroupSockAddr>(name, "cgroup sock_addr")?;
+                    let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(|e| fail(name, &e))?;
+                    links.push(FdLink::try_from(prog.take_link(id).map_err(|e| fail(name, &e))?).map_err(|e| fail(name, &e))?);
+                }
+            }
+            _ => return Ok(()),
+        }
+        for link in links {
+            let link_id = link.info().map(|i| i.id()).unwrap_or(0);
+            self.cgroup.push((target.path.clone(), link, link_id));
+        }
         Ok(())
     }
 
@@ -172,7 +182,7 @@ impl Attachments {
                 let link = prog.take_link(id).map_err(|e| Error::Other(e.into()))?;
                 SysHeld::Link(FdLink::try_from(link).map_err(|e| Error::Other(e.into()))?)
             }
-            Hook::TcEgress | Hook::CgroupIngress => return Ok(()),
+            Hook::TcEgress | Hook::CgroupIngress | Hook::CgroupConnect => return Ok(()),
         };
         let link_id = match &held {
             SysHeld::Link(l) => l.info().map(|i| i.id()).unwrap_or(0),

@@ -45,10 +45,10 @@ pub struct Plan {
     pub faults: Vec<Planned>,
     /// Distinct target cgroups (a rule's target is an index into this).
     pub targets: Vec<Cgroup>,
-    /// Targets that get a `cgroup_skb/ingress` link: those with ingress rules, except the ones
-    /// inside another such target (its program already runs for their packets and finds their
-    /// rules by their ancestors' ids).
-    pub ingress_at: Vec<usize>,
+    /// Per-cgroup hooks and the targets that get them: those with rules at that hook, except the
+    /// ones inside another such target (its program already runs for their packets and calls,
+    /// and finds their rules by their ancestors' ids).
+    pub cgroup_at: Vec<(Hook, usize)>,
     /// Targets with egress rules: the TC program goes on the devices of their namespaces.
     pub egress_targets: Vec<usize>,
     /// Namespaces named explicitly (`--netns`).
@@ -129,13 +129,17 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
         v.dedup();
         v
     };
-    let ingress = with_hook(&Hook::CgroupIngress);
-    let ingress_at = ingress
-        .iter()
-        .copied()
-        .filter(|&t| !ingress.iter().any(|&o| o != t && targets[o].contains(&targets[t])))
-        .collect();
-    let mut sys_hooks: Vec<Hook> = faults.iter().flat_map(|f| f.hooks.iter().cloned()).filter(|h| !matches!(h, Hook::TcEgress | Hook::CgroupIngress)).collect();
+    let mut cgroup_at = Vec::new();
+    for hook in Hook::PER_CGROUP {
+        let at = with_hook(&hook);
+        for &t in &at {
+            if !at.iter().any(|&o| o != t && targets[o].contains(&targets[t])) {
+                cgroup_at.push((hook.clone(), t));
+            }
+        }
+    }
+    let mut sys_hooks: Vec<Hook> =
+        faults.iter().flat_map(|f| f.hooks.iter().cloned()).filter(|h| *h != Hook::TcEgress && !Hook::PER_CGROUP.contains(h)).collect();
     sys_hooks.sort();
     sys_hooks.dedup();
     let mut extra_netns: Vec<PathBuf> = faults.iter().flat_map(|f| f.spec.fault.netns().to_vec()).collect();
@@ -143,7 +147,7 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
     extra_netns.dedup();
     let plan = Plan {
         egress_targets: with_hook(&Hook::TcEgress),
-        ingress_at,
+        cgroup_at,
         sys_hooks,
         extra_netns,
         tcx: available.contains(&Backend::Tcx),
@@ -208,8 +212,8 @@ impl Plan {
             })
             .collect();
         let mut attach = Vec::new();
-        for &t in &self.ingress_at {
-            attach.push(format!("cgroup_skb/ingress on {}", self.targets[t].path.display()));
+        for (h, t) in &self.cgroup_at {
+            attach.push(format!("{} {}", h.describe().trim_end_matches("the target"), self.targets[*t].path.display()));
         }
         for (ino, path) in self.egress_namespaces() {
             let devices = netdev::Netns::open(&path).and_then(|ns| ns.run(netdev::devices)).map(|d| {
@@ -358,8 +362,8 @@ impl Session {
             self.attachments.attach_devices(&mut self.kernel, &mut self.journal, &namespaces, self.plan.tcx, true)?;
             self.note_guardian()?;
         }
-        for &t in &self.plan.ingress_at.clone() {
-            self.attachments.attach_ingress(&mut self.kernel, &self.plan.targets[t])?;
+        for (h, t) in &self.plan.cgroup_at.clone() {
+            self.attachments.attach_cgroup(&mut self.kernel, h, &self.plan.targets[*t])?;
         }
         for h in &self.plan.sys_hooks.clone() {
             self.attachments.attach_sys(&mut self.kernel, h)?;
