@@ -120,8 +120,11 @@ pub fn decide(i: u32, rule: &Rule, now: u64, filters_ok: bool, segs: u64) -> Res
         let budget = CHAOS_INJECTED.get_ptr_mut(i).ok_or(KernelError::RuleLookup)?;
         // SAFETY: a shared map value, valid for the program's run; only atomics touch it. The
         // value before the add orders the injections of all CPUs: exactly `max` get under it.
-        // The fetching form of the atomic add needs BPF ISA v3 (Linux 5.12+).
-        let before = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(budget, 1) };
+        // The fetching form of the atomic add needs BPF ISA v3 (Linux 5.12+). Sequentially
+        // consistent, not relaxed: LLVM 22's BPF backend compiles a relaxed add whose result is
+        // used into the non-fetching instruction and reads the addend back as the "result"
+        // (measured: every packet passed the cap); a stronger ordering selects the fetching one.
+        let before = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(budget, 1) };
         if !within_cap(before, rule.max_injections) {
             add(&mut c.capped, 1);
             return Ok(false);

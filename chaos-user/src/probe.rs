@@ -10,7 +10,8 @@ use aya::{
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
         KProbe, Lsm, ProgramError, SchedClassifier,
-        tc::{NlOptions, TcAttachOptions, TcAttachType, qdisc_add_clsact},
+        links::LinkOrder,
+        tc::{NlOptions, TcAttachOptions, TcAttachType},
     },
 };
 use chaos_common::{
@@ -23,7 +24,7 @@ use serde::Serialize;
 use crate::{
     error::{Result, chain},
     kernel::{Kernel, config, rtnl},
-    sandbox::TempCgroup,
+    target::Cgroup,
     unsupported,
 };
 
@@ -205,8 +206,8 @@ fn check(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Check {
         Backend::KprobeOverride => check_kprobe(kernel),
         Backend::FmodRetSecurity => check_fmod_ret(kernel, facts, FMOD_RET_FILE_OPEN_SECTION, "security_file_open"),
         Backend::FmodRetSyscall => check_fmod_ret(kernel, facts, FMOD_RET_SYSCALL_SECTION, "__x64_sys_openat"),
-        Backend::SchFq => rtnl::try_qdisc("fq").map_err(|e| qdisc_reason("fq", &e)),
-        Backend::Netem => rtnl::try_qdisc("netem").map_err(|e| qdisc_reason("netem", &e)),
+        Backend::SchFq => throwaway_netns_allowed().and_then(|_| rtnl::try_qdisc("fq").map_err(|e| qdisc_reason("fq", &e))),
+        Backend::Netem => throwaway_netns_allowed().and_then(|_| rtnl::try_qdisc("netem").map_err(|e| qdisc_reason("netem", &e))),
     };
     let reason = outcome.err().map(|what| facts.explain(b, &what));
     Check { backend: b, label: b.label(), faults: b.faults(), works: reason.is_none(), reason }
@@ -229,10 +230,20 @@ fn load_failed(what: &str, e: &ProgramError) -> String {
     format!("loading a {what} program {}", describe_errno(e))
 }
 
+/// A cgroup to attach the cgroup checks to for a moment: chaos's own (making one may need
+/// CAP_DAC_OVERRIDE: a cgroup2 root can be read-only to root). The programs, with no rules,
+/// let every packet and call through.
+fn probe_cgroup() -> std::result::Result<File, String> {
+    let path = match Cgroup::own() {
+        Some(cg) => cg.path,
+        None => crate::target::cgroup2_mount().map_err(|e| e.to_string())?.mount_point,
+    };
+    File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))
+}
+
 fn check_cgroup_skb(kernel: &mut Kernel) -> Outcome {
     let prog = kernel.program::<CgroupSkb>(PROG_CGROUP_INGRESS, "cgroup_skb").map_err(|e| e.to_string())?;
-    let cg = TempCgroup::new(&format!("chaos-probe-{}", std::process::id())).map_err(|e| format!("{e:#}"))?;
-    let f = File::open(&cg.path).map_err(|e| e.to_string())?;
+    let f = probe_cgroup()?;
     let id = prog
         .attach(&f, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
         .map_err(|e| format!("attaching to a cgroup: {}", describe_errno(&e)))?;
@@ -243,39 +254,51 @@ fn check_sock_addr(kernel: &mut Kernel) -> Outcome {
     // The real program: it proves the helpers the connect fault uses (bpf_set_retval: 5.18+).
     let prog: &mut CgroupSockAddr = kernel.get(PROG_CONNECT4).map_err(|e| e.to_string())?;
     prog.load().map_err(|e| load_failed("cgroup/connect4 with bpf_set_retval", &e))?;
-    let cg = TempCgroup::new(&format!("chaos-probe-sa-{}", std::process::id())).map_err(|e| format!("{e:#}"))?;
-    let f = File::open(&cg.path).map_err(|e| e.to_string())?;
+    let f = probe_cgroup()?;
     let id = prog
         .attach(&f, CgroupAttachMode::Single)
         .map_err(|e| format!("attaching to a cgroup: {}", describe_errno(&e)))?;
     prog.detach(id).map_err(|e| e.to_string())
 }
 
-/// TC in a throwaway network namespace: tcx (a link) or netlink (clsact + cls_bpf filter).
+/// TC: tcx by attaching a link to `lo` of this namespace (no qdisc changes; the program, with no
+/// targets, passes every packet on at once); netlink by a clsact and a cls_bpf filter on `lo` of a
+/// throwaway namespace (adding a qdisc to a device in use blips it), which needs CAP_SYS_ADMIN.
 fn check_tc(kernel: &mut Kernel, tcx: bool) -> Outcome {
     let prog = kernel.program::<SchedClassifier>(PROG_TC_EGRESS, "TC classifier").map_err(|e| e.to_string())?;
+    if tcx {
+        let id = prog.attach_with_options("lo", TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::last())).map_err(|e| {
+            if errno_of(&e) == Some(libc::EINVAL) {
+                "attaching a tcx link refused with EINVAL (tcx needs Linux 6.6+)".to_string()
+            } else {
+                format!("attaching: {}", describe_errno(&e))
+            }
+        })?;
+        return prog.detach(id).map_err(|e| e.to_string());
+    }
+    throwaway_netns_allowed()?;
     std::thread::scope(|s| {
         s.spawn(|| -> Outcome {
             unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("creating a network namespace: {e}"))?;
-            let opts = if tcx {
-                TcAttachOptions::TcxOrder(Default::default())
-            } else {
-                qdisc_add_clsact("lo").map_err(|e| format!("adding a clsact qdisc: {}", chain(&e)))?;
-                TcAttachOptions::Netlink(NlOptions::default())
-            };
-            let id = prog.attach_with_options("lo", TcAttachType::Egress, opts).map_err(|e| {
-                if tcx && errno_of(&e) == Some(libc::EINVAL) {
-                    "attaching a tcx link refused with EINVAL (tcx needs Linux 6.6+)".to_string()
-                } else {
-                    format!("attaching: {}", describe_errno(&e))
-                }
-            })?;
+            rtnl::add_clsact(1).map_err(|e| format!("adding a clsact qdisc: {e}"))?;
+            let id = prog
+                .attach_with_options("lo", TcAttachType::Egress, TcAttachOptions::Netlink(NlOptions::default()))
+                .map_err(|e| format!("attaching: {}", describe_errno(&e)))?;
             // Detached here, inside the namespace the filter lives in.
             prog.detach(id).map_err(|e| e.to_string())
         })
         .join()
         .map_err(|_| "the probing thread panicked".to_string())?
     })
+}
+
+/// The checks that need a throwaway network namespace say so when they cannot make one.
+fn throwaway_netns_allowed() -> Outcome {
+    if crate::privileges::has(crate::privileges::CAP_SYS_ADMIN) {
+        Ok(())
+    } else {
+        Err("not checked: the check needs a throwaway network namespace, which needs CAP_SYS_ADMIN".into())
+    }
 }
 
 fn check_btf(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Outcome {

@@ -64,13 +64,19 @@ fn remove_tree(dir: &Path) {
 /// Spawns `cmd` already inside `cgroup` and network namespace `netns` (each optional), so its
 /// very first socket belongs to them.
 pub fn spawn_in(cmd: &mut Command, cgroup: Option<&Path>, netns: Option<&Path>) -> io::Result<Child> {
+    spawn_in_as(cmd, cgroup, netns, None)
+}
+
+/// [`spawn_in`], and then running as user and group `uid` (after entering, which needs root).
+pub fn spawn_in_as(cmd: &mut Command, cgroup: Option<&Path>, netns: Option<&Path>, uid: Option<u32>) -> io::Result<Child> {
     let procs = cgroup.map(|c| OpenOptions::new().write(true).open(c.join("cgroup.procs"))).transpose()?;
     let ns = netns.map(File::open).transpose()?;
     let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
     let ns_fd = ns.as_ref().map(|f| f.as_raw_fd());
     // SAFETY: the closure runs in the child between fork and exec, so it may only make
-    // async-signal-safe calls: setns(2) and write(2) on descriptors opened above, nothing that
-    // allocates or locks. Writing "0" to cgroup.procs moves the writing process itself.
+    // async-signal-safe calls: setns(2) and write(2) on descriptors opened above, and the
+    // set*id(2) calls, nothing that allocates or locks. Writing "0" to cgroup.procs moves the
+    // writing process itself.
     unsafe {
         cmd.pre_exec(move || {
             if let Some(fd) = ns_fd
@@ -80,6 +86,11 @@ pub fn spawn_in(cmd: &mut Command, cgroup: Option<&Path>, netns: Option<&Path>) 
             }
             if let Some(fd) = procs_fd
                 && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(id) = uid
+                && (libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(id, id, id) != 0 || libc::setresuid(id, id, id) != 0)
             {
                 return Err(io::Error::last_os_error());
             }

@@ -90,6 +90,20 @@ impl Sandbox {
             ip(&["-n", ns, "link", "set", dev, "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
+        // Permanent neighbour entries both ways: a fresh link's first IPv6 neighbour resolution
+        // took over half a second here, and a burst sent meanwhile overflowed the queue of
+        // packets waiting for it (30 of 1000 fragmented datagrams arrived, with no fault at all).
+        let mac = |ns: &str, dev: &str| {
+            let out = Command::new("ip").args(["-n", ns, "-o", "link", "show", dev]).output().expect("ip link show");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string).expect("a MAC address")
+        };
+        let (mac_a, mac_b) = (mac(&sb.client_ns, &a), mac(&sb.server_ns, &b));
+        for (ns, dev, peer_mac, peer_v4, peer_v6) in [(&sb.client_ns, &a, &mac_b, SERVER_V4, SERVER_V6), (&sb.server_ns, &b, &mac_a, CLIENT_V4, CLIENT_V6)] {
+            for addr in [peer_v4, peer_v6] {
+                ip(&["-n", ns, "neigh", "replace", addr, "lladdr", peer_mac, "dev", dev, "nud", "permanent"]);
+            }
+        }
         sb
     }
 
@@ -118,6 +132,37 @@ impl Sandbox {
         let out = Command::new("ip").args(["netns", "exec", &self.client_ns, "tc", "qdisc", "show"]).output().expect("tc");
         assert!(out.status.success(), "tc qdisc show: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `chaos workload ARGS` in cgroup `cgroup` (a descendant of the sandbox's, say) and
+    /// the network namespace of `place`.
+    pub fn spawn_at(&self, cgroup: &std::path::Path, place: Place, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(chaos_bin());
+        cmd.arg("workload").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = spawn_in(&mut cmd, Some(cgroup), Some(&self.netns_path(place))).expect("spawning a workload");
+        Proc::new(child, format!("workload {} in {}", args.join(" "), cgroup.display()))
+    }
+
+    /// Starts `chaos workload ARGS` at `place`, running as user `uid`.
+    pub fn spawn_as(&self, place: Place, uid: u32, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(chaos_bin());
+        cmd.arg("workload").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let cg = (place == Place::Target).then_some(self.cgroup.path.as_path());
+        let child = chaos_user::sandbox::spawn_in_as(&mut cmd, cg, Some(&self.netns_path(place)), Some(uid)).expect("spawning a workload");
+        Proc::new(child, format!("workload {} as uid {uid}", args.join(" ")))
+    }
+
+    /// A child cgroup of the sandbox's (made now, removed with the sandbox).
+    pub fn child_cgroup(&self, rel: &str) -> PathBuf {
+        let p = self.cgroup.path.join(rel);
+        std::fs::create_dir_all(&p).expect("creating a child cgroup");
+        p
+    }
+
+    /// Runs `tc ARGS` in the server namespace.
+    pub fn server_tc(&self, args: &[&str]) {
+        let out = Command::new("ip").args(["netns", "exec", &self.server_ns, "tc"]).args(args).output().expect("tc");
+        assert!(out.status.success(), "tc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// `--cgroup PATH --netns FILE` for a chaos run on this sandbox.
@@ -248,8 +293,13 @@ impl Drop for Proc {
 
 /// Runs `chaos ARGS` with RUST_LOG=info; returns once it says it is injecting.
 pub fn start_chaos(args: &[String]) -> Proc {
+    start_chaos_env(args, &[])
+}
+
+/// [`start_chaos`] with extra environment variables.
+pub fn start_chaos_env(args: &[String], env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(chaos_bin());
-    cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args).env("RUST_LOG", "info").envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().expect("spawning chaos");
     let mut p = Proc::new(child, format!("chaos {}", args.join(" ")));
     p.wait_for("chaos: injecting", Duration::from_secs(30));
@@ -264,8 +314,14 @@ pub fn stop_chaos(p: Proc) -> Value {
 
 /// Runs `chaos ARGS` to the end; (exit code, stdout, stderr lines).
 pub fn run_chaos(args: &[&str]) -> (i32, String, Vec<String>) {
+    run_chaos_env(args, &[])
+}
+
+/// [`run_chaos`] with extra environment variables.
+pub fn run_chaos_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, Vec<String>) {
     let child = Command::new(chaos_bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -334,4 +390,114 @@ pub fn backend(report: &Value, name: &str) -> (bool, String) {
     let c = report["checks"].as_array().expect("checks").iter().find(|c| c["backend"] == name);
     let c = c.unwrap_or_else(|| panic!("no check for {name} in {report}"));
     (c["works"] == true, c["reason"].as_str().unwrap_or_default().to_string())
+}
+
+/// The test lanes, and what `chaos probe` must find on each: the expectations are data, so a
+/// probe that wrongly says "no" (or "yes") fails the lane instead of steering the tests.
+pub const LANES: &[(&str, &[(&str, bool)])] = &[
+    (
+        "host",
+        &[
+            ("cgroup_skb", true),
+            ("tcx", true),
+            ("tc_netlink", true),
+            ("cgroup_sock_addr", true),
+            ("tp_btf_signal", true),
+            ("bpf_lsm", false),
+            ("fmod_ret_security", false),
+            ("fmod_ret_syscall", false),
+            ("kprobe_override", false),
+            ("sch_fq", false),
+            ("netem", false),
+        ],
+    ),
+    (
+        "debian-6.1-cloud",
+        &[
+            ("cgroup_skb", true),
+            ("tcx", false),
+            ("tc_netlink", true),
+            ("cgroup_sock_addr", true),
+            ("tp_btf_signal", true),
+            ("bpf_lsm", true),
+            ("fmod_ret_security", true),
+            ("fmod_ret_syscall", false),
+            ("kprobe_override", false),
+            ("sch_fq", true),
+            ("netem", true),
+        ],
+    ),
+    (
+        "errinj",
+        &[
+            ("cgroup_skb", true),
+            ("tcx", false),
+            ("tc_netlink", true),
+            ("cgroup_sock_addr", true),
+            ("tp_btf_signal", true),
+            ("bpf_lsm", true),
+            ("fmod_ret_security", true),
+            ("fmod_ret_syscall", true),
+            ("kprobe_override", true),
+            ("sch_fq", true),
+            ("netem", true),
+        ],
+    ),
+];
+
+/// The lane these tests run on: `CHAOS_LANE` (set by `cargo xtask test` and the guests' /init),
+/// or "host" for a plain `cargo test` on a machine of this project's kind.
+pub fn lane() -> &'static str {
+    let name = std::env::var("CHAOS_LANE").unwrap_or_else(|_| "host".into());
+    LANES.iter().find(|(l, _)| *l == name).map(|(l, _)| *l).unwrap_or_else(|| panic!("unknown CHAOS_LANE {name}: one of host, debian-6.1-cloud, errinj"))
+}
+
+/// Whether backend `name` works on this lane (the data above, not the probe).
+pub fn lane_has(name: &str) -> bool {
+    let (_, table) = LANES.iter().find(|(l, _)| *l == lane()).expect("known lane");
+    table.iter().find(|(b, _)| *b == name).unwrap_or_else(|| panic!("no expectation for backend {name}")).1
+}
+
+/// Whether TC programs attach through netlink (a filter that outlives the process) here.
+pub fn netlink_tc() -> bool {
+    !lane_has("tcx")
+}
+
+/// A file in the temporary directory, removed when dropped.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(prefix: &str, content: &str) -> TempFile {
+        let p = std::env::temp_dir().join(unique(prefix));
+        std::fs::write(&p, content).expect("writing a temporary file");
+        TempFile(p)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A counter of rule `i` of a summary.
+pub fn counter(summary: &Value, i: usize, key: &str) -> u64 {
+    summary["rules"][i][key].as_u64().unwrap_or_else(|| panic!("summary lacks rules[{i}].{key}: {summary}"))
+}
+
+/// `chaos status --json`.
+pub fn status() -> Value {
+    let (code, out, err) = run_chaos(&["status", "--json"]);
+    assert_eq!(code, 0, "status failed: {err:?}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"))
+}
+
+/// The session id a running chaos announced ("chaos: injecting: session ID ...").
+pub fn session_id(chaos: &mut Proc) -> String {
+    let line = chaos.wait_for("chaos: injecting", Duration::from_secs(30));
+    line.split("session ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("no session id in {line:?}")).to_string()
 }

@@ -29,6 +29,22 @@ fn tc_can_add(kind: &[&str]) -> bool {
 }
 
 #[test]
+fn probe_finds_exactly_what_this_lane_is_known_to_have() {
+    // The lane's expected backends are data (tests/src/lib.rs): a probe that says "no" where the
+    // kernel can, or "yes" where it cannot, fails here rather than steering the other tests.
+    let report = probe();
+    let (_, expected) = LANES.iter().find(|(l, _)| *l == lane()).expect("known lane");
+    let mut wrong = Vec::new();
+    for (name, works) in expected.iter() {
+        let (got, reason) = backend(&report, name);
+        if got != *works {
+            wrong.push(format!("{name}: probe says {got} ({reason}), the {} lane has {works}", lane()));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
 fn every_backend_is_reported_with_a_reason_when_it_does_not_work() {
     let report = probe();
     let checks = report["checks"].as_array().expect("checks");
@@ -59,9 +75,8 @@ fn tcx_is_reported_exactly_on_6_6_and_later() {
 }
 
 #[test]
-fn net_drop_starts_exactly_when_probe_says_its_backends_work() {
-    let report = probe();
-    let can = works(&report, "cgroup_skb") && (works(&report, "tcx") || works(&report, "tc_netlink"));
+fn net_drop_starts_exactly_when_this_lane_has_its_backends() {
+    let can = lane_has("tcx") || lane_has("tc_netlink");
     let sb = Sandbox::new();
     let cg = sb.cgroup.path.display().to_string();
     let (code, _, err) = run_chaos(&["net", "drop", "--cgroup", &cg, "--percent", "1", "--for", "1s"]);

@@ -31,14 +31,17 @@ fn fail_case(which: &str, probe_name: &str, call: &str, syscall: &str, errno_nam
     let file = std::env::temp_dir().join(unique("chaos-sys-"));
     std::fs::write(&file, b"x").expect("test file");
     let path = file.display().to_string();
-    let (works, reason) = backend(&probe_report(), probe_name);
+    // What this lane has is data (tests/src/lib.rs); probe must agree with it.
+    let works = lane_has(probe_name);
+    let (probed, reason) = backend(&probe_report(), probe_name);
+    assert_eq!(probed, works, "probe disagrees with the {} lane about {probe_name}: {reason}", lane());
     let cg = sb.cgroup.path.display().to_string();
     let mut args: Vec<String> = ["sys", "fail", "--cgroup", &cg, "--syscall", syscall, "--errno", errno_name, "--backend", which, "--for", "60s", "--json"]
         .map(String::from)
         .to_vec();
     if !works {
         let (code, _, err) = run_chaos(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        assert_eq!(code, 3, "probe says {probe_name} does not work ({reason}); chaos must exit 3: {err:?}");
+        assert_eq!(code, 3, "{probe_name} does not work on this lane ({reason}); chaos must exit 3: {err:?}");
         assert!(err.len() == 1 && err[0].contains("cannot do it"), "{err:?}");
         assert!(err[0].contains(&reason), "the refusal must give probe's reason {reason:?}: {err:?}");
         eprintln!("{probe_name} is not available on this kernel ({reason}): checked the exit-3 refusal instead");
@@ -78,6 +81,35 @@ fn fmod_ret_backend_fails_open_through_security_file_open() {
 #[test]
 fn fmod_ret_backend_fails_any_syscall_without_kprobes() {
     fail_case("fmod-ret", "fmod_ret_syscall", "fsync", "fsync", "EDQUOT", libc::EDQUOT);
+}
+
+#[test]
+fn cgroup_backend_fails_connect_in_the_cgroup_only() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(lane_has("cgroup_sock_addr"), "every lane has cgroup sock hooks");
+    let sb = Sandbox::new();
+    // A listener in the client namespace, outside the cgroup; callers connect to it over lo.
+    let mut server = sb.spawn(Place::Bystander, &["rr-server", "--bind", "127.0.0.1:6101", "--max", "60s"]);
+    server.ready();
+    let cg = sb.cgroup.path.display().to_string();
+    let caller = |place| {
+        let mut p = sb.spawn(place, &["syscall-loop", "--wait", "--call", "connect", "--to", "127.0.0.1:6101", "--count", "300"]);
+        p.ready();
+        p
+    };
+    let (target, bystander) = (caller(Place::Target), caller(Place::Bystander));
+    let chaos = start_chaos(
+        &["sys", "fail", "--cgroup", &cg, "--syscall", "connect", "--errno", "ECONNREFUSED", "--percent", "40", "--for", "60s", "--json"]
+            .map(String::from),
+    );
+    let (target, bystander) = (run_calls(target), run_calls(bystander));
+    let summary = stop_chaos(chaos);
+    let failed = target["errors"][libc::ECONNREFUSED.to_string()].as_u64().unwrap_or(0);
+    assert_eq!(target["ok"].as_u64().unwrap_or(0) + failed, 300, "only ECONNREFUSED failures: {target}");
+    assert!((60..=180).contains(&failed), "about 40% of 300 connects failed: {target}");
+    assert_eq!(bystander["ok"], 300, "a process outside the cgroup is untouched: {bystander}");
+    assert_eq!(counter(&summary, 0, "failed"), failed, "the kernel counted exactly the failed calls: {summary}");
+    assert_eq!(counter(&summary, 0, "seen"), 300, "every connect of the target reached the rule: {summary}");
 }
 
 #[test]

@@ -94,7 +94,7 @@ pub fn run(host_only: bool) -> Result<()> {
 fn host_lane() -> Result<Tally> {
     eprintln!("xtask: host lane (kernel {})", kernel_release());
     let mut c = cmd::cargo();
-    c.args(["test", "--release", "--workspace", "--exclude", "chaos-ebpf", "--no-fail-fast"]);
+    c.args(["test", "--release", "--workspace", "--exclude", "chaos-ebpf", "--no-fail-fast"]).env("CHAOS_LANE", "host");
     run_counting(&mut c)
 }
 

@@ -83,8 +83,9 @@ pub fn run_lane(lane: Lane, filter: &[String]) -> Result<Outcome> {
     let marker = end_marker();
     let threads = env_number("CHAOS_VM_TEST_THREADS", TEST_THREADS)?;
     let mut init = format!(
-        "#!/bin/sh\nEND={marker}\nMODULES='{}'\nTHREADS={threads}\nset -- {}\n",
+        "#!/bin/sh\nEND={marker}\nMODULES='{}'\nTHREADS={threads}\nexport CHAOS_LANE={}\nset -- {}\n",
         if kernel.modules.is_some() { initramfs::MODULES.join(" ") } else { String::new() },
+        lane.name(),
         filter.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "),
     );
     init.push_str(include_str!("init.sh"));
