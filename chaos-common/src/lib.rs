@@ -25,6 +25,8 @@ pub const MAX_RULES: u32 = 64;
 pub const MAX_TARGETS: u32 = 64;
 /// How many cgroup levels the kernel walks looking for a target among a cgroup's ancestors.
 pub const MAX_CGROUP_DEPTH: u32 = 32;
+/// Cgroups whose rules the kernel remembers (targets' descendants and bystanders alike).
+pub const MAX_CACHED_CGROUPS: u32 = 8192;
 
 pub const RULES_MAP: &str = "CHAOS_RULES";
 pub const TARGETS_MAP: &str = "CHAOS_TARGETS";
@@ -104,7 +106,8 @@ pub struct TargetRules {
     pub egress: u64,
     pub ingress: u64,
     pub sys: u64,
-    pub _reserved: u64,
+    /// Rules with a port filter: the packet programs read the transport header only for them.
+    pub ports: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<TargetRules>() == 32);

@@ -7,6 +7,8 @@
 
 /// Program names in the kernel object (the function names).
 pub const PROG_TC_EGRESS: &str = "chaos_tc_egress";
+/// The same, for devices without Ethernet framing (tun, WireGuard, GRE...).
+pub const PROG_TC_EGRESS_L3: &str = "chaos_tc_l3";
 pub const PROG_CGROUP_INGRESS: &str = "chaos_cgroup_ingress";
 
 /// [`NetMatch::directions`] bits.
@@ -120,6 +122,11 @@ const fn in_range(port: u16, lo: u16, hi: u16) -> bool {
 }
 
 impl NetMatch {
+    /// Whether matching needs the transport header (a port filter).
+    pub const fn needs_ports(&self) -> bool {
+        self.remote_port_hi != 0 || self.local_port_hi != 0
+    }
+
     /// Whether `pkt`, travelling in direction `dir` (a `DIR_*` bit), passes every filter.
     /// Time, probability and the cap are not part of matching (see `Rule::live`).
     #[inline(always)]
@@ -238,7 +245,7 @@ impl LastDatagram {
 }
 
 /// Per-CPU [`LastDatagram`] (one slot).
-pub const LAST_DATAGRAM_MAP: &str = "CHAOS_LAST_DGRAM";
+pub const LAST_DATAGRAM_MAP: &str = "CHAOS_DGRAM";
 
 #[cfg(feature = "user")]
 mod pod {

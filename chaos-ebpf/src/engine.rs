@@ -5,12 +5,12 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use chaos_common::{
-    Counters, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CGROUP_DEPTH, MAX_RULES, MAX_TARGETS, Rule,
+    Counters, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CGROUP_DEPTH, MAX_RULES, MAX_TARGETS, Rule,
     SessionConfig, TargetRules, roll, within_cap,
 
 };
@@ -22,6 +22,26 @@ pub static CHAOS_RULES: Array<Rule> = Array::with_max_entries(MAX_RULES, 0);
 
 #[map]
 pub static CHAOS_TARGETS: HashMap<u64, TargetRules> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Leaf cgroup id → the rules of all its targets (every family), found once by the ancestor walk.
+/// A session's targets never change and cgroup ids are never reused, so an entry never goes
+/// stale; a bystander's cgroup is cached too (all masks 0), so its packets and calls cost one
+/// lookup. Least recently used entries make room.
+#[map]
+pub static CHAOS_CACHE: LruHashMap<u64, TargetRules> = LruHashMap::with_max_entries(MAX_CACHED_CGROUPS, 0);
+
+/// The last leaf cgroup each CPU looked up, and its rules: packets and calls come in runs from
+/// one socket or process, and a per-CPU array lookup is compiled inline, where the cache's
+/// lookup is a call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastLeaf {
+    pub leaf: u64,
+    pub rules: TargetRules,
+}
+
+#[map]
+pub static CHAOS_LAST_LEAF: PerCpuArray<LastLeaf> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static CHAOS_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
@@ -55,28 +75,70 @@ pub fn count_error(e: KernelError) {
     }
 }
 
-/// The rules of `family` that apply to a cgroup, given its ancestor at each level (root = 0)
-/// through `ancestor`, which returns 0 past the cgroup's own level. A target's rules apply to its
-/// descendants too; a cgroup below two nested targets gets the rules of both.
+/// The rules of `family` that apply to cgroup `leaf` and which of them filter on ports, given
+/// its ancestor at each level (root = 0) through `ancestor`, which returns 0 past the cgroup's own
+/// level. A target's rules apply to its descendants too; a cgroup below two nested targets gets
+/// the rules of both. Cached per leaf (see [`CHAOS_CACHE`]).
 #[inline(always)]
-pub fn rules_for(family: Family, ancestor: impl Fn(i32) -> u64) -> u64 {
-    let mut mask = 0;
+pub fn rules_for(family: Family, leaf: u64, ancestor: impl Fn(i32) -> u64) -> (u64, u64) {
+    let last = CHAOS_LAST_LEAF.get_ptr_mut(0);
+    // SAFETY: a per-CPU map value, valid for this run. A program preempted between this read and
+    // the write below can at worst leave another cgroup's correct entry: each entry is complete.
+    let all = match last.map(|p| unsafe { *p }) {
+        Some(l) if l.leaf == leaf && leaf != 0 => l.rules,
+        _ => {
+            let all = match unsafe { CHAOS_CACHE.get(&leaf) } {
+                Some(t) => *t,
+                None => {
+                    let t = walk(ancestor);
+                    // A full cache only costs the next packet another walk.
+                    let _ = CHAOS_CACHE.insert(&leaf, &t, 0);
+                    t
+                }
+            };
+            if let Some(p) = last {
+                // SAFETY: as above.
+                unsafe { *p = LastLeaf { leaf, rules: all } };
+            }
+            all
+        }
+    };
+    let mask = all.mask(family);
+    (mask, all.ports & mask)
+}
+
+/// Every target among a cgroup's ancestors (itself included), their rules merged.
+#[inline(always)]
+fn walk(ancestor: impl Fn(i32) -> u64) -> TargetRules {
+    let mut all = TargetRules::default();
     // Level 0 is the root cgroup, never a target.
     let mut level = 1;
     while level <= MAX_CGROUP_DEPTH {
         let id = ancestor(level as i32);
         if id == 0 {
-            return mask;
+            return all;
         }
         if let Some(t) = unsafe { CHAOS_TARGETS.get(&id) } {
-            mask |= t.mask(family);
+            all.egress |= t.egress;
+            all.ingress |= t.ingress;
+            all.sys |= t.sys;
+            all.ports |= t.ports;
         }
         level += 1;
     }
     if ancestor(MAX_CGROUP_DEPTH as i32 + 1) != 0 {
         count_error(KernelError::DeepCgroup);
     }
-    mask
+    all
+}
+
+/// CLOCK_MONOTONIC_COARSE now, in ns: the packet hooks' clock (a tick coarse; no clocksource read,
+/// which costs about as much as the rest of a decision on some machines). A rule may start and
+/// end up to one tick late.
+#[inline(always)]
+pub fn now_coarse() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// CLOCK_MONOTONIC now, in ns.
@@ -110,8 +172,10 @@ pub fn decide(i: u32, rule: &Rule, now: u64, filters_ok: bool, segs: u64) -> Res
     }
     add(&mut c.matched, 1);
     add(&mut c.matched_segs, segs);
+    // 0% and 100% need no random number (and a helper call is not free).
     // SAFETY: no preconditions.
-    if !roll(unsafe { bpf_get_prandom_u32() }, rule.threshold) {
+    let selected = rule.threshold != 0 && (rule.threshold > u32::MAX as u64 || roll(unsafe { bpf_get_prandom_u32() }, rule.threshold));
+    if !selected {
         return Ok(false);
     }
     add(&mut c.selected, 1);

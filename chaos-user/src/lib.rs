@@ -2,6 +2,7 @@
 //! undo journal), the watch loop and reports. The `chaos` binary is a thin shell around
 //! [`run::main`].
 
+pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod error;

@@ -74,7 +74,11 @@ pub fn status() -> Result<StatusReport> {
         };
         let changes: Vec<String> = rec.changes.iter().map(|c| c.describe()).collect();
         if !rec.owner_alive() {
-            report.dead.push(DeadSession { id: rec.id.clone(), pid: rec.pid, changes });
+            // A killed session's record with nothing left to undo is only a file: the next
+            // sweep removes it.
+            if !changes.is_empty() {
+                report.dead.push(DeadSession { id: rec.id.clone(), pid: rec.pid, changes });
+            }
             continue;
         }
         let mut s = SessionStatus { id: rec.id.clone(), pid: rec.pid, faults: Vec::new(), changes, error: None };

@@ -75,6 +75,13 @@ pub enum Workload {
         #[arg(long)]
         count: u64,
     },
+    /// Per-packet kernel time of chaos's programs beside the floors (`cargo xtask bench`).
+    PacketTime {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 100_000)]
+        packets: u64,
+    },
     /// Make requests to an rr-server at --rate per second; print a JSON line per --interval.
     RrClient {
         #[arg(long)]
@@ -120,6 +127,7 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         Workload::TcpSend { to, bytes, max } => tcp_send(to, bytes, max),
         Workload::RrServer { bind, max } => rr_server(bind, max),
         Workload::RrClient { to, rate, duration, interval, timeout } => rr_client(to, rate, duration, interval, timeout),
+        Workload::PacketTime { rounds, packets } => crate::bench::run(rounds, packets),
         Workload::SyscallLoop { call, path, to, count, wait } => syscall_loop(&call, path.as_deref(), to, count, wait),
     }
 }

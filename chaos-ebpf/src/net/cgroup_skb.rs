@@ -2,13 +2,17 @@
 //! its descendants') packets reach the program. The packet already crossed the wire, so to the
 //! remote sender a drop here is exactly wire loss.
 
-use aya_ebpf::{helpers::generated::bpf_skb_ancestor_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
+use aya_ebpf::{
+    helpers::generated::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
 use aya_log_ebpf::debug;
 use chaos_common::{Action, Family, KernelError, has_rule, more_rules, net::DIR_INGRESS};
 
-use super::parse;
+use super::parse::{self, NetworkHeader};
 use crate::{
-    engine::{count_error, decide, injected, now, rule, rules_for},
+    engine::{count_error, decide, injected, now_coarse, rule, rules_for},
     globals::log_packets,
 };
 
@@ -27,20 +31,23 @@ pub fn chaos_cgroup_ingress(ctx: SkBuffContext) -> i32 {
     }
 }
 
+/// cgroup_skb programs see the packet from its network header on.
 fn try_ingress(ctx: &SkBuffContext) -> Result<i32, KernelError> {
     let skb = ctx.skb.skb;
     // The kernel sets skb->sk to the receiving socket for the run of these programs, so the
     // socket's cgroup and its ancestors are at hand.
     // SAFETY: the context the kernel passed in.
-    let mask = rules_for(Family::Ingress, |level| unsafe { bpf_skb_ancestor_cgroup_id(skb.cast(), level) });
+    let leaf = unsafe { bpf_skb_cgroup_id(skb.cast()) };
+    // SAFETY: as above.
+    let (mask, port_rules) = rules_for(Family::Ingress, leaf, |level| unsafe { bpf_skb_ancestor_cgroup_id(skb.cast(), level) });
     if mask == 0 {
         return Ok(PASS);
     }
-    let Some(pkt) = parse::packet(skb, DIR_INGRESS)? else { return Ok(PASS) };
+    let Some(pkt) = parse::packet(skb, NetworkHeader::At(0), DIR_INGRESS, port_rules != 0)? else { return Ok(PASS) };
     // SAFETY: as above.
     let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
     let len = ctx.len() as u64;
-    let now = now();
+    let now = now_coarse();
     let mut i = 0;
     while more_rules(mask, i) {
         if has_rule(mask, i) {

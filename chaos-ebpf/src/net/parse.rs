@@ -1,6 +1,10 @@
 //! Turns the packet at the network header into a `chaos_common::net::Packet`. Works for TC and
-//! `cgroup_skb` alike: offsets are read relative to the network header, wherever the link-layer
-//! header ends (or whether there is one: tun and WireGuard devices have none).
+//! `cgroup_skb` alike. Headers are read straight from the packet where the program knows where the
+//! network header starts (`cgroup_skb`: at `data`; TC on an Ethernet or loopback device: 14 bytes
+//! in) and the bytes are in the linear area; otherwise, and for IPv6 extension headers, through
+//! `bpf_skb_load_bytes_relative`, relative to the network header wherever it is (tun and WireGuard
+//! devices have no link-layer header). A helper call costs as much as the rest of a decision on
+//! machines with return-thunk mitigations, so the common case makes none.
 
 use aya_ebpf::{bindings::__sk_buff, helpers::generated::bpf_skb_load_bytes_relative};
 use chaos_common::{
@@ -17,7 +21,35 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const BPF_HDR_START_NET: u32 = 1;
 
-/// `N` bytes at `offset` past the network header.
+/// Where the network header starts, from the program's point of view.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum NetworkHeader {
+    /// This many bytes past `data`.
+    At(u32),
+    /// Unknown: read relative to the network header with the helper.
+    Unknown,
+}
+
+/// `N` bytes at `offset` past the network header, straight from the packet when they are in its
+/// linear part, with the helper otherwise.
+#[inline(always)]
+fn read<const N: usize>(skb: *mut __sk_buff, nh: NetworkHeader, offset: u32) -> Result<[u8; N], KernelError> {
+    if let NetworkHeader::At(l2) = nh {
+        // SAFETY: the context the kernel passed in; the verifier turns these fields into the
+        // packet's bounds, and the bytes are read only after the bounds check.
+        let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+        let start = data + l2 as usize + offset as usize;
+        if start + N <= end {
+            let mut out = [0u8; N];
+            // SAFETY: `start..start + N` lies inside the packet (checked above).
+            unsafe { core::ptr::copy_nonoverlapping(start as *const u8, out.as_mut_ptr(), N) };
+            return Ok(out);
+        }
+    }
+    load(skb, offset)
+}
+
+/// `N` bytes at `offset` past the network header, through the helper.
 #[inline(always)]
 fn load<const N: usize>(skb: *mut __sk_buff, offset: u32) -> Result<[u8; N], KernelError> {
     let mut buf = [0u8; N];
@@ -28,14 +60,16 @@ fn load<const N: usize>(skb: *mut __sk_buff, offset: u32) -> Result<[u8; N], Ker
 }
 
 /// `Ok(None)`: not IP (ARP and the like pass untouched). `Err`: a header could not be read.
+/// `ports`: read the transport header too (only when a rule filters on ports: one helper call less
+/// per packet otherwise).
 #[inline(always)]
-pub fn packet(skb: *mut __sk_buff, dir: u8) -> Result<Option<Packet>, KernelError> {
+pub fn packet(skb: *mut __sk_buff, nh: NetworkHeader, dir: u8, ports: bool) -> Result<Option<Packet>, KernelError> {
     // SAFETY: the context the kernel passed in, valid for this run.
     let protocol = u16::from_be(unsafe { (*skb).protocol } as u16);
     let mut pkt = Packet::default();
     let l4 = match protocol {
         ETH_P_IP => {
-            let h: [u8; 20] = load(skb, 0)?;
+            let h: [u8; 20] = read(skb, nh, 0)?;
             let (src, dst) = ([h[12], h[13], h[14], h[15]], [h[16], h[17], h[18], h[19]]);
             (pkt.remote_hi, pkt.remote_lo) = v4_mapped(if dir == DIR_EGRESS { dst } else { src });
             pkt.proto = h[9];
@@ -44,7 +78,7 @@ pub fn packet(skb: *mut __sk_buff, dir: u8) -> Result<Option<Packet>, KernelErro
             ((h[0] & 0x0f) as u32) * 4
         }
         ETH_P_IPV6 => {
-            let h: [u8; 40] = load(skb, 0)?;
+            let h: [u8; 40] = read(skb, nh, 0)?;
             let mut addr = [0u8; 16];
             let from = if dir == DIR_EGRESS { 24 } else { 8 };
             let mut i = 0;
@@ -76,8 +110,9 @@ pub fn packet(skb: *mut __sk_buff, dir: u8) -> Result<Option<Packet>, KernelErro
         }
         _ => return Ok(None),
     };
-    if (pkt.proto == PROTO_TCP || pkt.proto == PROTO_UDP) && pkt.fragment != Fragment::Later {
-        let ports: [u8; 4] = load(skb, l4)?;
+    if ports && (pkt.proto == PROTO_TCP || pkt.proto == PROTO_UDP) && pkt.fragment != Fragment::Later {
+        // The IPv4 header length is 20-60 bytes; past extension headers, read with the helper.
+        let ports: [u8; 4] = if l4 <= 60 { read(skb, nh, l4)? } else { load(skb, l4)? };
         let (src, dst) = (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]]));
         (pkt.remote_port, pkt.local_port) = if dir == DIR_EGRESS { (dst, src) } else { (src, dst) };
         pkt.has_ports = true;

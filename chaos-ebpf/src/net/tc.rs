@@ -23,9 +23,9 @@ use chaos_common::{
     more_rules,
 };
 
-use super::parse;
+use super::parse::{self, NetworkHeader};
 use crate::{
-    engine::{count_error, decide, fragment_followed, injected, now, rule, rules_for},
+    engine::{count_error, decide, fragment_followed, injected, now_coarse, rule, rules_for},
     globals::log_packets,
 };
 
@@ -37,11 +37,26 @@ const NOWHERE: u32 = 0;
 
 /// Name must equal chaos_common::net::LAST_DATAGRAM_MAP.
 #[map]
-static CHAOS_LAST_DGRAM: PerCpuArray<LastDatagram> = PerCpuArray::with_max_entries(1, 0);
+static CHAOS_DGRAM: PerCpuArray<LastDatagram> = PerCpuArray::with_max_entries(1, 0);
 
+/// For devices with Ethernet framing (Ethernet, veth, loopback): the network header is 14
+/// bytes past the start of the packet.
 #[classifier]
 pub fn chaos_tc_egress(ctx: TcContext) -> i32 {
-    match try_egress(&ctx) {
+    egress(&ctx, NetworkHeader::At(ETH_HLEN))
+}
+
+/// For every other device (tun, WireGuard, GRE...): headers read relative to the network header.
+#[classifier]
+pub fn chaos_tc_l3(ctx: TcContext) -> i32 {
+    egress(&ctx, NetworkHeader::Unknown)
+}
+
+const ETH_HLEN: u32 = 14;
+
+#[inline(always)]
+fn egress(ctx: &TcContext, nh: NetworkHeader) -> i32 {
+    match try_egress(ctx, nh) {
         Ok(verdict) => verdict,
         Err(e) => {
             count_error(e);
@@ -56,7 +71,8 @@ fn wire_loss() -> i32 {
     unsafe { bpf_redirect(NOWHERE, 0) as i32 }
 }
 
-fn try_egress(ctx: &TcContext) -> Result<i32, KernelError> {
+#[inline(always)]
+fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
     let skb = ctx.skb.skb;
     // SAFETY: the context the kernel passed in. 0: no socket, or one that is not a full socket
     // (a TIME_WAIT reply): no cgroup, so no target.
@@ -65,13 +81,13 @@ fn try_egress(ctx: &TcContext) -> Result<i32, KernelError> {
         return Ok(NEXT);
     }
     // SAFETY: as above.
-    let mask = rules_for(Family::Egress, |level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) });
+    let (mask, port_rules) = rules_for(Family::Egress, leaf, |level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) });
     if mask == 0 {
         return Ok(NEXT);
     }
-    let Some(pkt) = parse::packet(skb, DIR_EGRESS)? else { return Ok(NEXT) };
-    let slot = CHAOS_LAST_DGRAM.get_ptr_mut(0).ok_or(KernelError::RuleLookup)?;
+    let Some(pkt) = parse::packet(skb, nh, DIR_EGRESS, port_rules != 0)? else { return Ok(NEXT) };
     if pkt.fragment == Fragment::Later {
+        let slot = CHAOS_DGRAM.get_ptr_mut(0).ok_or(KernelError::RuleLookup)?;
         // SAFETY: a per-CPU map value, valid for this run.
         if let Some(i) = unsafe { (*slot).verdict_for(&pkt) }
             && has_rule(mask, i)
@@ -84,7 +100,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, KernelError> {
     // SAFETY: as above.
     let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
     let len = ctx.len() as u64;
-    let now = now();
+    let now = now_coarse();
     let mut i = 0;
     while more_rules(mask, i) {
         if has_rule(mask, i) {
@@ -93,7 +109,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, KernelError> {
                 match Action::from_u32(r.action) {
                     Action::NetDrop => {
                         injected(i, segs, len);
-                        remember(slot, &pkt, i + 1);
+                        remember(&pkt, i + 1);
                         if log_packets() {
                             debug!(ctx, "chaos: drop rule={} dir=egress proto={} len={}", i, pkt.proto, len);
                         }
@@ -105,14 +121,16 @@ fn try_egress(ctx: &TcContext) -> Result<i32, KernelError> {
         }
         i += 1;
     }
-    remember(slot, &pkt, 0);
+    remember(&pkt, 0);
     Ok(NEXT)
 }
 
 /// Records the fate of a first fragment for the fragments that follow it on this CPU.
 #[inline(always)]
-fn remember(slot: *mut LastDatagram, pkt: &Packet, dropped_by: u32) {
-    if pkt.fragment == Fragment::First {
+fn remember(pkt: &Packet, dropped_by: u32) {
+    if pkt.fragment == Fragment::First
+        && let Some(slot) = CHAOS_DGRAM.get_ptr_mut(0)
+    {
         // SAFETY: a per-CPU map value, valid for this run; only this CPU's programs use it, and
         // a datagram's fragments are sent by one call on one CPU.
         unsafe {

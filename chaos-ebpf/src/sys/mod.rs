@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_pid_tgid, bpf_override_return, bpf_probe_read_kernel,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_set_retval},
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_set_retval},
     },
     macros::{cgroup_sock_addr, kprobe, lsm},
     programs::{FExitContext, LsmContext, ProbeContext, SockAddrContext},
@@ -33,7 +33,9 @@ fn decide_call(hook: u32, nr: u32) -> Option<i64> {
 #[inline(always)]
 fn try_decide_call(hook: u32, nr: u32) -> Result<Option<i64>, KernelError> {
     // SAFETY: helpers without preconditions.
-    let mask = rules_for(Family::Sys, |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) });
+    let leaf = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: as above.
+    let (mask, _) = rules_for(Family::Sys, leaf, |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) });
     if mask == 0 {
         return Ok(None);
     }

@@ -102,3 +102,30 @@ pub fn devices() -> Vec<(u32, String)> {
         }
     }
 }
+
+/// Whether device `name` of the current thread's namespace frames packets as Ethernet does (a
+/// 14-byte header: Ethernet, veth, bridge, loopback), from its hardware type (SIOCGIFHWADDR).
+/// The packet program reads headers in place on those, and with a helper on the others.
+pub fn ethernet_framing(name: &str) -> bool {
+    const ARPHRD_ETHER: u16 = 1;
+    const ARPHRD_LOOPBACK: u16 = 772;
+    if name.len() >= libc::IFNAMSIZ {
+        return false;
+    }
+    // SAFETY: a socket made and closed here; `ifr` is a zeroed, properly sized ifreq whose name
+    // field gets at most IFNAMSIZ-1 bytes (checked above) and stays NUL-terminated; the ioctl
+    // writes only into it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in name.bytes().enumerate() {
+            ifr.ifr_name[i] = b as libc::c_char;
+        }
+        let ok = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut ifr) == 0;
+        libc::close(fd);
+        ok && matches!(ifr.ifr_ifru.ifru_hwaddr.sa_family, ARPHRD_ETHER | ARPHRD_LOOPBACK)
+    }
+}

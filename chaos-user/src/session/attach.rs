@@ -26,7 +26,7 @@ use aya::{
     },
 };
 use chaos_common::{
-    net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS},
+    net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS, PROG_TC_EGRESS_L3},
     sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_CONNECT4, PROG_CONNECT6, PROG_KPROBE, PROG_LSM_FILE_OPEN},
 };
 use serde::Serialize;
@@ -216,13 +216,12 @@ impl Attachments {
                 Err(e) => log::debug!("{e}"),
             }
         }
-        let prog_id = {
-            let prog = kernel.program::<SchedClassifier>(PROG_TC_EGRESS, "TC classifier (sched_cls)")?;
-            prog.info().map(|i| i.id()).map_err(|e| Error::Other(e.into()))?
-        };
+        for name in [PROG_TC_EGRESS, PROG_TC_EGRESS_L3] {
+            kernel.program::<SchedClassifier>(name, "TC classifier (sched_cls)")?;
+        }
         let known: BTreeSet<(u64, u32)> = self.devices.iter().map(|d| (d.ns.ino, d.ifindex)).collect();
         for ns in self.namespaces.clone() {
-            let prog = kernel.program::<SchedClassifier>(PROG_TC_EGRESS, "TC classifier (sched_cls)")?;
+            let kernel = &mut *kernel;
             let attempts = &mut self.device_attempts;
             let devices = &mut self.devices;
             // Every result is handled inside the namespace: a link is never dropped (detached)
@@ -236,7 +235,11 @@ impl Attachments {
                     let attached = if injected_failure(*attempts) {
                         Err(Error::Other(anyhow::anyhow!("attaching to {ifname}: failed on purpose (CHAOS_TEST_FAIL_ATTACH={attempts})")))
                     } else {
-                        attach_device(prog, prog_id, journal, &ns, ifindex, &ifname, tcx)
+                        // The program that reads headers in place where the framing is known.
+                        let name = if netdev::ethernet_framing(&ifname) { PROG_TC_EGRESS } else { PROG_TC_EGRESS_L3 };
+                        kernel
+                            .program::<SchedClassifier>(name, "TC classifier (sched_cls)")
+                            .and_then(|prog| attach_device(prog, journal, &ns, ifindex, &ifname, tcx))
                     };
                     match attached {
                         Ok(d) => devices.push(d),
@@ -331,7 +334,6 @@ impl Drop for Attachments {
 /// Runs inside `ns`: attaches `prog` at egress of device `ifindex`.
 fn attach_device(
     prog: &mut SchedClassifier,
-    prog_id: u32,
     journal: &mut Journal,
     ns: &Arc<Netns>,
     ifindex: u32,
@@ -339,6 +341,7 @@ fn attach_device(
     tcx: bool,
 ) -> Result<DeviceLink> {
     let fail = |e: &dyn std::error::Error| Error::Other(anyhow::anyhow!("attaching to {ifname} egress: {}", chain(e)));
+    let prog_id = prog.info().map(|i| i.id()).map_err(|e| fail(&e))?;
     let nsref = NetnsRef { ino: ns.ino, path: ns.path.clone() };
     let mut d = DeviceLink { ns: ns.clone(), ifindex, ifname: ifname.to_string(), link: None, link_id: None, filter: None, clsact: None };
     if tcx {

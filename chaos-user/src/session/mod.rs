@@ -325,6 +325,9 @@ impl Session {
             for h in &f.hooks {
                 masks[f.target].add(h.family(), i as u32);
             }
+            if f.rule.net.needs_ports() {
+                masks[f.target].ports |= 1 << i;
+            }
         }
         for (t, m) in plan.targets.iter().zip(&masks) {
             kernel.set_target(t.id, m)?;
