@@ -1,8 +1,8 @@
 //! Benchmarks against the peers: `strace -e inject=` for syscall faults and `tc netem` for packet
 //! faults, each side by side with the workload alone and with chaos, in one run, as ratios.
 //! `cargo xtask bench` runs this inside the errinj guest (the kernel that has every backend, fq and
-//! netem) and copies the tables, printed as `BENCH| ` lines, into BENCHMARKS.md. Ignored in test
-//! runs: a timing is never a pass/fail assertion.
+//! netem); each row is printed as a `BENCH| {json}` line in the schema xtask/src/bench.rs owns, and
+//! lands in BENCHMARKS.md. Ignored in test runs: a timing is never a pass/fail assertion.
 
 use std::{
     process::{Command, Stdio},
@@ -20,8 +20,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench(line: &str) {
-    eprintln!("BENCH| {line}");
+/// One row of the benchmark table (see xtask/src/bench.rs): `rounds` are (baseline, chaos, peer)
+/// per round; the ratio is chaos over the baseline.
+fn row(section: &str, measure: &str, rounds: &[(f64, f64, Option<f64>)], peer_name: Option<&str>, goal: Option<(&str, fn(f64) -> bool)>) {
+    let ratios: Vec<f64> = rounds.iter().map(|(b, c, _)| c / b).collect();
+    let (b, c) = (median(rounds.iter().map(|r| r.0).collect()), median(rounds.iter().map(|r| r.1).collect()));
+    let peer = rounds.iter().filter_map(|r| r.2).collect::<Vec<_>>();
+    let peer = (!peer.is_empty()).then(|| median(peer));
+    let spread = (ratios.iter().copied().fold(f64::MAX, f64::min), ratios.iter().copied().fold(f64::MIN, f64::max));
+    let json = serde_json::json!({
+        "section": section, "measure": measure, "baseline": b, "chaos": c, "peer": peer, "peer_name": peer_name,
+        "ratio": c / b, "spread": spread, "goal": goal.map(|g| g.0), "met": goal.map(|g| g.1(c / b)),
+    });
+    eprintln!("BENCH| {json}");
 }
 
 /// Seconds for OPENS open+close calls by a process in `cg`, optionally under strace.
@@ -67,18 +78,12 @@ fn syscalls(report: &Value) {
         }
         traced.push(open_loop(&cg, &path, true));
     }
-    let base = median(base);
-    bench(&format!("### Syscall faults: {OPENS} open+close calls by a process in the target cgroup (medians of {ROUNDS})"));
-    bench("");
-    bench("| configuration | µs per call | ratio to the workload alone |");
-    bench("|---|---:|---:|");
-    let row = |name: &str, secs: f64| bench(&format!("| {name} | {:.2} | {:.2} |", secs * 1e6 / OPENS as f64, secs / base));
-    row("workload alone", base);
+    let section = format!("Syscall faults in the errinj guest: {OPENS} open+close calls by a process in the target cgroup (µs per call; baseline: the workload alone; peer: strace -e inject=, armed, not firing)");
+    let us = |secs: f64| secs * 1e6 / OPENS as f64;
     for (i, (b, _)) in backends.iter().enumerate() {
-        row(&format!("chaos sys fail --backend {b} (rule at 0%: every call decided, none failed)"), median(with[i].clone()));
+        let rounds: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|r| (us(base[r]), us(with[i][r]), Some(us(traced[r])))).collect();
+        row(&section, &format!("chaos sys fail --backend {b}, rule at 0% (every call decided, none failed)"), &rounds, Some("strace"), Some(("≤ ×1.05", |r| r <= 1.05)));
     }
-    row("strace -e trace=openat -e inject=openat:... (armed, not firing)", median(traced));
-    bench("");
     let _ = std::fs::remove_file(&file);
 }
 
@@ -115,32 +120,21 @@ fn packets() {
         netem.push(traffic(&sb, 5701));
         sb.client_tc(&["qdisc", "del", "dev", &sb.client_dev, "root"]);
     }
-    let pick = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| median(v.iter().map(f).collect());
-    bench(&format!("### Packet faults: traffic from the target cgroup over a veth pair (medians of {ROUNDS})"));
-    bench("");
-    bench("Both peers configured to do nothing: chaos `net drop --percent 0 --direction both` (every packet parsed,");
-    bench("matched and rolled) against `tc qdisc ... netem loss 0%` on the same device (every packet of the device");
-    bench("through netem's queue). Ratios to the workload alone.");
-    bench("");
-    bench("| measure | alone | chaos | netem | chaos ratio | netem ratio |");
-    bench("|---|---:|---:|---:|---:|---:|");
-    for (name, f) in [
-        ("request latency p50 (µs)", (|t: &(f64, f64, f64)| t.0) as fn(&(f64, f64, f64)) -> f64),
-        ("request latency p99 (µs)", |t| t.1),
-        ("TCP bulk throughput (MiB/s)", |t| t.2),
+    let section = "Packet faults in the errinj guest: traffic from the target cgroup over a veth pair (baseline: the workload alone; chaos: net drop --percent 0 --direction both, every packet decided; peer: tc netem loss 0% on the same device)";
+    for (name, f, goal) in [
+        ("request latency p50 (µs)", (|t: &(f64, f64, f64)| t.0) as fn(&(f64, f64, f64)) -> f64, None),
+        ("request latency p99 (µs)", |t| t.1, None),
+        ("TCP bulk throughput (MiB/s)", |t| t.2, Some(("≥ ×0.97", (|r| r >= 0.97) as fn(f64) -> bool))),
     ] {
-        let (b, c, n) = (pick(&base, f), pick(&chaos, f), pick(&netem, f));
-        bench(&format!("| {name} | {b:.0} | {c:.0} | {n:.0} | {:.2} | {:.2} |", c / b, n / b));
+        let rounds: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|r| (f(&base[r]), f(&chaos[r]), Some(f(&netem[r])))).collect();
+        row(section, name, &rounds, Some("netem"), goal);
     }
-    bench("");
 }
 
 #[test]
 #[ignore = "a benchmark: `cargo xtask bench` runs it inside the errinj guest"]
 fn bench_peers_side_by_side() {
     let report = probe_report();
-    bench(&format!("Kernel {} under qemu TCG (software emulation: absolute times are slow; compare the ratios).", report["kernel"].as_str().unwrap_or("?")));
-    bench("");
     syscalls(&report);
     packets();
 }
