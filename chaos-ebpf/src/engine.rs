@@ -107,29 +107,31 @@ pub fn rules_for(family: Family, leaf: u64, ancestor: impl Fn(i32) -> u64) -> (u
     (mask, all.ports & mask)
 }
 
-/// Every target among a cgroup's ancestors (itself included), their rules merged.
+/// Every target among a cgroup's ancestors (itself included), their rules merged. Accumulated in
+/// four scalars: a zeroed struct on the stack becomes a call to `memset`, which the hand-loaded
+/// fmod_ret programs (`chaos-user/src/kernel/fmod_ret.rs`) cannot have.
 #[inline(always)]
 fn walk(ancestor: impl Fn(i32) -> u64) -> TargetRules {
-    let mut all = TargetRules::default();
+    let (mut egress, mut ingress, mut sys, mut ports) = (0u64, 0u64, 0u64, 0u64);
     // Level 0 is the root cgroup, never a target.
     let mut level = 1;
     while level <= MAX_CGROUP_DEPTH {
         let id = ancestor(level as i32);
         if id == 0 {
-            return all;
+            break;
         }
         if let Some(t) = unsafe { CHAOS_TARGETS.get(&id) } {
-            all.egress |= t.egress;
-            all.ingress |= t.ingress;
-            all.sys |= t.sys;
-            all.ports |= t.ports;
+            egress |= t.egress;
+            ingress |= t.ingress;
+            sys |= t.sys;
+            ports |= t.ports;
         }
         level += 1;
     }
-    if ancestor(MAX_CGROUP_DEPTH as i32 + 1) != 0 {
+    if level > MAX_CGROUP_DEPTH && ancestor(MAX_CGROUP_DEPTH as i32 + 1) != 0 {
         count_error(KernelError::DeepCgroup);
     }
-    all
+    TargetRules { egress, ingress, sys, ports }
 }
 
 /// CLOCK_MONOTONIC_COARSE now, in ns: the packet hooks' clock (a tick coarse; no clocksource read,

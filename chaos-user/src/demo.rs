@@ -102,6 +102,29 @@ pub fn run(args: DemoArgs) -> Result<()> {
     println!("chaos demo: a client in cgroup {} makes TCP requests to a server on {addr}", target.path.display());
     println!("  method: measure the steady state, inject {}% egress packet drop on the client's cgroup for {}, remove it, check recovery\n", args.percent as f64 / 10_000.0, humantime::format_duration(phase));
 
+    // The session is set up now, its rule waiting; at the phase boundary the rule's window is
+    // opened in the kernel, which takes no time, so the fault phase is all fault however long
+    // loading and attaching take (seconds under software emulation).
+    let fault = NetDrop {
+        ppm: args.percent,
+        filters: NetFilters { directions: DIR_EGRESS, proto: PROTO_TCP, port: None, local_port: None, peer: None },
+        netns: Vec::new(),
+    };
+    let description = format!("drop {}% of the client's egress TCP packets", args.percent as f64 / 10_000.0);
+    let spec = FaultSpec {
+        fault: Box::new(fault),
+        args: FaultArgs {
+            target: TargetArgs { cgroup: Some(target.path.clone()), pid: None },
+            duration: total,
+            after: crate::cli::MAX_DURATION,
+            max_injections: None,
+            force: false,
+        },
+        origin: String::new(),
+    };
+    let mut injection = Some(Session::start(session::plan(vec![spec])?, &Options::default())?);
+    let mut started = std::time::Instant::now();
+
     let mut server = Command::new(&me);
     server.args(["workload", "rr-server", "--bind", &addr.to_string(), "--max"]).arg(format!("{}s", total.as_secs() + 5));
     let mut server = Reaped(server.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().context("starting the demo server")?);
@@ -117,31 +140,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut client = Reaped(spawn_in(&mut client, Some(&cg.path), None).context("starting the demo client in its cgroup")?);
     let lines = BufReader::new(client.0.stdout.take().expect("piped")).lines();
 
-    let fault = NetDrop {
-        ppm: args.percent,
-        filters: NetFilters { directions: DIR_EGRESS, proto: PROTO_TCP, port: None, local_port: None, peer: None },
-        netns: Vec::new(),
-    };
-    let description = format!("drop {}% of the client's egress TCP packets", args.percent as f64 / 10_000.0);
-    let fault_for = |phase: Duration| FaultSpec {
-        fault: Box::new(NetDrop { filters: fault.filters.clone(), netns: Vec::new(), ..fault }),
-        // The kernel's own deadline is a bound in case the demo is stopped; removal is below.
-        args: FaultArgs {
-            target: TargetArgs { cgroup: Some(target.path.clone()), pid: None },
-            duration: phase + Duration::from_secs(30),
-            after: Duration::ZERO,
-            max_injections: None,
-            force: false,
-        },
-        origin: String::new(),
-    };
     let mut seen = 0usize;
     let mut phases = [
         Phase { name: "steady state", ..Default::default() },
         Phase { name: "fault", ..Default::default() },
         Phase { name: "recovery", ..Default::default() },
     ];
-    let mut injection: Option<(Session, std::time::Instant)> = None;
+
     // Recovery judged after one settling interval: the first second after removal still carries
     // the retransmissions of requests the fault delayed.
     let mut settled = Phase { name: "settled", ..Default::default() };
@@ -167,11 +172,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
             }
         }
         let kernel = match &injection {
-            Some((s, _)) => {
+            Some(s) if idx == 1 => {
                 let (matched, injected) = s.totals();
                 format!("{matched}/{injected}")
             }
-            None => String::new(),
+            _ => String::new(),
         };
         println!(
             "{:>6.1}  {:<13} {:>8.0} {:>7} {:>9.2} {:>9.2}  {kernel}",
@@ -179,12 +184,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
         );
         // Enter and leave the fault at phase boundaries.
         if seen == per_phase {
-            let plan = session::plan(vec![fault_for(phase)])?;
-            injection = Some((Session::start(plan, &Options::default())?, std::time::Instant::now()));
+            if let Some(s) = injection.as_mut() {
+                // The kernel's deadline is a bound in case the demo is stopped; removal is below.
+                s.start_rule_now(0, phase + Duration::from_secs(30))?;
+                started = std::time::Instant::now();
+            }
             println!("        --- injecting: {description} ---");
         }
         if seen == 2 * per_phase
-            && let Some((s, started)) = injection.take()
+            && let Some(s) = injection.take()
         {
             let summary = s.finish("demo", started.elapsed())?;
             let (matched, dropped) = summary.rules.first().map(|r| (r.matched, r.injected)).unwrap_or_default();

@@ -68,12 +68,7 @@ pub fn run(cli: Cli) -> Result<()> {
             privileges::check()?;
             privileges::require(privileges::CAP_SYS_ADMIN, "CAP_SYS_ADMIN", "reading other sessions' maps")?;
             let report = crate::status::status()?;
-            if json {
-                println!("{}", serde_json::to_string(&report).map_err(anyhow::Error::from)?);
-            } else {
-                print!("{}", report.text());
-            }
-            Ok(())
+            print_report(json, &report, || report.text())
         }
         Command::Stop(a) => {
             privileges::check()?;
@@ -91,12 +86,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Probe { json } => {
             privileges::check()?;
             let report = crate::probe::probe()?;
-            if json {
-                println!("{}", serde_json::to_string(&report).map_err(anyhow::Error::from)?);
-            } else {
-                print!("{}", report.text());
-            }
-            Ok(())
+            print_report(json, &report, || report.text())
         }
         Command::Cleanup { json } => {
             privileges::check()?;
@@ -134,12 +124,7 @@ pub fn run_session(specs: Vec<FaultSpec>, args: &SessionArgs) -> Result<()> {
     let plan = session::plan(specs)?;
     if args.dry_run {
         let view = plan.view();
-        if args.json {
-            println!("{}", serde_json::to_string(&view).map_err(anyhow::Error::from)?);
-        } else {
-            print!("{}", view.text());
-        }
-        return Ok(());
+        return print_report(args.json, &view, || view.text());
     }
     let swept = journal::sweep();
     if swept.undone > 0 {
@@ -162,10 +147,15 @@ pub fn run_session(specs: Vec<FaultSpec>, args: &SessionArgs) -> Result<()> {
     );
     let ended = rt.block_on(crate::watch::watch(&mut session, signals)).map_err(anyhow::Error::from)?;
     let summary = session.finish(&ended.by, ended.elapsed)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&summary).map_err(anyhow::Error::from)?);
+    print_report(args.json, &summary, || summary.text())
+}
+
+/// A report on stdout: one JSON object, or its text.
+fn print_report(json: bool, report: &impl serde::Serialize, text: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report).map_err(anyhow::Error::from)?);
     } else {
-        print!("{}", summary.text());
+        print!("{}", text());
     }
     Ok(())
 }

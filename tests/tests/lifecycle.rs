@@ -26,8 +26,8 @@ fn nothing_stays_attached_after_the_deadline() {
     let mut chaos = start_chaos(&args(&sb, "50", "2s", &["--proto", "udp"]));
     let line = chaos.wait_for("attached:", Duration::from_secs(5));
     let (programs, links) = attached_ids(&line);
-    // At least the cgroup link; device attachments are links too under tcx, netlink filters before 6.6.
-    assert!(!links.is_empty() && line.contains("devices [") && !line.contains("devices []"), "{line}");
+    // Device attachments are links under tcx, netlink filters before 6.6.
+    assert!((!links.is_empty() || netlink_tc()) && line.contains("devices [") && !line.contains("devices []"), "{line}");
     assert!(still_loaded(&programs, &links).len() >= programs.len(), "ids are live while running");
     let summary = chaos.json(Duration::from_secs(30));
     assert_eq!(summary["ended_by"], "deadline");
@@ -135,7 +135,9 @@ fn the_kernel_rule_lives_exactly_as_long_as_chaos_stays_attached() {
     let sb = Sandbox::new();
     let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", "0.0.0.0:5521", "--idle", "500ms"]);
     sink.ready();
-    let sender = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:5521"), "--count", "600", "--rate", "100"]);
+    // 12 s of traffic: attaching takes seconds under software emulation, and the sender must run
+    // through the whole fault.
+    let sender = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:5521"), "--count", "1200", "--rate", "100"]);
     std::thread::sleep(Duration::from_millis(500));
     let mut chaos = start_chaos(&args(&sb, "100", "2s", &["--proto", "udp"]));
     let netlink = chaos.wait_for("attached:", Duration::from_secs(5)).contains("(netlink)");

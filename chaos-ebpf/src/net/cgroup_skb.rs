@@ -8,11 +8,11 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use aya_log_ebpf::debug;
-use chaos_common::{Action, Family, KernelError, has_rule, more_rules, net::DIR_INGRESS};
+use chaos_common::{Action, Family, KernelError, net::DIR_INGRESS};
 
 use super::parse::{self, NetworkHeader};
 use crate::{
-    engine::{count_error, decide, injected, now_coarse, rule, rules_for},
+    engine::{count_error, injected, rules_for},
     globals::log_packets,
 };
 
@@ -47,25 +47,14 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, KernelError> {
     // SAFETY: as above.
     let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
     let len = ctx.len() as u64;
-    let now = now_coarse();
-    let mut i = 0;
-    while more_rules(mask, i) {
-        if has_rule(mask, i) {
-            let r = rule(i)?;
-            if decide(i, r, now, r.net.matches(DIR_INGRESS, &pkt), segs)? {
-                match Action::from_u32(r.action) {
-                    Action::NetDrop => {
-                        injected(i, segs, len);
-                        if log_packets() {
-                            debug!(ctx, "chaos: drop rule={} dir=ingress proto={} len={}", i, pkt.proto, len);
-                        }
-                        return Ok(DROP);
-                    }
-                    Action::SysFail | Action::None => {}
-                }
+    match super::selected(mask, DIR_INGRESS, &pkt, segs)? {
+        Some((i, Action::NetDrop)) => {
+            injected(i, segs, len);
+            if log_packets() {
+                debug!(ctx, "chaos: drop rule={} dir=ingress proto={} len={}", i, pkt.proto, len);
             }
+            Ok(DROP)
         }
-        i += 1;
+        Some((_, Action::SysFail | Action::None)) | None => Ok(PASS),
     }
-    Ok(PASS)
 }

@@ -20,12 +20,11 @@ use aya_log_ebpf::debug;
 use chaos_common::{
     Action, Family, KernelError, has_rule,
     net::{DIR_EGRESS, Fragment, LastDatagram, Packet},
-    more_rules,
 };
 
 use super::parse::{self, NetworkHeader};
 use crate::{
-    engine::{count_error, decide, fragment_followed, injected, now_coarse, rule, rules_for},
+    engine::{count_error, fragment_followed, injected, rules_for},
     globals::log_packets,
 };
 
@@ -100,29 +99,20 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
     // SAFETY: as above.
     let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
     let len = ctx.len() as u64;
-    let now = now_coarse();
-    let mut i = 0;
-    while more_rules(mask, i) {
-        if has_rule(mask, i) {
-            let r = rule(i)?;
-            if decide(i, r, now, r.net.matches(DIR_EGRESS, &pkt), segs)? {
-                match Action::from_u32(r.action) {
-                    Action::NetDrop => {
-                        injected(i, segs, len);
-                        remember(&pkt, i + 1);
-                        if log_packets() {
-                            debug!(ctx, "chaos: drop rule={} dir=egress proto={} len={}", i, pkt.proto, len);
-                        }
-                        return Ok(wire_loss());
-                    }
-                    Action::SysFail | Action::None => {}
-                }
+    match super::selected(mask, DIR_EGRESS, &pkt, segs)? {
+        Some((i, Action::NetDrop)) => {
+            injected(i, segs, len);
+            remember(&pkt, i + 1);
+            if log_packets() {
+                debug!(ctx, "chaos: drop rule={} dir=egress proto={} len={}", i, pkt.proto, len);
             }
+            Ok(wire_loss())
         }
-        i += 1;
+        Some((_, Action::SysFail | Action::None)) | None => {
+            remember(&pkt, 0);
+            Ok(NEXT)
+        }
     }
-    remember(&pkt, 0);
-    Ok(NEXT)
 }
 
 /// Records the fate of a first fragment for the fragments that follow it on this CPU.

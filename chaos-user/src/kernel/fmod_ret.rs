@@ -203,3 +203,27 @@ pub fn attach(object: &[u8], section: &str, maps: &HashMap<String, RawFd>, targe
     let (prog_id, link_id) = (id_of(prog.as_fd()), id_of(link.as_fd()));
     Ok(FmodRet { _prog: prog, _link: link, prog_id, link_id })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both fmod_ret programs of the embedded object must be loadable by this loader: only map
+    /// references, no call to another function (a zeroed struct on the stack once became a call
+    /// to `memset`, which only the 6.1 lanes' probe noticed).
+    #[test]
+    fn the_embedded_fmod_ret_programs_need_only_their_maps() {
+        let file = object::File::parse(crate::KERNEL_OBJECT).expect("the embedded object parses");
+        let maps_section = file.section_by_name("maps").expect("a maps section").index();
+        let maps: HashMap<String, RawFd> = file
+            .symbols()
+            .filter(|s| s.section_index() == Some(maps_section))
+            .enumerate()
+            .map(|(i, s)| (s.name().expect("a name").to_string(), 1000 + i as RawFd))
+            .collect();
+        for section in [chaos_common::sys::FMOD_RET_SYSCALL_SECTION, chaos_common::sys::FMOD_RET_FILE_OPEN_SECTION] {
+            let insns = instructions(crate::KERNEL_OBJECT, section, &maps).unwrap_or_else(|e| panic!("{section}: {e}"));
+            assert!(insns.len() > 10 * INSN, "{section} has a program");
+        }
+    }
+}

@@ -154,7 +154,7 @@ impl Kernel {
         use std::os::fd::{AsFd, AsRawFd};
         let mut maps = std::collections::HashMap::new();
         for (name, map) in self.ebpf.maps() {
-            if let Map::Array(m) | Map::PerCpuArray(m) | Map::HashMap(m) = map {
+            if let Map::Array(m) | Map::PerCpuArray(m) | Map::HashMap(m) | Map::LruHashMap(m) = map {
                 maps.insert(name.to_string(), m.fd().as_fd().as_raw_fd());
             }
         }

@@ -868,52 +868,15 @@ mod tests {
         });
     }
 
-    /// Loads "r0 = 0; exit" as a sched_cls program; the kernel needs no object file for that.
-    fn load_trivial_sched_cls() -> io::Result<OwnedFd> {
-        #[repr(C)]
-        struct ProgLoadAttr {
-            prog_type: u32,
-            insn_cnt: u32,
-            insns: u64,
-            license: u64,
-            log_level: u32,
-            log_size: u32,
-            log_buf: u64,
-            kern_version: u32,
-            prog_flags: u32,
-            prog_name: [u8; 16],
-        }
-        // BPF_MOV64_IMM(r0, 0) and BPF_EXIT, as little-endian struct bpf_insn.
-        let insns: [u64; 2] = [0xb7, 0x95];
-        let license = c"GPL";
-        let attr = ProgLoadAttr {
-            prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
-            insn_cnt: 2,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: 0,
-            log_size: 0,
-            log_buf: 0,
-            kern_version: 0,
-            prog_flags: 0,
-            prog_name: *b"h_rtnl_test\0\0\0\0\0",
-        };
-        // SAFETY: BPF_PROG_LOAD (5) reads `attr` (size passed along; the kernel zero-fills the
-        // rest of its union) and the instruction and license buffers it points to, all of which
-        // outlive the call; it writes nothing back into them.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                5,
-                &attr as *const ProgLoadAttr,
-                std::mem::size_of::<ProgLoadAttr>(),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a non-negative return of BPF_PROG_LOAD is a new fd that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    /// A real sched_cls program: the project's own TC floor, from the embedded object.
+    fn load_trivial_sched_cls() -> (crate::kernel::Kernel, OwnedFd) {
+        use std::os::fd::AsFd;
+        let mut kernel = crate::kernel::Kernel::load(false).expect("loading the kernel object");
+        let prog: &mut aya::programs::SchedClassifier =
+            kernel.ebpf.program_mut("chaos_bench_floor_tc").expect("program").try_into().expect("a classifier");
+        prog.load().expect("BPF_PROG_LOAD");
+        let fd = prog.fd().expect("loaded").as_fd().try_clone_to_owned().expect("dup");
+        (kernel, fd)
     }
 
     #[test]
@@ -921,7 +884,7 @@ mod tests {
     fn ebpf_cls_bpf_filter_reports_its_prog_id() {
         use std::os::fd::AsRawFd;
         let ns = TestNetns::new();
-        let prog = load_trivial_sched_cls().expect("BPF_PROG_LOAD");
+        let (_kernel, prog) = load_trivial_sched_cls();
         ns.run(|| {
             add_clsact(LOOPBACK_IFINDEX).unwrap();
             // Attach it the way aya does on kernels without tcx: RTM_NEWTFILTER with TCA_BPF_FD.

@@ -372,10 +372,22 @@ fn attach_device(
             }
         }
     }
+    // First in the chain: a priority below every existing filter's. (Left to choose, the kernel
+    // gives a new filter a lower number than the last one but appends it after it: measured on
+    // 6.1, another tool's filter at priority 100 ran first.) Priority 0 with no filter there: the
+    // kernel's default (49152).
+    let existing = rtnl::filters(ifindex, rtnl::CLSACT_EGRESS).map_err(|e| fail(&e))?;
+    let priority = match existing.iter().map(|f| f.priority).min() {
+        None => 0,
+        Some(p) if p > 1 => p - 1,
+        Some(_) => {
+            log::warn!("{ifname} has a filter at priority 1 already; chaos's filter runs after it, and that filter's verdict may let packets chaos was to act on leave");
+            0
+        }
+    };
     let change = Change::TcFilter { netns: nsref, ifindex, ifname: ifname.to_string(), parent: rtnl::CLSACT_EGRESS, prog_id };
     journal.before(change.clone()).map_err(journal_err)?;
-    // Priority 0: the kernel places the filter before every existing one.
-    match prog.attach_with_options(ifname, TcAttachType::Egress, TcAttachOptions::Netlink(NlOptions::default())) {
+    match prog.attach_with_options(ifname, TcAttachType::Egress, TcAttachOptions::Netlink(NlOptions { priority, ..Default::default() })) {
         Ok(id) => {
             d.link = Some(prog.take_link(id).map_err(|e| fail(&e))?);
             d.filter = Some(change);

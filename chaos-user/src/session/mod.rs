@@ -396,6 +396,10 @@ impl Session {
     }
 
     fn set_windows(&mut self) -> Result<()> {
+        // `chaos stop` may have come while attaching: then nothing starts.
+        if self.stop_requested() {
+            return Ok(());
+        }
         let now = monotonic_ns();
         self.windows.clear();
         for (i, f) in self.plan.faults.iter_mut().enumerate() {
@@ -409,6 +413,16 @@ impl Session {
             (info.start_ns, info.deadline_ns) = (start, deadline);
         }
         self.journal.save().map_err(|e| Error::Other(e.context("writing the session record")))
+    }
+
+    /// Opens rule `i`'s window now, for `duration` (the demo's phases).
+    pub fn start_rule_now(&mut self, i: usize, duration: Duration) -> Result<()> {
+        let now = monotonic_ns();
+        let f = self.plan.faults.get_mut(i).ok_or_else(|| usage!("no rule {i}"))?;
+        (f.rule.start_ns, f.rule.deadline_ns) = (now, now + duration.as_nanos() as u64);
+        self.kernel.set_rule(i as u32, &f.rule)?;
+        self.windows[i] = (f.rule.start_ns, f.rule.deadline_ns);
+        Ok(())
     }
 
     /// When the last rule ends (CLOCK_MONOTONIC ns).

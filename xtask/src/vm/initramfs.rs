@@ -41,6 +41,8 @@ const TOOLS: &[(&str, &str, &str)] = &[
     ("ip", "usr/sbin/ip", "iproute2"),
     ("tc", "usr/sbin/tc", "iproute2"),
     ("setpriv", "usr/bin/setpriv", "util-linux"),
+    // busybox's unshare has no --cgroup (the cgroup-namespace test needs it).
+    ("unshare", "usr/bin/unshare", "util-linux"),
     // The peer the syscall-fault benchmark measures chaos against.
     ("strace", "usr/bin/strace", "strace"),
 ];
