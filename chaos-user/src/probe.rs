@@ -179,20 +179,34 @@ pub fn probe() -> Result<Report> {
 
 /// Fails with exit 3 unless at least one of each group of backends works, naming why not;
 /// returns the backends that work.
-pub fn require(groups: &[&[Backend]]) -> Result<Vec<Backend>> {
+/// Each group is checked in order and stops at the first backend that works (the one a fault
+/// would pick). Also returns the kernel object the checks loaded, its programs verified, for the
+/// session to use: loading and verifying is the slow part of a start.
+pub fn require(groups: &[&[Backend]]) -> Result<(Vec<Backend>, Kernel)> {
     let facts = Facts::gather();
     let mut kernel = Kernel::load(false)?;
     let mut working = Vec::new();
     for group in groups {
-        let results: Vec<Check> = group.iter().map(|&b| check(&mut kernel, &facts, b)).collect();
-        working.extend(results.iter().filter(|c| c.works).map(|c| c.backend));
-        if !results.iter().any(|c| c.works) {
-            let why: Vec<String> =
-                results.iter().map(|c| format!("{}: {}", c.label, c.reason.as_deref().unwrap_or("?"))).collect();
+        let mut refused = Vec::new();
+        for &b in group.iter() {
+            if working.contains(&b) {
+                refused.clear();
+                break;
+            }
+            let c = check(&mut kernel, &facts, b);
+            if c.works {
+                working.push(b);
+                refused.clear();
+                break;
+            }
+            refused.push(c);
+        }
+        if !refused.is_empty() {
+            let why: Vec<String> = refused.iter().map(|c| format!("{}: {}", c.label, c.reason.as_deref().unwrap_or("?"))).collect();
             return Err(unsupported!("this kernel cannot do it: {} (see `chaos probe`)", why.join("; ")));
         }
     }
-    Ok(working)
+    Ok((working, kernel))
 }
 
 fn check(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Check {

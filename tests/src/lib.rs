@@ -302,9 +302,13 @@ pub fn start_chaos_env(args: &[String], env: &[(&str, &str)]) -> Proc {
     cmd.args(args).env("RUST_LOG", "info").envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().expect("spawning chaos");
     let mut p = Proc::new(child, format!("chaos {}", args.join(" ")));
-    p.wait_for("chaos: injecting", Duration::from_secs(30));
+    p.wait_for("chaos: injecting", START);
     p
 }
+
+/// How long a chaos start may take: checking the kernel and loading, verifying and attaching the
+/// programs takes seconds under software emulation, more with another test beside it.
+pub const START: Duration = Duration::from_secs(90);
 
 /// Ends a chaos run with SIGINT and returns its JSON summary.
 pub fn stop_chaos(p: Proc) -> Value {
@@ -327,7 +331,7 @@ pub fn run_chaos_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, Vec<S
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning chaos");
-    Proc::new(child, format!("chaos {}", args.join(" "))).finish(Duration::from_secs(60))
+    Proc::new(child, format!("chaos {}", args.join(" "))).finish(Duration::from_secs(120))
 }
 
 /// The first rule's counters of a chaos summary.
@@ -498,6 +502,6 @@ pub fn status() -> Value {
 
 /// The session id a running chaos announced ("chaos: injecting: session ID ...").
 pub fn session_id(chaos: &mut Proc) -> String {
-    let line = chaos.wait_for("chaos: injecting", Duration::from_secs(30));
+    let line = chaos.wait_for("chaos: injecting", START);
     line.split("session ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("no session id in {line:?}")).to_string()
 }

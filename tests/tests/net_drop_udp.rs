@@ -100,7 +100,7 @@ fn log_packets_reports_each_decision_and_a_status_line_comes_every_few_seconds()
     let mut cmd = std::process::Command::new(chaos_bin());
     cmd.args(&args).env("RUST_LOG", "debug").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut chaos = Proc::new(cmd.spawn().expect("chaos"), "chaos --log-packets".into());
-    chaos.wait_for("chaos: injecting", Duration::from_secs(30));
+    chaos.wait_for("chaos: injecting", START);
     let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", "0.0.0.0:5307", "--idle", "500ms"]);
     sink.ready();
     sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:5307"), "--count", "20", "--rate", "200"]).json(T);

@@ -17,7 +17,7 @@ fn chaos_via_shell(prefix: &str, args: &[&str]) -> Proc {
     cmd.arg("-c").arg(script).env("RUST_LOG", "info");
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut p = Proc::new(cmd.spawn().expect("sh"), format!("chaos {}", args.join(" ")));
-    p.wait_for("chaos: injecting", Duration::from_secs(30));
+    p.wait_for("chaos: injecting", START);
     p
 }
 
@@ -110,7 +110,7 @@ fn targets_match_through_a_bind_mounted_subtree() {
         cmd.arg("-c").arg(script).env("RUST_LOG", "info");
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         let mut p = Proc::new(cmd.spawn().expect("sh"), format!("chaos {}", args.join(" ")));
-        p.wait_for("chaos: injecting", Duration::from_secs(30));
+        p.wait_for("chaos: injecting", START);
         p
     };
     let sys = run(&["sys", "fail", "--cgroup", &target, "--syscall", "connect", "--errno", "ECONNREFUSED", "--for", "60s", "--json"]);
@@ -202,7 +202,7 @@ fn the_documented_capability_sets_are_enough_and_each_missing_one_is_named() {
     let mut sink = sb.spawn(Place::Target, &["udp-sink", "--bind", "0.0.0.0:6541", "--idle", "500ms"]);
     sink.ready();
     let mut chaos = chaos_with_caps(HOST_SET, &["net", "drop", "--cgroup", &cg, "--direction", "ingress", "--percent", "100", "--for", "60s", "--json"]);
-    chaos.wait_for("chaos: injecting", Duration::from_secs(30));
+    chaos.wait_for("chaos: injecting", START);
     sb.spawn(Place::Server, &["udp-send", "--to", &format!("{CLIENT_V4}:6541"), "--count", "30"]).json(T);
     assert_eq!(sink.json(T)["received"], 0);
     chaos.signal(libc::SIGINT);
@@ -215,7 +215,7 @@ fn the_documented_capability_sets_are_enough_and_each_missing_one_is_named() {
     let pid = target.child.id().to_string();
     let args = ["net", "drop", "--pid", &pid, "--percent", "100", "--proto", "icmp", "--for", "2s", "--json"];
     let mut chaos = chaos_with_caps(CONTAINER_SET, &args);
-    chaos.wait_for("chaos: injecting", Duration::from_secs(30));
+    chaos.wait_for("chaos: injecting", START);
     let summary = chaos.json(T);
     assert_eq!(summary["ended_by"], "deadline", "the container set runs an egress fault on another user's container: {summary}");
     assert!(summary["attached"]["devices"].as_array().is_some_and(|d| d.iter().any(|d| d["ifname"] == sb.client_dev.as_str())), "{summary}");

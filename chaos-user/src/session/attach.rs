@@ -216,9 +216,6 @@ impl Attachments {
                 Err(e) => log::debug!("{e}"),
             }
         }
-        for name in [PROG_TC_EGRESS, PROG_TC_EGRESS_L3] {
-            kernel.program::<SchedClassifier>(name, "TC classifier (sched_cls)")?;
-        }
         let known: BTreeSet<(u64, u32)> = self.devices.iter().map(|d| (d.ns.ino, d.ifindex)).collect();
         for ns in self.namespaces.clone() {
             let kernel = &mut *kernel;

@@ -40,7 +40,6 @@ pub struct Planned {
 }
 
 /// What a session will do, decided before anything is attached.
-#[derive(Debug)]
 pub struct Plan {
     pub faults: Vec<Planned>,
     /// Distinct target cgroups (a rule's target is an index into this).
@@ -57,6 +56,8 @@ pub struct Plan {
     pub sys_hooks: Vec<Hook>,
     /// TC through tcx links (6.6+) rather than netlink filters.
     pub tcx: bool,
+    /// The kernel object the checks loaded (its programs verified), for the session to use.
+    pub kernel: Option<Kernel>,
 }
 
 /// Resolves targets, checks that this kernel can do every fault, and decides what attaches where.
@@ -110,7 +111,7 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
             }
         }
     }
-    let available = probe::require(&needs)?;
+    let (available, kernel) = probe::require(&needs)?;
     let mut faults = Vec::new();
     for (spec, target) in specs.into_iter().zip(target_of) {
         let hooks = spec.fault.hooks(&available).map_err(|e| prefixed(&spec.at(), e))?;
@@ -153,6 +154,7 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
         tcx: available.contains(&Backend::Tcx),
         targets,
         faults,
+        kernel: Some(kernel),
     };
     // Entering another network namespace needs CAP_SYS_ADMIN: say so before anything attaches.
     let own = netdev::own_netns_ino();
@@ -314,9 +316,13 @@ impl Session {
     /// Loads the object, writes the rules (not started) and targets, records the session, attaches
     /// every hook, then starts every rule's window: `--for` counts from when the session is in
     /// place, however long attaching took. On failure, everything done so far is undone.
-    pub fn start(plan: Plan, opts: &Options) -> Result<Session> {
+    pub fn start(mut plan: Plan, opts: &Options) -> Result<Session> {
         let id = new_id();
-        let mut kernel = Kernel::load(opts.log_packets)?;
+        // The checks' object, unless the programs must log (a load-time setting).
+        let mut kernel = match plan.kernel.take() {
+            Some(k) if !opts.log_packets => k,
+            _ => Kernel::load(opts.log_packets)?,
+        };
         let pid = std::process::id();
         kernel.set_session(&SessionConfig { loader_tgid: pid, ..Default::default() })?;
         let mut masks = vec![TargetRules::default(); plan.targets.len()];
