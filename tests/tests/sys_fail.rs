@@ -113,6 +113,38 @@ fn cgroup_backend_fails_connect_in_the_cgroup_only() {
 }
 
 #[test]
+fn max_injections_caps_syscall_faults_exactly_across_processes() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = Sandbox::new();
+    let mut server = sb.spawn(Place::Bystander, &["rr-server", "--bind", "127.0.0.1:6111", "--max", "60s"]);
+    server.ready();
+    let cg = sb.cgroup.path.display().to_string();
+    let callers: Vec<Proc> = (0..3)
+        .map(|_| {
+            let mut p = sb.spawn(Place::Target, &["syscall-loop", "--wait", "--call", "connect", "--to", "127.0.0.1:6111", "--count", "200"]);
+            p.ready();
+            p
+        })
+        .collect();
+    let chaos = start_chaos(
+        &["sys", "fail", "--cgroup", &cg, "--syscall", "connect", "--errno", "ECONNREFUSED", "--max-injections", "77", "--for", "60s", "--json"]
+            .map(String::from),
+    );
+    // All three at once: the cap is one counter shared by every CPU and process.
+    let mut callers = callers;
+    for p in callers.iter_mut() {
+        p.go();
+    }
+    let refused: u64 = callers
+        .into_iter()
+        .map(|p| p.json(Duration::from_secs(60))["errors"][libc::ECONNREFUSED.to_string()].as_u64().unwrap_or(0))
+        .sum();
+    let summary = stop_chaos(chaos);
+    assert_eq!(refused, 77, "exactly --max-injections calls failed");
+    assert_eq!((counter(&summary, 0, "failed"), counter(&summary, 0, "capped")), (77, 600 - 77), "{summary}");
+}
+
+#[test]
 fn an_unknown_syscall_or_errno_is_bad_input() {
     let sb = Sandbox::new();
     let cg = sb.cgroup.path.display().to_string();
