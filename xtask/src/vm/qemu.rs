@@ -44,6 +44,14 @@ pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration) -> Res
     c.args(["-m", "2048", "-smp", "2", "-nographic", "-no-reboot"])
         // No network card: the guest's only traffic is loopback and its own namespaces.
         .args(["-nic", "none"])
+        // Both vCPUs on one host thread (round-robin TCG). Multi-threaded TCG, qemu's default
+        // here, can keep a stale translation of kernel text that the other vCPU is patching
+        // (static keys, BPF trampolines: text_poke_bp): a vCPU then traps on the int3 the patch
+        // left behind, and the kernel's int3 handler retries it forever (a soft lockup that never
+        // ends: seen in the Debian lane's demo test, and reproduced 4 times in 4 by toggling a
+        // static key in a loop, with qemu 7.2 and 10.0). Round-robin TCG cannot interleave the
+        // two; the lane was not slower (114-145 s against 130-149 s). The guest still has 2 CPUs.
+        .args(["-accel", "tcg,thread=single"])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
