@@ -183,3 +183,30 @@ fn a_bad_file_is_one_line_with_its_position_and_exit_2() {
     assert_eq!((code, err.len()), (2, 1), "{err:?}");
     assert!(err[0].contains("cannot read /no/such/file.toml"), "{err:?}");
 }
+
+#[test]
+fn a_session_holds_64_rules_each_with_its_own_counters() {
+    // 64 rules on one cgroup, one port each: a datagram to port 7000 + k is dropped by rule k
+    // alone (rules past the first few are walked in a bpf_loop), and a 65th rule is refused.
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let netns = sb.netns_path(Place::Target).display().to_string();
+    let table = |port: u16| format!("[[fault]]\nkind = \"net.drop\"\ncgroup = \"{cg}\"\nnetns = [\"{netns}\"]\npercent = 100\nproto = \"udp\"\nport = {port}\n\n");
+    let text: String = (0..64).map(|k| table(7000 + k)).collect();
+    let file = TempFile::new("chaos-apply-64-", &text);
+    let chaos = start_chaos(&["apply".into(), file.path().into(), "--json".into()]);
+    let hit = [0u16, 3, 4, 5, 31, 62, 63];
+    for &k in &hit {
+        assert_eq!(udp_from(&sb, &sb.cgroup.path, 7000 + k, 1), 0, "rule {k} drops its port");
+    }
+    assert_eq!(udp_from(&sb, &sb.cgroup.path, 7100, 3), 3, "no rule for port 7100");
+    let summary = stop_chaos(chaos);
+    for k in 0..64u16 {
+        let want = u64::from(hit.contains(&k));
+        assert_eq!((counter(&summary, k as usize, "matched"), counter(&summary, k as usize, "dropped")), (want, want), "rule {k}");
+    }
+    let too_many = TempFile::new("chaos-apply-65-", &(text + &table(7064)));
+    let (code, _, err) = run_chaos(&["apply", too_many.path()]);
+    assert_eq!((code, err.len()), (2, 1), "{err:?}");
+    assert!(err[0].contains("65 faults: a session holds at most 64"), "{err:?}");
+}
