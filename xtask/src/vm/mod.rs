@@ -62,6 +62,29 @@ pub fn vm_test(lane: Lane, filter: &[String]) -> Result<()> {
 /// Boots the lane's kernel and runs the integration tests (those matching `filter`) inside.
 /// Errors before the boot (set-up, build) are returned; what happened in the guest is in `Outcome`.
 pub fn run_lane(lane: Lane, filter: &[String]) -> Result<Outcome> {
+    prepare(lane, filter)?.boot()
+}
+
+/// A lane ready to boot: its kernel and initramfs built.
+pub struct Prepared {
+    lane: Lane,
+    image: PathBuf,
+    initrd: PathBuf,
+    marker: String,
+    timeout: Duration,
+}
+
+impl Prepared {
+    /// Boots the guest and runs the tests; its console lines are prefixed with the lane's name
+    /// (lanes boot side by side: with single-threaded TCG each takes one host core).
+    pub fn boot(&self) -> Result<Outcome> {
+        qemu::run(&self.image, &self.initrd, &self.marker, self.timeout, &format!("[{}] ", self.lane.name()))
+    }
+}
+
+/// Everything before the boot: set-up, the kernel (downloaded or built), the release binary, the
+/// test binaries, the initramfs.
+pub fn prepare(lane: Lane, filter: &[String]) -> Result<Prepared> {
     eprintln!("xtask: {} lane", lane.name());
     setup::vm()?;
     let kernel = match lane {
@@ -115,7 +138,7 @@ pub fn run_lane(lane: Lane, filter: &[String]) -> Result<Outcome> {
     );
 
     let timeout = Duration::from_secs(env_number("CHAOS_VM_TIMEOUT_SECS", TIMEOUT_SECS)?);
-    qemu::run(&kernel.image, &initrd, &marker, timeout)
+    Ok(Prepared { lane, image: kernel.image, initrd, marker, timeout })
 }
 
 /// The integration test executables: `cargo test --no-run` on chaos-tests, or the paths in

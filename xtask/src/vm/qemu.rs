@@ -39,7 +39,7 @@ struct Console {
 
 /// Boots `kernel` with `initrd`; the guest's /init prints `<marker> rc=N` when done. The run is
 /// killed after `timeout`.
-pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration) -> Result<Outcome> {
+pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration, prefix: &str) -> Result<Outcome> {
     let mut c = Command::new("qemu-system-x86_64");
     c.args(["-m", "2048", "-smp", "2", "-nographic", "-no-reboot"])
         // No network card: the guest's only traffic is loopback and its own namespaces.
@@ -67,7 +67,8 @@ pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration) -> Res
     let ended = Arc::new(AtomicBool::new(false));
     let reader = thread::spawn({
         let ended = ended.clone();
-        move || watch(stdout, &marker, &ended)
+        let prefix = prefix.to_string();
+        move || watch(stdout, &marker, &ended, &prefix)
     });
 
     // A kernel without ACPI (the errinj one) halts on `poweroff -f` instead of ending qemu, so
@@ -101,20 +102,20 @@ pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration) -> Res
             Some(n) => Some(format!("the tests in the guest ended with status {n} (see the console above)")),
         }
     };
-    eprintln!("xtask: guest ran {secs} s");
+    eprintln!("xtask: {prefix}guest ran {secs} s");
     Ok(Outcome { tally: console.tally, problem, bench: console.bench })
 }
 
 /// Echoes each console line (cleaned of terminal control sequences) and notes results, the end
 /// marker and a kernel panic.
-fn watch(out: impl Read, marker: &str, ended: &AtomicBool) -> Result<Console> {
+fn watch(out: impl Read, marker: &str, ended: &AtomicBool, prefix: &str) -> Result<Console> {
     let mut console = Console::default();
     let mut r = BufReader::new(out);
     let mut raw = Vec::new();
     while r.read_until(b'\n', &mut raw)? > 0 {
         let line = plain(&String::from_utf8_lossy(&raw));
         raw.clear();
-        println!("{line}");
+        println!("{prefix}{line}");
         console.tally.add_line(&line);
         if let Some(b) = line.split_once("BENCH| ").map(|(_, b)| b) {
             console.bench.push(b.trim_end().to_string());
