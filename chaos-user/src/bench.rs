@@ -70,6 +70,9 @@ fn per_run(before: (u64, u64), after: (u64, u64)) -> f64 {
     (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64
 }
 
+/// A configuration: its name, and the faults of its session.
+type Config<'a> = (&'static str, Box<dyn Fn() -> Vec<FaultSpec> + 'a>);
+
 /// Runs every configuration `rounds` times, interleaved; prints one JSON line per sample.
 pub fn run(rounds: usize, packets: u64) -> Result<()> {
     let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")?;
@@ -97,7 +100,7 @@ pub fn run(rounds: usize, packets: u64) -> Result<()> {
 
     let sink = UdpSocket::bind("127.0.0.1:0")?;
     let to = sink.local_addr()?.to_string();
-    let configs: [(&'static str, Box<dyn Fn() -> Vec<FaultSpec>>); 3] = [
+    let configs: [Config; 3] = [
         ("1 rule on the target", Box::new(|| vec![drop_spec(&target.path)])),
         ("1 rule on the target, 63 on other cgroups", Box::new(|| std::iter::once(drop_spec(&target.path)).chain(others.iter().map(|o| drop_spec(&o.path))).collect())),
         ("64 rules on the target", Box::new(|| (0..64).map(|_| drop_spec(&target.path)).collect())),

@@ -176,6 +176,12 @@ impl Sandbox {
     }
 }
 
+impl Default for Sandbox {
+    fn default() -> Sandbox {
+        Sandbox::new()
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.cgroup.kill_all();

@@ -22,7 +22,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// One row of the benchmark table (see xtask/src/bench.rs): `rounds` are (baseline, chaos, peer)
 /// per round; the ratio is chaos over the baseline.
-fn row(section: &str, measure: &str, rounds: &[(f64, f64, Option<f64>)], peer_name: Option<&str>, goal: Option<(&str, fn(f64) -> bool)>) {
+/// A goal as shown and whether a ratio meets it.
+type Goal<'a> = Option<(&'a str, fn(f64) -> bool)>;
+
+fn row(section: &str, measure: &str, rounds: &[(f64, f64, Option<f64>)], peer_name: Option<&str>, goal: Goal) {
     let ratios: Vec<f64> = rounds.iter().map(|(b, c, _)| c / b).collect();
     let (b, c) = (median(rounds.iter().map(|r| r.0).collect()), median(rounds.iter().map(|r| r.1).collect()));
     let peer = rounds.iter().filter_map(|r| r.2).collect::<Vec<_>>();

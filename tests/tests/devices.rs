@@ -56,12 +56,12 @@ fn chaos_runs_before_a_program_that_was_there_first_and_passes_everything() {
     } else {
         TcAttachOptions::TcxOrder(LinkOrder::default())
     };
-    let _pass = ns.run(|| prog.attach_with_options(&dev, TcAttachType::Egress, opts).expect("attaching the other tool's program")).expect("netns");
+    let pass = ns.run(|| prog.attach_with_options(&dev, TcAttachType::Egress, opts).expect("attaching the other tool's program")).expect("netns");
     let chaos = start_chaos(&drop_args(&sb, &["--percent", "100", "--proto", "udp"]));
     let got = udp(&sb, Place::Target, SERVER_V4, 6601, 100, &[]);
     assert_eq!(got["received"], 0, "the other program's pass must not let chaos's drops through");
     assert_eq!(counter(&stop_chaos(chaos), 0, "dropped"), 100);
-    ns.run(|| drop(_pass)).expect("detaching in its namespace");
+    ns.run(|| prog.detach(pass)).expect("netns").expect("detaching the other tool's program in its namespace");
 }
 
 #[test]

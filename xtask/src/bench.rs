@@ -281,6 +281,9 @@ fn packet_time() -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// A goal as shown and whether a ratio meets it.
+type Goal = Option<(&'static str, fn(f64) -> bool)>;
+
 /// The cost to a workload's traffic over loopback, alone and with a 0% rule.
 fn traffic(cg: &Path) -> Result<(Vec<Row>, u64)> {
     let port = free_port()?;
@@ -295,7 +298,7 @@ fn traffic(cg: &Path) -> Result<(Vec<Row>, u64)> {
         measure(cg, port, &mut with)?;
         drop(chaos);
     }
-    let row = |measure: &str, b: &[f64], w: &[f64], goal: Option<(&str, fn(f64) -> bool)>| {
+    let row = |measure: &str, b: &[f64], w: &[f64], goal: Goal| {
         let ratios: Vec<f64> = w.iter().zip(b).map(|(w, b)| w / b.max(1e-9)).collect();
         let (bm, wm) = (median(b.to_vec()), median(w.to_vec()));
         Row {

@@ -477,7 +477,7 @@ mod tests {
     use netlink_packet_core::Emitable;
     use netlink_packet_route::tc::{TcBpfFlags, TcHandle};
     use std::fs::File;
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::OwnedFd;
     use std::process::Command;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -172,7 +172,7 @@ mod tests {
                     [ 1.0] Kernel panic - not syncing: Attempted to kill init!\r\n\
                     END-1 rc=3\r\n";
         let ended = AtomicBool::new(false);
-        let c = watch(text.as_bytes(), "END-1 rc=", &ended).unwrap();
+        let c = watch(text.as_bytes(), "END-1 rc=", &ended, "").unwrap();
         assert!(ended.load(Ordering::Relaxed));
         assert_eq!(c.tally, Tally { passed: 2, failed: 0 });
         assert_eq!(c.end_code, Some(3));
