@@ -51,6 +51,13 @@ pub enum Action {
     NetDrop = 1,
     /// Make the call fail with `sys.errno` (`sys.fail`).
     SysFail = 2,
+    /// Hold the packet back: an Earliest Departure Time `net.delay_ns` (± `net.jitter_ns`) ahead,
+    /// which sch_fq on the device honours (`net.delay`).
+    NetDelay = 3,
+    /// Send the packet twice (`net.duplicate`).
+    NetDuplicate = 4,
+    /// Flip one random bit of the packet's payload (`net.corrupt`).
+    NetCorrupt = 5,
 }
 
 impl Action {
@@ -58,6 +65,9 @@ impl Action {
         match v {
             1 => Action::NetDrop,
             2 => Action::SysFail,
+            3 => Action::NetDelay,
+            4 => Action::NetDuplicate,
+            5 => Action::NetCorrupt,
             _ => Action::None,
         }
     }
@@ -82,9 +92,11 @@ pub struct Rule {
     pub _pad: u32,
     pub net: net::NetMatch,
     pub sys: sys::SysMatch,
+    /// The parameters of a packet action.
+    pub net_action: net::NetAction,
 }
 
-const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16);
+const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16 + 32);
 
 impl Rule {
     /// Whether the rule injects at monotonic time `now_ns`: in its window, and not a free slot.
@@ -222,11 +234,13 @@ pub enum KernelError {
     DeepCgroup = 2,
     /// An IPv6 packet with more extension headers than the parser walks: matched on address only.
     Ipv6Headers = 3,
+    /// A packet could not be changed or copied (`bpf_skb_store_bytes`, `bpf_clone_redirect`).
+    PacketWrite = 4,
 }
-pub const KERNEL_ERROR_KINDS: u32 = 4;
+pub const KERNEL_ERROR_KINDS: u32 = 5;
 /// Names for reports, by [`KernelError`] value.
 pub const KERNEL_ERROR_NAMES: [&str; KERNEL_ERROR_KINDS as usize] =
-    ["header_load", "rule_lookup", "deep_cgroup", "ipv6_headers"];
+    ["header_load", "rule_lookup", "deep_cgroup", "ipv6_headers", "packet_write"];
 
 /// Converts a probability in parts per million (0..=1_000_000) into the threshold the kernel
 /// compares a `bpf_get_prandom_u32()` value against: inject when `random < threshold`.

@@ -43,7 +43,9 @@ pub struct NetMatch {
     pub directions: u8,
     /// `PROTO_*`; `PROTO_ICMP` also matches ICMPv6.
     pub proto: u8,
-    pub _pad: [u8; 6],
+    /// `TCP_*` flag bits: only TCP packets with any of them set (`--tcp-flags syn`); 0: any packet.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 5],
 }
 
 const _: () = assert!(core::mem::size_of::<NetMatch>() == 48);
@@ -74,6 +76,66 @@ pub struct Packet {
     pub fragment: Fragment,
     /// The IP identification of a fragmented datagram (IPv4: 16 bits; IPv6: the fragment header's 32).
     pub frag_id: u32,
+    /// The TCP flags (byte 13 of the TCP header), when the transport header was read.
+    pub tcp_flags: u8,
+    /// Where the transport header starts, in bytes past the network header.
+    pub l4_offset: u32,
+}
+
+/// TCP header flag bits ([`NetMatch::tcp_flags`]).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The parameters of a packet action ([`crate::Rule::net_action`]); which fields mean something
+/// depends on the action.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetAction {
+    /// `NetDelay`: the added delay.
+    pub delay_ns: u64,
+    /// `NetDelay`: the delay varies uniformly within ± this (netem's `delay D J`).
+    pub jitter_ns: u64,
+    pub _reserved: [u64; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<NetAction>() == 32);
+
+/// The delay one packet gets: `delay` plus a uniform draw in `-jitter..=+jitter` made from a
+/// random u32, never below zero (netem's uniform jitter). Jitter is drawn in microseconds so the
+/// product fits in 64 bits for any jitter up to hours.
+#[inline(always)]
+pub const fn jittered_delay(delay_ns: u64, jitter_ns: u64, random: u32) -> u64 {
+    if jitter_ns == 0 {
+        return delay_ns;
+    }
+    let span_us = 2 * (jitter_ns / 1000) + 1;
+    let offset_us = ((random as u64) * span_us) >> 32;
+    let ns = delay_ns + offset_us * 1000;
+    let jitter_rounded = (jitter_ns / 1000) * 1000;
+    if ns < jitter_rounded { 0 } else { ns - jitter_rounded }
+}
+
+/// The departure time a delayed packet gets: `delay` after the later of now and the time it was
+/// already due to leave (TCP stamps its own departure times for pacing). A stamp more than a
+/// minute ahead is not a departure time (a receive timestamp on another clock) and is ignored.
+#[inline(always)]
+pub const fn departure(now_ns: u64, stamped_ns: u64, delay_ns: u64) -> u64 {
+    let base = if stamped_ns > now_ns && stamped_ns - now_ns < 60_000_000_000 { stamped_ns } else { now_ns };
+    base + delay_ns
+}
+
+/// Which bit of a packet of `len` bytes to flip, payload starting at byte `payload`, from a random
+/// u32: (byte offset, bit mask); `None` for a packet without payload.
+#[inline(always)]
+pub const fn corrupt_bit(payload: u32, len: u32, random: u32) -> Option<(u32, u8)> {
+    if payload >= len {
+        return None;
+    }
+    let span = (len - payload) as u64;
+    let byte = payload + (((random as u64 >> 3) * span) >> 29) as u32;
+    Some((byte, 1u8 << (random & 7)))
 }
 
 /// IPv4-mapped representation of an IPv4 address given as its four bytes.
@@ -122,9 +184,9 @@ const fn in_range(port: u16, lo: u16, hi: u16) -> bool {
 }
 
 impl NetMatch {
-    /// Whether matching needs the transport header (a port filter).
+    /// Whether matching needs the transport header (a port or TCP flags filter).
     pub const fn needs_ports(&self) -> bool {
-        self.remote_port_hi != 0 || self.local_port_hi != 0
+        self.remote_port_hi != 0 || self.local_port_hi != 0 || self.tcp_flags != 0
     }
 
     /// Whether `pkt`, travelling in direction `dir` (a `DIR_*` bit), passes every filter.
@@ -139,6 +201,9 @@ impl NetMatch {
             if self.proto != pkt.proto && !icmp {
                 return false;
             }
+        }
+        if self.tcp_flags != 0 && (pkt.proto != PROTO_TCP || !pkt.has_ports || pkt.tcp_flags & self.tcp_flags == 0) {
+            return false;
         }
         let port_filter = self.remote_port_hi != 0 || self.local_port_hi != 0;
         if port_filter {
@@ -252,6 +317,7 @@ mod pod {
     // SAFETY: `#[repr(C)]` integers with explicit padding, sizes asserted: any bit pattern is valid.
     unsafe impl aya::Pod for super::NetMatch {}
     unsafe impl aya::Pod for super::LastDatagram {}
+    unsafe impl aya::Pod for super::NetAction {}
 }
 
 #[cfg(test)]
@@ -349,6 +415,59 @@ mod tests {
         assert_eq!(ipv6_ext(PROTO_UDP, [0; 8]), None);
         assert_eq!(ipv6_ext(50, [0; 8]), None);
         assert!(is_ipv6_ext(IPV6_DSTOPTS) && !is_ipv6_ext(PROTO_TCP) && !is_ipv6_ext(50));
+    }
+
+    #[test]
+    fn tcp_flag_filters_match_only_tcp_packets_with_those_flags() {
+        let r = NetMatch { tcp_flags: TCP_SYN, ..egress() };
+        let syn = Packet { proto: PROTO_TCP, has_ports: true, tcp_flags: TCP_SYN, ..Default::default() };
+        assert!(r.needs_ports());
+        assert!(r.matches(DIR_EGRESS, &syn));
+        assert!(r.matches(DIR_EGRESS, &Packet { tcp_flags: TCP_SYN | TCP_ACK, ..syn }), "a SYN-ACK has SYN");
+        assert!(!r.matches(DIR_EGRESS, &Packet { tcp_flags: TCP_ACK, ..syn }), "established traffic passes");
+        assert!(!r.matches(DIR_EGRESS, &Packet { proto: PROTO_UDP, ..syn }));
+        assert!(!r.matches(DIR_EGRESS, &Packet { has_ports: false, ..syn }), "flags never read: no match");
+    }
+
+    #[test]
+    fn jitter_is_uniform_around_the_delay_and_never_negative() {
+        assert_eq!(jittered_delay(5_000_000, 0, 12345), 5_000_000);
+        // The extremes of the draw reach delay - jitter and delay + jitter (to the microsecond).
+        assert_eq!(jittered_delay(10_000_000, 2_000_000, 0), 8_000_000);
+        assert_eq!(jittered_delay(10_000_000, 2_000_000, u32::MAX), 12_000_000);
+        // The middle of the draw is the delay.
+        assert_eq!(jittered_delay(10_000_000, 2_000_000, 1 << 31), 10_000_000);
+        // A jitter larger than the delay is clamped at zero, not wrapped.
+        assert_eq!(jittered_delay(1_000_000, 5_000_000, 0), 0);
+        // Mean over an even sweep of the u32 range: the delay.
+        let n = 100_000u64;
+        let sum: u64 = (0..n).map(|i| jittered_delay(50_000_000, 10_000_000, ((i * u32::MAX as u64) / n) as u32)).sum();
+        let mean = sum / n;
+        assert!(mean.abs_diff(50_000_000) < 1_000, "{mean}");
+        // Seconds of jitter do not overflow.
+        assert_eq!(jittered_delay(10_000_000_000, 10_000_000_000, u32::MAX), 20_000_000_000);
+    }
+
+    #[test]
+    fn departures_follow_the_later_of_now_and_the_stamp() {
+        assert_eq!(departure(1_000, 0, 50), 1_050, "unstamped");
+        assert_eq!(departure(1_000, 2_000, 50), 2_050, "a paced packet keeps its place");
+        assert_eq!(departure(1_000, 500, 50), 1_050, "a stamp in the past");
+        assert_eq!(departure(1_000, 1_000 + 3_600_000_000_000, 50), 1_050, "another clock's stamp");
+    }
+
+    #[test]
+    fn corrupted_bits_are_in_the_payload_and_cover_it() {
+        assert_eq!(corrupt_bit(60, 60, 7), None, "no payload");
+        assert_eq!(corrupt_bit(42, 43, 0), Some((42, 1)));
+        assert_eq!(corrupt_bit(42, 43, u32::MAX), Some((42, 0x80)));
+        let mut hit = [false; 100];
+        for i in 0..100_000u64 {
+            let (byte, bit) = corrupt_bit(28, 128, ((i * u32::MAX as u64) / 100_000) as u32).expect("payload");
+            assert!((28..128).contains(&byte) && bit.count_ones() == 1);
+            hit[(byte - 28) as usize] = true;
+        }
+        assert!(hit.iter().all(|&h| h), "every payload byte can be hit");
     }
 
     #[test]

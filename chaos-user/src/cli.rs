@@ -153,7 +153,7 @@ macro_rules! family_command {
                 KINDS
                     .iter()
                     .filter(|k| k.family == $family)
-                    .fold(cmd, |c, k| c.subcommand(SessionArgs::augment_args(k.fault_command().name(k.verb))))
+                    .fold(cmd, |c, k| c.subcommand(crate::faults::keep_about(k.fault_command().name(k.verb), SessionArgs::augment_args)))
                     .subcommand_required(true)
             }
             fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {

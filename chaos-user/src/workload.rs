@@ -230,10 +230,12 @@ fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration, marks: bool) -> Res
     ready();
     let start = Instant::now();
     let (mut received, mut buf, mut quiet_since) = (0u64, vec![0u8; 65536], Instant::now());
+    let mut stamps = Stamps::default();
     while start.elapsed() < max {
         match recv_with_mark(&sock, &mut buf, marks) {
-            Ok((_, mark)) => {
+            Ok((n, mark)) => {
                 received += 1;
+                stamps.add(&buf[..n], monotonic_ns());
                 if let Some(m) = mark {
                     *by_mark.entry(m).or_default() += 1;
                 }
@@ -250,7 +252,10 @@ fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration, marks: bool) -> Res
             quiet_since = Instant::now();
         }
     }
-    let out = json!({"received": received, "rcvbuf_errors": udp_rcvbuf_errors() - errors_before, "marks": by_mark});
+    let mut out = json!({"received": received, "rcvbuf_errors": udp_rcvbuf_errors() - errors_before, "marks": by_mark});
+    if let (Some(o), serde_json::Value::Object(more)) = (out.as_object_mut(), stamps.json()) {
+        o.extend(more);
+    }
     println!("{out}");
     Ok(())
 }
@@ -287,7 +292,7 @@ fn udp_send(a: &UdpSendArgs) -> Result<()> {
         // padding); the kernel fills in the next-header field.
         setopt(libc::IPPROTO_IPV6, libc::IPV6_DSTOPTS, &[0, 0, 1, 4, 0, 0, 0, 0])?;
     }
-    let payload = vec![0x5au8; a.size];
+    let mut payload = vec![0x5au8; a.size];
     let gap = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let start = Instant::now();
     let (mut sent, mut errors, mut first_error) = (0u64, 0u64, None::<String>);
@@ -297,6 +302,7 @@ fn udp_send(a: &UdpSendArgs) -> Result<()> {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
+        stamp(&mut payload, i);
         match sock.send_to(&payload, to) {
             Ok(_) => sent += 1,
             Err(e) => {
@@ -307,6 +313,92 @@ fn udp_send(a: &UdpSendArgs) -> Result<()> {
     }
     println!("{}", json!({"sent": sent, "errors": errors, "first_error": first_error, "secs": start.elapsed().as_secs_f64()}));
     Ok(())
+}
+
+/// CLOCK_MONOTONIC now, in ns: the same clock in every network namespace of the machine, so a
+/// receiver can tell how long a datagram was under way.
+fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// A datagram of at least 16 bytes carries its sequence number, its send time (CLOCK_MONOTONIC
+/// ns) and then a pattern derived from the sequence number, so the receiver can count
+/// duplicates, reordering, delay and corrupted bytes.
+fn stamp(payload: &mut [u8], seq: u64) {
+    if payload.len() < 16 {
+        return;
+    }
+    let now = monotonic_ns();
+    payload[..8].copy_from_slice(&seq.to_le_bytes());
+    payload[8..16].copy_from_slice(&now.to_le_bytes());
+    let h = header_hash(seq, now);
+    for (i, b) in payload[16..].iter_mut().enumerate() {
+        *b = pattern(h, i);
+    }
+}
+
+/// Mixes the header into the pattern, so a flipped bit in the sequence number or the send time
+/// shows as a wrong pattern too (multiplying by an odd constant moves a flipped bit only upwards;
+/// the pattern uses every byte of the result).
+fn header_hash(seq: u64, sent: u64) -> u64 {
+    seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ sent
+}
+
+fn pattern(h: u64, i: usize) -> u8 {
+    ((h >> ((i % 8) * 8)) as u8) ^ (i as u8)
+}
+
+/// What the stamped datagrams a sink received say (see [`stamp`]).
+#[derive(Default)]
+struct Stamps {
+    seen: std::collections::HashSet<u64>,
+    duplicates: u64,
+    reordered: u64,
+    corrupted: u64,
+    highest: Option<u64>,
+    delays_ns: Vec<u64>,
+}
+
+impl Stamps {
+    fn add(&mut self, d: &[u8], now_ns: u64) {
+        if d.len() < 16 {
+            return;
+        }
+        let seq = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
+        let sent = u64::from_le_bytes(d[8..16].try_into().expect("8 bytes"));
+        let h = header_hash(seq, sent);
+        let intact = d[16..].iter().enumerate().all(|(i, &b)| b == pattern(h, i)) && sent <= now_ns;
+        if !intact {
+            self.corrupted += 1;
+            return;
+        }
+        if !self.seen.insert(seq) {
+            self.duplicates += 1;
+            return;
+        }
+        if self.highest.is_some_and(|h| seq < h) {
+            self.reordered += 1;
+        }
+        self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
+        self.delays_ns.push(now_ns - sent);
+    }
+
+    fn json(&mut self) -> serde_json::Value {
+        self.delays_ns.sort_unstable();
+        let q = |p: f64| -> f64 {
+            if self.delays_ns.is_empty() {
+                return 0.0;
+            }
+            let i = ((self.delays_ns.len() - 1) as f64 * p).round() as usize;
+            self.delays_ns[i] as f64 / 1e6
+        };
+        json!({
+            "unique": self.seen.len(), "duplicates": self.duplicates, "reordered": self.reordered,
+            "corrupted": self.corrupted,
+            "delay_ms": {"min": q(0.0), "p50": q(0.5), "p99": q(0.99), "max": q(1.0)},
+        })
+    }
 }
 
 fn tcp_sink(bind: SocketAddr, max: Duration) -> Result<()> {

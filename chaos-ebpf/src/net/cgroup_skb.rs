@@ -55,6 +55,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, KernelError> {
             }
             Ok(DROP)
         }
-        Some((_, Action::SysFail | Action::None)) | None => Ok(PASS),
+        // Delay, duplicate and corrupt act at TC egress only (user space refuses them on ingress).
+        Some((_, Action::NetDelay | Action::NetDuplicate | Action::NetCorrupt | Action::SysFail | Action::None)) | None => Ok(PASS),
     }
 }

@@ -42,7 +42,7 @@ fn consider(w: &mut Walk, i: u32) -> Result<bool, KernelError> {
     let r = rule(i)?;
     if decide(i, r, w.now, r.net.matches(w.dir, w.pkt), w.segs)? {
         match Action::from_u32(r.action) {
-            Action::NetDrop => {
+            Action::NetDrop | Action::NetDelay | Action::NetDuplicate | Action::NetCorrupt => {
                 (w.found, w.action) = (i + 1, r.action);
                 return Ok(true);
             }

@@ -110,12 +110,44 @@ pub fn packet(skb: *mut __sk_buff, nh: NetworkHeader, dir: u8, ports: bool) -> R
         }
         _ => return Ok(None),
     };
+    pkt.l4_offset = l4;
     if ports && (pkt.proto == PROTO_TCP || pkt.proto == PROTO_UDP) && pkt.fragment != Fragment::Later {
-        // The IPv4 header length is 20-60 bytes; past extension headers, read with the helper.
-        let ports: [u8; 4] = if l4 <= 60 { read(skb, nh, l4)? } else { load(skb, l4)? };
-        let (src, dst) = (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]]));
+        // The ports, and for TCP the flags (byte 13). The IPv4 header length is 20-60 bytes; past
+        // extension headers, read with the helper.
+        let (src, dst) = if pkt.proto == PROTO_TCP {
+            let h: [u8; 14] = if l4 <= 60 { read(skb, nh, l4)? } else { load(skb, l4)? };
+            pkt.tcp_flags = h[13];
+            (u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]]))
+        } else {
+            let h: [u8; 4] = if l4 <= 60 { read(skb, nh, l4)? } else { load(skb, l4)? };
+            (u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]]))
+        };
         (pkt.remote_port, pkt.local_port) = if dir == DIR_EGRESS { (dst, src) } else { (src, dst) };
         pkt.has_ports = true;
     }
     Ok(Some(pkt))
+}
+
+/// Where the payload of `pkt` starts, in bytes past the network header: after the TCP header
+/// (its data offset read from the packet), the 8-byte UDP header, or the IP headers otherwise.
+#[inline(always)]
+pub fn payload_offset(skb: *mut __sk_buff, pkt: &Packet) -> Result<u32, KernelError> {
+    if pkt.fragment == Fragment::Later {
+        return Ok(pkt.l4_offset);
+    }
+    Ok(match pkt.proto {
+        PROTO_TCP => {
+            let b: [u8; 1] = load(skb, pkt.l4_offset + 12)?;
+            pkt.l4_offset + ((b[0] >> 4) as u32) * 4
+        }
+        PROTO_UDP => pkt.l4_offset + 8,
+        _ => pkt.l4_offset,
+    })
+}
+
+/// One byte at `offset` past the network header.
+#[inline(always)]
+pub fn byte_at(skb: *mut __sk_buff, offset: u32) -> Result<u8, KernelError> {
+    let b: [u8; 1] = load(skb, offset)?;
+    Ok(b[0])
 }

@@ -11,7 +11,10 @@
 //! attach modes.
 
 use aya_ebpf::{
-    helpers::{bpf_redirect, generated::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id}},
+    helpers::{
+        bpf_get_prandom_u32, bpf_redirect,
+        generated::{bpf_clone_redirect, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_store_bytes},
+    },
     macros::{classifier, map},
     maps::PerCpuArray,
     programs::TcContext,
@@ -19,12 +22,12 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use chaos_common::{
     Action, Family, KernelError, has_rule,
-    net::{DIR_EGRESS, Fragment, LastDatagram, Packet},
+    net::{DIR_EGRESS, Fragment, LastDatagram, Packet, corrupt_bit, departure, jittered_delay},
 };
 
 use super::parse::{self, NetworkHeader};
 use crate::{
-    engine::{count_error, fragment_followed, injected, rules_for},
+    engine::{count_error, fragment_followed, injected, now, rule, rules_for},
     globals::log_packets,
 };
 
@@ -107,6 +110,54 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
                 debug!(ctx, "chaos: drop rule={} dir=egress proto={} len={}", i, pkt.proto, len);
             }
             Ok(wire_loss())
+        }
+        Some((i, Action::NetDelay)) => {
+            let p = &rule(i)?.net_action;
+            // SAFETY: as above; `tstamp` is writable at TC egress, where the kernel keeps it as a
+            // monotonic departure time that sch_fq holds the packet until.
+            unsafe {
+                let delay = jittered_delay(p.delay_ns, p.jitter_ns, bpf_get_prandom_u32());
+                (*skb).tstamp = departure(now(), (*skb).tstamp, delay);
+            }
+            injected(i, segs, len);
+            remember(&pkt, 0);
+            Ok(NEXT)
+        }
+        Some((i, Action::NetDuplicate)) => {
+            // The copy goes out of the same device through the same egress path, so it meets this
+            // program again; a clone carries no socket (`skb_clone` leaves `sk` empty), so it has
+            // no cgroup and passes at the first check: a copy is never copied again.
+            // SAFETY: the context the kernel passed in; the helper clones it.
+            if unsafe { bpf_clone_redirect(skb, (*skb).ifindex, 0) } == 0 {
+                injected(i, segs, len);
+            } else {
+                count_error(KernelError::PacketWrite);
+            }
+            remember(&pkt, 0);
+            Ok(NEXT)
+        }
+        Some((i, Action::NetCorrupt)) => {
+            let net = match nh {
+                NetworkHeader::At(l2) => l2,
+                // Devices without a link-layer header: the packet starts at the network header.
+                NetworkHeader::Unknown => 0,
+            };
+            let payload = parse::payload_offset(skb, &pkt)?;
+            // SAFETY: no preconditions.
+            if let Some((offset, bit)) = corrupt_bit(payload, (len as u32).saturating_sub(net), unsafe { bpf_get_prandom_u32() }) {
+                let flipped = parse::byte_at(skb, offset)? ^ bit;
+                // SAFETY: the context the kernel passed in; the helper copies one byte from the
+                // stack into the packet (making that part of it writable first). No checksum
+                // update: see docs/design.md, "Corruption and checksums".
+                let r = unsafe { bpf_skb_store_bytes(skb.cast(), net + offset, (&raw const flipped).cast(), 1, 0) };
+                if r == 0 {
+                    injected(i, 1, len);
+                } else {
+                    count_error(KernelError::PacketWrite);
+                }
+            }
+            remember(&pkt, 0);
+            Ok(NEXT)
         }
         Some((_, Action::SysFail | Action::None)) | None => {
             remember(&pkt, 0);

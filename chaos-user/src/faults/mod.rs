@@ -4,7 +4,12 @@
 //! (`session/`), the CLI (`cli.rs`), fault files (`file.rs`), the watch loop and the report are
 //! shared by every kind. docs/design.md, "Adding a fault", lists the files a new kind touches.
 
+pub mod net;
+pub mod net_corrupt;
+pub mod net_delay;
 pub mod net_drop;
+pub mod net_duplicate;
+pub mod net_partition;
 pub mod sys_fail;
 
 use std::{path::PathBuf, time::Duration};
@@ -80,6 +85,21 @@ pub trait Fault: std::fmt::Debug {
     fn netns(&self) -> &[PathBuf] {
         &[]
     }
+    /// Whether the fault needs sch_fq as the root qdisc of the devices its TC program sits on
+    /// (faults that set departure times), and for what.
+    fn fq(&self) -> Option<FqNeed> {
+        None
+    }
+}
+
+/// What a fault that sets departure times needs of the devices' root qdisc: sch_fq, whose horizon
+/// reaches past the longest delay, and whether chaos may put one there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FqNeed {
+    /// The longest delay the fault sets.
+    pub max_delay: Duration,
+    /// `--keep-qdisc`: refuse rather than change a device's root qdisc.
+    pub keep_qdisc: bool,
 }
 
 /// One fault kind: its name, its flags, and how its flags become a [`Fault`].
@@ -96,7 +116,14 @@ pub struct Kind {
 }
 
 /// Every fault kind. Adding one is a line here.
-pub const KINDS: &[Kind] = &[net_drop::KIND, sys_fail::KIND];
+pub const KINDS: &[Kind] = &[
+    net_drop::KIND,
+    net_partition::KIND,
+    net_delay::KIND,
+    net_duplicate::KIND,
+    net_corrupt::KIND,
+    sys_fail::KIND,
+];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
@@ -111,7 +138,18 @@ impl Kind {
     /// The kind's flags and the flags every fault has: the same on the command line and as the
     /// keys of a `[[fault]]` table.
     pub fn fault_command(&self) -> clap::Command {
-        FaultArgs::augment_args((self.command)().name(self.name))
+        keep_about((self.command)().name(self.name), FaultArgs::augment_args)
+    }
+}
+
+/// Adds flags to a command with `add` but keeps the command's own description: clap's derived
+/// `augment_args` also sets `about` from the flags struct's doc comment.
+pub fn keep_about(cmd: clap::Command, add: impl FnOnce(clap::Command) -> clap::Command) -> clap::Command {
+    let about = cmd.get_about().cloned();
+    let cmd = add(cmd);
+    match about {
+        Some(a) => cmd.about(a),
+        None => cmd,
     }
 }
 

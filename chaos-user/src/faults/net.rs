@@ -1,0 +1,195 @@
+//! What every packet fault shares: its filters (the flags and the kernel's `NetMatch`), and the
+//! hooks and backends its directions need.
+
+use std::fmt;
+
+use chaos_common::net::{
+    DIR_EGRESS, DIR_INGRESS, NetMatch, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    prefix_masks, v4_mapped, v6_halves,
+};
+use clap::{Args, ValueEnum};
+use ipnet::IpNet;
+
+use super::Hook;
+use crate::{cli, error::Result, probe::Backend, usage};
+
+/// The packet filters every packet fault takes.
+#[derive(Args, Debug, Clone)]
+pub struct NetFilterArgs {
+    /// Which packets of the target: sent, received, or both.
+    #[arg(long, value_enum, default_value_t = Direction::Egress)]
+    pub direction: Direction,
+    /// Only this protocol (icmp covers ICMPv6 too).
+    #[arg(long, value_enum)]
+    pub proto: Option<Proto>,
+    /// Only packets whose remote port is N, or in N-M (destination when sending, source when receiving).
+    #[arg(long, value_name = "N[-M]", value_parser = cli::parse_port_range)]
+    pub port: Option<(u16, u16)>,
+    /// Only packets whose local port is N, or in N-M.
+    #[arg(long, value_name = "N[-M]", value_parser = cli::parse_port_range)]
+    pub local_port: Option<(u16, u16)>,
+    /// Only packets whose remote address is in CIDR (IPv4 or IPv6; a bare address means /32 or /128).
+    #[arg(long, value_name = "CIDR", value_parser = cli::parse_cidr)]
+    pub peer: Option<IpNet>,
+    /// Only TCP packets with any of these flags set, e.g. `syn` (connection setup fails while
+    /// established connections live) or `syn,fin`.
+    #[arg(long, value_name = "FLAG,...", value_delimiter = ',', value_enum)]
+    pub tcp_flags: Vec<TcpFlag>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TcpFlag {
+    Syn,
+    Ack,
+    Fin,
+    Rst,
+}
+
+impl TcpFlag {
+    fn bit(self) -> u8 {
+        match self {
+            TcpFlag::Syn => TCP_SYN,
+            TcpFlag::Ack => TCP_ACK,
+            TcpFlag::Fin => TCP_FIN,
+            TcpFlag::Rst => TCP_RST,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Direction {
+    Egress,
+    Ingress,
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// Which packets a rule applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetFilters {
+    /// `DIR_EGRESS | DIR_INGRESS` bits.
+    pub directions: u8,
+    /// `PROTO_*`; `PROTO_ANY` for all.
+    pub proto: u8,
+    /// The remote end's port range (destination on egress, source on ingress).
+    pub port: Option<(u16, u16)>,
+    pub local_port: Option<(u16, u16)>,
+    /// The remote end's address.
+    pub peer: Option<IpNet>,
+    /// `TCP_*` bits: only TCP packets with any of them; 0: no flag filter.
+    pub tcp_flags: u8,
+}
+
+impl From<NetFilterArgs> for NetFilters {
+    fn from(a: NetFilterArgs) -> NetFilters {
+        NetFilters {
+            directions: match a.direction {
+                Direction::Egress => DIR_EGRESS,
+                Direction::Ingress => DIR_INGRESS,
+                Direction::Both => DIR_EGRESS | DIR_INGRESS,
+            },
+            proto: match a.proto {
+                None => PROTO_ANY,
+                Some(Proto::Tcp) => PROTO_TCP,
+                Some(Proto::Udp) => PROTO_UDP,
+                Some(Proto::Icmp) => PROTO_ICMP,
+            },
+            port: a.port,
+            local_port: a.local_port,
+            peer: a.peer,
+            tcp_flags: a.tcp_flags.iter().fold(0, |m, f| m | f.bit()),
+        }
+    }
+}
+
+impl NetFilters {
+    pub fn to_match(&self) -> NetMatch {
+        let mut m = NetMatch { directions: self.directions, proto: self.proto, tcp_flags: self.tcp_flags, ..Default::default() };
+        (m.remote_port_lo, m.remote_port_hi) = self.port.unwrap_or((0, 0));
+        (m.local_port_lo, m.local_port_hi) = self.local_port.unwrap_or((0, 0));
+        if let Some(net) = self.peer {
+            let ((hi, lo), prefix) = match net {
+                IpNet::V4(n) => (v4_mapped(n.network().octets()), 96 + n.prefix_len()),
+                IpNet::V6(n) => (v6_halves(n.network().octets()), n.prefix_len()),
+            };
+            let (mh, ml) = prefix_masks(prefix);
+            (m.peer_hi, m.peer_lo, m.peer_mask_hi, m.peer_mask_lo) = (hi & mh, lo & ml, mh, ml);
+        }
+        m
+    }
+
+    /// Refuses ingress for a fault that acts at TC egress only (`kind`, and why).
+    pub fn egress_only(&self, kind: &str, why: &str) -> Result<()> {
+        if self.directions & DIR_INGRESS != 0 {
+            return Err(usage!("{kind} acts on sent packets only ({why}): use --direction egress, or put the fault on the sender"));
+        }
+        Ok(())
+    }
+
+    /// The hooks the directions need.
+    pub fn hooks(&self) -> Vec<Hook> {
+        let mut h = Vec::new();
+        if self.directions & DIR_EGRESS != 0 {
+            h.push(Hook::TcEgress);
+        }
+        if self.directions & DIR_INGRESS != 0 {
+            h.push(Hook::CgroupIngress);
+        }
+        h
+    }
+
+    /// The backends the directions need.
+    pub fn needs(&self) -> Vec<&'static [Backend]> {
+        let mut n: Vec<&'static [Backend]> = Vec::new();
+        if self.directions & DIR_EGRESS != 0 {
+            n.push(&[Backend::Tcx, Backend::TcNetlink]);
+        }
+        if self.directions & DIR_INGRESS != 0 {
+            n.push(&[Backend::CgroupSkb]);
+        }
+        n
+    }
+}
+
+impl fmt::Display for NetFilters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dir = match self.directions {
+            DIR_EGRESS => "egress",
+            DIR_INGRESS => "ingress",
+            _ => "egress+ingress",
+        };
+        let proto = match self.proto {
+            PROTO_TCP => " tcp",
+            PROTO_UDP => " udp",
+            PROTO_ICMP => " icmp",
+            _ => "",
+        };
+        write!(f, "{dir}{proto} packets")?;
+        if let Some(p) = self.peer {
+            write!(f, " to/from {p}")?;
+        }
+        let range = |(lo, hi): (u16, u16)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") };
+        if let Some(p) = self.port {
+            write!(f, ", remote port {}", range(p))?;
+        }
+        if let Some(p) = self.local_port {
+            write!(f, ", local port {}", range(p))?;
+        }
+        if self.tcp_flags != 0 {
+            let names: Vec<&str> = [(TCP_SYN, "syn"), (TCP_ACK, "ack"), (TCP_FIN, "fin"), (TCP_RST, "rst")]
+                .iter()
+                .filter(|(b, _)| self.tcp_flags & b != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            write!(f, " with TCP flag {}", names.join("|"))?;
+        }
+        Ok(())
+    }
+}
+

@@ -1,0 +1,118 @@
+//! `net.delay`: hold sent packets back, as netem's `delay D [J]` does, but for one cgroup. The TC
+//! program gives each selected packet an Earliest Departure Time (`skb->tstamp`), and sch_fq, the
+//! device's root qdisc, holds it until then. The session puts fq there if the device has the
+//! kernel's default qdisc, journals it, and restores the default at the end (session/qdisc.rs).
+
+use std::{path::PathBuf, time::Duration};
+
+use chaos_common::{Action, Counters, Rule, ppm_to_threshold};
+use clap::{ArgMatches, Args, FromArgMatches};
+
+use super::{Fault, FqNeed, Hook, Kind, net::{NetFilterArgs, NetFilters}};
+use crate::{cli, error::Result, probe::Backend, usage};
+
+pub const KIND: Kind = Kind { name: "net.delay", family: "net", verb: "delay", command, build };
+
+/// The longest delay (plus jitter) a rule may set: departure times further ahead are taken for
+/// another clock's timestamps by the kernel program (`chaos_common::net::departure`).
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+
+fn command() -> clap::Command {
+    NetDelayArgs::augment_args(clap::Command::new("delay"))
+        .about("Delay sent packets (netem's delay, for one cgroup), by departure times that sch_fq honours.")
+        .after_help(
+            "Needs sch_fq (CONFIG_NET_SCH_FQ) as the root qdisc of the target's devices: chaos puts it \
+             there in place of the kernel's default qdisc (noqueue, pfifo_fast, fq_codel) and restores \
+             the default when the fault ends, however chaos ends; --keep-qdisc refuses instead. fq keeps \
+             each flow in departure-time order, so jitter reorders packets within a flow, as netem does.\n\n\
+             Examples:\n  chaos net delay --cgroup /system.slice/payments.service --delay 2s --for 5m\n  \
+             chaos net delay --pid 4242 --delay 100ms --jitter 20ms --proto tcp --port 5432",
+        )
+}
+
+fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
+    let a = NetDelayArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
+    let filters: NetFilters = a.filters.into();
+    filters.egress_only(KIND.name, "a delay needs a queue, and a cgroup's received packets have none of their own")?;
+    if a.delay + a.jitter > MAX_DELAY {
+        return Err(usage!("--delay plus --jitter is {:?}: at most {MAX_DELAY:?}", a.delay + a.jitter));
+    }
+    if a.delay.is_zero() && a.jitter.is_zero() {
+        return Err(usage!("--delay 0 with no --jitter delays nothing: give a delay such as 100ms"));
+    }
+    Ok(Box::new(NetDelay { delay: a.delay, jitter: a.jitter, ppm: a.percent, keep_qdisc: a.keep_qdisc, filters, netns: a.netns }))
+}
+
+#[derive(Args, Debug)]
+pub struct NetDelayArgs {
+    /// The added delay (e.g. 100ms, 2s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub delay: Duration,
+    /// The delay varies uniformly within plus or minus this (netem's `delay D J`).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub jitter: Duration,
+    /// Delay this share of the matching packets, 0-100.
+    #[arg(long, value_parser = cli::parse_percent, value_name = "P", default_value = "100")]
+    pub percent: u32,
+    /// Refuse to change a device's root qdisc: the devices must already have sch_fq.
+    #[arg(long)]
+    pub keep_qdisc: bool,
+    #[command(flatten)]
+    pub filters: NetFilterArgs,
+    /// Also attach device programs in this network namespace (a file such as /run/netns/NAME).
+    #[arg(long, value_name = "FILE")]
+    pub netns: Vec<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct NetDelay {
+    pub delay: Duration,
+    pub jitter: Duration,
+    pub ppm: u32,
+    pub keep_qdisc: bool,
+    pub filters: NetFilters,
+    pub netns: Vec<PathBuf>,
+}
+
+impl Fault for NetDelay {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn describe(&self) -> String {
+        let jitter = if self.jitter.is_zero() { String::new() } else { format!(" ± {}", humantime::format_duration(self.jitter)) };
+        let share = if self.ppm == chaos_common::PPM_ONE { String::new() } else { format!("{} of ", super::percent(self.ppm)) };
+        format!("delay {share}{} by {}{jitter}", self.filters, humantime::format_duration(self.delay))
+    }
+
+    fn needs(&self) -> Vec<&'static [Backend]> {
+        let mut n = self.filters.needs();
+        n.push(&[Backend::SchFq]);
+        n
+    }
+
+    fn hooks(&self, _available: &[Backend]) -> Result<Vec<Hook>> {
+        Ok(vec![Hook::TcEgress])
+    }
+
+    fn fill(&self, rule: &mut Rule, _hooks: &[Hook]) -> Result<()> {
+        rule.action = Action::NetDelay as u32;
+        rule.threshold = ppm_to_threshold(self.ppm);
+        rule.net = self.filters.to_match();
+        rule.net_action.delay_ns = self.delay.as_nanos() as u64;
+        rule.net_action.jitter_ns = self.jitter.as_nanos() as u64;
+        Ok(())
+    }
+
+    fn report(&self, c: &Counters) -> Vec<(&'static str, u64)> {
+        vec![("delayed", c.injected), ("delayed_segs", c.injected_segs), ("delayed_bytes", c.injected_bytes)]
+    }
+
+    fn netns(&self) -> &[PathBuf] {
+        &self.netns
+    }
+
+    fn fq(&self) -> Option<FqNeed> {
+        Some(FqNeed { max_delay: self.delay + self.jitter, keep_qdisc: self.keep_qdisc })
+    }
+}

@@ -1,0 +1,131 @@
+//! The packet faults beyond drop that work on any kernel chaos runs on: duplicate, corrupt,
+//! partition, and the TCP-flags filter. Real datagrams from a process in the target cgroup over a
+//! veth pair to a sink in another namespace; the sink reads the sequence numbers, send times and
+//! patterns the sender put in each datagram (`chaos workload udp-send`), and the test holds what
+//! it saw against the kernel's counters. A bystander in the same namespace sees nothing.
+
+use std::time::Duration;
+
+use chaos_tests::*;
+
+const N: u64 = 2000;
+const T: Duration = Duration::from_secs(60);
+
+/// Sends N stamped datagrams from `from` to a sink in the server namespace on `port`; returns
+/// the sender's and the sink's reports.
+fn udp_round(sb: &Sandbox, from: Place, port: u16, size: usize) -> (Value, Value) {
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "1s"]);
+    sink.ready();
+    let to = format!("{SERVER_V4}:{port}");
+    let sent = sb.spawn(from, &["udp-send", "--to", &to, "--count", &N.to_string(), "--rate", "4000", "--size", &size.to_string()]).json(T);
+    assert_eq!(sent["errors"], 0, "{sent}");
+    let got = sink.json(T);
+    assert_eq!(got["rcvbuf_errors"], 0, "the sink's buffer overflowed: {got}");
+    (sent, got)
+}
+
+fn fault(sb: &Sandbox, args: &[&str]) -> Proc {
+    let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    a.extend(["--for", "60s", "--json"].map(String::from));
+    a.extend(sb.target_args());
+    start_chaos(&a)
+}
+
+fn n(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
+}
+
+/// |observed - expected| within 4.5 standard deviations of a binomial(N, p).
+fn within_sigma(observed: u64, n: u64, p: f64) -> bool {
+    let (mean, sd) = (n as f64 * p, (n as f64 * p * (1.0 - p)).sqrt());
+    (observed as f64 - mean).abs() <= 4.5 * sd
+}
+
+#[test]
+fn duplicate_sends_copies_the_receiver_counts_and_never_copies_a_copy() {
+    let sb = Sandbox::new();
+    let chaos = fault(&sb, &["net", "duplicate", "--percent", "40", "--proto", "udp"]);
+    let (_, got) = udp_round(&sb, Place::Target, 5401, 64);
+    let (_, bystander) = udp_round(&sb, Place::Bystander, 5402, 64);
+    let summary = stop_chaos(chaos);
+    let duplicated = counter(&summary, 0, "duplicated");
+    assert_eq!(n(&got, "unique"), N, "nothing lost: {got}");
+    assert_eq!(n(&got, "duplicates"), duplicated, "every copy the kernel made arrived, and no other: {got}");
+    assert_eq!(n(&got, "received"), N + duplicated);
+    assert!(within_sigma(duplicated, N, 0.4), "{duplicated} of {N} duplicated; expected 40%");
+    assert_eq!(counter(&summary, 0, "selected"), duplicated);
+    assert_eq!((n(&bystander, "received"), n(&bystander, "duplicates")), (N, 0), "the bystander's packets were copied");
+}
+
+#[test]
+fn duplicate_at_100_percent_sends_exactly_two_of_each() {
+    // A copy meets the program again on its way out; were it copied again, this would be more.
+    let sb = Sandbox::new();
+    let chaos = fault(&sb, &["net", "duplicate", "--percent", "100", "--proto", "udp"]);
+    let (_, got) = udp_round(&sb, Place::Target, 5403, 64);
+    let summary = stop_chaos(chaos);
+    assert_eq!((n(&got, "unique"), n(&got, "duplicates")), (N, N), "{got}");
+    assert_eq!(counter(&summary, 0, "duplicated"), N);
+    assert_eq!(counter(&summary, 0, "matched"), N, "copies are not matched again");
+}
+
+#[test]
+fn corrupt_flips_payload_bits_that_the_receiver_sees_or_loses() {
+    let sb = Sandbox::new();
+    let chaos = fault(&sb, &["net", "corrupt", "--percent", "30", "--proto", "udp"]);
+    let (_, got) = udp_round(&sb, Place::Target, 5404, 256);
+    let (_, bystander) = udp_round(&sb, Place::Bystander, 5405, 256);
+    let summary = stop_chaos(chaos);
+    let corrupted = counter(&summary, 0, "corrupted");
+    let (received, bad) = (n(&got, "received"), n(&got, "corrupted"));
+    // Each corrupted datagram either reached the application with the flipped bit (the checksum
+    // was left to the device, as on a veth) or was dropped by the receiver's checksum check.
+    assert_eq!(bad + (N - received), corrupted, "seen corrupted {bad}, lost {}, kernel corrupted {corrupted}", N - received);
+    assert!(within_sigma(corrupted, N, 0.3), "{corrupted} of {N} corrupted; expected 30%");
+    assert_eq!(n(&got, "unique") + bad, received, "every other datagram arrived intact");
+    assert_eq!((n(&bystander, "received"), n(&bystander, "corrupted")), (N, 0), "a bystander's packet was corrupted");
+}
+
+#[test]
+fn partition_cuts_the_target_off_from_one_peer_both_ways() {
+    let sb = Sandbox::new();
+    let chaos = fault(&sb, &["net", "partition", "--peer", &format!("{SERVER_V4}/32")]);
+    let (_, to_peer) = udp_round(&sb, Place::Target, 5406, 64);
+    // Another address of the same server (IPv6) is not in the partition.
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", "[::]:5407", "--idle", "1s"]);
+    sink.ready();
+    sb.spawn(Place::Target, &["udp-send", "--to", &format!("[{SERVER_V6}]:5407"), "--count", &N.to_string(), "--rate", "4000"]).json(T);
+    let other = sink.json(T);
+    // From the peer to the target: lost on the way in.
+    let mut target_sink = sb.spawn(Place::Target, &["udp-sink", "--bind", "0.0.0.0:5408", "--idle", "1s"]);
+    target_sink.ready();
+    sb.spawn(Place::Server, &["udp-send", "--to", &format!("{CLIENT_V4}:5408"), "--count", "500", "--rate", "4000"]).json(T);
+    let inbound = target_sink.json(T);
+    let summary = stop_chaos(chaos);
+    assert_eq!(n(&to_peer, "received"), 0, "the target reached the partitioned peer");
+    assert_eq!(n(&inbound, "received"), 0, "the partitioned peer reached the target");
+    assert_eq!(n(&other, "received"), N, "another peer was cut off too");
+    assert_eq!(counter(&summary, 0, "dropped"), N + 500);
+    assert_eq!(summary["rules"][0]["kind"], "net.partition", "{summary}");
+}
+
+#[test]
+fn a_tcp_flags_filter_fails_connection_setup_and_leaves_other_packets_alone() {
+    let sb = Sandbox::new();
+    let chaos = fault(&sb, &["net", "drop", "--percent", "100", "--proto", "tcp", "--tcp-flags", "syn"]);
+    let mut server = sb.spawn(Place::Server, &["rr-server", "--bind", &format!("{SERVER_V4}:5409"), "--max", "60s"]);
+    server.ready();
+    let connects = sb
+        .spawn(Place::Target, &["syscall-loop", "--call", "connect", "--to", &format!("{SERVER_V4}:5409"), "--count", "1"])
+        .json(T);
+    let by_bystander = sb
+        .spawn(Place::Bystander, &["syscall-loop", "--call", "connect", "--to", &format!("{SERVER_V4}:5409"), "--count", "3"])
+        .json(T);
+    let (_, udp) = udp_round(&sb, Place::Target, 5410, 64);
+    let summary = stop_chaos(chaos);
+    assert_eq!(connects["ok"], 0, "a connection was set up through a SYN filter: {connects}");
+    assert_eq!(by_bystander["ok"], 3, "{by_bystander}");
+    assert_eq!(n(&udp, "received"), N, "UDP has no SYN flag");
+    let (matched, dropped) = (counter(&summary, 0, "matched"), counter(&summary, 0, "dropped"));
+    assert!(matched >= 1 && dropped == matched, "every SYN sent (with retries) matched and was dropped: {matched}/{dropped}");
+}
