@@ -16,6 +16,7 @@
 //! - [`ERRORS_MAP`]: per-CPU counts of kernel-side failures, by [`KernelError`].
 #![no_std]
 
+pub mod loss;
 pub mod net;
 pub mod sys;
 

@@ -114,7 +114,7 @@ pub const fn jittered_delay(delay_ns: u64, jitter_ns: u64, random: u32) -> u64 {
     let offset_us = ((random as u64) * span_us) >> 32;
     let ns = delay_ns + offset_us * 1000;
     let jitter_rounded = (jitter_ns / 1000) * 1000;
-    if ns < jitter_rounded { 0 } else { ns - jitter_rounded }
+    ns.saturating_sub(jitter_rounded)
 }
 
 /// The departure time a delayed packet gets: `delay` after the later of now and the time it was

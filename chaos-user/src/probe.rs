@@ -85,7 +85,7 @@ impl Backend {
             Backend::TpBtfSignal => "sys signal (planned)",
             Backend::BpfLsm | Backend::FmodRetSecurity => "sys fail: the open family",
             Backend::FmodRetSyscall | Backend::KprobeOverride => "sys fail: any syscall",
-            Backend::SchFq => "net delay (planned)",
+            Backend::SchFq => "net delay",
             Backend::Netem => "benchmarks against tc netem",
         }
     }

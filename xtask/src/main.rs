@@ -7,7 +7,10 @@ mod setup;
 mod test;
 mod vm;
 
-use std::path::PathBuf;
+use std::{
+    path::{Component, Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -43,6 +46,22 @@ enum Task {
         /// Passed to each test binary (test name filters, `--exact`, ...).
         #[arg(last = true)]
         filter: Vec<String>,
+    },
+    /// Set up, build, and run one command inside a vm-test guest (chaos, ip and tc on PATH); exit
+    /// with its status. Its output is on stdout, the guest's boot on stderr.
+    VmRun {
+        /// Which kernel the guest boots.
+        #[arg(long, value_enum, default_value = "debian-6.1-cloud")]
+        kernel: vm::Lane,
+        /// A host file or folder (recursively) to put at the same absolute path in the guest.
+        #[arg(long, value_name = "PATH", value_parser = guest_copy)]
+        copy: Vec<PathBuf>,
+        /// Stop the guest and fail if the command has not ended by then (90s, 10m, 1h).
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration)]
+        timeout: Duration,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Measure what chaos costs the traffic it watches, side by side with the baseline; writes
     /// BENCHMARKS.md.
@@ -93,6 +112,11 @@ fn run(task: Task) -> Result<()> {
             setup::run()?;
             vm::vm_test(kernel, &filter)
         }
+        Task::VmRun { kernel, copy, timeout, command } => {
+            setup::run()?;
+            let status = vm::vm_run(kernel, &command, &copy, timeout)?;
+            std::process::exit(status)
+        }
         Task::Kernels { action: KernelsAction::Update } => vm::lock::update(),
         Task::Bench => {
             setup::run()?;
@@ -124,4 +148,62 @@ pub fn cache_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/var/cache"));
     base.join("chaos")
+}
+
+/// A `--copy` path: it must exist; made absolute (without `.` and `..`) because it lands at the
+/// same absolute path in the guest.
+fn guest_copy(arg: &str) -> Result<PathBuf, String> {
+    let absolute = std::path::absolute(arg).map_err(|e| format!("{arg}: {e}"))?;
+    let mut path = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            Component::ParentDir => {
+                path.pop();
+            }
+            Component::CurDir => {}
+            c => path.push(c),
+        }
+    }
+    if path == Path::new("/") {
+        return Err("copying / itself is not supported".into());
+    }
+    if !path.exists() {
+        return Err(format!("{} does not exist", path.display()));
+    }
+    Ok(path)
+}
+
+/// `90`, `90s`, `10m` or `1h`.
+fn duration(arg: &str) -> Result<Duration, String> {
+    let (number, unit) = arg.split_at(arg.find(|c: char| !c.is_ascii_digit()).unwrap_or(arg.len()));
+    let n: u64 = number.parse().map_err(|_| format!("`{arg}` is not a duration like 90s, 10m or 1h"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{arg}`: the unit must be s, m or h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(duration("10 min").is_err());
+        assert!(duration("m").is_err());
+    }
+
+    #[test]
+    fn copy_paths_are_absolute_and_must_exist() {
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(guest_copy("src/../src/./main.rs"), Ok(here.join("src/main.rs")));
+        assert!(guest_copy("no/such/file").unwrap_err().contains("does not exist"));
+        assert!(guest_copy("/tmp/..").is_err());
+    }
 }

@@ -4,6 +4,7 @@
 //! (`session/`), the CLI (`cli.rs`), fault files (`file.rs`), the watch loop and the report are
 //! shared by every kind. docs/design.md, "Adding a fault", lists the files a new kind touches.
 
+pub mod loss_model;
 pub mod net;
 pub mod net_corrupt;
 pub mod net_delay;

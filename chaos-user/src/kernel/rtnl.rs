@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
+    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable,
 };
 use netlink_packet_route::RouteNetlinkMessage;
@@ -165,6 +165,82 @@ pub fn add_root_qdisc(ifindex: u32, kind: &str) -> io::Result<()> {
     )
 }
 
+/// A device's root qdisc: its handle (0 for the qdisc the kernel attached by default: noqueue,
+/// pfifo_fast, fq_codel, mq) and kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootQdisc {
+    pub handle: u32,
+    pub kind: String,
+}
+
+/// The root qdisc of `ifindex`, if the dump shows one.
+pub fn root_qdisc(ifindex: u32) -> io::Result<Option<RootQdisc>> {
+    Ok(qdiscs(ifindex)?.into_iter().find(|q| q.parent == TC_H_ROOT).map(|q| RootQdisc { handle: q.handle, kind: q.kind }))
+}
+
+/// sch_fq's settings chaos chooses (TCA_FQ_* attributes, include/uapi/linux/pkt_sched.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FqOptions {
+    /// Packets the qdisc holds in all (TCA_FQ_PLIMIT; fq's default 10000).
+    pub limit: u32,
+    /// Packets one flow may have held (TCA_FQ_FLOW_PLIMIT; default 100).
+    pub flow_limit: u32,
+    /// Departure times further ahead than this are capped to it, not dropped (TCA_FQ_HORIZON in
+    /// µs, default 10 s, with TCA_FQ_HORIZON_DROP 0).
+    pub horizon_us: u32,
+}
+
+const TCA_FQ_PLIMIT: u16 = 1;
+const TCA_FQ_FLOW_PLIMIT: u16 = 2;
+const TCA_FQ_RATE_ENABLE: u16 = 5;
+const TCA_FQ_HORIZON: u16 = 14;
+const TCA_FQ_HORIZON_DROP: u16 = 15;
+
+/// TCA_OPTIONS of an fq qdisc: nested u32/u8 attributes. Pacing off (TCA_FQ_RATE_ENABLE 0): fq
+/// then only honours departure times, and sockets keep the pace they had without it.
+fn fq_options(o: &FqOptions) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut attr = |kind: u16, value: &[u8]| {
+        out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize(out.len().next_multiple_of(4), 0);
+    };
+    attr(TCA_FQ_PLIMIT, &o.limit.to_ne_bytes());
+    attr(TCA_FQ_FLOW_PLIMIT, &o.flow_limit.to_ne_bytes());
+    attr(TCA_FQ_RATE_ENABLE, &0u32.to_ne_bytes());
+    attr(TCA_FQ_HORIZON, &o.horizon_us.to_ne_bytes());
+    attr(TCA_FQ_HORIZON_DROP, &[0u8]);
+    out
+}
+
+/// Makes fq with `handle` the root qdisc of `ifindex`, in place of whatever is there
+/// (NLM_F_CREATE|NLM_F_REPLACE). A kernel without sch_fq answers ENOENT.
+pub fn replace_root_fq(ifindex: u32, handle: u32, o: &FqOptions) -> io::Result<()> {
+    let mut msg = TcMessage::with_index(to_index(ifindex)?);
+    msg.header.parent = TC_H_ROOT.into();
+    msg.header.handle = handle.into();
+    msg.attributes.push(TcAttribute::Kind("fq".to_owned()));
+    msg.attributes.push(TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, fq_options(o))));
+    ack_request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE | NLM_F_REPLACE)
+}
+
+/// Deletes the root qdisc of `ifindex` if its handle is `handle`; the kernel then attaches the
+/// device's default qdisc again. Ok(false): no such qdisc there.
+pub fn delete_root_qdisc(ifindex: u32, handle: u32) -> io::Result<bool> {
+    if root_qdisc(ifindex)?.is_none_or(|q| q.handle != handle) {
+        return Ok(false);
+    }
+    let mut msg = TcMessage::with_index(to_index(ifindex)?);
+    msg.header.parent = TC_H_ROOT.into();
+    msg.header.handle = handle.into();
+    match ack_request(RouteNetlinkMessage::DelQueueDiscipline(msg), 0) {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Probes whether the kernel can create a root qdisc of `kind` ("fq", "netem"): adds it to `lo`
 /// in a throwaway network namespace, made by unshare(CLONE_NEWNET) on a new thread that exits
 /// afterwards, so the calling thread never changes namespace and the probe leaves nothing behind.
@@ -266,6 +342,7 @@ fn join_info(priority: u16, protocol: u16) -> u32 {
 /// A qdisc of one device, as the dump reports it.
 struct QdiscEntry {
     handle: u32,
+    parent: u32,
     kind: String,
 }
 
@@ -289,6 +366,7 @@ fn qdiscs(ifindex: u32) -> io::Result<Vec<QdiscEntry>> {
         let kind = kind.ok_or_else(|| invalid_data("qdisc dump entry without TCA_KIND"))?;
         out.push(QdiscEntry {
             handle: msg.header.handle.into(),
+            parent: msg.header.parent.into(),
             kind,
         });
     }

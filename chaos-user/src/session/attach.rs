@@ -31,10 +31,13 @@ use chaos_common::{
 };
 use serde::Serialize;
 
-use super::journal::{Change, Journal, NetnsRef};
+use super::{
+    journal::{Change, Journal, NetnsRef},
+    qdisc,
+};
 use crate::{
     error::{Error, Result, chain},
-    faults::Hook,
+    faults::{FqNeed, Hook},
     kernel::{
         Kernel,
         fmod_ret::{FmodRet, FmodRetError},
@@ -83,6 +86,8 @@ struct DeviceLink {
     /// The journal entries of a netlink filter and of a clsact chaos added for it.
     filter: Option<Change>,
     clsact: Option<Change>,
+    /// The journal entry of an fq root qdisc chaos put on the device (delay faults).
+    fq: Option<Change>,
 }
 
 impl Drop for DeviceLink {
@@ -196,7 +201,17 @@ impl Attachments {
     /// `strict` (at the start): the first failure ends the attachment with an error, after which
     /// [`Attachments::detach_all`] undoes exactly what was done. Otherwise (refreshing while
     /// running): failures are logged and the rest goes on.
-    pub fn attach_devices(&mut self, kernel: &mut Kernel, journal: &mut Journal, paths: &[(u64, PathBuf)], tcx: bool, strict: bool) -> Result<()> {
+    /// `fq`: the session's delay faults need fq as each device's root qdisc (`qdisc.rs`), and the
+    /// session's fq handle.
+    pub fn attach_devices(
+        &mut self,
+        kernel: &mut Kernel,
+        journal: &mut Journal,
+        paths: &[(u64, PathBuf)],
+        tcx: bool,
+        fq: Option<(FqNeed, u32)>,
+        strict: bool,
+    ) -> Result<()> {
         for (ino, path) in paths {
             if *ino != 0 && self.namespaces.iter().any(|n| n.ino == *ino) {
                 continue;
@@ -236,7 +251,7 @@ impl Attachments {
                         let name = if netdev::ethernet_framing(&ifname) { PROG_TC_EGRESS } else { PROG_TC_EGRESS_L3 };
                         kernel
                             .program::<SchedClassifier>(name, "TC classifier (sched_cls)")
-                            .and_then(|prog| attach_device(prog, journal, &ns, ifindex, &ifname, tcx))
+                            .and_then(|prog| attach_device(prog, journal, &ns, ifindex, &ifname, tcx, fq))
                     };
                     match attached {
                         Ok(d) => devices.push(d),
@@ -264,9 +279,13 @@ impl Attachments {
         for mut d in std::mem::take(&mut self.devices) {
             let ns = d.ns.clone();
             let link = d.link.take().map(ManuallyDrop::new);
-            let (filter, clsact) = (d.filter.take(), d.clsact.take());
+            let (filter, clsact, fq) = (d.filter.take(), d.clsact.take(), d.fq.take());
             let ifindex = d.ifindex;
             let added_clsact = clsact.is_some();
+            let fq_handle = match &fq {
+                Some(Change::RootFq { handle, .. }) => Some(*handle),
+                _ => None,
+            };
             let done = ns.run(move || {
                 let detached = match link {
                     Some(l) => ManuallyDrop::into_inner(l).detach().map_err(|e| log::warn!("detaching the TC program: {e}")).is_ok(),
@@ -275,18 +294,26 @@ impl Attachments {
                 if added_clsact && detached && let Err(e) = rtnl::remove_clsact_if_unused(ifindex) {
                     log::warn!("removing the clsact qdisc chaos added: {e}");
                 }
-                detached
+                // The device's default qdisc back; an error leaves the fq in the journal.
+                let restored = fq_handle.is_none_or(|h| {
+                    rtnl::delete_root_qdisc(ifindex, h).map_err(|e| log::warn!("restoring the default qdisc: {e}")).is_ok()
+                });
+                (detached, restored)
             });
             match done {
                 // Detached: the filter and the clsact (removed, or kept because another tool's
                 // filter now uses it) are no longer ours to undo. Not detached: both stay in the
                 // journal for the guardian and the sweep.
-                Ok(true) => {
-                    for c in filter.iter().chain(clsact.iter()) {
+                Ok((detached, restored)) => {
+                    if detached {
+                        for c in filter.iter().chain(clsact.iter()) {
+                            let _ = journal.forget(c);
+                        }
+                    }
+                    if restored && let Some(c) = &fq {
                         let _ = journal.forget(c);
                     }
                 }
-                Ok(false) => {}
                 Err(e) => log::warn!("{e}: its TC program stays attached and recorded for `chaos cleanup`"),
             }
         }
@@ -328,8 +355,39 @@ impl Drop for Attachments {
     }
 }
 
-/// Runs inside `ns`: attaches `prog` at egress of device `ifindex`.
+/// Runs inside `ns`: puts fq on device `ifindex` if the session needs it, then attaches `prog` at
+/// its egress. A failure to attach undoes the fq.
 fn attach_device(
+    prog: &mut SchedClassifier,
+    journal: &mut Journal,
+    ns: &Arc<Netns>,
+    ifindex: u32,
+    ifname: &str,
+    tcx: bool,
+    fq: Option<(FqNeed, u32)>,
+) -> Result<DeviceLink> {
+    let fq_change = match fq {
+        Some((need, handle)) => qdisc::ensure_fq(journal, ns, ifindex, ifname, need, handle)?,
+        None => None,
+    };
+    match attach_program(prog, journal, ns, ifindex, ifname, tcx) {
+        Ok(mut d) => {
+            d.fq = fq_change;
+            Ok(d)
+        }
+        Err(e) => {
+            if let Some(c @ Change::RootFq { handle, .. }) = &fq_change
+                && rtnl::delete_root_qdisc(ifindex, *handle).is_ok()
+            {
+                let _ = journal.forget(c);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Runs inside `ns`: attaches `prog` at egress of device `ifindex`.
+fn attach_program(
     prog: &mut SchedClassifier,
     journal: &mut Journal,
     ns: &Arc<Netns>,
@@ -340,7 +398,7 @@ fn attach_device(
     let fail = |e: &dyn std::error::Error| Error::Other(anyhow::anyhow!("attaching to {ifname} egress: {}", chain(e)));
     let prog_id = prog.info().map(|i| i.id()).map_err(|e| fail(&e))?;
     let nsref = NetnsRef { ino: ns.ino, path: ns.path.clone() };
-    let mut d = DeviceLink { ns: ns.clone(), ifindex, ifname: ifname.to_string(), link: None, link_id: None, filter: None, clsact: None };
+    let mut d = DeviceLink { ns: ns.clone(), ifindex, ifname: ifname.to_string(), link: None, link_id: None, filter: None, clsact: None, fq: None };
     if tcx {
         // First in the device's chain: a program before chaos that returns "pass" would end the
         // chain and let the packets chaos was to act on leave.

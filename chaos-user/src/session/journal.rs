@@ -44,6 +44,10 @@ pub enum Change {
     /// A clsact qdisc the session added for its filters. Removed only once no filter of anyone's
     /// is left on it (deleting a clsact deletes every filter under it).
     Clsact { netns: NetnsRef, ifindex: u32, ifname: String },
+    /// An fq root qdisc the session put on a device in place of the kernel's default one (`replaced`
+    /// names it), proved the session's by its handle, unique to the session. Deleting it makes the
+    /// kernel attach the default again.
+    RootFq { netns: NetnsRef, ifindex: u32, ifname: String, handle: u32, replaced: String },
     /// A file the session created, marked with its id: a harmless change that exercises the
     /// journal and the guardian in tests (`CHAOS_TEST_FAKE_CHANGE`).
     TestFile { path: PathBuf, marker: String },
@@ -54,6 +58,7 @@ impl Change {
         match self {
             Change::TcFilter { ifname, prog_id, .. } => format!("TC filter (program {prog_id}) on {ifname}"),
             Change::Clsact { ifname, .. } => format!("clsact qdisc on {ifname}"),
+            Change::RootFq { ifname, handle, replaced, .. } => format!("fq qdisc {:x}: on {ifname} (in place of {replaced})", handle >> 16),
             Change::TestFile { path, .. } => format!("test file {}", path.display()),
         }
     }
@@ -241,6 +246,15 @@ pub fn undo(change: &Change) -> anyhow::Result<bool> {
                     return Ok(false);
                 }
                 Ok(rtnl::remove_clsact_if_unused(*ifindex)?)
+            })?
+        }
+        Change::RootFq { netns, ifindex, ifname, handle, .. } => {
+            let Some(ns) = find_netns(netns) else { return Ok(false) };
+            ns.run(|| -> anyhow::Result<bool> {
+                if !same_device(*ifindex, ifname) {
+                    return Ok(false);
+                }
+                rtnl::delete_root_qdisc(*ifindex, *handle).with_context(|| format!("restoring the default qdisc of {ifname}"))
             })?
         }
         Change::TestFile { path, marker } => match fs::read_to_string(path) {

@@ -9,6 +9,7 @@
 pub mod attach;
 pub mod guardian;
 pub mod journal;
+pub mod qdisc;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -21,7 +22,7 @@ use self::{
 };
 use crate::{
     error::{Error, Result},
-    faults::{FaultSpec, Hook},
+    faults::{FaultSpec, FqNeed, Hook},
     kernel::{Kernel, monotonic_ns, netdev},
     privileges,
     probe::{self, Backend},
@@ -56,6 +57,9 @@ pub struct Plan {
     pub sys_hooks: Vec<Hook>,
     /// TC through tcx links (6.6+) rather than netlink filters.
     pub tcx: bool,
+    /// What the delay faults need of the devices' root qdisc (the longest delay; `--keep-qdisc`
+    /// if any of them says so).
+    pub fq: Option<FqNeed>,
     /// The kernel object the checks loaded (its programs verified), for the session to use.
     pub kernel: Option<Kernel>,
 }
@@ -146,7 +150,12 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
     let mut extra_netns: Vec<PathBuf> = faults.iter().flat_map(|f| f.spec.fault.netns().to_vec()).collect();
     extra_netns.sort();
     extra_netns.dedup();
+    let fq = faults.iter().filter_map(|f| f.spec.fault.fq()).reduce(|a, b| FqNeed {
+        max_delay: a.max_delay.max(b.max_delay),
+        keep_qdisc: a.keep_qdisc || b.keep_qdisc,
+    });
     let plan = Plan {
+        fq,
         egress_targets: with_hook(&Hook::TcEgress),
         cgroup_at,
         sys_hooks,
@@ -227,6 +236,16 @@ impl Plan {
                 path.display(),
                 devices.unwrap_or_else(|e| format!("cannot list ({e})"))
             ));
+        }
+        if let Some(fq) = self.fq {
+            attach.push(if fq.keep_qdisc {
+                "sch_fq must already be the root qdisc of each of those devices (--keep-qdisc)".to_string()
+            } else {
+                format!(
+                    "sch_fq as the root qdisc of each of those devices that has the kernel's default one (journaled; the default back at the end), horizon {}",
+                    humantime::format_duration(Duration::from_micros(qdisc::options_for(fq.max_delay).horizon_us as u64))
+                )
+            });
         }
         for h in &self.sys_hooks {
             attach.push(format!("{}, once", h.describe()));
@@ -368,7 +387,8 @@ impl Session {
     fn attach_all(&mut self) -> Result<()> {
         let namespaces = self.plan.egress_namespaces();
         if !namespaces.is_empty() {
-            self.attachments.attach_devices(&mut self.kernel, &mut self.journal, &namespaces, self.plan.tcx, true)?;
+            let fq = self.plan.fq.map(|need| (need, qdisc::handle_for(&self.id)));
+            self.attachments.attach_devices(&mut self.kernel, &mut self.journal, &namespaces, self.plan.tcx, fq, true)?;
             self.note_guardian()?;
         }
         for (h, t) in &self.plan.cgroup_at.clone() {
@@ -446,7 +466,8 @@ impl Session {
         if namespaces.is_empty() {
             return;
         }
-        if let Err(e) = self.attachments.attach_devices(&mut self.kernel, &mut self.journal, &namespaces, self.plan.tcx, false) {
+        let fq = self.plan.fq.map(|need| (need, qdisc::handle_for(&self.id)));
+        if let Err(e) = self.attachments.attach_devices(&mut self.kernel, &mut self.journal, &namespaces, self.plan.tcx, fq, false) {
             log::warn!("{e}");
         }
         if let Err(e) = self.note_guardian() {

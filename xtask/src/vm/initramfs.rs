@@ -1,9 +1,10 @@
 //! The guest's whole file system: busybox, iproute2, setpriv, chaos, the test binaries, their
-//! shared libraries, the kernel modules the tests need, and /init. Rebuilt on every run (the test
-//! binaries change); it takes about a second.
+//! shared libraries, the kernel modules the tests need, vm-run's copies, and /init. Rebuilt on every
+//! run (the test binaries change); it takes about a second.
 
 use std::{
     fs,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -59,7 +60,13 @@ pub struct Contents<'a> {
     pub config: Option<&'a Path>,
     /// A scratch folder for stripped copies of the Rust binaries.
     pub scratch: &'a Path,
+    /// Absolute host paths (files or folders) that /init copies to the same paths (vm-run's `--copy`).
+    pub copies: &'a [PathBuf],
 }
+
+/// Where the copies wait in the archive: /init moves them into place after mounting /tmp and /run,
+/// which would hide them otherwise.
+const COPIES: &str = "copies";
 
 /// Writes the gzip'd initramfs to `out`.
 pub fn build(c: &Contents, out: &Path) -> Result<()> {
@@ -101,7 +108,32 @@ pub fn build(c: &Contents, out: &Path) -> Result<()> {
     if let Some(cfg) = c.config.filter(|p| p.is_file()) {
         a.file("boot/config", cfg, 0o644);
     }
+    for p in c.copies {
+        copy(&mut a, p, &format!("{COPIES}{}", p.display()))?;
+    }
     a.write_gz(out)
+}
+
+/// The host file or folder `from` (followed if a symlink) at `to`, folders recursively with the
+/// symlinks inside them kept as symlinks, files with their permission bits.
+fn copy(a: &mut Archive, from: &Path, to: &str) -> Result<()> {
+    let meta = fs::metadata(from).with_context(|| format!("reading {}", from.display()))?;
+    if meta.is_dir() {
+        a.dir(to);
+        for e in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+            let e = e?;
+            let (path, name) = (e.path(), e.file_name());
+            let inner = format!("{to}/{}", name.to_string_lossy());
+            if e.file_type()?.is_symlink() {
+                a.symlink(&inner, &fs::read_link(&path)?.to_string_lossy());
+            } else {
+                copy(a, &path, &inner)?;
+            }
+        }
+    } else if meta.is_file() {
+        a.file(to, from, meta.permissions().mode() & 0o7777);
+    } // sockets, fifos and devices: nothing to copy
+    Ok(())
 }
 
 /// The static busybox as /bin/busybox, and a symlink for each of its applets that TOOLS does not

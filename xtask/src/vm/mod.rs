@@ -1,5 +1,6 @@
 //! The qemu test lanes: the integration tests run inside a guest booted from a real distribution
-//! kernel (Debian 6.1 cloud) or the self-built errinj kernel, on a busybox initramfs.
+//! kernel (Debian 6.1 cloud) or the self-built errinj kernel, on a busybox initramfs. `vm-run` boots
+//! the same guest to run one command instead.
 //!
 //! Cache layout (`~/.cache/chaos/`): `debs/` the pinned packages, `kernels/PACKAGE_VERSION/` the
 //! unpacked Debian kernel, `vm/LANE/` the last initramfs.
@@ -65,6 +66,32 @@ pub fn run_lane(lane: Lane, filter: &[String]) -> Result<Outcome> {
     prepare(lane, filter)?.boot()
 }
 
+/// `cargo xtask vm-run`: boots the lane's guest, runs `argv` in it after /init's set-up, with
+/// `copies` at their host paths, and returns the command's exit status.
+pub fn vm_run(lane: Lane, argv: &[String], copies: &[PathBuf], timeout: Duration) -> Result<i32> {
+    let prepared = prepare_job(lane, Job { command: true, args: argv, copies, timeout })?;
+    let outcome = prepared.boot();
+    let _ = fs::remove_file(&prepared.initrd);
+    let outcome = outcome?;
+    if outcome.hung {
+        bail!("the command did not end within {} s; qemu killed (--timeout sets the limit)", timeout.as_secs());
+    }
+    match outcome.status {
+        Some(status) => Ok(status),
+        None => bail!("{}", outcome.problem.unwrap_or_else(|| "the guest gave no exit status".into())),
+    }
+}
+
+/// What the guest's /init runs after its set-up.
+struct Job<'a> {
+    /// `args` is one command to run (vm-run), not arguments for every test binary.
+    command: bool,
+    args: &'a [String],
+    /// Host paths copied in at the same paths.
+    copies: &'a [PathBuf],
+    timeout: Duration,
+}
+
 /// A lane ready to boot: its kernel and initramfs built.
 pub struct Prepared {
     lane: Lane,
@@ -72,19 +99,27 @@ pub struct Prepared {
     initrd: PathBuf,
     marker: String,
     timeout: Duration,
+    show: qemu::Show,
 }
 
 impl Prepared {
-    /// Boots the guest and runs the tests; its console lines are prefixed with the lane's name
+    /// Boots the guest and runs its job; its console lines are prefixed with the lane's name
     /// (lanes boot side by side: with single-threaded TCG each takes one host core).
     pub fn boot(&self) -> Result<Outcome> {
-        qemu::run(&self.image, &self.initrd, &self.marker, self.timeout, &format!("[{}] ", self.lane.name()))
+        let prefix = format!("[{}] ", self.lane.name());
+        qemu::run(&self.image, &self.initrd, &self.marker, self.timeout, &prefix, self.show)
     }
 }
 
-/// Everything before the boot: set-up, the kernel (downloaded or built), the release binary, the
-/// test binaries, the initramfs.
+/// Everything before the boot of a test lane (see `prepare_job`).
 pub fn prepare(lane: Lane, filter: &[String]) -> Result<Prepared> {
+    let timeout = Duration::from_secs(env_number("CHAOS_VM_TIMEOUT_SECS", TIMEOUT_SECS)?);
+    prepare_job(lane, Job { command: false, args: filter, copies: &[], timeout })
+}
+
+/// Everything before the boot: set-up, the kernel (downloaded or built), the release binary, the
+/// test binaries (none for a command), the initramfs.
+fn prepare_job(lane: Lane, job: Job) -> Result<Prepared> {
     eprintln!("xtask: {} lane", lane.name());
     setup::vm()?;
     let kernel = match lane {
@@ -96,24 +131,29 @@ pub fn prepare(lane: Lane, filter: &[String]) -> Result<Prepared> {
         }
     };
     crate::build_release()?;
-    let tests = test_binaries()?;
-    if tests.is_empty() {
-        eprintln!("xtask: warning: no integration test binaries to run in the guest");
-    }
-
     let dir = cache_dir().join("vm").join(lane.name());
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tests = if job.command { Vec::new() } else { test_binaries()? };
+    if tests.is_empty() && !job.command {
+        eprintln!("xtask: warning: no integration test binaries to run in the guest");
+    }
     let marker = end_marker();
     let threads = env_number("CHAOS_VM_TEST_THREADS", TEST_THREADS)?;
     let mut init = format!(
-        "#!/bin/sh\nEND={marker}\nMODULES='{}'\nTHREADS={threads}\nexport CHAOS_LANE={}\nset -- {}\n",
+        "#!/bin/sh\nEND={marker}\nMODULES='{}'\nTHREADS={threads}\nRUN={}\nexport CHAOS_LANE={}\nset -- {}\n",
         if kernel.modules.is_some() { initramfs::MODULES.join(" ") } else { String::new() },
+        if job.command { "command" } else { "tests" },
         lane.name(),
-        filter.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "),
+        job.args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "),
     );
     init.push_str(include_str!("init.sh"));
     let scratch = dir.join(format!("strip-{}", std::process::id()));
-    let initrd = dir.join("initramfs.cpio.gz");
+    // vm-run's image has a name of its own: a test lane prepared at the same time must not boot it.
+    let initrd = if job.command {
+        dir.join(format!("run-{}.cpio.gz", std::process::id()))
+    } else {
+        dir.join("initramfs.cpio.gz")
+    };
     let started = Instant::now();
     let built = initramfs::build(
         &initramfs::Contents {
@@ -123,6 +163,7 @@ pub fn prepare(lane: Lane, filter: &[String]) -> Result<Prepared> {
             modules: kernel.modules.as_ref(),
             config: kernel.config.as_deref(),
             scratch: &scratch,
+            copies: job.copies,
         },
         &initrd,
     );
@@ -137,8 +178,8 @@ pub fn prepare(lane: Lane, filter: &[String]) -> Result<Prepared> {
         kernel.image.display()
     );
 
-    let timeout = Duration::from_secs(env_number("CHAOS_VM_TIMEOUT_SECS", TIMEOUT_SECS)?);
-    Ok(Prepared { lane, image: kernel.image, initrd, marker, timeout })
+    let show = if job.command { qemu::Show::Command } else { qemu::Show::Console };
+    Ok(Prepared { lane, image: kernel.image, initrd, marker, timeout: job.timeout, show })
 }
 
 /// The integration test executables: `cargo test --no-run` on chaos-tests, or the paths in
@@ -165,7 +206,8 @@ fn test_binaries() -> Result<Vec<PathBuf>> {
     Ok(bins)
 }
 
-/// A marker the guest prints last; the nonce keeps test output from faking it.
+/// The marker of the lines /init prints at the end (and, for vm-run, before the command); the
+/// nonce keeps test output from faking it.
 fn end_marker() -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("CHAOS-VM-END-{:08x}{:x}", nanos, std::process::id())

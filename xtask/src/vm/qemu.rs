@@ -23,6 +23,21 @@ pub struct Outcome {
     pub problem: Option<String>,
     /// Lines the guest printed as `BENCH| ...` (benchmark tables), without the prefix.
     pub bench: Vec<String>,
+    /// The status in /init's end marker: the tests' (0 or 1), or vm-run's command's.
+    pub status: Option<i32>,
+    /// Killed at the time limit.
+    pub hung: bool,
+}
+
+/// Where the console's lines go.
+#[derive(Clone, Copy)]
+pub enum Show {
+    /// Every line to stdout after the prefix (the test lanes, which boot side by side).
+    Console,
+    /// The lines between /init's `<marker> start` and its end marker (vm-run's command's output)
+    /// to stdout as they are, so that stdout carries nothing else; the rest (firmware, boot,
+    /// power-off) to stderr after the prefix. The marker lines are not shown.
+    Command,
 }
 
 /// How long qemu may take to exit after the guest printed its end marker.
@@ -39,7 +54,7 @@ struct Console {
 
 /// Boots `kernel` with `initrd`; the guest's /init prints `<marker> rc=N` when done. The run is
 /// killed after `timeout`.
-pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration, prefix: &str) -> Result<Outcome> {
+pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration, prefix: &str, show: Show) -> Result<Outcome> {
     let mut c = Command::new("qemu-system-x86_64");
     c.args(["-m", "2048", "-smp", "2", "-nographic", "-no-reboot"])
         // No network card: the guest's only traffic is loopback and its own namespaces.
@@ -63,12 +78,12 @@ pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration, prefix
     let mut child =
         c.spawn().context("could not start qemu-system-x86_64: `cargo xtask setup` installs qemu-system-x86")?;
     let stdout = child.stdout.take().expect("piped");
-    let marker = format!("{marker} rc=");
+    let marker = marker.to_string();
     let ended = Arc::new(AtomicBool::new(false));
     let reader = thread::spawn({
         let ended = ended.clone();
         let prefix = prefix.to_string();
-        move || watch(stdout, &marker, &ended, &prefix)
+        move || watch(stdout, &marker, &ended, &prefix, show)
     });
 
     // A kernel without ACPI (the errinj one) halts on `poweroff -f` instead of ending qemu, so
@@ -103,24 +118,44 @@ pub fn run(kernel: &Path, initrd: &Path, marker: &str, timeout: Duration, prefix
         }
     };
     eprintln!("xtask: {prefix}guest ran {secs} s");
-    Ok(Outcome { tally: console.tally, problem, bench: console.bench })
+    Ok(Outcome { tally: console.tally, problem, bench: console.bench, status: console.end_code, hung: timed_out })
 }
 
-/// Echoes each console line (cleaned of terminal control sequences) and notes results, the end
-/// marker and a kernel panic.
-fn watch(out: impl Read, marker: &str, ended: &AtomicBool, prefix: &str) -> Result<Console> {
+/// Echoes each console line (cleaned of terminal control sequences) as `show` says, and notes
+/// results, the end marker and a kernel panic.
+fn watch(out: impl Read, marker: &str, ended: &AtomicBool, prefix: &str, show: Show) -> Result<Console> {
+    let (start, end) = (format!("{marker} start"), format!("{marker} rc="));
     let mut console = Console::default();
+    let mut in_command = false;
     let mut r = BufReader::new(out);
     let mut raw = Vec::new();
     while r.read_until(b'\n', &mut raw)? > 0 {
         let line = plain(&String::from_utf8_lossy(&raw));
         raw.clear();
-        println!("{prefix}{line}");
+        let end_split = line.split_once(&end);
+        match show {
+            Show::Console => println!("{prefix}{line}"),
+            Show::Command => {
+                if line.contains(&start) {
+                    in_command = true;
+                } else if let Some((before, _)) = end_split {
+                    // The command's last line may lack its newline: the marker then ends it.
+                    if in_command && !before.is_empty() {
+                        println!("{before}");
+                    }
+                    in_command = false;
+                } else if in_command {
+                    println!("{line}");
+                } else {
+                    eprintln!("{prefix}{line}");
+                }
+            }
+        }
         console.tally.add_line(&line);
         if let Some(b) = line.split_once("BENCH| ").map(|(_, b)| b) {
             console.bench.push(b.trim_end().to_string());
         }
-        if let Some(rest) = line.split_once(marker).map(|(_, r)| r) {
+        if let Some((_, rest)) = end_split {
             console.end_code = rest.trim().parse().ok().or(Some(-1));
             ended.store(true, Ordering::Relaxed);
         }
@@ -172,10 +207,18 @@ mod tests {
                     [ 1.0] Kernel panic - not syncing: Attempted to kill init!\r\n\
                     END-1 rc=3\r\n";
         let ended = AtomicBool::new(false);
-        let c = watch(text.as_bytes(), "END-1 rc=", &ended, "").unwrap();
+        let c = watch(text.as_bytes(), "END-1", &ended, "", Show::Console).unwrap();
         assert!(ended.load(Ordering::Relaxed));
         assert_eq!(c.tally, Tally { passed: 2, failed: 0 });
         assert_eq!(c.end_code, Some(3));
         assert!(c.panic.unwrap().contains("Attempted to kill init"));
+    }
+
+    #[test]
+    fn reads_the_status_after_a_command_output_without_newline() {
+        let text = "SeaBIOS\r\nEND-1 start\r\nout\r\nlastEND-1 rc=3\r\n[ 2.0] reboot: Power down\r\n";
+        let ended = AtomicBool::new(false);
+        let c = watch(text.as_bytes(), "END-1", &ended, "", Show::Command).unwrap();
+        assert_eq!(c.end_code, Some(3));
     }
 }

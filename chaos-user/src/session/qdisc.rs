@@ -1,0 +1,122 @@
+//! sch_fq for faults that set departure times (`net.delay`). A TC program can stamp a packet
+//! with the time it may leave, but only fq, as the device's root qdisc, holds it until then: on
+//! any other qdisc the stamp is ignored and the fault would silently do nothing.
+//!
+//! The decision, per device the session's TC program sits on:
+//! - fq already there (someone's own): used as it is, nothing changed.
+//! - fq that another live chaos session put there: refused, with that session's id (it goes when
+//!   that session ends).
+//! - the kernel's default qdisc (handle 0: noqueue on a container's veth and on lo, fq_codel or
+//!   pfifo_fast on a single-queue device): replaced by fq, journaled **before** the change with
+//!   the handle that proves the fq is this session's; deleting it at the end (or by the guardian,
+//!   or the sweep) makes the kernel attach the default again.
+//! - mq (a queue per CPU), or a qdisc someone configured: refused with the reason; chaos does not
+//!   rebuild another tool's qdisc tree.
+//! - `--keep-qdisc`: anything but fq is refused.
+
+use std::{sync::Arc, time::Duration};
+
+use super::journal::{self, Change, Journal, NetnsRef};
+use crate::{
+    error::{Error, Result},
+    faults::FqNeed,
+    kernel::{netdev::Netns, rtnl},
+    unsupported,
+};
+
+/// The handles chaos gives the fq qdiscs it adds: `C000:`..`CFFF:`, one per session.
+const HANDLE_BASE: u32 = 0xc000_0000;
+
+/// This session's fq handle, from its id.
+pub fn handle_for(session_id: &str) -> u32 {
+    let h = u32::from_str_radix(session_id, 16).unwrap_or(0);
+    HANDLE_BASE | ((h & 0x0fff) << 16)
+}
+
+fn chaos_handle(handle: u32) -> bool {
+    handle & 0xf000_0000 == HANDLE_BASE && handle & 0xffff == 0
+}
+
+/// fq's settings for a delay of up to `max_delay`: a horizon past it (departure times beyond
+/// the horizon would be capped), and room for the packets a long delay holds: fq's defaults (100
+/// per flow, 10,000 in all) would drop a 2000-packet/s flow delayed by 2 s.
+pub fn options_for(max_delay: Duration) -> rtnl::FqOptions {
+    let horizon = (max_delay * 2).max(Duration::from_secs(10));
+    rtnl::FqOptions { limit: 100_000, flow_limit: 50_000, horizon_us: horizon.as_micros().min(u32::MAX as u128) as u32 }
+}
+
+/// Runs inside `ns`: makes sure device `ifindex` has fq as its root qdisc. Returns the journaled
+/// change when chaos put it there.
+pub fn ensure_fq(journal: &mut Journal, ns: &Arc<Netns>, ifindex: u32, ifname: &str, need: FqNeed, handle: u32) -> Result<Option<Change>> {
+    let fail = |e: &dyn std::error::Error| Error::Other(anyhow::anyhow!("reading the qdiscs of {ifname}: {e}"));
+    let root = rtnl::root_qdisc(ifindex).map_err(|e| fail(&e))?;
+    let (kind, current) = root.as_ref().map(|q| (q.kind.as_str(), q.handle)).unwrap_or(("noqueue", 0));
+    if kind == "fq" {
+        if chaos_handle(current) && current != handle && let Some(owner) = owner_of(ns.ino, ifindex, current) {
+            return Err(unsupported!(
+                "{ifname}: its fq qdisc belongs to chaos session {owner}, and goes when that session ends; put this fault in that session (one fault file), or run it afterwards"
+            ));
+        }
+        return Ok(None);
+    }
+    let tc_hint = format!("`tc qdisc replace dev {ifname} root fq` in its network namespace");
+    if need.keep_qdisc {
+        return Err(unsupported!("{ifname} has root qdisc {kind}, and --keep-qdisc forbids changing it; delays need fq there ({tc_hint})"));
+    }
+    if kind == "mq" {
+        return Err(unsupported!("{ifname} has a queue per CPU (mq); chaos does not yet put fq under mq: delay the traffic on a single-queue device (a container's veth), or set up fq yourself ({tc_hint} per queue)"));
+    }
+    if current != 0 {
+        return Err(unsupported!(
+            "{ifname} has root qdisc {kind} {:x}: someone configured it, and chaos does not replace a configured qdisc; delays need fq there ({tc_hint}, or --keep-qdisc once it is)",
+            current >> 16
+        ));
+    }
+    let change = Change::RootFq {
+        netns: NetnsRef { ino: ns.ino, path: ns.path.clone() },
+        ifindex,
+        ifname: ifname.to_string(),
+        handle,
+        replaced: kind.to_string(),
+    };
+    journal.before(change.clone()).map_err(|e| Error::Other(e.context("writing the session record")))?;
+    if let Err(e) = rtnl::replace_root_fq(ifindex, handle, &options_for(need.max_delay)) {
+        let _ = journal.forget(&change);
+        return Err(Error::Other(anyhow::anyhow!("putting fq on {ifname}: {e}")));
+    }
+    Ok(Some(change))
+}
+
+/// The live chaos session whose record says it put fq `handle` on that device.
+fn owner_of(netns_ino: u64, ifindex: u32, handle: u32) -> Option<String> {
+    journal::records().ok()?.into_iter().filter_map(|(_, r)| r.ok()).find_map(|r| {
+        let ours = r.changes.iter().any(|c| {
+            matches!(c, Change::RootFq { netns, ifindex: i, handle: h, .. } if netns.ino == netns_ino && *i == ifindex && *h == handle)
+        });
+        (ours && r.owner_alive()).then(|| format!("{} (pid {})", r.id, r.pid))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_handles_are_in_chaos_range_and_recognised() {
+        for id in ["00000000", "deadbeef", "0fff0000", "zz"] {
+            let h = handle_for(id);
+            assert!(chaos_handle(h), "{id}: {h:x}");
+            assert_ne!(h >> 16, 0xffff, "never the clsact/ingress major");
+        }
+        assert_ne!(handle_for("00000001"), handle_for("00000002"));
+        assert!(!chaos_handle(0), "the kernel's default qdisc");
+        assert!(!chaos_handle(0x0001_0000), "a qdisc someone configured as 1:");
+    }
+
+    #[test]
+    fn the_horizon_reaches_past_the_delay() {
+        assert_eq!(options_for(Duration::from_millis(100)).horizon_us, 10_000_000, "fq's default horizon at least");
+        assert_eq!(options_for(Duration::from_secs(30)).horizon_us, 60_000_000);
+        assert!(options_for(Duration::from_secs(2)).flow_limit >= 4000, "a 2000/s flow held for 2 s fits");
+    }
+}

@@ -1,0 +1,175 @@
+//! `chaos net delay`: departure times that sch_fq honours, on the lanes whose kernel has sch_fq
+//! (the qemu lanes); elsewhere (this host) it is refused with exit 3 naming CONFIG_NET_SCH_FQ
+//! before anything is attached. The one-way delay is read from the send time each datagram carries
+//! (CLOCK_MONOTONIC, one clock for every namespace of the machine). fq goes on in place of the
+//! kernel's default qdisc and the default comes back however chaos ends, SIGKILL included.
+
+use std::time::{Duration, Instant};
+
+use chaos_tests::*;
+
+const N: u64 = 400;
+const T: Duration = Duration::from_secs(90);
+
+fn fq_here() -> bool {
+    lane_has("sch_fq")
+}
+
+/// Sends N stamped datagrams at 200/s from `from` to a sink in the server namespace; returns the
+/// sink's report.
+fn udp_round(sb: &Sandbox, from: Place, port: u16) -> Value {
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "3s"]);
+    sink.ready();
+    let sent = sb.spawn(from, &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", &N.to_string(), "--rate", "200"]).json(T);
+    assert_eq!(sent["errors"], 0, "{sent}");
+    sink.close_stdin();
+    sink.json(T)
+}
+
+fn delay_ms(v: &Value, q: &str) -> f64 {
+    v["delay_ms"][q].as_f64().unwrap_or_else(|| panic!("no delay_ms.{q} in {v}"))
+}
+
+fn delay_args(sb: &Sandbox, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["net", "delay", "--proto", "udp", "--for", "90s", "--json"].map(String::from).to_vec();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a.extend(sb.target_args());
+    a
+}
+
+/// The root qdisc line of the client's veth, e.g. "qdisc noqueue 0: root refcnt 2".
+fn root_qdisc(sb: &Sandbox) -> String {
+    sb.client_qdiscs()
+        .lines()
+        .find(|l| l.contains(&format!(" dev {} ", sb.client_dev)) && l.contains(" root "))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn without_sch_fq_delay_is_refused_by_name_before_anything_attaches() {
+    if fq_here() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let args = delay_args(&sb, &["--delay", "100ms"]);
+    let (code, _, err) = run_chaos(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 3, "{err:?}");
+    assert_eq!(err.len(), 1, "one line: {err:?}");
+    assert!(err[0].contains("CONFIG_NET_SCH_FQ"), "{err:?}");
+    assert!(!sb.client_qdiscs().contains("fq"), "a qdisc was changed");
+}
+
+#[test]
+fn delay_adds_the_configured_one_way_delay_and_spares_bystanders_and_restores_the_qdisc() {
+    if !fq_here() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let before = root_qdisc(&sb);
+    assert!(before.contains("noqueue"), "a veth starts with noqueue: {before}");
+    let mut chaos = start_chaos(&delay_args(&sb, &["--delay", "100ms"]));
+    let _ = session_id(&mut chaos);
+    let during = root_qdisc(&sb);
+    assert!(during.contains("qdisc fq c"), "chaos put its fq on the device: {during}");
+    let target = udp_round(&sb, Place::Target, 5501);
+    let bystander = udp_round(&sb, Place::Bystander, 5502);
+    let summary = stop_chaos(chaos);
+    assert_eq!(root_qdisc(&sb), before, "the default qdisc is back");
+
+    assert_eq!(target["unique"], N, "nothing lost under delay: {target}");
+    let p50 = delay_ms(&target, "p50");
+    eprintln!("one-way delay: p50 {p50:.2} ms, p99 {:.2} ms (configured 100 ms); bystander p99 {:.2} ms", delay_ms(&target, "p99"), delay_ms(&bystander, "p99"));
+    assert!((p50 - 100.0).abs() <= 5.0, "p50 {p50:.2} ms; expected 100 ms ± 5%");
+    assert!(delay_ms(&target, "min") >= 99.0, "a packet left early: {target}");
+    assert!(delay_ms(&bystander, "max") < 50.0, "a bystander packet was delayed by more than D/2: {bystander}");
+    assert_eq!(counter(&summary, 0, "delayed"), N, "every datagram of the target was delayed, and only those");
+}
+
+#[test]
+fn jitter_spreads_the_delay_around_it_and_reorders_within_a_flow() {
+    if !fq_here() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let chaos = start_chaos(&delay_args(&sb, &["--delay", "60ms", "--jitter", "20ms"]));
+    let got = udp_round(&sb, Place::Target, 5503);
+    stop_chaos(chaos);
+    let (min, p50, p99) = (delay_ms(&got, "min"), delay_ms(&got, "p50"), delay_ms(&got, "p99"));
+    eprintln!("jitter 60±20 ms: min {min:.2} p50 {p50:.2} p99 {p99:.2} max {:.2} ms; reordered {}", delay_ms(&got, "max"), got["reordered"]);
+    assert!(min >= 39.5, "a packet left before delay - jitter: {got}");
+    // fq holds a flow it throttled until the departure time of the packet it throttled on, so a
+    // packet drawn a shorter delay behind it waits that long: the median sits above the delay by
+    // up to jitter/2 (netem, which sorts every packet, gives the delay). docs/design.md.
+    assert!((59.0..=70.0).contains(&p50), "median {p50:.2}; expected 60-70 ms");
+    // No packet waits longer than the longest draw of one sent before it (+ timer lateness under
+    // emulation).
+    assert!(p99 <= 80.0 + 8.0, "p99 {p99:.2} ms beyond delay + jitter: {got}");
+    assert!(got["reordered"].as_u64().unwrap_or(0) > 0, "jitter reorders within a flow, as netem does: {got}");
+}
+
+#[test]
+fn the_guardian_restores_the_qdisc_after_sigkill() {
+    if !fq_here() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let before = root_qdisc(&sb);
+    let mut chaos = start_chaos(&delay_args(&sb, &["--delay", "2s"]));
+    let _ = session_id(&mut chaos);
+    assert!(root_qdisc(&sb).contains("qdisc fq c"), "{}", root_qdisc(&sb));
+    chaos.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    while root_qdisc(&sb) != before && killed.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(root_qdisc(&sb), before, "the guardian did not restore the qdisc within 10 s");
+    eprintln!("default qdisc back {:?} after SIGKILL", killed.elapsed());
+}
+
+#[test]
+fn a_configured_qdisc_and_keep_qdisc_are_refused_and_left_alone() {
+    if !fq_here() {
+        return;
+    }
+    let sb = Sandbox::new();
+    // --keep-qdisc on the default noqueue: refused, nothing changed.
+    let before = root_qdisc(&sb);
+    let args = delay_args(&sb, &["--delay", "10ms", "--keep-qdisc"]);
+    let (code, _, err) = run_chaos(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 3, "{err:?}");
+    assert!(err.len() == 1 && err[0].contains("--keep-qdisc"), "{err:?}");
+    assert_eq!(root_qdisc(&sb), before);
+    // Someone's own qdisc: refused, and still there afterwards.
+    sb.client_tc(&["qdisc", "replace", "dev", &sb.client_dev, "root", "handle", "1:", "pfifo", "limit", "500"]);
+    let args = delay_args(&sb, &["--delay", "10ms"]);
+    let (code, _, err) = run_chaos(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 3, "{err:?}");
+    assert!(err.len() == 1 && err[0].contains("configured"), "{err:?}");
+    assert!(root_qdisc(&sb).contains("pfifo 1:"), "{}", root_qdisc(&sb));
+    // fq someone set up (on every device of the namespace: --keep-qdisc needs it on lo too):
+    // used as it is, and left there at the end.
+    sb.client_tc(&["qdisc", "replace", "dev", &sb.client_dev, "root", "handle", "7:", "fq"]);
+    sb.client_tc(&["qdisc", "replace", "dev", "lo", "root", "handle", "8:", "fq"]);
+    let chaos = start_chaos(&delay_args(&sb, &["--delay", "30ms", "--keep-qdisc"]));
+    let got = udp_round(&sb, Place::Target, 5504);
+    stop_chaos(chaos);
+    assert!((delay_ms(&got, "p50") - 30.0).abs() <= 3.0, "{got}");
+    assert!(root_qdisc(&sb).contains("fq 7:"), "someone's fq stays: {}", root_qdisc(&sb));
+}
+
+#[test]
+fn a_second_session_is_refused_the_first_sessions_fq() {
+    if !fq_here() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut first = start_chaos(&delay_args(&sb, &["--delay", "10ms"]));
+    let id = session_id(&mut first);
+    let args = delay_args(&sb, &["--delay", "20ms"]);
+    let (code, _, err) = run_chaos(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 3, "{err:?}");
+    assert!(err.len() == 1 && err[0].contains(&id), "names the session that owns the fq: {err:?}");
+    stop_chaos(first);
+    assert!(root_qdisc(&sb).contains("noqueue"), "{}", root_qdisc(&sb));
+}
