@@ -35,6 +35,11 @@ pub const COUNTERS_MAP: &str = "CHAOS_COUNTERS";
 pub const INJECTIONS_MAP: &str = "CHAOS_INJECTED";
 pub const SESSION_MAP: &str = "CHAOS_SESSION";
 pub const ERRORS_MAP: &str = "CHAOS_ERRORS";
+/// Per rule, shared by all CPUs: the state of its loss model, a [`loss::LossState`] packed in a
+/// u64 (state in the low half) so that one compare-and-swap moves it.
+pub const LOSS_STATE_MAP: &str = "CHAOS_LOSS_STATE";
+/// Per rule, shared by all CPUs: the rate faults' next free departure time (CLOCK_MONOTONIC ns).
+pub const PACE_MAP: &str = "CHAOS_PACE";
 
 /// Name of the global the loader sets to make the kernel programs log, through aya-log, every
 /// injection they make (`--log-packets`). Off by default: nothing is logged per packet or call.
@@ -59,6 +64,12 @@ pub enum Action {
     NetDuplicate = 4,
     /// Flip one random bit of the packet's payload (`net.corrupt`).
     NetCorrupt = 5,
+    /// Shape to `net.rate_bytes` per second by departure times, which sch_fq honours
+    /// (`net.rate`).
+    NetShape = 6,
+    /// Drop what exceeds `net.rate_bytes` per second beyond a burst of `net.burst_ns` (a token
+    /// bucket, as a policer; no qdisc needed) (`net.rate --police`).
+    NetPolice = 7,
 }
 
 impl Action {
@@ -69,6 +80,8 @@ impl Action {
             3 => Action::NetDelay,
             4 => Action::NetDuplicate,
             5 => Action::NetCorrupt,
+            6 => Action::NetShape,
+            7 => Action::NetPolice,
             _ => Action::None,
         }
     }
@@ -95,9 +108,12 @@ pub struct Rule {
     pub sys: sys::SysMatch,
     /// The parameters of a packet action.
     pub net_action: net::NetAction,
+    /// A loss model that decides in place of `threshold` when it keeps state
+    /// ([`loss::LossParams::is_stateful`]): netem's Gilbert-Elliott, 4-state, correlated loss.
+    pub loss: loss::LossParams,
 }
 
-const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16 + 32);
+const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16 + 32 + 32);
 
 impl Rule {
     /// Whether the rule injects at monotonic time `now_ns`: in its window, and not a free slot.
@@ -237,11 +253,14 @@ pub enum KernelError {
     Ipv6Headers = 3,
     /// A packet could not be changed or copied (`bpf_skb_store_bytes`, `bpf_clone_redirect`).
     PacketWrite = 4,
+    /// A loss model's shared state kept changing under this CPU: the packet was decided from the
+    /// state read, which did not move.
+    ModelContended = 5,
 }
-pub const KERNEL_ERROR_KINDS: u32 = 5;
+pub const KERNEL_ERROR_KINDS: u32 = 6;
 /// Names for reports, by [`KernelError`] value.
 pub const KERNEL_ERROR_NAMES: [&str; KERNEL_ERROR_KINDS as usize] =
-    ["header_load", "rule_lookup", "deep_cgroup", "ipv6_headers", "packet_write"];
+    ["header_load", "rule_lookup", "deep_cgroup", "ipv6_headers", "packet_write", "model_contended"];
 
 /// Converts a probability in parts per million (0..=1_000_000) into the threshold the kernel
 /// compares a `bpf_get_prandom_u32()` value against: inject when `random < threshold`.

@@ -108,6 +108,12 @@ impl LossParams {
         LossParams { model: LOSS_GEMODEL, loss: 0, rho: 0, a1: p, a2: r, a3: h, a4: k1, a5: 0 }
     }
 
+    /// Whether the model keeps state between packets (and so decides in place of a rule's plain
+    /// probability): Gilbert-Elliott, 4-state, or random loss with a correlation.
+    pub const fn is_stateful(&self) -> bool {
+        matches!(self.model, LOSS_GEMODEL | LOSS_4STATE) || (self.model == LOSS_RANDOM && self.rho != 0)
+    }
+
     /// `loss state`, arguments in tc's order.
     pub const fn four_state(p13: u32, p31: u32, p32: u32, p23: u32, p14: u32) -> LossParams {
         LossParams { model: LOSS_4STATE, loss: 0, rho: 0, a1: p13, a2: p31, a3: p32, a4: p14, a5: p23 }
@@ -127,6 +133,20 @@ pub struct LossState {
 }
 
 const _: () = assert!(core::mem::size_of::<LossState>() == 8);
+
+impl LossState {
+    /// The state as one u64 (state in the low half, `last` in the high half), for an atomic
+    /// compare-and-swap in a map shared by all CPUs.
+    #[inline(always)]
+    pub const fn pack(self) -> u64 {
+        self.state as u64 | ((self.last as u64) << 32)
+    }
+
+    #[inline(always)]
+    pub const fn unpack(v: u64) -> LossState {
+        LossState { state: v as u32, last: (v >> 32) as u32 }
+    }
+}
 
 impl LossState {
     /// The state netem puts a model in when it is configured (`clg.state = 1`), with the

@@ -97,7 +97,10 @@ pub struct NetAction {
     pub delay_ns: u64,
     /// `NetDelay`: the delay varies uniformly within ± this (netem's `delay D J`).
     pub jitter_ns: u64,
-    pub _reserved: [u64; 2],
+    /// `NetShape`, `NetPolice`: the rate, in bytes per second.
+    pub rate_bytes: u64,
+    /// `NetPolice`: how far ahead of the rate the traffic may run (the bucket's depth, as time).
+    pub burst_ns: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<NetAction>() == 32);
@@ -124,6 +127,29 @@ pub const fn jittered_delay(delay_ns: u64, jitter_ns: u64, random: u32) -> u64 {
 pub const fn departure(now_ns: u64, stamped_ns: u64, delay_ns: u64) -> u64 {
     let base = if stamped_ns > now_ns && stamped_ns - now_ns < 60_000_000_000 { stamped_ns } else { now_ns };
     base + delay_ns
+}
+
+/// The time `bytes` take at `rate_bytes` per second, in ns (at least 1 byte per second).
+#[inline(always)]
+pub const fn transmit_ns(bytes: u64, rate_bytes: u64) -> u64 {
+    let rate = if rate_bytes == 0 { 1 } else { rate_bytes };
+    // Below 2^64 for any packet (64 KB) at any rate: 65536 * 1e9 < 2^47.
+    bytes * 1_000_000_000 / rate
+}
+
+/// A rate fault's step for one packet of `cost_ns` (its transmit time at the rate), given the
+/// rule's next free departure time `next` (0 at first) and now: `(departure, new next)` when the
+/// packet conforms, `None` when it runs more than `burst_ns` ahead of the rate (a policer drops it,
+/// and `next` stays). Shaping passes `u64::MAX` as the burst: every packet conforms and leaves at
+/// `departure`. This is the virtual-scheduling form of a token bucket (GCRA): one number of state,
+/// so one compare-and-swap moves it.
+#[inline(always)]
+pub const fn pace(next: u64, now: u64, cost_ns: u64, burst_ns: u64) -> Option<(u64, u64)> {
+    let departure = if next > now { next } else { now };
+    if departure - now > burst_ns {
+        return None;
+    }
+    Some((departure, departure + cost_ns))
 }
 
 /// Which bit of a packet of `len` bytes to flip, payload starting at byte `payload`, from a random
@@ -454,6 +480,41 @@ mod tests {
         assert_eq!(departure(1_000, 2_000, 50), 2_050, "a paced packet keeps its place");
         assert_eq!(departure(1_000, 500, 50), 1_050, "a stamp in the past");
         assert_eq!(departure(1_000, 1_000 + 3_600_000_000_000, 50), 1_050, "another clock's stamp");
+    }
+
+    #[test]
+    fn pacing_spaces_packets_at_the_rate_and_polices_past_the_burst() {
+        // 1000 bytes at 1 MB/s: 1 ms each.
+        let cost = transmit_ns(1000, 1_000_000);
+        assert_eq!(cost, 1_000_000);
+        // Shaping: ten packets sent at once leave 1 ms apart.
+        let (mut next, mut departures) = (0, [0u64; 10]);
+        for d in departures.iter_mut() {
+            let (dep, n) = pace(next, 5_000_000, cost, u64::MAX).expect("shaping never drops");
+            (*d, next) = (dep, n);
+        }
+        assert_eq!(departures[0], 5_000_000, "the first leaves now");
+        assert!(departures.windows(2).all(|w| w[1] - w[0] == cost));
+        // Policing with a 3 ms burst: of ten sent at once, four conform (0, 1, 2, 3 ms ahead).
+        let (mut next, mut passed) = (0, 0);
+        for _ in 0..10 {
+            if let Some((_, n)) = pace(next, 5_000_000, cost, 3_000_000) {
+                next = n;
+                passed += 1;
+            }
+        }
+        assert_eq!(passed, 4);
+        // Long after, the bucket is full again, and idle time is not saved up beyond it.
+        assert_eq!(pace(next, 1_000_000_000, cost, 3_000_000), Some((1_000_000_000, 1_001_000_000)));
+        // A steady stream at twice the rate: half conform over a long run.
+        let (mut next, mut passed) = (0, 0u64);
+        for i in 0..10_000u64 {
+            if let Some((_, n)) = pace(next, i * cost / 2, cost, 3_000_000) {
+                next = n;
+                passed += 1;
+            }
+        }
+        assert!((5_000..=5_004).contains(&passed), "{passed}");
     }
 
     #[test]

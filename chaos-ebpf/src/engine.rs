@@ -2,7 +2,7 @@
 //! ancestors' ids, and the counted decision (live? filters? dice? cap?). The hook programs in
 //! `net/` and `sys/` add only how they see an event and what each action does to it.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
@@ -11,8 +11,10 @@ use aya_ebpf::{
 };
 use chaos_common::{
     Counters, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CGROUP_DEPTH, MAX_RULES, MAX_TARGETS, Rule,
-    SessionConfig, TargetRules, roll, within_cap,
-
+    SessionConfig, TargetRules,
+    loss::{LossParams, LossState, lost},
+    net::{pace, transmit_ns},
+    roll, within_cap,
 };
 
 // Names must equal chaos_common::{RULES_MAP, TARGETS_MAP, COUNTERS_MAP, INJECTIONS_MAP,
@@ -55,6 +57,80 @@ pub static CHAOS_SESSION: Array<SessionConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static CHAOS_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_ERROR_KINDS, 0);
+
+/// Name must equal chaos_common::LOSS_STATE_MAP: each rule's loss-model state, one for all CPUs.
+#[map]
+pub static CHAOS_LOSS_STATE: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Name must equal chaos_common::PACE_MAP: each rate rule's next free departure time.
+#[map]
+pub static CHAOS_PACE: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
+
+/// One packet of `bytes` through rate rule `i` (`rate_bytes` per second, `burst_ns` ahead at
+/// most: `u64::MAX` to shape rather than police): its departure time, or `None` to drop it. The
+/// rule's next free departure time is shared by every CPU and moved by compare-and-swap; after
+/// [`MODEL_ATTEMPTS`] collisions the packet leaves at the time it read (counted).
+#[inline(always)]
+pub fn paced(i: u32, bytes: u64, rate_bytes: u64, burst_ns: u64) -> Option<u64> {
+    let Some(slot) = CHAOS_PACE.get_ptr_mut(i) else {
+        count_error(KernelError::RuleLookup);
+        return Some(0);
+    };
+    let cost = transmit_ns(bytes, rate_bytes);
+    let mut attempt = 0;
+    while attempt < MODEL_ATTEMPTS {
+        // SAFETY: a shared map value, valid for this run, written only by the compare-and-swap.
+        let next = unsafe { core::ptr::read_volatile(slot) };
+        let t = now();
+        let (departure, after) = pace(next, t, cost, burst_ns)?;
+        // SAFETY: as above.
+        let (_, swapped) = unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(slot, next, after) };
+        attempt += 1;
+        if swapped || attempt == MODEL_ATTEMPTS {
+            if !swapped {
+                count_error(KernelError::ModelContended);
+            }
+            return Some(departure);
+        }
+    }
+    Some(0)
+}
+
+/// How many times a model step is retried when another CPU moved the state in between.
+const MODEL_ATTEMPTS: u32 = 4;
+
+/// One step of rule `i`'s loss model: whether it loses this packet. The model's state is shared by
+/// every CPU, as netem's is by its one queue: read, step, and compare-and-swap, again with fresh
+/// draws if another CPU stepped in between. After [`MODEL_ATTEMPTS`] collisions the packet is
+/// decided from the state it read, without moving it (counted as `model_contended`).
+#[inline(always)]
+fn model_lost(i: u32, params: &LossParams) -> bool {
+    let Some(slot) = CHAOS_LOSS_STATE.get_ptr_mut(i) else {
+        count_error(KernelError::RuleLookup);
+        return false;
+    };
+    let mut attempt = 0;
+    while attempt < MODEL_ATTEMPTS {
+        // SAFETY: a shared map value, valid for the program's run; written only by the atomic
+        // compare-and-swap below. A torn read is impossible: it is one aligned 8-byte load.
+        let before = unsafe { core::ptr::read_volatile(slot) };
+        let mut state = LossState::unpack(before);
+        // SAFETY: no preconditions.
+        let verdict = lost(params, &mut state, &mut || unsafe { bpf_get_prandom_u32() });
+        // SAFETY: as above; BPF_ATOMIC | BPF_CMPXCHG (ISA v3, Linux 5.12+).
+        let (_, swapped) =
+            unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(slot, before, state.pack()) };
+        if swapped {
+            return verdict;
+        }
+        attempt += 1;
+        if attempt == MODEL_ATTEMPTS {
+            count_error(KernelError::ModelContended);
+            return verdict;
+        }
+    }
+    false
+}
 
 /// Adds `n` to a counter with one atomic instruction. Per-CPU slots are not enough on their own:
 /// a program in process context (a socket's send path, a syscall) can be interrupted on its CPU
@@ -174,9 +250,14 @@ pub fn decide(i: u32, rule: &Rule, now: u64, filters_ok: bool, segs: u64) -> Res
     }
     add(&mut c.matched, 1);
     add(&mut c.matched_segs, segs);
-    // 0% and 100% need no random number (and a helper call is not free).
-    // SAFETY: no preconditions.
-    let selected = rule.threshold != 0 && (rule.threshold > u32::MAX as u64 || roll(unsafe { bpf_get_prandom_u32() }, rule.threshold));
+    // A loss model decides by its state; otherwise the dice, where 0% and 100% need no random
+    // number (and a helper call is not free).
+    let selected = if rule.loss.is_stateful() {
+        model_lost(i, &rule.loss)
+    } else {
+        // SAFETY: no preconditions.
+        rule.threshold != 0 && (rule.threshold > u32::MAX as u64 || roll(unsafe { bpf_get_prandom_u32() }, rule.threshold))
+    };
     if !selected {
         return Ok(false);
     }

@@ -46,6 +46,7 @@ fn drop_spec(cgroup: &std::path::Path) -> FaultSpec {
     FaultSpec {
         fault: Box::new(NetDrop {
             ppm: 1,
+            model: None,
             filters: NetFilters { directions: chaos_common::net::DIR_EGRESS, proto: chaos_common::net::PROTO_UDP, port: None, local_port: None, peer: None, tcp_flags: 0 },
             netns: Vec::new(),
         }),

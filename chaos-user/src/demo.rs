@@ -107,6 +107,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // loading and attaching take (seconds under software emulation).
     let fault = NetDrop {
         ppm: args.percent,
+        model: None,
         filters: NetFilters { directions: DIR_EGRESS, proto: PROTO_TCP, port: None, local_port: None, peer: None, tcp_flags: 0 },
         netns: Vec::new(),
     };

@@ -393,9 +393,21 @@ impl Stamps {
             let i = ((self.delays_ns.len() - 1) as f64 * p).round() as usize;
             self.delays_ns[i] as f64 / 1e6
         };
+        // Runs of consecutive missing sequence numbers below the highest received: the loss
+        // bursts (on a path that does not reorder).
+        let mut seqs: Vec<u64> = self.seen.iter().copied().collect();
+        seqs.sort_unstable();
+        let mut bursts = 0u64;
+        let mut next = 0u64;
+        for s in seqs {
+            if s > next {
+                bursts += 1;
+            }
+            next = s + 1;
+        }
         json!({
             "unique": self.seen.len(), "duplicates": self.duplicates, "reordered": self.reordered,
-            "corrupted": self.corrupted,
+            "corrupted": self.corrupted, "loss_bursts": bursts,
             "delay_ms": {"min": q(0.0), "p50": q(0.5), "p99": q(0.99), "max": q(1.0)},
         })
     }

@@ -31,7 +31,14 @@ fn delay_ms(v: &Value, q: &str) -> f64 {
 }
 
 fn delay_args(sb: &Sandbox, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["net", "delay", "--proto", "udp", "--for", "90s", "--json"].map(String::from).to_vec();
+    let mut a = delay_args_kind(sb, "delay", extra);
+    a.extend(["--proto", "udp"].map(String::from));
+    a
+}
+
+/// `chaos net VERB EXTRA... --for 90s --json` on the sandbox's target.
+fn delay_args_kind(sb: &Sandbox, verb: &str, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["net", verb, "--for", "90s", "--json"].map(String::from).to_vec();
     a.extend(extra.iter().map(|s| s.to_string()));
     a.extend(sb.target_args());
     a
@@ -172,4 +179,48 @@ fn a_second_session_is_refused_the_first_sessions_fq() {
     assert!(err.len() == 1 && err[0].contains(&id), "names the session that owns the fq: {err:?}");
     stop_chaos(first);
     assert!(root_qdisc(&sb).contains("noqueue"), "{}", root_qdisc(&sb));
+}
+
+#[test]
+fn shaping_sends_at_the_rate() {
+    if !fq_here() {
+        return;
+    }
+    let sb = Sandbox::new();
+    // 1 MB/s; the sender offers 1000-byte datagrams at 2000/s, about twice that.
+    let chaos = start_chaos(&delay_args_kind(&sb, "rate", &["--rate", "8mbit", "--proto", "udp"]));
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", "0.0.0.0:5505", "--idle", "3s"]);
+    sink.ready();
+    let n = 1000u64;
+    let sent = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:5505"), "--count", &n.to_string(), "--rate", "2000", "--size", "1000"]).json(T);
+    let got = sink.json(T);
+    let summary = stop_chaos(chaos);
+    assert_eq!(got["unique"], n, "shaping loses nothing: {got}");
+    assert_eq!(counter(&summary, 0, "shaped"), n);
+    // Datagram k leaves k * 1042 bytes / 1 MB/s after the first and was sent k / (the sender's
+    // rate) after it: the last one waits the difference.
+    let wire = 1042.0;
+    let send_secs = sent["secs"].as_f64().expect("secs");
+    let expected_ms = ((n - 1) as f64 * wire / 1e6 - send_secs) * 1000.0;
+    let max = delay_ms(&got, "max");
+    eprintln!("shaping 8mbit: last datagram waited {max:.1} ms; the rate gives {expected_ms:.1} ms");
+    assert!((max - expected_ms).abs() <= 0.05 * (n as f64 * wire / 1e6 * 1000.0), "waited {max:.1} ms; expected {expected_ms:.1} ms");
+}
+
+#[test]
+fn reorder_sends_some_at_once_and_they_overtake_the_held_ones() {
+    if !fq_here() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let chaos = start_chaos(&delay_args_kind(&sb, "reorder", &["--percent", "25", "--delay", "20ms", "--proto", "udp"]));
+    let got = udp_round(&sb, Place::Target, 5506);
+    let summary = stop_chaos(chaos);
+    let (held, at_once) = (counter(&summary, 0, "held_back"), counter(&summary, 0, "sent_at_once"));
+    assert_eq!(held + at_once, N, "{summary}");
+    let sd = (N as f64 * 0.25 * 0.75).sqrt();
+    assert!((at_once as f64 - N as f64 * 0.25).abs() <= 4.5 * sd, "{at_once} of {N} sent at once; expected 25%");
+    assert_eq!(got["unique"], N, "{got}");
+    assert!(got["reordered"].as_u64().unwrap_or(0) > 0, "nothing overtook: {got}");
+    assert!(delay_ms(&got, "min") < 10.0 && (delay_ms(&got, "p50") - 20.0).abs() <= 3.0, "{got}");
 }

@@ -12,7 +12,7 @@ use chaos_common::{Action, Family, KernelError, net::DIR_INGRESS};
 
 use super::parse::{self, NetworkHeader};
 use crate::{
-    engine::{count_error, injected, rules_for},
+    engine::{count_error, injected, paced, rule, rules_for},
     globals::log_packets,
 };
 
@@ -55,7 +55,17 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, KernelError> {
             }
             Ok(DROP)
         }
-        // Delay, duplicate and corrupt act at TC egress only (user space refuses them on ingress).
-        Some((_, Action::NetDelay | Action::NetDuplicate | Action::NetCorrupt | Action::SysFail | Action::None)) | None => Ok(PASS),
+        Some((i, Action::NetPolice)) => {
+            let p = &rule(i)?.net_action;
+            if paced(i, len, p.rate_bytes, p.burst_ns).is_some() {
+                return Ok(PASS);
+            }
+            injected(i, segs, len);
+            Ok(DROP)
+        }
+        // Delay, duplicate, corrupt and shaping act at TC egress only (user space refuses them on
+        // ingress).
+        Some((_, Action::NetDelay | Action::NetDuplicate | Action::NetCorrupt | Action::NetShape | Action::SysFail | Action::None))
+        | None => Ok(PASS),
     }
 }

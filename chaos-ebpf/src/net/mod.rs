@@ -42,7 +42,12 @@ fn consider(w: &mut Walk, i: u32) -> Result<bool, KernelError> {
     let r = rule(i)?;
     if decide(i, r, w.now, r.net.matches(w.dir, w.pkt), w.segs)? {
         match Action::from_u32(r.action) {
-            Action::NetDrop | Action::NetDelay | Action::NetDuplicate | Action::NetCorrupt => {
+            Action::NetDrop
+            | Action::NetDelay
+            | Action::NetDuplicate
+            | Action::NetCorrupt
+            | Action::NetShape
+            | Action::NetPolice => {
                 (w.found, w.action) = (i + 1, r.action);
                 return Ok(true);
             }

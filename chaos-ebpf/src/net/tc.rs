@@ -27,7 +27,7 @@ use chaos_common::{
 
 use super::parse::{self, NetworkHeader};
 use crate::{
-    engine::{count_error, fragment_followed, injected, now, rule, rules_for},
+    engine::{count_error, fragment_followed, injected, now, paced, rule, rules_for},
     globals::log_packets,
 };
 
@@ -122,6 +122,30 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             injected(i, segs, len);
             remember(&pkt, 0);
             Ok(NEXT)
+        }
+        Some((i, Action::NetShape)) => {
+            let p = &rule(i)?.net_action;
+            if let Some(departure) = paced(i, len, p.rate_bytes, u64::MAX) {
+                // SAFETY: as for a delay.
+                unsafe {
+                    if departure > (*skb).tstamp {
+                        (*skb).tstamp = departure;
+                    }
+                }
+            }
+            injected(i, segs, len);
+            remember(&pkt, 0);
+            Ok(NEXT)
+        }
+        Some((i, Action::NetPolice)) => {
+            let p = &rule(i)?.net_action;
+            if paced(i, len, p.rate_bytes, p.burst_ns).is_some() {
+                remember(&pkt, 0);
+                return Ok(NEXT);
+            }
+            injected(i, segs, len);
+            remember(&pkt, i + 1);
+            Ok(wire_loss())
         }
         Some((i, Action::NetDuplicate)) => {
             // The copy goes out of the same device through the same egress path, so it meets this

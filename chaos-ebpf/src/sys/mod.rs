@@ -55,7 +55,13 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<i64>, KernelError> {
                         injected(i, 1, 0);
                         return Ok(Some(r.sys.retval));
                     }
-                    Action::NetDrop | Action::NetDelay | Action::NetDuplicate | Action::NetCorrupt | Action::None => {}
+                    Action::NetDrop
+                    | Action::NetDelay
+                    | Action::NetDuplicate
+                    | Action::NetCorrupt
+                    | Action::NetShape
+                    | Action::NetPolice
+                    | Action::None => {}
                 }
             }
         }

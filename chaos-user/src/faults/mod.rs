@@ -11,6 +11,8 @@ pub mod net_delay;
 pub mod net_drop;
 pub mod net_duplicate;
 pub mod net_partition;
+pub mod net_rate;
+pub mod net_reorder;
 pub mod sys_fail;
 
 use std::{path::PathBuf, time::Duration};
@@ -123,6 +125,8 @@ pub const KINDS: &[Kind] = &[
     net_delay::KIND,
     net_duplicate::KIND,
     net_corrupt::KIND,
+    net_rate::KIND,
+    net_reorder::KIND,
     sys_fail::KIND,
 ];
 

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use chaos_common::{Action, Counters, Rule, ppm_to_threshold};
+use chaos_common::{Action, Counters, PPM_ONE, Rule, loss::LossParams, ppm_to_threshold};
 use clap::{ArgMatches, Args, FromArgMatches};
 
 pub use super::net::{NetFilterArgs, NetFilters};
-use super::{Fault, Hook, Kind};
+use super::{Fault, Hook, Kind, loss_model};
 use crate::{cli, error::Result, probe::Backend};
 
 pub const KIND: Kind = Kind { name: "net.drop", family: "net", verb: "drop", command, build };
@@ -28,14 +28,34 @@ fn command() -> clap::Command {
 
 fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
     let a = NetDropArgs::from_arg_matches(m).map_err(|e| crate::usage!("{}", cli::one_line(&e)))?;
-    Ok(Box::new(NetDrop { ppm: a.percent, filters: a.filters.into(), netns: a.netns }))
+    let model = match (a.model, a.correlation) {
+        (Some(m), _) => Some(m),
+        (None, Some(c)) if c > 0 => Some(LossParams::random(ppm_to_netem(a.percent.unwrap_or(0)), ppm_to_netem(c))),
+        _ => None,
+    };
+    Ok(Box::new(NetDrop { ppm: a.percent.unwrap_or(0), model, filters: a.filters.into(), netns: a.netns }))
+}
+
+/// A probability in parts per million in netem's scale (`rint(p * UINT32_MAX)`, as tc sends it).
+fn ppm_to_netem(ppm: u32) -> u32 {
+    ((ppm.min(PPM_ONE) as u64 * u32::MAX as u64 + PPM_ONE as u64 / 2) / PPM_ONE as u64) as u32
 }
 
 #[derive(Args, Debug)]
 pub struct NetDropArgs {
     /// Probability of dropping a matching packet, 0-100 (decimals allowed).
-    #[arg(long, value_parser = cli::parse_percent, value_name = "P")]
-    pub percent: u32,
+    #[arg(long, value_parser = cli::parse_percent, value_name = "P", required_unless_present = "model", conflicts_with = "model")]
+    pub percent: Option<u32>,
+    /// A loss model with tc-netem(8)'s meaning, in place of --percent: gemodel:P[,R[,1-H[,1-K]]]
+    /// (Gilbert-Elliott) or state:P13[,P31[,P32[,P23[,P14]]]] (4-state), in percent. One model
+    /// state per rule, shared by all CPUs.
+    #[arg(long, value_name = "MODEL", value_parser = loss_model::parse_model)]
+    pub model: Option<LossParams>,
+    /// netem's (deprecated) loss correlation, 0-100, for compatibility: each draw is averaged with
+    /// the previous one, which also lowers the loss rate well below --percent (netem's own
+    /// algorithm, kept as is).
+    #[arg(long, value_parser = cli::parse_percent, value_name = "C", requires = "percent")]
+    pub correlation: Option<u32>,
     #[command(flatten)]
     pub filters: NetFilterArgs,
     /// Also attach device programs in this network namespace (a file such as /run/netns/NAME);
@@ -46,8 +66,10 @@ pub struct NetDropArgs {
 
 #[derive(Debug)]
 pub struct NetDrop {
-    /// Probability in parts per million.
+    /// Probability in parts per million (when there is no model).
     pub ppm: u32,
+    /// A loss model that decides instead of `ppm`.
+    pub model: Option<LossParams>,
     pub filters: NetFilters,
     pub netns: Vec<PathBuf>,
 }
@@ -58,7 +80,10 @@ impl Fault for NetDrop {
     }
 
     fn describe(&self) -> String {
-        format!("drop {} of {}", super::percent(self.ppm), self.filters)
+        match &self.model {
+            Some(m) => format!("drop {} by {}", self.filters, loss_model::describe(m)),
+            None => format!("drop {} of {}", super::percent(self.ppm), self.filters),
+        }
     }
 
     fn needs(&self) -> Vec<&'static [Backend]> {
@@ -73,6 +98,9 @@ impl Fault for NetDrop {
         rule.action = Action::NetDrop as u32;
         rule.threshold = ppm_to_threshold(self.ppm);
         rule.net = self.filters.to_match();
+        if let Some(m) = self.model {
+            rule.loss = m;
+        }
         Ok(())
     }
 
