@@ -40,6 +40,11 @@ pub const ERRORS_MAP: &str = "CHAOS_ERRORS";
 pub const LOSS_STATE_MAP: &str = "CHAOS_LOSS_STATE";
 /// Per rule, shared by all CPUs: the rate faults' next free departure time (CLOCK_MONOTONIC ns).
 pub const PACE_MAP: &str = "CHAOS_PACE";
+/// Flows the stall fault tracks ([`net::FlowKey`] → payload bytes so far), least recently used
+/// ones forgotten first.
+pub const FLOWS_MAP: &str = "CHAOS_FLOWS";
+/// How many flows the stall fault tracks at once.
+pub const MAX_FLOWS: u32 = 16384;
 
 /// Name of the global the loader sets to make the kernel programs log, through aya-log, every
 /// injection they make (`--log-packets`). Off by default: nothing is logged per packet or call.
@@ -70,6 +75,9 @@ pub enum Action {
     /// Drop what exceeds `net.rate_bytes` per second beyond a burst of `net.burst_ns` (a token
     /// bucket, as a policer; no qdisc needed) (`net.rate --police`).
     NetPolice = 7,
+    /// Lose every packet of a flow once it has carried `net.burst_ns` payload bytes (`net.stall`):
+    /// the connection goes silent, half-dead.
+    NetStall = 8,
 }
 
 impl Action {
@@ -82,6 +90,7 @@ impl Action {
             5 => Action::NetCorrupt,
             6 => Action::NetShape,
             7 => Action::NetPolice,
+            8 => Action::NetStall,
             _ => Action::None,
         }
     }
@@ -116,6 +125,12 @@ pub struct Rule {
 const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16 + 32 + 32);
 
 impl Rule {
+    /// Whether the packet hooks must read the transport header for this rule: a port or TCP
+    /// flags filter, or an action that tracks flows.
+    pub const fn needs_transport(&self) -> bool {
+        self.net.needs_ports() || self.action == Action::NetStall as u32
+    }
+
     /// Whether the rule injects at monotonic time `now_ns`: in its window, and not a free slot.
     #[inline(always)]
     pub const fn live(&self, now_ns: u64) -> bool {

@@ -100,7 +100,39 @@ pub struct NetAction {
     /// `NetShape`, `NetPolice`: the rate, in bytes per second.
     pub rate_bytes: u64,
     /// `NetPolice`: how far ahead of the rate the traffic may run (the bucket's depth, as time).
+    /// `NetStall`: the payload bytes after which a flow goes silent.
     pub burst_ns: u64,
+}
+
+/// A flow as the stall fault tracks it, the same from both directions: the rule, the protocol,
+/// the remote address and both ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    pub remote_hi: u64,
+    pub remote_lo: u64,
+    pub rule: u32,
+    pub remote_port: u16,
+    pub local_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 32);
+
+impl FlowKey {
+    #[inline(always)]
+    pub const fn of(rule: u32, pkt: &Packet) -> FlowKey {
+        FlowKey {
+            remote_hi: pkt.remote_hi,
+            remote_lo: pkt.remote_lo,
+            rule,
+            remote_port: pkt.remote_port,
+            local_port: pkt.local_port,
+            proto: pkt.proto,
+            _pad: [0; 7],
+        }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<NetAction>() == 32);
@@ -344,6 +376,7 @@ mod pod {
     unsafe impl aya::Pod for super::NetMatch {}
     unsafe impl aya::Pod for super::LastDatagram {}
     unsafe impl aya::Pod for super::NetAction {}
+    unsafe impl aya::Pod for super::FlowKey {}
 }
 
 #[cfg(test)]

@@ -10,10 +10,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use chaos_common::{
-    Counters, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CGROUP_DEPTH, MAX_RULES, MAX_TARGETS, Rule,
+    Counters, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CGROUP_DEPTH, MAX_FLOWS, MAX_RULES, MAX_TARGETS, Rule,
     SessionConfig, TargetRules,
     loss::{LossParams, LossState, lost},
-    net::{pace, transmit_ns},
+    net::{FlowKey, Packet, pace, transmit_ns},
     roll, within_cap,
 };
 
@@ -94,6 +94,36 @@ pub fn paced(i: u32, bytes: u64, rate_bytes: u64, burst_ns: u64) -> Option<u64> 
         }
     }
     Some(0)
+}
+
+/// Name must equal chaos_common::FLOWS_MAP: the payload bytes each flow of a stall rule carried.
+#[map]
+pub static CHAOS_FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Adds a packet's `payload` bytes to its flow under stall rule `i`; whether the flow had already
+/// carried `after` bytes (so the packet is lost: the flow has gone silent). The packet that
+/// crosses the mark still passes; every later one, pure ACKs included, does not.
+#[inline(always)]
+pub fn flow_stalled(i: u32, pkt: &Packet, payload: u64, after: u64) -> bool {
+    let key = FlowKey::of(i, pkt);
+    let slot = match CHAOS_FLOWS.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            // BPF_NOEXIST: of two CPUs starting the same flow, one inserts, both then add.
+            let _ = CHAOS_FLOWS.insert(&key, &0, 1);
+            match CHAOS_FLOWS.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => {
+                    count_error(KernelError::RuleLookup);
+                    return false;
+                }
+            }
+        }
+    };
+    // SAFETY: a map value, valid for the program's run; only atomics touch it. Sequentially
+    // consistent for the fetching form (see the cap in `decide`).
+    let before = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(slot, payload) };
+    before >= after
 }
 
 /// How many times a model step is retried when another CPU moved the state in between.

@@ -149,3 +149,18 @@ fn police_passes_the_rate_and_its_burst_and_drops_the_rest_like_a_wire() {
     assert_eq!(counter(&summary, 0, "dropped"), N - received, "the kernel's count equals what the receiver missed");
     assert_eq!(n(&bystander, "received"), N, "the bystander was policed");
 }
+
+#[test]
+fn stall_silences_each_flow_after_its_bytes_and_only_that_flow() {
+    let sb = Sandbox::new();
+    // 64-byte datagrams: a flow passes exactly 100 of them (6400 bytes of payload), then goes silent.
+    let chaos = fault(&sb, &["net", "stall", "--after-bytes", "6400", "--proto", "udp"]);
+    let (_, first) = udp_round(&sb, Place::Target, 5413, 64);
+    // Another flow (another socket, so another source port) starts from zero.
+    let (_, second) = udp_round(&sb, Place::Target, 5413, 64);
+    let (_, bystander) = udp_round(&sb, Place::Bystander, 5414, 64);
+    let summary = stop_chaos(chaos);
+    assert_eq!((n(&first, "received"), n(&second, "received")), (100, 100), "each flow: 100 datagrams, then silence");
+    assert_eq!(n(&bystander, "received"), N);
+    assert_eq!(counter(&summary, 0, "dropped"), 2 * (N - 100));
+}

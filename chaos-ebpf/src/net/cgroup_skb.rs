@@ -12,7 +12,7 @@ use chaos_common::{Action, Family, KernelError, net::DIR_INGRESS};
 
 use super::parse::{self, NetworkHeader};
 use crate::{
-    engine::{count_error, injected, paced, rule, rules_for},
+    engine::{count_error, flow_stalled, injected, paced, rule, rules_for},
     globals::log_packets,
 };
 
@@ -54,6 +54,14 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, KernelError> {
                 debug!(ctx, "chaos: drop rule={} dir=ingress proto={} len={}", i, pkt.proto, len);
             }
             Ok(DROP)
+        }
+        Some((i, Action::NetStall)) => {
+            let payload = (len as u32).saturating_sub(parse::payload_offset(skb.cast(), &pkt)?) as u64;
+            if flow_stalled(i, &pkt, payload, rule(i)?.net_action.burst_ns) {
+                injected(i, segs, len);
+                return Ok(DROP);
+            }
+            Ok(PASS)
         }
         Some((i, Action::NetPolice)) => {
             let p = &rule(i)?.net_action;

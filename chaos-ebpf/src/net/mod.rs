@@ -47,7 +47,8 @@ fn consider(w: &mut Walk, i: u32) -> Result<bool, KernelError> {
             | Action::NetDuplicate
             | Action::NetCorrupt
             | Action::NetShape
-            | Action::NetPolice => {
+            | Action::NetPolice
+            | Action::NetStall => {
                 (w.found, w.action) = (i + 1, r.action);
                 return Ok(true);
             }

@@ -27,7 +27,7 @@ use chaos_common::{
 
 use super::parse::{self, NetworkHeader};
 use crate::{
-    engine::{count_error, fragment_followed, injected, now, paced, rule, rules_for},
+    engine::{count_error, flow_stalled, fragment_followed, injected, now, paced, rule, rules_for},
     globals::log_packets,
 };
 
@@ -146,6 +146,20 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             injected(i, segs, len);
             remember(&pkt, i + 1);
             Ok(wire_loss())
+        }
+        Some((i, Action::NetStall)) => {
+            let net = match nh {
+                NetworkHeader::At(l2) => l2,
+                NetworkHeader::Unknown => 0,
+            };
+            let payload = (len as u32).saturating_sub(net + parse::payload_offset(skb, &pkt)?) as u64;
+            if flow_stalled(i, &pkt, payload, rule(i)?.net_action.burst_ns) {
+                injected(i, segs, len);
+                remember(&pkt, i + 1);
+                return Ok(wire_loss());
+            }
+            remember(&pkt, 0);
+            Ok(NEXT)
         }
         Some((i, Action::NetDuplicate)) => {
             // The copy goes out of the same device through the same egress path, so it meets this

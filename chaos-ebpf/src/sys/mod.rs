@@ -61,6 +61,7 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<i64>, KernelError> {
                     | Action::NetCorrupt
                     | Action::NetShape
                     | Action::NetPolice
+                    | Action::NetStall
                     | Action::None => {}
                 }
             }

@@ -13,6 +13,7 @@ pub mod net_duplicate;
 pub mod net_partition;
 pub mod net_rate;
 pub mod net_reorder;
+pub mod net_stall;
 pub mod sys_fail;
 
 use std::{path::PathBuf, time::Duration};
@@ -127,6 +128,7 @@ pub const KINDS: &[Kind] = &[
     net_corrupt::KIND,
     net_rate::KIND,
     net_reorder::KIND,
+    net_stall::KIND,
     sys_fail::KIND,
 ];
 

@@ -350,7 +350,7 @@ impl Session {
             for h in &f.hooks {
                 masks[f.target].add(h.family(), i as u32);
             }
-            if f.rule.net.needs_ports() {
+            if f.rule.needs_transport() {
                 masks[f.target].ports |= 1 << i;
             }
         }
