@@ -4,7 +4,7 @@
 //! patterns the sender put in each datagram (`chaos workload udp-send`), and the test holds what
 //! it saw against the kernel's counters. A bystander in the same namespace sees nothing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chaos_tests::*;
 
@@ -163,4 +163,44 @@ fn stall_silences_each_flow_after_its_bytes_and_only_that_flow() {
     assert_eq!((n(&first, "received"), n(&second, "received")), (100, 100), "each flow: 100 datagrams, then silence");
     assert_eq!(n(&bystander, "received"), N);
     assert_eq!(counter(&summary, 0, "dropped"), 2 * (N - 100));
+}
+
+/// A round of 200 stamped datagrams from the target: (received, duplicates, corrupted).
+fn small_round(sb: &Sandbox, port: u16) -> (u64, u64, u64) {
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "500ms"]);
+    sink.ready();
+    sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", "200", "--rate", "2000", "--size", "200"]).json(T);
+    let got = sink.json(T);
+    (n(&got, "received"), n(&got, "duplicates"), n(&got, "corrupted"))
+}
+
+#[test]
+fn every_packet_fault_ends_at_its_deadline_even_with_chaos_frozen() {
+    // (fault flags, whether a round shows the fault)
+    type Shows = fn((u64, u64, u64)) -> bool;
+    let faults: [(&[&str], Shows); 5] = [
+        (&["duplicate", "--percent", "100"], |(_, d, _)| d == 200),
+        (&["corrupt", "--percent", "100"], |(r, _, c)| c + (200 - r) == 200),
+        (&["rate", "--rate", "8kbit", "--police", "--burst", "2000b"], |(r, _, _)| r < 50),
+        (&["stall", "--after-bytes", "1000"], |(r, _, _)| r < 10),
+        // netem decides a packet by the state it arrived in: the first one, in the good state, passes.
+        (&["drop", "--model", "gemodel:100,0"], |(r, _, _)| r == 1),
+    ];
+    for (i, (flags, shows)) in faults.iter().enumerate() {
+        let sb = Sandbox::new();
+        let mut a: Vec<String> = ["net"].iter().chain(flags.iter()).map(|s| s.to_string()).collect();
+        a.extend(["--proto", "udp", "--for", "3s", "--json"].map(String::from));
+        a.extend(sb.target_args());
+        let chaos = start_chaos(&a);
+        let started = Instant::now();
+        chaos.signal(libc::SIGSTOP);
+        let port = 5420 + 2 * i as u16;
+        let before = small_round(&sb, port);
+        assert!(shows(before), "net {flags:?}: no fault before the deadline: {before:?}");
+        std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(300));
+        let after = small_round(&sb, port + 1);
+        assert_eq!(after, (200, 0, 0), "net {flags:?}: the fault outlived its deadline with chaos frozen");
+        chaos.signal(libc::SIGCONT);
+        chaos.json(Duration::from_secs(30));
+    }
 }
