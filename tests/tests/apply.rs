@@ -39,7 +39,7 @@ fn a_file_of_mixed_faults_on_nested_cgroups_counts_each_rule_exactly() {
     std::fs::write(&file_path, b"x").expect("test file");
     let mut opener = sb.spawn_at(&opens, Place::Target, &["syscall-loop", "--wait", "--call", "open", "--path", file_path.to_str().unwrap(), "--count", "200"]);
     opener.ready();
-    let mut listener = sb.spawn(Place::Bystander, &["rr-server", "--bind", "127.0.0.1:6210", "--max", "60s"]);
+    let mut listener = sb.spawn(Place::Bystander, &["rr-server", "--bind", "127.0.0.1:6210", "--max", "170s"]);
     listener.ready();
 
     let mut text = format!(

@@ -1,17 +1,102 @@
 //! What every packet fault shares: its filters (the flags and the kernel's `NetMatch`), and the
 //! hooks and backends its directions need.
 
-use std::fmt;
+use std::{fmt, path::PathBuf};
 
-use chaos_common::net::{
-    DIR_EGRESS, DIR_INGRESS, NetMatch, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-    prefix_masks, v4_mapped, v6_halves,
+use chaos_common::{
+    Action, Counters, Rule,
+    net::{
+        DIR_EGRESS, DIR_INGRESS, NetMatch, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        prefix_masks, v4_mapped, v6_halves,
+    },
+    ppm_to_threshold,
 };
-use clap::{Args, ValueEnum};
+use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 use ipnet::IpNet;
 
-use super::Hook;
+use super::{Fault, Hook};
 use crate::{cli, error::Result, probe::Backend, usage};
+
+/// A packet fault that does one thing to a share of the matching packets sent (duplicate,
+/// corrupt): its kind, its kernel action and its words. Such a kind is this table and its help.
+#[derive(Debug)]
+pub struct PercentAction {
+    /// As in fault files: "net.duplicate".
+    pub kind: &'static str,
+    pub action: Action,
+    /// "duplicate", for descriptions.
+    pub verb: &'static str,
+    /// The report's names for the count, the wire segments and the bytes of the packets it acted on.
+    pub counters: [&'static str; 3],
+    /// Why it acts on sent packets only (the refusal of --direction ingress says it).
+    pub egress_only: &'static str,
+}
+
+/// The flags of a [`PercentAction`] fault.
+#[derive(Args, Debug)]
+pub struct PercentArgs {
+    /// Share of the matching packets to act on, 0-100 (decimals allowed).
+    #[arg(long, value_parser = cli::parse_percent, value_name = "P")]
+    pub percent: u32,
+    #[command(flatten)]
+    pub filters: NetFilterArgs,
+    /// Also attach device programs in this network namespace (a file such as /run/netns/NAME).
+    #[arg(long, value_name = "FILE")]
+    pub netns: Vec<PathBuf>,
+}
+
+/// A [`PercentAction`] fault as asked for.
+#[derive(Debug)]
+pub struct PercentFault {
+    pub what: &'static PercentAction,
+    pub ppm: u32,
+    pub filters: NetFilters,
+    pub netns: Vec<PathBuf>,
+}
+
+impl PercentFault {
+    /// Builds the fault from its flags ([`PercentArgs`]).
+    pub fn build(what: &'static PercentAction, m: &ArgMatches) -> Result<Box<dyn Fault>> {
+        let a = PercentArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
+        let filters: NetFilters = a.filters.into();
+        filters.egress_only(what.kind, what.egress_only)?;
+        Ok(Box::new(PercentFault { what, ppm: a.percent, filters, netns: a.netns }))
+    }
+}
+
+impl Fault for PercentFault {
+    fn kind(&self) -> &'static str {
+        self.what.kind
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {} of {}", self.what.verb, super::percent(self.ppm), self.filters)
+    }
+
+    fn needs(&self) -> Vec<&'static [Backend]> {
+        self.filters.needs()
+    }
+
+    fn hooks(&self, _available: &[Backend]) -> Result<Vec<Hook>> {
+        Ok(vec![Hook::TcEgress])
+    }
+
+    fn fill(&self, rule: &mut Rule, _hooks: &[Hook]) -> Result<()> {
+        rule.action = self.what.action as u32;
+        rule.threshold = ppm_to_threshold(self.ppm);
+        rule.net = self.filters.to_match();
+        Ok(())
+    }
+
+    fn report(&self, c: &Counters) -> Vec<(&'static str, u64)> {
+        let [n, segs, bytes] = self.what.counters;
+        vec![(n, c.injected), (segs, c.injected_segs), (bytes, c.injected_bytes)]
+    }
+
+    fn netns(&self) -> &[PathBuf] {
+        &self.netns
+    }
+}
 
 /// The packet filters every packet fault takes.
 #[derive(Args, Debug, Clone)]
