@@ -126,8 +126,9 @@ pub fn flow_stalled(i: u32, pkt: &Packet, payload: u64, after: u64) -> bool {
     before >= after
 }
 
-/// How many times a model step is retried when another CPU moved the state in between.
-const MODEL_ATTEMPTS: u32 = 4;
+/// How many times a model or pacing step is retried when another CPU moved the state in between
+/// (each attempt is code the verifier walks for every path that reaches it).
+const MODEL_ATTEMPTS: u32 = 2;
 
 /// One step of rule `i`'s loss model: whether it loses this packet. The model's state is shared by
 /// every CPU, as netem's is by its one queue: read, step, and compare-and-swap, again with fresh
@@ -270,8 +271,13 @@ fn counters(i: u32) -> Result<&'static mut Counters, KernelError> {
 /// An event (packet, call) that reached rule `i`: counts it, and says whether the fault is to be
 /// done: the rule is live, `filters_ok`, the dice select it and the cap allows it. `segs` is how
 /// many wire segments the event stands for (1 for a call).
+///
+/// `MODELS` (the packet hooks): a rule whose loss model keeps state claims every packet it
+/// matches, undecided: the caller steps the model once, after walking the rules
+/// ([`model_decides`]). So each program holds one copy of the model's code, not one per rule it
+/// unrolls (which made the syscall programs too large to verify in time under emulation).
 #[inline(always)]
-pub fn decide(i: u32, rule: &Rule, now: u64, filters_ok: bool, segs: u64) -> Result<bool, KernelError> {
+pub fn decide<const MODELS: bool>(i: u32, rule: &Rule, now: u64, filters_ok: bool, segs: u64) -> Result<bool, KernelError> {
     let c = counters(i)?;
     add(&mut c.seen, 1);
     add(&mut c.seen_segs, segs);
@@ -280,17 +286,31 @@ pub fn decide(i: u32, rule: &Rule, now: u64, filters_ok: bool, segs: u64) -> Res
     }
     add(&mut c.matched, 1);
     add(&mut c.matched_segs, segs);
-    // A loss model decides by its state; otherwise the dice, where 0% and 100% need no random
-    // number (and a helper call is not free).
-    let selected = if rule.loss.is_stateful() {
-        model_lost(i, &rule.loss)
-    } else {
-        // SAFETY: no preconditions.
-        rule.threshold != 0 && (rule.threshold > u32::MAX as u64 || roll(unsafe { bpf_get_prandom_u32() }, rule.threshold))
-    };
+    if MODELS && rule.loss.is_stateful() {
+        return Ok(true);
+    }
+    // 0% and 100% need no random number (and a helper call is not free).
+    // SAFETY: no preconditions.
+    let selected = rule.threshold != 0 && (rule.threshold > u32::MAX as u64 || roll(unsafe { bpf_get_prandom_u32() }, rule.threshold));
     if !selected {
         return Ok(false);
     }
+    chosen(i, rule, c, segs)
+}
+
+/// For a packet that [`decide`] let through to rule `i`'s loss model: steps the model and, if it
+/// loses the packet, counts and caps it as `decide` does.
+#[inline(always)]
+pub fn model_decides(i: u32, rule: &Rule, segs: u64) -> Result<bool, KernelError> {
+    if !model_lost(i, &rule.loss) {
+        return Ok(false);
+    }
+    chosen(i, rule, counters(i)?, segs)
+}
+
+/// An event rule `i` selected: counted, and held to the rule's cap.
+#[inline(always)]
+fn chosen(i: u32, rule: &Rule, c: &mut Counters, segs: u64) -> Result<bool, KernelError> {
     add(&mut c.selected, 1);
     add(&mut c.selected_segs, segs);
     if rule.max_injections != 0 {

@@ -11,7 +11,7 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::bpf_loop;
 use chaos_common::{Action, KernelError, MAX_RULES, has_rule, net::Packet};
 
-use crate::engine::{decide, now_coarse, rule};
+use crate::engine::{decide, model_decides, now_coarse, rule};
 
 /// Rules walked in a loop the verifier unrolls; the rest (a session's 5th to 64th packet rule on a
 /// cgroup) in `bpf_loop`, whose body the verifier checks once. Unrolling all 64 made the TC program
@@ -40,7 +40,7 @@ fn consider(w: &mut Walk, i: u32) -> Result<bool, KernelError> {
         return Ok(false);
     }
     let r = rule(i)?;
-    if decide(i, r, w.now, r.net.matches(w.dir, w.pkt), w.segs)? {
+    if decide::<true>(i, r, w.now, r.net.matches(w.dir, w.pkt), w.segs)? {
         match Action::from_u32(r.action) {
             Action::NetDrop
             | Action::NetDelay
@@ -78,9 +78,22 @@ extern "C" fn walk_turn(index: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// The first of the rules in `mask` that selects `pkt` (travelling in `dir`, standing for `segs`
-/// wire segments) for a packet action, and that action. Every rule it walks counts the packet.
+/// wire segments) for a packet action, and that action. Every rule it walks counts the packet. A
+/// rule with a loss model that claims the packet decides it alone: its model is stepped here,
+/// once, and if it keeps the packet no later rule sees it.
 #[inline(always)]
 fn selected(mask: u64, dir: u8, pkt: &Packet, segs: u64) -> Result<Option<(u32, Action)>, KernelError> {
+    let Some((i, action)) = walk(mask, dir, pkt, segs)? else { return Ok(None) };
+    let r = rule(i)?;
+    if r.loss.is_stateful() && !model_decides(i, r, segs)? {
+        return Ok(None);
+    }
+    Ok(Some((i, action)))
+}
+
+/// The first rule in `mask` that claims `pkt`, and its action.
+#[inline(always)]
+fn walk(mask: u64, dir: u8, pkt: &Packet, segs: u64) -> Result<Option<(u32, Action)>, KernelError> {
     let mut w = Walk { mask, dir, pkt, segs, now: now_coarse(), found: 0, action: 0, error: 0 };
     let mut i = 0;
     while i < INLINE_RULES && mask >> i != 0 {

@@ -49,7 +49,7 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<i64>, KernelError> {
         if has_rule(mask, i) {
             let r = rule(i)?;
             // Only calls caught where the rule looks reach it (an fsync rule never sees opens).
-            if r.sys.matches(hook, nr) && decide(i, r, now, true, 1)? {
+            if r.sys.matches(hook, nr) && decide::<false>(i, r, now, true, 1)? {
                 match Action::from_u32(r.action) {
                     Action::SysFail => {
                         injected(i, 1, 0);
