@@ -1,12 +1,13 @@
 //! Benchmarks against the peers: `strace -e inject=` for syscall faults and `tc netem` for packet
-//! faults, each side by side with the workload alone and with chaos, in one run, as ratios.
+//! faults (loss at 0%, and delay: accuracy, jitter, TCP throughput and a long delay at a high
+//! rate), each side by side with the workload alone and with chaos, in one run, as ratios.
 //! `cargo xtask bench` runs this inside the errinj guest (the kernel that has every backend, fq and
 //! netem); each row is printed as a `BENCH| {json}` line in the schema xtask/src/bench.rs owns, and
 //! lands in BENCHMARKS.md. Ignored in test runs: a timing is never a pass/fail assertion.
 
 use std::{
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chaos_tests::*;
@@ -134,10 +135,269 @@ fn packets() {
     }
 }
 
+/// Whether a section runs: all of them, or those named in CHAOS_BENCH_SECTIONS (a comma-separated
+/// list of `syscalls`, `packets`, `delay`; for running one part by hand, e.g. under `cargo xtask
+/// vm-run`).
+fn wanted(section: &str) -> bool {
+    std::env::var("CHAOS_BENCH_SECTIONS").map_or(true, |v| v.split(',').any(|s| s.trim() == section))
+}
+
+/// A goal as shown and whether chaos's median meets it, given the peer's.
+type PeerGoal<'a> = Option<(&'a str, fn(f64, f64) -> bool)>;
+
+/// A row whose ratio is chaos over the peer configured the same way, not over the baseline: for a
+/// delay's quantiles and counts, where netem is the reference and the workload alone only shows
+/// the floor. `rounds` are (baseline, chaos, peer); the spread is of the per-round chaos/peer
+/// ratios. Without `with_ratio` (a figure whose quotient means nothing, such as a signed error) the
+/// row has neither. `goal` is shown with whether the medians meet it.
+fn row_vs_peer(section: &str, measure: &str, rounds: &[(Option<f64>, f64, f64)], with_ratio: bool, goal: PeerGoal) {
+    let b: Vec<f64> = rounds.iter().filter_map(|r| r.0).collect();
+    let b = (!b.is_empty()).then(|| median(b));
+    let (c, p) = (median(rounds.iter().map(|r| r.1).collect()), median(rounds.iter().map(|r| r.2).collect()));
+    let ratios: Vec<f64> = rounds.iter().filter(|r| r.2 != 0.0).map(|r| r.1 / r.2).collect();
+    let ratio = (with_ratio && p != 0.0).then(|| c / p);
+    let spread = (with_ratio && !ratios.is_empty())
+        .then(|| (ratios.iter().copied().fold(f64::MAX, f64::min), ratios.iter().copied().fold(f64::MIN, f64::max)));
+    let json = serde_json::json!({
+        "section": section, "measure": measure, "baseline": b, "chaos": c, "peer": p, "peer_name": "netem",
+        "ratio": ratio, "ratio_of": "peer", "spread": spread, "goal": goal.map(|g| g.0), "met": goal.map(|g| g.1(c, p)),
+    });
+    eprintln!("BENCH| {json}");
+}
+
+/// Datagrams of one delay-accuracy run, sent at UDP_RATE per second (1.5 s of traffic).
+const UDP_N: u64 = 300;
+const UDP_RATE: u64 = 200;
+/// Datagrams of the long-delay run, sent at LOSS_RATE per second: half a second of traffic, every
+/// datagram of it under way at once under a 2 s delay (when the sender keeps the pace).
+const LOSS_N: u64 = 1000;
+const LOSS_RATE: u64 = 2000;
+/// One TCP transfer (each configuration bounds its time).
+const TCP_BYTES: u64 = 8 << 20;
+/// Any one workload's bound (a UDP sender slowed by a full send buffer included).
+const WORKLOAD_MAX: Duration = Duration::from_secs(120);
+
+/// A UDP run from the target to a sink in the server namespace: the sink's report (received,
+/// unique, duplicates, reordered, delay_ms) with the sender's `sent` and `secs` added.
+fn udp_run(sb: &Sandbox, port: u16, count: u64, rate: u64, idle: &str) -> Value {
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", idle, "--max", "120s"]);
+    sink.ready();
+    let sent = sb
+        .spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", &count.to_string(), "--rate", &rate.to_string()])
+        .json(WORKLOAD_MAX);
+    sink.close_stdin();
+    let mut got = sink.json(WORKLOAD_MAX);
+    got["sent"] = sent["sent"].clone();
+    got["send_secs"] = sent["secs"].clone();
+    got
+}
+
+/// What one TCP transfer did: MiB/s, the bytes the sink received, the seconds they took, and the
+/// sender's retransmissions (when it reported them).
+#[derive(Clone, Copy, Debug)]
+struct Tcp {
+    mibs: f64,
+    bytes: u64,
+    secs: f64,
+    retransmits: Option<u64>,
+}
+
+/// TCP_BYTES from the target to a sink in the server namespace, within about `max`: the sender
+/// stops writing and the sink stops reading `max` after they started. The
+/// throughput is the bytes the sink received over the transfer's seconds: tcp-send's own (from
+/// before its connect until the sink closed after the last byte) when every byte arrived, or, when
+/// the time bound cut the transfer short, from the sender's start to the sink's end as this test
+/// saw them (tcp-send's byte count then holds what it wrote, not what arrived).
+fn tcp_run(sb: &Sandbox, port: u16, max: Duration) -> Tcp {
+    let max = format!("{}s", max.as_secs());
+    let mut sink = sb.spawn(Place::Server, &["tcp-sink", "--bind", &format!("0.0.0.0:{port}"), "--max", &max]);
+    sink.ready();
+    let started = Instant::now();
+    let send = sb.spawn(
+        Place::Target,
+        &["tcp-send", "--to", &format!("{SERVER_V4}:{port}"), "--bytes", &TCP_BYTES.to_string(), "--max", &max],
+    );
+    let got = sink.json(WORKLOAD_MAX);
+    let window = started.elapsed().as_secs_f64();
+    // A sender cut short may end with an error (its write timed out, or the sink's close reset
+    // the connection).
+    let (_, out, _) = send.finish(WORKLOAD_MAX);
+    let sent: Value = serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_default();
+    let bytes = got["bytes"].as_u64().expect("bytes");
+    let secs = match sent["secs"].as_f64() {
+        Some(s) if bytes == TCP_BYTES && sent["bytes"] == TCP_BYTES => s,
+        _ => window,
+    };
+    Tcp { mibs: bytes as f64 / (1 << 20) as f64 / secs, bytes, secs, retransmits: sent["retransmits"].as_u64() }
+}
+
+/// A delay, configured the same way for chaos and netem, and the server ports of the workloads run
+/// under it (a UDP_N run, a TCP transfer, a LOSS_N run).
+struct DelayCfg {
+    delay: &'static str,
+    jitter: Option<&'static str>,
+    udp: Option<u16>,
+    tcp: Option<u16>,
+    loss: Option<u16>,
+    /// The TCP transfer's bound.
+    tcp_max: Duration,
+}
+
+impl DelayCfg {
+    fn name(&self) -> String {
+        format!("delay {}{}", self.delay, self.jitter.map(|j| format!(" ± {j}")).unwrap_or_default())
+    }
+
+    /// The lowest and highest of its ports (a chaos rule's --port range).
+    fn ports(&self) -> (u16, u16) {
+        let p: Vec<u16> = [self.udp, self.tcp, self.loss].into_iter().flatten().collect();
+        (*p.iter().min().expect("a port"), *p.iter().max().expect("a port"))
+    }
+}
+
+// Bounds of the TCP transfers: netem moves the 8 MiB in 1-3 s under 100 ms; under 2 s, the
+// connection's set-up alone takes 2-3 s (both bounds keep the section within about 4 minutes
+// under emulation, where each chaos start takes about 15 s).
+const DELAYS: [DelayCfg; 3] = [
+    DelayCfg { delay: "100ms", jitter: None, udp: Some(5801), tcp: Some(5802), loss: None, tcp_max: Duration::from_secs(3) },
+    DelayCfg { delay: "60ms", jitter: Some("20ms"), udp: Some(5803), tcp: None, loss: None, tcp_max: Duration::ZERO },
+    DelayCfg { delay: "2s", jitter: None, udp: None, tcp: Some(5804), loss: Some(5805), tcp_max: Duration::from_secs(4) },
+];
+/// The workloads alone.
+const ALONE: DelayCfg = DelayCfg { delay: "0s", jitter: None, udp: Some(5801), tcp: Some(5802), loss: Some(5805), tcp_max: Duration::from_secs(3) };
+
+/// What the workloads of one configuration measured in one round.
+#[derive(Clone, Debug, Default)]
+struct Got {
+    udp: Value,
+    tcp: Option<Tcp>,
+    loss: Value,
+}
+
+fn delay_workloads(sb: &Sandbox, cfg: &DelayCfg, who: &str, started: Instant) -> Got {
+    // The sink ends after this much quiet once the sender is done: more than the delay, since the
+    // last datagrams are still under way then.
+    let idle = if cfg.delay == "2s" { "2500ms" } else { "1s" };
+    let got = Got {
+        udp: cfg.udp.map_or(Value::Null, |port| udp_run(sb, port, UDP_N, UDP_RATE, idle)),
+        tcp: cfg.tcp.map(|port| tcp_run(sb, port, cfg.tcp_max)),
+        loss: cfg.loss.map_or(Value::Null, |port| udp_run(sb, port, LOSS_N, LOSS_RATE, idle)),
+    };
+    let at = started.elapsed().as_secs_f64();
+    let what = format!("{who} {}", cfg.name());
+    for (name, v) in [(format!("{UDP_N} at {UDP_RATE}/s"), &got.udp), (format!("{LOSS_N} at {LOSS_RATE}/s"), &got.loss)] {
+        if !v.is_null() {
+            eprintln!("bench: {at:.0} s: {what}: udp {name}: {v}");
+        }
+    }
+    if let Some(t) = got.tcp {
+        eprintln!("bench: {at:.0} s: {what}: tcp: {:.4} MiB/s, {} bytes in {:.2} s, retransmissions {:?}", t.mibs, t.bytes, t.secs, t.retransmits);
+    }
+    got
+}
+
+/// chaos's delay (a departure time set by the TC egress program, held by sch_fq) beside tc netem
+/// delay configured the same way on the same device (the client's veth), and the workloads alone,
+/// in interleaved rounds. chaos runs one session per round with a rule per configuration, each on
+/// its workloads' ports (a start costs seconds under emulation); netem, one configuration after
+/// the other on the device.
+fn delay() {
+    let started = Instant::now();
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let netns = sb.netns_path(Place::Target).display().to_string();
+    let mut file = String::new();
+    for cfg in &DELAYS {
+        let (lo, hi) = cfg.ports();
+        file += &format!("[[fault]]\nkind = \"net.delay\"\ncgroup = \"{cg}\"\nnetns = [\"{netns}\"]\ndelay = \"{}\"\nport = \"{lo}-{hi}\"\nfor = \"10m\"\n", cfg.delay);
+        if let Some(j) = cfg.jitter {
+            file += &format!("jitter = \"{j}\"\n");
+        }
+        file += "\n";
+    }
+    let file = TempFile::new("chaos-bench-delay-", &file);
+    let (mut base, mut chaos, mut netem) = (Vec::new(), vec![Vec::new(); DELAYS.len()], vec![Vec::new(); DELAYS.len()]);
+    for round in 0..ROUNDS {
+        eprintln!("bench: {:.0} s: delay round {}/{ROUNDS}", started.elapsed().as_secs_f64(), round + 1);
+        base.push(delay_workloads(&sb, &ALONE, "no", started));
+        // No --proto: each rule delays every packet to its ports, as netem delays every packet of
+        // the device.
+        let run = start_chaos(&["apply".into(), file.path().into(), "--json".into()]);
+        eprintln!("bench: {:.0} s: chaos injecting", started.elapsed().as_secs_f64());
+        for (i, cfg) in DELAYS.iter().enumerate() {
+            chaos[i].push(delay_workloads(&sb, cfg, "chaos", started));
+        }
+        let summary = stop_chaos(run);
+        for (i, cfg) in DELAYS.iter().enumerate() {
+            eprintln!("bench: chaos {}: rule {i} delayed {} packets", cfg.name(), counter(&summary, i, "delayed"));
+        }
+        for (i, cfg) in DELAYS.iter().enumerate() {
+            let mut tc: Vec<&str> = vec!["qdisc", "replace", "dev", &sb.client_dev, "root", "netem", "delay", cfg.delay];
+            tc.extend(cfg.jitter);
+            tc.extend(["limit", "100000"]);
+            sb.client_tc(&tc);
+            netem[i].push(delay_workloads(&sb, cfg, "netem", started));
+            // chaos needs the kernel's default qdisc back, to put its fq in its place.
+            sb.client_tc(&["qdisc", "del", "dev", &sb.client_dev, "root"]);
+        }
+    }
+
+    let section = "Delay in the errinj guest: traffic from the target cgroup over a veth pair (baseline: the workload alone; chaos: net.delay rules, a departure time that sch_fq honours; peer: tc netem delay D [J] limit 100000 on the same device)";
+    let ms = |v: &Value, q: &str| v["delay_ms"][q].as_f64().unwrap_or_else(|| panic!("no delay_ms.{q} in {v}"));
+    let n = |v: &Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    let vs_peer = |cfg: usize, f: &dyn Fn(&Got) -> f64| -> Vec<(Option<f64>, f64, f64)> {
+        (0..ROUNDS).map(|r| (Some(f(&base[r])), f(&chaos[cfg][r]), f(&netem[cfg][r]))).collect()
+    };
+    let vs_alone = |cfg: usize, f: &dyn Fn(&Got) -> f64| -> Vec<(f64, f64, Option<f64>)> {
+        (0..ROUNDS).map(|r| (f(&base[r]), f(&chaos[cfg][r]), Some(f(&netem[cfg][r])))).collect()
+    };
+
+    // 1. 100 ms: the one-way delay's quantiles, and the p50's error against the delay configured.
+    for q in ["p50", "p99"] {
+        let measure = format!("UDP one-way delay {q} (ms), 100 ms configured, {UDP_N} datagrams at {UDP_RATE}/s; ratio: chaos / netem");
+        row_vs_peer(section, &measure, &vs_peer(0, &|g| ms(&g.udp, q)), true, None);
+    }
+    let err = |g: &Got, alone: &Got| (ms(&g.udp, "p50") - ms(&alone.udp, "p50") - 100.0) / 100.0 * 100.0;
+    let rounds: Vec<(Option<f64>, f64, f64)> = (0..ROUNDS).map(|r| (None, err(&chaos[0][r], &base[r]), err(&netem[0][r], &base[r]))).collect();
+    let measure = "UDP added delay p50, error against the 100 ms configured (%: the p50 minus the baseline's p50 minus 100 ms, over 100 ms)";
+    row_vs_peer(section, measure, &rounds, false, Some(("within ±5%", |c, _| c.abs() <= 5.0)));
+
+    // 2. 60 ms ± 20 ms: quantiles and reordering.
+    for q in ["p50", "p99", "min"] {
+        let measure = format!("UDP one-way delay {q} (ms), 60 ms ± 20 ms configured, {UDP_N} datagrams at {UDP_RATE}/s; ratio: chaos / netem");
+        row_vs_peer(section, &measure, &vs_peer(1, &|g| ms(&g.udp, q)), true, None);
+    }
+    let measure = format!("UDP datagrams reordered of {UDP_N}, 60 ms ± 20 ms; ratio: chaos / netem");
+    row_vs_peer(section, &measure, &vs_peer(1, &|g| n(&g.udp, "reordered")), true, None);
+
+    // 3. TCP bulk throughput: chaos over netem (both far below the workload alone, the baseline).
+    for (cfg, d) in [(0, "100 ms"), (2, "2 s")] {
+        let measure = format!(
+            "TCP bulk throughput under a {d} delay (MiB/s: bytes received over the seconds from connect to the sink's end; {} MiB, sending and receiving for at most {} s; ratio: chaos / netem)",
+            TCP_BYTES >> 20,
+            DELAYS[cfg].tcp_max.as_secs()
+        );
+        row_vs_peer(section, &measure, &vs_peer(cfg, &|g| g.tcp.expect("tcp").mibs), true, None);
+    }
+
+    // 4. A 2 s delay at 2000 datagrams/s: what arrives, and how fast the sender could send.
+    let measure = format!("UDP datagrams received (unique) of {LOSS_N} sent at {LOSS_RATE}/s under a 2 s delay; ratio: chaos / no delay");
+    row(section, &measure, &vs_alone(2, &|g| n(&g.loss, "unique")), Some("netem"), Some(("≥ ×0.99", |r| r >= 0.99)));
+    let measure = format!("UDP sender's achieved rate under a 2 s delay (datagrams/s, {LOSS_RATE}/s offered; ratio: chaos / no delay)");
+    row(section, &measure, &vs_alone(2, &|g| n(&g.loss, "sent") / n(&g.loss, "send_secs")), Some("netem"), None);
+    eprintln!("bench: delay section took {:.0} s", started.elapsed().as_secs_f64());
+}
+
 #[test]
 #[ignore = "a benchmark: `cargo xtask bench` runs it inside the errinj guest"]
 fn bench_peers_side_by_side() {
-    let report = probe_report();
-    syscalls(&report);
-    packets();
+    if wanted("syscalls") {
+        syscalls(&probe_report());
+    }
+    if wanted("packets") {
+        packets();
+    }
+    if wanted("delay") {
+        delay();
+    }
 }

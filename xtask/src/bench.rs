@@ -7,7 +7,7 @@
 //! Parts: per-packet kernel time beside floor programs (`chaos workload packet-time`, host); the
 //! cost to a workload's traffic (host, loopback); and, in the errinj qemu guest where every
 //! backend, fq and netem exist, chaos beside `strace -e inject=` and `tc netem`
-//! (`tests/tests/bench_peers.rs`, whose rows come back as `BENCHROW| {json}` lines). Timings are
+//! (`tests/tests/bench_peers.rs`, whose rows come back as `BENCH| {json}` lines). Timings are
 //! never test assertions; goals are reported, met or not.
 
 use std::{
@@ -25,7 +25,7 @@ const ROUNDS: usize = 3;
 const PACKET_ROUNDS: usize = 5;
 
 /// One row of the table. `ratio` is chaos over baseline (over the peer where there is no
-/// baseline); `spread` the lowest and highest per-round ratio.
+/// baseline, or where `ratio_of` is "peer"); `spread` the lowest and highest per-round ratio.
 #[derive(Debug, Default, Deserialize)]
 pub struct Row {
     pub section: String,
@@ -38,10 +38,30 @@ pub struct Row {
     pub spread: Option<(f64, f64)>,
     pub goal: Option<String>,
     pub met: Option<bool>,
+    /// "peer" when `ratio` is chaos over the peer although there is a baseline (a delay's
+    /// quantiles, where netem configured the same way is the reference and the workload alone
+    /// only shows the floor); the peer's cell then leaves out its own ratio to the baseline.
+    #[serde(default)]
+    pub ratio_of: Option<String>,
 }
 
 fn num(v: f64) -> String {
-    if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") }
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 || a == 0.0 {
+        format!("{v:.2}")
+    } else {
+        // Two significant digits, so that a small figure (0.0021 MiB/s) does not show as 0.00.
+        format!("{v:.*}", (1 - a.log10().floor() as i32) as usize)
+    }
+}
+
+/// A ratio as its cell shows it (after the ×): two decimals, or two significant digits below 0.1.
+fn times(x: f64) -> String {
+    if x != 0.0 && x.abs() < 0.1 { num(x) } else { format!("{x:.2}") }
 }
 
 fn render(rows: &[Row]) -> String {
@@ -56,8 +76,8 @@ fn render(rows: &[Row]) -> String {
         }
         let peer = match (r.peer, &r.peer_name) {
             (Some(p), Some(n)) => match r.baseline {
-                Some(b) => format!("{n}: {} (×{:.2})", num(p), p / b),
-                None => format!("{n}: {}", num(p)),
+                Some(b) if r.ratio_of.as_deref() != Some("peer") => format!("{n}: {} (×{})", num(p), times(p / b)),
+                _ => format!("{n}: {}", num(p)),
             },
             _ => "—".into(),
         };
@@ -67,8 +87,8 @@ fn render(rows: &[Row]) -> String {
             r.measure,
             r.baseline.map(num).unwrap_or_else(|| "—".into()),
             num(r.chaos),
-            r.ratio.map(|x| format!("×{x:.2}")).unwrap_or_else(|| "—".into()),
-            r.spread.map(|(a, b)| format!("×{a:.2}–{b:.2}")).unwrap_or_else(|| "—".into()),
+            r.ratio.map(|x| format!("×{}", times(x))).unwrap_or_else(|| "—".into()),
+            r.spread.map(|(a, b)| format!("×{}–{}", times(a), times(b))).unwrap_or_else(|| "—".into()),
             r.goal.as_deref().unwrap_or("—"),
             match r.met {
                 Some(true) => "yes",
@@ -276,6 +296,7 @@ fn packet_time() -> Result<Vec<Row>> {
             spread: Some(spread(&ratios)),
             met: goal.as_ref().map(|_| m / f <= 2.0),
             goal,
+            ratio_of: None,
         });
     }
     Ok(rows)
@@ -322,4 +343,36 @@ fn traffic(cg: &Path) -> Result<(Vec<Row>, u64)> {
         ],
         rss,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_figures_keep_two_significant_digits() {
+        assert_eq!(num(0.0021), "0.0021");
+        assert_eq!(num(0.049), "0.049");
+        assert_eq!(num(0.5), "0.50");
+        assert_eq!(num(-0.35), "-0.35");
+        assert_eq!(num(0.0), "0.00");
+        assert_eq!(num(2.5), "2.50");
+        assert_eq!(num(42.0), "42.0");
+        assert_eq!(num(101.9), "102");
+        assert_eq!(times(0.00028), "0.00028");
+        assert_eq!(times(0.5), "0.50");
+        assert_eq!(times(1.0), "1.00");
+    }
+
+    #[test]
+    fn a_row_over_the_peer_leaves_out_the_peers_ratio_to_the_baseline() {
+        let over_peer = r#"{"section":"s","measure":"m","baseline":1.05,"chaos":101.96,"peer":101.93,"peer_name":"netem",
+            "ratio":1.0003,"ratio_of":"peer","spread":[1.0002,1.0029],"goal":null,"met":null}"#;
+        let over_baseline = r#"{"section":"s","measure":"t","baseline":170.0,"chaos":0.049,"peer":6.5,"peer_name":"netem",
+            "ratio":0.00029,"spread":[0.00026,0.0028],"goal":null,"met":null}"#;
+        let rows: Vec<Row> = [over_peer, over_baseline].iter().map(|j| serde_json::from_str(j).expect("a row")).collect();
+        let md = render(&rows);
+        assert!(md.contains("| m | 1.05 | 102 | netem: 102 | ×1.00 | ×1.00–1.00 | — | — |"), "{md}");
+        assert!(md.contains("| t | 170 | 0.049 | netem: 6.50 (×0.038) | ×0.00029 | ×0.00026–0.0028 | — | — |"), "{md}");
+    }
 }
