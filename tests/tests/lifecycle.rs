@@ -146,7 +146,10 @@ fn the_kernel_rule_lives_exactly_as_long_as_chaos_stays_attached() {
     let received = sink.json(Duration::from_secs(30))["received"].as_u64().expect("received");
     let (seen, matched, _, dropped) = rule0(&summary);
     assert!(seen >= 150, "the sender ran through the whole fault: seen {seen}");
-    assert!(seen - matched <= 10, "seen {seen} but matched {matched}: the rule died while chaos was attached");
+    // Packets seen but not matched: those between the first device attachment and the start of
+    // the window (attaching the rest; up to a few hundred ms in a busy emulated guest). A deadline
+    // disagreement would be seconds of them.
+    assert!(seen - matched <= 30, "seen {seen} but matched {matched}: the rule died while chaos was attached");
     let lost = sent["sent"].as_u64().expect("sent") - received;
     if netlink {
         // Before 6.6 chaos adds the clsact qdisc at the start and removes it at the end; each change

@@ -109,9 +109,10 @@ fn jitter_spreads_the_delay_around_it_and_reorders_within_a_flow() {
     // packet drawn a shorter delay behind it waits that long: the median sits above the delay by
     // up to jitter/2 (netem, which sorts every packet, gives the delay). docs/design.md.
     assert!((59.0..=70.0).contains(&p50), "median {p50:.2}; expected 60-70 ms");
-    // No packet waits longer than the longest draw of one sent before it (+ timer lateness under
-    // emulation).
-    assert!(p99 <= 80.0 + 12.0, "p99 {p99:.2} ms beyond delay + jitter: {got}");
+    // No packet waits much longer than the longest draw of one sent before it. The margin is for
+    // timers firing late in a guest under emulation that shares its cores (measured up to +28 ms);
+    // a jitter drawn too wide shows below, in the minimum.
+    assert!(p99 <= 80.0 + 40.0, "p99 {p99:.2} ms far beyond delay + jitter: {got}");
     assert!(got["reordered"].as_u64().unwrap_or(0) > 0, "jitter reorders within a flow, as netem does: {got}");
 }
 
@@ -161,7 +162,9 @@ fn a_configured_qdisc_and_keep_qdisc_are_refused_and_left_alone() {
     let chaos = start_chaos(&delay_args(&sb, &["--delay", "30ms", "--keep-qdisc"]));
     let got = udp_round(&sb, Place::Target, 5504);
     stop_chaos(chaos);
-    assert!((delay_ms(&got, "p50") - 30.0).abs() <= 4.0, "{got}");
+    // Someone's fq paces by default (chaos's own does not), and its timers fire late under
+    // emulation: the delay is applied and never early.
+    assert!(delay_ms(&got, "min") >= 29.5 && delay_ms(&got, "p50") <= 45.0, "{got}");
     assert!(root_qdisc(&sb).contains("fq 7:"), "someone's fq stays: {}", root_qdisc(&sb));
 }
 

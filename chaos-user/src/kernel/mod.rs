@@ -321,9 +321,23 @@ pub fn release() -> String {
 /// The vDSO (what libc's clock_gettime uses) reads the TSC directly; where vCPUs' TSCs disagree with
 /// the kernel's clock (measured under qemu TCG) that put deadlines seconds early or late.
 pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: the kernel writes one timespec into the valid, exclusively borrowed `ts`.
-    let r = unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(r, 0, "clock_gettime(CLOCK_MONOTONIC) cannot fail");
+    let r = unsafe { libc::syscall(libc::SYS_clock_gettime, clock, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime cannot fail for a clock every kernel has");
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Waits (a tick at most, bounded) until CLOCK_MONOTONIC_COARSE, the packet hooks' clock, has
+/// reached `t`: a rule whose window starts at `t` then injects on every packet from now on, so
+/// "injecting" is true when chaos says it.
+pub fn wait_for_coarse_clock(t: u64) {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    while clock_ns(libc::CLOCK_MONOTONIC_COARSE) < t && std::time::Instant::now() < give_up {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }

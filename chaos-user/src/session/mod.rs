@@ -23,7 +23,7 @@ use self::{
 use crate::{
     error::{Error, Result},
     faults::{FaultSpec, FqNeed, Hook},
-    kernel::{Kernel, monotonic_ns, netdev},
+    kernel::{Kernel, monotonic_ns, netdev, wait_for_coarse_clock},
     privileges,
     probe::{self, Backend},
     report::{RuleSummary, Summary},
@@ -438,7 +438,11 @@ impl Session {
             let info = &mut self.journal.record_mut().faults[i];
             (info.start_ns, info.deadline_ns) = (start, deadline);
         }
-        self.journal.save().map_err(|e| Error::Other(e.context("writing the session record")))
+        self.journal.save().map_err(|e| Error::Other(e.context("writing the session record")))?;
+        // The packet hooks read the coarse clock, up to a tick behind: measured, a sender that
+        // started the moment chaos said "injecting" had its first packets pass.
+        wait_for_coarse_clock(now);
+        Ok(())
     }
 
     /// Opens rule `i`'s window now, for `duration` (the demo's phases).
@@ -448,6 +452,7 @@ impl Session {
         (f.rule.start_ns, f.rule.deadline_ns) = (now, now + duration.as_nanos() as u64);
         self.kernel.set_rule(i as u32, &f.rule)?;
         self.windows[i] = (f.rule.start_ns, f.rule.deadline_ns);
+        wait_for_coarse_clock(now);
         Ok(())
     }
 
