@@ -190,7 +190,8 @@ fn every_packet_fault_ends_at_its_deadline_even_with_chaos_frozen() {
     for (i, (flags, shows)) in faults.iter().enumerate() {
         let sb = Sandbox::new();
         let mut a: Vec<String> = ["net"].iter().chain(flags.iter()).map(|s| s.to_string()).collect();
-        a.extend(["--proto", "udp", "--for", "3s", "--json"].map(String::from));
+        // 6 s: starting the two workloads of a round takes seconds in a busy emulated guest.
+        a.extend(["--proto", "udp", "--for", "6s", "--json"].map(String::from));
         a.extend(sb.target_args());
         let chaos = start_chaos(&a);
         let started = Instant::now();
@@ -198,7 +199,7 @@ fn every_packet_fault_ends_at_its_deadline_even_with_chaos_frozen() {
         let port = 5420 + 2 * i as u16;
         let before = small_round(&sb, port);
         assert!(shows(before), "net {flags:?}: no fault before the deadline: {before:?}");
-        std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(300));
+        std::thread::sleep(Duration::from_secs(6).saturating_sub(started.elapsed()) + Duration::from_millis(300));
         let after = small_round(&sb, port + 1);
         assert_eq!(after, (200, 0, 0), "net {flags:?}: the fault outlived its deadline with chaos frozen");
         chaos.signal(libc::SIGCONT);

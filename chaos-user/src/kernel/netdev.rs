@@ -109,8 +109,20 @@ pub fn devices() -> Vec<(u32, String)> {
 pub fn ethernet_framing(name: &str) -> bool {
     const ARPHRD_ETHER: u16 = 1;
     const ARPHRD_LOOPBACK: u16 = 772;
+    // SAFETY: SIOCGIFHWADDR fills the ifreq's hardware-address member, read here.
+    ifreq(name, libc::SIOCGIFHWADDR).is_some_and(|r| matches!(unsafe { r.ifr_ifru.ifru_hwaddr.sa_family }, ARPHRD_ETHER | ARPHRD_LOOPBACK))
+}
+
+/// Whether device `name` of the current thread's namespace is up (IFF_UP, SIOCGIFFLAGS).
+pub fn is_up(name: &str) -> bool {
+    // SAFETY: SIOCGIFFLAGS fills the ifreq's flags member, read here.
+    ifreq(name, libc::SIOCGIFFLAGS).is_some_and(|r| unsafe { r.ifr_ifru.ifru_flags } as libc::c_int & libc::IFF_UP != 0)
+}
+
+/// The ifreq a read-only device ioctl (`request`) fills for device `name`, if it succeeds.
+fn ifreq(name: &str, request: libc::Ioctl) -> Option<libc::ifreq> {
     if name.len() >= libc::IFNAMSIZ {
-        return false;
+        return None;
     }
     // SAFETY: a socket made and closed here; `ifr` is a zeroed, properly sized ifreq whose name
     // field gets at most IFNAMSIZ-1 bytes (checked above) and stays NUL-terminated; the ioctl
@@ -118,14 +130,14 @@ pub fn ethernet_framing(name: &str) -> bool {
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return false;
+            return None;
         }
         let mut ifr: libc::ifreq = std::mem::zeroed();
         for (i, b) in name.bytes().enumerate() {
             ifr.ifr_name[i] = b as libc::c_char;
         }
-        let ok = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut ifr) == 0;
+        let ok = libc::ioctl(fd, request, &mut ifr) == 0;
         libc::close(fd);
-        ok && matches!(ifr.ifr_ifru.ifru_hwaddr.sa_family, ARPHRD_ETHER | ARPHRD_LOOPBACK)
+        ok.then_some(ifr)
     }
 }

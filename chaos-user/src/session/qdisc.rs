@@ -20,7 +20,10 @@ use super::journal::{self, Change, Journal, NetnsRef};
 use crate::{
     error::{Error, Result},
     faults::FqNeed,
-    kernel::{netdev::Netns, rtnl},
+    kernel::{
+        netdev::{self, Netns},
+        rtnl,
+    },
     unsupported,
 };
 
@@ -48,6 +51,12 @@ pub fn options_for(max_delay: Duration) -> rtnl::FqOptions {
 /// Runs inside `ns`: makes sure device `ifindex` has fq as its root qdisc. Returns the journaled
 /// change when chaos put it there.
 pub fn ensure_fq(journal: &mut Journal, ns: &Arc<Netns>, ifindex: u32, ifname: &str, need: FqNeed, handle: u32) -> Result<Option<Change>> {
+    // A device that is down sends nothing (a tunnel's fallback device, sit0 or ip6tnl0, sits
+    // down in every namespace): nothing to delay there, nothing to change. (A device brought up
+    // while the session runs is not given fq then: its packets are not delayed.)
+    if !netdev::is_up(ifname) {
+        return Ok(None);
+    }
     let fail = |e: &dyn std::error::Error| Error::Other(anyhow::anyhow!("reading the qdiscs of {ifname}: {e}"));
     let root = rtnl::root_qdisc(ifindex).map_err(|e| fail(&e))?;
     let (kind, current) = root.as_ref().map(|q| (q.kind.as_str(), q.handle)).unwrap_or(("noqueue", 0));
