@@ -81,6 +81,20 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether the packet hooks act on it (every `Net*` action).
+    pub const fn is_packet(self) -> bool {
+        matches!(
+            self,
+            Action::NetDrop
+                | Action::NetDelay
+                | Action::NetDuplicate
+                | Action::NetCorrupt
+                | Action::NetShape
+                | Action::NetPolice
+                | Action::NetStall
+        )
+    }
+
     pub const fn from_u32(v: u32) -> Action {
         match v {
             1 => Action::NetDrop,

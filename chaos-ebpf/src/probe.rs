@@ -5,9 +5,9 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_override_return, bpf_send_signal_thread},
-    macros::{btf_tracepoint, cgroup_skb, classifier, kprobe, lsm, map},
+    macros::{btf_tracepoint, cgroup_skb, classifier, kprobe, map},
     maps::{Array, PerCpuArray},
-    programs::{BtfTracePointContext, LsmContext, ProbeContext, SkBuffContext, TcContext},
+    programs::{BtfTracePointContext, ProbeContext, SkBuffContext, TcContext},
 };
 
 /// A map value, not a constant, so the verifier cannot prove the armed branches dead.
@@ -26,12 +26,6 @@ pub fn chaos_probe_tp_btf(_ctx: BtfTracePointContext) -> i32 {
         // SAFETY: no preconditions; never reached unless armed.
         unsafe { bpf_send_signal_thread(0) };
     }
-    0
-}
-
-/// BPF LSM on file_open: 0 allows.
-#[lsm(hook = "file_open")]
-pub fn chaos_probe_lsm(_ctx: LsmContext) -> i32 {
     0
 }
 

@@ -318,7 +318,9 @@ fn throwaway_netns_allowed() -> Outcome {
 fn check_btf(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Outcome {
     let btf = facts.btf.as_ref().ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
     if b == Backend::BpfLsm {
-        let prog: &mut Lsm = kernel.get("chaos_probe_lsm").map_err(|e| e.to_string())?;
+        // The real program (its rules are not started, so it allows every open): a kernel whose
+        // verifier refuses it says so here, not at the first fault.
+        let prog: &mut Lsm = kernel.get(chaos_common::sys::PROG_LSM_FILE_OPEN).map_err(|e| e.to_string())?;
         prog.load("file_open", btf).map_err(|e| {
             let mut s = load_failed("BPF LSM", &e);
             let empty_log = matches!(&e, ProgramError::LoadError { verifier_log, .. } if verifier_log.to_string().trim().is_empty());

@@ -12,7 +12,7 @@ use chaos_common::{Action, Family, KernelError, net::DIR_INGRESS};
 
 use super::parse::{self, NetworkHeader};
 use crate::{
-    engine::{count_error, flow_stalled, injected, paced, rule, rules_for},
+    engine::{count_error, flow_stalled, injected, paced, rules_for},
     globals::log_packets,
 };
 
@@ -48,23 +48,23 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, KernelError> {
     let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
     let len = ctx.len() as u64;
     match super::selected(mask, DIR_INGRESS, &pkt, segs)? {
-        Some((i, Action::NetDrop)) => {
+        Some((i, Action::NetDrop, _)) => {
             injected(i, segs, len);
             if log_packets() {
                 debug!(ctx, "chaos: drop rule={} dir=ingress proto={} len={}", i, pkt.proto, len);
             }
             Ok(DROP)
         }
-        Some((i, Action::NetStall)) => {
+        Some((i, Action::NetStall, r)) => {
             let payload = (len as u32).saturating_sub(parse::payload_offset(skb.cast(), &pkt)?) as u64;
-            if flow_stalled(i, &pkt, payload, rule(i)?.net_action.burst_ns) {
+            if flow_stalled(i, &pkt, payload, r.net_action.burst_ns) {
                 injected(i, segs, len);
                 return Ok(DROP);
             }
             Ok(PASS)
         }
-        Some((i, Action::NetPolice)) => {
-            let p = &rule(i)?.net_action;
+        Some((i, Action::NetPolice, r)) => {
+            let p = &r.net_action;
             if paced(i, len, p.rate_bytes, p.burst_ns).is_some() {
                 return Ok(PASS);
             }
@@ -73,7 +73,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, KernelError> {
         }
         // Delay, duplicate, corrupt and shaping act at TC egress only (user space refuses them on
         // ingress).
-        Some((_, Action::NetDelay | Action::NetDuplicate | Action::NetCorrupt | Action::NetShape | Action::SysFail | Action::None))
+        Some((_, Action::NetDelay | Action::NetDuplicate | Action::NetCorrupt | Action::NetShape | Action::SysFail | Action::None, _))
         | None => Ok(PASS),
     }
 }

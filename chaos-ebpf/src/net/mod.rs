@@ -9,7 +9,7 @@ mod tc;
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_loop;
-use chaos_common::{Action, KernelError, MAX_RULES, has_rule, net::Packet};
+use chaos_common::{Action, KernelError, MAX_RULES, Rule, has_rule, net::Packet};
 
 use crate::engine::{decide, model_decides, now_coarse, rule};
 
@@ -40,20 +40,9 @@ fn consider(w: &mut Walk, i: u32) -> Result<bool, KernelError> {
         return Ok(false);
     }
     let r = rule(i)?;
-    if decide::<true>(i, r, w.now, r.net.matches(w.dir, w.pkt), w.segs)? {
-        match Action::from_u32(r.action) {
-            Action::NetDrop
-            | Action::NetDelay
-            | Action::NetDuplicate
-            | Action::NetCorrupt
-            | Action::NetShape
-            | Action::NetPolice
-            | Action::NetStall => {
-                (w.found, w.action) = (i + 1, r.action);
-                return Ok(true);
-            }
-            Action::SysFail | Action::None => {}
-        }
+    if decide::<true>(i, r, w.now, r.net.matches(w.dir, w.pkt), w.segs)? && Action::from_u32(r.action).is_packet() {
+        (w.found, w.action) = (i + 1, r.action);
+        return Ok(true);
     }
     Ok(false)
 }
@@ -78,17 +67,18 @@ extern "C" fn walk_turn(index: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// The first of the rules in `mask` that selects `pkt` (travelling in `dir`, standing for `segs`
-/// wire segments) for a packet action, and that action. Every rule it walks counts the packet. A
+/// wire segments) for a packet action, that action, and the rule (its parameters, for the
+/// action's arm). Every rule it walks counts the packet. A
 /// rule with a loss model that claims the packet decides it alone: its model is stepped here,
 /// once, and if it keeps the packet no later rule sees it.
 #[inline(always)]
-fn selected(mask: u64, dir: u8, pkt: &Packet, segs: u64) -> Result<Option<(u32, Action)>, KernelError> {
+fn selected(mask: u64, dir: u8, pkt: &Packet, segs: u64) -> Result<Option<(u32, Action, &'static Rule)>, KernelError> {
     let Some((i, action)) = walk(mask, dir, pkt, segs)? else { return Ok(None) };
     let r = rule(i)?;
     if r.loss.is_stateful() && !model_decides(i, r, segs)? {
         return Ok(None);
     }
-    Ok(Some((i, action)))
+    Ok(Some((i, action, r)))
 }
 
 /// The first rule in `mask` that claims `pkt`, and its action.

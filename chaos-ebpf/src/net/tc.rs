@@ -27,7 +27,7 @@ use chaos_common::{
 
 use super::parse::{self, NetworkHeader};
 use crate::{
-    engine::{count_error, flow_stalled, fragment_followed, injected, now, paced, rule, rules_for},
+    engine::{count_error, flow_stalled, fragment_followed, injected, now, paced, rules_for},
     globals::log_packets,
 };
 
@@ -103,7 +103,7 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
     let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
     let len = ctx.len() as u64;
     match super::selected(mask, DIR_EGRESS, &pkt, segs)? {
-        Some((i, Action::NetDrop)) => {
+        Some((i, Action::NetDrop, _)) => {
             injected(i, segs, len);
             remember(&pkt, i + 1);
             if log_packets() {
@@ -111,8 +111,8 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             }
             Ok(wire_loss())
         }
-        Some((i, Action::NetDelay)) => {
-            let p = &rule(i)?.net_action;
+        Some((i, Action::NetDelay, r)) => {
+            let p = &r.net_action;
             // SAFETY: as above; `tstamp` is writable at TC egress, where the kernel keeps it as a
             // monotonic departure time that sch_fq holds the packet until.
             unsafe {
@@ -123,8 +123,8 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             remember(&pkt, 0);
             Ok(NEXT)
         }
-        Some((i, Action::NetShape)) => {
-            let p = &rule(i)?.net_action;
+        Some((i, Action::NetShape, r)) => {
+            let p = &r.net_action;
             if let Some(departure) = paced(i, len, p.rate_bytes, u64::MAX) {
                 // SAFETY: as for a delay.
                 unsafe {
@@ -137,8 +137,8 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             remember(&pkt, 0);
             Ok(NEXT)
         }
-        Some((i, Action::NetPolice)) => {
-            let p = &rule(i)?.net_action;
+        Some((i, Action::NetPolice, r)) => {
+            let p = &r.net_action;
             if paced(i, len, p.rate_bytes, p.burst_ns).is_some() {
                 remember(&pkt, 0);
                 return Ok(NEXT);
@@ -147,13 +147,13 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             remember(&pkt, i + 1);
             Ok(wire_loss())
         }
-        Some((i, Action::NetStall)) => {
+        Some((i, Action::NetStall, r)) => {
             let net = match nh {
                 NetworkHeader::At(l2) => l2,
                 NetworkHeader::Unknown => 0,
             };
             let payload = (len as u32).saturating_sub(net + parse::payload_offset(skb, &pkt)?) as u64;
-            if flow_stalled(i, &pkt, payload, rule(i)?.net_action.burst_ns) {
+            if flow_stalled(i, &pkt, payload, r.net_action.burst_ns) {
                 injected(i, segs, len);
                 remember(&pkt, i + 1);
                 return Ok(wire_loss());
@@ -161,7 +161,7 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             remember(&pkt, 0);
             Ok(NEXT)
         }
-        Some((i, Action::NetDuplicate)) => {
+        Some((i, Action::NetDuplicate, _)) => {
             // The copy goes out of the same device through the same egress path, so it meets this
             // program again; a clone carries no socket (`skb_clone` leaves `sk` empty), so it has
             // no cgroup and passes at the first check: a copy is never copied again.
@@ -174,7 +174,7 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             remember(&pkt, 0);
             Ok(NEXT)
         }
-        Some((i, Action::NetCorrupt)) => {
+        Some((i, Action::NetCorrupt, _)) => {
             let net = match nh {
                 NetworkHeader::At(l2) => l2,
                 // Devices without a link-layer header: the packet starts at the network header.
@@ -197,7 +197,7 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             remember(&pkt, 0);
             Ok(NEXT)
         }
-        Some((_, Action::SysFail | Action::None)) | None => {
+        Some((_, Action::SysFail | Action::None, _)) | None => {
             remember(&pkt, 0);
             Ok(NEXT)
         }

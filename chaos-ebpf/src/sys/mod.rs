@@ -8,7 +8,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_override_return, bpf_probe_read_kernel,
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_set_retval},
     },
-    macros::{cgroup_sock_addr, kprobe, lsm},
+    macros::{cgroup_sock_addr, kprobe},
     programs::{FExitContext, LsmContext, ProbeContext, SockAddrContext},
 };
 use chaos_common::{
@@ -49,21 +49,9 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<i64>, KernelError> {
         if has_rule(mask, i) {
             let r = rule(i)?;
             // Only calls caught where the rule looks reach it (an fsync rule never sees opens).
-            if r.sys.matches(hook, nr) && decide::<false>(i, r, now, true, 1)? {
-                match Action::from_u32(r.action) {
-                    Action::SysFail => {
-                        injected(i, 1, 0);
-                        return Ok(Some(r.sys.retval));
-                    }
-                    Action::NetDrop
-                    | Action::NetDelay
-                    | Action::NetDuplicate
-                    | Action::NetCorrupt
-                    | Action::NetShape
-                    | Action::NetPolice
-                    | Action::NetStall
-                    | Action::None => {}
-                }
+            if r.sys.matches(hook, nr) && decide::<false>(i, r, now, true, 1)? && Action::from_u32(r.action) == Action::SysFail {
+                injected(i, 1, 0);
+                return Ok(Some(r.sys.retval));
             }
         }
         i += 1;
@@ -115,15 +103,22 @@ pub fn chaos_sys_connect6(_ctx: SockAddrContext) -> i32 {
 }
 
 /// BPF LSM on file_open: a non-zero return denies the open with that error.
-#[lsm(hook = "file_open")]
-pub fn chaos_sys_file_open(ctx: LsmContext) -> i32 {
+///
+/// Written without aya's `#[lsm]`, whose wrapper returns an i32 that reaches R0 zero-extended:
+/// newer verifiers check that an LSM program returns a value in [-MAX_ERRNO, 0], and
+/// refused it (measured on Debian 13's 6.12). The verdict is a sign-extended i64, clamped.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "lsm/file_open")]
+pub fn chaos_sys_file_open(ctx: *mut core::ffi::c_void) -> i64 {
+    let ctx = LsmContext::new(ctx);
     // file_open has one argument; the slot after it holds the previous BPF LSM verdict.
     let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
-    decide_call(HOOK_FILE_OPEN, 0).map(|r| r as i32).unwrap_or(0)
+    let verdict = if previous != 0 { previous as i64 } else { decide_call(HOOK_FILE_OPEN, 0).unwrap_or(0) };
+    verdict.clamp(-MAX_ERRNO, 0)
 }
+
+/// The largest errno: an LSM verdict lies in [-MAX_ERRNO, 0].
+const MAX_ERRNO: i64 = 4095;
 
 // fmod_ret programs, attached (by chaos-user's own loader, see `kernel/fmod_ret.rs`) with
 // `BPF_MODIFY_RETURN`. A non-zero return replaces the function's result and skips its body.
