@@ -453,13 +453,32 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("netem", true),
         ],
     ),
+    (
+        "debian-6.12-cloud",
+        &[
+            ("cgroup_skb", true),
+            ("tcx", true),
+            ("tc_netlink", true),
+            ("cgroup_sock_addr", true),
+            ("tp_btf_signal", true),
+            ("bpf_lsm", true),
+            ("fmod_ret_security", true),
+            ("fmod_ret_syscall", false),
+            ("kprobe_override", false),
+            ("sch_fq", true),
+            ("netem", true),
+        ],
+    ),
 ];
 
 /// The lane these tests run on: `CHAOS_LANE` (set by `cargo xtask test` and the guests' /init),
 /// or "host" for a plain `cargo test` on a machine of this project's kind.
 pub fn lane() -> &'static str {
     let name = std::env::var("CHAOS_LANE").unwrap_or_else(|_| "host".into());
-    LANES.iter().find(|(l, _)| *l == name).map(|(l, _)| *l).unwrap_or_else(|| panic!("unknown CHAOS_LANE {name}: one of host, debian-6.1-cloud, errinj"))
+    LANES.iter().find(|(l, _)| *l == name).map(|(l, _)| *l).unwrap_or_else(|| {
+        let known: Vec<&str> = LANES.iter().map(|(l, _)| *l).collect();
+        panic!("unknown CHAOS_LANE {name}: one of {}", known.join(", "))
+    })
 }
 
 /// Whether backend `name` works on this lane (the data above, not the probe).

@@ -3,6 +3,7 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
@@ -38,28 +39,22 @@ impl Tally {
     }
 }
 
+/// The guest lanes that boot while the host lane runs: the host's tests are native and leave most
+/// of one core idle, where a short guest lane fits (see `vm::Lane::full_run_tests`). The others
+/// boot side by side after it, one core each.
+const BESIDE_HOST: &[vm::Lane] = &[vm::Lane::Errinj];
+
 pub fn run(host_only: bool) -> Result<()> {
+    let started = Instant::now();
     let mut total = Tally::default();
     let mut broken = Vec::new();
-    match host_lane() {
-        Ok(t) => {
-            if t.failed > 0 {
-                broken.push("host");
-            }
-            total.add(t)
-        }
-        Err(e) => {
-            eprintln!("xtask: host lane: {e:#}");
-            broken.push("host");
-        }
-    }
     // Every lane runs even when an earlier one failed, so the combined line counts them all. The
-    // guest lanes are prepared one after the other (downloads, a kernel build), then booted side
-    // by side: single-threaded TCG keeps each on one host core.
+    // guest lanes are prepared first, one after the other (downloads, a kernel build, the test
+    // binaries); single-threaded TCG keeps each booted guest on one host core.
+    let mut prepared = Vec::new();
     if !host_only {
-        let mut prepared = Vec::new();
         for lane in vm::Lane::ALL {
-            match vm::prepare(lane, &[]) {
+            match vm::prepare(lane, &[], lane.full_run_tests()) {
                 Ok(p) => prepared.push((lane, p)),
                 Err(e) => {
                     eprintln!("xtask: {} lane failed: {e:#}", lane.name());
@@ -67,43 +62,81 @@ pub fn run(host_only: bool) -> Result<()> {
                 }
             }
         }
-        let outcomes: Vec<(vm::Lane, Result<vm::Outcome>)> = std::thread::scope(|s| {
-            let running: Vec<_> = prepared.iter().map(|(lane, p)| (*lane, s.spawn(move || p.boot()))).collect();
-            running.into_iter().map(|(lane, h)| (lane, h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the lane's thread panicked"))))).collect()
-        });
-        for (lane, outcome) in outcomes {
-            match outcome {
-                Ok(outcome) => {
-                    eprintln!(
-                        "xtask: {} lane: {} passed, {} failed",
-                        lane.name(),
-                        outcome.tally.passed,
-                        outcome.tally.failed
-                    );
-                    total.add(outcome.tally);
-                    if let Some(p) = outcome.problem {
-                        eprintln!("xtask: {} lane failed: {p}", lane.name());
-                        broken.push(lane.name());
-                    } else if outcome.tally.failed > 0 {
-                        broken.push(lane.name());
-                    }
-                }
-                Err(e) => {
-                    eprintln!("xtask: {} lane failed: {e:#}", lane.name());
+    }
+    let (beside, after): (Vec<_>, Vec<_>) = prepared.iter().partition(|(lane, _)| BESIDE_HOST.contains(lane));
+    let (host, outcomes) = std::thread::scope(|s| {
+        let mut running: Vec<_> = beside.iter().map(|(lane, p)| (*lane, boot(s, p))).collect();
+        let host_started = Instant::now();
+        let host = (host_lane(), host_started.elapsed());
+        running.extend(after.iter().map(|(lane, p)| (*lane, boot(s, p))));
+        let outcomes: Vec<(vm::Lane, Result<vm::Outcome>, Duration)> = running
+            .into_iter()
+            .map(|(lane, h)| {
+                let (outcome, took) =
+                    h.join().unwrap_or_else(|_| (Err(anyhow::anyhow!("the lane's thread panicked")), Duration::ZERO));
+                (lane, outcome, took)
+            })
+            .collect();
+        (host, outcomes)
+    });
+    match host {
+        (Ok(t), took) => {
+            eprintln!("xtask: host lane: {} passed, {} failed in {}", t.passed, t.failed, minutes(took));
+            if t.failed > 0 {
+                broken.push("host");
+            }
+            total.add(t)
+        }
+        (Err(e), _) => {
+            eprintln!("xtask: host lane: {e:#}");
+            broken.push("host");
+        }
+    }
+    for (lane, outcome, took) in outcomes {
+        match outcome {
+            Ok(outcome) => {
+                eprintln!(
+                    "xtask: {} lane: {} passed, {} failed in {}",
+                    lane.name(),
+                    outcome.tally.passed,
+                    outcome.tally.failed,
+                    minutes(took)
+                );
+                total.add(outcome.tally);
+                if let Some(p) = outcome.problem {
+                    eprintln!("xtask: {} lane failed: {p}", lane.name());
+                    broken.push(lane.name());
+                } else if outcome.tally.failed > 0 {
                     broken.push(lane.name());
                 }
+            }
+            Err(e) => {
+                eprintln!("xtask: {} lane failed: {e:#}", lane.name());
+                broken.push(lane.name());
             }
         }
     }
     if !broken.is_empty() {
         eprintln!("xtask: lanes with failures: {}", broken.join(", "));
     }
+    eprintln!("xtask: every lane in {}", minutes(started.elapsed()));
     // The last line of every run, whatever happened above.
     println!("{} passed, {} failed", total.passed, total.failed);
     if !broken.is_empty() {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Boots a prepared guest lane in a thread of `s`; the thread returns its outcome and how long it took.
+fn boot<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    p: &'scope vm::Prepared,
+) -> std::thread::ScopedJoinHandle<'scope, (Result<vm::Outcome>, Duration)> {
+    s.spawn(move || {
+        let booted = Instant::now();
+        (p.boot(), booted.elapsed())
+    })
 }
 
 /// The running kernel: unit and integration tests, release profile (the same build as the demo).
@@ -128,6 +161,12 @@ pub fn run_counting(c: &mut Command) -> Result<Tally> {
         bail!("{} failed ({status}) before any test failed: a build error?", cmd::show(c));
     }
     Ok(tally)
+}
+
+/// `7m 05s`.
+fn minutes(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}m {:02}s", s / 60, s % 60)
 }
 
 fn kernel_release() -> String {

@@ -11,11 +11,12 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{cpio::Archive, kernel::Modules};
+use super::{cpio::Archive, kernel::Closure};
 use crate::cmd;
 
 /// Modules the tests need on a kernel that has them as modules (Debian's): qdiscs for delay (fq,
-/// netem), veth pairs, ifb, TC classifiers and actions. Their dependencies come from modules.dep.
+/// netem), veth pairs, ifb, TC classifiers and actions. Their dependencies come from modules.dep;
+/// one built into the kernel (modules.builtin) is skipped.
 pub const MODULES: &[&str] = &[
     "veth",
     "ifb",
@@ -55,7 +56,8 @@ pub struct Contents<'a> {
     pub init: String,
     pub chaos: &'a Path,
     pub tests: &'a [PathBuf],
-    pub modules: Option<&'a Modules>,
+    /// The kernel's modules folder, and which of its files the guest gets.
+    pub modules: Option<(&'a Path, &'a str, &'a Closure)>,
     /// Shipped as /boot/config; /init renames it to /boot/config-$(uname -r).
     pub config: Option<&'a Path>,
     /// A scratch folder for stripped copies of the Rust binaries.
@@ -102,8 +104,8 @@ pub fn build(c: &Contents, out: &Path) -> Result<()> {
         let name = t.file_name().context("test binary without a name")?.to_string_lossy();
         binary(&mut a, &format!("tests/{name}"), &strip(t, c.scratch)?, t)?;
     }
-    if let Some(m) = c.modules {
-        modules(&mut a, m)?;
+    if let Some((dir, release, closure)) = c.modules {
+        modules(&mut a, dir, release, closure)?;
     }
     if let Some(cfg) = c.config.filter(|p| p.is_file()) {
         a.file("boot/config", cfg, 0o644);
@@ -205,20 +207,61 @@ fn strip(bin: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// The modules in MODULES with their dependencies, and a modules.dep listing just those, for
-/// busybox's modprobe.
-fn modules(a: &mut Archive, m: &Modules) -> Result<()> {
-    let files = m.closure(MODULES)?;
-    let base = format!("lib/modules/{}", m.release);
-    for f in &files {
-        a.file(&format!("{base}/{f}"), &m.dir.join(f), 0o644);
+/// The modules of `closure`, uncompressed, and a modules.dep listing just those, for busybox's
+/// modprobe. Debian 13 ships `.ko.xz` files: the guest's busybox could unpack them itself, but
+/// under emulation that is slower than doing it here, and an uncompressed module loads with any
+/// modprobe (the whole archive is gzip'd anyway).
+fn modules(a: &mut Archive, dir: &Path, release: &str, closure: &Closure) -> Result<()> {
+    let base = format!("lib/modules/{release}");
+    let mut busybox = None;
+    for f in &closure.files {
+        let from = dir.join(f);
+        if f.ends_with(".zst") {
+            bail!("{}: zstd-compressed modules are not handled (busybox 1.35 cannot unpack them)", from.display());
+        }
+        match compression(f) {
+            None => a.file(&format!("{base}/{f}"), &from, 0o644),
+            Some((plain, applet)) => {
+                let bb = match &busybox {
+                    Some(b) => b,
+                    None => busybox.insert(host_tool("busybox", "busybox-static")?),
+                };
+                let out = cmd::output(Command::new(bb).args([applet, "-dc"]).arg(&from))
+                    .with_context(|| format!("decompressing {}", from.display()))?;
+                a.bytes(&format!("{base}/{plain}"), out.stdout, 0o644);
+            }
+        }
     }
-    let dep = fs::read_to_string(m.dir.join("modules.dep"))?;
-    let kept: String = dep
-        .lines()
-        .filter(|l| l.split_once(':').is_some_and(|(module, _)| files.contains(module)))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let dep = fs::read_to_string(dir.join("modules.dep"))?;
+    let mut kept = String::new();
+    for line in dep.lines() {
+        let Some((module, deps)) = line.split_once(':') else { continue };
+        if closure.files.contains(module) {
+            let plain = |m: &str| compression(m).map_or(m, |(p, _)| p).to_string();
+            let deps: Vec<String> = deps.split_whitespace().map(plain).collect();
+            kept.push_str(&format!("{}:{}{}\n", plain(module), if deps.is_empty() { "" } else { " " }, deps.join(" ")));
+        }
+    }
     a.bytes(&format!("{base}/modules.dep"), kept, 0o644);
     Ok(())
+}
+
+/// For a compressed module, its name without the compression suffix and the busybox applet that
+/// decompresses it (`a.ko.xz` → `a.ko`, xz); `None` for a plain `.ko`.
+fn compression(module: &str) -> Option<(&str, &'static str)> {
+    [(".xz", "xz"), (".gz", "gzip")]
+        .into_iter()
+        .find_map(|(suffix, applet)| module.strip_suffix(suffix).map(|plain| (plain, applet)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressed_module_names() {
+        assert_eq!(compression("kernel/net/sched/sch_fq.ko.xz"), Some(("kernel/net/sched/sch_fq.ko", "xz")));
+        assert_eq!(compression("kernel/a.ko.gz"), Some(("kernel/a.ko", "gzip")));
+        assert_eq!(compression("kernel/a.ko"), None);
+    }
 }

@@ -1,4 +1,4 @@
-//! The guest kernels: Debian's packaged cloud kernel (unpacked once per pinned version) and the
+//! The guest kernels: Debian's packaged cloud kernels (unpacked once per pinned version) and the
 //! self-built errinj kernel.
 
 use std::{
@@ -22,26 +22,38 @@ pub struct Kernel {
     pub config: Option<PathBuf>,
 }
 
-/// An unpacked `lib/modules/RELEASE` tree with a modules.dep from depmod.
+/// An unpacked `lib/modules/RELEASE` tree with a modules.dep from depmod. Its modules may be
+/// compressed (`.ko.xz` on Debian 13).
 pub struct Modules {
     pub dir: PathBuf,
     pub release: String,
 }
 
-/// Debian's 6.1 cloud kernel as pinned in kernels.lock, unpacked into
-/// `~/.cache/chaos/kernels/PACKAGE_VERSION/` on first use.
-pub fn debian_cloud() -> Result<Kernel> {
-    let pin = lock::locked(lock::DEBIAN_CLOUD)?;
+/// A Debian cloud kernel as pinned in kernels.lock under `pin` (`lock::DEBIAN_CLOUD`,
+/// `lock::DEBIAN_612_CLOUD`), unpacked into `~/.cache/chaos/kernels/PACKAGE_VERSION/` on first use.
+pub fn debian_cloud(pin: &str) -> Result<Kernel> {
+    let pin = lock::locked(pin)?;
     let dir = cache_dir().join("kernels").join(format!("{}_{}", pin.package, pin.version));
     if !dir.join(".unpacked").exists() {
         unpack(&lock::fetch_deb(&pin)?, &dir)?;
     }
-    let release = only_entry(&dir.join("lib/modules"))?;
+    let modules = modules_root(&dir)?;
+    let release = only_entry(&modules)?;
     Ok(Kernel {
         image: dir.join("boot").join(format!("vmlinuz-{release}")),
         config: Some(dir.join("boot").join(format!("config-{release}"))),
-        modules: Some(Modules { dir: dir.join("lib/modules").join(&release), release }),
+        modules: Some(Modules { dir: modules.join(&release), release }),
     })
+}
+
+/// `lib/modules` in an unpacked package, or `usr/lib/modules` (Debian 13 ships its files under
+/// /usr only).
+fn modules_root(dir: &Path) -> Result<PathBuf> {
+    ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|p| dir.join(p))
+        .find(|p| p.is_dir())
+        .with_context(|| format!("{} has neither lib/modules nor usr/lib/modules", dir.display()))
 }
 
 /// `dpkg -x` then `depmod -b` (the package ships no modules.dep), in a temporary folder renamed
@@ -52,8 +64,11 @@ fn unpack(deb: &Path, dir: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
     cmd::run(Command::new("dpkg").arg("-x").arg(deb).arg(&tmp))?;
-    let release = only_entry(&tmp.join("lib/modules"))?;
-    cmd::run(Command::new("depmod").arg("-b").arg(&tmp).arg(&release))
+    let modules = modules_root(&tmp)?;
+    let release = only_entry(&modules)?;
+    // depmod -b BASE reads BASE/lib/modules/RELEASE.
+    let base = modules.parent().and_then(Path::parent).expect("…/lib/modules has two parents");
+    cmd::run(Command::new("depmod").arg("-b").arg(base).arg(&release))
         .context("depmod failed: `cargo xtask setup` installs kmod")?;
     fs::write(tmp.join(".unpacked"), "")?;
     let _ = fs::remove_dir_all(dir);
@@ -72,30 +87,51 @@ fn only_entry(dir: &Path) -> Result<String> {
     }
 }
 
+/// What loading a list of modules takes on one kernel.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Closure {
+    /// The module files (paths relative to the modules folder), dependencies included.
+    pub files: BTreeSet<String>,
+    /// The names to modprobe: those not built into the kernel.
+    pub load: Vec<String>,
+}
+
 impl Modules {
-    /// The module files (paths relative to `dir`) needed to load `names`, dependencies included,
-    /// from modules.dep (`kernel/a.ko: kernel/b.ko kernel/c.ko`). Errors on an unknown name.
-    pub fn closure(&self, names: &[&str]) -> Result<BTreeSet<String>> {
-        let dep_file = self.dir.join("modules.dep");
-        let text = fs::read_to_string(&dep_file).with_context(|| format!("reading {}", dep_file.display()))?;
-        let mut deps: HashMap<String, Vec<String>> = HashMap::new();
-        let mut by_name: HashMap<String, String> = HashMap::new();
-        for line in text.lines() {
-            let Some((module, rest)) = line.split_once(':') else { continue };
-            deps.insert(module.to_string(), rest.split_whitespace().map(str::to_string).collect());
-            by_name.insert(module_name(module), module.to_string());
-        }
-        let mut out = BTreeSet::new();
-        for name in names {
-            let path = by_name
-                .get(&name.replace('-', "_"))
-                .with_context(|| format!("kernel {} has no module {name}", self.release))?;
-            out.insert(path.clone());
-            // modules.dep lists the full (transitive) dependency set on each line.
-            out.extend(deps[path].iter().cloned());
-        }
-        Ok(out)
+    /// What loading `names` takes, from modules.dep (`kernel/a.ko: kernel/b.ko kernel/c.ko`) and
+    /// modules.builtin (a name built in needs no file and no modprobe). Errors on a name that is
+    /// neither.
+    pub fn closure(&self, names: &[&str]) -> Result<Closure> {
+        let read = |file: &str| {
+            let path = self.dir.join(file);
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+        };
+        closure(&read("modules.dep")?, &read("modules.builtin")?, names)
+            .with_context(|| format!("kernel {}", self.release))
     }
+}
+
+fn closure(dep: &str, builtin: &str, names: &[&str]) -> Result<Closure> {
+    let mut deps: HashMap<String, Vec<String>> = HashMap::new();
+    let mut by_name: HashMap<String, String> = HashMap::new();
+    for line in dep.lines() {
+        let Some((module, rest)) = line.split_once(':') else { continue };
+        deps.insert(module.to_string(), rest.split_whitespace().map(str::to_string).collect());
+        by_name.insert(module_name(module), module.to_string());
+    }
+    let built_in: BTreeSet<String> = builtin.lines().map(module_name).collect();
+    let mut out = Closure::default();
+    for name in names {
+        let name = name.replace('-', "_");
+        if let Some(path) = by_name.get(&name) {
+            out.files.insert(path.clone());
+            // modules.dep lists the full (transitive) dependency set on each line.
+            out.files.extend(deps[path].iter().cloned());
+            out.load.push(name);
+        } else if !built_in.contains(&name) {
+            bail!("no module {name}, and it is not built in");
+        }
+    }
+    Ok(out)
 }
 
 /// `kernel/net/sched/sch_fq.ko` → `sch_fq` (modprobe treats `-` and `_` alike).
@@ -114,5 +150,18 @@ mod tests {
         assert_eq!(module_name("kernel/net/sched/sch_fq.ko"), "sch_fq");
         assert_eq!(module_name("kernel/drivers/net/ifb.ko.xz"), "ifb");
         assert_eq!(module_name("kernel/x/nf-nat.ko"), "nf_nat");
+    }
+
+    #[test]
+    fn closure_skips_built_in_modules() {
+        let dep = "kernel/net/sched/sch_fq.ko.xz:\nkernel/net/sched/sch_fq_pie.ko.xz: kernel/net/sched/sch_pie.ko.xz\n";
+        let builtin = "kernel/drivers/net/veth.ko\n";
+        let c = closure(dep, builtin, &["sch_fq_pie", "veth", "sch-fq"]).unwrap();
+        assert_eq!(c.load, ["sch_fq_pie", "sch_fq"]);
+        assert_eq!(
+            c.files.into_iter().collect::<Vec<_>>(),
+            ["kernel/net/sched/sch_fq.ko.xz", "kernel/net/sched/sch_fq_pie.ko.xz", "kernel/net/sched/sch_pie.ko.xz"]
+        );
+        assert!(closure(dep, builtin, &["ifb"]).unwrap_err().to_string().contains("no module ifb"));
     }
 }
