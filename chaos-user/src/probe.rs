@@ -71,7 +71,7 @@ impl Backend {
             Backend::FmodRetSecurity => "fmod_ret on security_*",
             Backend::FmodRetSyscall => "fmod_ret on syscalls",
             Backend::KprobeOverride => "kprobe + override_return",
-            Backend::SchFq => "sch_fq (EDT delay)",
+            Backend::SchFq => "sch_fq (departure times)",
             Backend::Netem => "netem (peer comparison)",
         }
     }
@@ -85,7 +85,7 @@ impl Backend {
             Backend::TpBtfSignal => "sys signal (planned)",
             Backend::BpfLsm | Backend::FmodRetSecurity => "sys fail: the open family",
             Backend::FmodRetSyscall | Backend::KprobeOverride => "sys fail: any syscall",
-            Backend::SchFq => "net delay",
+            Backend::SchFq => "net delay, reorder, rate (shaping)",
             Backend::Netem => "benchmarks against tc netem",
         }
     }

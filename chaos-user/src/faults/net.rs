@@ -39,10 +39,7 @@ pub struct PercentArgs {
     #[arg(long, value_parser = cli::parse_percent, value_name = "P")]
     pub percent: u32,
     #[command(flatten)]
-    pub filters: NetFilterArgs,
-    /// Also attach device programs in this network namespace (a file such as /run/netns/NAME).
-    #[arg(long, value_name = "FILE")]
-    pub netns: Vec<PathBuf>,
+    pub scope: NetScopeArgs,
 }
 
 /// A [`PercentAction`] fault as asked for.
@@ -58,9 +55,9 @@ impl PercentFault {
     /// Builds the fault from its flags ([`PercentArgs`]).
     pub fn build(what: &'static PercentAction, m: &ArgMatches) -> Result<Box<dyn Fault>> {
         let a = PercentArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
-        let filters: NetFilters = a.filters.into();
+        let filters: NetFilters = a.scope.filters.into();
         filters.egress_only(what.kind, what.egress_only)?;
-        Ok(Box::new(PercentFault { what, ppm: a.percent, filters, netns: a.netns }))
+        Ok(Box::new(PercentFault { what, ppm: a.percent, filters, netns: a.scope.netns }))
     }
 }
 
@@ -96,6 +93,18 @@ impl Fault for PercentFault {
     fn netns(&self) -> &[PathBuf] {
         &self.netns
     }
+}
+
+/// Where a packet fault applies, the flags every packet fault takes: its filters, and network
+/// namespaces beyond the target's own.
+#[derive(Args, Debug, Clone)]
+pub struct NetScopeArgs {
+    #[command(flatten)]
+    pub filters: NetFilterArgs,
+    /// Also attach device programs in this network namespace (a file such as /run/netns/NAME);
+    /// by default, the namespaces of the target's processes.
+    #[arg(long, value_name = "FILE")]
+    pub netns: Vec<PathBuf>,
 }
 
 /// The packet filters every packet fault takes.

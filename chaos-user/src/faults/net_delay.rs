@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use chaos_common::{Action, Counters, Rule, ppm_to_threshold};
 use clap::{ArgMatches, Args, FromArgMatches};
 
-use super::{Fault, FqNeed, Hook, Kind, net::{NetFilterArgs, NetFilters}};
+use super::{Fault, FqNeed, Hook, Kind, net::{NetFilters, NetScopeArgs}};
 use crate::{cli, error::Result, probe::Backend, usage};
 
 pub const KIND: Kind = Kind { name: "net.delay", family: "net", verb: "delay", command, build };
@@ -32,7 +32,7 @@ fn command() -> clap::Command {
 
 fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
     let a = NetDelayArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
-    let filters: NetFilters = a.filters.into();
+    let filters: NetFilters = a.scope.filters.into();
     filters.egress_only(KIND.name, "a delay needs a queue, and a cgroup's received packets have none of their own")?;
     if a.delay + a.jitter > MAX_DELAY {
         return Err(usage!("--delay plus --jitter is {:?}: at most {MAX_DELAY:?}", a.delay + a.jitter));
@@ -40,7 +40,7 @@ fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
     if a.delay.is_zero() && a.jitter.is_zero() {
         return Err(usage!("--delay 0 with no --jitter delays nothing: give a delay such as 100ms"));
     }
-    Ok(Box::new(NetDelay { delay: a.delay, jitter: a.jitter, ppm: a.percent, keep_qdisc: a.keep_qdisc, filters, netns: a.netns }))
+    Ok(Box::new(NetDelay { delay: a.delay, jitter: a.jitter, ppm: a.percent, keep_qdisc: a.keep_qdisc, filters, netns: a.scope.netns }))
 }
 
 #[derive(Args, Debug)]
@@ -58,10 +58,7 @@ pub struct NetDelayArgs {
     #[arg(long)]
     pub keep_qdisc: bool,
     #[command(flatten)]
-    pub filters: NetFilterArgs,
-    /// Also attach device programs in this network namespace (a file such as /run/netns/NAME).
-    #[arg(long, value_name = "FILE")]
-    pub netns: Vec<PathBuf>,
+    pub scope: NetScopeArgs,
 }
 
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use chaos_common::{Action, Counters, PPM_ONE, Rule, loss::LossParams, ppm_to_threshold};
 use clap::{ArgMatches, Args, FromArgMatches};
 
-pub use super::net::{NetFilterArgs, NetFilters};
+pub use super::net::{NetFilters, NetScopeArgs};
 use super::{Fault, Hook, Kind, loss_model};
 use crate::{cli, error::Result, probe::Backend};
 
@@ -33,7 +33,7 @@ fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
         (None, Some(c)) if c > 0 => Some(LossParams::random(ppm_to_netem(a.percent.unwrap_or(0)), ppm_to_netem(c))),
         _ => None,
     };
-    Ok(Box::new(NetDrop { ppm: a.percent.unwrap_or(0), model, filters: a.filters.into(), netns: a.netns }))
+    Ok(Box::new(NetDrop { ppm: a.percent.unwrap_or(0), model, filters: a.scope.filters.into(), netns: a.scope.netns }))
 }
 
 /// A probability in parts per million in netem's scale (`rint(p * UINT32_MAX)`, as tc sends it).
@@ -57,11 +57,7 @@ pub struct NetDropArgs {
     #[arg(long, value_parser = cli::parse_percent, value_name = "C", requires = "percent")]
     pub correlation: Option<u32>,
     #[command(flatten)]
-    pub filters: NetFilterArgs,
-    /// Also attach device programs in this network namespace (a file such as /run/netns/NAME);
-    /// by default, the namespaces of the target's processes.
-    #[arg(long, value_name = "FILE")]
-    pub netns: Vec<PathBuf>,
+    pub scope: NetScopeArgs,
 }
 
 #[derive(Debug)]

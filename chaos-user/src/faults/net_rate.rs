@@ -13,7 +13,7 @@ use chaos_common::{
 };
 use clap::{ArgMatches, Args, FromArgMatches};
 
-use super::{Fault, FqNeed, Hook, Kind, net::{NetFilterArgs, NetFilters}};
+use super::{Fault, FqNeed, Hook, Kind, net::{NetFilters, NetScopeArgs}};
 use crate::{cli, error::Result, probe::Backend, usage};
 
 pub const KIND: Kind = Kind { name: "net.rate", family: "net", verb: "rate", command, build };
@@ -38,7 +38,7 @@ fn command() -> clap::Command {
 
 fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
     let a = NetRateArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
-    let filters: NetFilters = a.filters.into();
+    let filters: NetFilters = a.scope.filters.into();
     if !a.police {
         filters.egress_only(KIND.name, "shaping needs a queue, and a cgroup's received packets have none of their own; --police works both ways")?;
     }
@@ -47,7 +47,7 @@ fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
     }
     // A policer's default bucket: 10 ms at the rate, and at least two full-size frames.
     let burst = a.burst.unwrap_or_else(|| (a.rate / 100).max(2 * 1514));
-    Ok(Box::new(NetRate { rate: a.rate, police: a.police, burst, keep_qdisc: a.keep_qdisc, filters, netns: a.netns }))
+    Ok(Box::new(NetRate { rate: a.rate, police: a.police, burst, keep_qdisc: a.keep_qdisc, filters, netns: a.scope.netns }))
 }
 
 #[derive(Args, Debug)]
@@ -66,10 +66,7 @@ pub struct NetRateArgs {
     #[arg(long)]
     pub keep_qdisc: bool,
     #[command(flatten)]
-    pub filters: NetFilterArgs,
-    /// Also attach device programs in this network namespace (a file such as /run/netns/NAME).
-    #[arg(long, value_name = "FILE")]
-    pub netns: Vec<PathBuf>,
+    pub scope: NetScopeArgs,
 }
 
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Duration};
 use chaos_common::{Counters, PPM_ONE};
 use clap::{ArgMatches, Args, FromArgMatches};
 
-use super::{Fault, FqNeed, Kind, net::{NetFilterArgs, NetFilters}, net_delay::NetDelay};
+use super::{Fault, FqNeed, Kind, net::{NetFilters, NetScopeArgs}, net_delay::NetDelay};
 use crate::{cli, error::Result, probe::Backend, usage};
 
 pub const KIND: Kind = Kind { name: "net.reorder", family: "net", verb: "reorder", command, build };
@@ -24,7 +24,7 @@ fn command() -> clap::Command {
 
 fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
     let a = NetReorderArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
-    let filters: NetFilters = a.filters.into();
+    let filters: NetFilters = a.scope.filters.into();
     filters.egress_only(KIND.name, "reordering needs a queue, and a cgroup's received packets have none of their own")?;
     if a.delay.is_zero() || a.delay > super::net_delay::MAX_DELAY {
         return Err(usage!("--delay must be above 0 and at most {:?}", super::net_delay::MAX_DELAY));
@@ -35,7 +35,7 @@ fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
         ppm: PPM_ONE - a.percent,
         keep_qdisc: a.keep_qdisc,
         filters,
-        netns: a.netns,
+        netns: a.scope.netns,
     };
     Ok(Box::new(Reorder { percent: a.percent, held }))
 }
@@ -52,10 +52,7 @@ pub struct NetReorderArgs {
     #[arg(long)]
     pub keep_qdisc: bool,
     #[command(flatten)]
-    pub filters: NetFilterArgs,
-    /// Also attach device programs in this network namespace (a file such as /run/netns/NAME).
-    #[arg(long, value_name = "FILE")]
-    pub netns: Vec<PathBuf>,
+    pub scope: NetScopeArgs,
 }
 
 /// A delay rule for the packets not sent at once.

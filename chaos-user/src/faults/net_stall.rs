@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use chaos_common::{Action, Counters, MAX_FLOWS, PPM_ONE, Rule, ppm_to_threshold};
 use clap::{ArgMatches, Args, FromArgMatches};
 
-use super::{Fault, Hook, Kind, net::{NetFilterArgs, NetFilters}, net_rate::parse_size};
+use super::{Fault, Hook, Kind, net::{NetFilters, NetScopeArgs}, net_rate::parse_size};
 use crate::{cli, error::Result, probe::Backend, usage};
 
 pub const KIND: Kind = Kind { name: "net.stall", family: "net", verb: "stall", command, build };
@@ -28,7 +28,7 @@ fn command() -> clap::Command {
 
 fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
     let a = NetStallArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
-    Ok(Box::new(NetStall { after: a.after_bytes, filters: a.filters.into(), netns: a.netns }))
+    Ok(Box::new(NetStall { after: a.after_bytes, filters: a.scope.filters.into(), netns: a.scope.netns }))
 }
 
 #[derive(Args, Debug)]
@@ -37,10 +37,7 @@ pub struct NetStallArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub after_bytes: u64,
     #[command(flatten)]
-    pub filters: NetFilterArgs,
-    /// Also attach device programs in this network namespace (a file such as /run/netns/NAME).
-    #[arg(long, value_name = "FILE")]
-    pub netns: Vec<PathBuf>,
+    pub scope: NetScopeArgs,
 }
 
 #[derive(Debug)]
