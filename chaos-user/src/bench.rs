@@ -4,9 +4,10 @@
 //! target cgroup sends small UDP datagrams over loopback.
 //!
 //! Configurations: 1 rule on the target; 1 rule on the target and 63 on 63 other cgroups (a full
-//! session of 64); 64 rules on the target itself. Every rule is `net.drop` at 1 in a million:
+//! session of 64); 64 rules on the target itself. Those rules are `net.drop` at 1 in a million:
 //! each packet is parsed, matched, rolled and counted, and almost none dropped (0% and 100% need
-//! no random number and would flatter the figure). The floors, attached in the same run to
+//! no random number and would flatter the figure). Then one rule of each action that keeps
+//! per-packet state (a loss model's chain, a token bucket, a flow table), set to act on nothing. The floors, attached in the same run to
 //! the same cgroup and device: an empty `cgroup_skb` program and an empty TC program, each with
 //! one counter and one random draw (`chaos-ebpf/src/probe.rs`).
 
@@ -25,7 +26,7 @@ use aya::{
 use serde::Serialize;
 
 use crate::{
-    faults::{FaultArgs, FaultSpec, TargetArgs, net_drop::{NetDrop, NetFilters}},
+    faults::{self, FaultSpec},
     kernel::Kernel,
     sandbox::{TempCgroup, spawn_in},
     session::{self, Options, Session},
@@ -42,23 +43,20 @@ pub struct Sample {
     pub floor_tc_ns: f64,
 }
 
-fn drop_spec(cgroup: &std::path::Path) -> FaultSpec {
-    FaultSpec {
-        fault: Box::new(NetDrop {
-            ppm: 1,
-            model: None,
-            filters: NetFilters { directions: chaos_common::net::DIR_EGRESS, proto: chaos_common::net::PROTO_UDP, port: None, local_port: None, peer: None, tcp_flags: 0 },
-            netns: Vec::new(),
-        }),
-        args: FaultArgs {
-            target: TargetArgs { cgroup: Some(cgroup.to_path_buf()), pid: None },
-            duration: Duration::from_secs(600),
-            after: Duration::ZERO,
-            max_injections: None,
-            force: false,
-        },
-        origin: String::new(),
-    }
+/// A fault on `cgroup` written as on the command line (`chaos net drop --percent …`), parsed by
+/// the parser the command line and fault files use.
+fn spec(kind: &str, cgroup: &std::path::Path, words: &[&str]) -> Result<FaultSpec> {
+    let kind = faults::kind(kind).context("a known kind")?;
+    let m = kind
+        .fault_command()
+        .try_get_matches_from(std::iter::once(kind.name).chain(words.iter().copied()).chain(["--for", "10m", "--proto", "udp"]).chain(["--cgroup", &cgroup.to_string_lossy()]))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(FaultSpec::from_matches(kind, &m, String::new())?)
+}
+
+/// The rule most configurations repeat: 1 in a million (a random draw for every packet).
+fn drop_spec(cgroup: &std::path::Path) -> Result<FaultSpec> {
+    spec("net.drop", cgroup, &["--percent", "0.0001"])
 }
 
 /// (run_time_ns, run_cnt) of a program, now.
@@ -72,7 +70,7 @@ fn per_run(before: (u64, u64), after: (u64, u64)) -> f64 {
 }
 
 /// A configuration: its name, and the faults of its session.
-type Config<'a> = (&'static str, Box<dyn Fn() -> Vec<FaultSpec> + 'a>);
+type Config<'a> = (&'static str, Box<dyn Fn() -> Result<Vec<FaultSpec>> + 'a>);
 
 /// Runs every configuration `rounds` times, interleaved; prints one JSON line per sample.
 pub fn run(rounds: usize, packets: u64) -> Result<()> {
@@ -101,14 +99,19 @@ pub fn run(rounds: usize, packets: u64) -> Result<()> {
 
     let sink = UdpSocket::bind("127.0.0.1:0")?;
     let to = sink.local_addr()?.to_string();
-    let configs: [Config; 3] = [
-        ("1 rule on the target", Box::new(|| vec![drop_spec(&target.path)])),
-        ("1 rule on the target, 63 on other cgroups", Box::new(|| std::iter::once(drop_spec(&target.path)).chain(others.iter().map(|o| drop_spec(&o.path))).collect())),
-        ("64 rules on the target", Box::new(|| (0..64).map(|_| drop_spec(&target.path)).collect())),
+    let t = &target.path;
+    let configs: [Config; 6] = [
+        ("1 rule on the target", Box::new(|| Ok(vec![drop_spec(t)?]))),
+        ("1 rule on the target, 63 on other cgroups", Box::new(|| std::iter::once(t).chain(others.iter().map(|o| &o.path)).map(|c| drop_spec(c)).collect())),
+        ("64 rules on the target", Box::new(|| (0..64).map(|_| drop_spec(t)).collect())),
+        // The packet actions with per-packet state of their own, each set so it acts on nothing:
+        ("1 loss-model rule (Gilbert-Elliott, stepped every packet)", Box::new(|| Ok(vec![spec("net.drop", t, &["--model", "gemodel:0.0001"])?]))),
+        ("1 police rule (10 Gbit/s token bucket, every packet)", Box::new(|| Ok(vec![spec("net.rate", t, &["--police", "--rate", "10gbit"])?]))),
+        ("1 stall rule (flow table, every packet)", Box::new(|| Ok(vec![spec("net.stall", t, &["--after-bytes", "1000mb"])?]))),
     ];
     for round in 0..rounds {
         for (name, specs) in &configs {
-            let plan = session::plan(specs())?;
+            let plan = session::plan(specs()?)?;
             let s = Session::start(plan, &Options::default())?;
             // The TC program on lo (Ethernet framing), by its kernel name.
             let prog = s

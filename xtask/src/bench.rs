@@ -232,8 +232,10 @@ pub fn run() -> Result<()> {
     writeln!(
         md,
         "Per-packet kernel time: the kernel's own accounting (`BPF_ENABLE_STATS`: run_time_ns / run_cnt) while a sender in the\n\
-         target cgroup sends 100,000 64-byte UDP datagrams over loopback; every rule is `net.drop` at 1 in a million, so each\n\
-         packet is parsed, matched, rolled and counted. The baseline is the floor: an empty `cgroup_skb` program with one\n\
+         target cgroup sends 100,000 64-byte UDP datagrams over loopback. The first three rows' rules are `net.drop` at 1 in a\n\
+         million, so each packet is parsed, matched, rolled and counted; the last three are one rule of each action with\n\
+         per-packet state of its own (a loss model's chain, a police token bucket, a stall's flow table), set to act on\n\
+         nothing. The baseline is the floor: an empty `cgroup_skb` program with one\n\
          counter and one random draw, built by the project and attached to the same cgroup in the same run. On this machine\n\
          (return-thunk and retpoline mitigations) a helper call costs tens of ns: the floor makes one, chaos's decision three\n\
          (the packet's cgroup, the clock, the draw)."
