@@ -225,3 +225,49 @@ fn reorder_sends_some_at_once_and_they_overtake_the_held_ones() {
     assert!(got["reordered"].as_u64().unwrap_or(0) > 0, "nothing overtook: {got}");
     assert!(delay_ms(&got, "min") < 10.0 && (delay_ms(&got, "p50") - 20.0).abs() <= 4.0, "{got}");
 }
+
+/// 100 stamped 1000-byte datagrams at 500/s from the target; the sink's report.
+fn small_round(sb: &Sandbox, port: u16) -> Value {
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "1500ms"]);
+    sink.ready();
+    sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", "100", "--rate", "500", "--size", "1000"]).json(T);
+    sink.close_stdin();
+    sink.json(T)
+}
+
+#[test]
+fn delay_shaping_and_reorder_end_at_their_deadline_even_with_chaos_frozen() {
+    if !fq_here() {
+        return;
+    }
+    // (fault flags, whether a round shows the fault)
+    type Shows = fn(&Value) -> bool;
+    let faults: [(&[&str], Shows); 3] = [
+        (&["delay", "--delay", "300ms"], |v| delay_ms(v, "min") >= 299.0),
+        // 100 KB/s against 500 KB/s offered: the round's last datagram leaves about 0.8 s late.
+        (&["rate", "--rate", "800kbit"], |v| delay_ms(v, "max") >= 400.0),
+        (&["reorder", "--percent", "50", "--delay", "300ms"], |v| v["reordered"].as_u64().unwrap_or(0) > 0),
+    ];
+    for (i, (flags, shows)) in faults.iter().enumerate() {
+        let sb = Sandbox::new();
+        let before_qdisc = root_qdisc(&sb);
+        let mut a: Vec<String> = ["net"].iter().chain(flags.iter()).map(|s| s.to_string()).collect();
+        // 8 s: starting the two workloads of a round takes seconds in a busy emulated guest.
+        a.extend(["--proto", "udp", "--for", "8s", "--json"].map(String::from));
+        a.extend(sb.target_args());
+        let chaos = start_chaos(&a);
+        let started = Instant::now();
+        chaos.signal(libc::SIGSTOP);
+        let port = 5520 + 2 * i as u16;
+        let before = small_round(&sb, port);
+        assert!(shows(&before), "net {flags:?}: no fault before the deadline: {before}");
+        std::thread::sleep(Duration::from_secs(8).saturating_sub(started.elapsed()) + Duration::from_millis(300));
+        let after = small_round(&sb, port + 1);
+        assert_eq!(after["unique"], 100, "net {flags:?}: {after}");
+        assert_eq!(after["reordered"], 0, "net {flags:?}: the fault outlived its deadline with chaos frozen: {after}");
+        assert!(delay_ms(&after, "max") < 100.0, "net {flags:?}: the fault outlived its deadline with chaos frozen: {after}");
+        chaos.signal(libc::SIGCONT);
+        chaos.json(Duration::from_secs(30));
+        assert_eq!(root_qdisc(&sb), before_qdisc, "net {flags:?}: the default qdisc is back");
+    }
+}
