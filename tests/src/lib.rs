@@ -145,10 +145,15 @@ impl Sandbox {
 
     /// Starts `chaos workload ARGS` at `place`, running as user `uid`.
     pub fn spawn_as(&self, place: Place, uid: u32, args: &[&str]) -> Proc {
-        let mut cmd = Command::new(chaos_bin());
+        // Run through a descriptor opened here: the other user then needs only the right to
+        // execute the file, not to search the folders above it (a clone in a 0700 folder). The
+        // kernel lets a process follow its own /proc/self/fd links whoever it now runs as.
+        let bin = std::fs::File::open(chaos_bin()).expect("opening the chaos binary");
+        let mut cmd = Command::new(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&bin)));
         cmd.arg("workload").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let cg = (place == Place::Target).then_some(self.cgroup.path.as_path());
         let child = chaos_user::sandbox::spawn_in_as(&mut cmd, cg, Some(&self.netns_path(place)), Some(uid)).expect("spawning a workload");
+        drop(bin);
         Proc::new(child, format!("workload {} as uid {uid}", args.join(" ")))
     }
 
@@ -310,6 +315,24 @@ pub fn start_chaos_env(args: &[String], env: &[(&str, &str)]) -> Proc {
     let mut p = Proc::new(child, format!("chaos {}", args.join(" ")));
     p.wait_for("chaos: injecting", START);
     p
+}
+
+/// A UDP packet fault frozen before its deadline: `chaos net FLAGS --proto udp --for LIFETIME
+/// --json` on the sandbox's target, stopped by SIGSTOP once it injects, so only the kernel can end
+/// the fault. Returns chaos and the moment the fault started.
+pub fn start_frozen_udp_fault(sb: &Sandbox, flags: &[&str], lifetime: Duration) -> (Proc, Instant) {
+    let mut a: Vec<String> = ["net"].iter().chain(flags).map(|s| s.to_string()).collect();
+    a.extend(["--proto".into(), "udp".into(), "--for".into(), format!("{}ms", lifetime.as_millis()), "--json".into()]);
+    a.extend(sb.target_args());
+    let chaos = start_chaos(&a);
+    let started = Instant::now();
+    chaos.signal(libc::SIGSTOP);
+    (chaos, started)
+}
+
+/// Sleeps until a little after `lifetime` has passed since `started`.
+pub fn sleep_past(started: Instant, lifetime: Duration) {
+    std::thread::sleep(lifetime.saturating_sub(started.elapsed()) + Duration::from_millis(300));
 }
 
 /// How long a chaos start may take: checking the kernel and loading, verifying and attaching the

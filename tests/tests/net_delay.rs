@@ -251,17 +251,13 @@ fn delay_shaping_and_reorder_end_at_their_deadline_even_with_chaos_frozen() {
     for (i, (flags, shows)) in faults.iter().enumerate() {
         let sb = Sandbox::new();
         let before_qdisc = root_qdisc(&sb);
-        let mut a: Vec<String> = ["net"].iter().chain(flags.iter()).map(|s| s.to_string()).collect();
         // 8 s: starting the two workloads of a round takes seconds in a busy emulated guest.
-        a.extend(["--proto", "udp", "--for", "8s", "--json"].map(String::from));
-        a.extend(sb.target_args());
-        let chaos = start_chaos(&a);
-        let started = Instant::now();
-        chaos.signal(libc::SIGSTOP);
+        let lifetime = Duration::from_secs(8);
+        let (chaos, started) = start_frozen_udp_fault(&sb, flags, lifetime);
         let port = 5520 + 2 * i as u16;
         let before = small_round(&sb, port);
         assert!(shows(&before), "net {flags:?}: no fault before the deadline: {before}");
-        std::thread::sleep(Duration::from_secs(8).saturating_sub(started.elapsed()) + Duration::from_millis(300));
+        sleep_past(started, lifetime);
         let after = small_round(&sb, port + 1);
         assert_eq!(after["unique"], 100, "net {flags:?}: {after}");
         assert_eq!(after["reordered"], 0, "net {flags:?}: the fault outlived its deadline with chaos frozen: {after}");

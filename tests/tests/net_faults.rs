@@ -4,7 +4,7 @@
 //! patterns the sender put in each datagram (`chaos workload udp-send`), and the test holds what
 //! it saw against the kernel's counters. A bystander in the same namespace sees nothing.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chaos_tests::*;
 
@@ -189,17 +189,13 @@ fn every_packet_fault_ends_at_its_deadline_even_with_chaos_frozen() {
     ];
     for (i, (flags, shows)) in faults.iter().enumerate() {
         let sb = Sandbox::new();
-        let mut a: Vec<String> = ["net"].iter().chain(flags.iter()).map(|s| s.to_string()).collect();
         // 6 s: starting the two workloads of a round takes seconds in a busy emulated guest.
-        a.extend(["--proto", "udp", "--for", "6s", "--json"].map(String::from));
-        a.extend(sb.target_args());
-        let chaos = start_chaos(&a);
-        let started = Instant::now();
-        chaos.signal(libc::SIGSTOP);
+        let lifetime = Duration::from_secs(6);
+        let (chaos, started) = start_frozen_udp_fault(&sb, flags, lifetime);
         let port = 5420 + 2 * i as u16;
         let before = small_round(&sb, port);
         assert!(shows(before), "net {flags:?}: no fault before the deadline: {before:?}");
-        std::thread::sleep(Duration::from_secs(6).saturating_sub(started.elapsed()) + Duration::from_millis(300));
+        sleep_past(started, lifetime);
         let after = small_round(&sb, port + 1);
         assert_eq!(after, (200, 0, 0), "net {flags:?}: the fault outlived its deadline with chaos frozen");
         chaos.signal(libc::SIGCONT);
