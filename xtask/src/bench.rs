@@ -119,7 +119,7 @@ impl Drop for Killed {
 }
 
 fn chaos() -> PathBuf {
-    crate::workspace_root().join("target/release/chaos")
+    crate::chaos_binary()
 }
 
 fn cgroup2_mount() -> Result<PathBuf> {

@@ -97,7 +97,7 @@ fn run(task: Task) -> Result<()> {
         Task::Demo => {
             setup::run()?;
             build_release()?;
-            cmd::run(std::process::Command::new(workspace_root().join("target/release/chaos")).arg("demo"))
+            cmd::run(std::process::Command::new(chaos_binary()).arg("demo"))
         }
         Task::Test { host_only } => {
             // A run that cannot even build still ends with the combined line.
@@ -138,6 +138,14 @@ pub fn build_release() -> Result<()> {
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+/// The release `chaos` binary where cargo builds it: under `CARGO_TARGET_DIR` if set (`.ci/run`
+/// sets it to the per-user cache, so a fresh clone reuses the dependencies built before), else
+/// under the workspace's `target/`.
+pub fn chaos_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
+    workspace_root().join(target).join("release/chaos")
 }
 
 /// The per-user cache outside the work tree, shared by every clone on this machine (CI builds a

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cache_dir, cmd, setup, workspace_root};
+use crate::{cache_dir, chaos_binary, cmd, setup};
 pub use qemu::Outcome;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -187,7 +187,7 @@ fn prepare_job(lane: Lane, job: Job) -> Result<Prepared> {
     let built = initramfs::build(
         &initramfs::Contents {
             init,
-            chaos: &workspace_root().join("target/release/chaos"),
+            chaos: &chaos_binary(),
             tests: &tests,
             modules: kernel.modules.as_ref().zip(closure.as_ref()).map(|(m, c)| (m.dir.as_path(), m.release.as_str(), c)),
             config: kernel.config.as_deref(),
