@@ -16,6 +16,7 @@
 //! - [`ERRORS_MAP`]: per-CPU counts of kernel-side failures, by [`KernelError`].
 #![no_std]
 
+pub mod dns;
 pub mod loss;
 pub mod net;
 pub mod sys;
@@ -78,6 +79,9 @@ pub enum Action {
     /// Lose every packet of a flow once it has carried `net.burst_ns` payload bytes (`net.stall`):
     /// the connection goes silent, half-dead.
     NetStall = 8,
+    /// Answer a DNS query in the kernel with `dns.rcode`, or lose it (`net.dns`): the name
+    /// service fails for the target alone.
+    NetDns = 9,
 }
 
 impl Action {
@@ -92,6 +96,7 @@ impl Action {
                 | Action::NetShape
                 | Action::NetPolice
                 | Action::NetStall
+                | Action::NetDns
         )
     }
 
@@ -105,6 +110,7 @@ impl Action {
             6 => Action::NetShape,
             7 => Action::NetPolice,
             8 => Action::NetStall,
+            9 => Action::NetDns,
             _ => Action::None,
         }
     }
@@ -134,9 +140,11 @@ pub struct Rule {
     /// A loss model that decides in place of `threshold` when it keeps state
     /// ([`loss::LossParams::is_stateful`]): netem's Gilbert-Elliott, 4-state, correlated loss.
     pub loss: loss::LossParams,
+    /// `NetDns`: the queries it answers, and the answer.
+    pub dns: dns::DnsMatch,
 }
 
-const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16 + 32 + 32);
+const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16 + 32 + 32 + 16);
 
 impl Rule {
     /// Whether the packet hooks must read the transport header for this rule: a port or TCP
@@ -166,9 +174,11 @@ pub struct TargetRules {
     pub sys: u64,
     /// Rules with a port filter: the packet programs read the transport header only for them.
     pub ports: u64,
+    /// Rules that answer DNS queries (`NetDns`): walked before the others, for UDP packets only.
+    pub dns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TargetRules>() == 32);
+const _: () = assert!(core::mem::size_of::<TargetRules>() == 40);
 
 /// The hook families a [`TargetRules`] mask is kept for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -182,12 +182,13 @@ pub fn count_error(e: KernelError) {
     }
 }
 
-/// The rules of `family` that apply to cgroup `leaf` and which of them filter on ports, given
+/// The rules of `family` that apply to cgroup `leaf`, which of them filter on ports, and which
+/// answer DNS queries, given
 /// its ancestor at each level (root = 0) through `ancestor`, which returns 0 past the cgroup's own
 /// level. A target's rules apply to its descendants too; a cgroup below two nested targets gets
 /// the rules of both. Cached per leaf (see [`CHAOS_CACHE`]).
 #[inline(always)]
-pub fn rules_for(family: Family, leaf: u64, ancestor: impl Fn(i32) -> u64) -> (u64, u64) {
+pub fn rules_for(family: Family, leaf: u64, ancestor: impl Fn(i32) -> u64) -> (u64, u64, u64) {
     let last = CHAOS_LAST_LEAF.get_ptr_mut(0);
     // SAFETY: a per-CPU map value, valid for this run. A program preempted between this read and
     // the write below can at worst leave another cgroup's correct entry: each entry is complete.
@@ -211,15 +212,15 @@ pub fn rules_for(family: Family, leaf: u64, ancestor: impl Fn(i32) -> u64) -> (u
         }
     };
     let mask = all.mask(family);
-    (mask, all.ports & mask)
+    (mask, all.ports & mask, all.dns & mask)
 }
 
 /// Every target among a cgroup's ancestors (itself included), their rules merged. Accumulated in
-/// four scalars: a zeroed struct on the stack becomes a call to `memset`, which the hand-loaded
+/// scalars: a zeroed struct on the stack becomes a call to `memset`, which the hand-loaded
 /// fmod_ret programs (`chaos-user/src/kernel/fmod_ret.rs`) cannot have.
 #[inline(always)]
 fn walk(ancestor: impl Fn(i32) -> u64) -> TargetRules {
-    let (mut egress, mut ingress, mut sys, mut ports) = (0u64, 0u64, 0u64, 0u64);
+    let (mut egress, mut ingress, mut sys, mut ports, mut dns) = (0u64, 0u64, 0u64, 0u64, 0u64);
     // Level 0 is the root cgroup, never a target.
     let mut level = 1;
     while level <= MAX_CGROUP_DEPTH {
@@ -232,13 +233,14 @@ fn walk(ancestor: impl Fn(i32) -> u64) -> TargetRules {
             ingress |= t.ingress;
             sys |= t.sys;
             ports |= t.ports;
+            dns |= t.dns;
         }
         level += 1;
     }
     if level > MAX_CGROUP_DEPTH && ancestor(MAX_CGROUP_DEPTH as i32 + 1) != 0 {
         count_error(KernelError::DeepCgroup);
     }
-    TargetRules { egress, ingress, sys, ports }
+    TargetRules { egress, ingress, sys, ports, dns }
 }
 
 /// CLOCK_MONOTONIC_COARSE now, in ns: the packet hooks' clock (a tick coarse; no clocksource read,

@@ -80,7 +80,7 @@ impl Backend {
     pub fn faults(self) -> &'static str {
         match self {
             Backend::CgroupSkb => "net faults, ingress",
-            Backend::Tcx | Backend::TcNetlink => "net faults, egress (either one)",
+            Backend::Tcx | Backend::TcNetlink => "net faults, egress; net dns (either one)",
             Backend::CgroupSockAddr => "sys fail: connect",
             Backend::TpBtfSignal => "sys signal (planned)",
             Backend::BpfLsm | Backend::FmodRetSecurity => "sys fail: the open family",

@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod dns;
+
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -75,6 +77,24 @@ pub enum Workload {
         #[arg(long)]
         count: u64,
     },
+    /// Answer DNS queries (A and AAAA, with documentation addresses) until stdin closes; count
+    /// them by name.
+    DnsServer {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        max: Duration,
+    },
+    /// Resolve --name --count times through glibc's getaddrinfo; count the outcomes.
+    Resolve {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Use this file as /etc/resolv.conf (in a mount namespace of this process's own).
+        #[arg(long)]
+        resolv_conf: Option<std::path::PathBuf>,
+    },
     /// Per-packet kernel time of chaos's programs beside the floors (`cargo xtask bench`).
     PacketTime {
         #[arg(long, default_value_t = 3)]
@@ -127,6 +147,8 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         Workload::TcpSend { to, bytes, max } => tcp_send(to, bytes, max),
         Workload::RrServer { bind, max } => rr_server(bind, max),
         Workload::RrClient { to, rate, duration, interval, timeout } => rr_client(to, rate, duration, interval, timeout),
+        Workload::DnsServer { bind, max } => dns::server(bind, max),
+        Workload::Resolve { name, count, resolv_conf } => dns::resolve(&name, count, resolv_conf.as_deref()),
         Workload::PacketTime { rounds, packets } => crate::bench::run(rounds, packets),
         Workload::SyscallLoop { call, path, to, count, wait } => syscall_loop(&call, path.as_deref(), to, count, wait),
     }

@@ -39,7 +39,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, KernelError> {
     // SAFETY: the context the kernel passed in.
     let leaf = unsafe { bpf_skb_cgroup_id(skb.cast()) };
     // SAFETY: as above.
-    let (mask, port_rules) = rules_for(Family::Ingress, leaf, |level| unsafe { bpf_skb_ancestor_cgroup_id(skb.cast(), level) });
+    let (mask, port_rules, _) = rules_for(Family::Ingress, leaf, |level| unsafe { bpf_skb_ancestor_cgroup_id(skb.cast(), level) });
     if mask == 0 {
         return Ok(PASS);
     }
@@ -71,9 +71,13 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, KernelError> {
             injected(i, segs, len);
             Ok(DROP)
         }
-        // Delay, duplicate, corrupt and shaping act at TC egress only (user space refuses them on
-        // ingress).
-        Some((_, Action::NetDelay | Action::NetDuplicate | Action::NetCorrupt | Action::NetShape | Action::SysFail | Action::None, _))
+        // Delay, duplicate, corrupt, shaping and DNS answers act at TC egress only (user space
+        // refuses them on ingress).
+        Some((
+            _,
+            Action::NetDelay | Action::NetDuplicate | Action::NetCorrupt | Action::NetShape | Action::NetDns | Action::SysFail | Action::None,
+            _,
+        ))
         | None => Ok(PASS),
     }
 }

@@ -3,6 +3,7 @@
 //! reads or writes `skb->mark`.
 
 mod cgroup_skb;
+mod dns;
 mod parse;
 mod tc;
 

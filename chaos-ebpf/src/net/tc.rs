@@ -11,6 +11,7 @@
 //! attach modes.
 
 use aya_ebpf::{
+    bindings::__sk_buff,
     helpers::{
         bpf_get_prandom_u32, bpf_redirect,
         generated::{bpf_clone_redirect, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_store_bytes},
@@ -25,7 +26,10 @@ use chaos_common::{
     net::{DIR_EGRESS, Fragment, LastDatagram, Packet, corrupt_bit, departure, jittered_delay},
 };
 
-use super::parse::{self, NetworkHeader};
+use super::{
+    dns,
+    parse::{self, NetworkHeader},
+};
 use crate::{
     engine::{count_error, flow_stalled, fragment_followed, injected, now, paced, rules_for},
     globals::log_packets,
@@ -83,7 +87,7 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
         return Ok(NEXT);
     }
     // SAFETY: as above.
-    let (mask, port_rules) = rules_for(Family::Egress, leaf, |level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) });
+    let (mask, port_rules, dns_rules) = rules_for(Family::Egress, leaf, |level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) });
     if mask == 0 {
         return Ok(NEXT);
     }
@@ -102,7 +106,16 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
     // SAFETY: as above.
     let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
     let len = ctx.len() as u64;
-    match super::selected(mask, DIR_EGRESS, &pkt, segs)? {
+    // A target's DNS rules first: the query is read once for all of them.
+    if dns_rules != 0
+        && let NetworkHeader::At(l2) = nh
+    {
+        let verdict = dns_first(skb, l2, &pkt, dns_rules, segs);
+        if verdict != NOT_TAKEN {
+            return Ok(verdict);
+        }
+    }
+    match super::selected(mask & !dns_rules, DIR_EGRESS, &pkt, segs)? {
         Some((i, Action::NetDrop, _)) => {
             injected(i, segs, len);
             remember(&pkt, i + 1);
@@ -197,9 +210,49 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             remember(&pkt, 0);
             Ok(NEXT)
         }
-        Some((_, Action::SysFail | Action::None, _)) | None => {
+        // DNS rules were walked above; answers are made on devices with Ethernet framing only
+        // (the answer's link-layer addresses are the query's, swapped).
+        Some((_, Action::NetDns | Action::SysFail | Action::None, _)) | None => {
             remember(&pkt, 0);
             Ok(NEXT)
+        }
+    }
+}
+
+/// [`dns_first`]: no DNS rule took the packet.
+const NOT_TAKEN: i32 = i32::MIN;
+
+/// The target's DNS `rules` for `pkt` (network header `l2` bytes in, `segs` wire segments): the
+/// verdict for a query one of them took, or [`NOT_TAKEN`]. Out of line, in a stack frame of its
+/// own, so the main rule walk is verified from one state whether or not the target has DNS rules
+/// (inlined, it left the walk to be verified twice).
+#[inline(never)]
+fn dns_first(skb: *mut __sk_buff, l2: u32, pkt: &Packet, rules: u64, segs: u64) -> i32 {
+    // SAFETY: the context the kernel passed in.
+    let len = unsafe { (*skb).len } as u64;
+    let taken = match dns::select(rules, pkt, dns::Frame { skb, l2, len: len as u32 }, segs) {
+        Ok(Some(taken)) => taken,
+        Ok(None) => return NOT_TAKEN,
+        Err(e) => {
+            count_error(e);
+            return NOT_TAKEN;
+        }
+    };
+    let (i, r) = taken;
+    remember(pkt, 0);
+    injected(i, segs, len);
+    if r.dns.rcode == chaos_common::dns::TIMEOUT {
+        return wire_loss();
+    }
+    if log_packets() {
+        debug!(&TcContext::new(skb), "chaos: dns answer rule={} rcode={}", i, r.dns.rcode);
+    }
+    match dns::answer(skb, l2, pkt, r.dns.rcode) {
+        Ok(verdict) => verdict,
+        Err(e) => {
+            // The answer is half made: lose it rather than send it on.
+            count_error(e);
+            wire_loss()
         }
     }
 }

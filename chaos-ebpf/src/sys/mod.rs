@@ -35,7 +35,7 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<i64>, KernelError> {
     // SAFETY: helpers without preconditions.
     let leaf = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: as above.
-    let (mask, _) = rules_for(Family::Sys, leaf, |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) });
+    let (mask, _, _) = rules_for(Family::Sys, leaf, |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) });
     if mask == 0 {
         return Ok(None);
     }

@@ -8,6 +8,7 @@ pub mod loss_model;
 pub mod net;
 pub mod net_corrupt;
 pub mod net_delay;
+pub mod net_dns;
 pub mod net_drop;
 pub mod net_duplicate;
 pub mod net_partition;
@@ -129,6 +130,7 @@ pub const KINDS: &[Kind] = &[
     net_rate::KIND,
     net_reorder::KIND,
     net_stall::KIND,
+    net_dns::KIND,
     sys_fail::KIND,
 ];
 

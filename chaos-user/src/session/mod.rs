@@ -13,7 +13,7 @@ pub mod qdisc;
 
 use std::{path::PathBuf, time::Duration};
 
-use chaos_common::{MAX_RULES, MAX_TARGETS, Rule, SessionConfig, TargetRules};
+use chaos_common::{Action, MAX_RULES, MAX_TARGETS, Rule, SessionConfig, TargetRules};
 use serde::Serialize;
 
 use self::{
@@ -352,6 +352,9 @@ impl Session {
             }
             if f.rule.needs_transport() {
                 masks[f.target].ports |= 1 << i;
+            }
+            if f.rule.action == Action::NetDns as u32 {
+                masks[f.target].dns |= 1 << i;
             }
         }
         for (t, m) in plan.targets.iter().zip(&masks) {
