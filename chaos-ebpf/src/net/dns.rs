@@ -50,7 +50,13 @@ pub struct Query {
     name: [u8; NAME_MAX],
     suffix: [u64; NAME_MAX],
     labels: Labels,
+    /// The bytes of `name` that came from the packet.
+    avail: u32,
     flags: u16,
+    /// The back-to-front pass's hash so far.
+    hash: u64,
+    /// Where the answer is assembled, field by field.
+    scratch: [u8; 32],
 }
 
 /// One per CPU: a packet's programs run start to end on one CPU (too large for the stack).
@@ -58,7 +64,7 @@ pub struct Query {
 static CHAOS_DNS_QUERY: PerCpuArray<Query> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_P_IP: u16 = 0x0800;
-const ETH_ALEN: usize = 6;
+const ETH_ALEN: u32 = 6;
 
 /// `N` bytes at `offset` from the start of the packet.
 #[inline(always)]
@@ -68,14 +74,6 @@ fn load<const N: usize>(skb: *mut __sk_buff, offset: u32) -> Result<[u8; N], Ker
     // the buffer it is given.
     let r = unsafe { bpf_skb_load_bytes(skb.cast(), offset, buf.as_mut_ptr().cast(), N as u32) };
     if r < 0 { Err(KernelError::HeaderLoad) } else { Ok(buf) }
-}
-
-#[inline(always)]
-fn store(skb: *mut __sk_buff, offset: u32, bytes: &[u8]) -> Result<(), KernelError> {
-    // SAFETY: the context the kernel passed in; the helper copies `bytes` (on the stack) into the
-    // packet, making that part of it writable first.
-    let r = unsafe { bpf_skb_store_bytes(skb.cast(), offset, bytes.as_ptr().cast(), bytes.len() as u32, 0) };
-    if r < 0 { Err(KernelError::PacketWrite) } else { Ok(()) }
 }
 
 /// Whether `pkt` (in `frame`) is a DNS query with a plain name; if so, it is read into this CPU's
@@ -93,50 +91,59 @@ fn read_query(frame: &Frame, pkt: &Packet) -> Result<u8, KernelError> {
     if !dns::is_query(flags, u16::from_be_bytes([h[4], h[5]])) || frame.len <= qname {
         return Ok(NOT_A_QUERY);
     }
-    // 1..=256 bytes, as the verifier must see for the helper's length: `black_box` keeps the
-    // checks, which the compiler would drop (it knows `len > qname`; the verifier does not).
-    let avail = core::hint::black_box((frame.len - qname).min(NAME_MAX as u32));
-    if avail == 0 || avail > NAME_MAX as u32 {
-        return Ok(NOT_A_QUERY);
-    }
+    let avail = (frame.len - qname).min(NAME_MAX as u32);
+    // The same 1..=256 bytes written so that every verifier sees the bounds the helper's length
+    // needs: `black_box` stops the compiler from folding the arithmetic away (it knows `avail` is in
+    // range; the verifier of older kernels does not follow how).
+    let avail = ((core::hint::black_box(avail).wrapping_sub(1)) & (NAME_MAX as u32 - 1)) + 1;
     let q = CHAOS_DNS_QUERY.get_ptr_mut(0).ok_or(KernelError::RuleLookup)?;
     // SAFETY: this CPU's map value, valid for this run and used by nothing else meanwhile; the
     // helper writes at most `avail` (<= NAME_MAX) bytes into the name.
-    let q = unsafe { &mut *q };
-    // SAFETY: as above.
-    if unsafe { bpf_skb_load_bytes(frame.skb.cast(), qname, q.name.as_mut_ptr().cast(), avail) } < 0 {
+    if unsafe { bpf_skb_load_bytes(frame.skb.cast(), qname, (*q).name.as_mut_ptr().cast(), avail) } < 0 {
         return Err(KernelError::HeaderLoad);
     }
-    q.flags = flags;
-    let mut walk = LabelWalk { name: &q.name, avail, labels: Labels::default() };
-    // SAFETY: the callback has the signature the helper expects, and `walk` lives until it returns.
-    unsafe { bpf_loop(dns::MAX_LABEL_STEPS, label_turn as *mut c_void, (&raw mut walk).cast(), 0) };
-    let labels = walk.labels;
-    q.labels = labels;
+    // SAFETY: as above.
+    let query = unsafe { &mut *q };
+    query.flags = flags;
+    query.avail = avail;
+    query.labels = Labels::default();
+    query.hash = dns::SUFFIX_START;
+    // The walks keep their state in the map value, not on the stack: the stack of a chain of
+    // calls (program, this function, the loop's callback) is limited to 512 bytes.
+    let mut at = QueryRef { query: q };
+    // SAFETY: the callbacks have the signature the helper expects, and `at` lives until it returns.
+    unsafe { bpf_loop(dns::MAX_LABEL_STEPS, label_turn as *mut c_void, (&raw mut at).cast(), 0) };
+    // SAFETY: as above.
+    let labels = unsafe { &(*q).labels };
     if labels.bad || labels.len == 0 {
         return Ok(NOT_A_QUERY);
     }
-    let mut hashes = SuffixHashes { query: q, len: labels.len, hash: dns::SUFFIX_START };
     // SAFETY: as above.
-    unsafe { bpf_loop(labels.len & (NAME_MAX as u32 - 1), suffix_turn as *mut c_void, (&raw mut hashes).cast(), 0) };
+    unsafe { bpf_loop(labels.len & (NAME_MAX as u32 - 1), suffix_turn as *mut c_void, (&raw mut at).cast(), 0) };
     Ok(QUERY)
 }
 
-/// What the `bpf_loop` turns hashing a query's suffixes share with [`read_query`].
+/// The `bpf_loop` context of the walks over a query: this CPU's [`Query`].
 #[repr(C)]
-struct SuffixHashes<'a> {
-    query: &'a mut Query,
-    len: u32,
-    hash: u64,
+struct QueryRef {
+    query: *mut Query,
+}
+
+/// One label of the walk. Returns 1 to stop.
+extern "C" fn label_turn(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `QueryRef` on the stack of `read_query`, which outlives the loop, and
+    // its pointer is this CPU's map value.
+    let q = unsafe { &mut *(*(ctx as *mut QueryRef)).query };
+    dns::label_step(&q.name, q.avail, &mut q.labels) as i64
 }
 
 /// One byte of the back-to-front pass: the suffix from byte `len - 1 - index` on. Returns 0.
 extern "C" fn suffix_turn(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `SuffixHashes` on the stack of `read_query`, which outlives the loop.
-    let h = unsafe { &mut *(ctx as *mut SuffixHashes) };
-    let p = (h.len.wrapping_sub(1).wrapping_sub(index as u32) & (NAME_MAX as u32 - 1)) as usize;
-    h.hash = dns::suffix_step(h.hash, h.query.name[p]);
-    h.query.suffix[p] = h.hash;
+    // SAFETY: as for `label_turn`.
+    let q = unsafe { &mut *(*(ctx as *mut QueryRef)).query };
+    let p = (q.labels.len.wrapping_sub(1).wrapping_sub(index as u32) & (NAME_MAX as u32 - 1)) as usize;
+    q.hash = dns::suffix_step(q.hash, q.name[p]);
+    q.suffix[p] = q.hash;
     0
 }
 
@@ -209,59 +216,59 @@ extern "C" fn rule_turn(index: u64, ctx: *mut c_void) -> i64 {
     }
 }
 
-/// What the `bpf_loop` turns over a query's labels share with [`read_query`].
-#[repr(C)]
-struct LabelWalk<'a> {
-    name: &'a [u8; NAME_MAX],
-    avail: u32,
-    labels: Labels,
-}
-
-/// One label of the walk. Returns 1 to stop.
-extern "C" fn label_turn(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `LabelWalk` on the stack of `read_query`, which outlives the loop.
-    let w = unsafe { &mut *(ctx as *mut LabelWalk) };
-    dns::label_step(w.name, w.avail, &mut w.labels) as i64
-}
-
-/// Swaps the `N`-byte fields at `a` and `a + N` (source and destination, always adjacent).
+/// Swaps the `n`-byte fields at `a` and `a + n` (source and destination, always adjacent; `n` at
+/// most 16) through `scratch`, this CPU's map value: buffers on the stack made the answer's frame
+/// too large for the chain of calls it sits in.
 #[inline(always)]
-fn swap<const N: usize, const TWICE: usize>(skb: *mut __sk_buff, a: u32) -> Result<(), KernelError> {
-    let mut both: [u8; TWICE] = load(skb, a)?;
+fn swap(skb: *mut __sk_buff, a: u32, n: u32, scratch: &mut [u8; 32]) -> Result<(), KernelError> {
+    let both = 2 * n;
+    // SAFETY: the context the kernel passed in; the helpers copy `both` (<= 32) bytes between
+    // the packet and the map value.
+    if unsafe { bpf_skb_load_bytes(skb.cast(), a, scratch.as_mut_ptr().cast(), both) } < 0 {
+        return Err(KernelError::HeaderLoad);
+    }
     let mut i = 0;
-    while i < N {
-        both.swap(i, N + i);
+    while i < 16 && i < n as usize {
+        scratch.swap(i, (n as usize + i) & 31);
         i += 1;
     }
-    store(skb, a, &both)
+    // SAFETY: as above.
+    if unsafe { bpf_skb_store_bytes(skb.cast(), a, scratch.as_ptr().cast(), both, 0) } < 0 {
+        return Err(KernelError::PacketWrite);
+    }
+    Ok(())
 }
 
 /// Turns the query the walk matched (`pkt`, network header `l2` bytes in) into its answer with
 /// `rcode`, and returns the verdict that hands it to the device's receive path.
 #[inline(never)]
 pub fn answer(skb: *mut __sk_buff, l2: u32, pkt: &Packet, rcode: u8) -> Result<i32, KernelError> {
-    let q = CHAOS_DNS_QUERY.get_ptr(0).ok_or(KernelError::RuleLookup)?;
+    let q = CHAOS_DNS_QUERY.get_ptr_mut(0).ok_or(KernelError::RuleLookup)?;
     // SAFETY: this CPU's map value, written by `read_query` in this run.
-    let flags = unsafe { (*q).flags };
+    let q = unsafe { &mut *q };
     // SAFETY: the context the kernel passed in.
     let (ipv4, ifindex) = unsafe { (u16::from_be((*skb).protocol as u16) == ETH_P_IP, (*skb).ifindex) };
     let udp = l2 + pkt.l4_offset;
-    swap::<ETH_ALEN, { 2 * ETH_ALEN }>(skb, 0)?;
+    swap(skb, 0, ETH_ALEN, &mut q.scratch)?;
     if ipv4 {
-        swap::<4, 8>(skb, l2 + 12)?;
+        swap(skb, l2 + 12, 4, &mut q.scratch)?;
     } else {
-        swap::<16, 32>(skb, l2 + 8)?;
+        swap(skb, l2 + 8, 16, &mut q.scratch)?;
     }
-    swap::<2, 4>(skb, udp)?;
-    let answer = dns::answer_flags(flags, rcode);
+    swap(skb, udp, 2, &mut q.scratch)?;
+    let answer = dns::answer_flags(q.flags, rcode);
     // An IPv4 UDP checksum of 0 means "none" and stays 0.
     let csum_flags = 2 | if ipv4 { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
     // SAFETY: the context the kernel passed in; the helper updates the 2-byte checksum at that
     // offset for a 2-byte change (big-endian values, as in the packet).
-    if unsafe { bpf_l4_csum_replace(skb, udp + 6, flags.to_be() as u64, answer.to_be() as u64, csum_flags) } < 0 {
+    if unsafe { bpf_l4_csum_replace(skb, udp + 6, q.flags.to_be() as u64, answer.to_be() as u64, csum_flags) } < 0 {
         return Err(KernelError::PacketWrite);
     }
-    store(skb, udp + 8 + 2, &answer.to_be_bytes())?;
+    q.scratch[..2].copy_from_slice(&answer.to_be_bytes());
+    // SAFETY: as for `swap`.
+    if unsafe { bpf_skb_store_bytes(skb.cast(), udp + 8 + 2, q.scratch.as_ptr().cast(), 2, 0) } < 0 {
+        return Err(KernelError::PacketWrite);
+    }
     // SAFETY: bpf_redirect only records the target for after the program returns.
     Ok(unsafe { bpf_redirect(ifindex, BPF_F_INGRESS as u64) } as i32)
 }

@@ -82,6 +82,8 @@ pub fn build(c: &Contents, out: &Path) -> Result<()> {
     // iproute2 keeps named network namespaces in /var/run/netns; /run is a tmpfs.
     a.symlink("var/run", "/run");
     a.bytes("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n", 0o644);
+    // As on any installed system; the DNS tests' resolver mounts its own over it.
+    a.bytes("etc/resolv.conf", "# no name servers in the guest\n", 0o644);
     a.bytes("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n", 0o644);
     a.bytes("etc/group", "root:x:0:\nnogroup:x:65534:\n", 0o644);
     a.bytes("init", c.init.clone(), 0o755);
