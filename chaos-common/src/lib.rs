@@ -41,6 +41,9 @@ pub const ERRORS_MAP: &str = "CHAOS_ERRORS";
 pub const LOSS_STATE_MAP: &str = "CHAOS_LOSS_STATE";
 /// Per rule, shared by all CPUs: the rate faults' next free departure time (CLOCK_MONOTONIC ns).
 pub const PACE_MAP: &str = "CHAOS_PACE";
+/// Each seeded rule's generator (a [`loss::Prng`]), one per CPU: netem's seeded generator, started
+/// from the rule's seed on every CPU.
+pub const PRNG_MAP: &str = "CHAOS_PRNG";
 /// Flows the stall fault tracks ([`net::FlowKey`] → payload bytes so far), least recently used
 /// ones forgotten first.
 pub const FLOWS_MAP: &str = "CHAOS_FLOWS";
@@ -132,7 +135,8 @@ pub struct Rule {
     pub max_injections: u64,
     /// [`Action`] as u32.
     pub action: u32,
-    pub _pad: u32,
+    /// 1: the rule draws from its own generator seeded with `seed` (`--seed`, packet faults).
+    pub seeded: u32,
     pub net: net::NetMatch,
     pub sys: sys::SysMatch,
     /// The parameters of a packet action.
@@ -142,9 +146,11 @@ pub struct Rule {
     pub loss: loss::LossParams,
     /// `NetDns`: the queries it answers, and the answer.
     pub dns: dns::DnsMatch,
+    /// With `seeded`: the seed of the rule's generator ([`PRNG_MAP`]).
+    pub seed: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16 + 32 + 32 + 16);
+const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16 + 40 + 32 + 16 + 8);
 
 impl Rule {
     /// Whether the packet hooks must read the transport header for this rule: a port or TCP

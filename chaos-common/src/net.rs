@@ -102,6 +102,10 @@ pub struct NetAction {
     /// `NetPolice`: how far ahead of the rate the traffic may run (the bucket's depth, as time).
     /// `NetStall`: the payload bytes after which a flow goes silent.
     pub burst_ns: u64,
+    /// `NetDelay`: 1 when the jitter follows the rule's table in [`DELAY_TABLES_MAP`] (netem's
+    /// `distribution`); 0: uniform.
+    pub table: u32,
+    pub _pad: u32,
 }
 
 /// A flow as the stall fault tracks it, the same from both directions: the rule, the protocol,
@@ -135,7 +139,7 @@ impl FlowKey {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<NetAction>() == 32);
+const _: () = assert!(core::mem::size_of::<NetAction>() == 40);
 
 /// The delay one packet gets: `delay` plus a uniform draw in `-jitter..=+jitter` made from a
 /// random u32, never below zero (netem's uniform jitter). Jitter is drawn in microseconds so the
@@ -150,6 +154,58 @@ pub const fn jittered_delay(delay_ns: u64, jitter_ns: u64, random: u32) -> u64 {
     let ns = delay_ns + offset_us * 1000;
     let jitter_rounded = (jitter_ns / 1000) * 1000;
     ns.saturating_sub(jitter_rounded)
+}
+
+/// Name of the map of delay distribution tables, by rule index (only rules that have one).
+pub const DELAY_TABLES_MAP: &str = "CHAOS_DELAY_TABLES";
+/// How many delay rules of a session may have a table.
+pub const MAX_DELAY_TABLES: u32 = crate::MAX_RULES;
+/// netem's fixed-point scale: a table value of `DIST_SCALE` is one standard deviation.
+pub const DIST_SCALE: i64 = 8192;
+/// The most values a table holds (iproute2's tables have exactly this many).
+pub const DIST_MAX: usize = 4096;
+
+/// A delay distribution as netem takes it (iproute2's `normal.dist` and the like): `size` values
+/// of a distribution with mean 0 and standard deviation [`DIST_SCALE`], drawn from uniformly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DelayTable {
+    pub size: u32,
+    pub _pad: u32,
+    pub values: [i16; DIST_MAX],
+}
+
+const _: () = assert!(core::mem::size_of::<DelayTable>() == 8 + 2 * DIST_MAX);
+
+impl DelayTable {
+    /// The value a random u32 draws (netem: `table[rnd % size]`).
+    #[inline(always)]
+    pub fn draw(&self, random: u32) -> i16 {
+        let size = if self.size > DIST_MAX as u32 { DIST_MAX as u32 } else { self.size };
+        // `checked_rem`, not `%`: a BPF program cannot have the panic path of a division by zero.
+        let index = match random.checked_rem(size) {
+            Some(r) => r as usize,
+            None => 0,
+        };
+        // `black_box` keeps the mask, which the compiler knows to be redundant and the verifier
+        // needs (it does not follow that a remainder is below the divisor).
+        self.values[core::hint::black_box(index) & (DIST_MAX - 1)]
+    }
+}
+
+/// netem's `tabledist`: `delay` plus `jitter` times a table value over [`DIST_SCALE`], rounded as
+/// netem rounds it; never below zero (netem sends a packet with a negative delay at once).
+#[inline(always)]
+pub const fn table_delay(delay_ns: u64, jitter_ns: u64, value: i16) -> u64 {
+    let (sigma, t) = (jitter_ns as i64, value as i64);
+    let mut x = (sigma % DIST_SCALE) * t;
+    if x >= 0 {
+        x += DIST_SCALE / 2;
+    } else {
+        x -= DIST_SCALE / 2;
+    }
+    let d = x / DIST_SCALE + (sigma / DIST_SCALE) * t + delay_ns as i64;
+    if d < 0 { 0 } else { d as u64 }
 }
 
 /// The departure time a delayed packet gets: `delay` after the later of now and the time it was
@@ -377,6 +433,7 @@ mod pod {
     unsafe impl aya::Pod for super::LastDatagram {}
     unsafe impl aya::Pod for super::NetAction {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::DelayTable {}
 }
 
 #[cfg(test)]
@@ -505,6 +562,24 @@ mod tests {
         assert!(mean.abs_diff(50_000_000) < 1_000, "{mean}");
         // Seconds of jitter do not overflow.
         assert_eq!(jittered_delay(10_000_000_000, 10_000_000_000, u32::MAX), 20_000_000_000);
+    }
+
+    #[test]
+    fn table_delays_follow_netems_tabledist() {
+        // A table value of one scale is one jitter: 10 ms + 2 ms.
+        assert_eq!(table_delay(10_000_000, 2_000_000, DIST_SCALE as i16), 12_000_000);
+        assert_eq!(table_delay(10_000_000, 2_000_000, -(DIST_SCALE as i16)), 8_000_000);
+        assert_eq!(table_delay(10_000_000, 2_000_000, 0), 10_000_000);
+        // Four deviations below a delay of one: not below zero.
+        assert_eq!(table_delay(1_000_000, 1_000_000, i16::MIN), 0);
+        // netem rounds the part of sigma below the scale to the nearest, away from zero at .5:
+        // sigma 4097 ns, t = 1: (4097 * 1 + 4096) / 8192 = 1 ns.
+        assert_eq!(table_delay(100, 4097, 1), 101);
+        assert_eq!(table_delay(100, 4095, 1), 100);
+        assert_eq!(table_delay(100, 4097, -1), 99);
+        let mut t = DelayTable { size: 3, _pad: 0, values: [0; DIST_MAX] };
+        t.values[..3].copy_from_slice(&[-5, 0, 7]);
+        assert_eq!((t.draw(0), t.draw(1), t.draw(2), t.draw(3), t.draw(u32::MAX)), (-5, 0, 7, -5, -5));
     }
 
     #[test]

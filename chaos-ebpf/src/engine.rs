@@ -12,7 +12,7 @@ use aya_ebpf::{
 use chaos_common::{
     Counters, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CGROUP_DEPTH, MAX_FLOWS, MAX_RULES, MAX_TARGETS, Rule,
     SessionConfig, TargetRules,
-    loss::{LossParams, LossState, lost},
+    loss::{LossState, Prng, lost},
     net::{FlowKey, Packet, pace, transmit_ns},
     roll, within_cap,
 };
@@ -61,6 +61,26 @@ pub static CHAOS_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL
 /// Name must equal chaos_common::LOSS_STATE_MAP: each rule's loss-model state, one for all CPUs.
 #[map]
 pub static CHAOS_LOSS_STATE: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Name must equal chaos_common::PRNG_MAP: each seeded rule's generator, per CPU.
+#[map]
+pub static CHAOS_PRNG: PerCpuArray<Prng> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+/// A uniformly random u32 for packet rule `i`: from the rule's seeded generator on this CPU
+/// (`--seed`: the same draws in the same order in every run, as netem's `seed`), or the kernel's.
+#[inline(always)]
+pub fn draw(i: u32, rule: &Rule) -> u32 {
+    if rule.seeded != 0
+        && let Some(p) = CHAOS_PRNG.get_ptr_mut(i)
+    {
+        // SAFETY: this CPU's map value, valid for this run. A program interrupted on this CPU by
+        // another for the same rule (process context by softirq) may interleave their draws, as
+        // it may with netem's one generator; each draw still comes from the sequence.
+        return unsafe { (*p).next_u32() };
+    }
+    // SAFETY: no preconditions.
+    unsafe { bpf_get_prandom_u32() }
+}
 
 /// Name must equal chaos_common::PACE_MAP: each rate rule's next free departure time.
 #[map]
@@ -135,7 +155,8 @@ const MODEL_ATTEMPTS: u32 = 2;
 /// draws if another CPU stepped in between. After [`MODEL_ATTEMPTS`] collisions the packet is
 /// decided from the state it read, without moving it (counted as `model_contended`).
 #[inline(always)]
-fn model_lost(i: u32, params: &LossParams) -> bool {
+fn model_lost(i: u32, rule: &Rule) -> bool {
+    let params = &rule.loss;
     let Some(slot) = CHAOS_LOSS_STATE.get_ptr_mut(i) else {
         count_error(KernelError::RuleLookup);
         return false;
@@ -147,7 +168,7 @@ fn model_lost(i: u32, params: &LossParams) -> bool {
         let before = unsafe { core::ptr::read_volatile(slot) };
         let mut state = LossState::unpack(before);
         // SAFETY: no preconditions.
-        let verdict = lost(params, &mut state, &mut || unsafe { bpf_get_prandom_u32() });
+        let verdict = lost(params, &mut state, &mut || draw(i, rule));
         // SAFETY: as above; BPF_ATOMIC | BPF_CMPXCHG (ISA v3, Linux 5.12+).
         let (_, swapped) =
             unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(slot, before, state.pack()) };
@@ -291,9 +312,11 @@ pub fn decide<const MODELS: bool>(i: u32, rule: &Rule, now: u64, filters_ok: boo
     if MODELS && rule.loss.is_stateful() {
         return Ok(true);
     }
-    // 0% and 100% need no random number (and a helper call is not free).
+    // 0% and 100% need no random number (and a helper call is not free). Only packet rules may be
+    // seeded (the syscall hooks include tracing programs, which keep to the kernel's generator).
     // SAFETY: no preconditions.
-    let selected = rule.threshold != 0 && (rule.threshold > u32::MAX as u64 || roll(unsafe { bpf_get_prandom_u32() }, rule.threshold));
+    let random = || if MODELS { draw(i, rule) } else { unsafe { bpf_get_prandom_u32() } };
+    let selected = rule.threshold != 0 && (rule.threshold > u32::MAX as u64 || roll(random(), rule.threshold));
     if !selected {
         return Ok(false);
     }
@@ -304,7 +327,7 @@ pub fn decide<const MODELS: bool>(i: u32, rule: &Rule, now: u64, filters_ok: boo
 /// loses the packet, counts and caps it as `decide` does.
 #[inline(always)]
 pub fn model_decides(i: u32, rule: &Rule, segs: u64) -> Result<bool, KernelError> {
-    if !model_lost(i, &rule.loss) {
+    if !model_lost(i, rule) {
         return Ok(false);
     }
     chosen(i, rule, counters(i)?, segs)

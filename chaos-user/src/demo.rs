@@ -123,6 +123,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             after: crate::cli::MAX_DURATION,
             max_injections: None,
             force: false,
+            seed: None,
         },
         origin: String::new(),
     };

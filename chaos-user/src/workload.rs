@@ -426,6 +426,9 @@ impl Stamps {
         seqs.sort_unstable();
         let mut bursts = 0u64;
         let mut next = 0u64;
+        // Which datagrams arrived, as one number (FNV-1a over the sorted sequence numbers): two
+        // runs that lost the same datagrams have the same digest.
+        let digest = seqs.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, s| (h ^ s).wrapping_mul(0x0000_0100_0000_01b3));
         for s in seqs {
             if s > next {
                 bursts += 1;
@@ -433,7 +436,7 @@ impl Stamps {
             next = s + 1;
         }
         json!({
-            "unique": self.seen.len(), "duplicates": self.duplicates, "reordered": self.reordered,
+            "unique": self.seen.len(), "duplicates": self.duplicates, "reordered": self.reordered, "received_digest": digest,
             "corrupted": self.corrupted, "loss_bursts": bursts,
             "arrival_span_ms": self.first_arrival.map_or(0.0, |f| (self.last_arrival - f) as f64 / 1e6),
             "delay_ms": {"min": q(0.0), "p50": q(0.5), "p99": q(0.99), "max": q(1.0)},

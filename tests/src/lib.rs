@@ -330,6 +330,49 @@ pub fn start_frozen_udp_fault(sb: &Sandbox, flags: &[&str], lifetime: Duration) 
     (chaos, started)
 }
 
+/// Several UDP packet faults in one session, frozen as [`start_frozen_udp_fault`] freezes one:
+/// each `(flags, port)` is `chaos net FLAGS --proto udp --port PORT` as a `[[fault]]` of a fault
+/// file (`--key value` becomes `key = "value"`, a lone `--flag` becomes `flag = true`), all with
+/// the same lifetime, on the sandbox's target. One session instead of one per fault: a session's
+/// start takes seconds under emulation.
+pub fn start_frozen_udp_faults(sb: &Sandbox, faults: &[(&[&str], u16)], lifetime: Duration) -> (Proc, Instant, TempFile) {
+    let mut text = String::new();
+    for (flags, port) in faults {
+        let (verb, rest) = flags.split_first().expect("a fault verb");
+        text += &format!(
+            "[[fault]]\nkind = \"net.{verb}\"\ncgroup = \"{}\"\nnetns = [\"{}\"]\nproto = \"udp\"\nport = {port}\nfor = \"{}ms\"\n",
+            sb.cgroup.path.display(),
+            sb.netns_path(Place::Target).display(),
+            lifetime.as_millis()
+        );
+        let mut i = 0;
+        while i < rest.len() {
+            let key = rest[i].strip_prefix("--").unwrap_or_else(|| panic!("{flags:?}: {} is not a flag", rest[i]));
+            match rest.get(i + 1).filter(|v| !v.starts_with("--")) {
+                Some(value) => {
+                    text += &format!("{key} = \"{value}\"\n");
+                    i += 2;
+                }
+                None => {
+                    text += &format!("{key} = true\n");
+                    i += 1;
+                }
+            }
+        }
+        text += "\n";
+    }
+    let file = TempFile::new("chaos-frozen-", &text);
+    let chaos = start_chaos(&["apply".into(), file.path().into(), "--json".into()]);
+    let started = Instant::now();
+    chaos.signal(libc::SIGSTOP);
+    (chaos, started, file)
+}
+
+/// Asserts that the work meant to happen before a frozen fault's deadline did.
+pub fn still_before(started: Instant, lifetime: Duration, what: &str) {
+    assert!(started.elapsed() < lifetime, "{what} took longer than the faults' lifetime of {lifetime:?}: raise it");
+}
+
 /// Sleeps until a little after `lifetime` has passed since `started`.
 pub fn sleep_past(started: Instant, lifetime: Duration) {
     std::thread::sleep(lifetime.saturating_sub(started.elapsed()) + Duration::from_millis(300));

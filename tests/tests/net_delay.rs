@@ -117,6 +117,26 @@ fn jitter_spreads_the_delay_around_it_and_reorders_within_a_flow() {
 }
 
 #[test]
+fn a_normal_distribution_spreads_the_delay_past_the_jitter_both_ways() {
+    if !fq_here() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let chaos = start_chaos(&delay_args(&sb, &["--delay", "60ms", "--jitter", "20ms", "--distribution", "normal"]));
+    let got = udp_round(&sb, Place::Target, 5504);
+    let summary = stop_chaos(chaos);
+    let (min, p50, p99) = (delay_ms(&got, "min"), delay_ms(&got, "p50"), delay_ms(&got, "p99"));
+    eprintln!("normal 60±20 ms: min {min:.2} p50 {p50:.2} p99 {p99:.2} max {:.2} ms", delay_ms(&got, "max"));
+    assert_eq!(counter(&summary, 0, "delayed"), N, "{summary}");
+    // Uniform jitter never goes below delay - jitter (the test above); a normal one does for about
+    // 16% of the packets (one deviation below), and above delay + jitter for as many.
+    assert!(min < 39.0, "no packet below 60 - 20 ms: not a normal spread: {got}");
+    assert!(p99 > 85.0, "p99 {p99:.2} ms: a normal spread's 99th percentile is about 60 + 2.3 x 20 ms: {got}");
+    // The median: as with uniform jitter, fq's per-flow order raises it by up to a few ms.
+    assert!((57.0..=72.0).contains(&p50), "median {p50:.2}; expected about 60 ms");
+}
+
+#[test]
 fn the_guardian_restores_the_qdisc_after_sigkill() {
     if !fq_here() {
         return;
@@ -248,22 +268,28 @@ fn delay_shaping_and_reorder_end_at_their_deadline_even_with_chaos_frozen() {
         (&["rate", "--rate", "800kbit"], |v| delay_ms(v, "max") >= 400.0),
         (&["reorder", "--percent", "50", "--delay", "300ms"], |v| v["reordered"].as_u64().unwrap_or(0) > 0),
     ];
-    for (i, (flags, shows)) in faults.iter().enumerate() {
-        let sb = Sandbox::new();
-        let before_qdisc = root_qdisc(&sb);
-        // 8 s: starting the two workloads of a round takes seconds in a busy emulated guest.
-        let lifetime = Duration::from_secs(8);
-        let (chaos, started) = start_frozen_udp_fault(&sb, flags, lifetime);
-        let port = 5520 + 2 * i as u16;
-        let before = small_round(&sb, port);
+    // One session for the three, each on its own port; long enough for three rounds before it
+    // ends, which take seconds each in a busy emulated guest.
+    let sb = Sandbox::new();
+    let before_qdisc = root_qdisc(&sb);
+    let lifetime = Duration::from_secs(16);
+    let ports: Vec<(&[&str], u16)> = faults.iter().enumerate().map(|(i, (flags, _))| (*flags, 5520 + 2 * i as u16)).collect();
+    let (chaos, started, _file) = start_frozen_udp_faults(&sb, &ports, lifetime);
+    for ((flags, shows), (_, port)) in faults.iter().zip(&ports) {
+        let before = small_round(&sb, *port);
         assert!(shows(&before), "net {flags:?}: no fault before the deadline: {before}");
-        sleep_past(started, lifetime);
-        let after = small_round(&sb, port + 1);
+    }
+    still_before(started, lifetime, "the rounds with the faults on");
+    sleep_past(started, lifetime);
+    // The same ports: each rule would still act on its own port's datagrams if it outlived its
+    // deadline.
+    for (flags, port) in &ports {
+        let after = small_round(&sb, *port);
         assert_eq!(after["unique"], 100, "net {flags:?}: {after}");
         assert_eq!(after["reordered"], 0, "net {flags:?}: the fault outlived its deadline with chaos frozen: {after}");
         assert!(delay_ms(&after, "max") < 100.0, "net {flags:?}: the fault outlived its deadline with chaos frozen: {after}");
-        chaos.signal(libc::SIGCONT);
-        chaos.json(Duration::from_secs(30));
-        assert_eq!(root_qdisc(&sb), before_qdisc, "net {flags:?}: the default qdisc is back");
     }
+    chaos.signal(libc::SIGCONT);
+    chaos.json(Duration::from_secs(30));
+    assert_eq!(root_qdisc(&sb), before_qdisc, "the default qdisc is back");
 }

@@ -166,6 +166,44 @@ fn stall_silences_each_flow_after_its_bytes_and_only_that_flow() {
     assert_eq!(counter(&summary, 0, "dropped"), 2 * (N - 100));
 }
 
+#[test]
+fn a_seed_makes_the_same_datagrams_meet_the_same_fate_in_every_run() {
+    // One session a run, two seeded rules on two ports (plain loss and a loss model: the two ways
+    // the kernel draws), the sender on one CPU (a rule's seeded generator is per CPU). Returns,
+    // per rule, (received, which ones).
+    let run = |seed: u64| -> [(u64, u64); 2] {
+        let sb = Sandbox::new();
+        let cg = sb.cgroup.path.display().to_string();
+        let netns = sb.netns_path(Place::Target).display().to_string();
+        let rule = |port: u16, what: &str| {
+            format!("[[fault]]\nkind = \"net.drop\"\ncgroup = \"{cg}\"\nnetns = [\"{netns}\"]\nproto = \"udp\"\nport = {port}\nseed = {seed}\n{what}\n\n")
+        };
+        let file = TempFile::new("chaos-seed-", &[rule(5440, "percent = 30"), rule(5441, "model = \"gemodel:5,30,70,1\"")].concat());
+        let chaos = start_chaos(&["apply".into(), file.path().into(), "--json".into()]);
+        let rounds = [5440u16, 5441].map(|port| {
+            let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "1s"]);
+            sink.ready();
+            let to = format!("{SERVER_V4}:{port}");
+            let sent = sb.spawn(Place::Target, &["udp-send", "--to", &to, "--count", "1000", "--rate", "4000", "--cpu", "0"]).json(T);
+            assert_eq!(sent["errors"], 0, "{sent}");
+            sink.json(T)
+        });
+        let summary = stop_chaos(chaos);
+        [0, 1].map(|i| {
+            let got = &rounds[i];
+            assert_eq!(n(got, "unique") + counter(&summary, i, "dropped"), 1000, "rule {i}: {got} {summary}");
+            assert!(n(got, "unique") < 1000, "rule {i} lost nothing: {got}");
+            (n(got, "unique"), n(got, "received_digest"))
+        })
+    };
+    let first = run(7);
+    assert_eq!(run(7), first, "--seed 7 lost other datagrams the second time");
+    let other = run(8);
+    for i in 0..2 {
+        assert_ne!(other[i].1, first[i].1, "rule {i}: --seed 8 lost the same datagrams as --seed 7");
+    }
+}
+
 /// A round of 200 stamped datagrams from the target: (received, duplicates, corrupted).
 fn small_round(sb: &Sandbox, port: u16) -> (u64, u64, u64) {
     let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "500ms"]);
@@ -187,18 +225,23 @@ fn every_packet_fault_ends_at_its_deadline_even_with_chaos_frozen() {
         // netem decides a packet by the state it arrived in: the first one, in the good state, passes.
         (&["drop", "--model", "gemodel:100,0"], |(r, _, _)| r == 1),
     ];
-    for (i, (flags, shows)) in faults.iter().enumerate() {
-        let sb = Sandbox::new();
-        // 6 s: starting the two workloads of a round takes seconds in a busy emulated guest.
-        let lifetime = Duration::from_secs(6);
-        let (chaos, started) = start_frozen_udp_fault(&sb, flags, lifetime);
-        let port = 5420 + 2 * i as u16;
-        let before = small_round(&sb, port);
+    // One session for the five, each on its own port, long enough for five rounds before it ends.
+    let sb = Sandbox::new();
+    let lifetime = Duration::from_secs(14);
+    let ports: Vec<(&[&str], u16)> = faults.iter().enumerate().map(|(i, (flags, _))| (*flags, 5420 + i as u16)).collect();
+    let (chaos, started, _file) = start_frozen_udp_faults(&sb, &ports, lifetime);
+    for ((flags, shows), (_, port)) in faults.iter().zip(&ports) {
+        let before = small_round(&sb, *port);
         assert!(shows(before), "net {flags:?}: no fault before the deadline: {before:?}");
-        sleep_past(started, lifetime);
-        let after = small_round(&sb, port + 1);
-        assert_eq!(after, (200, 0, 0), "net {flags:?}: the fault outlived its deadline with chaos frozen");
-        chaos.signal(libc::SIGCONT);
-        chaos.json(Duration::from_secs(30));
     }
+    still_before(started, lifetime, "the rounds with the faults on");
+    sleep_past(started, lifetime);
+    // The same ports: each rule would still act on its own port's datagrams if it outlived its
+    // deadline.
+    for (flags, port) in &ports {
+        let after = small_round(&sb, *port);
+        assert_eq!(after, (200, 0, 0), "net {flags:?}: the fault outlived its deadline with chaos frozen");
+    }
+    chaos.signal(libc::SIGCONT);
+    chaos.json(Duration::from_secs(30));
 }

@@ -203,7 +203,7 @@ extern "C" fn rule_turn(index: u64, ctx: *mut c_void) -> i64 {
             Some(start) => dns::suffix_matches(q.suffix[(start & (NAME_MAX as u32 - 1)) as usize], &r.dns),
             None => false,
         };
-    match decide::<false>(i, r, w.now, filters_ok, w.segs) {
+    match decide::<true>(i, r, w.now, filters_ok, w.segs) {
         Ok(true) => {
             w.found = i + 1;
             1

@@ -11,19 +11,19 @@
 //! attach modes.
 
 use aya_ebpf::{
-    bindings::__sk_buff,
+    bindings::{BPF_F_NO_PREALLOC, __sk_buff},
     helpers::{
-        bpf_get_prandom_u32, bpf_redirect,
+        bpf_redirect,
         generated::{bpf_clone_redirect, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_store_bytes},
     },
     macros::{classifier, map},
-    maps::PerCpuArray,
+    maps::{HashMap, PerCpuArray},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use chaos_common::{
     Action, Family, KernelError, has_rule,
-    net::{DIR_EGRESS, Fragment, LastDatagram, Packet, corrupt_bit, departure, jittered_delay},
+    net::{DIR_EGRESS, DelayTable, Fragment, LastDatagram, MAX_DELAY_TABLES, Packet, corrupt_bit, departure, jittered_delay, table_delay},
 };
 
 use super::{
@@ -31,7 +31,7 @@ use super::{
     parse::{self, NetworkHeader},
 };
 use crate::{
-    engine::{count_error, flow_stalled, fragment_followed, injected, now, paced, rules_for},
+    engine::{count_error, draw, flow_stalled, fragment_followed, injected, now, paced, rules_for},
     globals::log_packets,
 };
 
@@ -40,6 +40,11 @@ const NEXT: i32 = -1;
 
 /// An ifindex no device ever has.
 const NOWHERE: u32 = 0;
+
+/// Name must equal chaos_common::net::DELAY_TABLES_MAP: the distribution of a delay rule's
+/// jitter, by rule index, for the rules that have one (allocated as they are written).
+#[map]
+static CHAOS_DELAY_TABLES: HashMap<u32, DelayTable> = HashMap::with_max_entries(MAX_DELAY_TABLES, BPF_F_NO_PREALLOC);
 
 /// Name must equal chaos_common::net::LAST_DATAGRAM_MAP.
 #[map]
@@ -129,7 +134,11 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             // SAFETY: as above; `tstamp` is writable at TC egress, where the kernel keeps it as a
             // monotonic departure time that sch_fq holds the packet until.
             unsafe {
-                let delay = jittered_delay(p.delay_ns, p.jitter_ns, bpf_get_prandom_u32());
+                let random = draw(i, r);
+                let delay = match (p.table, CHAOS_DELAY_TABLES.get(&i)) {
+                    (0, _) | (_, None) => jittered_delay(p.delay_ns, p.jitter_ns, random),
+                    (_, Some(t)) => table_delay(p.delay_ns, p.jitter_ns, t.draw(random)),
+                };
                 (*skb).tstamp = departure(now(), (*skb).tstamp, delay);
             }
             injected(i, segs, len);
@@ -187,15 +196,14 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             remember(&pkt, 0);
             Ok(NEXT)
         }
-        Some((i, Action::NetCorrupt, _)) => {
+        Some((i, Action::NetCorrupt, r)) => {
             let net = match nh {
                 NetworkHeader::At(l2) => l2,
                 // Devices without a link-layer header: the packet starts at the network header.
                 NetworkHeader::Unknown => 0,
             };
             let payload = parse::payload_offset(skb, &pkt)?;
-            // SAFETY: no preconditions.
-            if let Some((offset, bit)) = corrupt_bit(payload, (len as u32).saturating_sub(net), unsafe { bpf_get_prandom_u32() }) {
+            if let Some((offset, bit)) = corrupt_bit(payload, (len as u32).saturating_sub(net), draw(i, r)) {
                 let flipped = parse::byte_at(skb, offset)? ^ bit;
                 // SAFETY: the context the kernel passed in; the helper copies one byte from the
                 // stack into the packet (making that part of it writable first). No checksum

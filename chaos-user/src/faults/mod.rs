@@ -4,6 +4,7 @@
 //! (`session/`), the CLI (`cli.rs`), fault files (`file.rs`), the watch loop and the report are
 //! shared by every kind. docs/design.md, "Adding a fault", lists the files a new kind touches.
 
+pub mod delay_table;
 pub mod loss_model;
 pub mod net;
 pub mod net_corrupt;
@@ -89,6 +90,10 @@ pub trait Fault: std::fmt::Debug {
     /// Network namespaces whose devices the fault's TC hook must also sit on (`--netns`).
     fn netns(&self) -> &[PathBuf] {
         &[]
+    }
+    /// The distribution table of a delay's jitter (netem's `distribution`), if it has one.
+    fn delay_table(&self) -> Option<&chaos_common::net::DelayTable> {
+        None
     }
     /// Whether the fault needs sch_fq as the root qdisc of the devices its TC program sits on
     /// (faults that set departure times), and for what.
@@ -179,6 +184,10 @@ pub struct FaultArgs {
     /// Inject even into a cgroup that contains chaos itself (chaos's own process stays exempt).
     #[arg(long)]
     pub force: bool,
+    /// Packet faults: draw from a generator seeded with N (netem's `seed`), per CPU, so the same
+    /// packets sent from one CPU meet the same fate in every run.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
 }
 
 #[derive(Args, Clone, Debug)]

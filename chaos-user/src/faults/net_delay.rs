@@ -5,13 +5,17 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use chaos_common::{Action, Counters, Rule, ppm_to_threshold};
+use chaos_common::{Action, Counters, Rule, net::DelayTable, ppm_to_threshold};
 use clap::{ArgMatches, Args, FromArgMatches};
 
-use super::{Fault, FqNeed, Hook, Kind, net::{NetFilters, NetScopeArgs}};
+use super::{Fault, FqNeed, Hook, Kind, delay_table, net::{NetFilters, NetScopeArgs}};
 use crate::{cli, error::Result, probe::Backend, usage};
 
 pub const KIND: Kind = Kind { name: "net.delay", family: "net", verb: "delay", command, build };
+
+/// A table value reaches at most this many standard deviations (i16::MAX over netem's scale of
+/// 8192), so a delay with a distribution is at most this many jitters above the delay.
+const DEVIATIONS: u32 = 4;
 
 /// The longest delay (plus jitter) a rule may set: departure times further ahead are taken for
 /// another clock's timestamps by the kernel program (`chaos_common::net::departure`).
@@ -26,7 +30,8 @@ fn command() -> clap::Command {
              the default when the fault ends, however chaos ends; --keep-qdisc refuses instead. fq keeps \
              each flow in departure-time order, so jitter reorders packets within a flow, as netem does.\n\n\
              Examples:\n  chaos net delay --cgroup /system.slice/payments.service --delay 2s --for 5m\n  \
-             chaos net delay --pid 4242 --delay 100ms --jitter 20ms --proto tcp --port 5432",
+             chaos net delay --pid 4242 --delay 100ms --jitter 20ms --proto tcp --port 5432\n  \
+             chaos net delay --cgroup web --delay 60ms --jitter 20ms --distribution normal",
         )
 }
 
@@ -34,13 +39,21 @@ fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
     let a = NetDelayArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
     let filters: NetFilters = a.scope.filters.into();
     filters.egress_only(KIND.name, "a delay needs a queue, and a cgroup's received packets have none of their own")?;
-    if a.delay + a.jitter > MAX_DELAY {
-        return Err(usage!("--delay plus --jitter is {:?}: at most {MAX_DELAY:?}", a.delay + a.jitter));
+    let table = match a.distribution.as_deref() {
+        None | Some("uniform") => None,
+        Some(name) if a.jitter.is_zero() => {
+            return Err(usage!("--distribution {name} shapes the jitter: give --jitter too (the spread, one standard deviation)"));
+        }
+        Some(name) => Some((name.to_string(), delay_table::load(name)?)),
+    };
+    let longest = if table.is_some() { a.delay + DEVIATIONS * a.jitter } else { a.delay + a.jitter };
+    if longest > MAX_DELAY {
+        return Err(usage!("the longest delay this sets is {longest:?} (--delay plus {} --jitter): at most {MAX_DELAY:?}", if table.is_some() { "4 x" } else { "" }));
     }
     if a.delay.is_zero() && a.jitter.is_zero() {
         return Err(usage!("--delay 0 with no --jitter delays nothing: give a delay such as 100ms"));
     }
-    Ok(Box::new(NetDelay { delay: a.delay, jitter: a.jitter, ppm: a.percent, keep_qdisc: a.keep_qdisc, filters, netns: a.scope.netns }))
+    Ok(Box::new(NetDelay { delay: a.delay, jitter: a.jitter, table, ppm: a.percent, keep_qdisc: a.keep_qdisc, filters, netns: a.scope.netns }))
 }
 
 #[derive(Args, Debug)]
@@ -48,9 +61,14 @@ pub struct NetDelayArgs {
     /// The added delay (e.g. 100ms, 2s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub delay: Duration,
-    /// The delay varies uniformly within plus or minus this (netem's `delay D J`).
+    /// The delay varies uniformly within plus or minus this (netem's `delay D J`); with
+    /// --distribution, this is the standard deviation.
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
     pub jitter: Duration,
+    /// How the jitter is distributed: uniform (the default), normal, pareto, paretonormal (netem's
+    /// tables, from iproute2's files), or the path of a .dist table made with iproute2's maketable.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub distribution: Option<String>,
     /// Delay this share of the matching packets, 0-100.
     #[arg(long, value_parser = cli::parse_percent, value_name = "P", default_value = "100")]
     pub percent: u32,
@@ -65,6 +83,8 @@ pub struct NetDelayArgs {
 pub struct NetDelay {
     pub delay: Duration,
     pub jitter: Duration,
+    /// The jitter's distribution, by name, when not uniform.
+    pub table: Option<(String, DelayTable)>,
     pub ppm: u32,
     pub keep_qdisc: bool,
     pub filters: NetFilters,
@@ -77,7 +97,11 @@ impl Fault for NetDelay {
     }
 
     fn describe(&self) -> String {
-        let jitter = if self.jitter.is_zero() { String::new() } else { format!(" ± {}", humantime::format_duration(self.jitter)) };
+        let jitter = match &self.table {
+            _ if self.jitter.is_zero() => String::new(),
+            None => format!(" ± {}", humantime::format_duration(self.jitter)),
+            Some((name, _)) => format!(" ± {} ({name})", humantime::format_duration(self.jitter)),
+        };
         let share = if self.ppm == chaos_common::PPM_ONE { String::new() } else { format!("{} of ", super::percent(self.ppm)) };
         format!("delay {share}{} by {}{jitter}", self.filters, humantime::format_duration(self.delay))
     }
@@ -98,6 +122,7 @@ impl Fault for NetDelay {
         rule.net = self.filters.to_match();
         rule.net_action.delay_ns = self.delay.as_nanos() as u64;
         rule.net_action.jitter_ns = self.jitter.as_nanos() as u64;
+        rule.net_action.table = self.table.is_some() as u32;
         Ok(())
     }
 
@@ -110,6 +135,11 @@ impl Fault for NetDelay {
     }
 
     fn fq(&self) -> Option<FqNeed> {
-        Some(FqNeed { max_delay: self.delay + self.jitter, keep_qdisc: self.keep_qdisc })
+        let spread = if self.table.is_some() { DEVIATIONS * self.jitter } else { self.jitter };
+        Some(FqNeed { max_delay: self.delay + spread, keep_qdisc: self.keep_qdisc })
+    }
+
+    fn delay_table(&self) -> Option<&DelayTable> {
+        self.table.as_ref().map(|(_, t)| t)
     }
 }

@@ -32,6 +32,7 @@ fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
     let held = NetDelay {
         delay: a.delay,
         jitter: Duration::ZERO,
+        table: None,
         ppm: PPM_ONE - a.percent,
         keep_qdisc: a.keep_qdisc,
         filters,

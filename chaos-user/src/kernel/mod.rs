@@ -16,7 +16,9 @@ use aya::{
 };
 use chaos_common::{
     COUNTERS_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
-    SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules,
+    PRNG_MAP, SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules,
+    loss::Prng,
+    net::{DELAY_TABLES_MAP, DelayTable},
 };
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +81,20 @@ impl Kernel {
     pub fn set_rule(&mut self, index: u32, rule: &Rule) -> Result<()> {
         let mut rules: Array<_, Rule> = Array::try_from(self.map_mut(RULES_MAP)?).map_err(map_error)?;
         rules.set(index, rule, 0).map_err(map_error)
+    }
+
+    /// Seeded rule `index`'s generator, the same start on every CPU.
+    pub fn set_prng(&mut self, index: u32, p: Prng) -> Result<()> {
+        let cpus = nr_cpus().map_err(|(_, e)| Error::Other(anyhow::anyhow!("counting CPUs: {e}")))?;
+        let mut prngs: PerCpuArray<_, Prng> = PerCpuArray::try_from(self.map_mut(PRNG_MAP)?).map_err(map_error)?;
+        let values = PerCpuValues::try_from(vec![p; cpus]).map_err(|e| Error::Other(anyhow::anyhow!("{e}")))?;
+        prngs.set(index, values, 0).map_err(map_error)
+    }
+
+    /// The distribution of delay rule `index`'s jitter.
+    pub fn set_delay_table(&mut self, index: u32, t: &DelayTable) -> Result<()> {
+        let mut tables: HashMap<_, u32, DelayTable> = HashMap::try_from(self.map_mut(DELAY_TABLES_MAP)?).map_err(map_error)?;
+        tables.insert(index, t, 0).map_err(map_error)
     }
 
     pub fn set_target(&mut self, cgroup_id: u64, t: &TargetRules) -> Result<()> {

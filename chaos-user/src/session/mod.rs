@@ -13,7 +13,7 @@ pub mod qdisc;
 
 use std::{path::PathBuf, time::Duration};
 
-use chaos_common::{Action, MAX_RULES, MAX_TARGETS, Rule, SessionConfig, TargetRules};
+use chaos_common::{Action, MAX_RULES, MAX_TARGETS, Rule, SessionConfig, TargetRules, loss::Prng};
 use serde::Serialize;
 
 use self::{
@@ -76,6 +76,13 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
     let mut targets: Vec<Cgroup> = Vec::new();
     let mut target_of = Vec::new();
     for spec in &specs {
+        if spec.args.seed.is_some() && !spec.fault.kind().starts_with("net.") {
+            return Err(usage!(
+                "{}--seed applies to packet faults: {} draws from the kernel's generator (remove --seed)",
+                spec.at(),
+                spec.fault.kind()
+            ));
+        }
         let t = &spec.args.target;
         let cg = match (&t.cgroup, t.pid) {
             (Some(p), _) => Cgroup::from_arg(p),
@@ -126,6 +133,9 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
             ..Default::default()
         };
         spec.fault.fill(&mut rule, &hooks).map_err(|e| prefixed(&spec.at(), e))?;
+        if let Some(seed) = spec.args.seed {
+            (rule.seeded, rule.seed) = (1, seed);
+        }
         faults.push(Planned { spec, target, hooks, rule });
     }
     let with_hook = |h: &Hook| -> Vec<usize> {
@@ -347,6 +357,12 @@ impl Session {
         let mut masks = vec![TargetRules::default(); plan.targets.len()];
         for (i, f) in plan.faults.iter().enumerate() {
             kernel.set_rule(i as u32, &f.rule)?;
+            if let Some(t) = f.spec.fault.delay_table() {
+                kernel.set_delay_table(i as u32, t)?;
+            }
+            if f.rule.seeded != 0 {
+                kernel.set_prng(i as u32, Prng::seeded(f.rule.seed))?;
+            }
             for h in &f.hooks {
                 masks[f.target].add(h.family(), i as u32);
             }
