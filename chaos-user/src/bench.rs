@@ -100,7 +100,7 @@ pub fn run(rounds: usize, packets: u64) -> Result<()> {
     let sink = UdpSocket::bind("127.0.0.1:0")?;
     let to = sink.local_addr()?.to_string();
     let t = &target.path;
-    let configs: [Config; 6] = [
+    let configs: [Config; 7] = [
         ("1 rule on the target", Box::new(|| Ok(vec![drop_spec(t)?]))),
         ("1 rule on the target, 63 on other cgroups", Box::new(|| std::iter::once(t).chain(others.iter().map(|o| &o.path)).map(|c| drop_spec(c)).collect())),
         ("64 rules on the target", Box::new(|| (0..64).map(|_| drop_spec(t)).collect())),
@@ -108,6 +108,8 @@ pub fn run(rounds: usize, packets: u64) -> Result<()> {
         ("1 loss-model rule (Gilbert-Elliott, stepped every packet)", Box::new(|| Ok(vec![spec("net.drop", t, &["--model", "gemodel:0.0001"])?]))),
         ("1 police rule (10 Gbit/s token bucket, every packet)", Box::new(|| Ok(vec![spec("net.rate", t, &["--police", "--rate", "10gbit"])?]))),
         ("1 stall rule (flow table, every packet)", Box::new(|| Ok(vec![spec("net.stall", t, &["--after-bytes", "1000mb"])?]))),
+        // A DNS rule's cost to the target's other UDP traffic (its queries are read only on port 53).
+        ("1 DNS rule (the traffic is not DNS)", Box::new(|| Ok(vec![spec("net.dns", t, &["--rcode", "servfail"])?]))),
     ];
     for round in 0..rounds {
         for (name, specs) in &configs {

@@ -136,7 +136,7 @@ fn packets() {
 }
 
 /// Whether a section runs: all of them, or those named in CHAOS_BENCH_SECTIONS (a comma-separated
-/// list of `syscalls`, `packets`, `delay`; for running one part by hand, e.g. under `cargo xtask
+/// list of `syscalls`, `packets`, `delay`, `faults`; for running one part by hand, e.g. under `cargo xtask
 /// vm-run`).
 fn wanted(section: &str) -> bool {
     std::env::var("CHAOS_BENCH_SECTIONS").map_or(true, |v| v.split(',').any(|s| s.trim() == section))
@@ -236,6 +236,8 @@ fn tcp_run(sb: &Sandbox, port: u16, max: Duration) -> Tcp {
 struct DelayCfg {
     delay: &'static str,
     jitter: Option<&'static str>,
+    /// netem's `distribution` (chaos's `--distribution`), with the jitter.
+    dist: Option<&'static str>,
     udp: Option<u16>,
     tcp: Option<u16>,
     loss: Option<u16>,
@@ -245,7 +247,12 @@ struct DelayCfg {
 
 impl DelayCfg {
     fn name(&self) -> String {
-        format!("delay {}{}", self.delay, self.jitter.map(|j| format!(" ± {j}")).unwrap_or_default())
+        format!(
+            "delay {}{}{}",
+            self.delay,
+            self.jitter.map(|j| format!(" ± {j}")).unwrap_or_default(),
+            self.dist.map(|d| format!(" ({d})")).unwrap_or_default()
+        )
     }
 
     /// The lowest and highest of its ports (a chaos rule's --port range).
@@ -258,13 +265,15 @@ impl DelayCfg {
 // Bounds of the TCP transfers: netem moves the 8 MiB in 1-3 s under 100 ms; under 2 s, the
 // connection's set-up alone takes 2-3 s (both bounds keep the section within about 4 minutes
 // under emulation, where each chaos start takes about 15 s).
-const DELAYS: [DelayCfg; 3] = [
-    DelayCfg { delay: "100ms", jitter: None, udp: Some(5801), tcp: Some(5802), loss: None, tcp_max: Duration::from_secs(3) },
-    DelayCfg { delay: "60ms", jitter: Some("20ms"), udp: Some(5803), tcp: None, loss: None, tcp_max: Duration::ZERO },
-    DelayCfg { delay: "2s", jitter: None, udp: None, tcp: Some(5804), loss: Some(5805), tcp_max: Duration::from_secs(4) },
+const DELAYS: [DelayCfg; 4] = [
+    DelayCfg { delay: "100ms", jitter: None, dist: None, udp: Some(5801), tcp: Some(5802), loss: None, tcp_max: Duration::from_secs(3) },
+    DelayCfg { delay: "60ms", jitter: Some("20ms"), dist: None, udp: Some(5803), tcp: None, loss: None, tcp_max: Duration::ZERO },
+    DelayCfg { delay: "2s", jitter: None, dist: None, udp: None, tcp: Some(5804), loss: Some(5805), tcp_max: Duration::from_secs(4) },
+    DelayCfg { delay: "60ms", jitter: Some("20ms"), dist: Some("normal"), udp: Some(5806), tcp: None, loss: None, tcp_max: Duration::ZERO },
 ];
 /// The workloads alone.
-const ALONE: DelayCfg = DelayCfg { delay: "0s", jitter: None, udp: Some(5801), tcp: Some(5802), loss: Some(5805), tcp_max: Duration::from_secs(3) };
+const ALONE: DelayCfg =
+    DelayCfg { delay: "0s", jitter: None, dist: None, udp: Some(5801), tcp: Some(5802), loss: Some(5805), tcp_max: Duration::from_secs(3) };
 
 /// What the workloads of one configuration measured in one round.
 #[derive(Clone, Debug, Default)]
@@ -313,6 +322,9 @@ fn delay() {
         if let Some(j) = cfg.jitter {
             file += &format!("jitter = \"{j}\"\n");
         }
+        if let Some(d) = cfg.dist {
+            file += &format!("distribution = \"{d}\"\n");
+        }
         file += "\n";
     }
     let file = TempFile::new("chaos-bench-delay-", &file);
@@ -334,6 +346,9 @@ fn delay() {
         for (i, cfg) in DELAYS.iter().enumerate() {
             let mut tc: Vec<&str> = vec!["qdisc", "replace", "dev", &sb.client_dev, "root", "netem", "delay", cfg.delay];
             tc.extend(cfg.jitter);
+            if let Some(d) = cfg.dist {
+                tc.extend(["distribution", d]);
+            }
             tc.extend(["limit", "100000"]);
             sb.client_tc(&tc);
             netem[i].push(delay_workloads(&sb, cfg, "netem", started));
@@ -369,6 +384,11 @@ fn delay() {
     }
     let measure = format!("UDP datagrams reordered of {UDP_N}, 60 ms ± 20 ms; ratio: chaos / netem");
     row_vs_peer(section, &measure, &vs_peer(1, &|g| n(&g.udp, "reordered")), true, None);
+    // The same with netem's normal table (iproute2's normal.dist, read by both).
+    for q in ["p50", "p99", "min"] {
+        let measure = format!("UDP one-way delay {q} (ms), 60 ms ± 20 ms normal configured, {UDP_N} datagrams at {UDP_RATE}/s; ratio: chaos / netem");
+        row_vs_peer(section, &measure, &vs_peer(3, &|g| ms(&g.udp, q)), true, None);
+    }
 
     // 3. TCP bulk throughput: chaos over netem (both far below the workload alone, the baseline).
     for (cfg, d) in [(0, "100 ms"), (2, "2 s")] {
@@ -388,6 +408,107 @@ fn delay() {
     eprintln!("bench: delay section took {:.0} s", started.elapsed().as_secs_f64());
 }
 
+/// One packet fault configured the same way for chaos (a rule of a fault file, on its own port)
+/// and netem (on the client's veth), and what the benchmark reads from a UDP run under it.
+struct FaultCfg {
+    name: &'static str,
+    /// The fault-file keys (after kind).
+    chaos: &'static str,
+    netem: &'static [&'static str],
+    port: u16,
+    /// The figure, from the sink's report (`unique`, `duplicates`, ...) and the datagrams sent.
+    figure: &'static str,
+    read: fn(&Value) -> f64,
+}
+
+const FAULT_N: u64 = 2000;
+const FAULT_RATE: u64 = 2000;
+
+fn count(v: &Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or_else(|| panic!("no {k} in {v}"))
+}
+
+const FAULTS: [FaultCfg; 4] = [
+    FaultCfg {
+        name: "duplicate 10%",
+        chaos: "kind = \"net.duplicate\"\npercent = 10",
+        netem: &["duplicate", "10%"],
+        port: 5901,
+        figure: "datagrams received twice, of 2000",
+        read: |v| count(v, "duplicates"),
+    },
+    FaultCfg {
+        name: "corrupt 10%",
+        chaos: "kind = \"net.corrupt\"\npercent = 10",
+        netem: &["corrupt", "10%"],
+        port: 5902,
+        // chaos flips a payload bit that offloaded checksums let through; netem computes the
+        // checksum first and flips any bit, so the receiver's checks drop most of its packets:
+        // both count here.
+        figure: "datagrams corrupted or lost, of 2000",
+        read: |v| count(v, "corrupted") + (FAULT_N as f64 - count(v, "unique") - count(v, "corrupted")).max(0.0),
+    },
+    FaultCfg {
+        name: "reorder 25% (the rest 10 ms late)",
+        chaos: "kind = \"net.reorder\"\npercent = 25\ndelay = \"10ms\"",
+        netem: &["delay", "10ms", "reorder", "25%"],
+        port: 5903,
+        figure: "datagrams that arrived after a later one, of 2000",
+        read: |v| count(v, "reordered"),
+    },
+    FaultCfg {
+        name: "rate 1mbit (shaped)",
+        chaos: "kind = \"net.rate\"\nrate = \"1mbit\"",
+        netem: &["rate", "1mbit"],
+        port: 5904,
+        figure: "datagrams per second arriving (2000/s offered, 64-byte payloads)",
+        read: |v| count(v, "unique") / (count(v, "arrival_span_ms") / 1000.0),
+    },
+];
+
+/// Duplicate, corrupt, reorder and rate, each beside netem configured the same on the same device,
+/// in interleaved rounds: chaos as one session with a rule per fault, netem one fault after the
+/// other.
+fn faults() {
+    let started = Instant::now();
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let netns = sb.netns_path(Place::Target).display().to_string();
+    let file: String = FAULTS
+        .iter()
+        .map(|f| format!("[[fault]]\n{}\ncgroup = \"{cg}\"\nnetns = [\"{netns}\"]\nproto = \"udp\"\nport = {}\nfor = \"10m\"\n\n", f.chaos, f.port))
+        .collect();
+    let file = TempFile::new("chaos-bench-faults-", &file);
+    let run = |port: u16| udp_run(&sb, port, FAULT_N, FAULT_RATE, "1s");
+    let (mut chaos, mut netem) = (vec![Vec::new(); FAULTS.len()], vec![Vec::new(); FAULTS.len()]);
+    for round in 0..ROUNDS {
+        eprintln!("bench: {:.0} s: faults round {}/{ROUNDS}", started.elapsed().as_secs_f64(), round + 1);
+        let session = start_chaos(&["apply".into(), file.path().into(), "--json".into()]);
+        for (i, f) in FAULTS.iter().enumerate() {
+            let got = run(f.port);
+            eprintln!("bench: chaos {}: {got}", f.name);
+            chaos[i].push((f.read)(&got));
+        }
+        stop_chaos(session);
+        for (i, f) in FAULTS.iter().enumerate() {
+            let mut tc: Vec<&str> = vec!["qdisc", "replace", "dev", &sb.client_dev, "root", "netem"];
+            tc.extend(f.netem);
+            tc.extend(["limit", "100000"]);
+            sb.client_tc(&tc);
+            let got = run(f.port);
+            eprintln!("bench: netem {}: {got}", f.name);
+            netem[i].push((f.read)(&got));
+            sb.client_tc(&["qdisc", "del", "dev", &sb.client_dev, "root"]);
+        }
+    }
+    let section = "Packet faults beside netem in the errinj guest: 2000 datagrams at 2000/s from the target cgroup over a veth pair (chaos: a rule per fault, on its own port; peer: tc netem configured the same on the same device)";
+    for (i, f) in FAULTS.iter().enumerate() {
+        let rounds: Vec<(Option<f64>, f64, f64)> = (0..ROUNDS).map(|r| (None, chaos[i][r], netem[i][r])).collect();
+        row_vs_peer(section, &format!("{}: {}; ratio: chaos / netem", f.name, f.figure), &rounds, true, None);
+    }
+    eprintln!("bench: faults section took {:.0} s", started.elapsed().as_secs_f64());
+}
+
 #[test]
 #[ignore = "a benchmark: `cargo xtask bench` runs it inside the errinj guest"]
 fn bench_peers_side_by_side() {
@@ -399,5 +520,8 @@ fn bench_peers_side_by_side() {
     }
     if wanted("delay") {
         delay();
+    }
+    if wanted("faults") {
+        faults();
     }
 }

@@ -150,6 +150,11 @@ extern "C" fn suffix_turn(index: u64, ctx: *mut c_void) -> i64 {
 /// The first of `rules` (a target's DNS rules) that selects the query `pkt` (in `frame`), and that
 /// rule; `None` when the packet is not a query or no rule takes it. Every rule walked counts the
 /// packet, as in the main walk.
+///
+/// The query is read before the rules are walked, for every UDP packet of a target that has DNS
+/// rules: a packet that is not one costs one 12-byte read. Reading it lazily, at the first rule
+/// whose filters match, spared that read but made the verifier walk the rules' loop with one more
+/// state: 40% more instructions to verify at every session start.
 #[inline(always)]
 pub fn select(rules: u64, pkt: &Packet, frame: Frame, segs: u64) -> Result<Option<(u32, &'static Rule)>, KernelError> {
     if read_query(&frame, pkt)? != QUERY {
