@@ -261,7 +261,9 @@ pub struct Counters {
     /// Non-first IP fragments that followed their datagram's fate (dropped with it); not counted
     /// as packets above, where the datagram counts once.
     pub fragments: u64,
-    pub _reserved: u64,
+    /// Selected packets marked Congestion Experienced instead of dropped (`net.drop --ecn`): not
+    /// counted as injected.
+    pub marked: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<Counters>() == 96);
@@ -280,6 +282,7 @@ impl Counters {
         self.injected_bytes += o.injected_bytes;
         self.capped += o.capped;
         self.fragments += o.fragments;
+        self.marked += o.marked;
     }
 }
 

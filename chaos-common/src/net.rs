@@ -105,7 +105,9 @@ pub struct NetAction {
     /// `NetDelay`: 1 when the jitter follows the rule's table in [`DELAY_TABLES_MAP`] (netem's
     /// `distribution`); 0: uniform.
     pub table: u32,
-    pub _pad: u32,
+    /// `NetDrop`: 1 to mark an ECN-capable packet Congestion Experienced instead of dropping it
+    /// (netem's `ecn`); a packet that is not ECN-capable is dropped.
+    pub ecn: u32,
 }
 
 /// A flow as the stall fault tracks it, the same from both directions: the rule, the protocol,

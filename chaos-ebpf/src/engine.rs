@@ -365,6 +365,14 @@ pub fn injected(i: u32, segs: u64, bytes: u64) {
     }
 }
 
+/// Counts a packet rule `i` selected and marked Congestion Experienced instead of dropping it.
+#[inline(always)]
+pub fn marked(i: u32) {
+    if let Ok(c) = counters(i) {
+        add(&mut c.marked, 1);
+    }
+}
+
 /// Counts a later IP fragment that followed its datagram's fate under rule `i`.
 #[inline(always)]
 pub fn fragment_followed(i: u32) {

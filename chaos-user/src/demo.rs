@@ -111,6 +111,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let fault = NetDrop {
         ppm: args.percent,
         model: None,
+        ecn: false,
         filters: NetFilters { directions: DIR_EGRESS, proto: PROTO_TCP, port: None, local_port: None, peer: None, tcp_flags: 0 },
         netns: Vec::new(),
     };

@@ -35,6 +35,10 @@ pub enum Workload {
         /// Read each datagram's skb->mark (SO_RCVMARK, Linux 5.19+) and count datagrams by mark.
         #[arg(long)]
         marks: bool,
+        /// Read each datagram's ECN field (IP_RECVTOS, IPV6_RECVTCLASS) and count those marked
+        /// Congestion Experienced.
+        #[arg(long)]
+        ecn: bool,
     },
     /// Send --count datagrams at --rate per second.
     UdpSend(UdpSendArgs),
@@ -137,11 +141,14 @@ pub struct UdpSendArgs {
     /// Run on this CPU only.
     #[arg(long)]
     cpu: Option<usize>,
+    /// The TOS byte (IPv4) or traffic class (IPv6) of every datagram, e.g. 2 for ECT(0).
+    #[arg(long)]
+    tos: Option<u8>,
 }
 
 pub fn run(args: WorkloadArgs) -> Result<()> {
     match args.kind {
-        Workload::UdpSink { bind, idle, max, marks } => udp_sink(bind, idle, max, marks),
+        Workload::UdpSink { bind, idle, max, marks, ecn } => udp_sink(bind, idle, max, marks, ecn),
         Workload::UdpSend(a) => udp_send(&a),
         Workload::TcpSink { bind, max } => tcp_sink(bind, max),
         Workload::TcpSend { to, bytes, max } => tcp_send(to, bytes, max),
@@ -206,29 +213,33 @@ fn udp_rcvbuf_errors() -> u64 {
 /// SO_RCVMARK (Linux 5.19+): a received datagram's skb->mark comes as an SO_MARK control message.
 const SO_RCVMARK: libc::c_int = 75;
 
-/// Receives one datagram; with `marks`, also its skb->mark. Returns (bytes, mark).
-fn recv_with_mark(sock: &UdpSocket, buf: &mut [u8], marks: bool) -> std::io::Result<(usize, Option<u32>)> {
-    if !marks {
-        return sock.recv_from(buf).map(|(n, _)| (n, None));
+/// Receives one datagram; with `marks`, also its skb->mark; with `ecn`, its ECN bits. Returns
+/// (bytes, mark, ecn).
+fn recv_with_meta(sock: &UdpSocket, buf: &mut [u8], marks: bool, ecn: bool) -> std::io::Result<(usize, Option<u32>, Option<u8>)> {
+    if !marks && !ecn {
+        return sock.recv_from(buf).map(|(n, _)| (n, None, None));
     }
     let mut iov = [std::io::IoSliceMut::new(buf)];
-    let mut cmsg = nix::cmsg_space!(u32);
+    let mut cmsg = nix::cmsg_space!(u32, i32);
     let msg = nix::sys::socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), nix::sys::socket::MsgFlags::empty())
         .map_err(std::io::Error::from)?;
-    let mut mark = None;
+    let (mut mark, mut tos) = (None, None);
     for c in msg.cmsgs().map_err(std::io::Error::from)? {
-        if let nix::sys::socket::ControlMessageOwned::Unknown(u) = c
-            && u.cmsg_header.cmsg_level == libc::SOL_SOCKET
-            && u.cmsg_header.cmsg_type == libc::SO_MARK
-            && u.data_bytes.len() >= 4
-        {
-            mark = Some(u32::from_ne_bytes([u.data_bytes[0], u.data_bytes[1], u.data_bytes[2], u.data_bytes[3]]));
+        match c {
+            nix::sys::socket::ControlMessageOwned::Unknown(u)
+                if u.cmsg_header.cmsg_level == libc::SOL_SOCKET && u.cmsg_header.cmsg_type == libc::SO_MARK && u.data_bytes.len() >= 4 =>
+            {
+                mark = Some(u32::from_ne_bytes([u.data_bytes[0], u.data_bytes[1], u.data_bytes[2], u.data_bytes[3]]));
+            }
+            nix::sys::socket::ControlMessageOwned::Ipv4Tos(t) => tos = Some(t & 0b11),
+            nix::sys::socket::ControlMessageOwned::Ipv6TClass(t) => tos = Some(t as u8 & 0b11),
+            _ => {}
         }
     }
-    Ok((msg.bytes, mark))
+    Ok((msg.bytes, mark, tos))
 }
 
-fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration, marks: bool) -> Result<()> {
+fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration, marks: bool, ecn: bool) -> Result<()> {
     let sock = UdpSocket::bind(bind).with_context(|| format!("binding {bind}"))?;
     set_rcvbuf(&sock, 8 << 20);
     if marks {
@@ -238,6 +249,14 @@ fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration, marks: bool) -> Res
             anyhow::bail!("SO_RCVMARK: {}", std::io::Error::last_os_error());
         }
     }
+    if ecn {
+        if bind.is_ipv4() {
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpRecvTos, &true)?;
+        } else {
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv6RecvTClass, &true)?;
+        }
+    }
+    let mut ce = 0u64;
     let mut by_mark = std::collections::BTreeMap::<u32, u64>::new();
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
     // Whoever started us closes our stdin once the sender has finished; a loss of any size then
@@ -254,9 +273,12 @@ fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration, marks: bool) -> Res
     let (mut received, mut buf, mut quiet_since) = (0u64, vec![0u8; 65536], Instant::now());
     let mut stamps = Stamps::default();
     while start.elapsed() < max {
-        match recv_with_mark(&sock, &mut buf, marks) {
-            Ok((n, mark)) => {
+        match recv_with_meta(&sock, &mut buf, marks, ecn) {
+            Ok((n, mark, bits)) => {
                 received += 1;
+                if bits == Some(0b11) {
+                    ce += 1;
+                }
                 stamps.add(&buf[..n], monotonic_ns());
                 if let Some(m) = mark {
                     *by_mark.entry(m).or_default() += 1;
@@ -274,7 +296,7 @@ fn udp_sink(bind: SocketAddr, idle: Duration, max: Duration, marks: bool) -> Res
             quiet_since = Instant::now();
         }
     }
-    let mut out = json!({"received": received, "rcvbuf_errors": udp_rcvbuf_errors() - errors_before, "marks": by_mark});
+    let mut out = json!({"received": received, "rcvbuf_errors": udp_rcvbuf_errors() - errors_before, "marks": by_mark, "ce": ce});
     if let (Some(o), serde_json::Value::Object(more)) = (out.as_object_mut(), stamps.json()) {
         o.extend(more);
     }
@@ -308,6 +330,13 @@ fn udp_send(a: &UdpSendArgs) -> Result<()> {
     };
     if let Some(mark) = a.mark {
         setopt(libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes())?;
+    }
+    if let Some(tos) = a.tos {
+        if to.is_ipv4() {
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4Tos, &(tos as i32))?;
+        } else {
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv6TClass, &(tos as i32))?;
+        }
     }
     if a.dstopts {
         // An 8-byte destination-options header holding one PadN option (type 1, 4 bytes of

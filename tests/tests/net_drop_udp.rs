@@ -131,3 +131,30 @@ fn pid_targets_the_cgroup_the_process_is_in() {
     assert_eq!(summary["rules"][0]["cgroup"], sb.cgroup.path.display().to_string(), "--pid resolved to the sandbox cgroup");
     assert_eq!(rule0(&summary).3, 50);
 }
+
+#[test]
+fn ecn_marks_capable_packets_congestion_experienced_and_drops_the_others() {
+    let sb = Sandbox::new();
+    let mut args: Vec<String> = ["net", "drop", "--percent", "100", "--ecn", "--proto", "udp", "--port", "5320-5322", "--for", "60s", "--json"].map(String::from).to_vec();
+    args.extend(sb.target_args());
+    let chaos = start_chaos(&args);
+    // (destination, port, TOS byte or traffic class): ECT(0) over IPv4, ECT(1) over IPv6, and
+    // a sender that is not ECN-capable.
+    let round = |addr: &str, port: u16, tos: &str| -> Value {
+        let (bind, to) = if addr.contains(':') { (format!("[::]:{port}"), format!("[{addr}]:{port}")) } else { (format!("0.0.0.0:{port}"), format!("{addr}:{port}")) };
+        let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &bind, "--idle", "1s", "--ecn"]);
+        sink.ready();
+        let sent = sb.spawn(Place::Target, &["udp-send", "--to", &to, "--count", "500", "--rate", "4000", "--tos", tos]).json(T);
+        assert_eq!((sent["sent"].as_u64(), sent["errors"].as_u64()), (Some(500), Some(0)), "{sent}");
+        sink.json(T)
+    };
+    let v4 = round(SERVER_V4, 5320, "2");
+    let v6 = round(SERVER_V6, 5321, "1");
+    let plain = round(SERVER_V4, 5322, "0");
+    let summary = stop_chaos(chaos);
+    // Marked datagrams arrive (the IPv4 header checksum was kept right), all of them CE.
+    assert_eq!((&v4["received"], &v4["ce"]), (&500.into(), &500.into()), "IPv4 ECT(0): {v4}");
+    assert_eq!((&v6["received"], &v6["ce"]), (&500.into(), &500.into()), "IPv6 ECT(1): {v6}");
+    assert_eq!(plain["received"], 0, "not ECN-capable: dropped: {plain}");
+    assert_eq!((counter(&summary, 0, "marked_ce"), counter(&summary, 0, "dropped")), (1000, 500), "{summary}");
+}

@@ -145,6 +145,12 @@ pub fn payload_offset(skb: *mut __sk_buff, pkt: &Packet) -> Result<u32, KernelEr
     })
 }
 
+/// The first two bytes of the network header, `l2` bytes into the packet.
+#[inline(always)]
+pub fn two_bytes(skb: *mut __sk_buff, l2: u32) -> Result<[u8; 2], KernelError> {
+    read(skb, NetworkHeader::At(l2), 0)
+}
+
 /// One byte at `offset` past the network header.
 #[inline(always)]
 pub fn byte_at(skb: *mut __sk_buff, offset: u32) -> Result<u8, KernelError> {

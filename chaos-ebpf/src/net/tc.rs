@@ -14,7 +14,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, __sk_buff},
     helpers::{
         bpf_redirect,
-        generated::{bpf_clone_redirect, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_store_bytes},
+        generated::{bpf_clone_redirect, bpf_l3_csum_replace, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_store_bytes},
     },
     macros::{classifier, map},
     maps::{HashMap, PerCpuArray},
@@ -31,7 +31,7 @@ use super::{
     parse::{self, NetworkHeader},
 };
 use crate::{
-    engine::{count_error, draw, flow_stalled, fragment_followed, injected, now, paced, rules_for},
+    engine::{count_error, draw, flow_stalled, fragment_followed, injected, marked, now, paced, rules_for},
     globals::log_packets,
 };
 
@@ -121,7 +121,15 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
         }
     }
     match super::selected(mask & !dns_rules, DIR_EGRESS, &pkt, segs)? {
-        Some((i, Action::NetDrop, _)) => {
+        Some((i, Action::NetDrop, r)) => {
+            if r.net_action.ecn != 0
+                && let NetworkHeader::At(l2) = nh
+                && mark_ce(skb, l2)?
+            {
+                marked(i);
+                remember(&pkt, 0);
+                return Ok(NEXT);
+            }
             injected(i, segs, len);
             remember(&pkt, i + 1);
             if log_packets() {
@@ -264,6 +272,44 @@ fn dns_first(skb: *mut __sk_buff, l2: u32, pkt: &Packet, rules: u64, segs: u64) 
         }
     }
 }
+
+/// Marks the packet (network header `l2` bytes in) Congestion Experienced if it is ECN-capable
+/// (RFC 3168: ECT(0), ECT(1), or already CE); whether it was. IPv4's header checksum is updated
+/// for the changed byte; IPv6's header has none.
+#[inline(always)]
+fn mark_ce(skb: *mut __sk_buff, l2: u32) -> Result<bool, KernelError> {
+    const ECN_MASK: u8 = 0b11;
+    // SAFETY: the context the kernel passed in.
+    let ipv4 = unsafe { u16::from_be((*skb).protocol as u16) } == ETH_P_IP;
+    let head = parse::two_bytes(skb, l2)?;
+    // IPv4: the TOS byte is the second; IPv6: the traffic class spans the first two, its ECN bits
+    // being bits 5-4 of the second.
+    let (ecn, shift) = if ipv4 { (head[1] & ECN_MASK, 0) } else { ((head[1] >> 4) & ECN_MASK, 4) };
+    if ecn == 0 {
+        return Ok(false);
+    }
+    let new = [head[0], head[1] | (ECN_MASK << shift)];
+    if new == head {
+        return Ok(true);
+    }
+    if ipv4 {
+        // SAFETY: the context the kernel passed in; the helper updates the checksum at that offset
+        // for a 2-byte change (big-endian words, as in the packet).
+        let r = unsafe {
+            bpf_l3_csum_replace(skb, l2 + 10, u16::from_ne_bytes(head) as u64, u16::from_ne_bytes(new) as u64, 2)
+        };
+        if r < 0 {
+            return Err(KernelError::PacketWrite);
+        }
+    }
+    // SAFETY: as for corrupt: the helper copies two bytes from the stack into the packet.
+    if unsafe { bpf_skb_store_bytes(skb.cast(), l2, new.as_ptr().cast(), 2, 0) } < 0 {
+        return Err(KernelError::PacketWrite);
+    }
+    Ok(true)
+}
+
+const ETH_P_IP: u16 = 0x0800;
 
 /// Records the fate of a first fragment for the fragments that follow it on this CPU.
 #[inline(always)]

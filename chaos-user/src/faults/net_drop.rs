@@ -33,7 +33,11 @@ fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
         (None, Some(c)) if c > 0 => Some(LossParams::random(ppm_to_netem(a.percent.unwrap_or(0)), ppm_to_netem(c))),
         _ => None,
     };
-    Ok(Box::new(NetDrop { ppm: a.percent.unwrap_or(0), model, filters: a.scope.filters.into(), netns: a.scope.netns }))
+    let filters: NetFilters = a.scope.filters.into();
+    if a.ecn {
+        filters.egress_only("net.drop --ecn", "a cgroup's received packets cannot be rewritten")?;
+    }
+    Ok(Box::new(NetDrop { ppm: a.percent.unwrap_or(0), model, ecn: a.ecn, filters, netns: a.scope.netns }))
 }
 
 /// A probability in parts per million in netem's scale (`rint(p * UINT32_MAX)`, as tc sends it).
@@ -56,6 +60,10 @@ pub struct NetDropArgs {
     /// algorithm, kept as is).
     #[arg(long, value_parser = cli::parse_percent, value_name = "C", requires = "percent")]
     pub correlation: Option<u32>,
+    /// Mark ECN-capable packets Congestion Experienced instead of dropping them (netem's ecn);
+    /// packets that are not ECN-capable are dropped. Sent packets only.
+    #[arg(long)]
+    pub ecn: bool,
     #[command(flatten)]
     pub scope: NetScopeArgs,
 }
@@ -66,6 +74,8 @@ pub struct NetDrop {
     pub ppm: u32,
     /// A loss model that decides instead of `ppm`.
     pub model: Option<LossParams>,
+    /// Mark ECN-capable packets instead of dropping them.
+    pub ecn: bool,
     pub filters: NetFilters,
     pub netns: Vec<PathBuf>,
 }
@@ -76,10 +86,11 @@ impl Fault for NetDrop {
     }
 
     fn describe(&self) -> String {
-        match &self.model {
+        let what = match &self.model {
             Some(m) => format!("drop {} by {}", self.filters, loss_model::describe(m)),
             None => format!("drop {} of {}", super::percent(self.ppm), self.filters),
-        }
+        };
+        if self.ecn { format!("{what} (ECN-capable ones marked CE instead)") } else { what }
     }
 
     fn needs(&self) -> Vec<&'static [Backend]> {
@@ -97,6 +108,7 @@ impl Fault for NetDrop {
         if let Some(m) = self.model {
             rule.loss = m;
         }
+        rule.net_action.ecn = self.ecn as u32;
         Ok(())
     }
 
@@ -106,6 +118,7 @@ impl Fault for NetDrop {
             ("dropped_segs", c.injected_segs),
             ("dropped_bytes", c.injected_bytes),
             ("dropped_fragments", c.fragments),
+            ("marked_ce", c.marked),
         ]
     }
 

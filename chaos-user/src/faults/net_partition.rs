@@ -33,7 +33,7 @@ fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
         peer: Some(a.peer),
         tcp_flags: 0,
     };
-    Ok(Box::new(Partition(NetDrop { ppm: PPM_ONE, model: None, filters, netns: a.netns })))
+    Ok(Box::new(Partition(NetDrop { ppm: PPM_ONE, model: None, ecn: false, filters, netns: a.netns })))
 }
 
 #[derive(Args, Debug)]
