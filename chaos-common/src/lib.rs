@@ -150,7 +150,7 @@ pub struct Rule {
     pub seed: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16 + 40 + 32 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16 + 48 + 32 + 16 + 8);
 
 impl Rule {
     /// Whether the packet hooks must read the transport header for this rule: a port or TCP

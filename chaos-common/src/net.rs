@@ -108,6 +108,10 @@ pub struct NetAction {
     /// `NetDrop`: 1 to mark an ECN-capable packet Congestion Experienced instead of dropping it
     /// (netem's `ecn`); a packet that is not ECN-capable is dropped.
     pub ecn: u32,
+    /// `NetDelay` as `net.reorder` with netem's gap (> 1): packets are held until `gap - 1` have
+    /// been, then the next is sent at once with probability `at_once_ppm` (parts per million).
+    pub gap: u32,
+    pub at_once_ppm: u32,
 }
 
 /// A flow as the stall fault tracks it, the same from both directions: the rule, the protocol,
@@ -141,7 +145,7 @@ impl FlowKey {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<NetAction>() == 40);
+const _: () = assert!(core::mem::size_of::<NetAction>() == 48);
 
 /// The delay one packet gets: `delay` plus a uniform draw in `-jitter..=+jitter` made from a
 /// random u32, never below zero (netem's uniform jitter). Jitter is drawn in microseconds so the

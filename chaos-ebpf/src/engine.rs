@@ -2,7 +2,7 @@
 //! ancestors' ids, and the counted decision (live? filters? dice? cap?). The hook programs in
 //! `net/` and `sys/` add only how they see an event and what each action does to it.
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xchg};
 
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
@@ -14,7 +14,7 @@ use chaos_common::{
     SessionConfig, TargetRules,
     loss::{LossState, Prng, lost},
     net::{FlowKey, Packet, pace, transmit_ns},
-    roll, within_cap,
+    ppm_to_threshold, roll, within_cap,
 };
 
 // Names must equal chaos_common::{RULES_MAP, TARGETS_MAP, COUNTERS_MAP, INJECTIONS_MAP,
@@ -114,6 +114,29 @@ pub fn paced(i: u32, bytes: u64, rate_bytes: u64, burst_ns: u64) -> Option<u64> 
         }
     }
     Some(0)
+}
+
+/// netem's reorder with a gap, for reorder rule `i` (a delay rule with `net_action.gap` > 1):
+/// whether this packet is sent at once. netem's counter (`q->counter`), shared by all CPUs, is
+/// the rule's slot in [`CHAOS_PACE`] (a reorder rule never paces): packets are held (and counted)
+/// until `gap - 1` have been; then the next goes at once with probability `at_once_ppm`, and the
+/// count starts again.
+#[inline(always)]
+pub fn sent_at_once(i: u32, rule: &Rule) -> bool {
+    let Some(slot) = CHAOS_PACE.get_ptr_mut(i) else {
+        count_error(KernelError::RuleLookup);
+        return false;
+    };
+    let p = &rule.net_action;
+    // SAFETY: a shared map value, valid for this run; only atomics touch it. The fetching form,
+    // sequentially consistent (see the cap in `decide`).
+    let before = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(slot, 1) };
+    if before + 1 < p.gap as u64 || !roll(draw(i, rule), ppm_to_threshold(p.at_once_ppm)) {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(slot, 0) };
+    true
 }
 
 /// Name must equal chaos_common::FLOWS_MAP: the payload bytes each flow of a stall rule carried.

@@ -41,21 +41,24 @@ fn counters_are_exact_under_load_on_both_cpus_in_both_directions() {
     // counted at TC in the senders' context, ingress at cgroup_skb in softirq context, on both
     // CPUs at once: with plain (non-atomic) per-CPU additions, updates are lost when one
     // interrupts the other on the same CPU.
+    // Under emulation a quarter of the packets: the guests run on a fraction of the host's speed,
+    // and the lost-update races this looks for are the host's to show.
+    let each: u64 = if lane() == "host" { 20000 } else { 5000 };
     let sb = Sandbox::new();
     let chaos = start_chaos(&chaos_args(&sb, &["--percent", "0", "--direction", "both", "--proto", "udp"]));
     // Meanwhile the target also receives: a sink in the cgroup, fed from the server side.
     let mut inbound_sink = sb.spawn(Place::Target, &["udp-sink", "--bind", "0.0.0.0:6402", "--idle", "1s"]);
     inbound_sink.ready();
-    let inbound = sb.spawn(Place::Server, &["udp-send", "--to", &format!("{CLIENT_V4}:6402"), "--count", "20000", "--rate", "20000", "--cpu", "1"]);
-    let (received, _) = two_cpu_burst(&sb, 6401, 20000, "20000", "64");
-    assert_eq!(received, 40000, "0% drops nothing");
-    assert_eq!(inbound.json(T)["sent"], 20000);
+    let inbound = sb.spawn(Place::Server, &["udp-send", "--to", &format!("{CLIENT_V4}:6402"), "--count", &each.to_string(), "--rate", "20000", "--cpu", "1"]);
+    let (received, _) = two_cpu_burst(&sb, 6401, each, "20000", "64");
+    assert_eq!(received, 2 * each, "0% drops nothing");
+    assert_eq!(inbound.json(T)["sent"], each);
     let inbound = inbound_sink.json(T);
     // The ingress program counts what reaches the socket's filter, before its receive buffer.
     let inbound_received = inbound["received"].as_u64().expect("received") + inbound["rcvbuf_errors"].as_u64().expect("rcvbuf_errors");
     let summary = stop_chaos(chaos);
     let seen = counter(&summary, 0, "seen");
-    assert_eq!(seen, 40000 + inbound_received, "every datagram counted once, sent and received: {summary}");
+    assert_eq!(seen, 2 * each + inbound_received, "every datagram counted once, sent and received: {summary}");
     assert_eq!(counter(&summary, 0, "matched"), seen);
     assert_eq!(counter(&summary, 0, "selected"), 0);
 }

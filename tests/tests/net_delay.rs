@@ -137,6 +137,25 @@ fn a_normal_distribution_spreads_the_delay_past_the_jitter_both_ways() {
 }
 
 #[test]
+fn reorder_with_a_gap_sends_every_nth_packet_at_once() {
+    if !fq_here() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let chaos = start_chaos(&delay_args_kind(&sb, "reorder", &["--percent", "100", "--gap", "5", "--delay", "50ms", "--proto", "udp"]));
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", "0.0.0.0:5507", "--idle", "1s"]);
+    sink.ready();
+    // One CPU: netem's gap counts packets in order, and so does the rule's shared counter.
+    sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:5507"), "--count", "100", "--rate", "500", "--cpu", "0"]).json(T);
+    sink.close_stdin();
+    let got = sink.json(T);
+    let summary = stop_chaos(chaos);
+    // Datagrams 4, 9, ..., 99 leave at once; each of the other 80 arrives after a later one.
+    assert_eq!((&got["unique"], &got["reordered"]), (&100.into(), &80.into()), "{got}");
+    assert_eq!((counter(&summary, 0, "held_back"), counter(&summary, 0, "sent_at_once")), (80, 20), "{summary}");
+}
+
+#[test]
 fn the_guardian_restores_the_qdisc_after_sigkill() {
     if !fq_here() {
         return;

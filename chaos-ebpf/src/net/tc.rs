@@ -31,7 +31,7 @@ use super::{
     parse::{self, NetworkHeader},
 };
 use crate::{
-    engine::{count_error, draw, flow_stalled, fragment_followed, injected, marked, now, paced, rules_for},
+    engine::{count_error, draw, flow_stalled, fragment_followed, injected, marked, now, paced, rules_for, sent_at_once},
     globals::log_packets,
 };
 
@@ -139,6 +139,10 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
         }
         Some((i, Action::NetDelay, r)) => {
             let p = &r.net_action;
+            if p.gap > 1 && sent_at_once(i, r) {
+                remember(&pkt, 0);
+                return Ok(NEXT);
+            }
             // SAFETY: as above; `tstamp` is writable at TC egress, where the kernel keeps it as a
             // monotonic departure time that sch_fq holds the packet until.
             unsafe {

@@ -4,7 +4,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use chaos_common::{Counters, PPM_ONE};
+use chaos_common::{Counters, PPM_ONE, ppm_to_threshold};
 use clap::{ArgMatches, Args, FromArgMatches};
 
 use super::{Fault, FqNeed, Kind, net::{NetFilters, NetScopeArgs}, net_delay::NetDelay};
@@ -18,7 +18,10 @@ fn command() -> clap::Command {
         .after_help(
             "--percent P of the matching packets leave at once, the others --delay later, so a packet \
              sent at once overtakes those held before it (netem's `delay D reorder P`). Needs sch_fq, \
-             as net delay does.\n\nExample:\n  chaos net reorder --cgroup web --percent 25 --delay 10ms",
+             as net delay does. With --gap N, packets are held until N-1 have been, then the next is \
+             sent at once with probability P (netem's `reorder P gap N`).\n\nExamples:\n  \
+             chaos net reorder --cgroup web --percent 25 --delay 10ms\n  \
+             chaos net reorder --cgroup web --percent 100 --gap 5 --delay 10ms",
         )
 }
 
@@ -38,7 +41,7 @@ fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
         filters,
         netns: a.scope.netns,
     };
-    Ok(Box::new(Reorder { percent: a.percent, held }))
+    Ok(Box::new(Reorder { percent: a.percent, gap: a.gap, held }))
 }
 
 #[derive(Args, Debug)]
@@ -49,6 +52,11 @@ pub struct NetReorderArgs {
     /// How long the other packets are held back (e.g. 10ms).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub delay: Duration,
+    /// netem's gap: packets are held until N-1 have been, then the next is sent at once with
+    /// probability --percent, and the count starts again (`reorder P gap N`). 1: each packet is
+    /// decided alone.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub gap: u32,
     /// Refuse to change a device's root qdisc: the devices must already have sch_fq.
     #[arg(long)]
     pub keep_qdisc: bool,
@@ -61,6 +69,8 @@ pub struct NetReorderArgs {
 pub struct Reorder {
     /// Parts per million sent at once.
     percent: u32,
+    /// netem's gap; 1: none.
+    gap: u32,
     held: NetDelay,
 }
 
@@ -70,8 +80,9 @@ impl Fault for Reorder {
     }
 
     fn describe(&self) -> String {
+        let gap = if self.gap > 1 { format!(" after every {} held", self.gap - 1) } else { String::new() };
         format!(
-            "reorder {}: {} sent at once, the rest held back {}",
+            "reorder {}: {} sent at once{gap}, the rest held back {}",
             self.held.filters,
             super::percent(self.percent),
             humantime::format_duration(self.held.delay)
@@ -87,11 +98,19 @@ impl Fault for Reorder {
     }
 
     fn fill(&self, rule: &mut chaos_common::Rule, hooks: &[super::Hook]) -> Result<()> {
-        self.held.fill(rule, hooks)
+        self.held.fill(rule, hooks)?;
+        if self.gap > 1 {
+            // Every matching packet reaches the kernel's delay arm, which counts and decides.
+            rule.threshold = ppm_to_threshold(PPM_ONE);
+            (rule.net_action.gap, rule.net_action.at_once_ppm) = (self.gap, self.percent);
+        }
+        Ok(())
     }
 
     fn report(&self, c: &Counters) -> Vec<(&'static str, u64)> {
-        vec![("held_back", c.injected), ("sent_at_once", c.matched.saturating_sub(c.selected))]
+        // With a gap every matching packet is selected, and those sent at once are not delayed.
+        let at_once = if self.gap > 1 { c.selected.saturating_sub(c.injected) } else { c.matched.saturating_sub(c.selected) };
+        vec![("held_back", c.injected), ("sent_at_once", at_once)]
     }
 
     fn netns(&self) -> &[PathBuf] {
