@@ -63,7 +63,6 @@ pub struct Query {
 #[map]
 static CHAOS_DNS_QUERY: PerCpuArray<Query> = PerCpuArray::with_max_entries(1, 0);
 
-const ETH_P_IP: u16 = 0x0800;
 const ETH_ALEN: u32 = 6;
 
 /// `N` bytes at `offset` from the start of the packet.
@@ -251,8 +250,9 @@ pub fn answer(skb: *mut __sk_buff, l2: u32, pkt: &Packet, rcode: u8) -> Result<i
     let q = CHAOS_DNS_QUERY.get_ptr_mut(0).ok_or(KernelError::RuleLookup)?;
     // SAFETY: this CPU's map value, written by `read_query` in this run.
     let q = unsafe { &mut *q };
+    let ipv4 = super::parse::is_ipv4(skb);
     // SAFETY: the context the kernel passed in.
-    let (ipv4, ifindex) = unsafe { (u16::from_be((*skb).protocol as u16) == ETH_P_IP, (*skb).ifindex) };
+    let ifindex = unsafe { (*skb).ifindex };
     let udp = l2 + pkt.l4_offset;
     swap(skb, 0, ETH_ALEN, &mut q.scratch)?;
     if ipv4 {

@@ -151,6 +151,13 @@ pub fn two_bytes(skb: *mut __sk_buff, l2: u32) -> Result<[u8; 2], KernelError> {
     read(skb, NetworkHeader::At(l2), 0)
 }
 
+/// Whether the packet is IPv4 (else IPv6, for the packets the programs act on).
+#[inline(always)]
+pub fn is_ipv4(skb: *mut __sk_buff) -> bool {
+    // SAFETY: the context the kernel passed in.
+    u16::from_be(unsafe { (*skb).protocol } as u16) == ETH_P_IP
+}
+
 /// One byte at `offset` past the network header.
 #[inline(always)]
 pub fn byte_at(skb: *mut __sk_buff, offset: u32) -> Result<u8, KernelError> {

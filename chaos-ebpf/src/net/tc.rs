@@ -283,8 +283,7 @@ fn dns_first(skb: *mut __sk_buff, l2: u32, pkt: &Packet, rules: u64, segs: u64) 
 #[inline(always)]
 fn mark_ce(skb: *mut __sk_buff, l2: u32) -> Result<bool, KernelError> {
     const ECN_MASK: u8 = 0b11;
-    // SAFETY: the context the kernel passed in.
-    let ipv4 = unsafe { u16::from_be((*skb).protocol as u16) } == ETH_P_IP;
+    let ipv4 = parse::is_ipv4(skb);
     let head = parse::two_bytes(skb, l2)?;
     // IPv4: the TOS byte is the second; IPv6: the traffic class spans the first two, its ECN bits
     // being bits 5-4 of the second.
@@ -312,8 +311,6 @@ fn mark_ce(skb: *mut __sk_buff, l2: u32) -> Result<bool, KernelError> {
     }
     Ok(true)
 }
-
-const ETH_P_IP: u16 = 0x0800;
 
 /// Records the fate of a first fragment for the fragments that follow it on this CPU.
 #[inline(always)]
