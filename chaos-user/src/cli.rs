@@ -112,6 +112,10 @@ pub struct DemoArgs {
     /// Length of each phase (steady state, fault, recovery).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub phase: Duration,
+    /// Requests per second the client offers. Keep it below what the machine sustains, so the
+    /// steady state measures the service and not the CPU left over.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub rate: u32,
 }
 
 /// A fault command of one family: the kind and clap's matches of its flags.

@@ -139,7 +139,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     let mut client = Command::new(&me);
     client
-        .args(["workload", "rr-client", "--to", &addr.to_string(), "--rate", "200", "--interval", "1s", "--timeout", "1s"])
+        .args(["workload", "rr-client", "--to", &addr.to_string(), "--rate", &args.rate.to_string(), "--interval", "1s", "--timeout", "1s"])
         .arg("--duration")
         .arg(format!("{}ms", total.as_millis()))
         .stdout(Stdio::piped());
