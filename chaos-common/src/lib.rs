@@ -47,8 +47,12 @@ pub const PRNG_MAP: &str = "CHAOS_PRNG";
 /// Flows the stall fault tracks ([`net::FlowKey`] → payload bytes so far), least recently used
 /// ones forgotten first.
 pub const FLOWS_MAP: &str = "CHAOS_FLOWS";
+/// Name of the map of calls counted for `--when` ([`sys::CallKey`] → calls so far).
+pub const CALLS_MAP: &str = "CHAOS_CALLS";
 /// How many flows the stall fault tracks at once.
 pub const MAX_FLOWS: u32 = 16384;
+/// Call counts kept for `--when` (threads × rules × syscalls).
+pub const MAX_CALL_COUNTS: u32 = 65536;
 
 /// Name of the global the loader sets to make the kernel programs log, through aya-log, every
 /// injection they make (`--log-packets`). Off by default: nothing is logged per packet or call.
@@ -85,6 +89,8 @@ pub enum Action {
     /// Answer a DNS query in the kernel with `dns.rcode`, or lose it (`net.dns`): the name
     /// service fails for the target alone.
     NetDns = 9,
+    /// Send the calling thread `sys.signal` as the call enters (`sys.signal`); the call runs.
+    SysSignal = 10,
 }
 
 impl Action {
@@ -114,6 +120,7 @@ impl Action {
             7 => Action::NetPolice,
             8 => Action::NetStall,
             9 => Action::NetDns,
+            10 => Action::SysSignal,
             _ => Action::None,
         }
     }
@@ -150,7 +157,7 @@ pub struct Rule {
     pub seed: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 16 + 48 + 32 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 40 + 48 + 32 + 16 + 8);
 
 impl Rule {
     /// Whether the packet hooks must read the transport header for this rule: a port or TCP

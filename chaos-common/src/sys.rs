@@ -26,6 +26,70 @@ pub const HOOK_FILE_OPEN: u32 = 1;
 pub const HOOK_SYSCALL: u32 = 2;
 /// connect() on an inet socket, at the target cgroup's `connect4`/`connect6` hooks.
 pub const HOOK_CONNECT: u32 = 3;
+/// bind() of an inet socket (`bind4`/`bind6`).
+pub const HOOK_BIND: u32 = 4;
+/// socket() creating an inet socket (`sock_create`).
+pub const HOOK_SOCKET: u32 = 5;
+/// sendto()/sendmsg() on an unconnected UDP socket (`sendmsg4`/`sendmsg6`).
+pub const HOOK_SENDMSG: u32 = 6;
+/// getsockopt() on an inet socket (`cgroup/getsockopt`, after the call did its work).
+pub const HOOK_GETSOCKOPT: u32 = 7;
+/// setsockopt() on an inet socket (`cgroup/setsockopt`).
+pub const HOOK_SETSOCKOPT: u32 = 8;
+/// Every syscall's entry (tp_btf `sys_enter`), `SysMatch::syscall_nr`: the call itself runs.
+pub const HOOK_SYS_ENTER: u32 = 9;
+
+/// cgroup programs, attached to the target cgroup, failing calls with `bpf_set_retval`.
+pub const PROG_BIND4: &str = "chaos_sys_bind4";
+pub const PROG_BIND6: &str = "chaos_sys_bind6";
+pub const PROG_SENDMSG4: &str = "chaos_sys_sendmsg4";
+pub const PROG_SENDMSG6: &str = "chaos_sys_sendmsg6";
+pub const PROG_SOCK_CREATE: &str = "chaos_sys_sock_create";
+pub const PROG_GETSOCKOPT: &str = "chaos_sys_getsockopt";
+pub const PROG_SETSOCKOPT: &str = "chaos_sys_setsockopt";
+/// tp_btf `sys_enter`: signals.
+pub const PROG_SYS_ENTER: &str = "chaos_sys_enter";
+
+/// [`When::scope`]: whose calls are counted together.
+pub const COUNT_THREAD: u32 = 0;
+pub const COUNT_PROCESS: u32 = 1;
+pub const COUNT_CGROUP: u32 = 2;
+
+/// strace's `when=FIRST[..LAST][+[STEP]]`: which of the calls counted in one scope (per syscall)
+/// are candidates. `first == 0`: every call, nothing counted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct When {
+    pub first: u32,
+    pub last: u32,
+    pub step: u32,
+    /// `COUNT_*`.
+    pub scope: u32,
+}
+
+impl When {
+    /// Whether the `n`-th call (from 1) is selected.
+    #[inline(always)]
+    pub const fn selects(&self, n: u64) -> bool {
+        let (first, last, step) = (self.first as u64, self.last as u64, self.step as u64);
+        n >= first && n <= last && step != 0 && (n - first).is_multiple_of(step)
+    }
+
+    pub const fn counts(&self) -> bool {
+        self.first != 0
+    }
+}
+
+/// The key of a call count for `--when`: whose calls (`id`: a thread or process id, or 0 for the
+/// whole target), of which rule, of which syscall (`what`: its number, or 1000 + the hook where
+/// the hook does not know it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallKey {
+    pub id: u64,
+    pub rule: u32,
+    pub what: u32,
+}
 
 /// The filter and effect of a syscall rule.
 #[repr(C)]
@@ -33,35 +97,67 @@ pub const HOOK_CONNECT: u32 = 3;
 pub struct SysMatch {
     /// `HOOK_*`; 0 in a packet rule.
     pub hook: u32,
-    /// The x86_64 syscall number, for `HOOK_SYSCALL`.
+    /// The x86_64 syscall number, for `HOOK_SYSCALL` and `HOOK_SYS_ENTER`.
     pub syscall_nr: u32,
-    /// What the failed call returns: a negative errno.
+    /// What the failed call returns: a negative errno, or any value (`--retval`).
     pub retval: i64,
+    pub when: When,
+    /// `SysSignal`: the signal's number.
+    pub signal: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<SysMatch>() == 16);
+const _: () = assert!(core::mem::size_of::<SysMatch>() == 40);
 
 impl SysMatch {
-    /// Whether a call caught at `hook` (for `HOOK_SYSCALL`: syscall `nr`) is this rule's.
+    /// Whether a call caught at `hook` (for the per-syscall hooks: syscall `nr`) is this rule's.
     #[inline(always)]
     pub const fn matches(&self, hook: u32, nr: u32) -> bool {
-        self.hook == hook && (hook != HOOK_SYSCALL || self.syscall_nr == nr)
+        self.hook == hook && (!Self::per_syscall(hook) || self.syscall_nr == nr)
+    }
+
+    /// Hooks that see the syscall number (the others are one syscall, or a family).
+    #[inline(always)]
+    pub const fn per_syscall(hook: u32) -> bool {
+        hook == HOOK_SYSCALL || hook == HOOK_SYS_ENTER
+    }
+
+    /// What `--when` counts a call at `hook` as.
+    #[inline(always)]
+    pub const fn counted_as(hook: u32, nr: u32) -> u32 {
+        if Self::per_syscall(hook) { nr } else { 1000 + hook }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::{vec, vec::Vec};
 
     #[test]
     fn a_rule_matches_its_hook_and_syscall_only() {
-        let fsync = SysMatch { hook: HOOK_SYSCALL, syscall_nr: 74, retval: -28 };
+        let fsync = SysMatch { hook: HOOK_SYSCALL, syscall_nr: 74, retval: -28, ..Default::default() };
         assert!(fsync.matches(HOOK_SYSCALL, 74));
         assert!(!fsync.matches(HOOK_SYSCALL, 75));
         assert!(!fsync.matches(HOOK_FILE_OPEN, 74));
-        let open = SysMatch { hook: HOOK_FILE_OPEN, syscall_nr: 0, retval: -5 };
+        let open = SysMatch { hook: HOOK_FILE_OPEN, syscall_nr: 0, retval: -5, ..Default::default() };
         assert!(open.matches(HOOK_FILE_OPEN, 0));
         assert!(open.matches(HOOK_FILE_OPEN, 257), "the open hook does not know the syscall");
         assert!(!SysMatch::default().matches(HOOK_FILE_OPEN, 0), "a packet rule is no syscall rule");
+        let write = SysMatch { hook: HOOK_SYS_ENTER, syscall_nr: 1, ..Default::default() };
+        assert!(write.matches(HOOK_SYS_ENTER, 1) && !write.matches(HOOK_SYS_ENTER, 0));
+    }
+
+    /// man strace, `-e inject=...:when=`.
+    #[test]
+    fn when_selects_as_strace_does() {
+        let sel = |first, last, step| (1..=12).filter(|&n| When { first, last, step, scope: 0 }.selects(n)).collect::<Vec<u64>>();
+        assert_eq!(sel(3, 3, 1), vec![3], "first: that call only");
+        assert_eq!(sel(3, 5, 1), vec![3, 4, 5], "first..last, inclusive");
+        assert_eq!(sel(10, u32::MAX, 1), vec![10, 11, 12], "first+");
+        assert_eq!(sel(2, u32::MAX, 3), vec![2, 5, 8, 11], "first+step");
+        assert_eq!(sel(2, 8, 3), vec![2, 5, 8], "first..last+step");
+        assert!(!When::default().counts());
     }
 }

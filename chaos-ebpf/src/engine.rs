@@ -10,11 +10,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use chaos_common::{
-    Counters, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CGROUP_DEPTH, MAX_FLOWS, MAX_RULES, MAX_TARGETS, Rule,
+    Counters, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CALL_COUNTS, MAX_CGROUP_DEPTH, MAX_FLOWS, MAX_RULES, MAX_TARGETS, Rule,
     SessionConfig, TargetRules,
     loss::{LossState, Prng, lost},
     net::{FlowKey, Packet, pace, transmit_ns},
-    ppm_to_threshold, roll, within_cap,
+    ppm_to_threshold, roll,
+    sys::CallKey,
+    within_cap,
 };
 
 // Names must equal chaos_common::{RULES_MAP, TARGETS_MAP, COUNTERS_MAP, INJECTIONS_MAP,
@@ -139,6 +141,13 @@ pub fn sent_at_once(i: u32, rule: &Rule) -> bool {
     true
 }
 
+/// Name must equal chaos_common::CALLS_MAP: how many calls of each rule's syscall each thread
+/// (process, target) made while the rule was live, for `--when`. Least recently used counts make
+/// room (a thread long gone); a count lost that way starts again from 1. Public, as every map:
+/// the hand loader of fmod_ret programs finds maps by their global symbols.
+#[map]
+pub static CHAOS_CALLS: LruHashMap<CallKey, u64> = LruHashMap::with_max_entries(MAX_CALL_COUNTS, 0);
+
 /// Name must equal chaos_common::FLOWS_MAP: the payload bytes each flow of a stall rule carried.
 #[map]
 pub static CHAOS_FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
@@ -148,25 +157,32 @@ pub static CHAOS_FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(
 /// crosses the mark still passes; every later one, pure ACKs included, does not.
 #[inline(always)]
 pub fn flow_stalled(i: u32, pkt: &Packet, payload: u64, after: u64) -> bool {
-    let key = FlowKey::of(i, pkt);
-    let slot = match CHAOS_FLOWS.get_ptr_mut(&key) {
+    fetch_add_slot(&CHAOS_FLOWS, &FlowKey::of(i, pkt), payload).is_some_and(|before| before >= after)
+}
+
+/// Adds `n` to `key`'s count in `map`, inserting it at 0 first; the count before the add.
+#[inline(always)]
+pub fn fetch_add_slot<K>(map: &LruHashMap<K, u64>, key: &K, n: u64) -> Option<u64> {
+    let slot = match map.get_ptr_mut(key) {
         Some(p) => p,
         None => {
-            // BPF_NOEXIST: of two CPUs starting the same flow, one inserts, both then add.
-            let _ = CHAOS_FLOWS.insert(&key, &0, 1);
-            match CHAOS_FLOWS.get_ptr_mut(&key) {
+            // BPF_NOEXIST: of two CPUs starting the same count, one inserts, both then add. The
+            // zero on the stack, not a constant in .rodata, which the hand-loaded fmod_ret
+            // programs (`chaos-user/src/kernel/fmod_ret.rs`) cannot refer to.
+            let zero: u64 = core::hint::black_box(0);
+            let _ = map.insert(key, &zero, 1);
+            match map.get_ptr_mut(key) {
                 Some(p) => p,
                 None => {
                     count_error(KernelError::RuleLookup);
-                    return false;
+                    return None;
                 }
             }
         }
     };
     // SAFETY: a map value, valid for the program's run; only atomics touch it. Sequentially
     // consistent for the fetching form (see the cap in `decide`).
-    let before = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(slot, payload) };
-    before >= after
+    Some(unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(slot, n) })
 }
 
 /// How many times a model or pacing step is retried when another CPU moved the state in between

@@ -131,20 +131,34 @@ impl FaultCommand {
     }
 }
 
-/// `chaos net <verb>` and `chaos sys <verb>`, made from [`KINDS`].
+/// `chaos net <verb>` and `chaos sys <verb>`: the family's fault kinds from [`KINDS`], and the
+/// family's listings (`chaos sys syscalls`), each with `--json`.
+#[derive(Debug)]
+pub enum FamilyCommand {
+    Fault(FaultCommand),
+    List { what: &'static str, json: bool },
+}
+
 macro_rules! family_command {
-    ($name:ident, $family:literal) => {
+    ($name:ident, $family:literal, $lists:expr) => {
         #[derive(Debug)]
-        pub struct $name(pub FaultCommand);
+        pub struct $name(pub FamilyCommand);
+
+        impl $name {
+            const LISTS: &'static [(&'static str, &'static str)] = $lists;
+        }
 
         impl clap::FromArgMatches for $name {
             fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
                 let (verb, sub) = m.subcommand().ok_or_else(|| clap::Error::new(clap::error::ErrorKind::MissingSubcommand))?;
+                if let Some((what, _)) = Self::LISTS.iter().find(|(l, _)| *l == verb) {
+                    return Ok($name(FamilyCommand::List { what, json: sub.get_flag("json") }));
+                }
                 let kind = KINDS
                     .iter()
                     .find(|k| k.family == $family && k.verb == verb)
                     .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))?;
-                Ok($name(FaultCommand { kind, matches: sub.clone() }))
+                Ok($name(FamilyCommand::Fault(FaultCommand { kind, matches: sub.clone() })))
             }
             fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
                 *self = Self::from_arg_matches(m)?;
@@ -154,23 +168,37 @@ macro_rules! family_command {
 
         impl clap::Subcommand for $name {
             fn augment_subcommands(cmd: clap::Command) -> clap::Command {
-                KINDS
+                let cmd = KINDS
                     .iter()
                     .filter(|k| k.family == $family)
-                    .fold(cmd, |c, k| c.subcommand(crate::faults::keep_about(k.fault_command().name(k.verb), SessionArgs::augment_args)))
+                    .fold(cmd, |c, k| c.subcommand(crate::faults::keep_about(k.fault_command().name(k.verb), SessionArgs::augment_args)));
+                Self::LISTS
+                    .iter()
+                    .fold(cmd, |c, (name, about)| {
+                        c.subcommand(clap::Command::new(*name).about(*about).arg(
+                            clap::Arg::new("json").long("json").action(clap::ArgAction::SetTrue).help("Print one JSON object."),
+                        ))
+                    })
                     .subcommand_required(true)
             }
             fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
                 Self::augment_subcommands(cmd)
             }
             fn has_subcommand(name: &str) -> bool {
-                KINDS.iter().any(|k| k.family == $family && k.verb == name)
+                KINDS.iter().any(|k| k.family == $family && k.verb == name) || Self::LISTS.iter().any(|(l, _)| *l == name)
             }
         }
     };
 }
-family_command!(NetCommand, "net");
-family_command!(SysCommand, "sys");
+family_command!(NetCommand, "net", &[]);
+family_command!(
+    SysCommand,
+    "sys",
+    &[
+        ("syscalls", "List every x86_64 syscall with the backend this kernel would fail it with, and why."),
+        ("errnos", "List the errno names --errno takes."),
+    ]
+);
 
 /// A clap error as one line: clap puts the problem in its first paragraph and usage after a
 /// blank line.
@@ -271,12 +299,15 @@ mod tests {
     #[test]
     fn fault_commands_come_from_the_kinds_table() {
         let cli = Cli::try_parse_from(["chaos", "net", "drop", "--percent", "5", "--cgroup", "x", "--json"]).expect("parses");
-        let Command::Net(NetCommand(fc)) = cli.command else { panic!("not a net command") };
+        let Command::Net(NetCommand(FamilyCommand::Fault(fc))) = cli.command else { panic!("not a net fault command") };
         assert_eq!(fc.kind.name, "net.drop");
         assert!(fc.session_args().json);
         assert!(Cli::try_parse_from(["chaos", "net", "drop", "--percent", "5"]).is_err(), "a target is required");
         assert!(Cli::try_parse_from(["chaos", "net", "drop", "--percent", "5", "--cgroup", "x", "--pid", "1"]).is_err());
         assert!(Cli::try_parse_from(["chaos", "sys", "fail", "--cgroup", "x", "--syscall", "openat", "--errno", "EIO"]).is_ok());
         assert!(Cli::try_parse_from(["chaos", "net", "explode", "--cgroup", "x"]).is_err());
+        let cli = Cli::try_parse_from(["chaos", "sys", "syscalls", "--json"]).expect("parses");
+        assert!(matches!(cli.command, Command::Sys(SysCommand(FamilyCommand::List { what: "syscalls", json: true }))));
+        assert!(Cli::try_parse_from(["chaos", "net", "syscalls"]).is_err(), "listings belong to their family");
     }
 }

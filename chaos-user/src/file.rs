@@ -340,10 +340,11 @@ fn missing_message(err: &clap::Error, kind: &str) -> Option<String> {
         let members = entry.strip_prefix('<').and_then(|s| s.strip_suffix('>'));
         match members {
             Some(members) if members.contains('|') => {
-                let names = members
-                    .split('|')
-                    .map(long_name)
-                    .collect::<Option<Vec<_>>>()?;
+                // A positional member (`-- CMD`) has no key in a file.
+                let names: Vec<&str> = members.split('|').filter_map(long_name).collect();
+                if names.is_empty() {
+                    return None;
+                }
                 items.push(format!("one of {}", or_list(&names)));
             }
             _ => items.push(format!("`{}`", long_name(entry)?)),

@@ -81,8 +81,8 @@ impl Backend {
         match self {
             Backend::CgroupSkb => "net faults, ingress",
             Backend::Tcx | Backend::TcNetlink => "net faults, egress; net dns (either one)",
-            Backend::CgroupSockAddr => "sys fail: connect",
-            Backend::TpBtfSignal => "sys signal (planned)",
+            Backend::CgroupSockAddr => "sys fail: socket, bind, connect, sendto/sendmsg (UDP), get/setsockopt",
+            Backend::TpBtfSignal => "sys signal: any syscall",
             Backend::BpfLsm | Backend::FmodRetSecurity => "sys fail: the open family",
             Backend::FmodRetSyscall | Backend::KprobeOverride => "sys fail: any syscall",
             Backend::SchFq => "net delay, reorder, rate (shaping)",

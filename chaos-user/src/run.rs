@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::{
-    cli::{Cli, Command, FaultCommand, NetCommand, SessionArgs, SysCommand},
+    cli::{Cli, Command, FamilyCommand, FaultCommand, NetCommand, SessionArgs, SysCommand},
     error::{EXIT_USAGE, Error, Result},
     faults::{self, FaultSpec},
     privileges,
@@ -52,7 +52,17 @@ fn clap_error(e: clap::Error) -> i32 {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Net(NetCommand(fc)) | Command::Sys(SysCommand(fc)) => fault_command(fc),
+        Command::Net(NetCommand(FamilyCommand::Fault(fc))) | Command::Sys(SysCommand(FamilyCommand::Fault(fc))) => fault_command(fc),
+        Command::Net(NetCommand(FamilyCommand::List { what, .. })) => Err(usage!("no listing {what} for net")),
+        Command::Sys(SysCommand(FamilyCommand::List { what: "errnos", json })) => {
+            let list = crate::sys_list::errnos();
+            print_report(json, &list, || crate::sys_list::errnos_text(&list))
+        }
+        Command::Sys(SysCommand(FamilyCommand::List { json, .. })) => {
+            privileges::check()?;
+            let list = crate::sys_list::syscalls(&crate::probe::probe()?);
+            print_report(json, &list, || crate::sys_list::syscalls_text(&list))
+        }
         Command::Apply(a) => {
             let text = std::fs::read_to_string(&a.file).map_err(|e| usage!("cannot read {}: {e}", a.file.display()))?;
             let command_for = |kind: &str| faults::kind(kind).map(|k| k.fault_command());
@@ -62,7 +72,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 let kind = faults::kind(&f.kind).ok_or_else(|| usage!("{}:{}: unknown fault kind {}", a.file.display(), f.line, f.kind))?;
                 specs.push(FaultSpec::from_matches(kind, &f.matches, format!("{}:{}", a.file.display(), f.line))?);
             }
-            run_session(specs, &a.session)
+            run_session(specs, &a.session, None)
         }
         Command::Status { json } => {
             privileges::check()?;
@@ -108,12 +118,79 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// `chaos net drop ...`, `chaos sys fail ...`: a session of one fault.
 fn fault_command(fc: FaultCommand) -> Result<()> {
-    let spec = FaultSpec::from_matches(fc.kind, &fc.matches, String::new())?;
-    run_session(vec![spec], &fc.session_args())
+    let mut spec = FaultSpec::from_matches(fc.kind, &fc.matches, String::new())?;
+    let command = std::mem::take(&mut spec.args.target.command);
+    if command.is_empty() {
+        return run_session(vec![spec], &fc.session_args(), None);
+    }
+    // `-- CMD`: a cgroup of its own, the session in place, then CMD in the cgroup.
+    if !runnable(&command[0]) {
+        return Err(usage!("cannot run {}: no such executable (give a path, or a name on PATH)", command[0]));
+    }
+    privileges::check()?;
+    let cgroup = crate::sandbox::TempCgroup::new(&format!("chaos-run-{}", std::process::id()))?;
+    spec.args.target.cgroup = Some(cgroup.path.clone());
+    let status = {
+        let mut run = CommandRun { argv: command, cgroup: cgroup.path.clone(), child: None, status: None };
+        run_session(vec![spec], &fc.session_args(), Some(&mut run))?;
+        run.wait()?
+    };
+    drop(cgroup);
+    // CMD's status: its exit code, or 128 + the signal that ended it, as a shell reports it.
+    use std::os::unix::process::ExitStatusExt;
+    std::process::exit(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Whether `program` names an executable file: a path, or a name found on PATH (as execvp).
+fn runnable(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        return executable(program.as_ref());
+    }
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
+}
+
+/// The command of `chaos ... -- CMD`: started once the session is in place, waited for after.
+pub struct CommandRun {
+    argv: Vec<String>,
+    cgroup: std::path::PathBuf,
+    child: Option<std::process::Child>,
+    status: Option<std::process::ExitStatus>,
+}
+
+impl CommandRun {
+    fn start(&mut self) -> Result<()> {
+        let mut cmd = std::process::Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..]);
+        let child = crate::sandbox::spawn_in(&mut cmd, Some(&self.cgroup), None).map_err(|e| usage!("cannot run {}: {e}", self.argv[0]))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Whether CMD has exited (its status kept).
+    pub fn exited(&mut self) -> bool {
+        if self.status.is_none()
+            && let Some(c) = self.child.as_mut()
+        {
+            self.status = c.try_wait().ok().flatten();
+        }
+        self.status.is_some()
+    }
+
+    fn wait(mut self) -> Result<std::process::ExitStatus> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let mut child = self.child.take().ok_or_else(|| Error::Other(anyhow::anyhow!("the command was not started")))?;
+        Ok(child.wait().map_err(anyhow::Error::from)?)
+    }
 }
 
 /// The life of a session: check, sweep, plan, start, watch, finish, report.
-pub fn run_session(specs: Vec<FaultSpec>, args: &SessionArgs) -> Result<()> {
+/// With `command` (`-- CMD`), CMD starts once the faults are in place, the session ends when it
+/// exits (or at the deadline, whichever is first), and the summary goes to stderr: stdout is CMD's.
+pub fn run_session(specs: Vec<FaultSpec>, args: &SessionArgs, mut command: Option<&mut CommandRun>) -> Result<()> {
     // Signals first: from here on Ctrl-C, SIGTERM or SIGHUP end the run cleanly, whenever they come.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
     let signals = {
@@ -145,8 +222,16 @@ pub fn run_session(specs: Vec<FaultSpec>, args: &SessionArgs) -> Result<()> {
         humantime::format_duration(Duration::from_secs(left.as_secs_f64().round() as u64)),
         session.id
     );
-    let ended = rt.block_on(crate::watch::watch(&mut session, signals)).map_err(anyhow::Error::from)?;
+    if let Some(run) = command.as_deref_mut() {
+        run.start()?;
+    }
+    let ended = rt.block_on(crate::watch::watch(&mut session, signals, command)).map_err(anyhow::Error::from)?;
     let summary = session.finish(&ended.by, ended.elapsed)?;
+    if ended.by == crate::watch::COMMAND_EXITED {
+        let text = if args.json { serde_json::to_string(&summary).map_err(anyhow::Error::from)? + "\n" } else { summary.text() };
+        eprint!("{text}");
+        return Ok(());
+    }
     print_report(args.json, &summary, || summary.text())
 }
 

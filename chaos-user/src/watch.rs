@@ -17,6 +17,9 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// `chaos stop` waits for a session to notice.
 const TICK: Duration = Duration::from_millis(100);
 
+/// How a session run with `-- CMD` ends when CMD does.
+pub const COMMAND_EXITED: &str = "command exited";
+
 pub struct Ended {
     pub by: String,
     pub elapsed: Duration,
@@ -39,7 +42,8 @@ impl Signals {
 
 /// Watches until the session's last deadline, read through the kernel's clock, so user space and
 /// the kernel agree on when the faults end however long attaching took.
-pub async fn watch(session: &mut Session, signals: Signals) -> std::io::Result<Ended> {
+/// With `command` (`-- CMD`), the watch also ends when CMD exits.
+pub async fn watch(session: &mut Session, signals: Signals, mut command: Option<&mut crate::run::CommandRun>) -> std::io::Result<Ended> {
     let start = Instant::now();
     let duration = Duration::from_nanos(session.end_ns().saturating_sub(monotonic_ns()));
     let deadline = tokio::time::Instant::now() + duration;
@@ -62,6 +66,9 @@ pub async fn watch(session: &mut Session, signals: Signals) -> std::io::Result<E
                 session.flush_log();
                 if session.stop_requested() {
                     break "chaos stop";
+                }
+                if command.as_deref_mut().is_some_and(|c| c.exited()) {
+                    break COMMAND_EXITED;
                 }
                 if last_refresh.elapsed() >= REFRESH {
                     session.refresh();

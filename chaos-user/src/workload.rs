@@ -65,10 +65,13 @@ pub enum Workload {
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         max: Duration,
     },
-    /// Open (and close) a file, fsync it, or connect to --to (a new TCP socket each time),
-    /// --count times; count the results by errno.
+    /// Make one syscall --count times in each of --threads threads: open (and close) a file,
+    /// fsync it, connect to --to (a new TCP socket each time), socket (a UDP socket, closed),
+    /// bind (a new UDP socket to 127.0.0.1:0), sendto (--to, from one unconnected UDP socket),
+    /// getsockopt/setsockopt (on one UDP socket), write (a byte to --path, or to /dev/null). Counts the results by
+    /// errno, and lists which calls (from 1, per thread) failed.
     SyscallLoop {
-        #[arg(long, value_parser = ["open", "fsync", "connect"])]
+        #[arg(long, value_parser = ["open", "fsync", "connect", "socket", "bind", "sendto", "getsockopt", "setsockopt", "write"])]
         call: String,
         /// Wait for a line on stdin before the first call (so a fault can start after this
         /// process has already executed: an LSM file_open fault would otherwise fail its exec).
@@ -80,6 +83,8 @@ pub enum Workload {
         to: Option<SocketAddr>,
         #[arg(long)]
         count: u64,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        threads: u32,
     },
     /// Answer DNS queries (A and AAAA, with documentation addresses) until stdin closes; count
     /// them by name.
@@ -157,39 +162,101 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         Workload::DnsServer { bind, max } => dns::server(bind, max),
         Workload::Resolve { name, count, resolv_conf } => dns::resolve(&name, count, resolv_conf.as_deref()),
         Workload::PacketTime { rounds, packets } => crate::bench::run(rounds, packets),
-        Workload::SyscallLoop { call, path, to, count, wait } => syscall_loop(&call, path.as_deref(), to, count, wait),
+        Workload::SyscallLoop { call, path, to, count, wait, threads } => syscall_loop(&call, path.as_deref(), to, count, wait, threads),
     }
 }
 
-/// Runs one syscall --count times; prints {"calls", "ok", "errors": {errno: n}, "secs"}.
-fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAddr>, count: u64, wait: bool) -> Result<()> {
-    let need = |what: &str| anyhow::anyhow!("--call {call} needs {what}");
-    let file = if call == "fsync" { Some(std::fs::OpenOptions::new().append(true).create(true).open(path.ok_or_else(|| need("--path"))?)?) } else { None };
-    if call == "open" && path.is_none() {
-        return Err(need("--path"));
+/// The calls `syscall-loop` makes: what each needs made once, and one call.
+enum LoopCall {
+    Open(std::path::PathBuf),
+    Fsync(std::fs::File),
+    Connect(SocketAddr),
+    Socket,
+    Bind,
+    SendTo(UdpSocket, SocketAddr),
+    Getsockopt(UdpSocket),
+    Setsockopt(UdpSocket),
+    Write(std::fs::File),
+}
+
+impl LoopCall {
+    fn new(call: &str, path: Option<&std::path::Path>, to: Option<SocketAddr>) -> Result<LoopCall> {
+        let need = |what: &str| anyhow::anyhow!("--call {call} needs {what}");
+        let udp = || UdpSocket::bind("127.0.0.1:0");
+        Ok(match call {
+            "open" => LoopCall::Open(path.ok_or_else(|| need("--path"))?.to_path_buf()),
+            "fsync" => LoopCall::Fsync(std::fs::OpenOptions::new().append(true).create(true).open(path.ok_or_else(|| need("--path"))?)?),
+            "connect" => LoopCall::Connect(to.ok_or_else(|| need("--to"))?),
+            "socket" => LoopCall::Socket,
+            "bind" => LoopCall::Bind,
+            "sendto" => LoopCall::SendTo(udp()?, to.ok_or_else(|| need("--to"))?),
+            "getsockopt" => LoopCall::Getsockopt(udp()?),
+            "setsockopt" => LoopCall::Setsockopt(udp()?),
+            "write" => LoopCall::Write(std::fs::OpenOptions::new().append(true).create(true).open(path.unwrap_or("/dev/null".as_ref()))?),
+            other => anyhow::bail!("no call {other}"),
+        })
     }
-    if call == "connect" && to.is_none() {
-        return Err(need("--to"));
+
+    fn once(&self) -> std::io::Result<()> {
+        use nix::sys::socket::{self, sockopt};
+        fn io<T>(r: nix::Result<T>) -> std::io::Result<()> {
+            r.map(drop).map_err(std::io::Error::from)
+        }
+        match self {
+            LoopCall::Open(path) => std::fs::File::open(path).map(drop),
+            LoopCall::Fsync(f) => f.sync_all(),
+            LoopCall::Connect(to) => TcpStream::connect_timeout(to, Duration::from_secs(5)).map(drop),
+            LoopCall::Socket => io(socket::socket(socket::AddressFamily::Inet, socket::SockType::Datagram, socket::SockFlag::SOCK_CLOEXEC, None)),
+            LoopCall::Bind => UdpSocket::bind("127.0.0.1:0").map(drop),
+            LoopCall::SendTo(sock, to) => sock.send_to(b"x", to).map(drop),
+            LoopCall::Getsockopt(sock) => io(socket::getsockopt(sock, sockopt::SockType)),
+            LoopCall::Setsockopt(sock) => io(socket::setsockopt(sock, sockopt::ReuseAddr, &true)),
+            LoopCall::Write(f) => (&*f).write(b"x").map(drop),
+        }
     }
+}
+
+/// Runs one syscall --count times in each of `threads` threads; prints {"calls", "ok",
+/// "errors": {errno: n}, "failed_at": [[call numbers] per thread] (the first 1000 calls of each),
+/// "secs"}.
+fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAddr>, count: u64, wait: bool, threads: u32) -> Result<()> {
+    let call = LoopCall::new(call, path, to)?;
     if wait {
         ready();
         std::io::stdin().read_line(&mut String::new())?;
     }
-    let mut errors = std::collections::BTreeMap::<i32, u64>::new();
-    let mut ok = 0u64;
     let start = Instant::now();
-    for _ in 0..count {
-        let r = match (&file, to) {
-            (Some(f), _) => f.sync_all(),
-            (None, Some(to)) => TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(drop),
-            (None, None) => std::fs::File::open(path.expect("checked above")).map(drop),
-        };
-        match r {
-            Ok(()) => ok += 1,
-            Err(e) => *errors.entry(e.raw_os_error().unwrap_or(-1)).or_default() += 1,
+    let per_thread: Vec<(u64, std::collections::BTreeMap<i32, u64>, Vec<u64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let (mut ok, mut errors, mut failed_at) = (0u64, std::collections::BTreeMap::<i32, u64>::new(), Vec::new());
+                    for n in 1..=count {
+                        match call.once() {
+                            Ok(()) => ok += 1,
+                            Err(e) => {
+                                *errors.entry(e.raw_os_error().unwrap_or(-1)).or_default() += 1;
+                                if n <= 1000 {
+                                    failed_at.push(n);
+                                }
+                            }
+                        }
+                    }
+                    (ok, errors, failed_at)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a syscall-loop thread panicked")).collect()
+    });
+    let ok: u64 = per_thread.iter().map(|t| t.0).sum();
+    let mut errors = std::collections::BTreeMap::<i32, u64>::new();
+    for (_, e, _) in &per_thread {
+        for (k, v) in e {
+            *errors.entry(*k).or_default() += v;
         }
     }
-    println!("{}", json!({"calls": count, "ok": ok, "errors": errors, "secs": start.elapsed().as_secs_f64()}));
+    let failed_at: Vec<&Vec<u64>> = per_thread.iter().map(|t| &t.2).collect();
+    println!("{}", json!({"calls": count * threads as u64, "ok": ok, "errors": errors, "failed_at": failed_at, "secs": start.elapsed().as_secs_f64()}));
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use chaos_tests::*;
+use serde_json::json;
 
 /// Starts `syscall-loop --wait` at `place`: executed and ready, its calls not yet made.
 fn caller(sb: &Sandbox, place: Place, call: &str, path: &str, n: u64) -> Proc {
@@ -152,4 +153,160 @@ fn an_unknown_syscall_or_errno_is_bad_input() {
     assert_eq!((code, err.len()), (2, 1), "{err:?}");
     let (code, _, err) = run_chaos(&["sys", "fail", "--cgroup", &cg, "--syscall", "Open At", "--errno", "EIO"]);
     assert_eq!((code, err.len()), (2, 1), "{err:?}");
+}
+
+/// Every call a cgroup hook fails, in one session of five rules: in the target, each thread's
+/// calls 2, 4 and 6 of 8 fail (`--when 2..6+2`, counted per thread as strace does) with the
+/// rule's errno; a bystander making the same calls is untouched; the counters equal the failures.
+/// On every lane, this host included: cgroup hooks need neither LSM nor error injection.
+#[test]
+fn cgroup_backend_fails_socket_calls_exactly_on_the_calls_when_selects() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let calls = [("socket", "EMFILE", libc::EMFILE), ("bind", "EADDRINUSE", libc::EADDRINUSE), ("sendto", "ENOBUFS", libc::ENOBUFS), ("getsockopt", "ENOPROTOOPT", libc::ENOPROTOOPT), ("setsockopt", "EINVAL", libc::EINVAL)];
+    // The other loops make sockets too (bind's, each time): socket() is failed in a cgroup of
+    // its own, below the target, where only the socket loop runs.
+    let sockets = sb.child_cgroup("sockets");
+    let at = |call: &str| if call == "socket" { sockets.display().to_string() } else { cg.clone() };
+    let mut text = String::new();
+    for (call, errno, _) in calls {
+        let cgroup = at(call);
+        text += &format!("[[fault]]\nkind = \"sys.fail\"\ncgroup = \"{cgroup}\"\nsyscall = \"{call}\"\nerrno = \"{errno}\"\nwhen = \"2..6+2\"\nbackend = \"cgroup\"\nfor = \"60s\"\n\n");
+    }
+    let file = TempFile::new("chaos-sockcalls-", &text);
+    let loops = |place| -> Vec<Proc> {
+        calls
+            .iter()
+            .map(|(call, _, _)| {
+                let args = ["syscall-loop", "--wait", "--call", call, "--to", "127.0.0.1:9", "--count", "8", "--threads", "2"];
+                let mut p = if place == Place::Target { sb.spawn_at(std::path::Path::new(&at(call)), place, &args) } else { sb.spawn(place, &args) };
+                p.ready();
+                p
+            })
+            .collect()
+    };
+    let (targets, bystanders) = (loops(Place::Target), loops(Place::Bystander));
+    let chaos = start_chaos(&["apply".into(), file.path().into(), "--json".into()]);
+    let run = |ps: Vec<Proc>| -> Vec<Value> {
+        ps.into_iter()
+            .map(|mut p| {
+                p.go();
+                p.json(Duration::from_secs(60))
+            })
+            .collect()
+    };
+    let (targets, bystanders) = (run(targets), run(bystanders));
+    let summary = stop_chaos(chaos);
+    for (i, (call, errno_name, errno)) in calls.iter().enumerate() {
+        let t = &targets[i];
+        assert_eq!(t["failed_at"], json!([[2, 4, 6], [2, 4, 6]]), "{call}: each thread's calls 2, 4 and 6 fail: {t}");
+        assert_eq!(t["errors"][errno.to_string()], 6, "{call}: with {errno_name}: {t}");
+        assert_eq!(bystanders[i]["ok"], 16, "{call}: a process outside the cgroup is untouched: {}", bystanders[i]);
+        assert_eq!(counter(&summary, i, "failed"), 6, "{call}: the kernel counted exactly the failed calls: {summary}");
+        assert_eq!(counter(&summary, i, "seen"), 16, "{call}: every call of the target reached its rule: {summary}");
+    }
+}
+
+/// `--count-per process` and `--count-per cgroup` widen strace's per-thread count: `--when 3..4`
+/// fails two calls of a whole process (of its four threads), and two calls of the whole target
+/// (of its two processes).
+#[test]
+fn when_counts_per_process_or_per_target_when_asked() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    for (per, processes, threads) in [("process", 1, "4"), ("cgroup", 2, "1")] {
+        let mut ps: Vec<Proc> = (0..processes)
+            .map(|_| {
+                let mut p = sb.spawn(Place::Target, &["syscall-loop", "--wait", "--call", "socket", "--count", "20", "--threads", threads]);
+                p.ready();
+                p
+            })
+            .collect();
+        let chaos = start_chaos(
+            &["sys", "fail", "--cgroup", &cg, "--syscall", "socket", "--errno", "EMFILE", "--when", "3..4", "--count-per", per, "--for", "60s", "--json"]
+                .map(String::from),
+        );
+        for p in ps.iter_mut() {
+            p.go();
+        }
+        let failed: u64 = ps.into_iter().map(|p| p.json(Duration::from_secs(60))["errors"][libc::EMFILE.to_string()].as_u64().unwrap_or(0)).sum();
+        let summary = stop_chaos(chaos);
+        assert_eq!(failed, 2, "--count-per {per}: calls 3 and 4 of the {per}, and no other, fail");
+        assert_eq!(counter(&summary, 0, "failed"), 2, "{summary}");
+    }
+}
+
+/// strace parity: the calls `strace -f -e inject=CALL:error=E:when=SPEC` fails are the calls
+/// chaos fails with `--when SPEC`, thread by thread, for several specs. Socket calls through the
+/// cgroup hooks on every lane; fsync through fmod_ret or kprobe where the lane has them. One
+/// session per backend: each spec is a rule on a cgroup of its own, where one workload runs.
+#[test]
+fn when_fails_the_same_calls_as_strace() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cases = vec![("socket", "cgroup")];
+    if lane_has("fmod_ret_syscall") {
+        cases.push(("fsync", "fmod-ret"));
+    }
+    if lane_has("kprobe_override") {
+        cases.push(("fsync", "kprobe"));
+    }
+    let specs = ["3", "2..5", "4+", "1+3", "2..9+2"];
+    let file = TempFile::new("chaos-parity-", "x");
+    let sb = Sandbox::new();
+    for (call, backend) in cases {
+        let workload = ["syscall-loop", "--wait", "--call", call, "--path", file.path(), "--count", "12", "--threads", "2"];
+        let mut text = String::new();
+        let mut procs = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let cg = sb.child_cgroup(&format!("{backend}-{i}"));
+            text += &format!("[[fault]]\nkind = \"sys.fail\"\ncgroup = \"{}\"\nsyscall = \"{call}\"\nerrno = \"EIO\"\nwhen = \"{spec}\"\nbackend = \"{backend}\"\nfor = \"60s\"\n\n", cg.display());
+            let mut p = sb.spawn_at(&cg, Place::Target, &workload);
+            p.ready();
+            procs.push(p);
+        }
+        let faults = TempFile::new("chaos-parity-faults-", &text);
+        let chaos = start_chaos(&["apply".into(), faults.path().into(), "--json".into()]);
+        let by_chaos: Vec<Value> = procs
+            .into_iter()
+            .map(|mut p| {
+                p.go();
+                p.json(Duration::from_secs(60))
+            })
+            .collect();
+        let summary = stop_chaos(chaos);
+        for (i, spec) in specs.iter().enumerate() {
+            let out = std::process::Command::new("strace")
+                .args(["-f", "-qq", "-o", "/dev/null", "-e", &format!("trace={call}"), "-e", &format!("inject={call}:error=EIO:when={spec}")])
+                .arg(chaos_bin())
+                .arg("workload")
+                .args(workload.iter().filter(|a| **a != "--wait"))
+                .output()
+                .expect("running strace");
+            assert!(out.status.success(), "strace: {}", String::from_utf8_lossy(&out.stderr));
+            let by_strace: Value = serde_json::from_slice(out.stdout.split(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap_or_default())
+                .unwrap_or_else(|e| panic!("strace's workload printed no JSON ({e})"));
+            let mine = &by_chaos[i];
+            assert_eq!(mine["failed_at"], by_strace["failed_at"], "{call} --when {spec} ({backend}): chaos {mine}, strace {by_strace}");
+            let failed = mine["errors"][libc::EIO.to_string()].as_u64().unwrap_or(0);
+            assert!(failed > 0, "{call} --when {spec}: nothing failed: {mine}");
+            assert_eq!(counter(&summary, i, "failed"), failed, "{summary}");
+        }
+    }
+}
+
+#[test]
+fn bad_when_or_retval_is_bad_input_with_the_reason() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let (code, _, err) = run_chaos(&["sys", "fail", "--cgroup", &cg, "--syscall", "socket", "--errno", "EIO", "--when", "5..2"]);
+    assert_eq!((code, err.len()), (2, 1), "{err:?}");
+    assert!(err[0].contains("LAST is before FIRST"), "{err:?}");
+    let (code, _, err) = run_chaos(&["sys", "fail", "--cgroup", &cg, "--syscall", "socket", "--retval", "3", "--backend", "cgroup"]);
+    assert_eq!((code, err.len()), (2, 1), "{err:?}");
+    assert!(err[0].contains("--retval") && err[0].contains("--errno"), "{err:?}");
+    let (code, _, err) = run_chaos(&["sys", "fail", "--cgroup", &cg, "--syscall", "opnat", "--errno", "EIO"]);
+    assert_eq!((code, err.len()), (2, 1), "{err:?}");
+    assert!(err[0].contains("did you mean") && err[0].contains("openat"), "{err:?}");
 }

@@ -5,22 +5,42 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_override_return, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_override_return, bpf_probe_read_kernel, bpf_send_signal_thread,
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_set_retval},
     },
-    macros::{cgroup_sock_addr, kprobe},
-    programs::{FExitContext, LsmContext, ProbeContext, SockAddrContext},
+    macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, kprobe},
+    programs::{BtfTracePointContext, FExitContext, LsmContext, ProbeContext, SockAddrContext, SockContext, SockoptContext},
 };
 use chaos_common::{
-    Action, Family, KernelError, has_rule, more_rules,
-    sys::{HOOK_CONNECT, HOOK_FILE_OPEN, HOOK_SYSCALL},
+    Action, Family, KernelError, Rule, has_rule, more_rules,
+    sys::{
+        COUNT_PROCESS, COUNT_THREAD, CallKey, HOOK_BIND, HOOK_CONNECT, HOOK_FILE_OPEN, HOOK_GETSOCKOPT, HOOK_SENDMSG, HOOK_SETSOCKOPT,
+        HOOK_SOCKET, HOOK_SYS_ENTER, HOOK_SYSCALL, SysMatch,
+    },
 };
 
-use crate::engine::{count_error, decide, injected, is_session_process, now, rule, rules_for};
+use crate::engine::{CHAOS_CALLS, count_error, decide, fetch_add_slot, injected, is_session_process, now, rule, rules_for};
 
-/// What to return instead of running the call, if a rule of the calling process says so.
+/// Counts this call for rule `i`'s `--when` and says whether the call is one it selects.
 #[inline(always)]
-fn decide_call(hook: u32, nr: u32) -> Option<i64> {
+fn when_selects(i: u32, r: &Rule, hook: u32, nr: u32, pid_tgid: u64) -> bool {
+    let when = &r.sys.when;
+    let id = match when.scope {
+        COUNT_THREAD => pid_tgid & 0xffff_ffff,
+        COUNT_PROCESS => pid_tgid >> 32,
+        _ => 0,
+    };
+    let key = CallKey { id, rule: i, what: SysMatch::counted_as(hook, nr) };
+    match fetch_add_slot(&CHAOS_CALLS, &key, 1) {
+        Some(before) => when.selects(before + 1),
+        None => false,
+    }
+}
+
+/// The rule to apply to this call (what to return, or what to send), if a rule of the calling
+/// process says so.
+#[inline(always)]
+fn decide_call(hook: u32, nr: u32) -> Option<&'static Rule> {
     match try_decide_call(hook, nr) {
         Ok(r) => r,
         Err(e) => {
@@ -31,7 +51,7 @@ fn decide_call(hook: u32, nr: u32) -> Option<i64> {
 }
 
 #[inline(always)]
-fn try_decide_call(hook: u32, nr: u32) -> Result<Option<i64>, KernelError> {
+fn try_decide_call(hook: u32, nr: u32) -> Result<Option<&'static Rule>, KernelError> {
     // SAFETY: helpers without preconditions.
     let leaf = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: as above.
@@ -39,8 +59,9 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<i64>, KernelError> {
     if mask == 0 {
         return Ok(None);
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
     // chaos never fails its own calls, even in a target that contains it (`--force`).
-    if is_session_process((bpf_get_current_pid_tgid() >> 32) as u32) {
+    if is_session_process((pid_tgid >> 32) as u32) {
         return Ok(None);
     }
     let now = now();
@@ -49,14 +70,24 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<i64>, KernelError> {
         if has_rule(mask, i) {
             let r = rule(i)?;
             // Only calls caught where the rule looks reach it (an fsync rule never sees opens).
-            if r.sys.matches(hook, nr) && decide::<false>(i, r, now, true, 1)? && Action::from_u32(r.action) == Action::SysFail {
-                injected(i, 1, 0);
-                return Ok(Some(r.sys.retval));
+            // `--when` counts the calls of a live rule, then samples among those it selects.
+            if r.sys.matches(hook, nr) {
+                let candidate = !r.sys.when.counts() || !r.live(now) || when_selects(i, r, hook, nr, pid_tgid);
+                if decide::<false>(i, r, now, candidate, 1)? {
+                    injected(i, 1, 0);
+                    return Ok(Some(r));
+                }
             }
         }
         i += 1;
     }
     Ok(None)
+}
+
+/// What a failing hook returns for the call: the rule's value, if a fail rule took it.
+#[inline(always)]
+fn fail_call(hook: u32, nr: u32) -> Option<i64> {
+    decide_call(hook, nr).filter(|r| Action::from_u32(r.action) == Action::SysFail).map(|r| r.sys.retval)
 }
 
 /// The syscall number of a `__x64_sys_*` entry, from the user registers it is given.
@@ -70,7 +101,7 @@ fn syscall_nr(user_regs: *const pt_regs) -> u32 {
 #[kprobe]
 pub fn chaos_sys_kprobe(ctx: ProbeContext) -> u32 {
     let Some(user_regs) = ctx.arg::<*const pt_regs>(0) else { return 0 };
-    if let Some(ret) = decide_call(HOOK_SYSCALL, syscall_nr(user_regs)) {
+    if let Some(ret) = fail_call(HOOK_SYSCALL, syscall_nr(user_regs)) {
         // SAFETY: regs is the probed function's register set; the function is on the
         // error-injection list (the kernel refused the attach otherwise).
         unsafe { bpf_override_return(ctx.regs, ret as u64) };
@@ -78,13 +109,13 @@ pub fn chaos_sys_kprobe(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// cgroup `connect4`/`connect6`: 1 lets the connect proceed; 0 refuses it, and `bpf_set_retval`
-/// says with which error (EPERM otherwise).
+/// A cgroup hook's verdict on the call it sees (`hook`): 1 lets it proceed; 0 refuses it, and
+/// `bpf_set_retval` says with which error (EPERM otherwise).
 #[inline(always)]
-fn connect_verdict() -> i32 {
-    match decide_call(HOOK_CONNECT, 0) {
+fn cgroup_verdict(hook: u32) -> i32 {
+    match fail_call(hook, 0) {
         Some(ret) => {
-            // SAFETY: no preconditions; the value is what connect() returns.
+            // SAFETY: no preconditions; the value is what the syscall returns.
             unsafe { bpf_set_retval(ret as i32) };
             0
         }
@@ -94,12 +125,63 @@ fn connect_verdict() -> i32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn chaos_sys_connect4(_ctx: SockAddrContext) -> i32 {
-    connect_verdict()
+    cgroup_verdict(HOOK_CONNECT)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn chaos_sys_connect6(_ctx: SockAddrContext) -> i32 {
-    connect_verdict()
+    cgroup_verdict(HOOK_CONNECT)
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn chaos_sys_bind4(_ctx: SockAddrContext) -> i32 {
+    cgroup_verdict(HOOK_BIND)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn chaos_sys_bind6(_ctx: SockAddrContext) -> i32 {
+    cgroup_verdict(HOOK_BIND)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn chaos_sys_sendmsg4(_ctx: SockAddrContext) -> i32 {
+    cgroup_verdict(HOOK_SENDMSG)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn chaos_sys_sendmsg6(_ctx: SockAddrContext) -> i32 {
+    cgroup_verdict(HOOK_SENDMSG)
+}
+
+#[cgroup_sock(sock_create)]
+pub fn chaos_sys_sock_create(_ctx: SockContext) -> i32 {
+    cgroup_verdict(HOOK_SOCKET)
+}
+
+#[cgroup_sockopt(getsockopt)]
+pub fn chaos_sys_getsockopt(_ctx: SockoptContext) -> i32 {
+    cgroup_verdict(HOOK_GETSOCKOPT)
+}
+
+#[cgroup_sockopt(setsockopt)]
+pub fn chaos_sys_setsockopt(_ctx: SockoptContext) -> i32 {
+    cgroup_verdict(HOOK_SETSOCKOPT)
+}
+
+/// tp_btf `sys_enter(struct pt_regs *regs, long id)`: every syscall's entry. A signal rule sends
+/// its signal to the calling thread; it is delivered on the way back to user mode, so the call
+/// runs first.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn chaos_sys_enter(ctx: BtfTracePointContext) -> i32 {
+    // sys_enter's second argument is the syscall number.
+    let nr: i64 = ctx.arg(1);
+    if let Some(r) = decide_call(HOOK_SYS_ENTER, nr as u32)
+        && Action::from_u32(r.action) == Action::SysSignal
+    {
+        // SAFETY: no preconditions; tracing programs run in the calling task's context.
+        unsafe { bpf_send_signal_thread(r.sys.signal) };
+    }
+    0
 }
 
 /// BPF LSM on file_open: a non-zero return denies the open with that error.
@@ -113,7 +195,7 @@ pub fn chaos_sys_file_open(ctx: *mut core::ffi::c_void) -> i64 {
     let ctx = LsmContext::new(ctx);
     // file_open has one argument; the slot after it holds the previous BPF LSM verdict.
     let previous: i32 = ctx.arg(1);
-    let verdict = if previous != 0 { previous as i64 } else { decide_call(HOOK_FILE_OPEN, 0).unwrap_or(0) };
+    let verdict = if previous != 0 { previous as i64 } else { fail_call(HOOK_FILE_OPEN, 0).unwrap_or(0) };
     verdict.clamp(-MAX_ERRNO, 0)
 }
 
@@ -139,7 +221,7 @@ pub fn chaos_sys_fmod_ret_syscall(ctx: *mut core::ffi::c_void) -> i64 {
         return previous;
     }
     let user_regs: *const pt_regs = ctx.arg(0);
-    decide_call(HOOK_SYSCALL, syscall_nr(user_regs)).unwrap_or(0)
+    fail_call(HOOK_SYSCALL, syscall_nr(user_regs)).unwrap_or(0)
 }
 
 /// On `security_file_open(struct file *file)`: the open family.
@@ -151,5 +233,5 @@ pub fn chaos_sys_fmod_ret_file_open(ctx: *mut core::ffi::c_void) -> i64 {
     if previous != 0 {
         return previous;
     }
-    decide_call(HOOK_FILE_OPEN, 0).unwrap_or(0)
+    fail_call(HOOK_FILE_OPEN, 0).unwrap_or(0)
 }

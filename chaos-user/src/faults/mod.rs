@@ -16,7 +16,9 @@ pub mod net_partition;
 pub mod net_rate;
 pub mod net_reorder;
 pub mod net_stall;
+pub mod sys;
 pub mod sys_fail;
+pub mod sys_signal;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -35,8 +37,9 @@ pub enum Hook {
     TcEgress,
     /// `cgroup_skb/ingress` on the target cgroup.
     CgroupIngress,
-    /// `cgroup/connect4` and `cgroup/connect6` on the target cgroup.
-    CgroupConnect,
+    /// The programs of one call that cgroup hooks fail (`sys::CGROUP_CALLS`, by its
+    /// `chaos_common::sys::HOOK_*`) on the target cgroup.
+    CgroupSock(u32),
     /// BPF LSM `file_open`.
     LsmFileOpen,
     /// fmod_ret on `security_file_open`.
@@ -45,11 +48,16 @@ pub enum Hook {
     FmodRetSyscall(String),
     /// kprobe + `bpf_override_return` on a syscall's entry function.
     Kprobe(String),
+    /// tp_btf `sys_enter`: every syscall's entry, where signals are sent.
+    SysEnter,
 }
 
 impl Hook {
-    /// Hooks attached to each target cgroup (rather than to devices or once per session).
-    pub const PER_CGROUP: [Hook; 2] = [Hook::CgroupIngress, Hook::CgroupConnect];
+    /// Whether the hook is attached to each target cgroup (rather than to devices or once per
+    /// session).
+    pub fn per_cgroup(&self) -> bool {
+        matches!(self, Hook::CgroupIngress | Hook::CgroupSock(_))
+    }
 
     /// The rule mask of a target this hook reads.
     pub fn family(&self) -> Family {
@@ -64,11 +72,15 @@ impl Hook {
         match self {
             Hook::TcEgress => "TC egress on the target's devices".into(),
             Hook::CgroupIngress => "cgroup_skb/ingress on the target".into(),
-            Hook::CgroupConnect => "cgroup/connect4 and connect6 on the target".into(),
+            Hook::CgroupSock(hook) => match sys::cgroup_call_by_hook(*hook) {
+                Some(c) => format!("cgroup hooks {} on the target", c.programs.join(", ")),
+                None => format!("cgroup hook {hook}"),
+            },
             Hook::LsmFileOpen => "BPF LSM file_open".into(),
             Hook::FmodRetFileOpen => "fmod_ret on security_file_open".into(),
             Hook::FmodRetSyscall(f) => format!("fmod_ret on {f}"),
             Hook::Kprobe(f) => format!("kprobe + bpf_override_return on {f}"),
+            Hook::SysEnter => "tp_btf sys_enter".into(),
         }
     }
 }
@@ -137,6 +149,7 @@ pub const KINDS: &[Kind] = &[
     net_stall::KIND,
     net_dns::KIND,
     sys_fail::KIND,
+    sys_signal::KIND,
 ];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
@@ -199,6 +212,10 @@ pub struct TargetArgs {
     /// Target the cgroup v2 that this process is in.
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
+    /// `-- CMD ARGS...`: run CMD in a fresh cgroup of its own, the fault live from its first
+    /// instruction; the fault and the cgroup go when CMD ends, and chaos exits with CMD's status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// A fault as the user asked for it, validated: a kind's parameters plus the common flags.

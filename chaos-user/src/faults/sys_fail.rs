@@ -9,11 +9,14 @@
 
 use chaos_common::{
     Action, Counters, Rule, ppm_to_threshold,
-    sys::{HOOK_CONNECT, HOOK_FILE_OPEN, HOOK_SYSCALL},
+    sys::{HOOK_FILE_OPEN, HOOK_SYSCALL},
 };
 use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 
-use super::{Fault, Hook, Kind};
+use super::{
+    Fault, Hook, Kind,
+    sys::{CGROUP_CALLS, SysCallArgs, cgroup_call, errno_name, parse_errno},
+};
 use crate::{cli, error::Result, probe::Backend, usage};
 
 pub const KIND: Kind = Kind { name: "sys.fail", family: "sys", verb: "fail", command, build };
@@ -24,33 +27,36 @@ fn command() -> clap::Command {
         .after_help(
             "Examples:\n  chaos sys fail --cgroup /system.slice/api.service --syscall connect --errno ECONNREFUSED\n  \
              chaos sys fail --cgroup /system.slice/db.service --syscall openat --errno EIO --percent 10\n  \
-             chaos sys fail --pid 4242 --syscall fsync --errno ENOSPC --backend kprobe --for 30s",
+             chaos sys fail --pid 4242 --syscall fsync --errno ENOSPC --when 3+ --backend kprobe --for 30s\n\n\
+             `chaos sys syscalls` shows, for this kernel, which backend fails each syscall.",
         )
 }
 
 fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
     let a = SysFailArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
-    let nr: syscalls::Sysno = a
-        .syscall
-        .parse()
-        .map_err(|_| usage!("this machine has no syscall {}(): give one such as openat, read or fsync", a.syscall))?;
-    Ok(Box::new(SysFail { syscall: a.syscall, nr: nr.id() as u32, errno: a.errno, ppm: a.percent, backend: a.backend }))
+    let nr = a.call.number()?;
+    let result = match (a.errno, a.retval) {
+        (Some(e), None) => Failure::Errno(e),
+        (None, Some(v)) => Failure::Retval(v),
+        _ => return Err(usage!("give one of --errno and --retval: what the failed call returns")),
+    };
+    Ok(Box::new(SysFail { call: a.call, nr, result, backend: a.backend }))
 }
 
 #[derive(Args, Debug)]
 pub struct SysFailArgs {
-    /// The syscall, by name (openat, read, fsync, connect, ...).
-    #[arg(long, value_parser = parse_syscall)]
-    pub syscall: String,
+    #[command(flatten)]
+    pub call: SysCallArgs,
     /// The error to return: a name (ENOENT, EIO, ...) or a number.
-    #[arg(long, value_parser = parse_errno)]
-    pub errno: i32,
-    /// Probability of failing a call, 0-100.
-    #[arg(long, value_parser = cli::parse_percent, value_name = "P", default_value = "100")]
-    pub percent: u32,
-    /// cgroup covers connect (inet sockets); lsm and fmod-ret (on security_file_open) cover the
-    /// open family; fmod-ret (on the syscall entry) and kprobe cover any syscall; auto picks the
-    /// first this kernel offers (`chaos probe`).
+    #[arg(long, value_parser = parse_errno, conflicts_with = "retval")]
+    pub errno: Option<i32>,
+    /// Any return value instead of an error (strace's retval=): fmod-ret and kprobe only, which
+    /// replace the syscall's result; the call is not made.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub retval: Option<i64>,
+    /// cgroup covers socket calls (see `chaos sys syscalls`); lsm and fmod-ret (on
+    /// security_file_open) cover the open family; fmod-ret (on the syscall entry) and kprobe cover
+    /// any syscall; auto picks the first this kernel offers (`chaos probe`).
     #[arg(long, value_enum, default_value_t = SysBackend::Auto)]
     pub backend: SysBackend,
 }
@@ -66,50 +72,48 @@ pub enum SysBackend {
     Kprobe,
 }
 
+/// What a failed call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A positive errno: the call returns its negative.
+    Errno(i32),
+    /// Any value (`--retval`).
+    Retval(i64),
+}
+
 /// Syscalls the `file_open` hooks (LSM, fmod_ret on `security_file_open`) fail.
-const OPEN_FAMILY: &[&str] = &["open", "openat", "openat2", "creat"];
+pub const OPEN_FAMILY: &[&str] = &["open", "openat", "openat2", "creat"];
 
 #[derive(Debug)]
 pub struct SysFail {
-    pub syscall: String,
+    pub call: SysCallArgs,
     pub nr: u32,
-    /// Positive errno.
-    pub errno: i32,
-    pub ppm: u32,
+    pub result: Failure,
     pub backend: SysBackend,
 }
 
-/// "ENOENT", "enoent" or "2" → 2.
-pub fn parse_errno(s: &str) -> std::result::Result<i32, String> {
-    if let Ok(n) = s.parse::<i32>() {
-        return if (1..4096).contains(&n) { Ok(n) } else { Err(format!("errno {n} is outside 1-4095")) };
-    }
-    let want = s.to_ascii_uppercase();
-    (1..4096)
-        .find(|&n| format!("{:?}", nix::errno::Errno::from_raw(n)) == want)
-        .ok_or_else(|| format!("'{s}' is not an errno name; give one such as ENOENT, EIO or EACCES, or a number"))
-}
-
-/// A syscall name: lower-case letters, digits and underscores.
-pub fn parse_syscall(s: &str) -> std::result::Result<String, String> {
-    if !s.is_empty() && s.len() < 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-        Ok(s.to_string())
+/// The backends that can fail `syscall`, best first (what `--backend auto` tries).
+pub fn backends_for(syscall: &str) -> &'static [Backend] {
+    if cgroup_call(syscall).is_some() {
+        &[Backend::CgroupSockAddr, Backend::FmodRetSyscall, Backend::KprobeOverride]
+    } else if OPEN_FAMILY.contains(&syscall) {
+        &[Backend::BpfLsm, Backend::FmodRetSecurity, Backend::KprobeOverride]
     } else {
-        Err(format!("'{s}' is not a syscall name; give one such as openat, read or connect"))
+        &[Backend::FmodRetSyscall, Backend::KprobeOverride]
     }
 }
 
 impl SysFail {
-    fn is_connect(&self) -> bool {
-        self.syscall == "connect"
+    fn syscall(&self) -> &str {
+        &self.call.syscall
     }
 
     fn open_family(&self) -> bool {
-        OPEN_FAMILY.contains(&self.syscall.as_str())
+        OPEN_FAMILY.contains(&self.syscall())
     }
 
     fn entry(&self) -> String {
-        format!("__x64_sys_{}", self.syscall)
+        format!("__x64_sys_{}", self.syscall())
     }
 }
 
@@ -119,28 +123,23 @@ impl Fault for SysFail {
     }
 
     fn describe(&self) -> String {
-        let name = format!("{:?}", nix::errno::Errno::from_raw(self.errno));
-        format!("fail {} of {}() calls with {name}", super::percent(self.ppm), self.syscall)
+        let with = match self.result {
+            Failure::Errno(e) => errno_name(e).unwrap_or_else(|| format!("errno {e}")),
+            Failure::Retval(v) => format!("return value {v}"),
+        };
+        format!("fail {} of {}() calls with {with}{}", super::percent(self.call.percent), self.syscall(), self.call.describe_when())
     }
 
     fn needs(&self) -> Vec<&'static [Backend]> {
-        if self.is_connect() {
-            return vec![match self.backend {
-                SysBackend::Cgroup => &[Backend::CgroupSockAddr],
-                SysBackend::FmodRet => &[Backend::FmodRetSyscall],
-                SysBackend::Kprobe => &[Backend::KprobeOverride],
-                SysBackend::Lsm => &[Backend::BpfLsm],
-                SysBackend::Auto => &[Backend::CgroupSockAddr, Backend::FmodRetSyscall, Backend::KprobeOverride],
-            }];
-        }
-        vec![match (self.backend, self.open_family()) {
-            (SysBackend::Cgroup, _) => &[Backend::CgroupSockAddr],
-            (SysBackend::Lsm, _) => &[Backend::BpfLsm],
-            (SysBackend::FmodRet, true) => &[Backend::FmodRetSecurity],
-            (SysBackend::FmodRet, false) => &[Backend::FmodRetSyscall],
-            (SysBackend::Kprobe, _) => &[Backend::KprobeOverride],
-            (SysBackend::Auto, true) => &[Backend::BpfLsm, Backend::FmodRetSecurity, Backend::KprobeOverride],
-            (SysBackend::Auto, false) => &[Backend::FmodRetSyscall, Backend::KprobeOverride],
+        vec![match self.backend {
+            SysBackend::Cgroup => &[Backend::CgroupSockAddr],
+            SysBackend::Lsm => &[Backend::BpfLsm],
+            SysBackend::FmodRet if self.open_family() => &[Backend::FmodRetSecurity],
+            SysBackend::FmodRet => &[Backend::FmodRetSyscall],
+            SysBackend::Kprobe => &[Backend::KprobeOverride],
+            // Only the backends that replace the result can return any value.
+            SysBackend::Auto if matches!(self.result, Failure::Retval(_)) => &[Backend::FmodRetSyscall, Backend::KprobeOverride],
+            SysBackend::Auto => backends_for(self.syscall()),
         }]
     }
 
@@ -157,35 +156,51 @@ impl Fault for SysFail {
             }
             b => b,
         };
+        if let Failure::Retval(_) = self.result
+            && matches!(backend, SysBackend::Cgroup | SysBackend::Lsm)
+        {
+            return Err(usage!(
+                "--retval needs a backend that replaces the syscall's result (fmod-ret or kprobe); {} hooks can only return an errno: use --errno",
+                if backend == SysBackend::Cgroup { "cgroup" } else { "LSM" }
+            ));
+        }
         Ok(vec![match (backend, self.open_family()) {
-            (SysBackend::Cgroup, _) if self.is_connect() => Hook::CgroupConnect,
-            (SysBackend::Cgroup, _) => {
-                return Err(usage!("no cgroup hook fails {}(); the cgroup backend covers connect", self.syscall));
-            }
+            (SysBackend::Cgroup, _) => match cgroup_call(self.syscall()) {
+                Some(c) => Hook::CgroupSock(c.hook),
+                None => {
+                    let covered: Vec<&str> = CGROUP_CALLS.iter().flat_map(|c| c.syscalls.iter().copied()).collect();
+                    return Err(usage!("no cgroup hook fails {}(); the cgroup backend covers {}", self.syscall(), covered.join(", ")));
+                }
+            },
             (SysBackend::Lsm, true) => Hook::LsmFileOpen,
             (SysBackend::Lsm, false) => {
                 return Err(usage!(
                     "no LSM hook fails {}(); the lsm backend covers {}: use --backend kprobe or fmod-ret",
-                    self.syscall,
+                    self.syscall(),
                     OPEN_FAMILY.join(", ")
                 ));
             }
-            (SysBackend::FmodRet, true) => Hook::FmodRetFileOpen,
-            (SysBackend::FmodRet, false) => Hook::FmodRetSyscall(self.entry()),
+            // --retval on the open family: the syscall's own entry, whose result is the value.
+            (SysBackend::FmodRet, true) if matches!(self.result, Failure::Errno(_)) => Hook::FmodRetFileOpen,
+            (SysBackend::FmodRet, _) => Hook::FmodRetSyscall(self.entry()),
             _ => Hook::Kprobe(self.entry()),
         }])
     }
 
     fn fill(&self, rule: &mut Rule, hooks: &[Hook]) -> Result<()> {
         rule.action = Action::SysFail as u32;
-        rule.threshold = ppm_to_threshold(self.ppm);
+        rule.threshold = ppm_to_threshold(self.call.percent);
         rule.sys.hook = match hooks.first() {
-            Some(Hook::CgroupConnect) => HOOK_CONNECT,
+            Some(Hook::CgroupSock(hook)) => *hook,
             Some(Hook::LsmFileOpen | Hook::FmodRetFileOpen) => HOOK_FILE_OPEN,
             _ => HOOK_SYSCALL,
         };
         rule.sys.syscall_nr = self.nr;
-        rule.sys.retval = -(self.errno as i64);
+        rule.sys.retval = match self.result {
+            Failure::Errno(e) => -(e as i64),
+            Failure::Retval(v) => v,
+        };
+        rule.sys.when = self.call.when();
         Ok(())
     }
 
@@ -198,34 +213,34 @@ impl Fault for SysFail {
 mod tests {
     use super::*;
 
-    #[test]
-    fn errno_by_name_or_number() {
-        assert_eq!(parse_errno("ENOENT"), Ok(2));
-        assert_eq!(parse_errno("eacces"), Ok(13));
-        assert_eq!(parse_errno("5"), Ok(5));
-        assert!(parse_errno("0").is_err());
-        assert!(parse_errno("EWHATEVER").is_err());
-    }
-
-    #[test]
-    fn syscall_names_are_plain() {
-        assert_eq!(parse_syscall("openat"), Ok("openat".into()));
-        assert!(parse_syscall("open at").is_err());
-        assert!(parse_syscall("../x").is_err());
-        assert!(parse_syscall("").is_err());
+    fn fail(syscall: &str, backend: SysBackend, result: Failure) -> SysFail {
+        let call = SysCallArgs { syscall: syscall.into(), when: None, count_per: super::super::sys::CountPer::Thread, percent: 0 };
+        SysFail { nr: call.number().unwrap(), call, result, backend }
     }
 
     #[test]
     fn auto_picks_the_first_backend_this_kernel_has() {
-        let open = SysFail { syscall: "openat".into(), nr: 257, errno: 5, ppm: 0, backend: SysBackend::Auto };
+        let open = fail("openat", SysBackend::Auto, Failure::Errno(5));
         assert_eq!(open.hooks(&[Backend::FmodRetSecurity, Backend::BpfLsm]).unwrap(), vec![Hook::LsmFileOpen]);
         assert_eq!(open.hooks(&[Backend::FmodRetSecurity]).unwrap(), vec![Hook::FmodRetFileOpen]);
-        let fsync = SysFail { syscall: "fsync".into(), nr: 74, errno: 28, ppm: 0, backend: SysBackend::Auto };
+        let fsync = fail("fsync", SysBackend::Auto, Failure::Errno(28));
         assert_eq!(fsync.hooks(&[Backend::KprobeOverride]).unwrap(), vec![Hook::Kprobe("__x64_sys_fsync".into())]);
-        let lsm = SysFail { backend: SysBackend::Lsm, ..fsync };
-        assert!(lsm.hooks(&[Backend::BpfLsm]).is_err(), "no LSM hook for fsync");
-        let connect = SysFail { syscall: "connect".into(), nr: 42, errno: 111, ppm: 0, backend: SysBackend::Auto };
-        assert_eq!(connect.hooks(&[Backend::KprobeOverride, Backend::CgroupSockAddr]).unwrap(), vec![Hook::CgroupConnect]);
+        assert!(fail("fsync", SysBackend::Lsm, Failure::Errno(28)).hooks(&[Backend::BpfLsm]).is_err(), "no LSM hook for fsync");
+        let connect = fail("connect", SysBackend::Auto, Failure::Errno(111));
+        assert_eq!(connect.hooks(&[Backend::KprobeOverride, Backend::CgroupSockAddr]).unwrap(), vec![Hook::CgroupSock(chaos_common::sys::HOOK_CONNECT)]);
         assert_eq!(connect.hooks(&[Backend::KprobeOverride]).unwrap(), vec![Hook::Kprobe("__x64_sys_connect".into())]);
+        let sendto = fail("sendto", SysBackend::Auto, Failure::Errno(1));
+        assert_eq!(sendto.hooks(&[Backend::CgroupSockAddr]).unwrap(), vec![Hook::CgroupSock(chaos_common::sys::HOOK_SENDMSG)]);
+    }
+
+    #[test]
+    fn retval_needs_a_backend_that_replaces_the_result() {
+        let socket = fail("socket", SysBackend::Cgroup, Failure::Retval(7));
+        assert!(socket.hooks(&[Backend::CgroupSockAddr]).unwrap_err().to_string().contains("--retval"), "a cgroup hook returns errnos only");
+        let auto = fail("socket", SysBackend::Auto, Failure::Retval(7));
+        assert_eq!(auto.needs(), vec![&[Backend::FmodRetSyscall, Backend::KprobeOverride][..]]);
+        assert_eq!(auto.hooks(&[Backend::CgroupSockAddr, Backend::FmodRetSyscall]).unwrap(), vec![Hook::FmodRetSyscall("__x64_sys_socket".into())]);
+        let open = fail("openat", SysBackend::FmodRet, Failure::Retval(99));
+        assert_eq!(open.hooks(&[Backend::FmodRetSyscall]).unwrap(), vec![Hook::FmodRetSyscall("__x64_sys_openat".into())]);
     }
 }

@@ -298,7 +298,14 @@ macro_rules! loadable {
         }
     )*};
 }
-loadable!(aya::programs::CgroupSkb, aya::programs::CgroupSockAddr, aya::programs::SchedClassifier, aya::programs::KProbe);
+loadable!(
+    aya::programs::CgroupSkb,
+    aya::programs::CgroupSockAddr,
+    aya::programs::CgroupSock,
+    aya::programs::CgroupSockopt,
+    aya::programs::SchedClassifier,
+    aya::programs::KProbe
+);
 
 fn load_error(name: &str, kind: &str, e: ProgramError) -> Error {
     if let ProgramError::LoadError { io_error, verifier_log } = &e {

@@ -20,14 +20,16 @@ use std::{
 use aya::{
     Btf,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, KProbe, Lsm, SchedClassifier,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt, KProbe, Lsm,
+        SchedClassifier,
+        cgroup_sockopt::CgroupSockoptLink,
         links::{FdLink, Link, LinkOrder},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType},
     },
 };
 use chaos_common::{
     net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS, PROG_TC_EGRESS_L3},
-    sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_CONNECT4, PROG_CONNECT6, PROG_KPROBE, PROG_LSM_FILE_OPEN},
+    sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_KPROBE, PROG_LSM_FILE_OPEN, PROG_SYS_ENTER},
 };
 use serde::Serialize;
 
@@ -37,7 +39,10 @@ use super::{
 };
 use crate::{
     error::{Error, Result, chain},
-    faults::{FqNeed, Hook},
+    faults::{
+        FqNeed, Hook,
+        sys::{CgroupProgram, cgroup_call_by_hook},
+    },
     kernel::{
         Kernel,
         fmod_ret::{FmodRet, FmodRetError},
@@ -109,9 +114,23 @@ fn injected_failure(count: u32) -> bool {
     std::env::var("CHAOS_TEST_FAIL_ATTACH").ok().and_then(|v| v.parse::<u32>().ok()) == Some(count)
 }
 
+/// A link on a cgroup, held until the session ends (dropping it detaches the program). aya 0.14
+/// turns every cgroup link but the sockopt one into an [`FdLink`].
+#[allow(dead_code)] // held for its Drop
+enum CgroupLink {
+    Fd(FdLink),
+    Sockopt(CgroupSockoptLink),
+}
+
+/// The id of the link the kernel made for program `prog_id` most recently (links of one
+/// program on several cgroups are told apart by being new).
+fn newest_link_of(prog_id: u32) -> u32 {
+    aya::programs::loaded_links().filter_map(|l| l.ok()).filter(|l| l.program_id() == prog_id).map(|l| l.id()).max().unwrap_or(0)
+}
+
 #[derive(Default)]
 pub struct Attachments {
-    cgroup: Vec<(PathBuf, FdLink, u32)>,
+    cgroup: Vec<(PathBuf, CgroupLink, u32)>,
     sys: Vec<SysLink>,
     devices: Vec<DeviceLink>,
     namespaces: Vec<Arc<Netns>>,
@@ -132,18 +151,37 @@ impl Attachments {
                 let id = prog.attach(&cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single).map_err(|e| fail(PROG_CGROUP_INGRESS, &e))?;
                 links.push(FdLink::try_from(prog.take_link(id).map_err(|e| fail(PROG_CGROUP_INGRESS, &e))?).map_err(|e| fail(PROG_CGROUP_INGRESS, &e))?);
             }
-            Hook::CgroupConnect => {
-                for name in [PROG_CONNECT4, PROG_CONNECT6] {
-                    let prog = kernel.program::<CgroupSockAddr>(name, "cgroup sock_addr")?;
-                    let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(|e| fail(name, &e))?;
-                    links.push(FdLink::try_from(prog.take_link(id).map_err(|e| fail(name, &e))?).map_err(|e| fail(name, &e))?);
+            Hook::CgroupSock(hook) => {
+                let call = cgroup_call_by_hook(*hook).ok_or_else(|| Error::Other(anyhow::anyhow!("no cgroup hook {hook}")))?;
+                for &name in call.programs {
+                    let link = match call.kind {
+                        CgroupProgram::SockAddr => {
+                            let prog = kernel.program::<CgroupSockAddr>(name, "cgroup sock_addr")?;
+                            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(|e| fail(name, &e))?;
+                            FdLink::try_from(prog.take_link(id).map_err(|e| fail(name, &e))?)
+                        }
+                        CgroupProgram::Sock => {
+                            let prog = kernel.program::<CgroupSock>(name, "cgroup sock")?;
+                            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(|e| fail(name, &e))?;
+                            FdLink::try_from(prog.take_link(id).map_err(|e| fail(name, &e))?)
+                        }
+                        CgroupProgram::Sockopt => {
+                            let prog = kernel.program::<CgroupSockopt>(name, "cgroup sockopt")?;
+                            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(|e| fail(name, &e))?;
+                            let link = prog.take_link(id).map_err(|e| fail(name, &e))?;
+                            let prog_id = prog.info().map(|i| i.id()).unwrap_or(0);
+                            self.cgroup.push((target.path.clone(), CgroupLink::Sockopt(link), newest_link_of(prog_id)));
+                            continue;
+                        }
+                    };
+                    links.push(link.map_err(|e| fail(name, &e))?);
                 }
             }
             _ => return Ok(()),
         }
         for link in links {
             let link_id = link.info().map(|i| i.id()).unwrap_or(0);
-            self.cgroup.push((target.path.clone(), link, link_id));
+            self.cgroup.push((target.path.clone(), CgroupLink::Fd(link), link_id));
         }
         Ok(())
     }
@@ -187,7 +225,16 @@ impl Attachments {
                 let link = prog.take_link(id).map_err(|e| Error::Other(e.into()))?;
                 SysHeld::Link(FdLink::try_from(link).map_err(|e| Error::Other(e.into()))?)
             }
-            Hook::TcEgress | Hook::CgroupIngress | Hook::CgroupConnect => return Ok(()),
+            Hook::SysEnter => {
+                let btf = btf()?;
+                let prog: &mut BtfTracePoint = kernel.get(PROG_SYS_ENTER)?;
+                if prog.fd().is_err() {
+                    prog.load("sys_enter", &btf).map_err(|e| load_refused("tp_btf", &e))?;
+                }
+                let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching tp_btf sys_enter: {}", chain(&e))))?;
+                SysHeld::Link(prog.take_link(id).map_err(|e| Error::Other(e.into()))?.into())
+            }
+            Hook::TcEgress | Hook::CgroupIngress | Hook::CgroupSock(_) => return Ok(()),
         };
         let link_id = match &held {
             SysHeld::Link(l) => l.info().map(|i| i.id()).unwrap_or(0),

@@ -145,7 +145,10 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
         v
     };
     let mut cgroup_at = Vec::new();
-    for hook in Hook::PER_CGROUP {
+    let mut per_cgroup: Vec<Hook> = faults.iter().flat_map(|f| f.hooks.iter().filter(|h| h.per_cgroup()).cloned()).collect();
+    per_cgroup.sort();
+    per_cgroup.dedup();
+    for hook in per_cgroup {
         let at = with_hook(&hook);
         for &t in &at {
             if !at.iter().any(|&o| o != t && targets[o].contains(&targets[t])) {
@@ -154,7 +157,7 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
         }
     }
     let mut sys_hooks: Vec<Hook> =
-        faults.iter().flat_map(|f| f.hooks.iter().cloned()).filter(|h| *h != Hook::TcEgress && !Hook::PER_CGROUP.contains(h)).collect();
+        faults.iter().flat_map(|f| f.hooks.iter().cloned()).filter(|h| *h != Hook::TcEgress && !h.per_cgroup()).collect();
     sys_hooks.sort();
     sys_hooks.dedup();
     let mut extra_netns: Vec<PathBuf> = faults.iter().flat_map(|f| f.spec.fault.netns().to_vec()).collect();

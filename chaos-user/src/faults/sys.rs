@@ -1,0 +1,317 @@
+//! What every syscall fault shares: which call (by name), strace's `--when`, whose calls are
+//! counted, the sampling percentage, and the table of calls that cgroup hooks can fail.
+
+use chaos_common::sys::{
+    COUNT_CGROUP, COUNT_PROCESS, COUNT_THREAD, HOOK_BIND, HOOK_CONNECT, HOOK_GETSOCKOPT, HOOK_SENDMSG, HOOK_SETSOCKOPT, HOOK_SOCKET,
+    PROG_BIND4, PROG_BIND6, PROG_CONNECT4, PROG_CONNECT6, PROG_GETSOCKOPT, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SETSOCKOPT,
+    PROG_SOCK_CREATE, When,
+};
+use clap::{Args, ValueEnum};
+
+use crate::cli;
+
+/// A call that a hook on the target cgroup can fail with `bpf_set_retval`, on any kernel with
+/// cgroup BPF (5.18+), without LSM or error injection. These hooks see only some of the calls
+/// of their syscall: `note` says which.
+#[derive(Debug)]
+pub struct CgroupCall {
+    /// `chaos_common::sys::HOOK_*`.
+    pub hook: u32,
+    /// The syscalls whose calls reach the hook.
+    pub syscalls: &'static [&'static str],
+    /// The programs attached to the target cgroup, and what aya calls their kind.
+    pub programs: &'static [&'static str],
+    pub kind: CgroupProgram,
+    /// Which calls the hook sees, and so which `--when` counts.
+    pub note: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupProgram {
+    SockAddr,
+    Sock,
+    Sockopt,
+}
+
+/// Every call a cgroup hook can fail. `recvfrom`/`recvmsg` cannot be: their hooks
+/// (`recvmsg4/6`) only rewrite the source address and cannot set an error; `accept`, `listen`,
+/// `shutdown` and AF_UNIX sockets before 6.7 have no hook at all.
+pub const CGROUP_CALLS: &[CgroupCall] = &[
+    CgroupCall {
+        hook: HOOK_SOCKET,
+        syscalls: &["socket"],
+        programs: &[PROG_SOCK_CREATE],
+        kind: CgroupProgram::Sock,
+        note: "inet sockets (AF_INET, AF_INET6) only",
+    },
+    CgroupCall {
+        hook: HOOK_BIND,
+        syscalls: &["bind"],
+        programs: &[PROG_BIND4, PROG_BIND6],
+        kind: CgroupProgram::SockAddr,
+        note: "inet sockets only",
+    },
+    CgroupCall {
+        hook: HOOK_CONNECT,
+        syscalls: &["connect"],
+        programs: &[PROG_CONNECT4, PROG_CONNECT6],
+        kind: CgroupProgram::SockAddr,
+        note: "inet sockets only",
+    },
+    CgroupCall {
+        hook: HOOK_SENDMSG,
+        syscalls: &["sendto", "sendmsg", "sendmmsg"],
+        programs: &[PROG_SENDMSG4, PROG_SENDMSG6],
+        kind: CgroupProgram::SockAddr,
+        note: "unconnected UDP sockets only; one hook for sendto, sendmsg and sendmmsg",
+    },
+    CgroupCall {
+        hook: HOOK_GETSOCKOPT,
+        syscalls: &["getsockopt"],
+        programs: &[PROG_GETSOCKOPT],
+        kind: CgroupProgram::Sockopt,
+        note: "sockets made in the target; the call has done its work when it fails",
+    },
+    CgroupCall {
+        hook: HOOK_SETSOCKOPT,
+        syscalls: &["setsockopt"],
+        programs: &[PROG_SETSOCKOPT],
+        kind: CgroupProgram::Sockopt,
+        note: "sockets made in the target",
+    },
+];
+
+/// The cgroup hook that fails `syscall`, if one does.
+pub fn cgroup_call(syscall: &str) -> Option<&'static CgroupCall> {
+    CGROUP_CALLS.iter().find(|c| c.syscalls.contains(&syscall))
+}
+
+/// The cgroup hook with id `hook`.
+pub fn cgroup_call_by_hook(hook: u32) -> Option<&'static CgroupCall> {
+    CGROUP_CALLS.iter().find(|c| c.hook == hook)
+}
+
+/// The flags of every syscall fault: which call, which of its calls, and how often.
+#[derive(Args, Debug, Clone)]
+pub struct SysCallArgs {
+    /// The syscall, by its x86_64 name (openat, read, fsync, connect, ...).
+    #[arg(long, value_parser = parse_syscall)]
+    pub syscall: String,
+    /// strace's when=FIRST[..LAST][+[STEP]]: only calls FIRST to LAST (default: no end), every
+    /// STEP-th; `3` is the third call only, `3+` the third and later, `2+2` every second from
+    /// the second. Counted per syscall while the fault is live, per thread unless --count-per.
+    /// Cgroup hooks count the calls they see (see `chaos sys syscalls`).
+    #[arg(long, value_name = "SPEC", value_parser = parse_when)]
+    pub when: Option<When>,
+    /// Whose calls --when counts together: each thread's (as strace does), each process's, or
+    /// the whole target's.
+    #[arg(long, value_enum, default_value_t = CountPer::Thread, requires = "when")]
+    pub count_per: CountPer,
+    /// Probability of acting on a call (--when chooses the candidates, this samples them), 0-100.
+    #[arg(long, value_parser = cli::parse_percent, value_name = "P", default_value = "100")]
+    pub percent: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CountPer {
+    Thread,
+    Process,
+    Cgroup,
+}
+
+impl SysCallArgs {
+    /// The syscall's x86_64 number, or a usage error naming close matches.
+    pub fn number(&self) -> crate::error::Result<u32> {
+        syscall_number(&self.syscall)
+    }
+
+    /// The rule's `--when`, with its counting scope.
+    pub fn when(&self) -> When {
+        match self.when {
+            Some(w) => When {
+                scope: match self.count_per {
+                    CountPer::Thread => COUNT_THREAD,
+                    CountPer::Process => COUNT_PROCESS,
+                    CountPer::Cgroup => COUNT_CGROUP,
+                },
+                ..w
+            },
+            None => When::default(),
+        }
+    }
+
+    /// " (calls 3+ of each thread)" or "", for descriptions.
+    pub fn describe_when(&self) -> String {
+        match &self.when {
+            None => String::new(),
+            Some(w) => {
+                let who = match self.count_per {
+                    CountPer::Thread => "thread",
+                    CountPer::Process => "process",
+                    CountPer::Cgroup => "target",
+                };
+                format!(", calls {} of each {who}", format_when(w))
+            }
+        }
+    }
+}
+
+/// A syscall's x86_64 number by name (the `syscalls` crate's table), or a usage error that
+/// names the closest names.
+pub fn syscall_number(name: &str) -> crate::error::Result<u32> {
+    if let Ok(nr) = name.parse::<syscalls::Sysno>() {
+        return Ok(nr.id() as u32);
+    }
+    let mut close: Vec<(f64, &str)> =
+        syscalls::Sysno::iter().map(|s| (strsim::jaro_winkler(name, s.name()), s.name())).filter(|(d, _)| *d > 0.85).collect();
+    close.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let names: Vec<&str> = close.iter().take(3).map(|(_, n)| *n).collect();
+    Err(if names.is_empty() {
+        crate::usage!("there is no x86_64 syscall {name}(): `chaos sys syscalls` lists them")
+    } else {
+        crate::usage!("there is no x86_64 syscall {name}(): did you mean {}?", names.join(", "))
+    })
+}
+
+/// A syscall name: lower-case letters, digits and underscores.
+pub fn parse_syscall(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.len() < 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        Ok(s.to_string())
+    } else {
+        Err(format!("'{s}' is not a syscall name; give one such as openat, read or connect"))
+    }
+}
+
+/// strace's `when=` bounds: FIRST and STEP in 1..65535, LAST in 1..65534.
+const WHEN_MAX: u32 = 65535;
+
+/// `FIRST[..LAST][+[STEP]]`, as strace reads it (man strace, `-e inject`).
+pub fn parse_when(s: &str) -> Result<When, String> {
+    let bad = |why: &str| format!("--when {s:?}: {why}; give FIRST[..LAST][+[STEP]] as strace's when=, e.g. 3, 2..5, 10+ or 1+2");
+    let number = |t: &str, what: &str, max: u32| -> Result<u32, String> {
+        match t.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(bad(&format!("{what} must be a number from 1 to {max}"))),
+        }
+    };
+    let (range, step) = match s.split_once('+') {
+        Some((r, "")) => (r, Some(1)),
+        Some((r, st)) => (r, Some(number(st, "STEP", WHEN_MAX)?)),
+        None => (s, None),
+    };
+    let (first, last) = match range.split_once("..") {
+        Some((f, l)) => (number(f, "FIRST", WHEN_MAX)?, Some(number(l, "LAST", WHEN_MAX - 1)?)),
+        None => (number(range, "FIRST", WHEN_MAX)?, None),
+    };
+    if last.is_some_and(|l| l < first) {
+        return Err(bad("LAST is before FIRST"));
+    }
+    Ok(match (last, step) {
+        // FIRST: that call only.
+        (None, None) => When { first, last: first, step: 1, scope: 0 },
+        (None, Some(step)) => When { first, last: u32::MAX, step, scope: 0 },
+        (Some(last), step) => When { first, last, step: step.unwrap_or(1), scope: 0 },
+    })
+}
+
+/// The spec back in strace's words.
+pub fn format_when(w: &When) -> String {
+    let range = if w.last == w.first {
+        return w.first.to_string();
+    } else if w.last == u32::MAX {
+        w.first.to_string()
+    } else {
+        format!("{}..{}", w.first, w.last)
+    };
+    match (w.last == u32::MAX, w.step) {
+        (true, 1) => format!("{range}+"),
+        (_, 1) => range,
+        (_, step) => format!("{range}+{step}"),
+    }
+}
+
+/// "ENOENT", "enoent" or "2" → 2.
+pub fn parse_errno(s: &str) -> Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..4096).contains(&n) { Ok(n) } else { Err(format!("errno {n} is outside 1-4095")) };
+    }
+    let want = s.to_ascii_uppercase();
+    (1..4096)
+        .find(|&n| errno_name(n).as_deref() == Some(want.as_str()))
+        .ok_or_else(|| format!("'{s}' is not an errno name; give one such as ENOENT, EIO or EACCES, or a number (`chaos sys errnos` lists them)"))
+}
+
+/// An errno's name (`ENOENT`), if this platform names it.
+pub fn errno_name(n: i32) -> Option<String> {
+    let name = format!("{:?}", nix::errno::Errno::from_raw(n));
+    (name != "UnknownErrno").then_some(name)
+}
+
+/// "KILL", "SIGKILL", "sigsegv" or "9" → 9.
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).map(|sig| sig as i32).map_err(|_| format!("{n} is not a signal number"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|sig| sig as i32)
+        .map_err(|_| format!("'{s}' is not a signal name; give one such as KILL, SEGV, BUS or ABRT, or a number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn when_reads_as_strace_reads_it() {
+        let w = |first, last, step| When { first, last, step, scope: 0 };
+        assert_eq!(parse_when("3"), Ok(w(3, 3, 1)));
+        assert_eq!(parse_when("2..5"), Ok(w(2, 5, 1)));
+        assert_eq!(parse_when("2..5+"), Ok(w(2, 5, 1)));
+        assert_eq!(parse_when("10+"), Ok(w(10, u32::MAX, 1)));
+        assert_eq!(parse_when("1+2"), Ok(w(1, u32::MAX, 2)));
+        assert_eq!(parse_when("4..10+3"), Ok(w(4, 10, 3)));
+        for bad in ["0", "", "5..2", "1..65535", "65536", "x", "3+0", "1...4", "+2", "3-"] {
+            assert!(parse_when(bad).is_err(), "{bad:?}");
+        }
+        for spec in ["3", "2..5", "10+", "1+2", "4..10+3"] {
+            assert_eq!(format_when(&parse_when(spec).unwrap()), spec);
+        }
+    }
+
+    #[test]
+    fn errnos_and_signals_by_name_or_number() {
+        assert_eq!(parse_errno("ENOENT"), Ok(2));
+        assert_eq!(parse_errno("eacces"), Ok(13));
+        assert_eq!(parse_errno("5"), Ok(5));
+        assert!(parse_errno("0").is_err());
+        assert!(parse_errno("EWHATEVER").is_err());
+        assert_eq!(parse_signal("KILL"), Ok(9));
+        assert_eq!(parse_signal("sigsegv"), Ok(11));
+        assert_eq!(parse_signal("7"), Ok(7));
+        assert!(parse_signal("SIGNOPE").is_err());
+        assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn syscall_names_are_checked_with_close_matches() {
+        assert_eq!(parse_syscall("openat"), Ok("openat".into()));
+        assert!(parse_syscall("open at").is_err());
+        assert!(parse_syscall("../x").is_err());
+        assert_eq!(syscall_number("fsync").unwrap(), 74);
+        let e = syscall_number("opnat").unwrap_err().to_string();
+        assert!(e.contains("did you mean") && e.contains("openat"), "{e}");
+    }
+
+    #[test]
+    fn every_cgroup_call_is_a_syscall_once() {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in CGROUP_CALLS {
+            for s in c.syscalls {
+                assert!(syscall_number(s).is_ok(), "{s}");
+                assert!(seen.insert(*s), "{s} twice");
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `sys.signal`: the calling thread gets a signal as it enters a syscall (strace's `signal=`),
+//! from tp_btf `sys_enter` and `bpf_send_signal_thread`, on any kernel with BTF (the host too).
+//! The kernel makes a signal that kills fatal as it is sent (`complete_signal`), so a call that
+//! checks `fatal_signal_pending` (a write to a regular file, measured) gives up before its work.
+
+use chaos_common::{
+    Action, Counters, Rule, ppm_to_threshold,
+    sys::HOOK_SYS_ENTER,
+};
+use clap::{ArgMatches, Args, FromArgMatches};
+
+use super::{
+    Fault, Hook, Kind,
+    sys::{SysCallArgs, parse_signal},
+};
+use crate::{cli, error::Result, probe::Backend, usage};
+
+pub const KIND: Kind = Kind { name: "sys.signal", family: "sys", verb: "signal", command, build };
+
+fn command() -> clap::Command {
+    SysSignalArgs::augment_args(clap::Command::new("signal"))
+        .about("Send a signal to the thread that makes a syscall, for the target's processes only (strace's signal=).")
+        .after_help(
+            "The signal is sent as the call enters. A signal that kills (KILL, or one with no handler whose \
+             default action is to end the process) is fatal at once: a call that checks for a fatal signal gives \
+             up without doing its work (a write to a regular file, a read or wait that would block), as under \
+             strace, which skips it; one that does not check completes (getpid, a write to a pipe with room). A handled signal is delivered on the \
+             way back to user mode: the call runs first, and a blocking call is interrupted (EINTR, or restarted \
+             as signal(7) says for the handler).\n\n\
+             Examples:\n  chaos sys signal --cgroup /system.slice/api.service --syscall write --signal KILL --when 1000\n  \
+             chaos sys signal --pid 4242 --syscall mmap --signal SEGV --percent 1 --for 5m",
+        )
+}
+
+fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
+    let a = SysSignalArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
+    let nr = a.call.number()?;
+    Ok(Box::new(SysSignal { call: a.call, nr, signal: a.signal }))
+}
+
+#[derive(Args, Debug)]
+pub struct SysSignalArgs {
+    #[command(flatten)]
+    pub call: SysCallArgs,
+    /// The signal: a name (KILL, SEGV, BUS, ABRT, TERM, ...) or a number.
+    #[arg(long, value_parser = parse_signal)]
+    pub signal: i32,
+}
+
+#[derive(Debug)]
+pub struct SysSignal {
+    pub call: SysCallArgs,
+    pub nr: u32,
+    pub signal: i32,
+}
+
+impl Fault for SysSignal {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn describe(&self) -> String {
+        let name = nix::sys::signal::Signal::try_from(self.signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| self.signal.to_string());
+        format!("send {name} on {} of {}() calls{}", super::percent(self.call.percent), self.call.syscall, self.call.describe_when())
+    }
+
+    fn needs(&self) -> Vec<&'static [Backend]> {
+        vec![&[Backend::TpBtfSignal]]
+    }
+
+    fn hooks(&self, _available: &[Backend]) -> Result<Vec<Hook>> {
+        Ok(vec![Hook::SysEnter])
+    }
+
+    fn fill(&self, rule: &mut Rule, _hooks: &[Hook]) -> Result<()> {
+        rule.action = Action::SysSignal as u32;
+        rule.threshold = ppm_to_threshold(self.call.percent);
+        rule.sys.hook = HOOK_SYS_ENTER;
+        rule.sys.syscall_nr = self.nr;
+        rule.sys.signal = self.signal as u32;
+        rule.sys.when = self.call.when();
+        Ok(())
+    }
+
+    fn report(&self, c: &Counters) -> Vec<(&'static str, u64)> {
+        vec![("signalled", c.injected)]
+    }
+}

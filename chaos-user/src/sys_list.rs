@@ -1,0 +1,97 @@
+//! `chaos sys syscalls` and `chaos sys errnos`: what this kernel lets chaos do to each syscall,
+//! from `chaos probe`'s findings and the kernel's own symbols, and the errno names.
+
+use std::{collections::BTreeSet, fmt::Write};
+
+use serde::Serialize;
+
+use crate::{
+    faults::{sys::cgroup_call, sys_fail::backends_for},
+    probe::{Backend, Report},
+};
+
+#[derive(Debug, Serialize)]
+pub struct SyscallRow {
+    pub name: &'static str,
+    pub nr: u32,
+    /// The backend `chaos sys fail --backend auto` would use, or "none".
+    pub fail: String,
+    /// `chaos sys signal`: "tp_btf" or "none".
+    pub signal: &'static str,
+    /// Why: which calls a cgroup hook sees, or why nothing can fail the syscall here.
+    pub note: String,
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::CgroupSockAddr => "cgroup",
+        Backend::BpfLsm => "lsm",
+        Backend::FmodRetSecurity | Backend::FmodRetSyscall => "fmod-ret",
+        Backend::KprobeOverride => "kprobe",
+        _ => "other",
+    }
+}
+
+/// Every x86_64 syscall (the `syscalls` crate's table), with what this kernel offers for it.
+pub fn syscalls(report: &Report) -> Vec<SyscallRow> {
+    let works = |b: Backend| report.checks.iter().any(|c| c.backend == b && c.works);
+    let reason = |b: Backend| report.checks.iter().find(|c| c.backend == b).and_then(|c| c.reason.clone()).unwrap_or_default();
+    // fmod_ret and kprobes need the syscall's entry function in this kernel.
+    let entries: BTreeSet<String> = std::fs::read_to_string("/proc/kallsyms")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter_map(|s| s.strip_prefix("__x64_sys_").map(str::to_string))
+        .collect();
+    let signal = if works(Backend::TpBtfSignal) { "tp_btf" } else { "none" };
+    syscalls::Sysno::iter()
+        .map(|s| {
+            let name = s.name();
+            let usable = |b: Backend| works(b) && (!matches!(b, Backend::FmodRetSyscall | Backend::KprobeOverride) || entries.contains(name));
+            let (fail, note) = match backends_for(name).iter().copied().find(|&b| usable(b)) {
+                Some(b) => (backend_name(b).to_string(), if b == Backend::CgroupSockAddr { cgroup_call(name).map(|c| c.note.to_string()).unwrap_or_default() } else { String::new() }),
+                None if !entries.is_empty() && !entries.contains(name) && cgroup_call(name).is_none() => {
+                    ("none".into(), format!("this kernel has no __x64_sys_{name}"))
+                }
+                None => {
+                    let first = backends_for(name)[0];
+                    ("none".into(), format!("{}: {}", first.label(), reason(first)))
+                }
+            };
+            SyscallRow { name, nr: s.id() as u32, fail, signal, note }
+        })
+        .collect()
+}
+
+pub fn syscalls_text(rows: &[SyscallRow]) -> String {
+    let mut out = format!("{:<24} {:>4}  {:<9} {:<7} note\n", "syscall", "nr", "fail", "signal");
+    for r in rows {
+        let _ = writeln!(out, "{:<24} {:>4}  {:<9} {:<7} {}", r.name, r.nr, r.fail, r.signal, r.note);
+    }
+    let failing = rows.iter().filter(|r| r.fail != "none").count();
+    let _ = writeln!(out, "\n{failing} of {} syscalls can be failed on this kernel; `chaos probe` explains each backend.", rows.len());
+    out
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrnoRow {
+    pub name: String,
+    pub number: i32,
+    pub description: &'static str,
+}
+
+pub fn errnos() -> Vec<ErrnoRow> {
+    (1..4096)
+        .filter_map(|n| {
+            crate::faults::sys::errno_name(n).map(|name| ErrnoRow { name, number: n, description: nix::errno::Errno::from_raw(n).desc() })
+        })
+        .collect()
+}
+
+pub fn errnos_text(rows: &[ErrnoRow]) -> String {
+    let mut out = String::new();
+    for r in rows {
+        let _ = writeln!(out, "{:<16} {:>4}  {}", r.name, r.number, r.description);
+    }
+    out
+}
