@@ -47,7 +47,12 @@ pub fn syscalls(report: &Report) -> Vec<SyscallRow> {
     syscalls::Sysno::iter()
         .map(|s| {
             let name = s.name();
-            let usable = |b: Backend| works(b) && (!matches!(b, Backend::FmodRetSyscall | Backend::KprobeOverride) || entries.contains(name));
+            let entry = format!("__x64_sys_{name}");
+            let usable = |b: Backend| {
+                works(b)
+                    && (!matches!(b, Backend::FmodRetSyscall | Backend::KprobeOverride) || entries.contains(name))
+                    && (b != Backend::FmodRetSyscall || crate::kernel::btf_has_function(&entry) != Some(false))
+            };
             let (fail, note) = match backends_for(name).iter().copied().find(|&b| usable(b)) {
                 Some(b) => (backend_name(b).to_string(), if b == Backend::CgroupSockAddr { cgroup_call(name).map(|c| c.note.to_string()).unwrap_or_default() } else { String::new() }),
                 None if !entries.is_empty() && !entries.contains(name) && cgroup_call(name).is_none() => {

@@ -68,10 +68,11 @@ pub enum Workload {
     /// Make one syscall --count times in each of --threads threads: open (and close) a file,
     /// fsync it, connect to --to (a new TCP socket each time), socket (a UDP socket, closed),
     /// bind (a new UDP socket to 127.0.0.1:0), sendto (--to, from one unconnected UDP socket),
-    /// getsockopt/setsockopt (on one UDP socket), write (a byte to --path, or to /dev/null). Counts the results by
-    /// errno, and lists which calls (from 1, per thread) failed.
+    /// getsockopt/setsockopt (on one UDP socket), write (a byte to --path, or to /dev/null),
+    /// getppid. Counts the results by errno and the values successful calls returned, and lists
+    /// which calls (from 1, per thread) failed.
     SyscallLoop {
-        #[arg(long, value_parser = ["open", "fsync", "connect", "socket", "bind", "sendto", "getsockopt", "setsockopt", "write"])]
+        #[arg(long, value_parser = ["open", "fsync", "connect", "socket", "bind", "sendto", "getsockopt", "setsockopt", "write", "getppid"])]
         call: String,
         /// Wait for a line on stdin before the first call (so a fault can start after this
         /// process has already executed: an LSM file_open fault would otherwise fail its exec).
@@ -177,6 +178,7 @@ enum LoopCall {
     Getsockopt(UdpSocket),
     Setsockopt(UdpSocket),
     Write(std::fs::File),
+    Getppid,
 }
 
 impl LoopCall {
@@ -192,26 +194,31 @@ impl LoopCall {
             "sendto" => LoopCall::SendTo(udp()?, to.ok_or_else(|| need("--to"))?),
             "getsockopt" => LoopCall::Getsockopt(udp()?),
             "setsockopt" => LoopCall::Setsockopt(udp()?),
+            "getppid" => LoopCall::Getppid,
             "write" => LoopCall::Write(std::fs::OpenOptions::new().append(true).create(true).open(path.unwrap_or("/dev/null".as_ref()))?),
             other => anyhow::bail!("no call {other}"),
         })
     }
 
-    fn once(&self) -> std::io::Result<()> {
+    /// One call: what it returned (0 where the call's value says nothing), or its error.
+    fn once(&self) -> std::io::Result<i64> {
         use nix::sys::socket::{self, sockopt};
-        fn io<T>(r: nix::Result<T>) -> std::io::Result<()> {
-            r.map(drop).map_err(std::io::Error::from)
+        fn io<T>(r: nix::Result<T>) -> std::io::Result<i64> {
+            r.map(|_| 0).map_err(std::io::Error::from)
         }
         match self {
-            LoopCall::Open(path) => std::fs::File::open(path).map(drop),
-            LoopCall::Fsync(f) => f.sync_all(),
-            LoopCall::Connect(to) => TcpStream::connect_timeout(to, Duration::from_secs(5)).map(drop),
+            LoopCall::Open(path) => std::fs::File::open(path).map(|_| 0),
+            LoopCall::Fsync(f) => f.sync_all().map(|_| 0),
+            LoopCall::Connect(to) => TcpStream::connect_timeout(to, Duration::from_secs(5)).map(|_| 0),
             LoopCall::Socket => io(socket::socket(socket::AddressFamily::Inet, socket::SockType::Datagram, socket::SockFlag::SOCK_CLOEXEC, None)),
-            LoopCall::Bind => UdpSocket::bind("127.0.0.1:0").map(drop),
-            LoopCall::SendTo(sock, to) => sock.send_to(b"x", to).map(drop),
+            LoopCall::Bind => UdpSocket::bind("127.0.0.1:0").map(|_| 0),
+            LoopCall::SendTo(sock, to) => sock.send_to(b"x", to).map(|n| n as i64),
             LoopCall::Getsockopt(sock) => io(socket::getsockopt(sock, sockopt::SockType)),
             LoopCall::Setsockopt(sock) => io(socket::setsockopt(sock, sockopt::ReuseAddr, &true)),
-            LoopCall::Write(f) => (&*f).write(b"x").map(drop),
+            LoopCall::Write(f) => (&*f).write(b"x").map(|n| n as i64),
+            // SAFETY: getppid(2) has no preconditions and cannot fail; called directly, so a
+            // replaced return value is seen as is.
+            LoopCall::Getppid => Ok(unsafe { libc::syscall(libc::SYS_getppid) }),
         }
     }
 }
@@ -226,14 +233,21 @@ fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAdd
         std::io::stdin().read_line(&mut String::new())?;
     }
     let start = Instant::now();
-    let per_thread: Vec<(u64, std::collections::BTreeMap<i32, u64>, Vec<u64>)> = std::thread::scope(|s| {
+    type Outcomes = (u64, std::collections::BTreeMap<i32, u64>, Vec<u64>, std::collections::BTreeMap<i64, u64>);
+    let per_thread: Vec<Outcomes> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
                     let (mut ok, mut errors, mut failed_at) = (0u64, std::collections::BTreeMap::<i32, u64>::new(), Vec::new());
+                    let mut values = std::collections::BTreeMap::<i64, u64>::new();
                     for n in 1..=count {
                         match call.once() {
-                            Ok(()) => ok += 1,
+                            Ok(v) => {
+                                ok += 1;
+                                if values.len() < 100 {
+                                    *values.entry(v).or_default() += 1;
+                                }
+                            }
                             Err(e) => {
                                 *errors.entry(e.raw_os_error().unwrap_or(-1)).or_default() += 1;
                                 if n <= 1000 {
@@ -242,7 +256,7 @@ fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAdd
                             }
                         }
                     }
-                    (ok, errors, failed_at)
+                    (ok, errors, failed_at, values)
                 })
             })
             .collect();
@@ -250,13 +264,20 @@ fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAdd
     });
     let ok: u64 = per_thread.iter().map(|t| t.0).sum();
     let mut errors = std::collections::BTreeMap::<i32, u64>::new();
-    for (_, e, _) in &per_thread {
+    let mut values = std::collections::BTreeMap::<i64, u64>::new();
+    for (_, e, _, vals) in &per_thread {
         for (k, v) in e {
             *errors.entry(*k).or_default() += v;
         }
+        for (k, v) in vals {
+            *values.entry(*k).or_default() += v;
+        }
     }
     let failed_at: Vec<&Vec<u64>> = per_thread.iter().map(|t| &t.2).collect();
-    println!("{}", json!({"calls": count * threads as u64, "ok": ok, "errors": errors, "failed_at": failed_at, "secs": start.elapsed().as_secs_f64()}));
+    println!(
+        "{}",
+        json!({"calls": count * threads as u64, "ok": ok, "errors": errors, "values": values, "failed_at": failed_at, "secs": start.elapsed().as_secs_f64()})
+    );
     Ok(())
 }
 

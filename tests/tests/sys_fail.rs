@@ -310,3 +310,37 @@ fn bad_when_or_retval_is_bad_input_with_the_reason() {
     assert_eq!((code, err.len()), (2, 1), "{err:?}");
     assert!(err[0].contains("did you mean") && err[0].contains("openat"), "{err:?}");
 }
+
+/// `--retval` (strace's retval=): where fmod_ret or kprobe override can replace a syscall's
+/// result, the selected calls return the value without running; elsewhere chaos exits 3 naming
+/// what is missing.
+#[test]
+fn retval_replaces_the_result_where_a_backend_can() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    // getppid takes no argument: its entry has no BTF, so fmod_ret cannot have it and auto takes
+    // the kprobe; write goes through fmod_ret where the lane has it.
+    for (call, backend, lane_can) in [("getppid", "auto", lane_has("kprobe_override")), ("write", "fmod-ret", lane_has("fmod_ret_syscall"))] {
+        let args = ["sys", "fail", "--cgroup", &cg, "--syscall", call, "--retval", "4242", "--when", "2+2", "--backend", backend, "--for", "60s", "--json"];
+        if !lane_can {
+            let (code, _, err) = run_chaos(&args);
+            assert_eq!((code, err.len()), (3, 1), "no backend replaces {call}'s result on this lane: {err:?}");
+            assert!(err[0].contains("cannot do it"), "{err:?}");
+            continue;
+        }
+        let caller = |place| {
+            let mut p = sb.spawn(place, &["syscall-loop", "--wait", "--call", call, "--count", "6"]);
+            p.ready();
+            p
+        };
+        let (target, bystander) = (caller(Place::Target), caller(Place::Bystander));
+        let chaos = start_chaos(&args.map(String::from));
+        let (target, bystander) = (run_calls(target), run_calls(bystander));
+        let summary = stop_chaos(chaos);
+        assert_eq!(target["values"]["4242"], 3, "{call}: calls 2, 4 and 6 returned 4242: {target}");
+        assert_eq!(target["ok"], 6, "{target}");
+        assert!(bystander["values"].get("4242").is_none(), "a process outside the cgroup is untouched: {bystander}");
+        assert_eq!(counter(&summary, 0, "failed"), 3, "{summary}");
+    }
+}

@@ -144,9 +144,19 @@ impl Fault for SysFail {
     }
 
     fn hooks(&self, available: &[Backend]) -> Result<Vec<Hook>> {
+        // fmod_ret on the syscall's entry attaches by its BTF id, which a zero-argument syscall's
+        // entry (an alias) does not have: such a syscall goes to the next backend.
+        let entry_in_btf = || crate::kernel::btf_has_function(&self.entry()) != Some(false);
+        let usable = |b: &Backend| available.contains(b) && (*b != Backend::FmodRetSyscall || self.open_family() && matches!(self.result, Failure::Errno(_)) || entry_in_btf());
         let backend = match self.backend {
+            SysBackend::FmodRet if !usable(&Backend::FmodRetSyscall) && !(self.open_family() && matches!(self.result, Failure::Errno(_))) => {
+                return Err(usage!(
+                    "fmod_ret cannot attach to {}: this kernel's BTF has no such function (a zero-argument syscall's entry is an alias); use --backend kprobe",
+                    self.entry()
+                ));
+            }
             SysBackend::Auto => {
-                let first = self.needs()[0].iter().find(|b| available.contains(b)).copied();
+                let first = self.needs()[0].iter().find(|b| usable(b)).copied();
                 match first {
                     Some(Backend::CgroupSockAddr) => SysBackend::Cgroup,
                     Some(Backend::BpfLsm) => SysBackend::Lsm,

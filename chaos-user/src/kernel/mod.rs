@@ -364,3 +364,11 @@ pub fn wait_for_coarse_clock(t: u64) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+/// Whether the kernel's BTF describes function `name` (None without BTF). fmod_ret attaches by
+/// BTF id, and a zero-argument syscall's `__x64_sys_NAME` is an alias, which has none.
+pub fn btf_has_function(name: &str) -> Option<bool> {
+    static BTF: std::sync::OnceLock<Option<aya::Btf>> = std::sync::OnceLock::new();
+    let btf = BTF.get_or_init(|| aya::Btf::from_sys_fs().ok()).as_ref()?;
+    Some(btf.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func).is_ok())
+}
