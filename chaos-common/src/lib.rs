@@ -47,6 +47,12 @@ pub const PRNG_MAP: &str = "CHAOS_PRNG";
 /// Flows the stall fault tracks ([`net::FlowKey`] → payload bytes so far), least recently used
 /// ones forgotten first.
 pub const FLOWS_MAP: &str = "CHAOS_FLOWS";
+/// Name of the ring buffer of injected calls (`--log-calls`, [`sys::CallRecord`]).
+pub const CALL_LOG_MAP: &str = "CHAOS_CALL_LOG";
+/// Its size in bytes: 8192 records.
+pub const CALL_LOG_BYTES: u32 = 8192 * 32;
+/// Name of the map from a call's key ([`sys::SysMatch::rules_key`]) to the rules that match it.
+pub const SYS_RULES_MAP: &str = "CHAOS_SYS_RULES";
 /// Name of the map of calls counted for `--when` ([`sys::CallKey`] → calls so far).
 pub const CALLS_MAP: &str = "CHAOS_CALLS";
 /// How many flows the stall fault tracks at once.
@@ -311,11 +317,17 @@ pub enum KernelError {
     /// A loss model's shared state kept changing under this CPU: the packet was decided from the
     /// state read, which did not move.
     ModelContended = 5,
+    /// `--log-calls`: an injected call's record did not fit in the ring buffer (chaos reads it
+    /// ten times a second); the call was injected and counted all the same.
+    CallLogFull = 6,
+    /// A call that more than [`sys::RULES_PER_CALL`] rules of its caller match: it was decided
+    /// against the first ones only.
+    SysRulesSkipped = 7,
 }
-pub const KERNEL_ERROR_KINDS: u32 = 6;
+pub const KERNEL_ERROR_KINDS: u32 = 8;
 /// Names for reports, by [`KernelError`] value.
 pub const KERNEL_ERROR_NAMES: [&str; KERNEL_ERROR_KINDS as usize] =
-    ["header_load", "rule_lookup", "deep_cgroup", "ipv6_headers", "packet_write", "model_contended"];
+    ["header_load", "rule_lookup", "deep_cgroup", "ipv6_headers", "packet_write", "model_contended", "call_log_full", "sys_rules_skipped"];
 
 /// Converts a probability in parts per million (0..=1_000_000) into the threshold the kernel
 /// compares a `bpf_get_prandom_u32()` value against: inject when `random < threshold`.

@@ -50,6 +50,11 @@ pub const PROG_SETSOCKOPT: &str = "chaos_sys_setsockopt";
 /// tp_btf `sys_enter`: signals.
 pub const PROG_SYS_ENTER: &str = "chaos_sys_enter";
 
+/// How many of the rules that match one call it is decided against (in rule order, until one
+/// acts): each is verified as its own copy of the decision, and a session rarely has two rules
+/// for one syscall of one process. More are counted as `sys_rules_skipped`.
+pub const RULES_PER_CALL: u32 = 4;
+
 /// [`When::scope`]: whose calls are counted together.
 pub const COUNT_THREAD: u32 = 0;
 pub const COUNT_PROCESS: u32 = 1;
@@ -91,6 +96,25 @@ pub struct CallKey {
     pub what: u32,
 }
 
+/// One injected call, as `--log-calls` prints it (from [`crate::CALL_LOG_MAP`], a ring buffer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub rule: u32,
+    /// The rule's syscall (a cgroup hook's rule names the call it was given, e.g. sendto for
+    /// every send its hook sees).
+    pub nr: u32,
+    /// `Action` as u32: what was done.
+    pub action: u32,
+    pub signal: u32,
+    /// What the call returned instead (`SysFail`).
+    pub retval: i64,
+}
+
+const _: () = assert!(core::mem::size_of::<CallRecord>() == 32);
+
 /// The filter and effect of a syscall rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,7 +128,8 @@ pub struct SysMatch {
     pub when: When,
     /// `SysSignal`: the signal's number.
     pub signal: u32,
-    pub _pad: u32,
+    /// 1: every call the rule injects is logged to [`crate::CALL_LOG_MAP`] (`--log-calls`).
+    pub log: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<SysMatch>() == 40);
@@ -120,6 +145,13 @@ impl SysMatch {
     #[inline(always)]
     pub const fn per_syscall(hook: u32) -> bool {
         hook == HOOK_SYSCALL || hook == HOOK_SYS_ENTER
+    }
+
+    /// The key of [`crate::SYS_RULES_MAP`] for a call caught at `hook` (syscall `nr`): the
+    /// rules that match it, so a hook finds them without walking every rule.
+    #[inline(always)]
+    pub const fn rules_key(hook: u32, nr: u32) -> u64 {
+        ((hook as u64) << 32) | if Self::per_syscall(hook) { nr as u64 } else { 0 }
     }
 
     /// What `--when` counts a call at `hook` as.
@@ -147,6 +179,8 @@ mod tests {
         assert!(!SysMatch::default().matches(HOOK_FILE_OPEN, 0), "a packet rule is no syscall rule");
         let write = SysMatch { hook: HOOK_SYS_ENTER, syscall_nr: 1, ..Default::default() };
         assert!(write.matches(HOOK_SYS_ENTER, 1) && !write.matches(HOOK_SYS_ENTER, 0));
+        assert_ne!(SysMatch::rules_key(HOOK_SYS_ENTER, 1), SysMatch::rules_key(HOOK_SYSCALL, 1), "hooks are told apart");
+        assert_eq!(SysMatch::rules_key(HOOK_CONNECT, 42), SysMatch::rules_key(HOOK_CONNECT, 0), "a cgroup hook does not know the number");
     }
 
     /// man strace, `-e inject=...:when=`.

@@ -7,10 +7,10 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xchg};
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use chaos_common::{
-    Counters, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CALL_COUNTS, MAX_CGROUP_DEPTH, MAX_FLOWS, MAX_RULES, MAX_TARGETS, Rule,
+    CALL_LOG_BYTES, Counters, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CALL_COUNTS, MAX_CGROUP_DEPTH, MAX_FLOWS, MAX_RULES, MAX_TARGETS, Rule,
     SessionConfig, TargetRules,
     loss::{LossState, Prng, lost},
     net::{FlowKey, Packet, pace, transmit_ns},
@@ -147,6 +147,15 @@ pub fn sent_at_once(i: u32, rule: &Rule) -> bool {
 /// the hand loader of fmod_ret programs finds maps by their global symbols.
 #[map]
 pub static CHAOS_CALLS: LruHashMap<CallKey, u64> = LruHashMap::with_max_entries(MAX_CALL_COUNTS, 0);
+
+/// Name must equal chaos_common::SYS_RULES_MAP: a call's key (hook, syscall) → the rules that
+/// match it.
+#[map]
+pub static CHAOS_SYS_RULES: HashMap<u64, u64> = HashMap::with_max_entries(MAX_RULES, 0);
+
+/// Name must equal chaos_common::CALL_LOG_MAP: the calls `--log-calls` rules injected.
+#[map]
+pub static CHAOS_CALL_LOG: RingBuf = RingBuf::with_byte_size(CALL_LOG_BYTES, 0);
 
 /// Name must equal chaos_common::FLOWS_MAP: the payload bytes each flow of a stall rule carried.
 #[map]

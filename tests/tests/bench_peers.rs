@@ -39,55 +39,107 @@ fn row(section: &str, measure: &str, rounds: &[(f64, f64, Option<f64>)], peer_na
     eprintln!("BENCH| {json}");
 }
 
-/// Seconds for OPENS open+close calls by a process in `cg`, optionally under strace.
-fn open_loop(cg: &TempCgroup, path: &str, strace: bool) -> f64 {
-    let count = OPENS.to_string();
+/// Connect calls per round (a TCP connection to a listener on loopback, closed at once).
+const CONNECTS: u64 = 2_000;
+
+/// Seconds for `count` calls of `syscall-loop ARGS` by a process in `cg`, optionally under
+/// `strace -e inject=INJECT` (tracing the injected syscall). Returns (seconds, calls that failed).
+fn call_loop(cg: &std::path::Path, args: &[&str], count: u64, strace: Option<&str>) -> (f64, u64) {
+    let count_text = count.to_string();
     let chaos = chaos_bin().display().to_string();
-    let mut argv: Vec<&str> = Vec::new();
-    if strace {
-        // Traces openat and arms an injection that never fires (at call 65535, strace's largest; OPENS is below it): the cost of the peer's
-        // mechanism itself, as chaos's rules below run at 0%.
-        argv.extend(["strace", "-f", "-o", "/dev/null", "-e", "trace=openat", "-e", "inject=openat:error=ENOENT:when=65535"]);
+    let mut argv: Vec<String> = Vec::new();
+    if let Some(inject) = strace {
+        let traced = inject.split(':').next().unwrap_or_default();
+        argv.extend(["strace", "-f", "-o", "/dev/null", "-e", &format!("trace={traced}"), "-e", &format!("inject={inject}")].map(String::from));
     }
-    argv.extend([chaos.as_str(), "workload", "syscall-loop", "--call", "open", "--path", path, "--count", &count]);
-    let mut cmd = Command::new(argv[0]);
+    argv.extend([chaos.as_str(), "workload", "syscall-loop"].map(String::from));
+    argv.extend(args.iter().map(|a| a.to_string()));
+    argv.extend(["--count".to_string(), count_text]);
+    let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let out = Proc::new(spawn_in(&mut cmd, Some(&cg.path), None).expect("spawn"), "open loop".into()).json(Duration::from_secs(600));
-    assert_eq!(out["ok"].as_u64(), Some(OPENS), "{out}");
-    out["secs"].as_f64().expect("secs")
+    let out = Proc::new(spawn_in(&mut cmd, Some(cg), None).expect("spawn"), format!("{args:?} loop")).json(Duration::from_secs(600));
+    let failed: u64 = out["errors"].as_object().map(|m| m.values().filter_map(Value::as_u64).sum()).unwrap_or(0);
+    assert_eq!(out["ok"].as_u64().unwrap_or(0) + failed, count, "{out}");
+    (out["secs"].as_f64().expect("secs"), failed)
+}
+
+/// One syscall workload measured every way the issue asks: the workload alone; with a chaos rule
+/// at 0% (every call decided, none failed) and at 100%, in the target and, for the rule at 0%,
+/// in a bystander cgroup beside it; and strace's inject, armed and not firing (at call 65535,
+/// strace's largest; the counts are below it) and firing on every call. µs per call.
+struct CallBench<'a> {
+    what: &'a str,
+    args: &'a [&'a str],
+    count: u64,
+    /// (strace inject armed, firing), e.g. "openat:error=ENOENT".
+    inject: &'a str,
+}
+
+fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, backends: &[(&str, &str)], fail: &[&str]) {
+    let (target_s, us) = (cg.path.display().to_string(), |secs: f64| secs * 1e6 / b.count as f64);
+    let run = |at: &TempCgroup, strace: Option<&str>| us(call_loop(&at.path, b.args, b.count, strace).0);
+    // Per backend: (0% target, 0% bystander, 100% target) per round.
+    let mut with: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); backends.len()];
+    let (mut base, mut base_by, mut armed, mut firing) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        base.push(run(cg, None));
+        base_by.push(run(bystander, None));
+        for (i, (backend, _)) in backends.iter().enumerate() {
+            let start = |percent: &str| {
+                let mut a: Vec<String> = ["sys", "fail", "--cgroup", &target_s, "--percent", percent, "--backend", backend, "--for", "10m", "--json"].map(String::from).to_vec();
+                a.extend(fail.iter().map(|s| s.to_string()));
+                start_chaos(&a)
+            };
+            let chaos = start("0");
+            let (t, by) = (run(cg, None), run(bystander, None));
+            stop_chaos(chaos);
+            let chaos = start("100");
+            let all = run(cg, None);
+            stop_chaos(chaos);
+            with[i].push((t, by, all));
+        }
+        armed.push(run(cg, Some(&format!("{}:when=65535", b.inject))));
+        firing.push(run(cg, Some(b.inject)));
+    }
+    let section = format!(
+        "Syscall faults in the errinj guest: {} {} calls by a process in the target cgroup, or in a bystander cgroup beside it (µs per call; baseline: the workload alone in the same cgroup; peer: strace -e inject=, armed and not firing for the 0% rows, firing on every call for the 100% rows)",
+        b.count, b.what
+    );
+    for (i, (backend, _)) in backends.iter().enumerate() {
+        let r = &with[i];
+        let at0: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|k| (base[k], r[k].0, Some(armed[k]))).collect();
+        row(&section, &format!("{}: chaos --backend {backend}, rule at 0%, target", b.what), &at0, Some("strace"), Some(("≤ ×1.05", |r| r <= 1.05)));
+        let by: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|k| (base_by[k], r[k].1, None)).collect();
+        row(&section, &format!("{}: chaos --backend {backend}, rule at 0%, bystander", b.what), &by, None, Some(("≤ ×1.01", |r| r <= 1.01)));
+        let at100: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|k| (base[k], r[k].2, Some(firing[k]))).collect();
+        row(&section, &format!("{}: chaos --backend {backend}, rule at 100% (every call failed)", b.what), &at100, Some("strace"), None);
+    }
 }
 
 fn syscalls(report: &Value) {
     let cg = TempCgroup::new(&unique("bench")).expect("cgroup");
+    let bystander = TempCgroup::new(&unique("bench-by")).expect("cgroup");
     let file = std::env::temp_dir().join(unique("bench-file"));
     std::fs::write(&file, b"x").expect("file");
     let path = file.display().to_string();
-    let cgs = cg.path.display().to_string();
-    let backends: Vec<(&str, &str)> = [("lsm", "bpf_lsm"), ("fmod-ret", "fmod_ret_security"), ("kprobe", "kprobe_override")]
-        .into_iter()
-        .filter(|(_, probe_name)| backend(report, probe_name).0)
-        .collect();
-    let mut base = Vec::new();
-    let mut with: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
-    let mut traced = Vec::new();
-    for _ in 0..ROUNDS {
-        base.push(open_loop(&cg, &path, false));
-        for (i, (b, _)) in backends.iter().enumerate() {
-            let chaos = start_chaos(
-                &["sys", "fail", "--cgroup", &cgs, "--syscall", "openat", "--errno", "ENOENT", "--percent", "0", "--backend", b, "--for", "10m", "--json"]
-                    .map(String::from),
-            );
-            with[i].push(open_loop(&cg, &path, false));
-            stop_chaos(chaos);
+    let works = |list: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
+        list.iter().copied().filter(|(_, probe_name)| backend(report, probe_name).0).collect()
+    };
+    let opens = CallBench { what: "open+close", args: &["--call", "open", "--path", &path], count: OPENS, inject: "openat:error=ENOENT" };
+    call_bench(&opens, &cg, &bystander, &works(&[("lsm", "bpf_lsm"), ("fmod-ret", "fmod_ret_security"), ("kprobe", "kprobe_override")]), &["--syscall", "openat", "--errno", "ENOENT"]);
+    // A listener on loopback for the connect loop, outside both cgroups.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let to = listener.local_addr().expect("address").to_string();
+    let accepting = std::thread::spawn(move || {
+        for c in listener.incoming() {
+            if c.is_err() {
+                break;
+            }
         }
-        traced.push(open_loop(&cg, &path, true));
-    }
-    let section = format!("Syscall faults in the errinj guest: {OPENS} open+close calls by a process in the target cgroup (µs per call; baseline: the workload alone; peer: strace -e inject=, armed, not firing)");
-    let us = |secs: f64| secs * 1e6 / OPENS as f64;
-    for (i, (b, _)) in backends.iter().enumerate() {
-        let rounds: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|r| (us(base[r]), us(with[i][r]), Some(us(traced[r])))).collect();
-        row(&section, &format!("chaos sys fail --backend {b}, rule at 0% (every call decided, none failed)"), &rounds, Some("strace"), Some(("≤ ×1.05", |r| r <= 1.05)));
-    }
+    });
+    let connects = CallBench { what: "connect", args: &["--call", "connect", "--to", &to], count: CONNECTS, inject: "connect:error=ECONNREFUSED" };
+    call_bench(&connects, &cg, &bystander, &works(&[("cgroup", "cgroup_sock_addr"), ("fmod-ret", "fmod_ret_syscall"), ("kprobe", "kprobe_override")]), &["--syscall", "connect", "--errno", "ECONNREFUSED"]);
+    drop(accepting);
     let _ = std::fs::remove_file(&file);
 }
 

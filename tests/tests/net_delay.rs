@@ -89,7 +89,11 @@ fn delay_adds_the_configured_one_way_delay_and_spares_bystanders_and_restores_th
     eprintln!("one-way delay: p50 {p50:.2} ms, p99 {:.2} ms (configured 100 ms); bystander p99 {:.2} ms", delay_ms(&target, "p99"), delay_ms(&bystander, "p99"));
     assert!((p50 - 100.0).abs() <= 5.0, "p50 {p50:.2} ms; expected 100 ms ± 5%");
     assert!(delay_ms(&target, "min") >= 99.0, "a packet left early: {target}");
-    assert!(delay_ms(&bystander, "max") < 50.0, "a bystander packet was delayed by more than D/2: {bystander}");
+    // A packet chaos delays arrives no earlier than the delay (the target's minimum, above); an
+    // emulated guest's scheduler alone once held a bystander's for 65 ms, so the line between
+    // the two is the delay itself, and most bystander packets must see none of it.
+    assert!(delay_ms(&bystander, "max") < 99.0, "a bystander packet was held for the configured delay: {bystander}");
+    assert!(delay_ms(&bystander, "p99") < 50.0, "bystander packets were slowed: {bystander}");
     assert_eq!(counter(&summary, 0, "delayed"), N, "every datagram of the target was delayed, and only those");
 }
 

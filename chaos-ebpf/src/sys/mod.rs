@@ -12,14 +12,14 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FExitContext, LsmContext, ProbeContext, SockAddrContext, SockContext, SockoptContext},
 };
 use chaos_common::{
-    Action, Family, KernelError, Rule, has_rule, more_rules,
+    Action, Family, KernelError, MAX_RULES, Rule,
     sys::{
-        COUNT_PROCESS, COUNT_THREAD, CallKey, HOOK_BIND, HOOK_CONNECT, HOOK_FILE_OPEN, HOOK_GETSOCKOPT, HOOK_SENDMSG, HOOK_SETSOCKOPT,
-        HOOK_SOCKET, HOOK_SYS_ENTER, HOOK_SYSCALL, SysMatch,
+        COUNT_PROCESS, COUNT_THREAD, CallKey, CallRecord, HOOK_BIND, HOOK_CONNECT, HOOK_FILE_OPEN, HOOK_GETSOCKOPT, HOOK_SENDMSG, HOOK_SETSOCKOPT,
+        HOOK_SOCKET, HOOK_SYS_ENTER, HOOK_SYSCALL, RULES_PER_CALL, SysMatch,
     },
 };
 
-use crate::engine::{CHAOS_CALLS, count_error, decide, fetch_add_slot, injected, is_session_process, now, rule, rules_for};
+use crate::engine::{CHAOS_CALL_LOG, CHAOS_CALLS, CHAOS_SYS_RULES, count_error, decide, fetch_add_slot, injected, is_session_process, now, rule, rules_for};
 
 /// Counts this call for rule `i`'s `--when` and says whether the call is one it selects.
 #[inline(always)]
@@ -65,23 +65,50 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<&'static Rule>, KernelEr
         return Ok(None);
     }
     let now = now();
-    let mut i = 0;
-    while more_rules(mask, i) {
-        if has_rule(mask, i) {
-            let r = rule(i)?;
-            // Only calls caught where the rule looks reach it (an fsync rule never sees opens).
-            // `--when` counts the calls of a live rule, then samples among those it selects.
-            if r.sys.matches(hook, nr) {
-                let candidate = !r.sys.when.counts() || !r.live(now) || when_selects(i, r, hook, nr, pid_tgid);
-                if decide::<false>(i, r, now, candidate, 1)? {
-                    injected(i, 1, 0);
-                    return Ok(Some(r));
-                }
+    // The rules of this call's hook and syscall, from one lookup; each is decided by one copy of
+    // the decision for an index the verifier does not know (found without a branch per bit), so
+    // verification walks RULES_PER_CALL copies of it, not one per rule slot.
+    // SAFETY: a map value, valid for this run.
+    let of_call = unsafe { CHAOS_SYS_RULES.get(&SysMatch::rules_key(hook, nr)) }.copied().unwrap_or(0);
+    let mut todo = mask & of_call;
+    let mut n = 0;
+    while todo != 0 && n < RULES_PER_CALL {
+        let lowest = todo & todo.wrapping_neg();
+        todo &= !lowest;
+        let i = (lowest - 1).count_ones() & (MAX_RULES - 1);
+        let r = rule(i)?;
+        // `--when` counts the calls of a live rule, then samples among those it selects.
+        let candidate = !r.sys.when.counts() || !r.live(now) || when_selects(i, r, hook, nr, pid_tgid);
+        if decide::<false>(i, r, now, candidate, 1)? {
+            injected(i, 1, 0);
+            if r.sys.log != 0 {
+                log_call(i, r, pid_tgid);
             }
+            return Ok(Some(r));
         }
-        i += 1;
+        n += 1;
+    }
+    if todo != 0 {
+        count_error(KernelError::SysRulesSkipped);
     }
     Ok(None)
+}
+
+/// `--log-calls`: a record of the call rule `i` injected, for chaos to print.
+#[inline(always)]
+fn log_call(i: u32, r: &Rule, pid_tgid: u64) {
+    let record = CallRecord {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        rule: i,
+        nr: r.sys.syscall_nr,
+        action: r.action,
+        signal: r.sys.signal,
+        retval: r.sys.retval,
+    };
+    if CHAOS_CALL_LOG.output::<CallRecord>(&record, 0).is_err() {
+        count_error(KernelError::CallLogFull);
+    }
 }
 
 /// What a failing hook returns for the call: the rule's value, if a fail rule took it.

@@ -110,6 +110,10 @@ pub struct SysCallArgs {
     /// Probability of acting on a call (--when chooses the candidates, this samples them), 0-100.
     #[arg(long, value_parser = cli::parse_percent, value_name = "P", default_value = "100")]
     pub percent: u32,
+    /// Print a line for every call the fault hits (pid, tid, syscall, what was done), as
+    /// strace marks (INJECTED) calls; on stderr, from a ring buffer read ten times a second.
+    #[arg(long)]
+    pub log_calls: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

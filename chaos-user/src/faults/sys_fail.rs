@@ -27,7 +27,8 @@ fn command() -> clap::Command {
         .after_help(
             "Examples:\n  chaos sys fail --cgroup /system.slice/api.service --syscall connect --errno ECONNREFUSED\n  \
              chaos sys fail --cgroup /system.slice/db.service --syscall openat --errno EIO --percent 10\n  \
-             chaos sys fail --pid 4242 --syscall fsync --errno ENOSPC --when 3+ --backend kprobe --for 30s\n\n\
+             chaos sys fail --pid 4242 --syscall fsync --errno ENOSPC --when 3+ --backend kprobe --for 30s\n  \
+             chaos sys fail --syscall openat --errno ENOENT --when 3 -- ./app --its-flags\n\n\
              `chaos sys syscalls` shows, for this kernel, which backend fails each syscall.",
         )
 }
@@ -146,10 +147,12 @@ impl Fault for SysFail {
     fn hooks(&self, available: &[Backend]) -> Result<Vec<Hook>> {
         // fmod_ret on the syscall's entry attaches by its BTF id, which a zero-argument syscall's
         // entry (an alias) does not have: such a syscall goes to the next backend.
+        // (The open family's errno faults use fmod_ret on security_file_open instead.)
+        let via_file_open = self.open_family() && matches!(self.result, Failure::Errno(_));
         let entry_in_btf = || crate::kernel::btf_has_function(&self.entry()) != Some(false);
-        let usable = |b: &Backend| available.contains(b) && (*b != Backend::FmodRetSyscall || self.open_family() && matches!(self.result, Failure::Errno(_)) || entry_in_btf());
+        let usable = |b: &Backend| available.contains(b) && (*b != Backend::FmodRetSyscall || via_file_open || entry_in_btf());
         let backend = match self.backend {
-            SysBackend::FmodRet if !usable(&Backend::FmodRetSyscall) && !(self.open_family() && matches!(self.result, Failure::Errno(_))) => {
+            SysBackend::FmodRet if !via_file_open && !entry_in_btf() => {
                 return Err(usage!(
                     "fmod_ret cannot attach to {}: this kernel's BTF has no such function (a zero-argument syscall's entry is an alias); use --backend kprobe",
                     self.entry()
@@ -211,6 +214,7 @@ impl Fault for SysFail {
             Failure::Retval(v) => v,
         };
         rule.sys.when = self.call.when();
+        rule.sys.log = self.call.log_calls as u32;
         Ok(())
     }
 
@@ -224,7 +228,7 @@ mod tests {
     use super::*;
 
     fn fail(syscall: &str, backend: SysBackend, result: Failure) -> SysFail {
-        let call = SysCallArgs { syscall: syscall.into(), when: None, count_per: super::super::sys::CountPer::Thread, percent: 0 };
+        let call = SysCallArgs { syscall: syscall.into(), when: None, count_per: super::super::sys::CountPer::Thread, percent: 0, log_calls: false };
         SysFail { nr: call.number().unwrap(), call, result, backend }
     }
 

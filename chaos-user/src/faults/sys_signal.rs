@@ -79,6 +79,7 @@ impl Fault for SysSignal {
         rule.sys.syscall_nr = self.nr;
         rule.sys.signal = self.signal as u32;
         rule.sys.when = self.call.when();
+        rule.sys.log = self.call.log_calls as u32;
         Ok(())
     }
 

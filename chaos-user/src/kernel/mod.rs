@@ -6,7 +6,7 @@ pub mod fmod_ret;
 pub mod netdev;
 pub mod rtnl;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, io::Write};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -15,10 +15,11 @@ use aya::{
     util::nr_cpus,
 };
 use chaos_common::{
-    COUNTERS_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
+    Action, CALL_LOG_MAP, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
     PRNG_MAP, SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules,
     loss::Prng,
     net::{DELAY_TABLES_MAP, DelayTable},
+    sys::CallRecord,
 };
 use serde::{Deserialize, Serialize};
 
@@ -172,19 +173,53 @@ impl Kernel {
         use std::os::fd::{AsFd, AsRawFd};
         let mut maps = std::collections::HashMap::new();
         for (name, map) in self.ebpf.maps() {
-            if let Map::Array(m) | Map::PerCpuArray(m) | Map::HashMap(m) | Map::LruHashMap(m) = map {
+            if let Map::Array(m) | Map::PerCpuArray(m) | Map::HashMap(m) | Map::LruHashMap(m) | Map::RingBuf(m) = map {
                 maps.insert(name.to_string(), m.fd().as_fd().as_raw_fd());
             }
         }
         fmod_ret::attach(KERNEL_OBJECT, section, &maps, target, btf)
     }
 
-    /// Forwards pending kernel log records.
+    /// Which rules match calls with key `key` ([`chaos_common::sys::SysMatch::rules_key`]).
+    pub fn set_sys_rules(&mut self, key: u64, rules: u64) -> Result<()> {
+        let mut map: HashMap<_, u64, u64> = HashMap::try_from(self.map_mut(SYS_RULES_MAP)?).map_err(map_error)?;
+        map.insert(key, rules, 0).map_err(|e| Error::Other(anyhow::anyhow!("writing the syscall rules: {e}")))
+    }
+
+    /// Forwards pending kernel log records, and prints the calls `--log-calls` rules injected.
     pub fn flush_log(&mut self) {
         if let Some(l) = self.logger.as_mut() {
             l.flush();
         }
+        let Some(map) = self.ebpf.map_mut(CALL_LOG_MAP) else { return };
+        let Ok(mut ring) = aya::maps::RingBuf::try_from(map) else { return };
+        let mut err = std::io::stderr().lock();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<CallRecord>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a CallRecord (repr(C), plain integers) at the item's start.
+            let r: CallRecord = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let _ = writeln!(err, "chaos: {}", describe_call(&r));
+        }
     }
+}
+
+/// "[pid 12 tid 13] socket() = -1 EMFILE (INJECTED, rule 0)", as strace marks injected calls.
+pub fn describe_call(r: &CallRecord) -> String {
+    let name = syscalls::Sysno::new(r.nr as usize).map(|s| s.name()).unwrap_or("?");
+    let what = match Action::from_u32(r.action) {
+        Action::SysSignal => {
+            let sig = nix::sys::signal::Signal::try_from(r.signal as i32).map(|s| s.as_str().to_string()).unwrap_or_else(|_| r.signal.to_string());
+            format!("{name}() sent {sig}")
+        }
+        _ if (-4095..0).contains(&r.retval) => {
+            let errno = crate::faults::sys::errno_name(-r.retval as i32).unwrap_or_else(|| (-r.retval).to_string());
+            format!("{name}() = -1 {errno}")
+        }
+        _ => format!("{name}() = {}", r.retval),
+    };
+    format!("[pid {} tid {}] {what} (INJECTED, rule {})", r.pid, r.tid, r.rule)
 }
 
 fn sum(per_cpu: &PerCpuValues<Counters>) -> Counters {

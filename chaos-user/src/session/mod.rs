@@ -13,7 +13,7 @@ pub mod qdisc;
 
 use std::{path::PathBuf, time::Duration};
 
-use chaos_common::{Action, MAX_RULES, MAX_TARGETS, Rule, SessionConfig, TargetRules, loss::Prng};
+use chaos_common::{Action, MAX_RULES, MAX_TARGETS, Rule, SessionConfig, TargetRules, loss::Prng, sys::SysMatch};
 use serde::Serialize;
 
 use self::{
@@ -375,6 +375,13 @@ impl Session {
             if f.rule.action == Action::NetDns as u32 {
                 masks[f.target].dns |= 1 << i;
             }
+        }
+        let mut sys_rules = std::collections::BTreeMap::<u64, u64>::new();
+        for (i, f) in plan.faults.iter().enumerate().filter(|(_, f)| f.rule.sys.hook != 0) {
+            *sys_rules.entry(SysMatch::rules_key(f.rule.sys.hook, f.rule.sys.syscall_nr)).or_default() |= 1 << i;
+        }
+        for (key, rules) in sys_rules {
+            kernel.set_sys_rules(key, rules)?;
         }
         for (t, m) in plan.targets.iter().zip(&masks) {
             kernel.set_target(t.id, m)?;
