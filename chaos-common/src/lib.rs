@@ -49,8 +49,8 @@ pub const PRNG_MAP: &str = "CHAOS_PRNG";
 pub const FLOWS_MAP: &str = "CHAOS_FLOWS";
 /// Name of the ring buffer of injected calls (`--log-calls`, [`sys::CallRecord`]).
 pub const CALL_LOG_MAP: &str = "CHAOS_CALL_LOG";
-/// Its size in bytes: 8192 records.
-pub const CALL_LOG_BYTES: u32 = 8192 * 32;
+/// Its size in bytes: 8192 records (and their headers).
+pub const CALL_LOG_BYTES: u32 = 8192 * 64;
 /// Name of the map from a call's key ([`sys::SysMatch::rules_key`]) to the rules that match it.
 pub const SYS_RULES_MAP: &str = "CHAOS_SYS_RULES";
 /// Name of the map of calls counted for `--when` ([`sys::CallKey`] → calls so far).

@@ -103,17 +103,20 @@ pub struct CallRecord {
     pub pid: u32,
     pub tid: u32,
     pub rule: u32,
-    /// The rule's syscall (a cgroup hook's rule names the call it was given, e.g. sendto for
-    /// every send its hook sees).
+    /// The syscall: as the hook saw it, or the rule's own (a cgroup hook does not know the
+    /// number: sendto for every send its hook sees); `u32::MAX`: the hook's calls (`hook`).
     pub nr: u32,
+    /// `HOOK_*`: where it was caught.
+    pub hook: u32,
     /// `Action` as u32: what was done.
     pub action: u32,
     pub signal: u32,
+    pub _pad: u32,
     /// What the call returned instead (`SysFail`).
     pub retval: i64,
 }
 
-const _: () = assert!(core::mem::size_of::<CallRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<CallRecord>() == 40);
 
 /// The filter and effect of a syscall rule.
 #[repr(C)]

@@ -43,21 +43,29 @@ fn row(section: &str, measure: &str, rounds: &[(f64, f64, Option<f64>)], peer_na
 const CONNECTS: u64 = 2_000;
 
 /// Seconds for `count` calls of `syscall-loop ARGS` by a process in `cg`, optionally under
-/// `strace -e inject=INJECT` (tracing the injected syscall). Returns (seconds, calls that failed).
-fn call_loop(cg: &std::path::Path, args: &[&str], count: u64, strace: Option<&str>) -> (f64, u64) {
-    let count_text = count.to_string();
+/// `strace -e inject=INJECT` (tracing the injected syscall, with `filter`: strace's `-P PATH`
+/// keeps its injection to the workload's own calls, off the dynamic loader's opens). The process
+/// is started and made ready first; `armed` runs then, before its first call (a fault that fails
+/// every open must not fail its exec). Returns (seconds, calls that failed).
+fn call_loop(cg: &std::path::Path, args: &[&str], count: u64, strace: Option<(&str, &[&str])>, armed: &mut dyn FnMut()) -> (f64, u64) {
     let chaos = chaos_bin().display().to_string();
     let mut argv: Vec<String> = Vec::new();
-    if let Some(inject) = strace {
+    if let Some((inject, filter)) = strace {
         let traced = inject.split(':').next().unwrap_or_default();
-        argv.extend(["strace", "-f", "-o", "/dev/null", "-e", &format!("trace={traced}"), "-e", &format!("inject={inject}")].map(String::from));
+        argv.extend(["strace", "-f", "-o", "/dev/null"].map(String::from));
+        argv.extend(filter.iter().map(|a| a.to_string()));
+        argv.extend(["-e".to_string(), format!("trace={traced}"), "-e".to_string(), format!("inject={inject}")]);
     }
-    argv.extend([chaos.as_str(), "workload", "syscall-loop"].map(String::from));
+    argv.extend([chaos.as_str(), "workload", "syscall-loop", "--wait"].map(String::from));
     argv.extend(args.iter().map(|a| a.to_string()));
-    argv.extend(["--count".to_string(), count_text]);
+    argv.extend(["--count".to_string(), count.to_string()]);
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let out = Proc::new(spawn_in(&mut cmd, Some(cg), None).expect("spawn"), format!("{args:?} loop")).json(Duration::from_secs(600));
+    cmd.args(&argv[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut p = Proc::new(spawn_in(&mut cmd, Some(cg), None).expect("spawn"), format!("{args:?} loop"));
+    p.ready();
+    armed();
+    p.go();
+    let out = p.json(Duration::from_secs(600));
     let failed: u64 = out["errors"].as_object().map(|m| m.values().filter_map(Value::as_u64).sum()).unwrap_or(0);
     assert_eq!(out["ok"].as_u64().unwrap_or(0) + failed, count, "{out}");
     (out["secs"].as_f64().expect("secs"), failed)
@@ -71,35 +79,36 @@ struct CallBench<'a> {
     what: &'a str,
     args: &'a [&'a str],
     count: u64,
-    /// (strace inject armed, firing), e.g. "openat:error=ENOENT".
+    /// strace's inject=, e.g. "openat:error=ENOENT", and its filter options.
     inject: &'a str,
+    filter: &'a [&'a str],
 }
 
 fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, backends: &[(&str, &str)], fail: &[&str]) {
     let (target_s, us) = (cg.path.display().to_string(), |secs: f64| secs * 1e6 / b.count as f64);
-    let run = |at: &TempCgroup, strace: Option<&str>| us(call_loop(&at.path, b.args, b.count, strace).0);
+    let run = |at: &TempCgroup, strace: Option<&str>, armed: &mut dyn FnMut()| us(call_loop(&at.path, b.args, b.count, strace.map(|i| (i, b.filter)), armed).0);
+    let start = |backend: &str, percent: &str| {
+        let mut a: Vec<String> = ["sys", "fail", "--cgroup", &target_s, "--percent", percent, "--backend", backend, "--for", "10m", "--json"].map(String::from).to_vec();
+        a.extend(fail.iter().map(|s| s.to_string()));
+        start_chaos(&a)
+    };
     // Per backend: (0% target, 0% bystander, 100% target) per round.
     let mut with: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); backends.len()];
     let (mut base, mut base_by, mut armed, mut firing) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        base.push(run(cg, None));
-        base_by.push(run(bystander, None));
+        base.push(run(cg, None, &mut || {}));
+        base_by.push(run(bystander, None, &mut || {}));
         for (i, (backend, _)) in backends.iter().enumerate() {
-            let start = |percent: &str| {
-                let mut a: Vec<String> = ["sys", "fail", "--cgroup", &target_s, "--percent", percent, "--backend", backend, "--for", "10m", "--json"].map(String::from).to_vec();
-                a.extend(fail.iter().map(|s| s.to_string()));
-                start_chaos(&a)
-            };
-            let chaos = start("0");
-            let (t, by) = (run(cg, None), run(bystander, None));
+            let chaos = start(backend, "0");
+            let (t, by) = (run(cg, None, &mut || {}), run(bystander, None, &mut || {}));
             stop_chaos(chaos);
-            let chaos = start("100");
-            let all = run(cg, None);
-            stop_chaos(chaos);
+            let mut session = None;
+            let all = run(cg, None, &mut || session = Some(start(backend, "100")));
+            stop_chaos(session.expect("started"));
             with[i].push((t, by, all));
         }
-        armed.push(run(cg, Some(&format!("{}:when=65535", b.inject))));
-        firing.push(run(cg, Some(b.inject)));
+        armed.push(run(cg, Some(&format!("{}:when=65535", b.inject)), &mut || {}));
+        firing.push(run(cg, Some(b.inject), &mut || {}));
     }
     let section = format!(
         "Syscall faults in the errinj guest: {} {} calls by a process in the target cgroup, or in a bystander cgroup beside it (µs per call; baseline: the workload alone in the same cgroup; peer: strace -e inject=, armed and not firing for the 0% rows, firing on every call for the 100% rows)",
@@ -125,7 +134,7 @@ fn syscalls(report: &Value) {
     let works = |list: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
         list.iter().copied().filter(|(_, probe_name)| backend(report, probe_name).0).collect()
     };
-    let opens = CallBench { what: "open+close", args: &["--call", "open", "--path", &path], count: OPENS, inject: "openat:error=ENOENT" };
+    let opens = CallBench { what: "open+close", args: &["--call", "open", "--path", &path], count: OPENS, inject: "openat:error=ENOENT", filter: &["-P", &path] };
     call_bench(&opens, &cg, &bystander, &works(&[("lsm", "bpf_lsm"), ("fmod-ret", "fmod_ret_security"), ("kprobe", "kprobe_override")]), &["--syscall", "openat", "--errno", "ENOENT"]);
     // A listener on loopback for the connect loop, outside both cgroups.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
@@ -137,7 +146,7 @@ fn syscalls(report: &Value) {
             }
         }
     });
-    let connects = CallBench { what: "connect", args: &["--call", "connect", "--to", &to], count: CONNECTS, inject: "connect:error=ECONNREFUSED" };
+    let connects = CallBench { what: "connect", args: &["--call", "connect", "--to", &to], count: CONNECTS, inject: "connect:error=ECONNREFUSED", filter: &[] };
     call_bench(&connects, &cg, &bystander, &works(&[("cgroup", "cgroup_sock_addr"), ("fmod-ret", "fmod_ret_syscall"), ("kprobe", "kprobe_override")]), &["--syscall", "connect", "--errno", "ECONNREFUSED"]);
     drop(accepting);
     let _ = std::fs::remove_file(&file);

@@ -428,3 +428,33 @@ fn syscall_rules_are_found_among_64_and_a_call_meets_at_most_four() {
     assert_eq!(counter(&summary, 4, "seen"), 0, "{summary}");
     assert_eq!(summary["kernel_errors"]["sys_rules_skipped"], 5, "{summary}");
 }
+
+/// `--syscall a,b`: one rule for several syscalls, each counted on its own for `--when` (as
+/// strace counts per syscall), each named in `--log-calls` by the hook that caught it.
+#[test]
+fn one_rule_fails_several_syscalls_each_counted_on_its_own() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let start = |call: &str| {
+        let mut p = sb.spawn(Place::Target, &["syscall-loop", "--wait", "--call", call, "--count", "3"]);
+        p.ready();
+        p
+    };
+    let (sockets, setsockopts) = (start("socket"), start("setsockopt"));
+    let chaos = start_chaos(
+        &["sys", "fail", "--cgroup", &cg, "--syscall", "socket,setsockopt", "--errno", "EMFILE", "--when", "2", "--log-calls", "--for", "60s", "--json"]
+            .map(String::from),
+    );
+    let (sockets, setsockopts) = (run_calls(sockets), run_calls(setsockopts));
+    chaos.signal(libc::SIGINT);
+    let (code, out, err) = chaos.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err:?}");
+    assert_eq!((&sockets["failed_at"], &setsockopts["failed_at"]), (&json!([[2]]), &json!([[2]])), "the second call of each syscall");
+    let summary: Value = serde_json::from_str(out.lines().last().unwrap_or_default()).expect("JSON summary");
+    assert_eq!(counter(&summary, 0, "failed"), 2, "{summary}");
+    for call in ["socket", "setsockopt"] {
+        let lines = err.iter().filter(|l| l.contains(&format!("] {call}() = -1 EMFILE (INJECTED"))).count();
+        assert_eq!(lines, 1, "{call}: {err:?}");
+    }
+}

@@ -82,7 +82,7 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<&'static Rule>, KernelEr
         if decide::<false>(i, r, now, candidate, 1)? {
             injected(i, 1, 0);
             if r.sys.log != 0 {
-                log_call(i, r, pid_tgid);
+                log_call(i, r, hook, nr, pid_tgid);
             }
             return Ok(Some(r));
         }
@@ -96,14 +96,23 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<&'static Rule>, KernelEr
 
 /// `--log-calls`: a record of the call rule `i` injected, for chaos to print.
 #[inline(always)]
-fn log_call(i: u32, r: &Rule, pid_tgid: u64) {
+fn log_call(i: u32, r: &Rule, hook: u32, nr: u32, pid_tgid: u64) {
+    let nr = if SysMatch::per_syscall(hook) {
+        nr
+    } else if hook == r.sys.hook {
+        r.sys.syscall_nr
+    } else {
+        u32::MAX
+    };
     let record = CallRecord {
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         rule: i,
-        nr: r.sys.syscall_nr,
+        nr,
+        hook,
         action: r.action,
         signal: r.sys.signal,
+        _pad: 0,
         retval: r.sys.retval,
     };
     if CHAOS_CALL_LOG.output::<CallRecord>(&record, 0).is_err() {

@@ -99,6 +99,12 @@ pub trait Fault: std::fmt::Debug {
     fn fill(&self, rule: &mut Rule, hooks: &[Hook]) -> Result<()>;
     /// The kind's names for what it did, from the rule's counters ("dropped", "failed", ...).
     fn report(&self, c: &Counters) -> Vec<(&'static str, u64)>;
+    /// Syscall faults: the keys of the calls the rule is for
+    /// ([`chaos_common::sys::SysMatch::rules_key`]), given its hooks; the hooks find the rule
+    /// through them.
+    fn sys_keys(&self, _hooks: &[Hook]) -> Vec<u64> {
+        Vec::new()
+    }
     /// Network namespaces whose devices the fault's TC hook must also sit on (`--netns`).
     fn netns(&self) -> &[PathBuf] {
         &[]

@@ -94,9 +94,10 @@ pub fn cgroup_call_by_hook(hook: u32) -> Option<&'static CgroupCall> {
 /// The flags of every syscall fault: which call, which of its calls, and how often.
 #[derive(Args, Debug, Clone)]
 pub struct SysCallArgs {
-    /// The syscall, by its x86_64 name (openat, read, fsync, connect, ...).
-    #[arg(long, value_parser = parse_syscall)]
-    pub syscall: String,
+    /// The syscalls, by their x86_64 names (openat, read, fsync, connect, ...): one, or several
+    /// separated by commas (each counted on its own for --when, as strace does).
+    #[arg(long = "syscall", value_name = "NAME[,NAME...]", value_parser = parse_syscall, value_delimiter = ',', required = true)]
+    pub syscalls: Vec<String>,
     /// strace's when=FIRST[..LAST][+[STEP]]: only calls FIRST to LAST (default: no end), every
     /// STEP-th; `3` is the third call only, `3+` the third and later, `2+2` every second from
     /// the second. Counted per syscall while the fault is live, per thread unless --count-per.
@@ -124,9 +125,21 @@ pub enum CountPer {
 }
 
 impl SysCallArgs {
-    /// The syscall's x86_64 number, or a usage error naming close matches.
-    pub fn number(&self) -> crate::error::Result<u32> {
-        syscall_number(&self.syscall)
+    /// The syscalls with their x86_64 numbers, each once, or a usage error naming close matches.
+    pub fn calls(&self) -> crate::error::Result<Vec<(String, u32)>> {
+        let mut out: Vec<(String, u32)> = Vec::new();
+        for name in &self.syscalls {
+            let nr = syscall_number(name)?;
+            if !out.iter().any(|(n, _)| n == name) {
+                out.push((name.clone(), nr));
+            }
+        }
+        Ok(out)
+    }
+
+    /// "connect()" or "connect(), bind()", for descriptions.
+    pub fn names(&self) -> String {
+        self.syscalls.iter().map(|s| format!("{s}()")).collect::<Vec<_>>().join(", ")
     }
 
     /// The rule's `--when`, with its counting scope.

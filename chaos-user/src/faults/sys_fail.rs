@@ -9,7 +9,7 @@
 
 use chaos_common::{
     Action, Counters, Rule, ppm_to_threshold,
-    sys::{HOOK_FILE_OPEN, HOOK_SYSCALL},
+    sys::{HOOK_FILE_OPEN, HOOK_SYSCALL, SysMatch},
 };
 use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 
@@ -35,13 +35,13 @@ fn command() -> clap::Command {
 
 fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
     let a = SysFailArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
-    let nr = a.call.number()?;
+    let calls = a.call.calls()?;
     let result = match (a.errno, a.retval) {
         (Some(e), None) => Failure::Errno(e),
         (None, Some(v)) => Failure::Retval(v),
         _ => return Err(usage!("give one of --errno and --retval: what the failed call returns")),
     };
-    Ok(Box::new(SysFail { call: a.call, nr, result, backend: a.backend }))
+    Ok(Box::new(SysFail { call: a.call, calls, result, backend: a.backend }))
 }
 
 #[derive(Args, Debug)]
@@ -88,7 +88,8 @@ pub const OPEN_FAMILY: &[&str] = &["open", "openat", "openat2", "creat"];
 #[derive(Debug)]
 pub struct SysFail {
     pub call: SysCallArgs,
-    pub nr: u32,
+    /// Names and numbers.
+    pub calls: Vec<(String, u32)>,
     pub result: Failure,
     pub backend: SysBackend,
 }
@@ -104,17 +105,90 @@ pub fn backends_for(syscall: &str) -> &'static [Backend] {
     }
 }
 
+fn entry(syscall: &str) -> String {
+    format!("__x64_sys_{syscall}")
+}
+
 impl SysFail {
-    fn syscall(&self) -> &str {
-        &self.call.syscall
+    /// Whether `syscall` is failed at `security_file_open` (errno faults on the open family).
+    fn via_file_open(&self, syscall: &str) -> bool {
+        OPEN_FAMILY.contains(&syscall) && matches!(self.result, Failure::Errno(_))
     }
 
-    fn open_family(&self) -> bool {
-        OPEN_FAMILY.contains(&self.syscall())
+    /// The backends that can fail `syscall` as asked, best first.
+    fn needs_for(&self, syscall: &str) -> &'static [Backend] {
+        match self.backend {
+            SysBackend::Cgroup => &[Backend::CgroupSockAddr],
+            SysBackend::Lsm => &[Backend::BpfLsm],
+            SysBackend::FmodRet if OPEN_FAMILY.contains(&syscall) => &[Backend::FmodRetSecurity],
+            SysBackend::FmodRet => &[Backend::FmodRetSyscall],
+            SysBackend::Kprobe => &[Backend::KprobeOverride],
+            // Only the backends that replace the result can return any value.
+            SysBackend::Auto if matches!(self.result, Failure::Retval(_)) => &[Backend::FmodRetSyscall, Backend::KprobeOverride],
+            SysBackend::Auto => backends_for(syscall),
+        }
     }
 
-    fn entry(&self) -> String {
-        format!("__x64_sys_{}", self.syscall())
+    /// The hook that fails `syscall` here.
+    fn hook_for(&self, syscall: &str, available: &[Backend]) -> Result<Hook> {
+        // fmod_ret on the syscall's entry attaches by its BTF id, which a zero-argument syscall's
+        // entry (an alias) does not have: such a syscall goes to the next backend.
+        let via_file_open = self.via_file_open(syscall);
+        let entry_in_btf = || crate::kernel::btf_has_function(&entry(syscall)) != Some(false);
+        let usable = |b: &Backend| available.contains(b) && (*b != Backend::FmodRetSyscall || via_file_open || entry_in_btf());
+        let backend = match self.backend {
+            SysBackend::FmodRet if !via_file_open && !entry_in_btf() => {
+                return Err(usage!(
+                    "fmod_ret cannot attach to {}: this kernel's BTF has no such function (a zero-argument syscall's entry is an alias); use --backend kprobe",
+                    entry(syscall)
+                ));
+            }
+            SysBackend::Auto => match self.needs_for(syscall).iter().find(|b| usable(b)) {
+                Some(Backend::CgroupSockAddr) => SysBackend::Cgroup,
+                Some(Backend::BpfLsm) => SysBackend::Lsm,
+                Some(Backend::FmodRetSecurity | Backend::FmodRetSyscall) => SysBackend::FmodRet,
+                _ => SysBackend::Kprobe,
+            },
+            b => b,
+        };
+        if let Failure::Retval(_) = self.result
+            && matches!(backend, SysBackend::Cgroup | SysBackend::Lsm)
+        {
+            return Err(usage!(
+                "--retval needs a backend that replaces the syscall's result (fmod-ret or kprobe); {} hooks can only return an errno: use --errno",
+                if backend == SysBackend::Cgroup { "cgroup" } else { "LSM" }
+            ));
+        }
+        Ok(match backend {
+            SysBackend::Cgroup => match cgroup_call(syscall) {
+                Some(c) => Hook::CgroupSock(c.hook),
+                None => {
+                    let covered: Vec<&str> = CGROUP_CALLS.iter().flat_map(|c| c.syscalls.iter().copied()).collect();
+                    return Err(usage!("no cgroup hook fails {syscall}(); the cgroup backend covers {}", covered.join(", ")));
+                }
+            },
+            SysBackend::Lsm if OPEN_FAMILY.contains(&syscall) => Hook::LsmFileOpen,
+            SysBackend::Lsm => {
+                return Err(usage!(
+                    "no LSM hook fails {syscall}(); the lsm backend covers {}: use --backend kprobe or fmod-ret",
+                    OPEN_FAMILY.join(", ")
+                ));
+            }
+            // --retval on the open family: the syscall's own entry, whose result is the value.
+            SysBackend::FmodRet if via_file_open => Hook::FmodRetFileOpen,
+            SysBackend::FmodRet => Hook::FmodRetSyscall(entry(syscall)),
+            _ => Hook::Kprobe(entry(syscall)),
+        })
+    }
+}
+
+/// The key under which a hook finds the rules for `nr`: a cgroup or file_open hook sees one
+/// call (or family) and not its number; an entry hook sees the number.
+fn key_of(hook: &Hook, nr: u32) -> u64 {
+    match hook {
+        Hook::CgroupSock(h) => SysMatch::rules_key(*h, nr),
+        Hook::LsmFileOpen | Hook::FmodRetFileOpen => SysMatch::rules_key(HOOK_FILE_OPEN, nr),
+        _ => SysMatch::rules_key(HOOK_SYSCALL, nr),
     }
 }
 
@@ -128,87 +202,36 @@ impl Fault for SysFail {
             Failure::Errno(e) => errno_name(e).unwrap_or_else(|| format!("errno {e}")),
             Failure::Retval(v) => format!("return value {v}"),
         };
-        format!("fail {} of {}() calls with {with}{}", super::percent(self.call.percent), self.syscall(), self.call.describe_when())
+        format!("fail {} of {} calls with {with}{}", super::percent(self.call.percent), self.call.names(), self.call.describe_when())
     }
 
     fn needs(&self) -> Vec<&'static [Backend]> {
-        vec![match self.backend {
-            SysBackend::Cgroup => &[Backend::CgroupSockAddr],
-            SysBackend::Lsm => &[Backend::BpfLsm],
-            SysBackend::FmodRet if self.open_family() => &[Backend::FmodRetSecurity],
-            SysBackend::FmodRet => &[Backend::FmodRetSyscall],
-            SysBackend::Kprobe => &[Backend::KprobeOverride],
-            // Only the backends that replace the result can return any value.
-            SysBackend::Auto if matches!(self.result, Failure::Retval(_)) => &[Backend::FmodRetSyscall, Backend::KprobeOverride],
-            SysBackend::Auto => backends_for(self.syscall()),
-        }]
+        self.calls.iter().map(|(name, _)| self.needs_for(name)).collect()
     }
 
+    /// One hook per syscall (several syscalls may share one), in the order of `calls`.
     fn hooks(&self, available: &[Backend]) -> Result<Vec<Hook>> {
-        // fmod_ret on the syscall's entry attaches by its BTF id, which a zero-argument syscall's
-        // entry (an alias) does not have: such a syscall goes to the next backend.
-        // (The open family's errno faults use fmod_ret on security_file_open instead.)
-        let via_file_open = self.open_family() && matches!(self.result, Failure::Errno(_));
-        let entry_in_btf = || crate::kernel::btf_has_function(&self.entry()) != Some(false);
-        let usable = |b: &Backend| available.contains(b) && (*b != Backend::FmodRetSyscall || via_file_open || entry_in_btf());
-        let backend = match self.backend {
-            SysBackend::FmodRet if !via_file_open && !entry_in_btf() => {
-                return Err(usage!(
-                    "fmod_ret cannot attach to {}: this kernel's BTF has no such function (a zero-argument syscall's entry is an alias); use --backend kprobe",
-                    self.entry()
-                ));
+        let mut hooks = Vec::new();
+        for (name, _) in &self.calls {
+            let hook = self.hook_for(name, available)?;
+            if !hooks.contains(&hook) {
+                hooks.push(hook);
             }
-            SysBackend::Auto => {
-                let first = self.needs()[0].iter().find(|b| usable(b)).copied();
-                match first {
-                    Some(Backend::CgroupSockAddr) => SysBackend::Cgroup,
-                    Some(Backend::BpfLsm) => SysBackend::Lsm,
-                    Some(Backend::FmodRetSecurity | Backend::FmodRetSyscall) => SysBackend::FmodRet,
-                    _ => SysBackend::Kprobe,
-                }
-            }
-            b => b,
-        };
-        if let Failure::Retval(_) = self.result
-            && matches!(backend, SysBackend::Cgroup | SysBackend::Lsm)
-        {
-            return Err(usage!(
-                "--retval needs a backend that replaces the syscall's result (fmod-ret or kprobe); {} hooks can only return an errno: use --errno",
-                if backend == SysBackend::Cgroup { "cgroup" } else { "LSM" }
-            ));
         }
-        Ok(vec![match (backend, self.open_family()) {
-            (SysBackend::Cgroup, _) => match cgroup_call(self.syscall()) {
-                Some(c) => Hook::CgroupSock(c.hook),
-                None => {
-                    let covered: Vec<&str> = CGROUP_CALLS.iter().flat_map(|c| c.syscalls.iter().copied()).collect();
-                    return Err(usage!("no cgroup hook fails {}(); the cgroup backend covers {}", self.syscall(), covered.join(", ")));
-                }
-            },
-            (SysBackend::Lsm, true) => Hook::LsmFileOpen,
-            (SysBackend::Lsm, false) => {
-                return Err(usage!(
-                    "no LSM hook fails {}(); the lsm backend covers {}: use --backend kprobe or fmod-ret",
-                    self.syscall(),
-                    OPEN_FAMILY.join(", ")
-                ));
-            }
-            // --retval on the open family: the syscall's own entry, whose result is the value.
-            (SysBackend::FmodRet, true) if matches!(self.result, Failure::Errno(_)) => Hook::FmodRetFileOpen,
-            (SysBackend::FmodRet, _) => Hook::FmodRetSyscall(self.entry()),
-            _ => Hook::Kprobe(self.entry()),
-        }])
+        Ok(hooks)
     }
 
     fn fill(&self, rule: &mut Rule, hooks: &[Hook]) -> Result<()> {
         rule.action = Action::SysFail as u32;
         rule.threshold = ppm_to_threshold(self.call.percent);
+        // The first call's hook and number: what a logged call is named by when its hook does
+        // not know the number.
         rule.sys.hook = match hooks.first() {
             Some(Hook::CgroupSock(hook)) => *hook,
             Some(Hook::LsmFileOpen | Hook::FmodRetFileOpen) => HOOK_FILE_OPEN,
             _ => HOOK_SYSCALL,
         };
-        rule.sys.syscall_nr = self.nr;
+        rule.sys.syscall_nr = self.calls[0].1;
         rule.sys.retval = match self.result {
             Failure::Errno(e) => -(e as i64),
             Failure::Retval(v) => v,
@@ -221,6 +244,23 @@ impl Fault for SysFail {
     fn report(&self, c: &Counters) -> Vec<(&'static str, u64)> {
         vec![("failed", c.injected)]
     }
+
+    fn sys_keys(&self, hooks: &[Hook]) -> Vec<u64> {
+        // Which of the hooks serves each call: the one `hook_for` chose, found again by what it
+        // reaches.
+        self.calls
+            .iter()
+            .filter_map(|(name, nr)| {
+                let serves = |h: &&Hook| match h {
+                    Hook::CgroupSock(id) => cgroup_call(name).is_some_and(|c| c.hook == *id),
+                    Hook::LsmFileOpen | Hook::FmodRetFileOpen => self.via_file_open(name),
+                    Hook::FmodRetSyscall(f) | Hook::Kprobe(f) => *f == entry(name),
+                    _ => false,
+                };
+                hooks.iter().find(serves).map(|h| key_of(h, *nr))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -228,8 +268,8 @@ mod tests {
     use super::*;
 
     fn fail(syscall: &str, backend: SysBackend, result: Failure) -> SysFail {
-        let call = SysCallArgs { syscall: syscall.into(), when: None, count_per: super::super::sys::CountPer::Thread, percent: 0, log_calls: false };
-        SysFail { nr: call.number().unwrap(), call, result, backend }
+        let call = SysCallArgs { syscalls: syscall.split(',').map(String::from).collect(), when: None, count_per: super::super::sys::CountPer::Thread, percent: 0, log_calls: false };
+        SysFail { calls: call.calls().unwrap(), call, result, backend }
     }
 
     #[test]
@@ -245,6 +285,20 @@ mod tests {
         assert_eq!(connect.hooks(&[Backend::KprobeOverride]).unwrap(), vec![Hook::Kprobe("__x64_sys_connect".into())]);
         let sendto = fail("sendto", SysBackend::Auto, Failure::Errno(1));
         assert_eq!(sendto.hooks(&[Backend::CgroupSockAddr]).unwrap(), vec![Hook::CgroupSock(chaos_common::sys::HOOK_SENDMSG)]);
+    }
+
+    #[test]
+    fn several_syscalls_each_get_their_hook_and_key() {
+        use chaos_common::sys::{HOOK_BIND, HOOK_CONNECT};
+        let f = fail("connect,bind,fsync,connect", SysBackend::Auto, Failure::Errno(1));
+        assert_eq!(f.calls.len(), 3, "each syscall once");
+        let hooks = f.hooks(&[Backend::CgroupSockAddr, Backend::KprobeOverride]).unwrap();
+        assert_eq!(hooks, vec![Hook::CgroupSock(HOOK_CONNECT), Hook::CgroupSock(HOOK_BIND), Hook::Kprobe("__x64_sys_fsync".into())]);
+        assert_eq!(
+            f.sys_keys(&hooks),
+            vec![SysMatch::rules_key(HOOK_CONNECT, 0), SysMatch::rules_key(HOOK_BIND, 0), SysMatch::rules_key(HOOK_SYSCALL, 74)]
+        );
+        assert_eq!(f.needs().len(), 3, "one group of backends per syscall");
     }
 
     #[test]

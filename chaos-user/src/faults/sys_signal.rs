@@ -5,7 +5,7 @@
 
 use chaos_common::{
     Action, Counters, Rule, ppm_to_threshold,
-    sys::HOOK_SYS_ENTER,
+    sys::{HOOK_SYS_ENTER, SysMatch},
 };
 use clap::{ArgMatches, Args, FromArgMatches};
 
@@ -34,8 +34,8 @@ fn command() -> clap::Command {
 
 fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
     let a = SysSignalArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
-    let nr = a.call.number()?;
-    Ok(Box::new(SysSignal { call: a.call, nr, signal: a.signal }))
+    let calls = a.call.calls()?;
+    Ok(Box::new(SysSignal { call: a.call, calls, signal: a.signal }))
 }
 
 #[derive(Args, Debug)]
@@ -50,7 +50,8 @@ pub struct SysSignalArgs {
 #[derive(Debug)]
 pub struct SysSignal {
     pub call: SysCallArgs,
-    pub nr: u32,
+    /// Names and numbers.
+    pub calls: Vec<(String, u32)>,
     pub signal: i32,
 }
 
@@ -61,7 +62,7 @@ impl Fault for SysSignal {
 
     fn describe(&self) -> String {
         let name = nix::sys::signal::Signal::try_from(self.signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| self.signal.to_string());
-        format!("send {name} on {} of {}() calls{}", super::percent(self.call.percent), self.call.syscall, self.call.describe_when())
+        format!("send {name} on {} of {} calls{}", super::percent(self.call.percent), self.call.names(), self.call.describe_when())
     }
 
     fn needs(&self) -> Vec<&'static [Backend]> {
@@ -76,7 +77,7 @@ impl Fault for SysSignal {
         rule.action = Action::SysSignal as u32;
         rule.threshold = ppm_to_threshold(self.call.percent);
         rule.sys.hook = HOOK_SYS_ENTER;
-        rule.sys.syscall_nr = self.nr;
+        rule.sys.syscall_nr = self.calls[0].1;
         rule.sys.signal = self.signal as u32;
         rule.sys.when = self.call.when();
         rule.sys.log = self.call.log_calls as u32;
@@ -85,5 +86,9 @@ impl Fault for SysSignal {
 
     fn report(&self, c: &Counters) -> Vec<(&'static str, u64)> {
         vec![("signalled", c.injected)]
+    }
+
+    fn sys_keys(&self, _hooks: &[Hook]) -> Vec<u64> {
+        self.calls.iter().map(|(_, nr)| SysMatch::rules_key(HOOK_SYS_ENTER, *nr)).collect()
     }
 }

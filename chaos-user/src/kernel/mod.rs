@@ -207,7 +207,10 @@ impl Kernel {
 
 /// "[pid 12 tid 13] socket() = -1 EMFILE (INJECTED, rule 0)", as strace marks injected calls.
 pub fn describe_call(r: &CallRecord) -> String {
-    let name = syscalls::Sysno::new(r.nr as usize).map(|s| s.name()).unwrap_or("?");
+    let name = match syscalls::Sysno::new(r.nr as usize) {
+        Some(s) => s.name().to_string(),
+        None => crate::faults::sys::cgroup_call_by_hook(r.hook).map(|c| c.syscalls.join("/")).unwrap_or_else(|| "?".into()),
+    };
     let what = match Action::from_u32(r.action) {
         Action::SysSignal => {
             let sig = nix::sys::signal::Signal::try_from(r.signal as i32).map(|s| s.as_str().to_string()).unwrap_or_else(|_| r.signal.to_string());

@@ -13,7 +13,7 @@ pub mod qdisc;
 
 use std::{path::PathBuf, time::Duration};
 
-use chaos_common::{Action, MAX_RULES, MAX_TARGETS, Rule, SessionConfig, TargetRules, loss::Prng, sys::SysMatch};
+use chaos_common::{Action, MAX_RULES, MAX_TARGETS, Rule, SessionConfig, TargetRules, loss::Prng};
 use serde::Serialize;
 
 use self::{
@@ -377,8 +377,10 @@ impl Session {
             }
         }
         let mut sys_rules = std::collections::BTreeMap::<u64, u64>::new();
-        for (i, f) in plan.faults.iter().enumerate().filter(|(_, f)| f.rule.sys.hook != 0) {
-            *sys_rules.entry(SysMatch::rules_key(f.rule.sys.hook, f.rule.sys.syscall_nr)).or_default() |= 1 << i;
+        for (i, f) in plan.faults.iter().enumerate() {
+            for key in f.spec.fault.sys_keys(&f.hooks) {
+                *sys_rules.entry(key).or_default() |= 1 << i;
+            }
         }
         for (key, rules) in sys_rules {
             kernel.set_sys_rules(key, rules)?;
