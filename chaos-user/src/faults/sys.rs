@@ -137,6 +137,17 @@ impl SysCallArgs {
         Ok(out)
     }
 
+    /// What every syscall rule holds: the action, how often, which call it is named by (`hook`,
+    /// and the number of the first syscall), `--when` and `--log-calls`.
+    pub fn fill(&self, rule: &mut chaos_common::Rule, action: chaos_common::Action, hook: u32, first_nr: u32) {
+        rule.action = action as u32;
+        rule.threshold = chaos_common::ppm_to_threshold(self.percent);
+        rule.sys.hook = hook;
+        rule.sys.syscall_nr = first_nr;
+        rule.sys.when = self.when();
+        rule.sys.log = self.log_calls as u32;
+    }
+
     /// "connect()" or "connect(), bind()", for descriptions.
     pub fn names(&self) -> String {
         self.syscalls.iter().map(|s| format!("{s}()")).collect::<Vec<_>>().join(", ")

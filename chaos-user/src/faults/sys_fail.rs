@@ -8,7 +8,7 @@
 //!   `bpf_override_return` on it (needs CONFIG_BPF_KPROBE_OVERRIDE).
 
 use chaos_common::{
-    Action, Counters, Rule, ppm_to_threshold,
+    Action, Counters, Rule,
     sys::{HOOK_FILE_OPEN, HOOK_SYSCALL, SysMatch},
 };
 use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
@@ -222,22 +222,18 @@ impl Fault for SysFail {
     }
 
     fn fill(&self, rule: &mut Rule, hooks: &[Hook]) -> Result<()> {
-        rule.action = Action::SysFail as u32;
-        rule.threshold = ppm_to_threshold(self.call.percent);
         // The first call's hook and number: what a logged call is named by when its hook does
         // not know the number.
-        rule.sys.hook = match hooks.first() {
+        let hook = match hooks.first() {
             Some(Hook::CgroupSock(hook)) => *hook,
             Some(Hook::LsmFileOpen | Hook::FmodRetFileOpen) => HOOK_FILE_OPEN,
             _ => HOOK_SYSCALL,
         };
-        rule.sys.syscall_nr = self.calls[0].1;
+        self.call.fill(rule, Action::SysFail, hook, self.calls[0].1);
         rule.sys.retval = match self.result {
             Failure::Errno(e) => -(e as i64),
             Failure::Retval(v) => v,
         };
-        rule.sys.when = self.call.when();
-        rule.sys.log = self.call.log_calls as u32;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! checks `fatal_signal_pending` (a write to a regular file, measured) gives up before its work.
 
 use chaos_common::{
-    Action, Counters, Rule, ppm_to_threshold,
+    Action, Counters, Rule,
     sys::{HOOK_SYS_ENTER, SysMatch},
 };
 use clap::{ArgMatches, Args, FromArgMatches};
@@ -74,13 +74,8 @@ impl Fault for SysSignal {
     }
 
     fn fill(&self, rule: &mut Rule, _hooks: &[Hook]) -> Result<()> {
-        rule.action = Action::SysSignal as u32;
-        rule.threshold = ppm_to_threshold(self.call.percent);
-        rule.sys.hook = HOOK_SYS_ENTER;
-        rule.sys.syscall_nr = self.calls[0].1;
+        self.call.fill(rule, Action::SysSignal, HOOK_SYS_ENTER, self.calls[0].1);
         rule.sys.signal = self.signal as u32;
-        rule.sys.when = self.call.when();
-        rule.sys.log = self.call.log_calls as u32;
         Ok(())
     }
 
