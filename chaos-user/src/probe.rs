@@ -127,7 +127,7 @@ pub struct Report {
 struct Facts {
     config: Option<BTreeMap<String, String>>,
     active_lsms: Option<String>,
-    btf: Option<Btf>,
+    btf: Option<&'static Btf>,
 }
 
 impl Facts {
@@ -136,7 +136,7 @@ impl Facts {
         Facts {
             config: config::read(),
             active_lsms: std::fs::read_to_string("/sys/kernel/security/lsm").ok(),
-            btf: Btf::from_sys_fs().ok(),
+            btf: crate::kernel::vmlinux_btf().ok(),
         }
     }
 
@@ -316,7 +316,7 @@ fn throwaway_netns_allowed() -> Outcome {
 }
 
 fn check_btf(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Outcome {
-    let btf = facts.btf.as_ref().ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
+    let btf = facts.btf.ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
     if b == Backend::BpfLsm {
         // The real program (its rules are not started, so it allows every open): a kernel whose
         // verifier refuses it says so here, not at the first fault.
@@ -348,7 +348,7 @@ fn check_btf(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Outcome {
 /// The real fmod_ret program, loaded by hand and attached to `function` (its rule is inactive, so
 /// it changes nothing), then detached.
 fn check_fmod_ret(kernel: &mut Kernel, facts: &Facts, section: &str, function: &str) -> Outcome {
-    let btf = facts.btf.as_ref().ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
+    let btf = facts.btf.ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
     match kernel.fmod_ret(section, function, btf) {
         Ok(attached) => {
             drop(attached);

@@ -124,7 +124,7 @@ fn fault_command(fc: FaultCommand) -> Result<()> {
         return run_session(vec![spec], &fc.session_args(), None);
     }
     // `-- CMD`: a cgroup of its own, the session in place, then CMD in the cgroup.
-    if !runnable(&command[0]) {
+    if which::which(&command[0]).is_err() {
         return Err(usage!("cannot run {}: no such executable (give a path, or a name on PATH)", command[0]));
     }
     privileges::check()?;
@@ -139,16 +139,6 @@ fn fault_command(fc: FaultCommand) -> Result<()> {
     // CMD's status: its exit code, or 128 + the signal that ended it, as a shell reports it.
     use std::os::unix::process::ExitStatusExt;
     std::process::exit(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
-}
-
-/// Whether `program` names an executable file: a path, or a name found on PATH (as execvp).
-fn runnable(program: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &std::path::Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if program.contains('/') {
-        return executable(program.as_ref());
-    }
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
 }
 
 /// The command of `chaos ... -- CMD`: started once the session is in place, waited for after.

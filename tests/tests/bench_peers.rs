@@ -84,12 +84,15 @@ struct CallBench<'a> {
     filter: &'a [&'a str],
 }
 
-fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, backends: &[(&str, &str)], fail: &[&str]) {
+/// `fault`: the chaos command without target, percent or backend (`sys fail --syscall openat
+/// --errno ENOENT`); `backends`: (label, flags) for each way measured (`--backend lsm`).
+fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, fault: &[&str], backends: &[(String, Vec<String>)]) {
     let (target_s, us) = (cg.path.display().to_string(), |secs: f64| secs * 1e6 / b.count as f64);
     let run = |at: &TempCgroup, strace: Option<&str>, armed: &mut dyn FnMut()| us(call_loop(&at.path, b.args, b.count, strace.map(|i| (i, b.filter)), armed).0);
-    let start = |backend: &str, percent: &str| {
-        let mut a: Vec<String> = ["sys", "fail", "--cgroup", &target_s, "--percent", percent, "--backend", backend, "--for", "10m", "--json"].map(String::from).to_vec();
-        a.extend(fail.iter().map(|s| s.to_string()));
+    let start = |flags: &[String], percent: &str| {
+        let mut a: Vec<String> = fault.iter().map(|s| s.to_string()).collect();
+        a.extend(["--cgroup", &target_s, "--percent", percent, "--for", "10m", "--json"].map(String::from));
+        a.extend(flags.iter().cloned());
         start_chaos(&a)
     };
     // Per backend: (0% target, 0% bystander, 100% target) per round.
@@ -98,12 +101,12 @@ fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, backends: 
     for _ in 0..ROUNDS {
         base.push(run(cg, None, &mut || {}));
         base_by.push(run(bystander, None, &mut || {}));
-        for (i, (backend, _)) in backends.iter().enumerate() {
-            let chaos = start(backend, "0");
+        for (i, (_, flags)) in backends.iter().enumerate() {
+            let chaos = start(flags, "0");
             let (t, by) = (run(cg, None, &mut || {}), run(bystander, None, &mut || {}));
             stop_chaos(chaos);
             let mut session = None;
-            let all = run(cg, None, &mut || session = Some(start(backend, "100")));
+            let all = run(cg, None, &mut || session = Some(start(flags, "100")));
             stop_chaos(session.expect("started"));
             with[i].push((t, by, all));
         }
@@ -114,14 +117,14 @@ fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, backends: 
         "Syscall faults in the errinj guest: {} {} calls by a process in the target cgroup, or in a bystander cgroup beside it (µs per call; baseline: the workload alone in the same cgroup; peer: strace -e inject=, armed and not firing for the 0% rows, firing on every call for the 100% rows)",
         b.count, b.what
     );
-    for (i, (backend, _)) in backends.iter().enumerate() {
+    for (i, (label, _)) in backends.iter().enumerate() {
         let r = &with[i];
         let at0: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|k| (base[k], r[k].0, Some(armed[k]))).collect();
-        row(&section, &format!("{}: chaos --backend {backend}, rule at 0%, target", b.what), &at0, Some("strace"), Some(("≤ ×1.05", |r| r <= 1.05)));
+        row(&section, &format!("{}: chaos {label}, rule at 0%, target", b.what), &at0, Some("strace"), Some(("≤ ×1.05", |r| r <= 1.05)));
         let by: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|k| (base_by[k], r[k].1, None)).collect();
-        row(&section, &format!("{}: chaos --backend {backend}, rule at 0%, bystander", b.what), &by, None, Some(("≤ ×1.01", |r| r <= 1.01)));
+        row(&section, &format!("{}: chaos {label}, rule at 0%, bystander", b.what), &by, None, Some(("≤ ×1.01", |r| r <= 1.01)));
         let at100: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|k| (base[k], r[k].2, Some(firing[k]))).collect();
-        row(&section, &format!("{}: chaos --backend {backend}, rule at 100% (every call failed)", b.what), &at100, Some("strace"), None);
+        row(&section, &format!("{}: chaos {label}, rule at 100% (every call hit)", b.what), &at100, Some("strace"), None);
     }
 }
 
@@ -131,11 +134,15 @@ fn syscalls(report: &Value) {
     let file = std::env::temp_dir().join(unique("bench-file"));
     std::fs::write(&file, b"x").expect("file");
     let path = file.display().to_string();
-    let works = |list: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
-        list.iter().copied().filter(|(_, probe_name)| backend(report, probe_name).0).collect()
+    // `--backend NAME` for each backend this kernel has.
+    let works = |list: &[(&str, &str)]| -> Vec<(String, Vec<String>)> {
+        list.iter()
+            .filter(|(_, probe_name)| backend(report, probe_name).0)
+            .map(|(name, _)| (format!("--backend {name}"), vec!["--backend".to_string(), name.to_string()]))
+            .collect()
     };
     let opens = CallBench { what: "open+close", args: &["--call", "open", "--path", &path], count: OPENS, inject: "openat:error=ENOENT", filter: &["-P", &path] };
-    call_bench(&opens, &cg, &bystander, &works(&[("lsm", "bpf_lsm"), ("fmod-ret", "fmod_ret_security"), ("kprobe", "kprobe_override")]), &["--syscall", "openat", "--errno", "ENOENT"]);
+    call_bench(&opens, &cg, &bystander, &["sys", "fail", "--syscall", "openat", "--errno", "ENOENT"], &works(&[("lsm", "bpf_lsm"), ("fmod-ret", "fmod_ret_security"), ("kprobe", "kprobe_override")]));
     // A listener on loopback for the connect loop, outside both cgroups.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
     let to = listener.local_addr().expect("address").to_string();
@@ -147,7 +154,12 @@ fn syscalls(report: &Value) {
         }
     });
     let connects = CallBench { what: "connect", args: &["--call", "connect", "--to", &to], count: CONNECTS, inject: "connect:error=ECONNREFUSED", filter: &[] };
-    call_bench(&connects, &cg, &bystander, &works(&[("cgroup", "cgroup_sock_addr"), ("fmod-ret", "fmod_ret_syscall"), ("kprobe", "kprobe_override")]), &["--syscall", "connect", "--errno", "ECONNREFUSED"]);
+    call_bench(&connects, &cg, &bystander, &["sys", "fail", "--syscall", "connect", "--errno", "ECONNREFUSED"], &works(&[("cgroup", "cgroup_sock_addr"), ("fmod-ret", "fmod_ret_syscall"), ("kprobe", "kprobe_override")]));
+    // sys signal: tp_btf sys_enter runs for every syscall of the machine. SIGCHLD, ignored by
+    // default, so the loop lives through a rule at 100%.
+    let getppids = CallBench { what: "getppid", args: &["--call", "getppid"], count: OPENS, inject: "getppid:signal=SIGCHLD", filter: &[] };
+    let tp_btf = if backend(report, "tp_btf_signal").0 { vec![("sys signal --signal CHLD (tp_btf)".to_string(), Vec::new())] } else { Vec::new() };
+    call_bench(&getppids, &cg, &bystander, &["sys", "signal", "--syscall", "getppid", "--signal", "CHLD"], &tp_btf);
     drop(accepting);
     let _ = std::fs::remove_file(&file);
 }

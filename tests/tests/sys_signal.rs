@@ -83,12 +83,13 @@ fn nothing_of_the_syscall_hooks_stays_after_sigkill() {
     assert_eq!(sockets("5")["ok"], 5, "socket() works again after SIGKILL");
 }
 
-/// The kernel ends a syscall rule at its deadline, whether or not chaos is there to detach it:
-/// with chaos stopped (SIGSTOP), calls fail before the deadline and succeed after it.
+/// The kernel ends syscall rules at their deadline, whether or not chaos is there to detach them:
+/// with chaos stopped (SIGSTOP), calls fail (and a signal rule kills) before the deadline, and
+/// succeed after it.
 #[test]
 fn a_stopped_chaos_stops_failing_calls_at_the_deadline() {
     // The window is the engine's, the same on every kernel (the packet faults' deadline tests
-    // run on every lane): the host lane shows it for a syscall rule.
+    // run on every lane): the host lane shows it for syscall rules.
     if lane() != "host" {
         eprintln!("the syscall deadline test runs on the host lane");
         return;
@@ -96,16 +97,25 @@ fn a_stopped_chaos_stops_failing_calls_at_the_deadline() {
     let sb = Sandbox::new();
     let cg = sb.cgroup.path.display().to_string();
     let lifetime = Duration::from_secs(6);
-    let chaos = start_chaos(&["sys", "fail", "--cgroup", &cg, "--syscall", "socket", "--errno", "EMFILE", "--for", "6s", "--json"].map(String::from));
+    let text = format!(
+        "[[fault]]\nkind = \"sys.fail\"\ncgroup = \"{cg}\"\nsyscall = \"socket\"\nerrno = \"EMFILE\"\nfor = \"6s\"\n\n\
+         [[fault]]\nkind = \"sys.signal\"\ncgroup = \"{cg}\"\nsyscall = \"getppid\"\nsignal = \"KILL\"\nfor = \"6s\"\n"
+    );
+    let file = TempFile::new("chaos-sysdeadline-", &text);
+    let chaos = start_chaos(&["apply".into(), file.path().into(), "--json".into()]);
     let started = std::time::Instant::now();
     chaos.signal(libc::SIGSTOP);
     let sockets = || sb.spawn(Place::Target, &["syscall-loop", "--call", "socket", "--count", "5"]).json(Duration::from_secs(30));
+    let getppid = || sb.spawn(Place::Target, &["syscall-loop", "--call", "getppid", "--count", "5"]).finish(Duration::from_secs(30));
     let before = sockets();
-    still_before(started, lifetime, "the first sockets");
-    assert_eq!(before["ok"], 0, "the rule is live before its deadline: {before}");
+    let (killed, _, _) = getppid();
+    still_before(started, lifetime, "the first calls");
+    assert_eq!(before["ok"], 0, "the fail rule is live before its deadline: {before}");
+    assert_eq!(killed, -1, "the signal rule is live before its deadline (killed, no exit code)");
     sleep_past(started, lifetime);
-    assert_eq!(sockets()["ok"], 5, "the kernel ended the rule at its deadline, chaos stopped");
+    assert_eq!(sockets()["ok"], 5, "the kernel ended the fail rule at its deadline, chaos stopped");
+    assert_eq!(getppid().0, 0, "the kernel ended the signal rule at its deadline, chaos stopped");
     chaos.signal(libc::SIGCONT);
     let summary = chaos.json(Duration::from_secs(30));
-    assert_eq!(counter(&summary, 0, "failed"), 5, "{summary}");
+    assert_eq!((counter(&summary, 0, "failed"), counter(&summary, 1, "signalled")), (5, 1), "{summary}");
 }

@@ -59,18 +59,22 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<&'static Rule>, KernelEr
     if mask == 0 {
         return Ok(None);
     }
+    // The rules of this call's hook and syscall, from one lookup, before any other helper: a
+    // target's other syscalls (sys_enter sees them all) stop here. Each is decided by one copy of
+    // the decision for an index the verifier does not know (found without a branch per bit), so
+    // verification walks RULES_PER_CALL copies of it, not one per rule slot.
+    // SAFETY: a map value, valid for this run.
+    let of_call = unsafe { CHAOS_SYS_RULES.get(&SysMatch::rules_key(hook, nr)) }.copied().unwrap_or(0);
+    let mut todo = mask & of_call;
+    if todo == 0 {
+        return Ok(None);
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     // chaos never fails its own calls, even in a target that contains it (`--force`).
     if is_session_process((pid_tgid >> 32) as u32) {
         return Ok(None);
     }
     let now = now();
-    // The rules of this call's hook and syscall, from one lookup; each is decided by one copy of
-    // the decision for an index the verifier does not know (found without a branch per bit), so
-    // verification walks RULES_PER_CALL copies of it, not one per rule slot.
-    // SAFETY: a map value, valid for this run.
-    let of_call = unsafe { CHAOS_SYS_RULES.get(&SysMatch::rules_key(hook, nr)) }.copied().unwrap_or(0);
-    let mut todo = mask & of_call;
     let mut n = 0;
     while todo != 0 && n < RULES_PER_CALL {
         let lowest = todo & todo.wrapping_neg();

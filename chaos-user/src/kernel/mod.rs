@@ -403,10 +403,16 @@ pub fn wait_for_coarse_clock(t: u64) {
     }
 }
 
+/// The kernel's own BTF (/sys/kernel/btf/vmlinux), parsed once per process (several MB): the
+/// probe, every LSM, fmod_ret and tp_btf attachment, and the backend choice share it.
+pub fn vmlinux_btf() -> Result<&'static aya::Btf, String> {
+    static BTF: std::sync::OnceLock<Result<aya::Btf, String>> = std::sync::OnceLock::new();
+    BTF.get_or_init(|| aya::Btf::from_sys_fs().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
+}
+
 /// Whether the kernel's BTF describes function `name` (None without BTF). fmod_ret attaches by
 /// BTF id, and a zero-argument syscall's `__x64_sys_NAME` is an alias, which has none.
 pub fn btf_has_function(name: &str) -> Option<bool> {
-    static BTF: std::sync::OnceLock<Option<aya::Btf>> = std::sync::OnceLock::new();
-    let btf = BTF.get_or_init(|| aya::Btf::from_sys_fs().ok()).as_ref()?;
+    let btf = vmlinux_btf().ok()?;
     Some(btf.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func).is_ok())
 }

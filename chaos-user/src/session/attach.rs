@@ -18,7 +18,6 @@ use std::{
 };
 
 use aya::{
-    Btf,
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt, KProbe, Lsm,
         SchedClassifier,
@@ -188,13 +187,13 @@ impl Attachments {
 
     /// One syscall hook.
     pub fn attach_sys(&mut self, kernel: &mut Kernel, hook: &Hook) -> Result<()> {
-        let btf = || Btf::from_sys_fs().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); {} needs it", hook.describe()));
+        let btf = || crate::kernel::vmlinux_btf().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); {} needs it", hook.describe()));
         let held = match hook {
             Hook::LsmFileOpen => {
                 let btf = btf()?;
                 let prog: &mut Lsm = kernel.get(PROG_LSM_FILE_OPEN)?;
                 if prog.fd().is_err() {
-                    prog.load("file_open", &btf).map_err(|e| load_refused("BPF LSM", &e))?;
+                    prog.load("file_open", btf).map_err(|e| load_refused("BPF LSM", &e))?;
                 }
                 let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching the LSM program: {}", chain(&e))))?;
                 SysHeld::Link(prog.take_link(id).map_err(|e| Error::Other(e.into()))?.into())
@@ -205,7 +204,7 @@ impl Attachments {
                     _ => (FMOD_RET_FILE_OPEN_SECTION, "security_file_open"),
                 };
                 let btf = btf()?;
-                SysHeld::FmodRet(kernel.fmod_ret(section, function, &btf).map_err(|e| match e {
+                SysHeld::FmodRet(kernel.fmod_ret(section, function, btf).map_err(|e| match e {
                     FmodRetError::NoFunction(_) => usage!("this kernel has no function {function} in its BTF: check the syscall name"),
                     FmodRetError::Load { .. } | FmodRetError::Attach { .. } => {
                         unsupported!("this kernel refused fmod_ret on {function} ({e}); see `chaos probe`")
@@ -229,7 +228,7 @@ impl Attachments {
                 let btf = btf()?;
                 let prog: &mut BtfTracePoint = kernel.get(PROG_SYS_ENTER)?;
                 if prog.fd().is_err() {
-                    prog.load("sys_enter", &btf).map_err(|e| load_refused("tp_btf", &e))?;
+                    prog.load("sys_enter", btf).map_err(|e| load_refused("tp_btf", &e))?;
                 }
                 let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching tp_btf sys_enter: {}", chain(&e))))?;
                 SysHeld::Link(prog.take_link(id).map_err(|e| Error::Other(e.into()))?.into())
