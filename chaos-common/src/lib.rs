@@ -51,6 +51,11 @@ pub const FLOWS_MAP: &str = "CHAOS_FLOWS";
 pub const CALL_LOG_MAP: &str = "CHAOS_CALL_LOG";
 /// Its size in bytes: 8192 records (and their headers).
 pub const CALL_LOG_BYTES: u32 = 8192 * 64;
+/// Name of the ring buffer of calls `sys.delay` holds ([`sys::HoldRecord`]): chaos reads it at
+/// once (each record wakes it) to continue each process at its hold's end.
+pub const HOLDS_MAP: &str = "CHAOS_HOLDS";
+/// Its size in bytes: 4096 records in flight (and their headers).
+pub const HOLDS_BYTES: u32 = 4096 * 64;
 /// Name of the map from a call's key ([`sys::SysMatch::rules_key`]) to the rules that match it.
 pub const SYS_RULES_MAP: &str = "CHAOS_SYS_RULES";
 /// Name of the map of calls counted for `--when` ([`sys::CallKey`] → calls so far).
@@ -97,6 +102,9 @@ pub enum Action {
     NetDns = 9,
     /// Send the calling thread `sys.signal` as the call enters (`sys.signal`); the call runs.
     SysSignal = 10,
+    /// Stop the calling process (SIGSTOP) at the call's entry or exit and tell chaos, which
+    /// continues it when the hold ends (`sys.delay`).
+    SysDelay = 11,
 }
 
 impl Action {
@@ -127,6 +135,7 @@ impl Action {
             8 => Action::NetStall,
             9 => Action::NetDns,
             10 => Action::SysSignal,
+            11 => Action::SysDelay,
             _ => Action::None,
         }
     }
@@ -323,11 +332,15 @@ pub enum KernelError {
     /// A call that more than [`sys::RULES_PER_CALL`] rules of its caller match: it was decided
     /// against the first ones only.
     SysRulesSkipped = 7,
+    /// `sys.delay`: a call chosen for a hold ran without one, its record not fitting in the ring
+    /// buffer (chaos continues every held process as it reads it; it reads it at once). Counted
+    /// as injected all the same.
+    HoldsFull = 8,
 }
-pub const KERNEL_ERROR_KINDS: u32 = 8;
+pub const KERNEL_ERROR_KINDS: u32 = 9;
 /// Names for reports, by [`KernelError`] value.
 pub const KERNEL_ERROR_NAMES: [&str; KERNEL_ERROR_KINDS as usize] =
-    ["header_load", "rule_lookup", "deep_cgroup", "ipv6_headers", "packet_write", "model_contended", "call_log_full", "sys_rules_skipped"];
+    ["header_load", "rule_lookup", "deep_cgroup", "ipv6_headers", "packet_write", "model_contended", "call_log_full", "sys_rules_skipped", "holds_full"];
 
 /// Converts a probability in parts per million (0..=1_000_000) into the threshold the kernel
 /// compares a `bpf_get_prandom_u32()` value against: inject when `random < threshold`.

@@ -38,6 +38,8 @@ pub const HOOK_GETSOCKOPT: u32 = 7;
 pub const HOOK_SETSOCKOPT: u32 = 8;
 /// Every syscall's entry (tp_btf `sys_enter`), `SysMatch::syscall_nr`: the call itself runs.
 pub const HOOK_SYS_ENTER: u32 = 9;
+/// Every syscall's exit (tp_btf `sys_exit`), `SysMatch::syscall_nr`: the call has run.
+pub const HOOK_SYS_EXIT: u32 = 10;
 
 /// cgroup programs, attached to the target cgroup, failing calls with `bpf_set_retval`.
 pub const PROG_BIND4: &str = "chaos_sys_bind4";
@@ -47,8 +49,10 @@ pub const PROG_SENDMSG6: &str = "chaos_sys_sendmsg6";
 pub const PROG_SOCK_CREATE: &str = "chaos_sys_sock_create";
 pub const PROG_GETSOCKOPT: &str = "chaos_sys_getsockopt";
 pub const PROG_SETSOCKOPT: &str = "chaos_sys_setsockopt";
-/// tp_btf `sys_enter`: signals.
+/// tp_btf `sys_enter`: signals, and holds at a call's entry.
 pub const PROG_SYS_ENTER: &str = "chaos_sys_enter";
+/// tp_btf `sys_exit`: holds at a call's exit.
+pub const PROG_SYS_EXIT: &str = "chaos_sys_exit";
 
 /// How many of the rules that match one call it is decided against (in rule order, until one
 /// acts): each is verified as its own copy of the decision, and a session rarely has two rules
@@ -118,6 +122,21 @@ pub struct CallRecord {
 
 const _: () = assert!(core::mem::size_of::<CallRecord>() == 40);
 
+/// A call `sys.delay` holds: the kernel has sent SIGSTOP to its thread (so its process stops on
+/// the way back to user mode), and chaos continues it `at_ns` + the rule's delay.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HoldRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub rule: u32,
+    pub nr: u32,
+    /// When the stop was sent (CLOCK_MONOTONIC ns, `bpf_ktime_get_ns`).
+    pub at_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<HoldRecord>() == 24);
+
 /// The filter and effect of a syscall rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -147,7 +166,7 @@ impl SysMatch {
     /// Hooks that see the syscall number (the others are one syscall, or a family).
     #[inline(always)]
     pub const fn per_syscall(hook: u32) -> bool {
-        hook == HOOK_SYSCALL || hook == HOOK_SYS_ENTER
+        hook == HOOK_SYSCALL || hook == HOOK_SYS_ENTER || hook == HOOK_SYS_EXIT
     }
 
     /// The key of [`crate::SYS_RULES_MAP`] for a call caught at `hook` (syscall `nr`): the

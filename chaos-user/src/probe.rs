@@ -82,7 +82,7 @@ impl Backend {
             Backend::CgroupSkb => "net faults, ingress",
             Backend::Tcx | Backend::TcNetlink => "net faults, egress; net dns (either one)",
             Backend::CgroupSockAddr => "sys fail: socket, bind, connect, sendto/sendmsg (UDP), get/setsockopt",
-            Backend::TpBtfSignal => "sys signal: any syscall",
+            Backend::TpBtfSignal => "sys signal, sys delay: any syscall",
             Backend::BpfLsm | Backend::FmodRetSecurity => "sys fail: the open family",
             Backend::FmodRetSyscall | Backend::KprobeOverride => "sys fail: any syscall",
             Backend::SchFq => "net delay, reorder, rate (shaping)",

@@ -16,8 +16,9 @@ pub struct SyscallRow {
     pub nr: u32,
     /// The backend `chaos sys fail --backend auto` would use, or "none".
     pub fail: String,
-    /// `chaos sys signal`: "tp_btf" or "none".
+    /// `chaos sys signal` and `chaos sys delay` (the same program type): "tp_btf" or "none".
     pub signal: &'static str,
+    pub delay: &'static str,
     /// Why: which calls a cgroup hook sees, or why nothing can fail the syscall here.
     pub note: String,
 }
@@ -63,15 +64,15 @@ pub fn syscalls(report: &Report) -> Vec<SyscallRow> {
                     ("none".into(), format!("{}: {}", first.label(), reason(first)))
                 }
             };
-            SyscallRow { name, nr: s.id() as u32, fail, signal, note }
+            SyscallRow { name, nr: s.id() as u32, fail, signal, delay: signal, note }
         })
         .collect()
 }
 
 pub fn syscalls_text(rows: &[SyscallRow]) -> String {
-    let mut out = format!("{:<24} {:>4}  {:<9} {:<7} note\n", "syscall", "nr", "fail", "signal");
+    let mut out = format!("{:<24} {:>4}  {:<9} {:<7} {:<7} note\n", "syscall", "nr", "fail", "signal", "delay");
     for r in rows {
-        let _ = writeln!(out, "{:<24} {:>4}  {:<9} {:<7} {}", r.name, r.nr, r.fail, r.signal, r.note);
+        let _ = writeln!(out, "{:<24} {:>4}  {:<9} {:<7} {:<7} {}", r.name, r.nr, r.fail, r.signal, r.delay, r.note);
     }
     let failing = rows.iter().filter(|r| r.fail != "none").count();
     let _ = writeln!(out, "\n{failing} of {} syscalls can be failed on this kernel; `chaos probe` explains each backend.", rows.len());

@@ -86,6 +86,9 @@ pub enum Workload {
         count: u64,
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
         threads: u32,
+        /// Also print how long each call took ("took_ns", the first 1000 calls of each thread).
+        #[arg(long)]
+        timings: bool,
     },
     /// Answer DNS queries (A and AAAA, with documentation addresses) until stdin closes; count
     /// them by name.
@@ -163,7 +166,9 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         Workload::DnsServer { bind, max } => dns::server(bind, max),
         Workload::Resolve { name, count, resolv_conf } => dns::resolve(&name, count, resolv_conf.as_deref()),
         Workload::PacketTime { rounds, packets } => crate::bench::run(rounds, packets),
-        Workload::SyscallLoop { call, path, to, count, wait, threads } => syscall_loop(&call, path.as_deref(), to, count, wait, threads),
+        Workload::SyscallLoop { call, path, to, count, wait, threads, timings } => {
+            syscall_loop(&call, path.as_deref(), to, count, wait, threads, timings)
+        }
     }
 }
 
@@ -225,23 +230,29 @@ impl LoopCall {
 
 /// Runs one syscall --count times in each of `threads` threads; prints {"calls", "ok",
 /// "errors": {errno: n}, "failed_at": [[call numbers] per thread] (the first 1000 calls of each),
-/// "secs"}.
-fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAddr>, count: u64, wait: bool, threads: u32) -> Result<()> {
+/// "secs"}, and with `timings` "took_ns": [[ns per call] per thread] (the first 1000 calls).
+fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAddr>, count: u64, wait: bool, threads: u32, timings: bool) -> Result<()> {
     let call = LoopCall::new(call, path, to)?;
     if wait {
         ready();
         std::io::stdin().read_line(&mut String::new())?;
     }
     let start = Instant::now();
-    type Outcomes = (u64, std::collections::BTreeMap<i32, u64>, Vec<u64>, std::collections::BTreeMap<i64, u64>);
+    type Outcomes = (u64, std::collections::BTreeMap<i32, u64>, Vec<u64>, std::collections::BTreeMap<i64, u64>, Vec<u64>);
     let per_thread: Vec<Outcomes> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
                     let (mut ok, mut errors, mut failed_at) = (0u64, std::collections::BTreeMap::<i32, u64>::new(), Vec::new());
                     let mut values = std::collections::BTreeMap::<i64, u64>::new();
+                    let mut took = Vec::new();
                     for n in 1..=count {
-                        match call.once() {
+                        let t0 = Instant::now();
+                        let outcome = call.once();
+                        if timings && n <= 1000 {
+                            took.push(t0.elapsed().as_nanos() as u64);
+                        }
+                        match outcome {
                             Ok(v) => {
                                 ok += 1;
                                 if values.len() < 100 {
@@ -256,7 +267,7 @@ fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAdd
                             }
                         }
                     }
-                    (ok, errors, failed_at, values)
+                    (ok, errors, failed_at, values, took)
                 })
             })
             .collect();
@@ -265,7 +276,7 @@ fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAdd
     let ok: u64 = per_thread.iter().map(|t| t.0).sum();
     let mut errors = std::collections::BTreeMap::<i32, u64>::new();
     let mut values = std::collections::BTreeMap::<i64, u64>::new();
-    for (_, e, _, vals) in &per_thread {
+    for (_, e, _, vals, _) in &per_thread {
         for (k, v) in e {
             *errors.entry(*k).or_default() += v;
         }
@@ -274,10 +285,12 @@ fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAdd
         }
     }
     let failed_at: Vec<&Vec<u64>> = per_thread.iter().map(|t| &t.2).collect();
-    println!(
-        "{}",
-        json!({"calls": count * threads as u64, "ok": ok, "errors": errors, "values": values, "failed_at": failed_at, "secs": start.elapsed().as_secs_f64()})
-    );
+    let mut out =
+        json!({"calls": count * threads as u64, "ok": ok, "errors": errors, "values": values, "failed_at": failed_at, "secs": start.elapsed().as_secs_f64()});
+    if timings {
+        out["took_ns"] = json!(per_thread.iter().map(|t| &t.4).collect::<Vec<_>>());
+    }
+    println!("{out}");
     Ok(())
 }
 

@@ -48,6 +48,14 @@ const CONNECTS: u64 = 2_000;
 /// is started and made ready first; `armed` runs then, before its first call (a fault that fails
 /// every open must not fail its exec). Returns (seconds, calls that failed).
 fn call_loop(cg: &std::path::Path, args: &[&str], count: u64, strace: Option<(&str, &[&str])>, armed: &mut dyn FnMut()) -> (f64, u64) {
+    let out = call_loop_out(cg, args, count, strace, armed);
+    let failed: u64 = out["errors"].as_object().map(|m| m.values().filter_map(Value::as_u64).sum()).unwrap_or(0);
+    assert_eq!(out["ok"].as_u64().unwrap_or(0) + failed, count, "{out}");
+    (out["secs"].as_f64().expect("secs"), failed)
+}
+
+/// [`call_loop`]'s workload report, whole.
+fn call_loop_out(cg: &std::path::Path, args: &[&str], count: u64, strace: Option<(&str, &[&str])>, armed: &mut dyn FnMut()) -> Value {
     let chaos = chaos_bin().display().to_string();
     let mut argv: Vec<String> = Vec::new();
     if let Some((inject, filter)) = strace {
@@ -65,10 +73,7 @@ fn call_loop(cg: &std::path::Path, args: &[&str], count: u64, strace: Option<(&s
     p.ready();
     armed();
     p.go();
-    let out = p.json(Duration::from_secs(600));
-    let failed: u64 = out["errors"].as_object().map(|m| m.values().filter_map(Value::as_u64).sum()).unwrap_or(0);
-    assert_eq!(out["ok"].as_u64().unwrap_or(0) + failed, count, "{out}");
-    (out["secs"].as_f64().expect("secs"), failed)
+    p.json(Duration::from_secs(600))
 }
 
 /// One syscall workload measured every way the issue asks: the workload alone; with a chaos rule
@@ -164,6 +169,46 @@ fn syscalls(report: &Value) {
     let _ = std::fs::remove_file(&file);
 }
 
+/// `sys delay`'s accuracy beside strace's `delay_enter=`: every getppid of a process in the target
+/// held for D; a hold's error is the call's time less the call alone (the round's median) less D,
+/// as the process sees it (for strace, its stops included).
+fn holds() {
+    let started = Instant::now();
+    let cg = TempCgroup::new(&unique("bench-hold")).expect("cgroup");
+    let target = cg.path.display().to_string();
+    let args = ["--call", "getppid", "--timings"];
+    let took_us = |out: &Value| -> Vec<f64> { out["took_ns"][0].as_array().expect("took_ns").iter().map(|v| v.as_f64().unwrap() / 1e3).collect() };
+    let quantile = |mut v: Vec<f64>, q: f64| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    };
+    let section = "Syscall delay in the errinj guest: every getppid of a process in the target cgroup held for D (error of a hold in µs: the call's time less the call alone less D, as the process sees it; baseline: the call alone, µs; chaos: sys delay --delay D, tp_btf sys_enter + SIGSTOP, SIGCONT from chaos; peer: strace -e inject=getppid:delay_enter=D)";
+    for (delay_ms, n) in [(1u64, 100u64), (10, 50), (100, 20)] {
+        let mut by_q: Vec<Vec<(Option<f64>, f64, f64)>> = vec![Vec::new(), Vec::new()];
+        for _ in 0..ROUNDS {
+            let alone = median(took_us(&call_loop_out(&cg.path, &args, n, None, &mut || {})));
+            let mut session = None;
+            let chaos = took_us(&call_loop_out(&cg.path, &args, n, None, &mut || {
+                session = Some(start_chaos(
+                    &["sys", "delay", "--cgroup", &target, "--syscall", "getppid", "--delay", &format!("{delay_ms}ms"), "--for", "10m", "--json"]
+                        .map(String::from),
+                ))
+            }));
+            stop_chaos(session.expect("started"));
+            let inject = format!("getppid:delay_enter={}", delay_ms * 1000);
+            let strace = took_us(&call_loop_out(&cg.path, &args, n, Some((&inject, &[])), &mut || {}));
+            let err = |v: &[f64]| v.iter().map(|t| t - alone - (delay_ms * 1000) as f64).collect::<Vec<f64>>();
+            for (i, q) in [0.5, 0.99].into_iter().enumerate() {
+                by_q[i].push((Some(alone), quantile(err(&chaos), q), quantile(err(&strace), q)));
+            }
+        }
+        for (i, q) in ["p50", "p99"].into_iter().enumerate() {
+            row_vs(section, &format!("D = {delay_ms} ms, {n} calls: {q} error (µs)"), &by_q[i], false, None, "strace");
+        }
+    }
+    eprintln!("bench: holds section took {:.0} s", started.elapsed().as_secs_f64());
+}
+
 /// (request p50 µs, request p99 µs, TCP MiB/s) from the target to the server across the veth.
 fn traffic(sb: &Sandbox, port: u16) -> (f64, f64, f64) {
     let to = format!("{SERVER_V4}:{port}");
@@ -224,6 +269,11 @@ type PeerGoal<'a> = Option<(&'a str, fn(f64, f64) -> bool)>;
 /// ratios. Without `with_ratio` (a figure whose quotient means nothing, such as a signed error) the
 /// row has neither. `goal` is shown with whether the medians meet it.
 fn row_vs_peer(section: &str, measure: &str, rounds: &[(Option<f64>, f64, f64)], with_ratio: bool, goal: PeerGoal) {
+    row_vs(section, measure, rounds, with_ratio, goal, "netem");
+}
+
+/// [`row_vs_peer`] beside a peer other than netem.
+fn row_vs(section: &str, measure: &str, rounds: &[(Option<f64>, f64, f64)], with_ratio: bool, goal: PeerGoal, peer_name: &str) {
     let b: Vec<f64> = rounds.iter().filter_map(|r| r.0).collect();
     let b = (!b.is_empty()).then(|| median(b));
     let (c, p) = (median(rounds.iter().map(|r| r.1).collect()), median(rounds.iter().map(|r| r.2).collect()));
@@ -232,7 +282,7 @@ fn row_vs_peer(section: &str, measure: &str, rounds: &[(Option<f64>, f64, f64)],
     let spread = (with_ratio && !ratios.is_empty())
         .then(|| (ratios.iter().copied().fold(f64::MAX, f64::min), ratios.iter().copied().fold(f64::MIN, f64::max)));
     let json = serde_json::json!({
-        "section": section, "measure": measure, "baseline": b, "chaos": c, "peer": p, "peer_name": "netem",
+        "section": section, "measure": measure, "baseline": b, "chaos": c, "peer": p, "peer_name": peer_name,
         "ratio": ratio, "ratio_of": "peer", "spread": spread, "goal": goal.map(|g| g.0), "met": goal.map(|g| g.1(c, p)),
     });
     eprintln!("BENCH| {json}");
@@ -587,6 +637,9 @@ fn faults() {
 fn bench_peers_side_by_side() {
     if wanted("syscalls") {
         syscalls(&probe_report());
+    }
+    if wanted("holds") {
+        holds();
     }
     if wanted("packets") {
         packets();

@@ -59,8 +59,8 @@ fn an_unknown_signal_is_bad_input() {
     assert!(err[0].contains("not a signal name"), "{err:?}");
 }
 
-/// Every syscall hook that works on every lane (the six cgroup hooks and tp_btf sys_enter) in
-/// one session: live while chaos runs, gone after SIGKILL with nothing else acting, and the
+/// Every syscall hook that works on every lane (the six cgroup hooks, tp_btf sys_enter and
+/// sys_exit) in one session: live while chaos runs, gone after SIGKILL with nothing else acting, and the
 /// target's calls succeed again.
 #[test]
 fn nothing_of_the_syscall_hooks_stays_after_sigkill() {
@@ -70,11 +70,12 @@ fn nothing_of_the_syscall_hooks_stays_after_sigkill() {
     for call in ["socket", "bind", "connect", "sendto", "getsockopt", "setsockopt"] {
         text += &format!("[[fault]]\nkind = \"sys.fail\"\ncgroup = \"{cg}\"\nsyscall = \"{call}\"\nerrno = \"EPERM\"\nbackend = \"cgroup\"\nfor = \"60s\"\n\n");
     }
-    text += &format!("[[fault]]\nkind = \"sys.signal\"\ncgroup = \"{cg}\"\nsyscall = \"getppid\"\nsignal = \"KILL\"\nfor = \"60s\"\n");
+    text += &format!("[[fault]]\nkind = \"sys.signal\"\ncgroup = \"{cg}\"\nsyscall = \"getppid\"\nsignal = \"KILL\"\nfor = \"60s\"\n\n");
+    text += &format!("[[fault]]\nkind = \"sys.delay\"\ncgroup = \"{cg}\"\nsyscall = \"getpid\"\ndelay = \"1ms\"\non = \"exit\"\nfor = \"60s\"\n");
     let file = TempFile::new("chaos-syshooks-", &text);
     let mut chaos = start_chaos(&["apply".into(), file.path().into(), "--json".into()]);
     let (programs, links) = attached_ids(&chaos.wait_for("attached:", Duration::from_secs(5)));
-    assert_eq!(links.len(), 10, "two links each for bind, connect and sendto, one for the others and for sys_enter: {links:?}");
+    assert_eq!(links.len(), 11, "two links each for bind, connect and sendto, one for the others, sys_enter and sys_exit: {links:?}");
     let sockets = |n: &str| sb.spawn(Place::Target, &["syscall-loop", "--call", "socket", "--count", n]).json(Duration::from_secs(30));
     assert_eq!(sockets("5")["ok"], 0, "the fault is live before the kill");
     chaos.signal(libc::SIGKILL);

@@ -15,11 +15,11 @@ use chaos_common::{
     Action, Family, KernelError, MAX_RULES, Rule,
     sys::{
         COUNT_PROCESS, COUNT_THREAD, CallKey, CallRecord, HOOK_BIND, HOOK_CONNECT, HOOK_FILE_OPEN, HOOK_GETSOCKOPT, HOOK_SENDMSG, HOOK_SETSOCKOPT,
-        HOOK_SOCKET, HOOK_SYS_ENTER, HOOK_SYSCALL, RULES_PER_CALL, SysMatch,
+        HOOK_SOCKET, HOOK_SYS_ENTER, HOOK_SYS_EXIT, HOOK_SYSCALL, HoldRecord, RULES_PER_CALL, SysMatch,
     },
 };
 
-use crate::engine::{CHAOS_CALL_LOG, CHAOS_CALLS, CHAOS_SYS_RULES, count_error, decide, fetch_add_slot, injected, is_session_process, now, rule, rules_for};
+use crate::engine::{CHAOS_CALL_LOG, CHAOS_CALLS, CHAOS_HOLDS, CHAOS_SYS_RULES, count_error, decide, fetch_add_slot, injected, is_session_process, now, rule, rules_for};
 
 /// Counts this call for rule `i`'s `--when` and says whether the call is one it selects.
 #[inline(always)]
@@ -37,10 +37,10 @@ fn when_selects(i: u32, r: &Rule, hook: u32, nr: u32, pid_tgid: u64) -> bool {
     }
 }
 
-/// The rule to apply to this call (what to return, or what to send), if a rule of the calling
-/// process says so.
+/// The rule to apply to this call (what to return, or what to send), and its index, if a rule of
+/// the calling process says so.
 #[inline(always)]
-fn decide_call(hook: u32, nr: u32) -> Option<&'static Rule> {
+fn decide_call(hook: u32, nr: u32) -> Option<(u32, &'static Rule)> {
     match try_decide_call(hook, nr) {
         Ok(r) => r,
         Err(e) => {
@@ -51,7 +51,7 @@ fn decide_call(hook: u32, nr: u32) -> Option<&'static Rule> {
 }
 
 #[inline(always)]
-fn try_decide_call(hook: u32, nr: u32) -> Result<Option<&'static Rule>, KernelError> {
+fn try_decide_call(hook: u32, nr: u32) -> Result<Option<(u32, &'static Rule)>, KernelError> {
     // SAFETY: helpers without preconditions.
     let leaf = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: as above.
@@ -88,7 +88,7 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<&'static Rule>, KernelEr
             if r.sys.log != 0 {
                 log_call(i, r, hook, nr, pid_tgid);
             }
-            return Ok(Some(r));
+            return Ok(Some((i, r)));
         }
         n += 1;
     }
@@ -127,7 +127,7 @@ fn log_call(i: u32, r: &Rule, hook: u32, nr: u32, pid_tgid: u64) {
 /// What a failing hook returns for the call: the rule's value, if a fail rule took it.
 #[inline(always)]
 fn fail_call(hook: u32, nr: u32) -> Option<i64> {
-    decide_call(hook, nr).filter(|r| Action::from_u32(r.action) == Action::SysFail).map(|r| r.sys.retval)
+    decide_call(hook, nr).filter(|(_, r)| Action::from_u32(r.action) == Action::SysFail).map(|(_, r)| r.sys.retval)
 }
 
 /// The syscall number of a `__x64_sys_*` entry, from the user registers it is given.
@@ -209,20 +209,62 @@ pub fn chaos_sys_setsockopt(_ctx: SockoptContext) -> i32 {
 }
 
 /// tp_btf `sys_enter(struct pt_regs *regs, long id)`: every syscall's entry. A signal rule sends
-/// its signal to the calling thread; it is delivered on the way back to user mode, so the call
-/// runs first.
+/// its signal to the calling thread, a delay rule holds it; either lands on the way back to user
+/// mode, so the call runs first (a blocking call is interrupted at once).
 #[btf_tracepoint(function = "sys_enter")]
 pub fn chaos_sys_enter(ctx: BtfTracePointContext) -> i32 {
     // sys_enter's second argument is the syscall number.
     let nr: i64 = ctx.arg(1);
-    if let Some(r) = decide_call(HOOK_SYS_ENTER, nr as u32)
-        && Action::from_u32(r.action) == Action::SysSignal
-    {
-        // SAFETY: no preconditions; tracing programs run in the calling task's context.
-        unsafe { bpf_send_signal_thread(r.sys.signal) };
-    }
+    signal_or_hold(HOOK_SYS_ENTER, nr as u32);
     0
 }
+
+/// tp_btf `sys_exit(struct pt_regs *regs, long ret)`: every syscall's exit, where a delay rule
+/// `--on exit` holds the thread after its call has run (strace's `delay_exit`).
+#[btf_tracepoint(function = "sys_exit")]
+pub fn chaos_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const pt_regs = ctx.arg(0);
+    signal_or_hold(HOOK_SYS_EXIT, syscall_nr(regs));
+    0
+}
+
+#[inline(always)]
+fn signal_or_hold(hook: u32, nr: u32) {
+    let Some((i, r)) = decide_call(hook, nr) else { return };
+    match Action::from_u32(r.action) {
+        // SAFETY: no preconditions; tracing programs run in the calling task's context.
+        Action::SysSignal => unsafe {
+            bpf_send_signal_thread(r.sys.signal);
+        },
+        Action::SysDelay => hold(i, nr),
+        _ => {}
+    }
+}
+
+/// Stops the calling thread's process (SIGSTOP, delivered on its way back to user mode) and tells
+/// chaos, which continues it when the hold ends. The record is reserved first: a process is never
+/// stopped unless chaos will hear of it.
+#[inline(always)]
+fn hold(i: u32, nr: u32) {
+    let Some(mut entry) = CHAOS_HOLDS.reserve::<HoldRecord>(0) else {
+        count_error(KernelError::HoldsFull);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    entry.write(HoldRecord { pid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32, rule: i, nr, at_ns: now() });
+    // SAFETY: no preconditions; tracing programs run in the calling task's context.
+    if unsafe { bpf_send_signal_thread(SIGSTOP) } == 0 {
+        // Wake chaos at once, whatever the ring's fill: the hold's accuracy depends on it.
+        entry.submit(BPF_RB_FORCE_WAKEUP);
+    } else {
+        entry.discard(0);
+    }
+}
+
+/// signal(7): SIGSTOP on x86_64.
+const SIGSTOP: u32 = 19;
+/// `bpf_ringbuf_submit` flag: notify the reader now.
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// BPF LSM on file_open: a non-zero return denies the open with that error.
 ///

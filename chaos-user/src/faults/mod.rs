@@ -17,6 +17,7 @@ pub mod net_rate;
 pub mod net_reorder;
 pub mod net_stall;
 pub mod sys;
+pub mod sys_delay;
 pub mod sys_fail;
 pub mod sys_signal;
 
@@ -48,8 +49,10 @@ pub enum Hook {
     FmodRetSyscall(String),
     /// kprobe + `bpf_override_return` on a syscall's entry function.
     Kprobe(String),
-    /// tp_btf `sys_enter`: every syscall's entry, where signals are sent.
+    /// tp_btf `sys_enter`: every syscall's entry, where signals are sent and holds start.
     SysEnter,
+    /// tp_btf `sys_exit`: every syscall's exit (holds after the call).
+    SysExit,
 }
 
 impl Hook {
@@ -81,6 +84,7 @@ impl Hook {
             Hook::FmodRetSyscall(f) => format!("fmod_ret on {f}"),
             Hook::Kprobe(f) => format!("kprobe + bpf_override_return on {f}"),
             Hook::SysEnter => "tp_btf sys_enter".into(),
+            Hook::SysExit => "tp_btf sys_exit".into(),
         }
     }
 }
@@ -104,6 +108,10 @@ pub trait Fault: std::fmt::Debug {
     /// through them.
     fn sys_keys(&self, _hooks: &[Hook]) -> Vec<u64> {
         Vec::new()
+    }
+    /// `sys.delay`: how long each call the rule selects holds its process (chaos continues it).
+    fn hold(&self) -> Option<sys_delay::HoldSpec> {
+        None
     }
     /// Network namespaces whose devices the fault's TC hook must also sit on (`--netns`).
     fn netns(&self) -> &[PathBuf] {
@@ -156,6 +164,7 @@ pub const KINDS: &[Kind] = &[
     net_dns::KIND,
     sys_fail::KIND,
     sys_signal::KIND,
+    sys_delay::KIND,
 ];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {

@@ -15,7 +15,7 @@ use aya::{
     util::nr_cpus,
 };
 use chaos_common::{
-    Action, CALL_LOG_MAP, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
+    Action, CALL_LOG_MAP, HOLDS_MAP, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
     PRNG_MAP, SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules,
     loss::Prng,
     net::{DELAY_TABLES_MAP, DelayTable},
@@ -180,6 +180,15 @@ impl Kernel {
         fmod_ret::attach(KERNEL_OBJECT, section, &maps, target, btf)
     }
 
+    /// A second handle on the ring buffer of `sys.delay` holds, for the thread that reads it.
+    pub fn holds_ring(&self) -> Result<aya::maps::RingBuf<MapData>> {
+        let Map::RingBuf(data) = self.map(HOLDS_MAP)? else {
+            return Err(Error::Other(anyhow::anyhow!("map {HOLDS_MAP} is not a ring buffer")));
+        };
+        let own = MapData::from_id(data.info().map_err(map_error)?.id()).map_err(map_error)?;
+        aya::maps::RingBuf::try_from(Map::RingBuf(own)).map_err(map_error)
+    }
+
     /// Which rules match calls with key `key` ([`chaos_common::sys::SysMatch::rules_key`]).
     pub fn set_sys_rules(&mut self, key: u64, rules: u64) -> Result<()> {
         let mut map: HashMap<_, u64, u64> = HashMap::try_from(self.map_mut(SYS_RULES_MAP)?).map_err(map_error)?;
@@ -216,6 +225,7 @@ pub fn describe_call(r: &CallRecord) -> String {
             let sig = nix::sys::signal::Signal::try_from(r.signal as i32).map(|s| s.as_str().to_string()).unwrap_or_else(|_| r.signal.to_string());
             format!("{name}() sent {sig}")
         }
+        Action::SysDelay => format!("{name}() held (SIGSTOP)"),
         _ if (-4095..0).contains(&r.retval) => {
             let errno = crate::faults::sys::errno_name(-r.retval as i32).unwrap_or_else(|| (-r.retval).to_string());
             format!("{name}() = -1 {errno}")

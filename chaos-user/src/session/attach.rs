@@ -28,7 +28,7 @@ use aya::{
 };
 use chaos_common::{
     net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS, PROG_TC_EGRESS_L3},
-    sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_KPROBE, PROG_LSM_FILE_OPEN, PROG_SYS_ENTER},
+    sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_KPROBE, PROG_LSM_FILE_OPEN, PROG_SYS_ENTER, PROG_SYS_EXIT},
 };
 use serde::Serialize;
 
@@ -224,13 +224,14 @@ impl Attachments {
                 let link = prog.take_link(id).map_err(|e| Error::Other(e.into()))?;
                 SysHeld::Link(FdLink::try_from(link).map_err(|e| Error::Other(e.into()))?)
             }
-            Hook::SysEnter => {
+            Hook::SysEnter | Hook::SysExit => {
                 let btf = btf()?;
-                let prog: &mut BtfTracePoint = kernel.get(PROG_SYS_ENTER)?;
+                let (name, point) = if *hook == Hook::SysEnter { (PROG_SYS_ENTER, "sys_enter") } else { (PROG_SYS_EXIT, "sys_exit") };
+                let prog: &mut BtfTracePoint = kernel.get(name)?;
                 if prog.fd().is_err() {
-                    prog.load("sys_enter", btf).map_err(|e| load_refused("tp_btf", &e))?;
+                    prog.load(point, btf).map_err(|e| load_refused("tp_btf", &e))?;
                 }
-                let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching tp_btf sys_enter: {}", chain(&e))))?;
+                let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching tp_btf {point}: {}", chain(&e))))?;
                 SysHeld::Link(prog.take_link(id).map_err(|e| Error::Other(e.into()))?.into())
             }
             Hook::TcEgress | Hook::CgroupIngress | Hook::CgroupSock(_) => return Ok(()),

@@ -48,6 +48,11 @@ pub enum Change {
     /// names it), proved the session's by its handle, unique to the session. Deleting it makes the
     /// kernel attach the default again.
     RootFq { netns: NetnsRef, ifindex: u32, ifname: String, handle: u32, replaced: String },
+    /// A target whose processes the session's `sys.delay` rules stop (SIGSTOP), each to be
+    /// continued at its hold's end. Undoing it (the session died holding some) continues every
+    /// stopped process of the cgroup and its descendants: a stop is not marked with who sent it,
+    /// so one sent by someone else to a process of the target during the fault is undone too.
+    Stopped { cgroup: PathBuf, cgroup_id: u64 },
     /// A file the session created, marked with its id: a harmless change that exercises the
     /// journal and the guardian in tests (`CHAOS_TEST_FAKE_CHANGE`).
     TestFile { path: PathBuf, marker: String },
@@ -59,6 +64,7 @@ impl Change {
             Change::TcFilter { ifname, prog_id, .. } => format!("TC filter (program {prog_id}) on {ifname}"),
             Change::Clsact { ifname, .. } => format!("clsact qdisc on {ifname}"),
             Change::RootFq { ifname, handle, replaced, .. } => format!("fq qdisc {:x}: on {ifname} (in place of {replaced})", handle >> 16),
+            Change::Stopped { cgroup, .. } => format!("processes held in {}", cgroup.display()),
             Change::TestFile { path, .. } => format!("test file {}", path.display()),
         }
     }
@@ -256,6 +262,22 @@ pub fn undo(change: &Change) -> anyhow::Result<bool> {
                 }
                 rtnl::delete_root_qdisc(*ifindex, *handle).with_context(|| format!("restoring the default qdisc of {ifname}"))
             })?
+        }
+        Change::Stopped { cgroup, cgroup_id } => {
+            if !fs::metadata(cgroup).is_ok_and(|m| m.ino() == *cgroup_id) {
+                return Ok(false);
+            }
+            let target = crate::target::Cgroup { path: cgroup.clone(), id: *cgroup_id };
+            let mut continued = false;
+            for pid in target.pids() {
+                let stopped = procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).is_ok_and(|s| s.state == 'T');
+                if stopped {
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT)
+                        .with_context(|| format!("continuing process {pid}"))?;
+                    continued = true;
+                }
+            }
+            Ok(continued)
         }
         Change::TestFile { path, marker } => match fs::read_to_string(path) {
             Ok(text) if text.trim() == marker => {

@@ -8,6 +8,7 @@
 
 pub mod attach;
 pub mod guardian;
+pub mod holds;
 pub mod journal;
 pub mod qdisc;
 
@@ -330,6 +331,8 @@ pub struct Session {
     journal: Journal,
     /// Each rule's window once started (CLOCK_MONOTONIC ns).
     windows: Vec<(u64, u64)>,
+    /// `sys.delay`: the thread that continues held processes.
+    holder: Option<holds::Holder>,
     finished: bool,
 }
 
@@ -406,13 +409,32 @@ impl Session {
             .collect();
         let journal = Journal::new(record);
         journal.save().map_err(|e| Error::Other(e.context("writing the session record")))?;
-        let mut s = Session { id, kernel, plan, attachments: Attachments::default(), journal, windows: Vec::new(), finished: false };
-        if let Err(e) = s.attach_all() {
+        let mut s = Session { id, kernel, plan, attachments: Attachments::default(), journal, windows: Vec::new(), holder: None, finished: false };
+        if let Err(e) = s.start_holder().and_then(|_| s.attach_all()) {
             s.teardown();
             return Err(e);
         }
         s.set_windows()?;
         Ok(s)
+    }
+
+    /// `sys.delay`: journals each target whose processes its rules stop (so a guardian continues
+    /// them if this process dies), then starts the thread that continues each at its hold's end.
+    /// Before anything is attached or any rule starts: no stop comes before both are in place.
+    fn start_holder(&mut self) -> Result<()> {
+        let specs: Vec<_> = self.plan.faults.iter().map(|f| f.spec.fault.hold()).collect();
+        if specs.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        let mut targets: Vec<usize> = self.plan.faults.iter().filter(|f| f.spec.fault.hold().is_some()).map(|f| f.target).collect();
+        targets.dedup();
+        for t in targets {
+            let t = &self.plan.targets[t];
+            self.journal.before(Change::Stopped { cgroup: t.path.clone(), cgroup_id: t.id }).map_err(Error::Other)?;
+        }
+        self.note_guardian()?;
+        self.holder = Some(holds::Holder::start(self.kernel.holds_ring()?, specs).map_err(|e| Error::Other(e.context("starting the holder")))?);
+        Ok(())
     }
 
     fn attach_all(&mut self) -> Result<()> {
@@ -571,6 +593,15 @@ impl Session {
             }
         }
         self.attachments.detach_all(&mut self.journal);
+        // Nothing stops a process from here on: continue every held one.
+        if let Some(mut h) = self.holder.take() {
+            h.finish();
+            for c in self.journal.changes().to_vec() {
+                if matches!(c, Change::Stopped { .. }) {
+                    let _ = self.journal.forget(&c);
+                }
+            }
+        }
         // Changes not undone by detaching (the test file) are undone here.
         for c in self.journal.changes().to_vec().iter().rev() {
             if matches!(c, Change::TestFile { .. }) {

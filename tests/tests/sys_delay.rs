@@ -1,0 +1,126 @@
+//! `chaos sys delay`: the target's process is held for the delay at exactly the calls `--when`
+//! selects (tp_btf sys_enter/sys_exit stop it, chaos continues it; on every lane, the host too);
+//! a bystander making the same calls is not held; the kernel counts the holds; and no process
+//! stays stopped when the session ends, at its deadline or by SIGKILL.
+
+use std::time::{Duration, Instant};
+
+use chaos_tests::*;
+use serde_json::Value;
+
+/// How long each of a syscall-loop's calls took, in ms (its first thread).
+fn took_ms(out: &Value) -> Vec<f64> {
+    out["took_ns"][0].as_array().expect("took_ns").iter().map(|v| v.as_u64().unwrap() as f64 / 1e6).collect()
+}
+
+/// The calls (from 1) that took at least `ms`.
+fn held_calls(took: &[f64], ms: f64) -> Vec<usize> {
+    took.iter().enumerate().filter(|(_, t)| **t >= ms).map(|(i, _)| i + 1).collect()
+}
+
+#[test]
+fn delay_holds_exactly_the_selected_calls() {
+    assert!(lane_has("tp_btf_signal"), "every lane has tp_btf");
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    // Entry and exit, each with its own --when; a jittered hold stays within delay ± jitter.
+    for (on, when, delay, jitter, expect) in [("enter", "3..7+2", 150u64, 0u64, vec![3, 5, 7]), ("exit", "2+4", 120, 40, vec![2, 6, 10])] {
+        let args = ["syscall-loop", "--wait", "--call", "getppid", "--count", "12", "--timings"];
+        let mut target = sb.spawn(Place::Target, &args);
+        let mut bystander = sb.spawn(Place::Bystander, &args);
+        target.ready();
+        bystander.ready();
+        let chaos = start_chaos(
+            &[
+                "sys", "delay", "--cgroup", &cg, "--syscall", "getppid", "--delay", &format!("{delay}ms"), "--jitter", &format!("{jitter}ms"),
+                "--on", on, "--when", when, "--for", "60s", "--json",
+            ]
+            .map(String::from),
+        );
+        target.go();
+        bystander.go();
+        let (target, bystander) = (target.json(Duration::from_secs(60)), bystander.json(Duration::from_secs(60)));
+        let summary = stop_chaos(chaos);
+        let took = took_ms(&target);
+        // A call that is not held takes microseconds; a held one the hold, however loaded the machine.
+        let floor = (delay - jitter) as f64 * 0.95;
+        assert_eq!(held_calls(&took, floor * 0.5), expect, "--on {on} --when {when}: the held calls (ms per call {took:?})");
+        for n in &expect {
+            let t = took[n - 1];
+            assert!(t >= floor && t < (delay + jitter) as f64 + 250.0, "call {n} held {t:.1} ms for {delay} ± {jitter} ms");
+        }
+        assert_eq!(held_calls(&took_ms(&bystander), floor * 0.5), Vec::<usize>::new(), "the bystander is never held: {bystander}");
+        assert_eq!(counter(&summary, 0, "held"), expect.len() as u64, "the kernel counted each hold: {summary}");
+        assert_eq!(summary["kernel_errors"]["holds_full"], 0, "{summary}");
+    }
+}
+
+/// A process held by a session that is killed (SIGKILL: nothing runs in chaos) is continued by
+/// its guardian, long before the hold would have ended; nothing stays attached.
+#[test]
+fn a_held_process_is_continued_when_chaos_is_killed() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let mut chaos = start_chaos(&["sys", "delay", "--cgroup", &cg, "--syscall", "getppid", "--delay", "60s", "--when", "2", "--json"].map(String::from));
+    let (programs, links) = attached_ids(&chaos.wait_for("attached:", Duration::from_secs(5)));
+    let mut target = sb.spawn(Place::Target, &["syscall-loop", "--wait", "--call", "getppid", "--count", "3", "--timings"]);
+    target.ready();
+    target.go();
+    wait_until_stopped(target.child.id(), Duration::from_secs(20));
+    // Held for a second while chaos runs, then chaos goes.
+    std::thread::sleep(Duration::from_secs(1));
+    wait_until_stopped(target.child.id(), Duration::from_secs(1));
+    let killed = Instant::now();
+    chaos.signal(libc::SIGKILL);
+    let _ = chaos.finish(Duration::from_secs(10));
+    let out = target.json(Duration::from_secs(30));
+    assert!(killed.elapsed() < Duration::from_secs(20), "the guardian continued the target {:?} after the kill", killed.elapsed());
+    let took = took_ms(&out);
+    assert_eq!(held_calls(&took, 900.0), vec![2], "call 2 was held, until the kill: {took:?}");
+    assert_all_gone(&programs, &links, "after SIGKILL");
+}
+
+/// The session's end continues every held process at once: a 60 s hold in a 3 s session lasts
+/// until the session ends, not 60 s.
+#[test]
+fn a_hold_never_outlasts_its_session() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let mut target = sb.spawn(Place::Target, &["syscall-loop", "--wait", "--call", "getppid", "--count", "3", "--timings"]);
+    target.ready();
+    let chaos = start_chaos(&["sys", "delay", "--cgroup", &cg, "--syscall", "getppid", "--delay", "60s", "--when", "1", "--for", "3s", "--json"].map(String::from));
+    target.go();
+    let out = target.json(Duration::from_secs(40));
+    let summary = chaos.json(Duration::from_secs(30));
+    let took = took_ms(&out);
+    assert_eq!(held_calls(&took, 500.0), vec![1], "{took:?}");
+    assert!(took[0] < 30_000.0, "the hold ended with the session, not after 60 s: {:.0} ms", took[0]);
+    assert_eq!(counter(&summary, 0, "held"), 1, "{summary}");
+}
+
+#[test]
+fn a_bad_delay_is_bad_input() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    for (flags, says) in [(vec!["--delay", "0s"], "longer than 0"), (vec!["--delay", "10ms", "--jitter", "20ms"], "is more than --delay")] {
+        let mut args = vec!["sys", "delay", "--cgroup", &cg, "--syscall", "write"];
+        args.extend(flags);
+        let (code, _, err) = run_chaos(&args);
+        assert_eq!((code, err.len()), (2, 1), "{err:?}");
+        assert!(err[0].contains(says), "{err:?}");
+    }
+}
+
+/// Waits until process `pid` is stopped (state T), bounded.
+fn wait_until_stopped(pid: u32, timeout: Duration) {
+    let end = Instant::now() + timeout;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if state == Some('T') {
+            return;
+        }
+        assert!(Instant::now() < end, "process {pid} was not held within {timeout:?} (state {state:?})");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
