@@ -56,6 +56,12 @@ pub const CALL_LOG_BYTES: u32 = 8192 * 64;
 pub const HOLDS_MAP: &str = "CHAOS_HOLDS";
 /// Its size in bytes: 4096 records in flight (and their headers).
 pub const HOLDS_BYTES: u32 = 4096 * 64;
+/// Name of the map of threads `sys.delay` stopped at a call's entry (thread id →
+/// [`sys::HeldCall`]), so a hook that can refuse the call before its work makes the kernel restart
+/// it after the hold (`-ERESTARTNOINTR`), and the restarted call is not decided again.
+pub const HELD_MAP: &str = "CHAOS_HELD";
+/// Threads held at once, at most (least recently used ones forgotten first).
+pub const MAX_HELD: u32 = 8192;
 /// Name of the map from a call's key ([`sys::SysMatch::rules_key`]) to the rules that match it.
 pub const SYS_RULES_MAP: &str = "CHAOS_SYS_RULES";
 /// Name of the map of calls counted for `--when` ([`sys::CallKey`] → calls so far).

@@ -89,6 +89,21 @@ impl When {
     }
 }
 
+/// A thread `sys.delay` stopped at a call's entry, in [`crate::HELD_MAP`]: which call, and how far
+/// its hold went. The states are `HELD_*`.
+#[inline(always)]
+pub const fn held_call(nr: u32, state: u32) -> u32 {
+    (nr << 2) | state
+}
+/// Stopped at the entry of call `nr`; a hook that sees the call next may refuse it to be restarted.
+pub const HELD_AT_ENTRY: u32 = 1;
+/// Refused with `-ERESTARTNOINTR` by such a hook: the kernel restarts it after the hold; its
+/// next entry is that restart, already decided.
+pub const HELD_RESTARTING: u32 = 2;
+/// The kernel's "restart this call" (include/linux/errno.h): on the way back to user mode it is
+/// never seen by the process; the call is made again once the stop has ended.
+pub const ERESTARTNOINTR: i64 = 513;
+
 /// The key of a call count for `--when`: whose calls (`id`: a thread or process id, or 0 for the
 /// whole target), of which rule, of which syscall (`what`: its number, or 1000 + the hook where
 /// the hook does not know it).

@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use chaos_common::{
-    CALL_LOG_BYTES, Counters, HOLDS_BYTES, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CALL_COUNTS, MAX_CGROUP_DEPTH, MAX_FLOWS, MAX_RULES, MAX_TARGETS, Rule,
+    CALL_LOG_BYTES, Counters, HOLDS_BYTES, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CALL_COUNTS, MAX_CGROUP_DEPTH, MAX_FLOWS, MAX_HELD, MAX_RULES, MAX_TARGETS, Rule,
     SessionConfig, TargetRules,
     loss::{LossState, Prng, lost},
     net::{FlowKey, Packet, pace, transmit_ns},
@@ -156,6 +156,10 @@ pub static CHAOS_SYS_RULES: HashMap<u64, u64> = HashMap::with_max_entries(MAX_RU
 /// Name must equal chaos_common::CALL_LOG_MAP: the calls `--log-calls` rules injected.
 #[map]
 pub static CHAOS_CALL_LOG: RingBuf = RingBuf::with_byte_size(CALL_LOG_BYTES, 0);
+
+/// Name must equal chaos_common::HELD_MAP: threads held at a call's entry (see `sys::held_call`).
+#[map]
+pub static CHAOS_HELD: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_HELD, 0);
 
 /// Name must equal chaos_common::HOLDS_MAP: the calls `sys.delay` holds, for chaos to continue.
 #[map]

@@ -182,7 +182,9 @@ pub fn probe() -> Result<Report> {
 /// Each group is checked in order and stops at the first backend that works (the one a fault
 /// would pick). Also returns the kernel object the checks loaded, its programs verified, for the
 /// session to use: loading and verifying is the slow part of a start.
-pub fn require(groups: &[&[Backend]]) -> Result<(Vec<Backend>, Kernel)> {
+/// `optional` groups are checked the same way, but a group none of whose backends works is no
+/// error (a fault that does better with one, and works without).
+pub fn require(groups: &[&[Backend]], optional: &[&[Backend]]) -> Result<(Vec<Backend>, Kernel)> {
     let facts = Facts::gather();
     let mut kernel = Kernel::load(false)?;
     let mut working = Vec::new();
@@ -204,6 +206,17 @@ pub fn require(groups: &[&[Backend]]) -> Result<(Vec<Backend>, Kernel)> {
         if !refused.is_empty() {
             let why: Vec<String> = refused.iter().map(|c| format!("{}: {}", c.label, c.reason.as_deref().unwrap_or("?"))).collect();
             return Err(unsupported!("this kernel cannot do it: {} (see `chaos probe`)", why.join("; ")));
+        }
+    }
+    for group in optional {
+        for &b in group.iter() {
+            if working.contains(&b) {
+                break;
+            }
+            if check(&mut kernel, &facts, b).works {
+                working.push(b);
+                break;
+            }
         }
     }
     Ok((working, kernel))

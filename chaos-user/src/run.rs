@@ -225,12 +225,13 @@ pub fn run_session(specs: Vec<FaultSpec>, args: &SessionArgs, mut command: Optio
     print_report(args.json, &summary, || summary.text())
 }
 
-/// A report on stdout: one JSON object, or its text.
+/// A report on stdout: one JSON object, or its text. A reader that has gone (`| head`) ends the
+/// output quietly: the report was not wanted further.
 fn print_report(json: bool, report: &impl serde::Serialize, text: impl FnOnce() -> String) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(report).map_err(anyhow::Error::from)?);
-    } else {
-        print!("{}", text());
+    use std::io::Write;
+    let out = if json { serde_json::to_string(report).map_err(anyhow::Error::from)? + "\n" } else { text() };
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::from(e).context("writing the report").into()),
+        _ => Ok(()),
     }
-    Ok(())
 }

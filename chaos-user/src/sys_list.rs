@@ -16,8 +16,10 @@ pub struct SyscallRow {
     pub nr: u32,
     /// The backend `chaos sys fail --backend auto` would use, or "none".
     pub fail: String,
-    /// `chaos sys signal` and `chaos sys delay` (the same program type): "tp_btf" or "none".
+    /// `chaos sys signal`: "tp_btf" or "none".
     pub signal: &'static str,
+    /// `chaos sys delay` at a call's entry: "before" (a hook refuses the call, which the kernel
+    /// makes after the hold), "after" (the call runs, then the hold) or "none".
     pub delay: &'static str,
     /// Why: which calls a cgroup hook sees, or why nothing can fail the syscall here.
     pub note: String,
@@ -64,7 +66,12 @@ pub fn syscalls(report: &Report) -> Vec<SyscallRow> {
                     ("none".into(), format!("{}: {}", first.label(), reason(first)))
                 }
             };
-            SyscallRow { name, nr: s.id() as u32, fail, signal, delay: signal, note }
+            let delay = match (signal, crate::faults::sys_delay::refusers_for(name).iter().any(|&b| usable(b))) {
+                ("none", _) => "none",
+                (_, true) => "before",
+                (_, false) => "after",
+            };
+            SyscallRow { name, nr: s.id() as u32, fail, signal, delay, note }
         })
         .collect()
 }

@@ -98,6 +98,58 @@ fn a_hold_never_outlasts_its_session() {
     assert_eq!(counter(&summary, 0, "held"), 1, "{summary}");
 }
 
+/// Where a hook can refuse the call before its work (the connect4/6 hooks, on every lane), a call
+/// held at its entry is made after the hold, as under strace's delay_enter: while the target is
+/// held at its second connect, the listener has one connection; held at its exit, two. Either way
+/// each connect is made once (the kernel's restart makes the refused one, and only it).
+#[test]
+fn a_call_held_at_entry_is_made_after_the_hold() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let listener = listener_in(&sb.netns_path(Place::Target));
+    listener.set_nonblocking(true).expect("nonblocking");
+    let to = listener.local_addr().expect("address").to_string();
+    let accept_all = || std::iter::from_fn(|| listener.accept().ok()).count();
+    for (on, made_before) in [("enter", 1), ("exit", 2)] {
+        let mut target = sb.spawn(Place::Target, &["syscall-loop", "--wait", "--call", "connect", "--to", &to, "--count", "3", "--timings"]);
+        target.ready();
+        let chaos =
+            start_chaos(&["sys", "delay", "--cgroup", &cg, "--syscall", "connect", "--delay", "1s", "--when", "2", "--on", on, "--json"].map(String::from));
+        target.go();
+        wait_until_stopped(target.child.id(), Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(accept_all(), made_before, "--on {on}: connections made when the target was held at its second connect");
+        let out = target.json(Duration::from_secs(30));
+        let summary = stop_chaos(chaos);
+        assert_eq!(held_calls(&took_ms(&out), 900.0), vec![2], "--on {on}: {out}");
+        assert_eq!(made_before + accept_all(), 3, "--on {on}: each connect made once: {out}");
+        assert_eq!((out["ok"].as_u64(), counter(&summary, 0, "held")), (Some(3), 1), "{out} {summary}");
+    }
+}
+
+/// Any syscall, where fmod_ret or a kprobe can refuse it on its entry (the errinj lane): a write
+/// held at its entry is made after the hold (the file shows the writes before it), and where no
+/// hook can (the host), before it; either way, once.
+#[test]
+fn a_write_held_at_entry_is_made_after_the_hold_where_a_hook_can_refuse_it() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let refusable = lane_has("fmod_ret_syscall") || lane_has("kprobe_override");
+    let file = TempFile::new("chaos-hold-w-", "");
+    let mut target = sb.spawn(Place::Target, &["syscall-loop", "--wait", "--call", "write", "--path", file.path(), "--count", "5", "--timings"]);
+    target.ready();
+    let mut chaos = start_chaos(&["sys", "delay", "--cgroup", &cg, "--syscall", "write", "--delay", "1s", "--when", "3", "--json"].map(String::from));
+    let attached = chaos.wait_for("attached:", Duration::from_secs(5));
+    target.go();
+    wait_until_stopped(target.child.id(), Duration::from_secs(20));
+    let written = std::fs::metadata(&file.0).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(written, if refusable { 2 } else { 3 }, "held at write 3 (a hook to refuse it: {refusable}; {attached})");
+    let out = target.json(Duration::from_secs(30));
+    let summary = stop_chaos(chaos);
+    assert_eq!(std::fs::metadata(&file.0).map(|m| m.len()).ok(), Some(5), "each write made once: {out}");
+    assert_eq!((held_calls(&took_ms(&out), 900.0), counter(&summary, 0, "held")), (vec![3], 1), "{out} {summary}");
+}
+
 #[test]
 fn a_bad_delay_is_bad_input() {
     let sb = Sandbox::new();
@@ -109,6 +161,22 @@ fn a_bad_delay_is_bad_input() {
         assert_eq!((code, err.len()), (2, 1), "{err:?}");
         assert!(err[0].contains(says), "{err:?}");
     }
+}
+
+/// A TCP listener on the loopback of network namespace `netns` (the target's calls reach it over
+/// its own `lo`), made by a thread that enters the namespace; the socket stays in it.
+fn listener_in(netns: &std::path::Path) -> std::net::TcpListener {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(netns).expect("opening the namespace");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns(2) on a valid namespace fd moves only this short-lived thread.
+            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            std::net::TcpListener::bind("127.0.0.1:0").expect("listener")
+        })
+        .join()
+        .expect("the listener's thread")
+    })
 }
 
 /// Waits until process `pid` is stopped (state T), bounded.

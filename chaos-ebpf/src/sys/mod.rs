@@ -15,11 +15,12 @@ use chaos_common::{
     Action, Family, KernelError, MAX_RULES, Rule,
     sys::{
         COUNT_PROCESS, COUNT_THREAD, CallKey, CallRecord, HOOK_BIND, HOOK_CONNECT, HOOK_FILE_OPEN, HOOK_GETSOCKOPT, HOOK_SENDMSG, HOOK_SETSOCKOPT,
-        HOOK_SOCKET, HOOK_SYS_ENTER, HOOK_SYS_EXIT, HOOK_SYSCALL, HoldRecord, RULES_PER_CALL, SysMatch,
+        ERESTARTNOINTR, HELD_AT_ENTRY, HELD_RESTARTING, HOOK_SOCKET, HOOK_SYS_ENTER, HOOK_SYS_EXIT, HOOK_SYSCALL, HoldRecord, RULES_PER_CALL,
+        SysMatch, held_call,
     },
 };
 
-use crate::engine::{CHAOS_CALL_LOG, CHAOS_CALLS, CHAOS_HOLDS, CHAOS_SYS_RULES, count_error, decide, fetch_add_slot, injected, is_session_process, now, rule, rules_for};
+use crate::engine::{CHAOS_CALL_LOG, CHAOS_CALLS, CHAOS_HELD, CHAOS_HOLDS, CHAOS_SYS_RULES, count_error, decide, fetch_add_slot, injected, is_session_process, now, rule, rules_for};
 
 /// Counts this call for rule `i`'s `--when` and says whether the call is one it selects.
 #[inline(always)]
@@ -37,27 +38,72 @@ fn when_selects(i: u32, r: &Rule, hook: u32, nr: u32, pid_tgid: u64) -> bool {
     }
 }
 
+/// What a hook does with a call.
+enum Verdict {
+    /// Nothing.
+    Pass,
+    /// Rule `.0` acts on it.
+    Rule(u32, &'static Rule),
+    /// The call's thread was stopped at its entry by a delay rule: refuse the call with
+    /// `-ERESTARTNOINTR`, so the kernel makes it after the hold, as strace's `delay_enter`.
+    Restart,
+}
+
 /// The rule to apply to this call (what to return, or what to send), and its index, if a rule of
 /// the calling process says so.
 #[inline(always)]
-fn decide_call(hook: u32, nr: u32) -> Option<(u32, &'static Rule)> {
+fn decide_call(hook: u32, nr: u32) -> Verdict {
     match try_decide_call(hook, nr) {
-        Ok(r) => r,
+        Ok(v) => v,
         Err(e) => {
             count_error(e);
-            None
+            Verdict::Pass
         }
     }
 }
 
+/// Hooks that run before the call does its work (so refusing it and making it again is the same
+/// as making it once, later): every hook but the `file_open` ones, which run once a created file
+/// exists, and the exit.
 #[inline(always)]
-fn try_decide_call(hook: u32, nr: u32) -> Result<Option<(u32, &'static Rule)>, KernelError> {
+const fn restartable(hook: u32) -> bool {
+    hook != HOOK_FILE_OPEN && hook != HOOK_SYS_ENTER && hook != HOOK_SYS_EXIT
+}
+
+#[inline(always)]
+fn try_decide_call(hook: u32, nr: u32) -> Result<Verdict, KernelError> {
     // SAFETY: helpers without preconditions.
     let leaf = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: as above.
     let (mask, _, _) = rules_for(Family::Sys, leaf, |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) });
     if mask == 0 {
-        return Ok(None);
+        return Ok(Verdict::Pass);
+    }
+    // A thread a delay rule stopped at this call's entry (the map is empty without one).
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if hook == HOOK_SYS_ENTER {
+        // A new call of the thread: the mark is done with. The call the kernel restarts after
+        // its hold was decided at its first entry.
+        // SAFETY: a map value, valid for this run.
+        if let Some(mark) = unsafe { CHAOS_HELD.get(&tid) }.copied() {
+            let _ = CHAOS_HELD.remove(&tid);
+            if mark == held_call(nr, HELD_RESTARTING) {
+                return Ok(Verdict::Pass);
+            }
+        }
+    } else if restartable(hook)
+        && let Some(mark) = CHAOS_HELD.get_ptr_mut(&tid)
+    {
+        // SAFETY: a map value, valid for this run; a thread's entry is written by that thread only.
+        unsafe {
+            let held_nr = *mark >> 2;
+            // A hook that sees the number checks it; a cgroup hook sees the call of this thread's
+            // current syscall, whatever its number.
+            if *mark & 3 == HELD_AT_ENTRY && (!SysMatch::per_syscall(hook) || held_nr == nr) {
+                *mark = held_call(held_nr, HELD_RESTARTING);
+                return Ok(Verdict::Restart);
+            }
+        }
     }
     // The rules of this call's hook and syscall, from one lookup, before any other helper: a
     // target's other syscalls (sys_enter sees them all) stop here. Each is decided by one copy of
@@ -67,12 +113,12 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<(u32, &'static Rule)>, K
     let of_call = unsafe { CHAOS_SYS_RULES.get(&SysMatch::rules_key(hook, nr)) }.copied().unwrap_or(0);
     let mut todo = mask & of_call;
     if todo == 0 {
-        return Ok(None);
+        return Ok(Verdict::Pass);
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     // chaos never fails its own calls, even in a target that contains it (`--force`).
     if is_session_process((pid_tgid >> 32) as u32) {
-        return Ok(None);
+        return Ok(Verdict::Pass);
     }
     let now = now();
     let mut n = 0;
@@ -88,14 +134,14 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Option<(u32, &'static Rule)>, K
             if r.sys.log != 0 {
                 log_call(i, r, hook, nr, pid_tgid);
             }
-            return Ok(Some((i, r)));
+            return Ok(Verdict::Rule(i, r));
         }
         n += 1;
     }
     if todo != 0 {
         count_error(KernelError::SysRulesSkipped);
     }
-    Ok(None)
+    Ok(Verdict::Pass)
 }
 
 /// `--log-calls`: a record of the call rule `i` injected, for chaos to print.
@@ -124,10 +170,15 @@ fn log_call(i: u32, r: &Rule, hook: u32, nr: u32, pid_tgid: u64) {
     }
 }
 
-/// What a failing hook returns for the call: the rule's value, if a fail rule took it.
+/// What a failing hook returns for the call: the rule's value, if a fail rule took it, or "restart
+/// it" for a call held at its entry.
 #[inline(always)]
 fn fail_call(hook: u32, nr: u32) -> Option<i64> {
-    decide_call(hook, nr).filter(|(_, r)| Action::from_u32(r.action) == Action::SysFail).map(|(_, r)| r.sys.retval)
+    match decide_call(hook, nr) {
+        Verdict::Rule(_, r) if Action::from_u32(r.action) == Action::SysFail => Some(r.sys.retval),
+        Verdict::Restart => Some(-ERESTARTNOINTR),
+        _ => None,
+    }
 }
 
 /// The syscall number of a `__x64_sys_*` entry, from the user registers it is given.
@@ -230,13 +281,13 @@ pub fn chaos_sys_exit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn signal_or_hold(hook: u32, nr: u32) {
-    let Some((i, r)) = decide_call(hook, nr) else { return };
+    let Verdict::Rule(i, r) = decide_call(hook, nr) else { return };
     match Action::from_u32(r.action) {
         // SAFETY: no preconditions; tracing programs run in the calling task's context.
         Action::SysSignal => unsafe {
             bpf_send_signal_thread(r.sys.signal);
         },
-        Action::SysDelay => hold(i, nr),
+        Action::SysDelay => hold(i, hook, nr),
         _ => {}
     }
 }
@@ -245,7 +296,7 @@ fn signal_or_hold(hook: u32, nr: u32) {
 /// chaos, which continues it when the hold ends. The record is reserved first: a process is never
 /// stopped unless chaos will hear of it.
 #[inline(always)]
-fn hold(i: u32, nr: u32) {
+fn hold(i: u32, hook: u32, nr: u32) {
     let Some(mut entry) = CHAOS_HOLDS.reserve::<HoldRecord>(0) else {
         count_error(KernelError::HoldsFull);
         return;
@@ -256,6 +307,10 @@ fn hold(i: u32, nr: u32) {
     if unsafe { bpf_send_signal_thread(SIGSTOP) } == 0 {
         // Wake chaos at once, whatever the ring's fill: the hold's accuracy depends on it.
         entry.submit(BPF_RB_FORCE_WAKEUP);
+        if hook == HOOK_SYS_ENTER {
+            // A hook of this call that runs before its work refuses it, to be made after the hold.
+            let _ = CHAOS_HELD.insert(&(pid_tgid as u32), &held_call(nr, HELD_AT_ENTRY), 0);
+        }
     } else {
         entry.discard(0);
     }

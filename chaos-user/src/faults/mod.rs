@@ -97,6 +97,10 @@ pub trait Fault: std::fmt::Debug {
     fn describe(&self) -> String;
     /// Backends it needs: at least one of each group must work (checked before anything attaches).
     fn needs(&self) -> Vec<&'static [Backend]>;
+    /// Backends it does better with, and works without: checked too, each group until one works.
+    fn wants(&self) -> Vec<&'static [Backend]> {
+        Vec::new()
+    }
     /// The hooks it is decided at, given the backends that work on this kernel.
     fn hooks(&self, available: &[Backend]) -> Result<Vec<Hook>>;
     /// Fills the rule's action, filters and parameters (the engine sets the window and the cap).

@@ -14,7 +14,10 @@ use chaos_common::{
 };
 use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 
-use super::{Fault, Hook, Kind, sys::SysCallArgs};
+use super::{
+    Fault, Hook, Kind,
+    sys::{SysCallArgs, cgroup_call},
+};
 use crate::{cli, error::Result, probe::Backend, usage};
 
 pub const KIND: Kind = Kind { name: "sys.delay", family: "sys", verb: "delay", command, build };
@@ -25,11 +28,13 @@ fn command() -> clap::Command {
         .after_help(
             "The kernel stops the calling process (SIGSTOP) as the call enters (or exits, --on exit) and chaos \
              continues it (SIGCONT) when the delay is over. What the process observes:\n  \
-             - the call returns its own result, the delay later; a stop lands on the way back to user mode, so a \
-             call that does not block has run before the hold (at entry as at exit);\n  \
-             - a call that would block (a read with nothing to read, a wait, a connect in progress) is \
-             interrupted at once, held, and restarted by the kernel: it blocks after the hold. Some calls are not \
-             restarted after a stop and return EINTR (signal(7): epoll_wait, semop, sigtimedwait, calls with \
+             - held at entry, the call is made after the hold (strace's delay_enter) where a hook can refuse it \
+             before its work: the kernel makes it again once the hold ends (socket calls through the cgroup \
+             hooks on any kernel; any syscall through fmod_ret or a kprobe where the kernel allows error \
+             injection; `chaos sys syscalls` says which). Elsewhere the stop lands on the way back to user mode: \
+             a call that does not block has run when the hold starts, and one that would block (a read with \
+             nothing to read, a wait) is interrupted at once, held, and restarted by the kernel. Some calls are \
+             not restarted after a stop and return EINTR (signal(7): epoll_wait, semop, sigtimedwait, calls with \
              timeouts);\n  \
              - the whole process is held, its other threads too (strace holds one thread); a delayed call of \
              another thread while it is held extends the hold to that call's end;\n  \
@@ -99,6 +104,28 @@ impl SysDelay {
     }
 }
 
+/// Backends that can refuse `syscall` before its work, best first.
+pub fn refusers_for(syscall: &str) -> &'static [Backend] {
+    if cgroup_call(syscall).is_some() {
+        &[Backend::CgroupSockAddr, Backend::FmodRetSyscall, Backend::KprobeOverride]
+    } else {
+        &[Backend::FmodRetSyscall, Backend::KprobeOverride]
+    }
+}
+
+/// The hook that refuses a call held at its entry so the kernel makes it after the hold (strace's
+/// `delay_enter`), if this kernel has one for `syscall`; without one, the call runs before the hold.
+pub fn refuser(syscall: &str, available: &[Backend]) -> Option<Hook> {
+    let entry = format!("__x64_sys_{syscall}");
+    refusers_for(syscall).iter().filter(|b| available.contains(b)).find_map(|b| match b {
+        Backend::CgroupSockAddr => cgroup_call(syscall).map(|c| Hook::CgroupSock(c.hook)),
+        // fmod_ret attaches by BTF id, which a zero-argument syscall's entry (an alias) lacks.
+        Backend::FmodRetSyscall => (crate::kernel::btf_has_function(&entry) == Some(true)).then(|| Hook::FmodRetSyscall(entry.clone())),
+        Backend::KprobeOverride => (crate::kernel::kallsyms_has(&entry) == Some(true)).then(|| Hook::Kprobe(entry.clone())),
+        _ => None,
+    })
+}
+
 impl Fault for SysDelay {
     fn kind(&self) -> &'static str {
         KIND.name
@@ -123,11 +150,30 @@ impl Fault for SysDelay {
         vec![&[Backend::TpBtfSignal]]
     }
 
-    fn hooks(&self, _available: &[Backend]) -> Result<Vec<Hook>> {
-        Ok(vec![match self.on {
+    /// A backend that fails the call before its work, for each syscall (the order of `sys fail
+    /// --backend auto`, without the `file_open` hooks, which run once a created file exists).
+    fn wants(&self) -> Vec<&'static [Backend]> {
+        match self.on {
+            On::Enter => self.calls.iter().map(|(name, _)| refusers_for(name)).collect(),
+            On::Exit => Vec::new(),
+        }
+    }
+
+    fn hooks(&self, available: &[Backend]) -> Result<Vec<Hook>> {
+        let mut hooks = vec![match self.on {
             On::Enter => Hook::SysEnter,
             On::Exit => Hook::SysExit,
-        }])
+        }];
+        if self.on == On::Enter {
+            for (name, _) in &self.calls {
+                if let Some(h) = refuser(name, available)
+                    && !hooks.contains(&h)
+                {
+                    hooks.push(h);
+                }
+            }
+        }
+        Ok(hooks)
     }
 
     fn fill(&self, rule: &mut Rule, _hooks: &[Hook]) -> Result<()> {

@@ -215,7 +215,7 @@ impl Attachments {
             Hook::Kprobe(symbol) => {
                 let prog = kernel.program::<KProbe>(PROG_KPROBE, "kprobe")?;
                 let id = prog.attach(symbol, 0).map_err(|e| {
-                    if kallsyms_has(symbol) == Some(false) {
+                    if crate::kernel::kallsyms_has(symbol) == Some(false) {
                         usage!("this kernel has no function {symbol}: check the syscall name")
                     } else {
                         Error::Other(anyhow::anyhow!("attaching a kprobe to {symbol}: {}", chain(&e)))
@@ -512,10 +512,4 @@ fn load_refused(kind: &str, e: &aya::programs::ProgramError) -> Error {
         log::debug!("verifier log:\n{verifier_log}");
     }
     unsupported!("this kernel refused the {kind} program ({}); see `chaos probe`", chain(e))
-}
-
-/// Whether /proc/kallsyms lists `symbol` (None if it cannot be read).
-fn kallsyms_has(symbol: &str) -> Option<bool> {
-    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
-    Some(text.lines().any(|l| l.split_whitespace().nth(2) == Some(symbol)))
 }

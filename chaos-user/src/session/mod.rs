@@ -123,7 +123,15 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
             }
         }
     }
-    let (available, kernel) = probe::require(&needs)?;
+    let mut wants: Vec<&'static [Backend]> = Vec::new();
+    for spec in &specs {
+        for group in spec.fault.wants() {
+            if !wants.contains(&group) {
+                wants.push(group);
+            }
+        }
+    }
+    let (available, kernel) = probe::require(&needs, &wants)?;
     let mut faults = Vec::new();
     for (spec, target) in specs.into_iter().zip(target_of) {
         let hooks = spec.fault.hooks(&available).map_err(|e| prefixed(&spec.at(), e))?;

@@ -58,7 +58,7 @@ impl Lane {
     /// runs the tests whose outcome depends on them.
     pub fn full_run_tests(self) -> Option<&'static [&'static str]> {
         match self {
-            Lane::Errinj => Some(&["probe", "sys_fail", "apply", "targets"]),
+            Lane::Errinj => Some(&["probe", "sys_fail", "sys_delay", "apply", "targets"]),
             Lane::DebianCloud | Lane::Debian612Cloud => None,
         }
     }
