@@ -66,7 +66,7 @@ pub fn syscalls(report: &Report) -> Vec<SyscallRow> {
                     ("none".into(), format!("{}: {}", first.label(), reason(first)))
                 }
             };
-            let delay = match (signal, crate::faults::sys_delay::refusers_for(name).iter().any(|&b| usable(b))) {
+            let delay = match (signal, crate::faults::sys::refusers_for(name).iter().any(|&b| usable(b))) {
                 ("none", _) => "none",
                 (_, true) => "before",
                 (_, false) => "after",

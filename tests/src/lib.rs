@@ -596,3 +596,19 @@ pub fn session_id(chaos: &mut Proc) -> String {
     let line = chaos.wait_for("chaos: injecting", START);
     line.split("session ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("no session id in {line:?}")).to_string()
 }
+
+/// `f`'s result, made in network namespace `netns` by a thread that enters it: a socket made
+/// there (a listener on the namespace's own `lo`) stays in it, used from any thread.
+pub fn in_netns<T: Send>(netns: &std::path::Path, f: impl FnOnce() -> T + Send) -> T {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(netns).expect("opening the namespace");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns(2) on a valid namespace fd moves only this short-lived thread.
+            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            f()
+        })
+        .join()
+        .expect("the namespace's thread")
+    })
+}

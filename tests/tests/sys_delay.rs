@@ -106,7 +106,7 @@ fn a_hold_never_outlasts_its_session() {
 fn a_call_held_at_entry_is_made_after_the_hold() {
     let sb = Sandbox::new();
     let cg = sb.cgroup.path.display().to_string();
-    let listener = listener_in(&sb.netns_path(Place::Target));
+    let listener = in_netns(&sb.netns_path(Place::Target), || std::net::TcpListener::bind("127.0.0.1:0").expect("listener"));
     listener.set_nonblocking(true).expect("nonblocking");
     let to = listener.local_addr().expect("address").to_string();
     let accept_all = || std::iter::from_fn(|| listener.accept().ok()).count();
@@ -161,22 +161,6 @@ fn a_bad_delay_is_bad_input() {
         assert_eq!((code, err.len()), (2, 1), "{err:?}");
         assert!(err[0].contains(says), "{err:?}");
     }
-}
-
-/// A TCP listener on the loopback of network namespace `netns` (the target's calls reach it over
-/// its own `lo`), made by a thread that enters the namespace; the socket stays in it.
-fn listener_in(netns: &std::path::Path) -> std::net::TcpListener {
-    use std::os::fd::AsRawFd;
-    let ns = std::fs::File::open(netns).expect("opening the namespace");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns(2) on a valid namespace fd moves only this short-lived thread.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
-            std::net::TcpListener::bind("127.0.0.1:0").expect("listener")
-        })
-        .join()
-        .expect("the listener's thread")
-    })
 }
 
 /// Waits until process `pid` is stopped (state T), bounded.

@@ -38,6 +38,30 @@ fn signal_kills_the_target_at_exactly_the_selected_call() {
     }
 }
 
+/// Where a hook can refuse the call before its work (sendto on an unconnected UDP socket: the
+/// cgroup hook, on every lane), a call whose signal kills is never made, as strace skips it: the
+/// receiver gets the datagrams of the calls before the selected one, not its own (a send to
+/// loopback does not look for a pending fatal signal: without the refusal it would arrive).
+#[test]
+fn a_call_whose_signal_kills_is_not_made_where_a_hook_can_refuse_it() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let receiver = in_netns(&sb.netns_path(Place::Target), || std::net::UdpSocket::bind("127.0.0.1:0").expect("receiver"));
+    let to = receiver.local_addr().expect("address").to_string();
+    let mut target = sb.spawn(Place::Target, &["syscall-loop", "--wait", "--call", "sendto", "--to", &to, "--count", "10"]);
+    target.ready();
+    let chaos = start_chaos(&["sys", "signal", "--cgroup", &cg, "--syscall", "sendto", "--signal", "KILL", "--when", "3", "--json"].map(String::from));
+    target.go();
+    let status = wait_exit(&mut target, Duration::from_secs(60));
+    let summary = stop_chaos(chaos);
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    receiver.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    let mut buf = [0u8; 16];
+    let received = std::iter::from_fn(|| receiver.recv(&mut buf).ok()).take(20).count();
+    assert_eq!(received, 2, "the sends before the third arrived, the third was never made");
+    assert_eq!(counter(&summary, 0, "signalled"), 1, "{summary}");
+}
+
 /// The process's exit status, waited for (bounded).
 fn wait_exit(p: &mut Proc, timeout: Duration) -> std::process::ExitStatus {
     let end = std::time::Instant::now() + timeout;

@@ -261,7 +261,8 @@ pub fn chaos_sys_setsockopt(_ctx: SockoptContext) -> i32 {
 
 /// tp_btf `sys_enter(struct pt_regs *regs, long id)`: every syscall's entry. A signal rule sends
 /// its signal to the calling thread, a delay rule holds it; either lands on the way back to user
-/// mode, so the call runs first (a blocking call is interrupted at once).
+/// mode, so the call runs first (a blocking call is interrupted at once), unless a hook of the
+/// call refuses it before its work (`Verdict::Restart`), to be made again after.
 #[btf_tracepoint(function = "sys_enter")]
 pub fn chaos_sys_enter(ctx: BtfTracePointContext) -> i32 {
     // sys_enter's second argument is the syscall number.
@@ -283,10 +284,15 @@ pub fn chaos_sys_exit(ctx: BtfTracePointContext) -> i32 {
 fn signal_or_hold(hook: u32, nr: u32) {
     let Verdict::Rule(i, r) = decide_call(hook, nr) else { return };
     match Action::from_u32(r.action) {
-        // SAFETY: no preconditions; tracing programs run in the calling task's context.
-        Action::SysSignal => unsafe {
-            bpf_send_signal_thread(r.sys.signal);
-        },
+        Action::SysSignal => {
+            // SAFETY: no preconditions; tracing programs run in the calling task's context.
+            if unsafe { bpf_send_signal_thread(r.sys.signal) } == 0 && hook == HOOK_SYS_ENTER {
+                // A hook of this call that runs before its work refuses it, to be made again once
+                // the signal's handler returns: a signal that kills ends the process first, and
+                // the call is never made (strace skips it).
+                mark_held(nr);
+            }
+        }
         Action::SysDelay => hold(i, hook, nr),
         _ => {}
     }
@@ -309,11 +315,17 @@ fn hold(i: u32, hook: u32, nr: u32) {
         entry.submit(BPF_RB_FORCE_WAKEUP);
         if hook == HOOK_SYS_ENTER {
             // A hook of this call that runs before its work refuses it, to be made after the hold.
-            let _ = CHAOS_HELD.insert(&(pid_tgid as u32), &held_call(nr, HELD_AT_ENTRY), 0);
+            mark_held(nr);
         }
     } else {
         entry.discard(0);
     }
+}
+
+/// Marks the calling thread as stopped or signalled at the entry of call `nr`.
+#[inline(always)]
+fn mark_held(nr: u32) {
+    let _ = CHAOS_HELD.insert(&(bpf_get_current_pid_tgid() as u32), &held_call(nr, HELD_AT_ENTRY), 0);
 }
 
 /// signal(7): SIGSTOP on x86_64.

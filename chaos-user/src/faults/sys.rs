@@ -91,6 +91,33 @@ pub fn cgroup_call_by_hook(hook: u32) -> Option<&'static CgroupCall> {
     CGROUP_CALLS.iter().find(|c| c.hook == hook)
 }
 
+/// Backends that can refuse `syscall` before its work, best first.
+pub fn refusers_for(syscall: &str) -> &'static [crate::probe::Backend] {
+    use crate::probe::Backend;
+    if cgroup_call(syscall).is_some() {
+        &[Backend::CgroupSockAddr, Backend::FmodRetSyscall, Backend::KprobeOverride]
+    } else {
+        &[Backend::FmodRetSyscall, Backend::KprobeOverride]
+    }
+}
+
+/// The hook that refuses a call stopped or signalled at its entry so the kernel makes it again
+/// once the stop or the signal's handler is over (`-ERESTARTNOINTR`), if this kernel has one for
+/// `syscall`: a held call is made after its hold (strace's `delay_enter`), and a call whose
+/// signal kills is never made (as strace skips it). Without one, the call runs first.
+pub fn refuser(syscall: &str, available: &[crate::probe::Backend]) -> Option<super::Hook> {
+    use super::Hook;
+    use crate::probe::Backend;
+    let entry = format!("__x64_sys_{syscall}");
+    refusers_for(syscall).iter().filter(|b| available.contains(b)).find_map(|b| match b {
+        Backend::CgroupSockAddr => cgroup_call(syscall).map(|c| Hook::CgroupSock(c.hook)),
+        // fmod_ret attaches by BTF id, which a zero-argument syscall's entry (an alias) lacks.
+        Backend::FmodRetSyscall => (crate::kernel::btf_has_function(&entry) == Some(true)).then(|| Hook::FmodRetSyscall(entry.clone())),
+        Backend::KprobeOverride => (crate::kernel::kallsyms_has(&entry) == Some(true)).then(|| Hook::Kprobe(entry.clone())),
+        _ => None,
+    })
+}
+
 /// The flags of every syscall fault: which call, which of its calls, and how often.
 #[derive(Args, Debug, Clone)]
 pub struct SysCallArgs {

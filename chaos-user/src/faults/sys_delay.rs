@@ -16,7 +16,7 @@ use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 
 use super::{
     Fault, Hook, Kind,
-    sys::{SysCallArgs, cgroup_call},
+    sys::{SysCallArgs, refuser, refusers_for},
 };
 use crate::{cli, error::Result, probe::Backend, usage};
 
@@ -102,28 +102,6 @@ impl SysDelay {
             On::Exit => HOOK_SYS_EXIT,
         }
     }
-}
-
-/// Backends that can refuse `syscall` before its work, best first.
-pub fn refusers_for(syscall: &str) -> &'static [Backend] {
-    if cgroup_call(syscall).is_some() {
-        &[Backend::CgroupSockAddr, Backend::FmodRetSyscall, Backend::KprobeOverride]
-    } else {
-        &[Backend::FmodRetSyscall, Backend::KprobeOverride]
-    }
-}
-
-/// The hook that refuses a call held at its entry so the kernel makes it after the hold (strace's
-/// `delay_enter`), if this kernel has one for `syscall`; without one, the call runs before the hold.
-pub fn refuser(syscall: &str, available: &[Backend]) -> Option<Hook> {
-    let entry = format!("__x64_sys_{syscall}");
-    refusers_for(syscall).iter().filter(|b| available.contains(b)).find_map(|b| match b {
-        Backend::CgroupSockAddr => cgroup_call(syscall).map(|c| Hook::CgroupSock(c.hook)),
-        // fmod_ret attaches by BTF id, which a zero-argument syscall's entry (an alias) lacks.
-        Backend::FmodRetSyscall => (crate::kernel::btf_has_function(&entry) == Some(true)).then(|| Hook::FmodRetSyscall(entry.clone())),
-        Backend::KprobeOverride => (crate::kernel::kallsyms_has(&entry) == Some(true)).then(|| Hook::Kprobe(entry.clone())),
-        _ => None,
-    })
 }
 
 impl Fault for SysDelay {

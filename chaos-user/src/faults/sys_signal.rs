@@ -1,5 +1,7 @@
 //! `sys.signal`: the calling thread gets a signal as it enters a syscall (strace's `signal=`),
 //! from tp_btf `sys_enter` and `bpf_send_signal_thread`, on any kernel with BTF (the host too).
+//! Where a hook can refuse the call before its work, it does (`-ERESTARTNOINTR`): a signal that
+//! kills ends the process before the call is made, as strace skips it.
 //! The kernel makes a signal that kills fatal as it is sent (`complete_signal`), so a call that
 //! checks `fatal_signal_pending` (a write to a regular file, measured) gives up before its work.
 
@@ -11,7 +13,7 @@ use clap::{ArgMatches, Args, FromArgMatches};
 
 use super::{
     Fault, Hook, Kind,
-    sys::{SysCallArgs, parse_signal},
+    sys::{SysCallArgs, parse_signal, refuser, refusers_for},
 };
 use crate::{cli, error::Result, probe::Backend, usage};
 
@@ -21,12 +23,16 @@ fn command() -> clap::Command {
     SysSignalArgs::augment_args(clap::Command::new("signal"))
         .about("Send a signal to the thread that makes a syscall, for the target's processes only (strace's signal=).")
         .after_help(
-            "The signal is sent as the call enters. A signal that kills (KILL, or one with no handler whose \
-             default action is to end the process) is fatal at once: a call that checks for a fatal signal gives \
-             up without doing its work (a write to a regular file, a read or wait that would block), as under \
-             strace, which skips it; one that does not check completes (getpid, a write to a pipe with room). A handled signal is delivered on the \
-             way back to user mode: the call runs first, and a blocking call is interrupted (EINTR, or restarted \
-             as signal(7) says for the handler).\n\n\
+            "The signal is sent as the call enters. Where a hook can refuse the call before its work (socket \
+             calls through the cgroup hooks on any kernel; any syscall through fmod_ret or a kprobe where the \
+             kernel allows error injection: `chaos sys syscalls`), it does, and the kernel makes the call again \
+             once the signal is dealt with: a signal that kills ends the process and the call is never made (as \
+             strace skips it); a handled signal's handler runs before the call. Elsewhere the call runs: a signal \
+             that kills (KILL, or one with no handler whose default action is to end the process) is fatal at \
+             once, so a call that checks for a fatal signal gives up without doing its work (a write to a \
+             regular file, a read or wait that would block) and one that does not completes (getpid, a write to \
+             a pipe with room); a handled signal is delivered on the way back to user mode, after the call (a \
+             blocking call is interrupted: EINTR, or restarted as signal(7) says for the handler).\n\n\
              Examples:\n  chaos sys signal --cgroup /system.slice/api.service --syscall write --signal KILL --when 1000\n  \
              chaos sys signal --pid 4242 --syscall mmap --signal SEGV --percent 1 --for 5m",
         )
@@ -69,8 +75,22 @@ impl Fault for SysSignal {
         vec![&[Backend::TpBtfSignal]]
     }
 
-    fn hooks(&self, _available: &[Backend]) -> Result<Vec<Hook>> {
-        Ok(vec![Hook::SysEnter])
+    /// A backend that refuses the call before its work, for each syscall: a call whose signal
+    /// kills is then never made.
+    fn wants(&self) -> Vec<&'static [Backend]> {
+        self.calls.iter().map(|(name, _)| refusers_for(name)).collect()
+    }
+
+    fn hooks(&self, available: &[Backend]) -> Result<Vec<Hook>> {
+        let mut hooks = vec![Hook::SysEnter];
+        for (name, _) in &self.calls {
+            if let Some(h) = refuser(name, available)
+                && !hooks.contains(&h)
+            {
+                hooks.push(h);
+            }
+        }
+        Ok(hooks)
     }
 
     fn fill(&self, rule: &mut Rule, _hooks: &[Hook]) -> Result<()> {
