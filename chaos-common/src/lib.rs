@@ -64,6 +64,8 @@ pub const HELD_MAP: &str = "CHAOS_HELD";
 pub const MAX_HELD: u32 = 8192;
 /// Name of the map from a call's key ([`sys::SysMatch::rules_key`]) to the rules that match it.
 pub const SYS_RULES_MAP: &str = "CHAOS_SYS_RULES";
+/// Its size: a session's (hook, syscall) keys, sets of syscalls included.
+pub const MAX_SYS_KEYS: u32 = 4096;
 /// Name of the map of calls counted for `--when` ([`sys::CallKey`] → calls so far).
 pub const CALLS_MAP: &str = "CHAOS_CALLS";
 /// How many flows the stall fault tracks at once.

@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use chaos_common::{
-    CALL_LOG_BYTES, Counters, HOLDS_BYTES, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CALL_COUNTS, MAX_CGROUP_DEPTH, MAX_FLOWS, MAX_HELD, MAX_RULES, MAX_TARGETS, Rule,
+    CALL_LOG_BYTES, Counters, HOLDS_BYTES, Family, KERNEL_ERROR_KINDS, KernelError, MAX_CACHED_CGROUPS, MAX_CALL_COUNTS, MAX_CGROUP_DEPTH, MAX_FLOWS, MAX_HELD, MAX_SYS_KEYS, MAX_RULES, MAX_TARGETS, Rule,
     SessionConfig, TargetRules,
     loss::{LossState, Prng, lost},
     net::{FlowKey, Packet, pace, transmit_ns},
@@ -151,7 +151,7 @@ pub static CHAOS_CALLS: LruHashMap<CallKey, u64> = LruHashMap::with_max_entries(
 /// Name must equal chaos_common::SYS_RULES_MAP: a call's key (hook, syscall) → the rules that
 /// match it.
 #[map]
-pub static CHAOS_SYS_RULES: HashMap<u64, u64> = HashMap::with_max_entries(MAX_RULES, 0);
+pub static CHAOS_SYS_RULES: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SYS_KEYS, 0);
 
 /// Name must equal chaos_common::CALL_LOG_MAP: the calls `--log-calls` rules injected.
 #[map]

@@ -197,6 +197,7 @@ family_command!(
     &[
         ("syscalls", "List every x86_64 syscall with the backend this kernel would fail it with, and why."),
         ("errnos", "List the errno names --errno takes."),
+        ("sets", "List strace's syscall sets (%file, %network, ...) that --syscall takes, and their syscalls."),
     ]
 );
 

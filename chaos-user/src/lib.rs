@@ -16,6 +16,7 @@ pub mod run;
 pub mod sandbox;
 pub mod session;
 pub mod status;
+pub mod strace_sets;
 pub mod sys_list;
 pub mod target;
 pub mod watch;

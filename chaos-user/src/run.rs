@@ -58,6 +58,10 @@ pub fn run(cli: Cli) -> Result<()> {
             let list = crate::sys_list::errnos();
             print_report(json, &list, || crate::sys_list::errnos_text(&list))
         }
+        Command::Sys(SysCommand(FamilyCommand::List { what: "sets", json })) => {
+            let sets: std::collections::BTreeMap<&str, &[&str]> = faults::syscall_sets::SYSCALL_SETS.iter().copied().collect();
+            print_report(json, &sets, || sets.iter().map(|(set, calls)| format!("{set:<10} {}\n", calls.join(" "))).collect())
+        }
         Command::Sys(SysCommand(FamilyCommand::List { json, .. })) => {
             privileges::check()?;
             let list = crate::sys_list::syscalls(&crate::probe::probe()?);

@@ -24,6 +24,17 @@ pub struct WorkloadArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Workload {
+    /// Make every x86_64 syscall once, each denied by a seccomp filter (nothing is done), for
+    /// strace to classify (`strace-sets`).
+    EverySyscall,
+    /// Learn strace's syscall sets from the strace at --strace (JSON; --rust: the source of
+    /// `faults/syscall_sets.rs`).
+    StraceSets {
+        #[arg(long, default_value = "strace")]
+        strace: std::path::PathBuf,
+        #[arg(long)]
+        rust: bool,
+    },
     /// Count UDP datagrams until stdin closes (the sender is done) and none arrives for --idle.
     UdpSink {
         #[arg(long)]
@@ -166,10 +177,25 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         Workload::DnsServer { bind, max } => dns::server(bind, max),
         Workload::Resolve { name, count, resolv_conf } => dns::resolve(&name, count, resolv_conf.as_deref()),
         Workload::PacketTime { rounds, packets } => crate::bench::run(rounds, packets),
+        Workload::EverySyscall => crate::strace_sets::call_every_syscall(),
+        Workload::StraceSets { strace, rust } => strace_sets(&strace, rust),
         Workload::SyscallLoop { call, path, to, count, wait, threads, timings } => {
             syscall_loop(&call, path.as_deref(), to, count, wait, threads, timings)
         }
     }
+}
+
+fn strace_sets(strace: &std::path::Path, rust: bool) -> Result<()> {
+    let strace = which::which(strace).with_context(|| format!("no {} on PATH", strace.display()))?;
+    let sets = crate::strace_sets::learn(&strace)?;
+    if rust {
+        let version = std::process::Command::new(&strace).arg("-V").output()?;
+        let version = String::from_utf8_lossy(&version.stdout).lines().next().unwrap_or("strace").replace(" -- version", "");
+        print!("{}", crate::strace_sets::rust_source(&sets, &version));
+    } else {
+        println!("{}", json!(sets.into_iter().collect::<std::collections::BTreeMap<_, _>>()));
+    }
+    Ok(())
 }
 
 /// The calls `syscall-loop` makes: what each needs made once, and one call.

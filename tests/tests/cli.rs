@@ -63,3 +63,27 @@ fn help_and_version_exit_0_and_no_command_exits_2() {
     let (code, _, _) = run_chaos(&[]);
     assert_eq!(code, 2);
 }
+
+/// The syscall sets `--syscall %file` takes are strace's own: what the strace here traces for
+/// each set, learned afresh (a helper makes every syscall, each denied by seccomp), equals the
+/// table chaos was built with.
+#[test]
+fn syscall_sets_are_what_strace_traces() {
+    if which_strace().is_none() {
+        eprintln!("no strace here: the sets are checked where there is one");
+        return;
+    }
+    let run = |args: &[&str]| {
+        let (code, out, err) = run_chaos(args);
+        assert_eq!(code, 0, "chaos {args:?}: {err:?}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).expect("JSON")
+    };
+    let learned = run(&["workload", "strace-sets"]);
+    let built = run(&["sys", "sets", "--json"]);
+    assert!(learned["%file"].as_array().is_some_and(|a| a.len() > 20), "{learned}");
+    assert_eq!(built, learned, "the table differs from what this strace traces: regenerate it with `cargo xtask syscall-sets`");
+}
+
+fn which_strace() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("strace")).find(|p| p.is_file()))
+}

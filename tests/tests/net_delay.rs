@@ -85,9 +85,11 @@ fn delay_adds_the_configured_one_way_delay_and_spares_bystanders_and_restores_th
     assert_eq!(root_qdisc(&sb), before, "the default qdisc is back");
 
     assert_eq!(target["unique"], N, "nothing lost under delay: {target}");
-    let p50 = delay_ms(&target, "p50");
-    eprintln!("one-way delay: p50 {p50:.2} ms, p99 {:.2} ms (configured 100 ms); bystander p99 {:.2} ms", delay_ms(&target, "p99"), delay_ms(&bystander, "p99"));
-    assert!((p50 - 100.0).abs() <= 5.0, "p50 {p50:.2} ms; expected 100 ms ± 5%");
+    // The delay chaos adds is the target's above the bystander's, measured in the same run: an
+    // emulated guest under load adds milliseconds of its own to both (a CI run's p50 was 105.6 ms).
+    let (p50, floor) = (delay_ms(&target, "p50"), delay_ms(&bystander, "p50"));
+    eprintln!("one-way delay: p50 {p50:.2} ms, p99 {:.2} ms (configured 100 ms); bystander p50 {floor:.2} ms, p99 {:.2} ms", delay_ms(&target, "p99"), delay_ms(&bystander, "p99"));
+    assert!((p50 - floor - 100.0).abs() <= 5.0, "p50 {p50:.2} ms over the bystander's {floor:.2} ms; expected 100 ms ± 5%");
     assert!(delay_ms(&target, "min") >= 99.0, "a packet left early: {target}");
     // A packet chaos delays arrives no earlier than the delay (the target's minimum, above); an
     // emulated guest's scheduler alone once held a bystander's for 65 ms, so the line between

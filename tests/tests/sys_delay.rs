@@ -80,6 +80,27 @@ fn a_held_process_is_continued_when_chaos_is_killed() {
     assert_all_gone(&programs, &links, "after SIGKILL");
 }
 
+/// A session that is itself stopped (SIGSTOP) cannot continue what it holds: once its faults have
+/// ended, its guardian does. A 60 s hold in a 3 s session lasts seconds, with chaos frozen
+/// throughout; chaos, continued later, ends normally.
+#[test]
+fn a_frozen_chaos_holds_nobody_past_its_faults_end() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let mut target = sb.spawn(Place::Target, &["syscall-loop", "--wait", "--call", "getppid", "--count", "2", "--timings"]);
+    target.ready();
+    let chaos = start_chaos(&["sys", "delay", "--cgroup", &cg, "--syscall", "getppid", "--delay", "60s", "--when", "1", "--for", "3s", "--json"].map(String::from));
+    chaos.signal(libc::SIGSTOP);
+    target.go();
+    let out = target.json(Duration::from_secs(40));
+    chaos.signal(libc::SIGCONT);
+    let summary = chaos.json(Duration::from_secs(30));
+    let took = took_ms(&out);
+    assert_eq!(held_calls(&took, 500.0), vec![1], "{took:?}");
+    assert!(took[0] < 20_000.0, "the guardian continued the target soon after the faults' end: {:.0} ms", took[0]);
+    assert_eq!(counter(&summary, 0, "held"), 1, "{summary}");
+}
+
 /// The session's end continues every held process at once: a 60 s hold in a 3 s session lasts
 /// until the session ends, not 60 s.
 #[test]
@@ -148,6 +169,22 @@ fn a_write_held_at_entry_is_made_after_the_hold_where_a_hook_can_refuse_it() {
     let summary = stop_chaos(chaos);
     assert_eq!(std::fs::metadata(&file.0).map(|m| m.len()).ok(), Some(5), "each write made once: {out}");
     assert_eq!((held_calls(&took_ms(&out), 900.0), counter(&summary, 0, "held")), (vec![3], 1), "{out} {summary}");
+}
+
+/// A strace set (`--syscall %pure`) stands for its syscalls: getppid, one of them, is held at the
+/// call --when selects, counted on its own.
+#[test]
+fn a_set_stands_for_its_syscalls() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let mut target = sb.spawn(Place::Target, &["syscall-loop", "--wait", "--call", "getppid", "--count", "4", "--timings"]);
+    target.ready();
+    let chaos = start_chaos(&["sys", "delay", "--cgroup", &cg, "--syscall", "%pure", "--delay", "300ms", "--when", "2", "--json"].map(String::from));
+    target.go();
+    let out = target.json(Duration::from_secs(30));
+    let summary = stop_chaos(chaos);
+    assert_eq!(held_calls(&took_ms(&out), 250.0), vec![2], "{out}");
+    assert!(summary["rules"][0]["description"].as_str().is_some_and(|d| d.contains("%pure (")), "{summary}");
 }
 
 #[test]

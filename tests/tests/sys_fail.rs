@@ -458,3 +458,19 @@ fn one_rule_fails_several_syscalls_each_counted_on_its_own() {
         assert_eq!(lines, 1, "{call}: {err:?}");
     }
 }
+
+/// A set (`--syscall %network`) that this kernel can fail only in part is refused, naming the
+/// syscalls it cannot fail, before anything attaches (exit 3): never a fault that silently does
+/// less than asked.
+#[test]
+fn a_set_the_kernel_cannot_wholly_fail_is_refused_naming_the_calls() {
+    if lane_has("fmod_ret_syscall") || lane_has("kprobe_override") {
+        eprintln!("the {} lane fails every syscall of %network", lane());
+        return;
+    }
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let (code, _, err) = run_chaos(&["sys", "fail", "--cgroup", &cg, "--syscall", "%network", "--errno", "EIO", "--for", "5s"]);
+    assert_eq!((code, err.len()), (3, 1), "{err:?}");
+    assert!(err[0].contains("not accept,") && err[0].contains("can fail 8 of the"), "{err:?}");
+}

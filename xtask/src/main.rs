@@ -66,6 +66,9 @@ enum Task {
     /// Measure what chaos costs the traffic it watches, side by side with the baseline; writes
     /// BENCHMARKS.md.
     Bench,
+    /// Learn strace's syscall sets (%file, %network, ...) from the strace on PATH and write them
+    /// to chaos-user/src/faults/syscall_sets.rs.
+    SyscallSets,
     /// Manage the kernels the VM lanes use (kernels.lock).
     Kernels {
         #[command(subcommand)]
@@ -122,6 +125,17 @@ fn run(task: Task) -> Result<()> {
             setup::run()?;
             build_release()?;
             bench::run()
+        }
+        Task::SyscallSets => {
+            setup::run()?;
+            build_release()?;
+            let out = std::process::Command::new(chaos_binary()).args(["workload", "strace-sets", "--rust"]).output()?;
+            anyhow::ensure!(out.status.success(), "learning the sets: {}", String::from_utf8_lossy(&out.stderr).trim());
+            let path = workspace_root().join("chaos-user/src/faults/syscall_sets.rs");
+            std::fs::write(&path, &out.stdout)?;
+            cmd::run(std::process::Command::new("rustfmt").args(["--edition", "2024"]).arg(&path))?;
+            eprintln!("xtask: wrote {}", path.display());
+            Ok(())
         }
         Task::KernelBuild => {
             println!("{}", kernel_build::errinj_kernel()?.display());

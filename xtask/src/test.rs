@@ -139,7 +139,8 @@ fn boot<'scope>(
     })
 }
 
-/// The running kernel: unit and integration tests, release profile (the same build as the demo).
+/// The running kernel: unit and integration tests, release profile (the same build as the demo;
+/// the guest lanes' preparation built them with the same command, `vm::test_binaries`).
 fn host_lane() -> Result<Tally> {
     eprintln!("xtask: host lane (kernel {})", kernel_release());
     let mut c = cmd::cargo();

@@ -20,6 +20,7 @@ pub mod sys;
 pub mod sys_delay;
 pub mod sys_fail;
 pub mod sys_signal;
+pub mod syscall_sets;
 
 use std::{path::PathBuf, time::Duration};
 

@@ -121,8 +121,9 @@ pub fn refuser(syscall: &str, available: &[crate::probe::Backend]) -> Option<sup
 /// The flags of every syscall fault: which call, which of its calls, and how often.
 #[derive(Args, Debug, Clone)]
 pub struct SysCallArgs {
-    /// The syscalls, by their x86_64 names (openat, read, fsync, connect, ...): one, or several
-    /// separated by commas (each counted on its own for --when, as strace does).
+    /// The syscalls, by their x86_64 names (openat, read, fsync, connect, ...) or strace's sets
+    /// (%file, %network, %process, ...: `chaos sys sets`): one, or several separated by commas
+    /// (each syscall counted on its own for --when, as strace does).
     #[arg(long = "syscall", value_name = "NAME[,NAME...]", value_parser = parse_syscall, value_delimiter = ',', required = true)]
     pub syscalls: Vec<String>,
     /// strace's when=FIRST[..LAST][+[STEP]]: only calls FIRST to LAST (default: no end), every
@@ -152,13 +153,20 @@ pub enum CountPer {
 }
 
 impl SysCallArgs {
-    /// The syscalls with their x86_64 numbers, each once, or a usage error naming close matches.
+    /// The syscalls with their x86_64 numbers, each once (a set's syscalls in its place), or a
+    /// usage error naming close matches.
     pub fn calls(&self) -> crate::error::Result<Vec<(String, u32)>> {
         let mut out: Vec<(String, u32)> = Vec::new();
-        for name in &self.syscalls {
-            let nr = syscall_number(name)?;
-            if !out.iter().any(|(n, _)| n == name) {
-                out.push((name.clone(), nr));
+        for given in &self.syscalls {
+            let names: Vec<String> = match given.strip_prefix('%') {
+                Some(_) => syscall_set(given)?.iter().map(|s| s.to_string()).collect(),
+                None => vec![given.clone()],
+            };
+            for name in names {
+                let nr = syscall_number(&name)?;
+                if !out.iter().any(|(n, _)| *n == name) {
+                    out.push((name, nr));
+                }
             }
         }
         Ok(out)
@@ -175,9 +183,13 @@ impl SysCallArgs {
         rule.sys.log = self.log_calls as u32;
     }
 
-    /// "connect()" or "connect(), bind()", for descriptions.
+    /// "connect()", "connect(), bind()" or "%network (20 syscalls)", for descriptions.
     pub fn names(&self) -> String {
-        self.syscalls.iter().map(|s| format!("{s}()")).collect::<Vec<_>>().join(", ")
+        let name = |s: &String| match syscall_set(s) {
+            Ok(calls) if s.starts_with('%') => format!("{s} ({} syscalls)", calls.len()),
+            _ => format!("{s}()"),
+        };
+        self.syscalls.iter().map(name).collect::<Vec<_>>().join(", ")
     }
 
     /// The rule's `--when`, with its counting scope.
@@ -228,12 +240,21 @@ pub fn syscall_number(name: &str) -> crate::error::Result<u32> {
     })
 }
 
-/// A syscall name: lower-case letters, digits and underscores.
+/// The syscalls of strace's set `set` (`%file`), or a usage error naming the sets.
+pub fn syscall_set(set: &str) -> crate::error::Result<&'static [&'static str]> {
+    super::syscall_sets::SYSCALL_SETS.iter().find(|(name, _)| *name == set).map(|(_, calls)| *calls).ok_or_else(|| {
+        let names: Vec<&str> = super::syscall_sets::SYSCALL_SETS.iter().map(|(n, _)| *n).collect();
+        crate::usage!("there is no syscall set {set}: give one of {} (`chaos sys sets` lists their syscalls)", names.join(", "))
+    })
+}
+
+/// A syscall name (lower-case letters, digits and underscores), or a set's (`%file`, `%%stat`).
 pub fn parse_syscall(s: &str) -> Result<String, String> {
-    if !s.is_empty() && s.len() < 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+    let name = s.trim_start_matches('%');
+    if !name.is_empty() && s.len() < 64 && s.len() - name.len() <= 2 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
         Ok(s.to_string())
     } else {
-        Err(format!("'{s}' is not a syscall name; give one such as openat, read or connect"))
+        Err(format!("'{s}' is not a syscall name; give one such as openat, read or connect, or a set such as %file"))
     }
 }
 
@@ -352,11 +373,34 @@ mod tests {
     #[test]
     fn syscall_names_are_checked_with_close_matches() {
         assert_eq!(parse_syscall("openat"), Ok("openat".into()));
+        assert_eq!(parse_syscall("%%stat"), Ok("%%stat".into()));
+        assert!(parse_syscall("%%%stat").is_err() && parse_syscall("%").is_err());
         assert!(parse_syscall("open at").is_err());
         assert!(parse_syscall("../x").is_err());
         assert_eq!(syscall_number("fsync").unwrap(), 74);
         let e = syscall_number("opnat").unwrap_err().to_string();
         assert!(e.contains("did you mean") && e.contains("openat"), "{e}");
+    }
+
+    #[test]
+    fn a_set_stands_for_its_syscalls() {
+        let args = |list: &[&str]| SysCallArgs {
+            syscalls: list.iter().map(|s| s.to_string()).collect(),
+            when: None,
+            count_per: CountPer::Thread,
+            percent: 1_000_000,
+            log_calls: false,
+        };
+        let file = syscall_set("%file").unwrap();
+        assert!(file.contains(&"openat") && file.contains(&"unlink") && !file.contains(&"read"), "{file:?}");
+        let calls = args(&["openat", "%file"]).calls().unwrap();
+        assert_eq!(calls.len(), file.len(), "each syscall once");
+        let e = args(&["%files"]).calls().unwrap_err().to_string();
+        assert!(e.contains("no syscall set %files") && e.contains("%file"), "{e}");
+        for (set, calls) in super::super::syscall_sets::SYSCALL_SETS {
+            assert!(!calls.is_empty(), "{set}");
+            assert!(calls.iter().all(|c| syscall_number(c).is_ok()), "{set}");
+        }
     }
 
     #[test]

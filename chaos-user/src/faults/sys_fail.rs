@@ -205,12 +205,28 @@ impl Fault for SysFail {
         format!("fail {} of {} calls with {with}{}", super::percent(self.call.percent), self.call.names(), self.call.describe_when())
     }
 
+    /// A syscall named on its own needs a backend (checked with the reason if none works); those
+    /// of a set are checked too, and `hooks` names the ones this kernel cannot fail.
     fn needs(&self) -> Vec<&'static [Backend]> {
-        self.calls.iter().map(|(name, _)| self.needs_for(name)).collect()
+        self.calls.iter().filter(|(name, _)| self.call.syscalls.contains(name)).map(|(name, _)| self.needs_for(name)).collect()
+    }
+
+    fn wants(&self) -> Vec<&'static [Backend]> {
+        self.calls.iter().filter(|(name, _)| !self.call.syscalls.contains(name)).map(|(name, _)| self.needs_for(name)).collect()
     }
 
     /// One hook per syscall (several syscalls may share one), in the order of `calls`.
     fn hooks(&self, available: &[Backend]) -> Result<Vec<Hook>> {
+        let cannot: Vec<&str> =
+            self.calls.iter().map(|(name, _)| name.as_str()).filter(|name| !self.needs_for(name).iter().any(|b| available.contains(b))).collect();
+        if !cannot.is_empty() {
+            let can = self.calls.len() - cannot.len();
+            return Err(crate::unsupported!(
+                "this kernel can fail {can} of the {} syscalls asked for, not {} (`chaos sys syscalls` says why): name the ones it can fail",
+                self.calls.len(),
+                cannot.join(", ")
+            ));
+        }
         let mut hooks = Vec::new();
         for (name, _) in &self.calls {
             let hook = self.hook_for(name, available)?;

@@ -9,6 +9,7 @@
 
 use std::{
     io::Read,
+    os::fd::AsFd,
     os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -16,7 +17,9 @@ use std::{
 
 use anyhow::Context;
 
-use super::journal::{Record, read_record, state_dir, undo_record};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::journal::{Change, Record, read_record, state_dir, undo, undo_record};
 
 /// A running guardian. Dropping it keeps it running: it ends by itself when this process does.
 pub struct Guardian {
@@ -56,24 +59,40 @@ impl Drop for Guardian {
     }
 }
 
+/// How long past its faults' end a stopped session may hold processes before the guardian
+/// continues them.
+const FROZEN_GRACE: Duration = Duration::from_secs(1);
+
 /// `chaos guardian --session ID`: waits for end-of-file on stdin (the session's process is gone),
-/// then undoes what the session's record still lists.
+/// then undoes what the session's record still lists. Meanwhile, once the session's faults have
+/// ended, it continues the processes a `sys.delay` rule holds if the session itself is stopped
+/// (SIGSTOP, a debugger): a held process waits for nobody.
 pub fn run(session: &str) -> anyhow::Result<()> {
     for sig in [libc::SIGINT, libc::SIGHUP, libc::SIGTERM, libc::SIGPIPE] {
         // SAFETY: sets a signal's disposition to ignore; no handler code runs.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
+    let path = Record::path_in(&state_dir(), session);
     let mut buf = [0u8; 64];
     // Nothing is ever written; read returns 0 at end-of-file. Errors other than EINTR end the wait.
     loop {
-        match std::io::stdin().read(&mut buf) {
+        let stdin = std::io::stdin();
+        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(0) => {
+                continue_if_frozen(&path);
+                continue;
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => {}
+        }
+        match stdin.lock().read(&mut buf) {
             Ok(0) => break,
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
     }
-    let path = Record::path_in(&state_dir(), session);
     let mut rec = match read_record(&path) {
         Ok(r) => r,
         // Gone: the session ended cleanly and undid everything itself.
@@ -97,4 +116,26 @@ pub fn run(session: &str) -> anyhow::Result<()> {
         eprintln!("chaos guardian: {e}");
     }
     Ok(())
+}
+
+/// Continues what the session's `sys.delay` rules hold if its faults have ended and its process
+/// is stopped: the session would continue them itself, were it running.
+fn continue_if_frozen(path: &std::path::Path) {
+    let Ok(rec) = read_record(path) else { return };
+    let holds: Vec<&Change> = rec.changes.iter().filter(|c| matches!(c, Change::Stopped { .. })).collect();
+    let ended = rec.faults.iter().map(|f| f.deadline_ns).max().unwrap_or(0);
+    if holds.is_empty() || ended == 0 || crate::kernel::monotonic_ns() < ended + FROZEN_GRACE.as_nanos() as u64 {
+        return;
+    }
+    let stopped = procfs::process::Process::new(rec.pid as i32).and_then(|p| p.stat()).is_ok_and(|s| s.state == 'T' || s.state == 't');
+    if !stopped {
+        return;
+    }
+    for c in holds {
+        match undo(c) {
+            Ok(true) => eprintln!("chaos guardian: session {} is stopped past its faults' end; continued the {}", rec.id, c.describe()),
+            Ok(false) => {}
+            Err(e) => eprintln!("chaos guardian: {e:#}"),
+        }
+    }
 }
