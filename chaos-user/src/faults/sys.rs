@@ -118,6 +118,22 @@ pub fn refuser(syscall: &str, available: &[crate::probe::Backend]) -> Option<sup
     })
 }
 
+/// The refusing hooks of `calls` on this kernel (see [`refuser`]), each once.
+pub fn refusers(calls: &[(String, u32)], available: &[crate::probe::Backend]) -> Vec<super::Hook> {
+    let mut hooks = Vec::new();
+    for h in calls.iter().filter_map(|(name, _)| refuser(name, available)) {
+        if !hooks.contains(&h) {
+            hooks.push(h);
+        }
+    }
+    hooks
+}
+
+/// What a fault that refuses `calls` where it can wants of the kernel (`Fault::wants`).
+pub fn refusers_wanted(calls: &[(String, u32)]) -> Vec<&'static [crate::probe::Backend]> {
+    calls.iter().map(|(name, _)| refusers_for(name)).collect()
+}
+
 /// The flags of every syscall fault: which call, which of its calls, and how often.
 #[derive(Args, Debug, Clone)]
 pub struct SysCallArgs {

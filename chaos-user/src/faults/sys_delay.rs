@@ -16,7 +16,7 @@ use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 
 use super::{
     Fault, Hook, Kind,
-    sys::{SysCallArgs, refuser, refusers_for},
+    sys::{SysCallArgs, refusers, refusers_wanted},
 };
 use crate::{cli, error::Result, probe::Backend, usage};
 
@@ -132,26 +132,16 @@ impl Fault for SysDelay {
     /// --backend auto`, without the `file_open` hooks, which run once a created file exists).
     fn wants(&self) -> Vec<&'static [Backend]> {
         match self.on {
-            On::Enter => self.calls.iter().map(|(name, _)| refusers_for(name)).collect(),
+            On::Enter => refusers_wanted(&self.calls),
             On::Exit => Vec::new(),
         }
     }
 
     fn hooks(&self, available: &[Backend]) -> Result<Vec<Hook>> {
-        let mut hooks = vec![match self.on {
-            On::Enter => Hook::SysEnter,
-            On::Exit => Hook::SysExit,
-        }];
-        if self.on == On::Enter {
-            for (name, _) in &self.calls {
-                if let Some(h) = refuser(name, available)
-                    && !hooks.contains(&h)
-                {
-                    hooks.push(h);
-                }
-            }
-        }
-        Ok(hooks)
+        Ok(match self.on {
+            On::Enter => [vec![Hook::SysEnter], refusers(&self.calls, available)].concat(),
+            On::Exit => vec![Hook::SysExit],
+        })
     }
 
     fn fill(&self, rule: &mut Rule, _hooks: &[Hook]) -> Result<()> {

@@ -13,7 +13,7 @@ use clap::{ArgMatches, Args, FromArgMatches};
 
 use super::{
     Fault, Hook, Kind,
-    sys::{SysCallArgs, parse_signal, refuser, refusers_for},
+    sys::{SysCallArgs, parse_signal, refusers, refusers_wanted},
 };
 use crate::{cli, error::Result, probe::Backend, usage};
 
@@ -78,19 +78,11 @@ impl Fault for SysSignal {
     /// A backend that refuses the call before its work, for each syscall: a call whose signal
     /// kills is then never made.
     fn wants(&self) -> Vec<&'static [Backend]> {
-        self.calls.iter().map(|(name, _)| refusers_for(name)).collect()
+        refusers_wanted(&self.calls)
     }
 
     fn hooks(&self, available: &[Backend]) -> Result<Vec<Hook>> {
-        let mut hooks = vec![Hook::SysEnter];
-        for (name, _) in &self.calls {
-            if let Some(h) = refuser(name, available)
-                && !hooks.contains(&h)
-            {
-                hooks.push(h);
-            }
-        }
-        Ok(hooks)
+        Ok([vec![Hook::SysEnter], refusers(&self.calls, available)].concat())
     }
 
     fn fill(&self, rule: &mut Rule, _hooks: &[Hook]) -> Result<()> {
