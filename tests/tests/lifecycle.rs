@@ -79,12 +79,16 @@ fn nothing_stays_attached_after_sigkill() {
 #[test]
 fn a_stopped_chaos_stops_injecting_at_its_deadline() {
     let sb = Sandbox::new();
-    let chaos = start_chaos(&args(&sb, "100", "3s", &["--proto", "udp"]));
+    // Long enough for the first round to end before the deadline in a loaded emulated guest (a
+    // CI run's first round outlasted a 3 s lifetime there).
+    let lifetime = Duration::from_secs(6);
+    let chaos = start_chaos(&args(&sb, "100", "6s", &["--proto", "udp"]));
     let started = Instant::now();
     chaos.signal(libc::SIGSTOP);
     assert_eq!(udp(&sb, 5503, 200), 0, "before the deadline everything is dropped");
+    still_before(started, lifetime, "the first round");
     // Past the deadline, with chaos still stopped and its programs still attached.
-    std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(300));
+    sleep_past(started, lifetime);
     assert_eq!(udp(&sb, 5504, 200), 200, "after the deadline the kernel injects nothing, chaos or no chaos");
     chaos.signal(libc::SIGCONT);
     let summary = chaos.json(Duration::from_secs(30));

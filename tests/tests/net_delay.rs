@@ -130,8 +130,11 @@ fn a_normal_distribution_spreads_the_delay_past_the_jitter_both_ways() {
     let sb = Sandbox::new();
     let chaos = start_chaos(&delay_args(&sb, &["--delay", "60ms", "--jitter", "20ms", "--distribution", "normal"]));
     let got = udp_round(&sb, Place::Target, 5504);
+    // The guest's own latency in the same run, which a loaded emulated guest raises for every
+    // packet (a CI run's median was 75 ms): the median is checked above it.
+    let floor = delay_ms(&udp_round(&sb, Place::Bystander, 5505), "p50");
     let summary = stop_chaos(chaos);
-    let (min, p50, p99) = (delay_ms(&got, "min"), delay_ms(&got, "p50"), delay_ms(&got, "p99"));
+    let (min, p50, p99) = (delay_ms(&got, "min"), delay_ms(&got, "p50") - floor, delay_ms(&got, "p99"));
     eprintln!("normal 60±20 ms: min {min:.2} p50 {p50:.2} p99 {p99:.2} max {:.2} ms", delay_ms(&got, "max"));
     assert_eq!(counter(&summary, 0, "delayed"), N, "{summary}");
     // Uniform jitter never goes below delay - jitter (the test above); a normal one does for about
@@ -139,7 +142,7 @@ fn a_normal_distribution_spreads_the_delay_past_the_jitter_both_ways() {
     assert!(min < 39.0, "no packet below 60 - 20 ms: not a normal spread: {got}");
     assert!(p99 > 85.0, "p99 {p99:.2} ms: a normal spread's 99th percentile is about 60 + 2.3 x 20 ms: {got}");
     // The median: as with uniform jitter, fq's per-flow order raises it by up to a few ms.
-    assert!((57.0..=72.0).contains(&p50), "median {p50:.2}; expected about 60 ms");
+    assert!((57.0..=72.0).contains(&p50), "median {p50:.2} over the bystander's {floor:.2} ms; expected about 60 ms");
 }
 
 #[test]

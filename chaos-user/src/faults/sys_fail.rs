@@ -217,8 +217,13 @@ impl Fault for SysFail {
 
     /// One hook per syscall (several syscalls may share one), in the order of `calls`.
     fn hooks(&self, available: &[Backend]) -> Result<Vec<Hook>> {
-        let cannot: Vec<&str> =
-            self.calls.iter().map(|(name, _)| name.as_str()).filter(|name| !self.needs_for(name).iter().any(|b| available.contains(b))).collect();
+        // The syscalls a set brought (one named on its own was checked with its reason).
+        let cannot: Vec<&str> = self
+            .calls
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| !self.call.syscalls.iter().any(|s| s == name) && !self.needs_for(name).iter().any(|b| available.contains(b)))
+            .collect();
         if !cannot.is_empty() {
             let can = self.calls.len() - cannot.len();
             return Err(crate::unsupported!(
