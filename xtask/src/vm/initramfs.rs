@@ -102,9 +102,11 @@ pub fn build(c: &Contents, out: &Path) -> Result<()> {
 
     fs::create_dir_all(c.scratch)?;
     binary(&mut a, GUEST_CHAOS, &strip(c.chaos, c.scratch)?, c.chaos)?;
-    for t in c.tests {
+    // /init runs /tests/* in name order: a prefix keeps the order of `c.tests` (timing-sensitive
+    // binaries last, `vm::select`).
+    for (i, t) in c.tests.iter().enumerate() {
         let name = t.file_name().context("test binary without a name")?.to_string_lossy();
-        binary(&mut a, &format!("tests/{name}"), &strip(t, c.scratch)?, t)?;
+        binary(&mut a, &format!("tests/{i:02}-{name}"), &strip(t, c.scratch)?, t)?;
     }
     if let Some((dir, release, closure)) = c.modules {
         modules(&mut a, dir, release, closure)?;
