@@ -1,7 +1,7 @@
 //! `chaos sys syscalls` and `chaos sys errnos`: what this kernel lets chaos do to each syscall,
 //! from `chaos probe`'s findings and the kernel's own symbols, and the errno names.
 
-use std::{collections::BTreeSet, fmt::Write};
+use std::fmt::Write;
 
 use serde::Serialize;
 
@@ -39,26 +39,21 @@ fn backend_name(b: Backend) -> &'static str {
 pub fn syscalls(report: &Report) -> Vec<SyscallRow> {
     let works = |b: Backend| report.checks.iter().any(|c| c.backend == b && c.works);
     let reason = |b: Backend| report.checks.iter().find(|c| c.backend == b).and_then(|c| c.reason.clone()).unwrap_or_default();
-    // fmod_ret and kprobes need the syscall's entry function in this kernel.
-    let entries: BTreeSet<String> = std::fs::read_to_string("/proc/kallsyms")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(2))
-        .filter_map(|s| s.strip_prefix("__x64_sys_").map(str::to_string))
-        .collect();
     let signal = if works(Backend::TpBtfSignal) { "tp_btf" } else { "none" };
     syscalls::Sysno::iter()
         .map(|s| {
             let name = s.name();
             let entry = format!("__x64_sys_{name}");
+            // fmod_ret and kprobes need the syscall's entry function in this kernel.
+            let has_entry = crate::kernel::kallsyms_has(&entry);
             let usable = |b: Backend| {
                 works(b)
-                    && (!matches!(b, Backend::FmodRetSyscall | Backend::KprobeOverride) || entries.contains(name))
+                    && (!matches!(b, Backend::FmodRetSyscall | Backend::KprobeOverride) || has_entry != Some(false))
                     && (b != Backend::FmodRetSyscall || crate::kernel::btf_has_function(&entry) != Some(false))
             };
             let (fail, note) = match backends_for(name).iter().copied().find(|&b| usable(b)) {
                 Some(b) => (backend_name(b).to_string(), if b == Backend::CgroupSockAddr { cgroup_call(name).map(|c| c.note.to_string()).unwrap_or_default() } else { String::new() }),
-                None if !entries.is_empty() && !entries.contains(name) && cgroup_call(name).is_none() => {
+                None if has_entry == Some(false) && cgroup_call(name).is_none() => {
                     ("none".into(), format!("this kernel has no __x64_sys_{name}"))
                 }
                 None => {

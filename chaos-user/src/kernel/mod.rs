@@ -391,10 +391,15 @@ pub fn release() -> String {
 /// timekeeping, which `bpf_ktime_get_ns` reads, so a rule's deadline means the same on both sides.
 /// The vDSO (what libc's clock_gettime uses) reads the TSC directly; where vCPUs' TSCs disagree with
 /// the kernel's clock (measured under qemu TCG) that put deadlines seconds early or late.
-/// Whether the kernel has a symbol (`/proc/kallsyms`); `None` when it cannot be read.
+/// Whether the kernel has a symbol (`/proc/kallsyms`, read once per process: a syscall set asks
+/// for dozens); `None` when it cannot be read.
 pub fn kallsyms_has(symbol: &str) -> Option<bool> {
-    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
-    Some(text.lines().any(|l| l.split_whitespace().nth(2) == Some(symbol)))
+    static SYMBOLS: std::sync::OnceLock<Option<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
+    let symbols = SYMBOLS.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+        Some(text.lines().filter_map(|l| l.split_whitespace().nth(2)).map(str::to_string).collect())
+    });
+    symbols.as_ref().map(|s| s.contains(symbol))
 }
 
 pub fn monotonic_ns() -> u64 {

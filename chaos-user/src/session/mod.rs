@@ -434,8 +434,7 @@ impl Session {
         if specs.iter().all(Option::is_none) {
             return Ok(());
         }
-        let mut targets: Vec<usize> = self.plan.faults.iter().filter(|f| f.spec.fault.hold().is_some()).map(|f| f.target).collect();
-        targets.dedup();
+        let targets: std::collections::BTreeSet<usize> = self.plan.faults.iter().filter(|f| f.spec.fault.hold().is_some()).map(|f| f.target).collect();
         for t in targets {
             let t = &self.plan.targets[t];
             self.journal.before(Change::Stopped { cgroup: t.path.clone(), cgroup_id: t.id }).map_err(Error::Other)?;
