@@ -20,7 +20,8 @@ pub const FMOD_RET_SYSCALL_SECTION: &str = "lsm/chaos_fmod_ret_syscall";
 pub const FMOD_RET_FILE_OPEN_SECTION: &str = "lsm/chaos_fmod_ret_file_open";
 
 /// [`SysMatch::hook`]: where the rule's calls are caught.
-/// Opening a file (`file_open` LSM hook, or fmod_ret on `security_file_open`): the open family.
+/// Opening a file (`file_open` LSM hook, or fmod_ret on `security_file_open`): the open family,
+/// each syscall told apart by the calling thread's syscall number.
 pub const HOOK_FILE_OPEN: u32 = 1;
 /// The entry of one syscall, `SysMatch::syscall_nr` (fmod_ret or kprobe on `__x64_sys_<name>`).
 pub const HOOK_SYSCALL: u32 = 2;
@@ -40,6 +41,44 @@ pub const HOOK_SETSOCKOPT: u32 = 8;
 pub const HOOK_SYS_ENTER: u32 = 9;
 /// Every syscall's exit (tp_btf `sys_exit`), `SysMatch::syscall_nr`: the call has run.
 pub const HOOK_SYS_EXIT: u32 = 10;
+
+// BPF LSM hooks (one program each, `lsm/<hook>`), each failing the syscalls chaos-user's table
+// (`faults::sys::LSM_CALLS`) maps to it. The hook reads the calling thread's syscall number from
+// its registers, so a rule fails only its own syscall's calls of the hook: exec reading its
+// binary is no `read`, a socket's `read` no `recvfrom`.
+/// The first LSM hook id: every hook from here on sees the syscall number.
+pub const HOOK_LSM: u32 = 32;
+pub const HOOK_LSM_FILE_PERMISSION: u32 = HOOK_LSM;
+pub const HOOK_LSM_MMAP_FILE: u32 = HOOK_LSM + 1;
+pub const HOOK_LSM_FILE_MPROTECT: u32 = HOOK_LSM + 2;
+pub const HOOK_LSM_FILE_IOCTL: u32 = HOOK_LSM + 3;
+pub const HOOK_LSM_FILE_FCNTL: u32 = HOOK_LSM + 4;
+pub const HOOK_LSM_FILE_LOCK: u32 = HOOK_LSM + 5;
+pub const HOOK_LSM_INODE_GETATTR: u32 = HOOK_LSM + 6;
+pub const HOOK_LSM_INODE_SETATTR: u32 = HOOK_LSM + 7;
+pub const HOOK_LSM_INODE_MKDIR: u32 = HOOK_LSM + 8;
+pub const HOOK_LSM_INODE_RMDIR: u32 = HOOK_LSM + 9;
+pub const HOOK_LSM_INODE_UNLINK: u32 = HOOK_LSM + 10;
+pub const HOOK_LSM_INODE_RENAME: u32 = HOOK_LSM + 11;
+pub const HOOK_LSM_INODE_LINK: u32 = HOOK_LSM + 12;
+pub const HOOK_LSM_INODE_SYMLINK: u32 = HOOK_LSM + 13;
+pub const HOOK_LSM_INODE_READLINK: u32 = HOOK_LSM + 14;
+pub const HOOK_LSM_BPRM_CHECK: u32 = HOOK_LSM + 15;
+pub const HOOK_LSM_TASK_ALLOC: u32 = HOOK_LSM + 16;
+pub const HOOK_LSM_TASK_KILL: u32 = HOOK_LSM + 17;
+pub const HOOK_LSM_SOCKET_CREATE: u32 = HOOK_LSM + 18;
+pub const HOOK_LSM_SOCKET_SOCKETPAIR: u32 = HOOK_LSM + 19;
+pub const HOOK_LSM_SOCKET_BIND: u32 = HOOK_LSM + 20;
+pub const HOOK_LSM_SOCKET_CONNECT: u32 = HOOK_LSM + 21;
+pub const HOOK_LSM_SOCKET_LISTEN: u32 = HOOK_LSM + 22;
+pub const HOOK_LSM_SOCKET_ACCEPT: u32 = HOOK_LSM + 23;
+pub const HOOK_LSM_SOCKET_SENDMSG: u32 = HOOK_LSM + 24;
+pub const HOOK_LSM_SOCKET_RECVMSG: u32 = HOOK_LSM + 25;
+pub const HOOK_LSM_SOCKET_GETSOCKNAME: u32 = HOOK_LSM + 26;
+pub const HOOK_LSM_SOCKET_GETPEERNAME: u32 = HOOK_LSM + 27;
+pub const HOOK_LSM_SOCKET_GETSOCKOPT: u32 = HOOK_LSM + 28;
+pub const HOOK_LSM_SOCKET_SETSOCKOPT: u32 = HOOK_LSM + 29;
+pub const HOOK_LSM_SOCKET_SHUTDOWN: u32 = HOOK_LSM + 30;
 
 /// cgroup programs, attached to the target cgroup, failing calls with `bpf_set_retval`.
 pub const PROG_BIND4: &str = "chaos_sys_bind4";
@@ -178,10 +217,10 @@ impl SysMatch {
         self.hook == hook && (!Self::per_syscall(hook) || self.syscall_nr == nr)
     }
 
-    /// Hooks that see the syscall number (the others are one syscall, or a family).
+    /// Hooks that see the syscall number (the others, cgroup hooks, see one syscall or a family).
     #[inline(always)]
     pub const fn per_syscall(hook: u32) -> bool {
-        hook == HOOK_SYSCALL || hook == HOOK_SYS_ENTER || hook == HOOK_SYS_EXIT
+        hook == HOOK_SYSCALL || hook == HOOK_SYS_ENTER || hook == HOOK_SYS_EXIT || hook == HOOK_FILE_OPEN || hook >= HOOK_LSM
     }
 
     /// The key of [`crate::SYS_RULES_MAP`] for a call caught at `hook` (syscall `nr`): the
@@ -210,10 +249,13 @@ mod tests {
         assert!(fsync.matches(HOOK_SYSCALL, 74));
         assert!(!fsync.matches(HOOK_SYSCALL, 75));
         assert!(!fsync.matches(HOOK_FILE_OPEN, 74));
-        let open = SysMatch { hook: HOOK_FILE_OPEN, syscall_nr: 0, retval: -5, ..Default::default() };
-        assert!(open.matches(HOOK_FILE_OPEN, 0));
-        assert!(open.matches(HOOK_FILE_OPEN, 257), "the open hook does not know the syscall");
+        let openat = SysMatch { hook: HOOK_FILE_OPEN, syscall_nr: 257, retval: -5, ..Default::default() };
+        assert!(openat.matches(HOOK_FILE_OPEN, 257));
+        assert!(!openat.matches(HOOK_FILE_OPEN, 59), "an exec opening its binary is no openat");
         assert!(!SysMatch::default().matches(HOOK_FILE_OPEN, 0), "a packet rule is no syscall rule");
+        let read = SysMatch { hook: HOOK_LSM_FILE_PERMISSION, syscall_nr: 0, ..Default::default() };
+        assert!(read.matches(HOOK_LSM_FILE_PERMISSION, 0) && !read.matches(HOOK_LSM_FILE_PERMISSION, 59));
+        assert_ne!(SysMatch::rules_key(HOOK_LSM_FILE_PERMISSION, 0), SysMatch::rules_key(HOOK_LSM_SOCKET_RECVMSG, 0));
         let write = SysMatch { hook: HOOK_SYS_ENTER, syscall_nr: 1, ..Default::default() };
         assert!(write.matches(HOOK_SYS_ENTER, 1) && !write.matches(HOOK_SYS_ENTER, 0));
         assert_ne!(SysMatch::rules_key(HOOK_SYS_ENTER, 1), SysMatch::rules_key(HOOK_SYSCALL, 1), "hooks are told apart");

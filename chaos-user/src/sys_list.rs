@@ -6,7 +6,10 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::{
-    faults::{sys::cgroup_call, sys_fail::backends_for},
+    faults::{
+        sys::{cgroup_call, lsm_calls},
+        sys_fail::backends_for,
+    },
     probe::{Backend, Report},
 };
 
@@ -35,6 +38,15 @@ fn backend_name(b: Backend) -> &'static str {
     }
 }
 
+/// Which calls of `syscall` backend `b` sees, where it does not see them all.
+fn note_of(b: Backend, syscall: &str) -> String {
+    match b {
+        Backend::CgroupSockAddr => cgroup_call(syscall).map(|c| c.note.to_string()).unwrap_or_default(),
+        Backend::BpfLsm => lsm_calls(syscall).map(|c| format!("LSM {}: {}", c.lsm, c.note)).collect::<Vec<_>>().join("; "),
+        _ => String::new(),
+    }
+}
+
 /// Every x86_64 syscall (the `syscalls` crate's table), with what this kernel offers for it.
 pub fn syscalls(report: &Report) -> Vec<SyscallRow> {
     let works = |b: Backend| report.checks.iter().any(|c| c.backend == b && c.works);
@@ -52,7 +64,7 @@ pub fn syscalls(report: &Report) -> Vec<SyscallRow> {
                     && (b != Backend::FmodRetSyscall || crate::kernel::btf_has_function(&entry) != Some(false))
             };
             let (fail, note) = match backends_for(name).iter().copied().find(|&b| usable(b)) {
-                Some(b) => (backend_name(b).to_string(), if b == Backend::CgroupSockAddr { cgroup_call(name).map(|c| c.note.to_string()).unwrap_or_default() } else { String::new() }),
+                Some(b) => (backend_name(b).to_string(), note_of(b, name)),
                 None if has_entry == Some(false) && cgroup_call(name).is_none() => {
                     ("none".into(), format!("this kernel has no __x64_sys_{name}"))
                 }

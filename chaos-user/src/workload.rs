@@ -11,6 +11,7 @@ use std::{
 };
 
 mod dns;
+mod raw_calls;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -83,7 +84,10 @@ pub enum Workload {
     /// getppid. Counts the results by errno and the values successful calls returned, and lists
     /// which calls (from 1, per thread) failed.
     SyscallLoop {
-        #[arg(long, value_parser = ["open", "fsync", "connect", "socket", "bind", "sendto", "getsockopt", "setsockopt", "write", "getppid"])]
+        /// The call; those of `raw_calls::NAMES` are raw syscalls acting on objects made in the
+        /// directory --path before the first call.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
+            ["open", "fsync", "connect", "socket", "bind", "sendto", "getsockopt", "setsockopt", "write", "getppid"].iter().chain(raw_calls::NAMES)))]
         call: String,
         /// Wait for a line on stdin before the first call (so a fault can start after this
         /// process has already executed: an LSM file_open fault would otherwise fail its exec).
@@ -100,6 +104,10 @@ pub enum Workload {
         /// Also print how long each call took ("took_ns", the first 1000 calls of each thread).
         #[arg(long)]
         timings: bool,
+        /// Make the calls in the main thread, which made nothing since its setup (a new thread's
+        /// C library maps memory for its first allocation: an mmap a test would count).
+        #[arg(long, conflicts_with = "threads")]
+        same_thread: bool,
     },
     /// Answer DNS queries (A and AAAA, with documentation addresses) until stdin closes; count
     /// them by name.
@@ -179,8 +187,8 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         Workload::PacketTime { rounds, packets } => crate::bench::run(rounds, packets),
         Workload::EverySyscall => crate::strace_sets::call_every_syscall(),
         Workload::StraceSets { strace, rust } => strace_sets(&strace, rust),
-        Workload::SyscallLoop { call, path, to, count, wait, threads, timings } => {
-            syscall_loop(&call, path.as_deref(), to, count, wait, threads, timings)
+        Workload::SyscallLoop { call, path, to, count, wait, threads, timings, same_thread } => {
+            syscall_loop(&call, path.as_deref(), to, count, wait, if same_thread { 0 } else { threads }, timings)
         }
     }
 }
@@ -210,10 +218,11 @@ enum LoopCall {
     Setsockopt(UdpSocket),
     Write(std::fs::File),
     Getppid,
+    Raw(raw_calls::Call),
 }
 
 impl LoopCall {
-    fn new(call: &str, path: Option<&std::path::Path>, to: Option<SocketAddr>) -> Result<LoopCall> {
+    fn new(call: &str, path: Option<&std::path::Path>, to: Option<SocketAddr>, count: u64) -> Result<LoopCall> {
         let need = |what: &str| anyhow::anyhow!("--call {call} needs {what}");
         let udp = || UdpSocket::bind("127.0.0.1:0");
         Ok(match call {
@@ -227,12 +236,13 @@ impl LoopCall {
             "setsockopt" => LoopCall::Setsockopt(udp()?),
             "getppid" => LoopCall::Getppid,
             "write" => LoopCall::Write(std::fs::OpenOptions::new().append(true).create(true).open(path.unwrap_or("/dev/null".as_ref()))?),
-            other => anyhow::bail!("no call {other}"),
+            raw => LoopCall::Raw(raw_calls::prepare(raw, path.ok_or_else(|| need("--path (a directory)"))?, count)?),
         })
     }
 
-    /// One call: what it returned (0 where the call's value says nothing), or its error.
-    fn once(&self) -> std::io::Result<i64> {
+    /// The `n`-th call (from 1): what it returned (0 where the call's value says nothing), or its
+    /// error.
+    fn once(&self, n: u64) -> std::io::Result<i64> {
         use nix::sys::socket::{self, sockopt};
         fn io<T>(r: nix::Result<T>) -> std::io::Result<i64> {
             r.map(|_| 0).map_err(std::io::Error::from)
@@ -250,55 +260,62 @@ impl LoopCall {
             // SAFETY: getppid(2) has no preconditions and cannot fail; called directly, so a
             // replaced return value is seen as is.
             LoopCall::Getppid => Ok(unsafe { libc::syscall(libc::SYS_getppid) }),
+            LoopCall::Raw(call) => call(n),
         }
     }
 }
 
-/// Runs one syscall --count times in each of `threads` threads; prints {"calls", "ok",
+/// One thread's calls: how many succeeded, errors by errno, which calls failed (the first 1000),
+/// values returned (100 at most) and how long each call took (the first 1000, with timings).
+type Outcomes = (u64, std::collections::BTreeMap<i32, u64>, Vec<u64>, std::collections::BTreeMap<i64, u64>, Vec<u64>);
+
+fn calls(call: &LoopCall, count: u64, timings: bool) -> Outcomes {
+    let (mut ok, mut errors, mut failed_at) = (0u64, std::collections::BTreeMap::<i32, u64>::new(), Vec::new());
+    let mut values = std::collections::BTreeMap::<i64, u64>::new();
+    let mut took = Vec::new();
+    for n in 1..=count {
+        let t0 = Instant::now();
+        let outcome = call.once(n);
+        if timings && n <= 1000 {
+            took.push(t0.elapsed().as_nanos() as u64);
+        }
+        match outcome {
+            Ok(v) => {
+                ok += 1;
+                if values.len() < 100 {
+                    *values.entry(v).or_default() += 1;
+                }
+            }
+            Err(e) => {
+                *errors.entry(e.raw_os_error().unwrap_or(-1)).or_default() += 1;
+                if n <= 1000 {
+                    failed_at.push(n);
+                }
+            }
+        }
+    }
+    (ok, errors, failed_at, values, took)
+}
+
+/// Runs one syscall --count times in each of `threads` threads (0: in this one); prints {"calls", "ok",
 /// "errors": {errno: n}, "failed_at": [[call numbers] per thread] (the first 1000 calls of each),
 /// "secs"}, and with `timings` "took_ns": [[ns per call] per thread] (the first 1000 calls).
 fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAddr>, count: u64, wait: bool, threads: u32, timings: bool) -> Result<()> {
-    let call = LoopCall::new(call, path, to)?;
+    let call = LoopCall::new(call, path, to, count)?;
     if wait {
         ready();
         std::io::stdin().read_line(&mut String::new())?;
     }
     let start = Instant::now();
-    type Outcomes = (u64, std::collections::BTreeMap<i32, u64>, Vec<u64>, std::collections::BTreeMap<i64, u64>, Vec<u64>);
-    let per_thread: Vec<Outcomes> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let (mut ok, mut errors, mut failed_at) = (0u64, std::collections::BTreeMap::<i32, u64>::new(), Vec::new());
-                    let mut values = std::collections::BTreeMap::<i64, u64>::new();
-                    let mut took = Vec::new();
-                    for n in 1..=count {
-                        let t0 = Instant::now();
-                        let outcome = call.once();
-                        if timings && n <= 1000 {
-                            took.push(t0.elapsed().as_nanos() as u64);
-                        }
-                        match outcome {
-                            Ok(v) => {
-                                ok += 1;
-                                if values.len() < 100 {
-                                    *values.entry(v).or_default() += 1;
-                                }
-                            }
-                            Err(e) => {
-                                *errors.entry(e.raw_os_error().unwrap_or(-1)).or_default() += 1;
-                                if n <= 1000 {
-                                    failed_at.push(n);
-                                }
-                            }
-                        }
-                    }
-                    (ok, errors, failed_at, values, took)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("a syscall-loop thread panicked")).collect()
-    });
+    // 0 threads: the calls are made by this one.
+    let per_thread: Vec<Outcomes> = if threads == 0 {
+        vec![calls(&call, count, timings)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| calls(&call, count, timings))).collect();
+            handles.into_iter().map(|h| h.join().expect("a syscall-loop thread panicked")).collect()
+        })
+    };
     let ok: u64 = per_thread.iter().map(|t| t.0).sum();
     let mut errors = std::collections::BTreeMap::<i32, u64>::new();
     let mut values = std::collections::BTreeMap::<i64, u64>::new();
@@ -312,7 +329,7 @@ fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAdd
     }
     let failed_at: Vec<&Vec<u64>> = per_thread.iter().map(|t| &t.2).collect();
     let mut out =
-        json!({"calls": count * threads as u64, "ok": ok, "errors": errors, "values": values, "failed_at": failed_at, "secs": start.elapsed().as_secs_f64()});
+        json!({"calls": count * threads.max(1) as u64, "ok": ok, "errors": errors, "values": values, "failed_at": failed_at, "secs": start.elapsed().as_secs_f64()});
     if timings {
         out["took_ns"] = json!(per_thread.iter().map(|t| &t.4).collect::<Vec<_>>());
     }

@@ -148,14 +148,15 @@ fn a_call_held_at_entry_is_made_after_the_hold() {
     }
 }
 
-/// Any syscall, where fmod_ret or a kprobe can refuse it on its entry (the errinj lane): a write
-/// held at its entry is made after the hold (the file shows the writes before it), and where no
-/// hook can (the host), before it; either way, once.
+/// Any syscall, where fmod_ret or a kprobe can refuse it on its entry (the errinj lane), or the
+/// BPF LSM's file_permission hook (every guest): a write held at its entry is made after the hold
+/// (the file shows the writes before it), and where no hook can (the host), before it; either
+/// way, once.
 #[test]
 fn a_write_held_at_entry_is_made_after_the_hold_where_a_hook_can_refuse_it() {
     let sb = Sandbox::new();
     let cg = sb.cgroup.path.display().to_string();
-    let refusable = lane_has("fmod_ret_syscall") || lane_has("kprobe_override");
+    let refusable = lane_has("fmod_ret_syscall") || lane_has("kprobe_override") || lane_has("bpf_lsm");
     let file = TempFile::new("chaos-hold-w-", "");
     let mut target = sb.spawn(Place::Target, &["syscall-loop", "--wait", "--call", "write", "--path", file.path(), "--count", "5", "--timings"]);
     target.ready();

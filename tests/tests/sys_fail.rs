@@ -464,7 +464,7 @@ fn one_rule_fails_several_syscalls_each_counted_on_its_own() {
 /// less than asked.
 #[test]
 fn a_set_the_kernel_cannot_wholly_fail_is_refused_naming_the_calls() {
-    if lane_has("fmod_ret_syscall") || lane_has("kprobe_override") {
+    if lane_has("fmod_ret_syscall") || lane_has("kprobe_override") || lane_has("bpf_lsm") {
         eprintln!("the {} lane fails every syscall of %network", lane());
         return;
     }
@@ -473,4 +473,133 @@ fn a_set_the_kernel_cannot_wholly_fail_is_refused_naming_the_calls() {
     let (code, _, err) = run_chaos(&["sys", "fail", "--cgroup", &cg, "--syscall", "%network", "--errno", "EIO", "--for", "5s"]);
     assert_eq!((code, err.len()), (3, 1), "{err:?}");
     assert!(err[0].contains("not accept,") && err[0].contains("can fail 8 of the"), "{err:?}");
+}
+
+/// The call `syscall-loop --call` makes for each syscall an LSM hook fails (raw syscalls made by
+/// the loop's own thread, which makes no other call of the list), and that syscall.
+const LSM_LOOPS: &[(&str, &str)] = &[
+    ("open", "openat"),
+    ("read", "read"),
+    ("write", "write"),
+    ("mmap", "mmap"),
+    ("mprotect", "mprotect"),
+    ("ioctl", "ioctl"),
+    ("fcntl", "fcntl"),
+    ("flock", "flock"),
+    ("stat", "newfstatat"),
+    ("chmod", "chmod"),
+    ("mkdir", "mkdir"),
+    ("rmdir", "rmdir"),
+    ("unlink", "unlink"),
+    ("rename", "rename"),
+    ("link", "link"),
+    ("symlink", "symlink"),
+    ("readlink", "readlink"),
+    ("fork", "fork"),
+    ("kill", "kill"),
+    ("socket", "socket"),
+    ("socketpair", "socketpair"),
+    ("udp-bind", "bind"),
+    ("udp-connect", "connect"),
+    ("listen", "listen"),
+    ("accept4", "accept4"),
+    ("sendto", "sendto"),
+    ("recvfrom", "recvfrom"),
+    ("getsockname", "getsockname"),
+    ("getpeername", "getpeername"),
+    ("getsockopt", "getsockopt"),
+    ("setsockopt", "setsockopt"),
+    ("shutdown", "shutdown"),
+];
+
+/// Starts a `syscall-loop` of 10 calls in the main thread at `place`, with its objects in a
+/// directory of its own under `dir`.
+fn lsm_loop(sb: &Sandbox, place: Place, dir: &std::path::Path, call: &str) -> Proc {
+    let own = dir.join(format!("{call}-{place:?}"));
+    std::fs::create_dir_all(&own).expect("loop directory");
+    let path = match call {
+        "open" | "write" => own.join("file"),
+        _ => own,
+    };
+    std::fs::write(dir.join("file"), b"chaos").expect("test file");
+    let _ = std::fs::write(&path, b"chaos");
+    let path = path.display().to_string();
+    let mut args = vec!["syscall-loop", "--wait", "--same-thread", "--call", call, "--path", &path, "--count", "10"];
+    if call == "sendto" {
+        args.extend(["--to", "127.0.0.1:9"]);
+    }
+    let mut p = sb.spawn(place, &args);
+    p.ready();
+    p
+}
+
+/// Every BPF LSM hook chaos maps syscalls to (`chaos sys syscalls`), in one rule: with `--when
+/// 2+2`, exactly the even calls of each syscall fail with the errno, each counted on its own per
+/// thread (the hook reads the syscall's number), a bystander's never; the kernel counts exactly
+/// the failures. Then execve, counted across the target (each exec is a new process's).
+/// Where the kernel has no BPF LSM, `--backend lsm` exits 3 with probe's reason.
+#[test]
+fn lsm_hooks_fail_exactly_the_calls_when_selects() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let syscalls = LSM_LOOPS.iter().map(|(_, s)| *s).collect::<Vec<_>>().join(",");
+    let args = |syscalls: &str, extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["sys", "fail", "--cgroup", &cg, "--syscall", syscalls, "--errno", "ENOTRECOVERABLE", "--backend", "lsm", "--when", "2+2"];
+        a.extend(extra);
+        a.extend(["--for", "120s", "--json"]);
+        a.into_iter().map(String::from).collect()
+    };
+    if !lane_has("bpf_lsm") {
+        let (_, reason) = backend(&probe_report(), "bpf_lsm");
+        let a = args(&syscalls, &[]);
+        let (code, _, err) = run_chaos(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!((code, err.len()), (3, 1), "no BPF LSM here: exit 3 with the reason: {err:?}");
+        assert!(err[0].contains(&reason), "probe's reason {reason:?}: {err:?}");
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("chaos-lsm-"));
+    std::fs::create_dir_all(&dir).expect("test directory");
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let loops: Vec<(&str, Proc, Proc)> =
+        LSM_LOOPS.iter().map(|(call, syscall)| (*syscall, lsm_loop(&sb, Place::Target, &dir, call), lsm_loop(&sb, Place::Bystander, &dir, call))).collect();
+    let chaos = start_chaos(&args(&syscalls, &[]));
+    let outcomes: Vec<(&str, Value, Value)> = loops.into_iter().map(|(syscall, t, b)| (syscall, run_calls(t), run_calls(b))).collect();
+    let summary = stop_chaos(chaos);
+    let mut wrong = Vec::new();
+    for (syscall, target, bystander) in &outcomes {
+        let expected = (json!([[2, 4, 6, 8, 10]]), json!({ libc::ENOTRECOVERABLE.to_string(): 5 }), json!(10));
+        if (&target["failed_at"], &target["errors"], &bystander["ok"]) != (&expected.0, &expected.1, &expected.2) {
+            wrong.push(format!("{syscall}: target {target}, bystander {bystander}"));
+        }
+    }
+    assert!(wrong.is_empty(), "each syscall's even calls fail, a bystander's none:\n{}", wrong.join("\n"));
+    assert_eq!(counter(&summary, 0, "failed"), 5 * LSM_LOOPS.len() as u64, "the kernel counted exactly the failures: {summary}");
+
+    // execve: each exec is made by a new child, so count across the target.
+    let exec = |place| {
+        let own = dir.join(format!("exec-{place:?}"));
+        std::fs::create_dir_all(&own).expect("loop directory");
+        let own = own.display().to_string();
+        let mut p = sb.spawn(place, &["syscall-loop", "--wait", "--same-thread", "--call", "exec", "--path", &own, "--count", "10"]);
+        p.ready();
+        p
+    };
+    let (target, bystander) = (exec(Place::Target), exec(Place::Bystander));
+    let chaos = start_chaos(&args("execve", &["--count-per", "cgroup"]));
+    let (target, bystander) = (run_calls(target), run_calls(bystander));
+    let summary = stop_chaos(chaos);
+    assert_eq!(target["failed_at"], json!([[2, 4, 6, 8, 10]]), "every second exec of the target fails: {target}");
+    assert_eq!(target["errors"][libc::ENOTRECOVERABLE.to_string()], 5, "{target}");
+    assert_eq!(bystander["ok"], 10, "{bystander}");
+    assert_eq!(counter(&summary, 0, "failed"), 5, "{summary}");
+}
+
+/// Removes a directory tree when dropped, the test failing or not.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -5,18 +5,19 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_override_return, bpf_probe_read_kernel, bpf_send_signal_thread,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_override_return, bpf_probe_read_kernel, bpf_send_signal_thread,
+        bpf_task_pt_regs,
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_set_retval},
     },
     macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, kprobe},
-    programs::{BtfTracePointContext, FExitContext, LsmContext, ProbeContext, SockAddrContext, SockContext, SockoptContext},
+    programs::{BtfTracePointContext, FExitContext, ProbeContext, SockAddrContext, SockContext, SockoptContext},
 };
 use chaos_common::{
     Action, Family, KernelError, MAX_RULES, Rule,
     sys::{
         COUNT_PROCESS, COUNT_THREAD, CallKey, CallRecord, HOOK_BIND, HOOK_CONNECT, HOOK_FILE_OPEN, HOOK_GETSOCKOPT, HOOK_SENDMSG, HOOK_SETSOCKOPT,
         ERESTARTNOINTR, HELD_AT_ENTRY, HELD_RESTARTING, HOOK_SOCKET, HOOK_SYS_ENTER, HOOK_SYS_EXIT, HOOK_SYSCALL, HoldRecord, RULES_PER_CALL,
-        SysMatch, held_call,
+        SysMatch, held_call, *,
     },
 };
 
@@ -50,9 +51,9 @@ enum Verdict {
 }
 
 /// The rule to apply to this call (what to return, or what to send), and its index, if a rule of
-/// the calling process says so.
+/// the calling process says so. `nr` gives the syscall's number, asked only for a target's calls.
 #[inline(always)]
-fn decide_call(hook: u32, nr: u32) -> Verdict {
+fn decide_call(hook: u32, nr: impl FnOnce() -> u32) -> Verdict {
     match try_decide_call(hook, nr) {
         Ok(v) => v,
         Err(e) => {
@@ -71,7 +72,7 @@ const fn restartable(hook: u32) -> bool {
 }
 
 #[inline(always)]
-fn try_decide_call(hook: u32, nr: u32) -> Result<Verdict, KernelError> {
+fn try_decide_call(hook: u32, nr: impl FnOnce() -> u32) -> Result<Verdict, KernelError> {
     // SAFETY: helpers without preconditions.
     let leaf = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: as above.
@@ -79,6 +80,7 @@ fn try_decide_call(hook: u32, nr: u32) -> Result<Verdict, KernelError> {
     if mask == 0 {
         return Ok(Verdict::Pass);
     }
+    let nr = nr();
     // A thread a delay rule stopped at this call's entry (the map is empty without one).
     let tid = bpf_get_current_pid_tgid() as u32;
     if hook == HOOK_SYS_ENTER {
@@ -173,7 +175,7 @@ fn log_call(i: u32, r: &Rule, hook: u32, nr: u32, pid_tgid: u64) {
 /// What a failing hook returns for the call: the rule's value, if a fail rule took it, or "restart
 /// it" for a call held at its entry.
 #[inline(always)]
-fn fail_call(hook: u32, nr: u32) -> Option<i64> {
+fn fail_call(hook: u32, nr: impl FnOnce() -> u32) -> Option<i64> {
     match decide_call(hook, nr) {
         Verdict::Rule(_, r) if Action::from_u32(r.action) == Action::SysFail => Some(r.sys.retval),
         Verdict::Restart => Some(-ERESTARTNOINTR),
@@ -192,7 +194,7 @@ fn syscall_nr(user_regs: *const pt_regs) -> u32 {
 #[kprobe]
 pub fn chaos_sys_kprobe(ctx: ProbeContext) -> u32 {
     let Some(user_regs) = ctx.arg::<*const pt_regs>(0) else { return 0 };
-    if let Some(ret) = fail_call(HOOK_SYSCALL, syscall_nr(user_regs)) {
+    if let Some(ret) = fail_call(HOOK_SYSCALL, || syscall_nr(user_regs)) {
         // SAFETY: regs is the probed function's register set; the function is on the
         // error-injection list (the kernel refused the attach otherwise).
         unsafe { bpf_override_return(ctx.regs, ret as u64) };
@@ -204,7 +206,7 @@ pub fn chaos_sys_kprobe(ctx: ProbeContext) -> u32 {
 /// `bpf_set_retval` says with which error (EPERM otherwise).
 #[inline(always)]
 fn cgroup_verdict(hook: u32) -> i32 {
-    match fail_call(hook, 0) {
+    match fail_call(hook, || 0) {
         Some(ret) => {
             // SAFETY: no preconditions; the value is what the syscall returns.
             unsafe { bpf_set_retval(ret as i32) };
@@ -282,7 +284,7 @@ pub fn chaos_sys_exit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn signal_or_hold(hook: u32, nr: u32) {
-    let Verdict::Rule(i, r) = decide_call(hook, nr) else { return };
+    let Verdict::Rule(i, r) = decide_call(hook, || nr) else { return };
     match Action::from_u32(r.action) {
         Action::SysSignal => {
             // SAFETY: no preconditions; tracing programs run in the calling task's context.
@@ -333,19 +335,74 @@ const SIGSTOP: u32 = 19;
 /// `bpf_ringbuf_submit` flag: notify the reader now.
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
-/// BPF LSM on file_open: a non-zero return denies the open with that error.
+/// The syscall the calling thread is in, from its user registers (`orig_ax`): how a hook that
+/// is given no syscall number (an LSM hook, `security_file_open`) tells whose work it checks.
+#[inline(always)]
+fn current_syscall_nr() -> u32 {
+    // SAFETY: bpf_get_current_task_btf returns the running task, trusted by the verifier, which is
+    // what bpf_task_pt_regs needs; the registers are then read through the checked helper.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    syscall_nr(regs)
+}
+
+/// A BPF LSM hook's verdict: a negative errno denies the operation (and so fails the syscall
+/// doing it), 0 lets it proceed. One copy shared by every LSM program (a BPF-to-BPF call).
 ///
-/// Written without aya's `#[lsm]`, whose wrapper returns an i32 that reaches R0 zero-extended:
-/// newer verifiers check that an LSM program returns a value in [-MAX_ERRNO, 0], and
-/// refused it (measured on Debian 13's 6.12). The verdict is a sign-extended i64, clamped.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "lsm/file_open")]
-pub fn chaos_sys_file_open(ctx: *mut core::ffi::c_void) -> i64 {
-    let ctx = LsmContext::new(ctx);
-    // file_open has one argument; the slot after it holds the previous BPF LSM verdict.
-    let previous: i32 = ctx.arg(1);
-    let verdict = if previous != 0 { previous as i64 } else { fail_call(HOOK_FILE_OPEN, 0).unwrap_or(0) };
-    verdict.clamp(-MAX_ERRNO, 0)
+/// Newer verifiers check that an LSM program returns a value in [-MAX_ERRNO, 0] (aya's `#[lsm]`
+/// returns an i32 that reaches R0 zero-extended, refused on Debian 13's 6.12): the verdict is a
+/// sign-extended i64, clamped. A BPF LSM program runs only while the ones before it on the hook
+/// allowed the operation (the kernel's trampoline stops at the first refusal), so no earlier
+/// verdict is overridden.
+#[inline(never)]
+fn lsm_verdict(hook: u32) -> i64 {
+    fail_call(hook, current_syscall_nr).unwrap_or(0).clamp(-MAX_ERRNO, 0)
+}
+
+/// One BPF LSM program per hook, each `lsm/<hook>`: aya loads it against `bpf_lsm_<hook>`.
+/// Which syscalls each fails is chaos-user's table (`faults::sys::LSM_CALLS`).
+macro_rules! lsm_programs {
+    ($($name:ident = $section:literal => $hook:ident;)*) => {$(
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = $section)]
+        pub fn $name(_ctx: *mut core::ffi::c_void) -> i64 {
+            lsm_verdict($hook)
+        }
+    )*};
+}
+
+lsm_programs! {
+    chaos_sys_file_open = "lsm/file_open" => HOOK_FILE_OPEN;
+    chaos_sys_lsm_file_permission = "lsm/file_permission" => HOOK_LSM_FILE_PERMISSION;
+    chaos_sys_lsm_mmap_file = "lsm/mmap_file" => HOOK_LSM_MMAP_FILE;
+    chaos_sys_lsm_file_mprotect = "lsm/file_mprotect" => HOOK_LSM_FILE_MPROTECT;
+    chaos_sys_lsm_file_ioctl = "lsm/file_ioctl" => HOOK_LSM_FILE_IOCTL;
+    chaos_sys_lsm_file_fcntl = "lsm/file_fcntl" => HOOK_LSM_FILE_FCNTL;
+    chaos_sys_lsm_file_lock = "lsm/file_lock" => HOOK_LSM_FILE_LOCK;
+    chaos_sys_lsm_inode_getattr = "lsm/inode_getattr" => HOOK_LSM_INODE_GETATTR;
+    chaos_sys_lsm_inode_setattr = "lsm/inode_setattr" => HOOK_LSM_INODE_SETATTR;
+    chaos_sys_lsm_inode_mkdir = "lsm/inode_mkdir" => HOOK_LSM_INODE_MKDIR;
+    chaos_sys_lsm_inode_rmdir = "lsm/inode_rmdir" => HOOK_LSM_INODE_RMDIR;
+    chaos_sys_lsm_inode_unlink = "lsm/inode_unlink" => HOOK_LSM_INODE_UNLINK;
+    chaos_sys_lsm_inode_rename = "lsm/inode_rename" => HOOK_LSM_INODE_RENAME;
+    chaos_sys_lsm_inode_link = "lsm/inode_link" => HOOK_LSM_INODE_LINK;
+    chaos_sys_lsm_inode_symlink = "lsm/inode_symlink" => HOOK_LSM_INODE_SYMLINK;
+    chaos_sys_lsm_inode_readlink = "lsm/inode_readlink" => HOOK_LSM_INODE_READLINK;
+    chaos_sys_lsm_bprm_check_security = "lsm/bprm_check_security" => HOOK_LSM_BPRM_CHECK;
+    chaos_sys_lsm_task_alloc = "lsm/task_alloc" => HOOK_LSM_TASK_ALLOC;
+    chaos_sys_lsm_task_kill = "lsm/task_kill" => HOOK_LSM_TASK_KILL;
+    chaos_sys_lsm_socket_create = "lsm/socket_create" => HOOK_LSM_SOCKET_CREATE;
+    chaos_sys_lsm_socket_socketpair = "lsm/socket_socketpair" => HOOK_LSM_SOCKET_SOCKETPAIR;
+    chaos_sys_lsm_socket_bind = "lsm/socket_bind" => HOOK_LSM_SOCKET_BIND;
+    chaos_sys_lsm_socket_connect = "lsm/socket_connect" => HOOK_LSM_SOCKET_CONNECT;
+    chaos_sys_lsm_socket_listen = "lsm/socket_listen" => HOOK_LSM_SOCKET_LISTEN;
+    chaos_sys_lsm_socket_accept = "lsm/socket_accept" => HOOK_LSM_SOCKET_ACCEPT;
+    chaos_sys_lsm_socket_sendmsg = "lsm/socket_sendmsg" => HOOK_LSM_SOCKET_SENDMSG;
+    chaos_sys_lsm_socket_recvmsg = "lsm/socket_recvmsg" => HOOK_LSM_SOCKET_RECVMSG;
+    chaos_sys_lsm_socket_getsockname = "lsm/socket_getsockname" => HOOK_LSM_SOCKET_GETSOCKNAME;
+    chaos_sys_lsm_socket_getpeername = "lsm/socket_getpeername" => HOOK_LSM_SOCKET_GETPEERNAME;
+    chaos_sys_lsm_socket_getsockopt = "lsm/socket_getsockopt" => HOOK_LSM_SOCKET_GETSOCKOPT;
+    chaos_sys_lsm_socket_setsockopt = "lsm/socket_setsockopt" => HOOK_LSM_SOCKET_SETSOCKOPT;
+    chaos_sys_lsm_socket_shutdown = "lsm/socket_shutdown" => HOOK_LSM_SOCKET_SHUTDOWN;
 }
 
 /// The largest errno: an LSM verdict lies in [-MAX_ERRNO, 0].
@@ -370,7 +427,7 @@ pub fn chaos_sys_fmod_ret_syscall(ctx: *mut core::ffi::c_void) -> i64 {
         return previous;
     }
     let user_regs: *const pt_regs = ctx.arg(0);
-    fail_call(HOOK_SYSCALL, syscall_nr(user_regs)).unwrap_or(0)
+    fail_call(HOOK_SYSCALL, || syscall_nr(user_regs)).unwrap_or(0)
 }
 
 /// On `security_file_open(struct file *file)`: the open family.
@@ -382,5 +439,5 @@ pub fn chaos_sys_fmod_ret_file_open(ctx: *mut core::ffi::c_void) -> i64 {
     if previous != 0 {
         return previous;
     }
-    fail_call(HOOK_FILE_OPEN, 0).unwrap_or(0)
+    fail_call(HOOK_FILE_OPEN, current_syscall_nr).unwrap_or(0)
 }

@@ -42,8 +42,8 @@ pub enum Hook {
     /// The programs of one call that cgroup hooks fail (`sys::CGROUP_CALLS`, by its
     /// `chaos_common::sys::HOOK_*`) on the target cgroup.
     CgroupSock(u32),
-    /// BPF LSM `file_open`.
-    LsmFileOpen,
+    /// A BPF LSM hook (`sys::LSM_CALLS`, by its `chaos_common::sys::HOOK_*`).
+    Lsm(u32),
     /// fmod_ret on `security_file_open`.
     FmodRetFileOpen,
     /// fmod_ret on a syscall's entry function (`__x64_sys_NAME`).
@@ -80,7 +80,10 @@ impl Hook {
                 Some(c) => format!("cgroup hooks {} on the target", c.programs.join(", ")),
                 None => format!("cgroup hook {hook}"),
             },
-            Hook::LsmFileOpen => "BPF LSM file_open".into(),
+            Hook::Lsm(hook) => match sys::lsm_call_by_hook(*hook) {
+                Some(c) => format!("BPF LSM {}", c.lsm),
+                None => format!("BPF LSM hook {hook}"),
+            },
             Hook::FmodRetFileOpen => "fmod_ret on security_file_open".into(),
             Hook::FmodRetSyscall(f) => format!("fmod_ret on {f}"),
             Hook::Kprobe(f) => format!("kprobe + bpf_override_return on {f}"),

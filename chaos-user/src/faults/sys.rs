@@ -81,6 +81,89 @@ pub const CGROUP_CALLS: &[CgroupCall] = &[
     },
 ];
 
+/// A BPF LSM hook that fails the syscalls whose work it checks (one program each, chaos-ebpf's
+/// `lsm_programs!`). The program reads the calling thread's syscall number, so a rule fails only
+/// its own syscall's passes through the hook. Where the hook sees more or fewer calls than the
+/// syscall makes, `note` says so (and `--when` counts what the hook sees).
+#[derive(Debug)]
+pub struct LsmCall {
+    /// `chaos_common::sys::HOOK_LSM_*` (or `HOOK_FILE_OPEN`).
+    pub hook: u32,
+    /// The LSM hook: the program attaches to `bpf_lsm_<lsm>`.
+    pub lsm: &'static str,
+    pub program: &'static str,
+    pub syscalls: &'static [&'static str],
+    pub note: &'static str,
+}
+
+macro_rules! lsm_call {
+    ($hook:ident, $lsm:literal, [$($call:literal),*], $note:literal) => {
+        LsmCall { hook: chaos_common::sys::$hook, lsm: $lsm, program: concat!("chaos_sys_lsm_", $lsm), syscalls: &[$($call),*], note: $note }
+    };
+}
+
+/// Every syscall a BPF LSM hook fails. unlinkat is in two: the hook its flags lead to sees it.
+pub const LSM_CALLS: &[LsmCall] = &[
+    LsmCall {
+        hook: chaos_common::sys::HOOK_FILE_OPEN,
+        lsm: "file_open",
+        program: chaos_common::sys::PROG_LSM_FILE_OPEN,
+        syscalls: &["open", "openat", "openat2", "creat"],
+        note: "after the path resolves: a file O_CREAT makes exists by then",
+    },
+    lsm_call!(
+        HOOK_LSM_FILE_PERMISSION,
+        "file_permission",
+        ["read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "preadv2", "pwritev2"],
+        "calls on a descriptor open for the access (a bad descriptor fails first)"
+    ),
+    lsm_call!(HOOK_LSM_MMAP_FILE, "mmap_file", ["mmap"], "every mapping, anonymous ones too"),
+    lsm_call!(HOOK_LSM_FILE_MPROTECT, "file_mprotect", ["mprotect", "pkey_mprotect"], "once per mapping the range covers"),
+    lsm_call!(HOOK_LSM_FILE_IOCTL, "file_ioctl", ["ioctl"], "calls on a valid descriptor"),
+    lsm_call!(HOOK_LSM_FILE_FCNTL, "file_fcntl", ["fcntl"], "calls on a valid descriptor"),
+    lsm_call!(HOOK_LSM_FILE_LOCK, "file_lock", ["flock"], "calls on a valid descriptor"),
+    lsm_call!(HOOK_LSM_INODE_GETATTR, "inode_getattr", ["stat", "lstat", "fstat", "newfstatat", "statx"], "once the file is found"),
+    lsm_call!(
+        HOOK_LSM_INODE_SETATTR,
+        "inode_setattr",
+        ["chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown", "fchownat", "truncate", "ftruncate", "utime", "utimes", "utimensat", "futimesat"],
+        "once the file is found"
+    ),
+    lsm_call!(HOOK_LSM_INODE_MKDIR, "inode_mkdir", ["mkdir", "mkdirat"], "once the parent is found and the name is free"),
+    lsm_call!(HOOK_LSM_INODE_RMDIR, "inode_rmdir", ["rmdir", "unlinkat"], "once the directory is found; unlinkat with AT_REMOVEDIR"),
+    lsm_call!(HOOK_LSM_INODE_UNLINK, "inode_unlink", ["unlink", "unlinkat"], "once the file is found; unlinkat without AT_REMOVEDIR"),
+    lsm_call!(HOOK_LSM_INODE_RENAME, "inode_rename", ["rename", "renameat", "renameat2"], "once both names are found"),
+    lsm_call!(HOOK_LSM_INODE_LINK, "inode_link", ["link", "linkat"], "once the file is found and the new name is free"),
+    lsm_call!(HOOK_LSM_INODE_SYMLINK, "inode_symlink", ["symlink", "symlinkat"], "once the new name is free"),
+    lsm_call!(HOOK_LSM_INODE_READLINK, "inode_readlink", ["readlink", "readlinkat"], "once the link is found"),
+    lsm_call!(HOOK_LSM_BPRM_CHECK, "bprm_check_security", ["execve", "execveat"], "once per binary tried: a script's interpreter again"),
+    lsm_call!(HOOK_LSM_TASK_ALLOC, "task_alloc", ["fork", "vfork", "clone", "clone3"], "threads too (pthread_create is clone3)"),
+    lsm_call!(HOOK_LSM_TASK_KILL, "task_kill", ["kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"], "once per process signalled (kill(-pgid) counts each)"),
+    lsm_call!(HOOK_LSM_SOCKET_CREATE, "socket_create", ["socket"], "every family (the cgroup hook sees inet only)"),
+    lsm_call!(HOOK_LSM_SOCKET_SOCKETPAIR, "socket_socketpair", ["socketpair"], "once both sockets exist"),
+    lsm_call!(HOOK_LSM_SOCKET_BIND, "socket_bind", ["bind"], "every family"),
+    lsm_call!(HOOK_LSM_SOCKET_CONNECT, "socket_connect", ["connect"], "every family, AF_UNIX too"),
+    lsm_call!(HOOK_LSM_SOCKET_LISTEN, "socket_listen", ["listen"], "every family"),
+    lsm_call!(HOOK_LSM_SOCKET_ACCEPT, "socket_accept", ["accept", "accept4"], "before waiting for a connection"),
+    lsm_call!(HOOK_LSM_SOCKET_SENDMSG, "socket_sendmsg", ["sendto", "sendmsg", "sendmmsg"], "every socket; sendmmsg once per message"),
+    lsm_call!(HOOK_LSM_SOCKET_RECVMSG, "socket_recvmsg", ["recvfrom", "recvmsg", "recvmmsg"], "every socket, before waiting; recvmmsg once per message"),
+    lsm_call!(HOOK_LSM_SOCKET_GETSOCKNAME, "socket_getsockname", ["getsockname"], "every family"),
+    lsm_call!(HOOK_LSM_SOCKET_GETPEERNAME, "socket_getpeername", ["getpeername"], "every family"),
+    lsm_call!(HOOK_LSM_SOCKET_GETSOCKOPT, "socket_getsockopt", ["getsockopt"], "before the option is read"),
+    lsm_call!(HOOK_LSM_SOCKET_SETSOCKOPT, "socket_setsockopt", ["setsockopt"], "before the option is set"),
+    lsm_call!(HOOK_LSM_SOCKET_SHUTDOWN, "socket_shutdown", ["shutdown"], "every family"),
+];
+
+/// The LSM hooks that fail `syscall` (two for unlinkat), best first.
+pub fn lsm_calls(syscall: &str) -> impl Iterator<Item = &'static LsmCall> + '_ {
+    LSM_CALLS.iter().filter(move |c| c.syscalls.contains(&syscall))
+}
+
+/// The LSM hook with id `hook`.
+pub fn lsm_call_by_hook(hook: u32) -> Option<&'static LsmCall> {
+    LSM_CALLS.iter().find(|c| c.hook == hook)
+}
+
 /// The cgroup hook that fails `syscall`, if one does.
 pub fn cgroup_call(syscall: &str) -> Option<&'static CgroupCall> {
     CGROUP_CALLS.iter().find(|c| c.syscalls.contains(&syscall))
@@ -96,32 +179,49 @@ pub fn refusers_for(syscall: &str) -> &'static [crate::probe::Backend] {
     use crate::probe::Backend;
     if cgroup_call(syscall).is_some() {
         &[Backend::CgroupSockAddr, Backend::FmodRetSyscall, Backend::KprobeOverride]
+    } else if lsm_refusers(syscall).next().is_some() {
+        &[Backend::FmodRetSyscall, Backend::KprobeOverride, Backend::BpfLsm]
     } else {
         &[Backend::FmodRetSyscall, Backend::KprobeOverride]
     }
 }
 
-/// The hook that refuses a call stopped or signalled at its entry so the kernel makes it again
-/// once the stop or the signal's handler is over (`-ERESTARTNOINTR`), if this kernel has one for
-/// `syscall`: a held call is made after its hold (strace's `delay_enter`), and a call whose
-/// signal kills is never made (as strace skips it). Without one, the call runs first.
-pub fn refuser(syscall: &str, available: &[crate::probe::Backend]) -> Option<super::Hook> {
+/// The LSM hooks that can refuse `syscall` to have it made again: all that check a call before
+/// its work, but `file_open` (a file O_CREAT makes exists by then) and `task_kill` (a signal to a
+/// process group may have reached some of it).
+fn lsm_refusers(syscall: &str) -> impl Iterator<Item = &'static LsmCall> + '_ {
+    use chaos_common::sys::{HOOK_FILE_OPEN, HOOK_LSM_TASK_KILL};
+    lsm_calls(syscall).filter(|c| c.hook != HOOK_FILE_OPEN && c.hook != HOOK_LSM_TASK_KILL)
+}
+
+/// The hooks that refuse a call stopped or signalled at its entry so the kernel makes it again
+/// once the stop or the signal's handler is over (`-ERESTARTNOINTR`), if this kernel has them for
+/// `syscall` (two LSM hooks for unlinkat): a held call is made after its hold (strace's
+/// `delay_enter`), and a call whose signal kills is never made (as strace skips it). Without
+/// one, the call runs first.
+pub fn refuser(syscall: &str, available: &[crate::probe::Backend]) -> Vec<super::Hook> {
     use super::Hook;
     use crate::probe::Backend;
     let entry = format!("__x64_sys_{syscall}");
-    refusers_for(syscall).iter().filter(|b| available.contains(b)).find_map(|b| match b {
-        Backend::CgroupSockAddr => cgroup_call(syscall).map(|c| Hook::CgroupSock(c.hook)),
-        // fmod_ret attaches by BTF id, which a zero-argument syscall's entry (an alias) lacks.
-        Backend::FmodRetSyscall => (crate::kernel::btf_has_function(&entry) == Some(true)).then(|| Hook::FmodRetSyscall(entry.clone())),
-        Backend::KprobeOverride => (crate::kernel::kallsyms_has(&entry) == Some(true)).then(|| Hook::Kprobe(entry.clone())),
-        _ => None,
-    })
+    refusers_for(syscall)
+        .iter()
+        .filter(|b| available.contains(b))
+        .map(|b| match b {
+            Backend::CgroupSockAddr => cgroup_call(syscall).map(|c| Hook::CgroupSock(c.hook)).into_iter().collect(),
+            // fmod_ret attaches by BTF id, which a zero-argument syscall's entry (an alias) lacks.
+            Backend::FmodRetSyscall => (crate::kernel::btf_has_function(&entry) == Some(true)).then(|| Hook::FmodRetSyscall(entry.clone())).into_iter().collect(),
+            Backend::KprobeOverride => (crate::kernel::kallsyms_has(&entry) == Some(true)).then(|| Hook::Kprobe(entry.clone())).into_iter().collect(),
+            Backend::BpfLsm => lsm_refusers(syscall).map(|c| Hook::Lsm(c.hook)).collect(),
+            _ => Vec::new(),
+        })
+        .find(|hooks: &Vec<Hook>| !hooks.is_empty())
+        .unwrap_or_default()
 }
 
 /// The refusing hooks of `calls` on this kernel (see [`refuser`]), each once.
 pub fn refusers(calls: &[(String, u32)], available: &[crate::probe::Backend]) -> Vec<super::Hook> {
     let mut hooks = Vec::new();
-    for h in calls.iter().filter_map(|(name, _)| refuser(name, available)) {
+    for h in calls.iter().flat_map(|(name, _)| refuser(name, available)) {
         if !hooks.contains(&h) {
             hooks.push(h);
         }
@@ -428,5 +528,25 @@ mod tests {
                 assert!(seen.insert(*s), "{s} twice");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod lsm_table_tests {
+    use super::*;
+
+    #[test]
+    fn every_lsm_call_is_a_syscall_with_its_own_program_and_hook() {
+        let object = aya_obj::Object::parse(crate::KERNEL_OBJECT).expect("the embedded kernel object parses");
+        let mut hooks = std::collections::BTreeSet::new();
+        for c in LSM_CALLS {
+            assert!(hooks.insert(c.hook), "hook id {} twice", c.hook);
+            assert!(object.programs.contains_key(c.program), "no program {} in the kernel object: {:?}", c.program, object.programs.keys().filter(|k| k.contains("lsm") || k.contains("open")).collect::<Vec<_>>());
+            for s in c.syscalls {
+                assert!(syscall_number(s).is_ok(), "{s} is no x86_64 syscall");
+            }
+        }
+        let twice: Vec<&str> = LSM_CALLS.iter().flat_map(|c| c.syscalls.iter().copied()).filter(|s| lsm_calls(s).count() > 1).collect();
+        assert_eq!(twice, ["unlinkat", "unlinkat"], "only unlinkat reaches two hooks (by its flag)");
     }
 }

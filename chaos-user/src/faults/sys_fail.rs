@@ -1,11 +1,15 @@
 //! `sys.fail`: make a syscall fail with an errno for one cgroup, in the kernel.
 //!
 //! Backends, in the order `--backend auto` tries them:
-//! - connect: the target cgroup's `connect4`/`connect6` hooks (any kernel with cgroup BPF and
-//!   `bpf_set_retval`, 5.18+; inet sockets only), then fmod_ret, then kprobe;
+//! - socket calls a cgroup hook sees (connect, bind, ...): the target cgroup's hooks (any kernel
+//!   with cgroup BPF and `bpf_set_retval`, 5.18+; inet sockets only), then fmod_ret, then kprobe,
+//!   then the BPF LSM's socket hooks;
 //! - the open family: BPF LSM on `file_open`, then fmod_ret on `security_file_open`, then kprobe;
 //! - any other syscall: fmod_ret on `__x64_sys_<name>` (no kprobe needed), then kprobe +
-//!   `bpf_override_return` on it (needs CONFIG_BPF_KPROBE_OVERRIDE).
+//!   `bpf_override_return` on it (needs CONFIG_BPF_KPROBE_OVERRIDE), which skip the call whole;
+//!   then, for the calls an LSM hook checks (`sys::LSM_CALLS`: read/write, stat, mkdir, exec,
+//!   clone, kill, listen, accept, recv, ...), that hook: the one way on a distribution kernel
+//!   without error injection (Debian's).
 
 use chaos_common::{
     Action, Counters, Rule,
@@ -15,7 +19,7 @@ use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 
 use super::{
     Fault, Hook, Kind,
-    sys::{CGROUP_CALLS, SysCallArgs, cgroup_call, errno_name, parse_errno},
+    sys::{CGROUP_CALLS, SysCallArgs, cgroup_call, errno_name, lsm_calls, parse_errno},
 };
 use crate::{cli, error::Result, probe::Backend, usage};
 
@@ -55,9 +59,10 @@ pub struct SysFailArgs {
     /// replace the syscall's result; the call is not made.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub retval: Option<i64>,
-    /// cgroup covers socket calls (see `chaos sys syscalls`); lsm and fmod-ret (on
-    /// security_file_open) cover the open family; fmod-ret (on the syscall entry) and kprobe cover
-    /// any syscall; auto picks the first this kernel offers (`chaos probe`).
+    /// cgroup covers inet socket calls; lsm covers the calls an LSM hook checks (open, read,
+    /// write, stat, mkdir, unlink, exec, clone, kill, socket calls, ...); fmod-ret (on
+    /// security_file_open) the open family; fmod-ret (on the syscall entry) and kprobe any
+    /// syscall; auto picks the first this kernel offers. `chaos sys syscalls` shows the choice.
     #[arg(long, value_enum, default_value_t = SysBackend::Auto)]
     pub backend: SysBackend,
 }
@@ -97,9 +102,11 @@ pub struct SysFail {
 /// The backends that can fail `syscall`, best first (what `--backend auto` tries).
 pub fn backends_for(syscall: &str) -> &'static [Backend] {
     if cgroup_call(syscall).is_some() {
-        &[Backend::CgroupSockAddr, Backend::FmodRetSyscall, Backend::KprobeOverride]
+        &[Backend::CgroupSockAddr, Backend::FmodRetSyscall, Backend::KprobeOverride, Backend::BpfLsm]
     } else if OPEN_FAMILY.contains(&syscall) {
         &[Backend::BpfLsm, Backend::FmodRetSecurity, Backend::KprobeOverride]
+    } else if lsm_calls(syscall).next().is_some() {
+        &[Backend::FmodRetSyscall, Backend::KprobeOverride, Backend::BpfLsm]
     } else {
         &[Backend::FmodRetSyscall, Backend::KprobeOverride]
     }
@@ -129,8 +136,8 @@ impl SysFail {
         }
     }
 
-    /// The hook that fails `syscall` here.
-    fn hook_for(&self, syscall: &str, available: &[Backend]) -> Result<Hook> {
+    /// The hooks that fail `syscall` here (two for unlinkat under the LSM: one per flag).
+    fn hooks_for(&self, syscall: &str, available: &[Backend]) -> Result<Vec<Hook>> {
         // fmod_ret on the syscall's entry attaches by its BTF id, which a zero-argument syscall's
         // entry (an alias) does not have: such a syscall goes to the next backend.
         let via_file_open = self.via_file_open(syscall);
@@ -159,7 +166,7 @@ impl SysFail {
                 if backend == SysBackend::Cgroup { "cgroup" } else { "LSM" }
             ));
         }
-        Ok(match backend {
+        Ok(vec![match backend {
             SysBackend::Cgroup => match cgroup_call(syscall) {
                 Some(c) => Hook::CgroupSock(c.hook),
                 None => {
@@ -167,28 +174,33 @@ impl SysFail {
                     return Err(usage!("no cgroup hook fails {syscall}(); the cgroup backend covers {}", covered.join(", ")));
                 }
             },
-            SysBackend::Lsm if OPEN_FAMILY.contains(&syscall) => Hook::LsmFileOpen,
             SysBackend::Lsm => {
-                return Err(usage!(
-                    "no LSM hook fails {syscall}(); the lsm backend covers {}: use --backend kprobe or fmod-ret",
-                    OPEN_FAMILY.join(", ")
-                ));
+                let hooks: Vec<Hook> = lsm_calls(syscall).map(|c| Hook::Lsm(c.hook)).collect();
+                if hooks.is_empty() {
+                    return Err(usage!("no LSM hook fails {syscall}(); `chaos sys syscalls` shows what does: use --backend kprobe or fmod-ret"));
+                }
+                return Ok(hooks);
             }
             // --retval on the open family: the syscall's own entry, whose result is the value.
             SysBackend::FmodRet if via_file_open => Hook::FmodRetFileOpen,
             SysBackend::FmodRet => Hook::FmodRetSyscall(entry(syscall)),
             _ => Hook::Kprobe(entry(syscall)),
-        })
+        }])
     }
 }
 
-/// The key under which a hook finds the rules for `nr`: a cgroup or file_open hook sees one
-/// call (or family) and not its number; an entry hook sees the number.
+/// The key under which a hook finds the rules for `nr`: a cgroup hook sees one call (or
+/// family) and not its number; the others see the number.
 fn key_of(hook: &Hook, nr: u32) -> u64 {
+    SysMatch::rules_key(hook_id(hook), nr)
+}
+
+/// `chaos_common::sys::HOOK_*` of a syscall-failing hook.
+fn hook_id(hook: &Hook) -> u32 {
     match hook {
-        Hook::CgroupSock(h) => SysMatch::rules_key(*h, nr),
-        Hook::LsmFileOpen | Hook::FmodRetFileOpen => SysMatch::rules_key(HOOK_FILE_OPEN, nr),
-        _ => SysMatch::rules_key(HOOK_SYSCALL, nr),
+        Hook::CgroupSock(h) | Hook::Lsm(h) => *h,
+        Hook::FmodRetFileOpen => HOOK_FILE_OPEN,
+        _ => HOOK_SYSCALL,
     }
 }
 
@@ -234,9 +246,10 @@ impl Fault for SysFail {
         }
         let mut hooks = Vec::new();
         for (name, _) in &self.calls {
-            let hook = self.hook_for(name, available)?;
-            if !hooks.contains(&hook) {
-                hooks.push(hook);
+            for hook in self.hooks_for(name, available)? {
+                if !hooks.contains(&hook) {
+                    hooks.push(hook);
+                }
             }
         }
         Ok(hooks)
@@ -245,11 +258,7 @@ impl Fault for SysFail {
     fn fill(&self, rule: &mut Rule, hooks: &[Hook]) -> Result<()> {
         // The first call's hook and number: what a logged call is named by when its hook does
         // not know the number.
-        let hook = match hooks.first() {
-            Some(Hook::CgroupSock(hook)) => *hook,
-            Some(Hook::LsmFileOpen | Hook::FmodRetFileOpen) => HOOK_FILE_OPEN,
-            _ => HOOK_SYSCALL,
-        };
+        let hook = hooks.first().map(hook_id).unwrap_or(HOOK_SYSCALL);
         self.call.fill(rule, Action::SysFail, hook, self.calls[0].1);
         rule.sys.retval = match self.result {
             Failure::Errno(e) => -(e as i64),
@@ -265,18 +274,19 @@ impl Fault for SysFail {
     fn sys_keys(&self, hooks: &[Hook]) -> Vec<u64> {
         // Which of the hooks serves each call: the one `hook_for` chose, found again by what it
         // reaches.
-        self.calls
-            .iter()
-            .filter_map(|(name, nr)| {
-                let serves = |h: &&Hook| match h {
-                    Hook::CgroupSock(id) => cgroup_call(name).is_some_and(|c| c.hook == *id),
-                    Hook::LsmFileOpen | Hook::FmodRetFileOpen => self.via_file_open(name),
-                    Hook::FmodRetSyscall(f) | Hook::Kprobe(f) => *f == entry(name),
-                    _ => false,
-                };
-                hooks.iter().find(serves).map(|h| key_of(h, *nr))
-            })
-            .collect()
+        // (a syscall of two LSM hooks, unlinkat, has a key at each).
+        let mut keys = Vec::new();
+        for (name, nr) in &self.calls {
+            let serves = |h: &&Hook| match h {
+                Hook::CgroupSock(id) => cgroup_call(name).is_some_and(|c| c.hook == *id),
+                Hook::Lsm(id) => lsm_calls(name).any(|c| c.hook == *id),
+                Hook::FmodRetFileOpen => self.via_file_open(name),
+                Hook::FmodRetSyscall(f) | Hook::Kprobe(f) => *f == entry(name),
+                _ => false,
+            };
+            keys.extend(hooks.iter().filter(serves).map(|h| key_of(h, *nr)));
+        }
+        keys
     }
 }
 
@@ -292,11 +302,14 @@ mod tests {
     #[test]
     fn auto_picks_the_first_backend_this_kernel_has() {
         let open = fail("openat", SysBackend::Auto, Failure::Errno(5));
-        assert_eq!(open.hooks(&[Backend::FmodRetSecurity, Backend::BpfLsm]).unwrap(), vec![Hook::LsmFileOpen]);
+        assert_eq!(open.hooks(&[Backend::FmodRetSecurity, Backend::BpfLsm]).unwrap(), vec![Hook::Lsm(HOOK_FILE_OPEN)]);
         assert_eq!(open.hooks(&[Backend::FmodRetSecurity]).unwrap(), vec![Hook::FmodRetFileOpen]);
         let fsync = fail("fsync", SysBackend::Auto, Failure::Errno(28));
         assert_eq!(fsync.hooks(&[Backend::KprobeOverride]).unwrap(), vec![Hook::Kprobe("__x64_sys_fsync".into())]);
         assert!(fail("fsync", SysBackend::Lsm, Failure::Errno(28)).hooks(&[Backend::BpfLsm]).is_err(), "no LSM hook for fsync");
+        let mkdir = fail("mkdir", SysBackend::Auto, Failure::Errno(28));
+        assert_eq!(mkdir.hooks(&[Backend::BpfLsm, Backend::KprobeOverride]).unwrap(), vec![Hook::Kprobe("__x64_sys_mkdir".into())], "a whole skipped call first");
+        assert_eq!(mkdir.hooks(&[Backend::BpfLsm]).unwrap(), vec![Hook::Lsm(chaos_common::sys::HOOK_LSM_INODE_MKDIR)], "the LSM where nothing else is");
         let connect = fail("connect", SysBackend::Auto, Failure::Errno(111));
         assert_eq!(connect.hooks(&[Backend::KprobeOverride, Backend::CgroupSockAddr]).unwrap(), vec![Hook::CgroupSock(chaos_common::sys::HOOK_CONNECT)]);
         assert_eq!(connect.hooks(&[Backend::KprobeOverride]).unwrap(), vec![Hook::Kprobe("__x64_sys_connect".into())]);
@@ -316,6 +329,28 @@ mod tests {
             vec![SysMatch::rules_key(HOOK_CONNECT, 0), SysMatch::rules_key(HOOK_BIND, 0), SysMatch::rules_key(HOOK_SYSCALL, 74)]
         );
         assert_eq!(f.needs().len(), 3, "one group of backends per syscall");
+    }
+
+    #[test]
+    fn an_lsm_syscall_is_keyed_at_each_hook_that_sees_it() {
+        use chaos_common::sys::{HOOK_LSM_FILE_PERMISSION, HOOK_LSM_INODE_RMDIR, HOOK_LSM_INODE_UNLINK};
+        let f = fail("unlinkat,read,pread64", SysBackend::Lsm, Failure::Errno(5));
+        let hooks = f.hooks(&[Backend::BpfLsm]).unwrap();
+        assert_eq!(hooks, vec![Hook::Lsm(HOOK_LSM_INODE_RMDIR), Hook::Lsm(HOOK_LSM_INODE_UNLINK), Hook::Lsm(HOOK_LSM_FILE_PERMISSION)]);
+        assert_eq!(
+            f.sys_keys(&hooks),
+            vec![
+                SysMatch::rules_key(HOOK_LSM_INODE_RMDIR, 263),
+                SysMatch::rules_key(HOOK_LSM_INODE_UNLINK, 263),
+                SysMatch::rules_key(HOOK_LSM_FILE_PERMISSION, 0),
+                SysMatch::rules_key(HOOK_LSM_FILE_PERMISSION, 17),
+            ]
+        );
+        let open = fail("open,openat", SysBackend::Lsm, Failure::Errno(5));
+        let hooks = open.hooks(&[Backend::BpfLsm]).unwrap();
+        assert_eq!(open.sys_keys(&hooks), vec![SysMatch::rules_key(HOOK_FILE_OPEN, 2), SysMatch::rules_key(HOOK_FILE_OPEN, 257)], "open and openat counted apart");
+        let retval = fail("read", SysBackend::Lsm, Failure::Retval(3));
+        assert!(retval.hooks(&[Backend::BpfLsm]).unwrap_err().to_string().contains("--retval"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use aya::{
 };
 use chaos_common::{
     net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS, PROG_TC_EGRESS_L3},
-    sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_KPROBE, PROG_LSM_FILE_OPEN, PROG_SYS_ENTER, PROG_SYS_EXIT},
+    sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_KPROBE, PROG_SYS_ENTER, PROG_SYS_EXIT},
 };
 use serde::Serialize;
 
@@ -40,7 +40,7 @@ use crate::{
     error::{Error, Result, chain},
     faults::{
         FqNeed, Hook,
-        sys::{CgroupProgram, cgroup_call_by_hook},
+        sys::{CgroupProgram, cgroup_call_by_hook, lsm_call_by_hook},
     },
     kernel::{
         Kernel,
@@ -189,11 +189,12 @@ impl Attachments {
     pub fn attach_sys(&mut self, kernel: &mut Kernel, hook: &Hook) -> Result<()> {
         let btf = || crate::kernel::vmlinux_btf().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); {} needs it", hook.describe()));
         let held = match hook {
-            Hook::LsmFileOpen => {
+            Hook::Lsm(id) => {
                 let btf = btf()?;
-                let prog: &mut Lsm = kernel.get(PROG_LSM_FILE_OPEN)?;
+                let call = lsm_call_by_hook(*id).ok_or_else(|| Error::Other(anyhow::anyhow!("no LSM hook {id}")))?;
+                let prog: &mut Lsm = kernel.get(call.program)?;
                 if prog.fd().is_err() {
-                    prog.load("file_open", btf).map_err(|e| load_refused("BPF LSM", &e))?;
+                    prog.load(call.lsm, btf).map_err(|e| load_refused("BPF LSM", &e))?;
                 }
                 let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching the LSM program: {}", chain(&e))))?;
                 SysHeld::Link(prog.take_link(id).map_err(|e| Error::Other(e.into()))?.into())
