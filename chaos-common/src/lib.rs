@@ -76,6 +76,8 @@ pub const MAX_CALL_COUNTS: u32 = 65536;
 /// Name of the global the loader sets to make the kernel programs log, through aya-log, every
 /// injection they make (`--log-packets`). Off by default: nothing is logged per packet or call.
 pub const LOG_PACKETS_GLOBAL: &str = "LOG_PACKETS";
+/// Name of the global holding the byte offset of `f_path` in `struct file` (from the kernel's BTF).
+pub const FILE_F_PATH_OFFSET_GLOBAL: &str = "FILE_F_PATH_OFFSET";
 
 /// What a rule does to an event (a packet, a call) it selects. One variant per fault kind; the
 /// kernel programs dispatch on it, user space builds it (`chaos-user/src/faults/`). Stored as a
@@ -180,7 +182,7 @@ pub struct Rule {
     pub seed: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 40 + 48 + 32 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 56 + 48 + 32 + 16 + 8);
 
 impl Rule {
     /// Whether the packet hooks must read the transport header for this rule: a port or TCP

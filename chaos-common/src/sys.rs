@@ -206,9 +206,59 @@ pub struct SysMatch {
     pub signal: u32,
     /// 1: every call the rule injects is logged to [`crate::CALL_LOG_MAP`] (`--log-calls`).
     pub log: u32,
+    /// `--path`: the length of the path prefix whose files the rule's calls open (0: any file),
+    /// and its [`path_step`] hash; see [`PathPrefix`].
+    pub path_len: u32,
+    pub _pad: u32,
+    pub path_hash: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<SysMatch>() == 40);
+const _: () = assert!(core::mem::size_of::<SysMatch>() == 56);
+
+/// The longest `--path` prefix, in bytes: a hook hashes this much of a path, once per call.
+pub const MAX_PATH_PREFIX: usize = 255;
+
+/// FNV-1a (64-bit) offset basis and prime: the hash of a path prefix, byte by byte.
+pub const PATH_HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
+const PATH_HASH_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The hash of a prefix one byte longer.
+#[inline(always)]
+pub const fn path_step(hash: u64, byte: u8) -> u64 {
+    (hash ^ byte as u64).wrapping_mul(PATH_HASH_PRIME)
+}
+
+/// A `--path` prefix as a rule holds it. A hook resolves the path of the file being opened once
+/// per call (`bpf_d_path`, in the calling process's own root: a container's paths are its own)
+/// and hashes each of its first [`MAX_PATH_PREFIX`] prefixes, so a rule costs one comparison,
+/// not a loop: the file is under the prefix when the hash of its first `len` bytes is the rule's
+/// and the path ends there or goes on with `/` (`/etc` is no prefix of `/etcd`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathPrefix {
+    pub len: u32,
+    pub hash: u64,
+}
+
+impl PathPrefix {
+    /// The prefix of `path` (absolute, without a trailing `/`, at most [`MAX_PATH_PREFIX`] bytes:
+    /// user space checks).
+    pub const fn of(path: &[u8]) -> PathPrefix {
+        let mut hash = PATH_HASH_START;
+        let mut i = 0;
+        while i < path.len() {
+            hash = path_step(hash, path[i]);
+            i += 1;
+        }
+        PathPrefix { len: path.len() as u32, hash }
+    }
+
+    /// Whether a path whose first `len` bytes hash to `hash_at_len`, and whose byte after them
+    /// is `next` (0 at its end), is under this prefix.
+    #[inline(always)]
+    pub const fn covers(&self, hash_at_len: u64, next: u8) -> bool {
+        hash_at_len == self.hash && (next == b'/' || next == 0)
+    }
+}
 
 impl SysMatch {
     /// Whether a call caught at `hook` (for the per-syscall hooks: syscall `nr`) is this rule's.
@@ -260,6 +310,17 @@ mod tests {
         assert!(write.matches(HOOK_SYS_ENTER, 1) && !write.matches(HOOK_SYS_ENTER, 0));
         assert_ne!(SysMatch::rules_key(HOOK_SYS_ENTER, 1), SysMatch::rules_key(HOOK_SYSCALL, 1), "hooks are told apart");
         assert_eq!(SysMatch::rules_key(HOOK_CONNECT, 42), SysMatch::rules_key(HOOK_CONNECT, 0), "a cgroup hook does not know the number");
+    }
+
+    #[test]
+    fn a_path_prefix_covers_its_own_files_only() {
+        let etc = PathPrefix::of(b"/etc");
+        let covered = |path: &[u8]| {
+            let n = etc.len as usize;
+            path.len() >= n && etc.covers(PathPrefix::of(&path[..n]).hash, path.get(n).copied().unwrap_or(0))
+        };
+        assert!(covered(b"/etc") && covered(b"/etc/passwd") && covered(b"/etc/ssl/certs"));
+        assert!(!covered(b"/etcd/x") && !covered(b"/et") && !covered(b"/var/etc/x") && !covered(b"/ETC/passwd"));
     }
 
     /// man strace, `-e inject=...:when=`.

@@ -11,3 +11,14 @@ pub fn log_packets() -> bool {
     // value it saw at build time (the loader rewrites it before the kernel sees the program).
     unsafe { core::ptr::read_volatile(&LOG_PACKETS) != 0 }
 }
+
+/// The byte offset of `f_path` in the kernel's `struct file` (from its BTF; aya has no CO-RE):
+/// `bpf_d_path` takes `&file->f_path`, a pointer the verifier checks by type at that offset.
+#[unsafe(no_mangle)]
+static FILE_F_PATH_OFFSET: u32 = 0;
+
+#[inline(always)]
+pub fn file_f_path_offset() -> usize {
+    // SAFETY: as in `log_packets`.
+    unsafe { core::ptr::read_volatile(&FILE_F_PATH_OFFSET) as usize }
+}

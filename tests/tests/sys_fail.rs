@@ -603,3 +603,56 @@ impl Drop for RemoveOnDrop {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// `--path PREFIX`: only the opens of files under the prefix fail, as the kernel resolves them (a
+/// symlink into it counts, a sibling whose name merely starts the same does not), each counted
+/// for `--when` only when under it; a bystander opening the same file is untouched. Where the
+/// kernel has no BPF LSM, exit 3 with the reason; a relative prefix or a call that opens no file
+/// is bad input everywhere.
+#[test]
+fn path_fails_only_the_opens_under_the_prefix() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let dir = std::env::temp_dir().join(unique("chaos-path-"));
+    let _cleanup = RemoveOnDrop(dir.clone());
+    for sub in ["in", "inner", "out"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("test directory");
+        std::fs::write(dir.join(sub).join("f"), b"chaos").expect("test file");
+    }
+    std::os::unix::fs::symlink(dir.join("in/f"), dir.join("out/link")).expect("symlink");
+    let prefix = dir.join("in").display().to_string();
+    for (args, says) in [
+        (vec!["--syscall", "openat", "--path", "relative/dir"], "is not absolute"),
+        (vec!["--syscall", "openat,read", "--path", &prefix], "not read"),
+        (vec!["--syscall", "openat", "--path", &prefix, "--backend", "kprobe"], "use --backend lsm"),
+    ] {
+        let mut all = vec!["sys", "fail", "--cgroup", &cg, "--errno", "EACCES", "--for", "5s"];
+        all.extend(args);
+        let (code, _, err) = run_chaos(&all);
+        assert_eq!((code, err.len()), (2, 1), "{all:?}: {err:?}");
+        assert!(err[0].contains(says), "{err:?}");
+    }
+    let args = ["sys", "fail", "--cgroup", &cg, "--syscall", "openat", "--errno", "EACCES", "--path", &prefix, "--when", "2+2", "--for", "60s", "--json"];
+    if !lane_has("bpf_lsm") {
+        let (_, reason) = backend(&probe_report(), "bpf_lsm");
+        let (code, _, err) = run_chaos(&args);
+        assert_eq!((code, err.len()), (3, 1), "no BPF LSM here: exit 3 with the reason: {err:?}");
+        assert!(err[0].contains(&reason), "probe's reason {reason:?}: {err:?}");
+        return;
+    }
+    let opener = |place, file: &str| caller(&sb, place, "open", &dir.join(file).display().to_string(), 10);
+    let loops = [("in/f", opener(Place::Target, "in/f")), ("out/link", opener(Place::Target, "out/link")), ("out/f", opener(Place::Target, "out/f")), ("inner/f", opener(Place::Target, "inner/f"))];
+    let bystander = opener(Place::Bystander, "in/f");
+    let chaos = start_chaos(&args.map(String::from));
+    let outcomes: Vec<(&str, Value)> = loops.into_iter().map(|(file, p)| (file, run_calls(p))).collect();
+    let bystander = run_calls(bystander);
+    let summary = stop_chaos(chaos);
+    for (file, out) in &outcomes {
+        let expected = if file.starts_with("in/") || *file == "out/link" { json!([[2, 4, 6, 8, 10]]) } else { json!([[]]) };
+        assert_eq!(out["failed_at"], expected, "{file}: {out}");
+    }
+    assert_eq!(bystander["ok"], 10, "{bystander}");
+    assert_eq!(counter(&summary, 0, "failed"), 10, "the kernel counted exactly the failures: {summary}");
+    assert!(summary["rules"][0]["description"].as_str().is_some_and(|d| d.contains(&format!("under {prefix}"))), "{summary}");
+}

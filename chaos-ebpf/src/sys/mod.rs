@@ -6,11 +6,12 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_override_return, bpf_probe_read_kernel, bpf_send_signal_thread,
-        bpf_task_pt_regs,
+        bpf_d_path, bpf_task_pt_regs,
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_set_retval},
     },
-    macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, kprobe},
-    programs::{BtfTracePointContext, FExitContext, ProbeContext, SockAddrContext, SockContext, SockoptContext},
+    macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, kprobe, map},
+    maps::PerCpuArray,
+    programs::{BtfTracePointContext, FExitContext, LsmContext, ProbeContext, SockAddrContext, SockContext, SockoptContext},
 };
 use chaos_common::{
     Action, Family, KernelError, MAX_RULES, Rule,
@@ -21,7 +22,12 @@ use chaos_common::{
     },
 };
 
-use crate::engine::{CHAOS_CALL_LOG, CHAOS_CALLS, CHAOS_HELD, CHAOS_HOLDS, CHAOS_SYS_RULES, count_error, decide, fetch_add_slot, injected, is_session_process, now, rule, rules_for};
+use core::hint::black_box;
+
+use crate::{
+    engine::{CHAOS_CALL_LOG, CHAOS_CALLS, CHAOS_HELD, CHAOS_HOLDS, CHAOS_SYS_RULES, count_error, decide, fetch_add_slot, injected, is_session_process, now, rule, rules_for},
+    globals::file_f_path_offset,
+};
 
 /// Counts this call for rule `i`'s `--when` and says whether the call is one it selects.
 #[inline(always)]
@@ -54,7 +60,13 @@ enum Verdict {
 /// the calling process says so. `nr` gives the syscall's number, asked only for a target's calls.
 #[inline(always)]
 fn decide_call(hook: u32, nr: impl FnOnce() -> u32) -> Verdict {
-    match try_decide_call(hook, nr) {
+    decide_call_on(hook, nr, &mut NoPath)
+}
+
+/// [`decide_call`] for a call that opens a file, whose path rules with `--path` filter on.
+#[inline(always)]
+fn decide_call_on(hook: u32, nr: impl FnOnce() -> u32, path: &mut impl CallPath) -> Verdict {
+    match try_decide_call(hook, nr, path) {
         Ok(v) => v,
         Err(e) => {
             count_error(e);
@@ -72,7 +84,7 @@ const fn restartable(hook: u32) -> bool {
 }
 
 #[inline(always)]
-fn try_decide_call(hook: u32, nr: impl FnOnce() -> u32) -> Result<Verdict, KernelError> {
+fn try_decide_call(hook: u32, nr: impl FnOnce() -> u32, path: &mut impl CallPath) -> Result<Verdict, KernelError> {
     // SAFETY: helpers without preconditions.
     let leaf = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: as above.
@@ -129,6 +141,11 @@ fn try_decide_call(hook: u32, nr: impl FnOnce() -> u32) -> Result<Verdict, Kerne
         todo &= !lowest;
         let i = (lowest - 1).count_ones() & (MAX_RULES - 1);
         let r = rule(i)?;
+        n += 1;
+        // A `--path` rule sees only the calls opening a file under its prefix.
+        if r.sys.path_len != 0 && !path.under(r.sys.path_len, r.sys.path_hash) {
+            continue;
+        }
         // `--when` counts the calls of a live rule, then samples among those it selects.
         let candidate = !r.sys.when.counts() || !r.live(now) || when_selects(i, r, hook, nr, pid_tgid);
         if decide::<false>(i, r, now, candidate, 1)? {
@@ -138,7 +155,6 @@ fn try_decide_call(hook: u32, nr: impl FnOnce() -> u32) -> Result<Verdict, Kerne
             }
             return Ok(Verdict::Rule(i, r));
         }
-        n += 1;
     }
     if todo != 0 {
         count_error(KernelError::SysRulesSkipped);
@@ -172,11 +188,116 @@ fn log_call(i: u32, r: &Rule, hook: u32, nr: u32, pid_tgid: u64) {
     }
 }
 
+/// The path of the file a call opens, for `--path` rules.
+trait CallPath {
+    /// Whether the file is under the prefix of `len` bytes with hash `hash` (`PathPrefix`).
+    fn under(&mut self, len: u32, hash: u64) -> bool;
+}
+
+/// A call that opens no file (or whose hook cannot tell its path): no `--path` rule takes it.
+struct NoPath;
+
+impl CallPath for NoPath {
+    #[inline(always)]
+    fn under(&mut self, _: u32, _: u64) -> bool {
+        false
+    }
+}
+
+/// The file a `file_open` hook is given, its path resolved (`bpf_d_path`, in the calling
+/// process's root) and its prefixes hashed on the first `under`, once per call.
+struct FilePath {
+    file: *const u8,
+    resolved: Option<*const PathScratch>,
+    tried: bool,
+}
+
+impl FilePath {
+    fn new(file: *const u8) -> FilePath {
+        FilePath { file, resolved: None, tried: false }
+    }
+
+    #[inline(always)]
+    fn resolve(&mut self) -> Option<*const PathScratch> {
+        if !self.tried {
+            self.tried = true;
+            self.resolved = resolve_path(self.file);
+        }
+        self.resolved
+    }
+}
+
+impl CallPath for FilePath {
+    #[inline(always)]
+    fn under(&mut self, len: u32, hash: u64) -> bool {
+        let Some(s) = self.resolve() else { return false };
+        let len = black_box(len as usize);
+        if len > MAX_PATH_PREFIX {
+            return false;
+        }
+        // SAFETY: this CPU's scratch value, valid for this run, filled by `resolve_path`; both
+        // indexes are at most MAX_PATH_PREFIX, within the arrays.
+        unsafe { len <= (*s).len as usize && PathPrefix { len: len as u32, hash }.covers((*s).hashes[len], (*s).path[len]) }
+    }
+}
+
+/// Per-CPU room for one path and the hashes of its first `MAX_PATH_PREFIX` prefixes.
+#[repr(C)]
+pub struct PathScratch {
+    /// The path, NUL-terminated (`bpf_d_path` writes at most `PATH_MAX` bytes).
+    path: [u8; PATH_MAX],
+    /// `hashes[k]`: the hash of the path's first k bytes.
+    hashes: [u64; MAX_PATH_PREFIX + 1],
+    /// The path's length (without its NUL), at most `MAX_PATH_PREFIX` counted.
+    len: u32,
+}
+
+/// The kernel's longest path (PATH_MAX), with its NUL.
+const PATH_MAX: usize = 4096;
+
+#[map]
+static CHAOS_PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Resolves the path of `file` (a `struct file *` the hook was given) into this CPU's scratch
+/// and hashes its prefixes; `None` if the kernel cannot tell it (a deleted or too long path).
+#[inline(always)]
+fn resolve_path(file: *const u8) -> Option<*const PathScratch> {
+    let s = CHAOS_PATH_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: `file` is the hook's `struct file *` (a pointer the verifier types by BTF), and
+    // `f_path` is at the offset the loader read from the same kernel's BTF; the helper writes at
+    // most PATH_MAX bytes into this CPU's scratch, valid for this run.
+    let written = unsafe { bpf_d_path(file.add(file_f_path_offset()) as *mut _, (*s).path.as_mut_ptr() as *mut _, PATH_MAX as u32) };
+    if written <= 0 {
+        return None;
+    }
+    // SAFETY: as above; every index is below MAX_PATH_PREFIX + 1, within both arrays.
+    unsafe {
+        let len = core::cmp::min(written as usize - 1, MAX_PATH_PREFIX);
+        (*s).len = len as u32;
+        (*s).hashes[0] = PATH_HASH_START;
+        let mut k = 0;
+        while k < MAX_PATH_PREFIX {
+            let i = black_box(k);
+            if i >= len {
+                break;
+            }
+            (*s).hashes[i + 1] = path_step((*s).hashes[i], (*s).path[i]);
+            k += 1;
+        }
+    }
+    Some(s)
+}
+
 /// What a failing hook returns for the call: the rule's value, if a fail rule took it, or "restart
 /// it" for a call held at its entry.
 #[inline(always)]
 fn fail_call(hook: u32, nr: impl FnOnce() -> u32) -> Option<i64> {
-    match decide_call(hook, nr) {
+    fail_call_on(hook, nr, &mut NoPath)
+}
+
+#[inline(always)]
+fn fail_call_on(hook: u32, nr: impl FnOnce() -> u32, path: &mut impl CallPath) -> Option<i64> {
+    match decide_call_on(hook, nr, path) {
         Verdict::Rule(_, r) if Action::from_u32(r.action) == Action::SysFail => Some(r.sys.retval),
         Verdict::Restart => Some(-ERESTARTNOINTR),
         _ => None,
@@ -358,6 +479,16 @@ fn lsm_verdict(hook: u32) -> i64 {
     fail_call(hook, current_syscall_nr).unwrap_or(0).clamp(-MAX_ERRNO, 0)
 }
 
+/// BPF LSM on `file_open(struct file *file)`: the open family, with `--path` rules (the hook is
+/// sleepable, where the kernel allows `bpf_d_path`). Its own decision, inlined: it carries the
+/// file.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "lsm/file_open")]
+pub fn chaos_sys_file_open(ctx: *mut core::ffi::c_void) -> i64 {
+    let file: *const u8 = LsmContext::new(ctx).arg(0);
+    fail_call_on(HOOK_FILE_OPEN, current_syscall_nr, &mut FilePath::new(file)).unwrap_or(0).clamp(-MAX_ERRNO, 0)
+}
+
 /// One BPF LSM program per hook, each `lsm/<hook>`: aya loads it against `bpf_lsm_<hook>`.
 /// Which syscalls each fails is chaos-user's table (`faults::sys::LSM_CALLS`).
 macro_rules! lsm_programs {
@@ -371,7 +502,6 @@ macro_rules! lsm_programs {
 }
 
 lsm_programs! {
-    chaos_sys_file_open = "lsm/file_open" => HOOK_FILE_OPEN;
     chaos_sys_lsm_file_permission = "lsm/file_permission" => HOOK_LSM_FILE_PERMISSION;
     chaos_sys_lsm_mmap_file = "lsm/mmap_file" => HOOK_LSM_MMAP_FILE;
     chaos_sys_lsm_file_mprotect = "lsm/file_mprotect" => HOOK_LSM_FILE_MPROTECT;

@@ -32,7 +32,8 @@ fn command() -> clap::Command {
             "Examples:\n  chaos sys fail --cgroup /system.slice/api.service --syscall connect --errno ECONNREFUSED\n  \
              chaos sys fail --cgroup /system.slice/db.service --syscall openat --errno EIO --percent 10\n  \
              chaos sys fail --pid 4242 --syscall fsync --errno ENOSPC --when 3+ --backend kprobe --for 30s\n  \
-             chaos sys fail --syscall openat --errno ENOENT --when 3 -- ./app --its-flags\n\n\
+             chaos sys fail --syscall openat --errno ENOENT --when 3 -- ./app --its-flags\n  \
+             chaos sys fail --cgroup /system.slice/api.service --syscall openat --errno EACCES --path /etc/ssl\n\n\
              `chaos sys syscalls` shows, for this kernel, which backend fails each syscall.",
         )
 }
@@ -45,7 +46,18 @@ fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
         (None, Some(v)) => Failure::Retval(v),
         _ => return Err(usage!("give one of --errno and --retval: what the failed call returns")),
     };
-    Ok(Box::new(SysFail { call: a.call, calls, result, backend: a.backend }))
+    if a.path.is_some()
+        && let Some((name, _)) = calls.iter().find(|(name, _)| !OPEN_FAMILY.contains(&name.as_str()))
+    {
+        return Err(usage!(
+            "--path applies to the calls that open a file ({}), where the kernel tells its path; not {name}",
+            OPEN_FAMILY.join(", ")
+        ));
+    }
+    if a.path.is_some() && !matches!(a.backend, SysBackend::Auto | SysBackend::Lsm) {
+        return Err(usage!("--path is matched by the BPF LSM's file_open hook, which resolves the file's path: use --backend lsm (or auto)"));
+    }
+    Ok(Box::new(SysFail { call: a.call, calls, result, backend: a.backend, path: a.path }))
 }
 
 #[derive(Args, Debug)]
@@ -65,6 +77,27 @@ pub struct SysFailArgs {
     /// syscall; auto picks the first this kernel offers. `chaos sys syscalls` shows the choice.
     #[arg(long, value_enum, default_value_t = SysBackend::Auto)]
     pub backend: SysBackend,
+    /// Only the opens of files under this directory or file (absolute, in the target's own view:
+    /// a container's root is its own), resolved by the kernel (symlinks, `..`, relative paths
+    /// and descriptors included). The open family only, through the BPF LSM's file_open hook.
+    #[arg(long, value_name = "PREFIX", value_parser = parse_path_prefix)]
+    pub path: Option<String>,
+}
+
+/// An absolute path of at most `MAX_PATH_PREFIX` bytes, without a trailing `/`.
+fn parse_path_prefix(s: &str) -> std::result::Result<String, String> {
+    use chaos_common::sys::MAX_PATH_PREFIX;
+    if !s.starts_with('/') {
+        return Err(format!("{s:?} is not absolute: give the path from the target's root, e.g. /etc/ssl"));
+    }
+    let trimmed = s.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err("/ holds every file: leave --path out".into());
+    }
+    if trimmed.len() > MAX_PATH_PREFIX {
+        return Err(format!("a --path prefix is at most {MAX_PATH_PREFIX} bytes; this one has {}", trimmed.len()));
+    }
+    Ok(trimmed.to_string())
 }
 
 /// Which backend the user asked for.
@@ -97,6 +130,8 @@ pub struct SysFail {
     pub calls: Vec<(String, u32)>,
     pub result: Failure,
     pub backend: SysBackend,
+    /// `--path`: only opens of files under it.
+    pub path: Option<String>,
 }
 
 /// The backends that can fail `syscall`, best first (what `--backend auto` tries).
@@ -124,6 +159,10 @@ impl SysFail {
 
     /// The backends that can fail `syscall` as asked, best first.
     fn needs_for(&self, syscall: &str) -> &'static [Backend] {
+        if self.path.is_some() {
+            // Only the LSM's file_open program resolves paths (bpf_d_path).
+            return &[Backend::BpfLsm];
+        }
         match self.backend {
             SysBackend::Cgroup => &[Backend::CgroupSockAddr],
             SysBackend::Lsm => &[Backend::BpfLsm],
@@ -214,7 +253,8 @@ impl Fault for SysFail {
             Failure::Errno(e) => errno_name(e).unwrap_or_else(|| format!("errno {e}")),
             Failure::Retval(v) => format!("return value {v}"),
         };
-        format!("fail {} of {} calls with {with}{}", super::percent(self.call.percent), self.call.names(), self.call.describe_when())
+        let under = self.path.as_ref().map(|p| format!(" opening files under {p}")).unwrap_or_default();
+        format!("fail {} of {} calls{under} with {with}{}", super::percent(self.call.percent), self.call.names(), self.call.describe_when())
     }
 
     /// A syscall named on its own needs a backend (checked with the reason if none works); those
@@ -264,6 +304,10 @@ impl Fault for SysFail {
             Failure::Errno(e) => -(e as i64),
             Failure::Retval(v) => v,
         };
+        if let Some(path) = &self.path {
+            let prefix = chaos_common::sys::PathPrefix::of(path.as_bytes());
+            (rule.sys.path_len, rule.sys.path_hash) = (prefix.len, prefix.hash);
+        }
         Ok(())
     }
 
@@ -296,7 +340,7 @@ mod tests {
 
     fn fail(syscall: &str, backend: SysBackend, result: Failure) -> SysFail {
         let call = SysCallArgs { syscalls: syscall.split(',').map(String::from).collect(), when: None, count_per: super::super::sys::CountPer::Thread, percent: 0, log_calls: false };
-        SysFail { calls: call.calls().unwrap(), call, result, backend }
+        SysFail { calls: call.calls().unwrap(), call, result, backend, path: None }
     }
 
     #[test]

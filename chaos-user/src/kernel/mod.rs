@@ -1,6 +1,7 @@
 //! The boundary with the kernel: loading the embedded object once per session, its maps (rules,
 //! targets, counters), its programs, and the maps of another session opened by id.
 
+pub mod btf_member;
 pub mod config;
 pub mod fmod_ret;
 pub mod netdev;
@@ -15,7 +16,7 @@ use aya::{
     util::nr_cpus,
 };
 use chaos_common::{
-    Action, CALL_LOG_MAP, HOLDS_MAP, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
+    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, HOLDS_MAP, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
     PRNG_MAP, SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules,
     loss::Prng,
     net::{DELAY_TABLES_MAP, DelayTable},
@@ -55,7 +56,13 @@ impl Kernel {
     pub fn load(log_packets: bool) -> Result<Kernel> {
         raise_memlock();
         let log_flag = log_packets as u8;
-        let mut ebpf = EbpfLoader::new().override_global(LOG_PACKETS_GLOBAL, &log_flag, true).load(KERNEL_OBJECT).map_err(|e| {
+        // Without BTF no program that needs it loads (LSM, fmod_ret, tp_btf), whatever this is.
+        let f_path = btf_member::file_f_path_offset().unwrap_or(0);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(LOG_PACKETS_GLOBAL, &log_flag, true)
+            .override_global(FILE_F_PATH_OFFSET_GLOBAL, &f_path, true)
+            .load(KERNEL_OBJECT)
+            .map_err(|e| {
             log::debug!("loading the kernel object: {e:?}");
             if is_eperm(&e) {
                 unsupported!("the kernel refused to create BPF maps (EPERM): run chaos as root, or with CAP_BPF")

@@ -1,0 +1,176 @@
+//! Where a member lies in a kernel struct, from the kernel's BTF: what a program needs where it
+//! passes the address of a member to a helper the verifier checks by type (`bpf_d_path` takes
+//! `&file->f_path`), since aya has no CO-RE relocations for Rust programs and aya-obj does not
+//! expose struct members. Only what that needs is read: the type section's records, skipped by
+//! kind, and the string section for names (the format: the kernel's Documentation/bpf/btf.rst).
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The bytes each kind of type record has after its 12-byte common part, given its `vlen`.
+fn trailing(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        // INT, VAR, DECL_TAG: one u32.
+        1 | 14 | 17 => 4,
+        // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG.
+        2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
+        // ARRAY: element type, index type, count.
+        3 => 12,
+        // STRUCT, UNION (name, type, offset), DATASEC (type, offset, size), ENUM64 (name, lo, hi).
+        4 | 5 | 15 | 19 => 12 * vlen,
+        // ENUM (name, value), FUNC_PROTO (name, type).
+        6 | 13 => 8 * vlen,
+        _ => return None,
+    })
+}
+
+/// The byte offset of `member` in `struct strukt`, from raw BTF (little-endian, as the kernel
+/// writes it on x86_64), or None if the BTF does not have both. A member inside an anonymous
+/// struct or union counts (6.12's `struct file` keeps `f_path` in one).
+pub fn member_offset(btf: &[u8], strukt: &str, member: &str) -> Option<u32> {
+    if u16::from_le_bytes(btf.get(0..2)?.try_into().ok()?) != BTF_MAGIC {
+        return None;
+    }
+    let hdr_len = u32_at(btf, 4)? as usize;
+    let (type_off, type_len) = (u32_at(btf, 8)? as usize, u32_at(btf, 12)? as usize);
+    let (str_off, str_len) = (u32_at(btf, 16)? as usize, u32_at(btf, 20)? as usize);
+    let types = Types {
+        types: btf.get(hdr_len + type_off..hdr_len + type_off + type_len)?,
+        strings: btf.get(hdr_len + str_off..hdr_len + str_off + str_len)?,
+        at: Vec::new(),
+    }
+    .indexed()?;
+    let id = (1..types.at.len()).find(|&id| types.kind(id) == Some((KIND_STRUCT, true)) && types.name_of(id) == Some(strukt.as_bytes()))?;
+    types.find(id, member.as_bytes(), 0)
+}
+
+/// The type section, with where each type's record starts (by id; id 0 is void).
+struct Types<'a> {
+    types: &'a [u8],
+    strings: &'a [u8],
+    at: Vec<usize>,
+}
+
+impl Types<'_> {
+    fn indexed(mut self) -> Option<Self> {
+        self.at.push(0);
+        let mut at = 0;
+        while at + 12 <= self.types.len() {
+            self.at.push(at);
+            let info = u32_at(self.types, at + 4)?;
+            at += 12 + trailing((info >> 24) & 0x1f, (info & 0xffff) as usize)?;
+        }
+        Some(self)
+    }
+
+    fn name(&self, off: u32) -> Option<&[u8]> {
+        let s = self.strings.get(off as usize..)?;
+        Some(&s[..s.iter().position(|&b| b == 0)?])
+    }
+
+    fn name_of(&self, id: usize) -> Option<&[u8]> {
+        self.name(u32_at(self.types, *self.at.get(id)?)?)
+    }
+
+    /// The kind of type `id`, and whether it is a struct or union with members.
+    fn kind(&self, id: usize) -> Option<(u32, bool)> {
+        let info = u32_at(self.types, *self.at.get(id)? + 4)?;
+        Some(((info >> 24) & 0x1f, info & 0xffff > 0))
+    }
+
+    /// `member`'s offset in the struct or union `id`, which starts at byte `base`.
+    fn find(&self, id: usize, member: &[u8], base: u32) -> Option<u32> {
+        let at = *self.at.get(id)?;
+        let info = u32_at(self.types, at + 4)?;
+        let bitfields = info >> 31 == 1;
+        for m in 0..(info & 0xffff) as usize {
+            let rec = at + 12 + 12 * m;
+            let (name_off, ty, offset) = (u32_at(self.types, rec)?, u32_at(self.types, rec + 4)? as usize, u32_at(self.types, rec + 8)?);
+            // With the kind flag, the offset's low 24 bits are the bit offset.
+            let bits = if bitfields { offset & 0x00ff_ffff } else { offset };
+            if bits % 8 != 0 {
+                continue;
+            }
+            let here = base + bits / 8;
+            if name_off == 0 && matches!(self.kind(ty), Some((KIND_STRUCT | KIND_UNION, _))) {
+                if let Some(found) = self.find(ty, member, here) {
+                    return Some(found);
+                }
+            } else if self.name(name_off)? == member {
+                return Some(here);
+            }
+        }
+        None
+    }
+}
+
+/// Where `f_path` lies in the running kernel's `struct file` (its BTF, /sys/kernel/btf/vmlinux),
+/// read once per process.
+pub fn file_f_path_offset() -> Option<u32> {
+    static OFFSET: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| member_offset(&std::fs::read("/sys/kernel/btf/vmlinux").ok()?, "file", "f_path"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob with an int and `struct pair { int a; int b; }`, b at byte 4.
+    fn pair() -> Vec<u8> {
+        let strings = b"\0int\0pair\0a\0b\0";
+        let mut types = Vec::new();
+        let mut word = |w: u32| types.extend_from_slice(&w.to_le_bytes());
+        // [1] int: name "int", kind INT, size 4, encoding.
+        word(1);
+        word(1 << 24);
+        word(4);
+        word(32);
+        // [2] struct pair: a, then an anonymous union [3] at byte 4.
+        word(5);
+        word((4 << 24) | 2);
+        word(8);
+        for (name, ty, bits) in [(10, 1, 0), (0, 3, 32)] {
+            word(name);
+            word(ty);
+            word(bits);
+        }
+        // [3] union { int b; }.
+        word(0);
+        word((5 << 24) | 1);
+        word(4);
+        for w in [12, 1, 0] {
+            word(w);
+        }
+        let mut btf = Vec::new();
+        btf.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        btf.extend_from_slice(&[1, 0]);
+        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            btf.extend_from_slice(&w.to_le_bytes());
+        }
+        btf.extend_from_slice(&types);
+        btf.extend_from_slice(strings);
+        btf
+    }
+
+    #[test]
+    fn a_member_is_found_by_struct_and_name() {
+        let btf = pair();
+        assert_eq!(member_offset(&btf, "pair", "b"), Some(4), "inside the anonymous union at 4");
+        assert_eq!(member_offset(&btf, "pair", "a"), Some(0));
+        assert_eq!(member_offset(&btf, "pair", "c"), None);
+        assert_eq!(member_offset(&btf, "file", "f_path"), None);
+        assert_eq!(member_offset(&btf[..20], "pair", "b"), None, "a cut blob is no answer");
+    }
+
+    #[test]
+    fn the_running_kernel_has_file_f_path() {
+        // Every kernel chaos runs on has BTF; f_path sits well inside struct file.
+        let Some(off) = file_f_path_offset() else { panic!("no struct file f_path in /sys/kernel/btf/vmlinux") };
+        assert!(off > 0 && off < 512 && off % 8 == 0, "{off}");
+    }
+}
