@@ -604,9 +604,10 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// `--path PREFIX`: only the opens of files under the prefix fail, as the kernel resolves them (a
-/// symlink into it counts, a sibling whose name merely starts the same does not), each counted
-/// for `--when` only when under it; a bystander opening the same file is untouched. Where the
+/// `--path PREFIX`: only the opens, mappings and ioctls of files under the prefix fail, as the
+/// kernel resolves them (a symlink into it counts, a sibling whose name merely starts the same
+/// does not), each counted for `--when` only when under it; a bystander opening the same file is
+/// untouched. Where the
 /// kernel has no BPF LSM, exit 3 with the reason; a relative prefix or a call that opens no file
 /// is bad input everywhere.
 #[test]
@@ -625,6 +626,7 @@ fn path_fails_only_the_opens_under_the_prefix() {
     for (args, says) in [
         (vec!["--syscall", "openat", "--path", "relative/dir"], "is not absolute"),
         (vec!["--syscall", "openat,read", "--path", &prefix], "not read"),
+        (vec!["--syscall", "mmap", "--path", "/"], "leave --path out"),
         (vec!["--syscall", "openat", "--path", &prefix, "--backend", "kprobe"], "use --backend lsm"),
     ] {
         let mut all = vec!["sys", "fail", "--cgroup", &cg, "--errno", "EACCES", "--for", "5s"];
@@ -641,18 +643,30 @@ fn path_fails_only_the_opens_under_the_prefix() {
         assert!(err[0].contains(&reason), "probe's reason {reason:?}: {err:?}");
         return;
     }
-    let opener = |place, file: &str| caller(&sb, place, "open", &dir.join(file).display().to_string(), 10);
-    let loops = [("in/f", opener(Place::Target, "in/f")), ("out/link", opener(Place::Target, "out/link")), ("out/f", opener(Place::Target, "out/f")), ("inner/f", opener(Place::Target, "inner/f"))];
-    let bystander = opener(Place::Bystander, "in/f");
+    // open: the file named; mmap-file and ioctl: the file `file` in the directory named.
+    let opener = |place, call: &str, path: &str| caller(&sb, place, call, &dir.join(path).display().to_string(), 10);
+    let loops = [
+        ("open", "in/f", true),
+        ("open", "out/link", true),
+        ("open", "out/f", false),
+        ("open", "inner/f", false),
+        ("mmap-file", "in", true),
+        ("mmap-file", "out", false),
+        ("ioctl", "in", true),
+        ("ioctl", "inner", false),
+    ]
+    .map(|(call, path, under)| (call, path, under, opener(Place::Target, call, path)));
+    let bystander = opener(Place::Bystander, "open", "in/f");
+    let args = ["sys", "fail", "--cgroup", &cg, "--syscall", "openat,mmap,ioctl", "--errno", "EACCES", "--path", &prefix, "--when", "2+2", "--for", "60s", "--json"];
     let chaos = start_chaos(&args.map(String::from));
-    let outcomes: Vec<(&str, Value)> = loops.into_iter().map(|(file, p)| (file, run_calls(p))).collect();
+    let outcomes: Vec<(&str, &str, bool, Value)> = loops.into_iter().map(|(call, path, under, p)| (call, path, under, run_calls(p))).collect();
     let bystander = run_calls(bystander);
     let summary = stop_chaos(chaos);
-    for (file, out) in &outcomes {
-        let expected = if file.starts_with("in/") || *file == "out/link" { json!([[2, 4, 6, 8, 10]]) } else { json!([[]]) };
-        assert_eq!(out["failed_at"], expected, "{file}: {out}");
+    for (call, path, under, out) in &outcomes {
+        let expected = if *under { json!([[2, 4, 6, 8, 10]]) } else { json!([[]]) };
+        assert_eq!(out["failed_at"], expected, "{call} {path}: {out}");
     }
     assert_eq!(bystander["ok"], 10, "{bystander}");
-    assert_eq!(counter(&summary, 0, "failed"), 10, "the kernel counted exactly the failures: {summary}");
+    assert_eq!(counter(&summary, 0, "failed"), 20, "the kernel counted exactly the failures: {summary}");
     assert!(summary["rules"][0]["description"].as_str().is_some_and(|d| d.contains(&format!("under {prefix}"))), "{summary}");
 }

@@ -219,6 +219,10 @@ impl FilePath {
 
     #[inline(always)]
     fn resolve(&mut self) -> Option<*const PathScratch> {
+        // An anonymous mapping has no file.
+        if self.file.is_null() {
+            return None;
+        }
         if !self.tried {
             self.tried = true;
             self.resolved = resolve_path(self.file);
@@ -479,14 +483,24 @@ fn lsm_verdict(hook: u32) -> i64 {
     fail_call(hook, current_syscall_nr).unwrap_or(0).clamp(-MAX_ERRNO, 0)
 }
 
-/// BPF LSM on `file_open(struct file *file)`: the open family, with `--path` rules (the hook is
-/// sleepable, where the kernel allows `bpf_d_path`). Its own decision, inlined: it carries the
-/// file.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "lsm/file_open")]
-pub fn chaos_sys_file_open(ctx: *mut core::ffi::c_void) -> i64 {
-    let file: *const u8 = LsmContext::new(ctx).arg(0);
-    fail_call_on(HOOK_FILE_OPEN, current_syscall_nr, &mut FilePath::new(file)).unwrap_or(0).clamp(-MAX_ERRNO, 0)
+/// BPF LSM programs on hooks given the file first (`file_open(struct file *file)`, `mmap_file`,
+/// `file_ioctl`): sleepable hooks, where the kernel allows `bpf_d_path`, so `--path` rules filter
+/// their calls. Each has its own decision, inlined: it carries the file.
+macro_rules! lsm_file_programs {
+    ($($name:ident = $section:literal => $hook:ident;)*) => {$(
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = $section)]
+        pub fn $name(ctx: *mut core::ffi::c_void) -> i64 {
+            let file: *const u8 = LsmContext::new(ctx).arg(0);
+            fail_call_on($hook, current_syscall_nr, &mut FilePath::new(file)).unwrap_or(0).clamp(-MAX_ERRNO, 0)
+        }
+    )*};
+}
+
+lsm_file_programs! {
+    chaos_sys_file_open = "lsm/file_open" => HOOK_FILE_OPEN;
+    chaos_sys_lsm_mmap_file = "lsm/mmap_file" => HOOK_LSM_MMAP_FILE;
+    chaos_sys_lsm_file_ioctl = "lsm/file_ioctl" => HOOK_LSM_FILE_IOCTL;
 }
 
 /// One BPF LSM program per hook, each `lsm/<hook>`: aya loads it against `bpf_lsm_<hook>`.
@@ -503,9 +517,7 @@ macro_rules! lsm_programs {
 
 lsm_programs! {
     chaos_sys_lsm_file_permission = "lsm/file_permission" => HOOK_LSM_FILE_PERMISSION;
-    chaos_sys_lsm_mmap_file = "lsm/mmap_file" => HOOK_LSM_MMAP_FILE;
     chaos_sys_lsm_file_mprotect = "lsm/file_mprotect" => HOOK_LSM_FILE_MPROTECT;
-    chaos_sys_lsm_file_ioctl = "lsm/file_ioctl" => HOOK_LSM_FILE_IOCTL;
     chaos_sys_lsm_file_fcntl = "lsm/file_fcntl" => HOOK_LSM_FILE_FCNTL;
     chaos_sys_lsm_file_lock = "lsm/file_lock" => HOOK_LSM_FILE_LOCK;
     chaos_sys_lsm_inode_getattr = "lsm/inode_getattr" => HOOK_LSM_INODE_GETATTR;

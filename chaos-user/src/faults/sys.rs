@@ -94,11 +94,17 @@ pub struct LsmCall {
     pub program: &'static str,
     pub syscalls: &'static [&'static str],
     pub note: &'static str,
+    /// Whether the program resolves the file's path, so `--path` filters its calls (hooks given
+    /// the file, where the kernel allows `bpf_d_path`).
+    pub path: bool,
 }
 
 macro_rules! lsm_call {
     ($hook:ident, $lsm:literal, [$($call:literal),*], $note:literal) => {
-        LsmCall { hook: chaos_common::sys::$hook, lsm: $lsm, program: concat!("chaos_sys_lsm_", $lsm), syscalls: &[$($call),*], note: $note }
+        lsm_call!($hook, $lsm, [$($call),*], $note, false)
+    };
+    ($hook:ident, $lsm:literal, [$($call:literal),*], $note:literal, $path:literal) => {
+        LsmCall { hook: chaos_common::sys::$hook, lsm: $lsm, program: concat!("chaos_sys_lsm_", $lsm), syscalls: &[$($call),*], note: $note, path: $path }
     };
 }
 
@@ -110,6 +116,7 @@ pub const LSM_CALLS: &[LsmCall] = &[
         program: chaos_common::sys::PROG_LSM_FILE_OPEN,
         syscalls: &["open", "openat", "openat2", "creat"],
         note: "after the path resolves: a file O_CREAT makes exists by then",
+        path: true,
     },
     lsm_call!(
         HOOK_LSM_FILE_PERMISSION,
@@ -117,9 +124,9 @@ pub const LSM_CALLS: &[LsmCall] = &[
         ["read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "preadv2", "pwritev2"],
         "calls on a descriptor open for the access (a bad descriptor fails first)"
     ),
-    lsm_call!(HOOK_LSM_MMAP_FILE, "mmap_file", ["mmap"], "every mapping, anonymous ones too"),
+    lsm_call!(HOOK_LSM_MMAP_FILE, "mmap_file", ["mmap"], "every mapping, anonymous ones too", true),
     lsm_call!(HOOK_LSM_FILE_MPROTECT, "file_mprotect", ["mprotect", "pkey_mprotect"], "once per mapping the range covers"),
-    lsm_call!(HOOK_LSM_FILE_IOCTL, "file_ioctl", ["ioctl"], "calls on a valid descriptor"),
+    lsm_call!(HOOK_LSM_FILE_IOCTL, "file_ioctl", ["ioctl"], "calls on a valid descriptor", true),
     lsm_call!(HOOK_LSM_FILE_FCNTL, "file_fcntl", ["fcntl"], "calls on a valid descriptor"),
     lsm_call!(HOOK_LSM_FILE_LOCK, "file_lock", ["flock"], "calls on a valid descriptor"),
     lsm_call!(HOOK_LSM_INODE_GETATTR, "inode_getattr", ["stat", "lstat", "fstat", "newfstatat", "statx"], "once the file is found"),
@@ -157,6 +164,16 @@ pub const LSM_CALLS: &[LsmCall] = &[
 /// The LSM hooks that fail `syscall` (two for unlinkat), best first.
 pub fn lsm_calls(syscall: &str) -> impl Iterator<Item = &'static LsmCall> + '_ {
     LSM_CALLS.iter().filter(move |c| c.syscalls.contains(&syscall))
+}
+
+/// Whether `--path` can filter `syscall`'s calls: its LSM hook resolves the file's path.
+pub fn path_filtered(syscall: &str) -> bool {
+    lsm_calls(syscall).any(|c| c.path)
+}
+
+/// The syscalls `--path` can filter, for messages.
+pub fn path_filtered_calls() -> Vec<&'static str> {
+    LSM_CALLS.iter().filter(|c| c.path).flat_map(|c| c.syscalls.iter().copied()).collect()
 }
 
 /// The LSM hook with id `hook`.

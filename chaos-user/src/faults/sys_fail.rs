@@ -47,15 +47,15 @@ fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
         _ => return Err(usage!("give one of --errno and --retval: what the failed call returns")),
     };
     if a.path.is_some()
-        && let Some((name, _)) = calls.iter().find(|(name, _)| !OPEN_FAMILY.contains(&name.as_str()))
+        && let Some((name, _)) = calls.iter().find(|(name, _)| !super::sys::path_filtered(name))
     {
         return Err(usage!(
-            "--path applies to the calls that open a file ({}), where the kernel tells its path; not {name}",
-            OPEN_FAMILY.join(", ")
+            "--path applies to the calls whose LSM hook the kernel gives the file ({}), where it tells its path; not {name}",
+            super::sys::path_filtered_calls().join(", ")
         ));
     }
     if a.path.is_some() && !matches!(a.backend, SysBackend::Auto | SysBackend::Lsm) {
-        return Err(usage!("--path is matched by the BPF LSM's file_open hook, which resolves the file's path: use --backend lsm (or auto)"));
+        return Err(usage!("--path is matched by the BPF LSM's hooks, which resolve the file's path: use --backend lsm (or auto)"));
     }
     Ok(Box::new(SysFail { call: a.call, calls, result, backend: a.backend, path: a.path }))
 }
@@ -79,7 +79,7 @@ pub struct SysFailArgs {
     pub backend: SysBackend,
     /// Only the opens of files under this directory or file (absolute, in the target's own view:
     /// a container's root is its own), resolved by the kernel (symlinks, `..`, relative paths
-    /// and descriptors included). The open family only, through the BPF LSM's file_open hook.
+    /// and descriptors included). The open family, mmap and ioctl, through the BPF LSM.
     #[arg(long, value_name = "PREFIX", value_parser = parse_path_prefix)]
     pub path: Option<String>,
 }

@@ -21,7 +21,7 @@ pub type Call = Box<dyn Fn(u64) -> io::Result<i64> + Sync>;
 
 /// The calls this module makes, by the name `--call` takes.
 pub const NAMES: &[&str] = &[
-    "read", "mmap", "mprotect", "ioctl", "fcntl", "flock", "stat", "chmod", "mkdir", "rmdir", "unlink", "rename", "link", "symlink", "readlink", "fork",
+    "read", "mmap", "mmap-file", "mprotect", "ioctl", "fcntl", "flock", "stat", "chmod", "mkdir", "rmdir", "unlink", "rename", "link", "symlink", "readlink", "fork",
     "kill", "exec", "socketpair", "udp-bind", "udp-connect", "listen", "accept4", "recvfrom", "getsockname", "getpeername", "shutdown",
 ];
 
@@ -63,6 +63,14 @@ pub fn prepare(call: &str, dir: &Path, count: u64) -> Result<Call> {
             unsafe { libc::syscall(libc::SYS_munmap, addr, 4096) };
             Ok(0)
         }),
+        "mmap-file" => {
+            let fd = open_fd()?;
+            Box::new(move |_| {
+                let addr = check(unsafe { libc::syscall(libc::SYS_mmap, 0, 4096, libc::PROT_READ, libc::MAP_PRIVATE, fd, 0) })?;
+                unsafe { libc::syscall(libc::SYS_munmap, addr, 4096) };
+                Ok(0)
+            })
+        }
         "mprotect" => {
             let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
             let addr = check(unsafe { libc::syscall(libc::SYS_mmap, 0, 4096, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) })?;
