@@ -108,6 +108,10 @@ pub enum Workload {
         /// C library maps memory for its first allocation: an mmap a test would count).
         #[arg(long, conflicts_with = "threads")]
         same_thread: bool,
+        /// Make the calls with this directory as the process's root (chroot): --path names a file
+        /// as seen from inside, as a container sees its own.
+        #[arg(long, value_name = "DIR")]
+        chroot: Option<std::path::PathBuf>,
     },
     /// Answer DNS queries (A and AAAA, with documentation addresses) until stdin closes; count
     /// them by name.
@@ -187,7 +191,11 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         Workload::PacketTime { rounds, packets } => crate::bench::run(rounds, packets),
         Workload::EverySyscall => crate::strace_sets::call_every_syscall(),
         Workload::StraceSets { strace, rust } => strace_sets(&strace, rust),
-        Workload::SyscallLoop { call, path, to, count, wait, threads, timings, same_thread } => {
+        Workload::SyscallLoop { call, path, to, count, wait, threads, timings, same_thread, chroot } => {
+            if let Some(root) = chroot {
+                std::os::unix::fs::chroot(&root).with_context(|| format!("chroot {}", root.display()))?;
+                std::env::set_current_dir("/")?;
+            }
             syscall_loop(&call, path.as_deref(), to, count, wait, if same_thread { 0 } else { threads }, timings)
         }
     }

@@ -606,8 +606,8 @@ impl Drop for RemoveOnDrop {
 
 /// `--path PREFIX`: only the opens, mappings and ioctls of files under the prefix fail, as the
 /// kernel resolves them (a symlink into it counts, a sibling whose name merely starts the same
-/// does not), each counted for `--when` only when under it; a bystander opening the same file is
-/// untouched. Where the
+/// does not) in the process's own root (a chrooted process's view, not the host's), each counted
+/// for `--when` only when under it; a bystander opening the same file is untouched. Where the
 /// kernel has no BPF LSM, exit 3 with the reason; a relative prefix or a call that opens no file
 /// is bad input everywhere.
 #[test]
@@ -657,16 +657,32 @@ fn path_fails_only_the_opens_under_the_prefix() {
     ]
     .map(|(call, path, under)| (call, path, under, opener(Place::Target, call, path)));
     let bystander = opener(Place::Bystander, "open", "in/f");
+    // A process with its own root (as in a container) opening what it sees as PREFIX/f: under
+    // the prefix in its view, though not in the host's (ROOT/PREFIX/f), which a process of the
+    // host opening that same file shows.
+    let root = dir.join("root");
+    let mirrored = root.join(prefix.trim_start_matches('/')).join("f");
+    std::fs::create_dir_all(mirrored.parent().expect("a parent")).expect("mirrored directory");
+    std::fs::write(&mirrored, b"chaos").expect("mirrored file");
+    let mut jailed = sb.spawn(
+        Place::Target,
+        &["syscall-loop", "--wait", "--chroot", &root.display().to_string(), "--call", "open", "--path", &format!("{prefix}/f"), "--count", "10"],
+    );
+    jailed.ready();
+    let host_view = caller(&sb, Place::Target, "open", &mirrored.display().to_string(), 10);
     let args = ["sys", "fail", "--cgroup", &cg, "--syscall", "openat,mmap,ioctl", "--errno", "EACCES", "--path", &prefix, "--when", "2+2", "--for", "60s", "--json"];
     let chaos = start_chaos(&args.map(String::from));
     let outcomes: Vec<(&str, &str, bool, Value)> = loops.into_iter().map(|(call, path, under, p)| (call, path, under, run_calls(p))).collect();
     let bystander = run_calls(bystander);
+    let (jailed, host_view) = (run_calls(jailed), run_calls(host_view));
     let summary = stop_chaos(chaos);
+    assert_eq!(jailed["failed_at"], json!([[2, 4, 6, 8, 10]]), "under the prefix in the process's own root: {jailed}");
+    assert_eq!(host_view["failed_at"], json!([[]]), "the same file seen from the host's root is not: {host_view}");
     for (call, path, under, out) in &outcomes {
         let expected = if *under { json!([[2, 4, 6, 8, 10]]) } else { json!([[]]) };
         assert_eq!(out["failed_at"], expected, "{call} {path}: {out}");
     }
     assert_eq!(bystander["ok"], 10, "{bystander}");
-    assert_eq!(counter(&summary, 0, "failed"), 20, "the kernel counted exactly the failures: {summary}");
+    assert_eq!(counter(&summary, 0, "failed"), 25, "the kernel counted exactly the failures: {summary}");
     assert!(summary["rules"][0]["description"].as_str().is_some_and(|d| d.contains(&format!("under {prefix}"))), "{summary}");
 }
