@@ -19,6 +19,7 @@
 pub mod dns;
 pub mod loss;
 pub mod net;
+pub mod observe;
 pub mod sys;
 
 /// Rules one session can hold. A target's rules are a bit mask of this width.
@@ -398,6 +399,9 @@ mod pod {
     unsafe impl aya::Pod for super::TargetRules {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::SessionConfig {}
+    unsafe impl aya::Pod for super::observe::ObsKey {}
+    unsafe impl aya::Pod for super::observe::ObsErrKey {}
+    unsafe impl aya::Pod for super::observe::CallStats {}
 }
 
 #[cfg(test)]

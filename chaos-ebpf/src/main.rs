@@ -13,6 +13,7 @@
 mod engine;
 mod globals;
 mod net;
+mod observe;
 mod probe;
 mod sys;
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod faults;
 pub mod file;
 pub mod kernel;
+pub mod observe;
 pub mod privileges;
 pub mod probe;
 pub mod report;

@@ -97,6 +97,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => crate::demo::run(args),
+        Command::Observe(args) => crate::observe::run(args),
         Command::Probe { json } => {
             privileges::check()?;
             let report = crate::probe::probe()?;

@@ -28,9 +28,9 @@ pub struct Ended {
 /// The signals that end a session. Registered before anything is attached, so a signal that
 /// arrives while attaching ends the run cleanly instead of killing the process with faults in place.
 pub struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
+    pub int: tokio::signal::unix::Signal,
+    pub term: tokio::signal::unix::Signal,
+    pub hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {

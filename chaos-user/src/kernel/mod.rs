@@ -196,6 +196,34 @@ impl Kernel {
         aya::maps::RingBuf::try_from(Map::RingBuf(own)).map_err(map_error)
     }
 
+    /// Marks cgroup `id` (and its descendants) as observed slot `slot` (`chaos observe`).
+    pub fn observe_cgroup(&mut self, id: u64, slot: u32) -> Result<()> {
+        let mut map: HashMap<_, u64, u32> = HashMap::try_from(self.map_mut(chaos_common::observe::OBSERVED_MAP)?).map_err(map_error)?;
+        map.insert(id, slot + 1, 0).map_err(|e| Error::Other(anyhow::anyhow!("writing the observed cgroups: {e}")))
+    }
+
+    /// What the observed cgroups' syscalls did so far: stats by (slot, syscall), and errno counts
+    /// by (slot, syscall, errno), each summed over the CPUs.
+    pub fn observed(&self) -> Result<crate::observe::Counts> {
+        use aya::maps::PerCpuHashMap;
+        use chaos_common::observe::{CallStats, OBS_CALLS_MAP, OBS_ERRORS_MAP, ObsErrKey, ObsKey};
+        let mut counts = crate::observe::Counts::default();
+        let calls: PerCpuHashMap<_, ObsKey, CallStats> = PerCpuHashMap::try_from(self.map(OBS_CALLS_MAP)?).map_err(map_error)?;
+        for entry in calls.iter() {
+            let (key, per_cpu) = entry.map_err(map_error)?;
+            let total = counts.calls.entry(key).or_default();
+            for s in per_cpu.iter() {
+                total.merge(s);
+            }
+        }
+        let errors: PerCpuHashMap<_, ObsErrKey, u64> = PerCpuHashMap::try_from(self.map(OBS_ERRORS_MAP)?).map_err(map_error)?;
+        for entry in errors.iter() {
+            let (key, per_cpu) = entry.map_err(map_error)?;
+            *counts.errors.entry(key).or_default() += per_cpu.iter().sum::<u64>();
+        }
+        Ok(counts)
+    }
+
     /// Which rules match calls with key `key` ([`chaos_common::sys::SysMatch::rules_key`]).
     pub fn set_sys_rules(&mut self, key: u64, rules: u64) -> Result<()> {
         let mut map: HashMap<_, u64, u64> = HashMap::try_from(self.map_mut(SYS_RULES_MAP)?).map_err(map_error)?;

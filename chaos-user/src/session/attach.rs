@@ -508,9 +508,14 @@ fn attach_program(
     }
 }
 
-fn load_refused(kind: &str, e: &aya::programs::ProgramError) -> Error {
-    if let aya::programs::ProgramError::LoadError { verifier_log, .. } = e {
-        log::debug!("verifier log:\n{verifier_log}");
-    }
-    unsupported!("this kernel refused the {kind} program ({}); see `chaos probe`", chain(e))
+pub(crate) fn load_refused(kind: &str, e: &aya::programs::ProgramError) -> Error {
+    // The verifier's log goes to the debug log (RUST_LOG=debug), never into the one line.
+    let why = match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            log::debug!("verifier log:\n{verifier_log}");
+            format!("BPF_PROG_LOAD: {io_error}")
+        }
+        other => chain(other),
+    };
+    unsupported!("this kernel refused the {kind} program ({why}); see `chaos probe`")
 }

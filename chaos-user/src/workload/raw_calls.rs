@@ -22,7 +22,7 @@ pub type Call = Box<dyn Fn(u64) -> io::Result<i64> + Sync>;
 /// The calls this module makes, by the name `--call` takes.
 pub const NAMES: &[&str] = &[
     "read", "mmap", "mmap-file", "mprotect", "ioctl", "fcntl", "flock", "stat", "chmod", "mkdir", "rmdir", "unlink", "rename", "link", "symlink", "readlink", "fork",
-    "kill", "exec", "socketpair", "udp-bind", "udp-connect", "listen", "accept4", "recvfrom", "getsockname", "getpeername", "shutdown",
+    "kill", "exec", "nanosleep", "socketpair", "udp-bind", "udp-connect", "listen", "accept4", "recvfrom", "getsockname", "getpeername", "shutdown",
 ];
 
 fn check(r: libc::c_long) -> io::Result<i64> {
@@ -164,6 +164,11 @@ pub fn prepare(call: &str, dir: &Path, count: u64) -> Result<Call> {
             Ok(0)
         }),
         "kill" => Box::new(|_| check(unsafe { libc::syscall(libc::SYS_kill, libc::getpid(), 0) })),
+        // 5 ms asleep: a call whose time is known.
+        "nanosleep" => Box::new(|_| {
+            let t = libc::timespec { tv_sec: 0, tv_nsec: 5_000_000 };
+            check(unsafe { libc::syscall(libc::SYS_nanosleep, &t, 0) })
+        }),
         // A child (made by posix_spawn: clone3 or clone, no fork) executes /bin/true.
         "exec" => Box::new(|_| std::process::Command::new("/bin/true").status().map(|s| s.code().unwrap_or(-1) as i64)),
         "socketpair" => Box::new(|_| {

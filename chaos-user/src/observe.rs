@@ -1,0 +1,241 @@
+//! `chaos observe`: per syscall, what a cgroup's processes (and its descendants') calls did —
+//! how many, which errors, how long they took (p50/p90/p99 from the kernel's log2 histograms) —
+//! live while it runs (a top-like table on a terminal, sorted by time spent) and summed at the end.
+//! The kernel side is `chaos-ebpf/src/observe.rs`; its links are never pinned, so the observation
+//! ends with the process, SIGKILL included.
+
+use std::{
+    collections::BTreeMap,
+    io::{IsTerminal, Write},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{BtfTracePoint, links::FdLink};
+use chaos_common::observe::{CallStats, ObsErrKey, ObsKey};
+use clap::Args;
+use serde::Serialize;
+
+use crate::{
+    error::{Error, Result},
+    faults::sys::{errno_name, syscall_number, syscall_set},
+    kernel::Kernel,
+    target::Cgroup,
+    unsupported, usage,
+};
+
+#[derive(Args, Debug)]
+pub struct ObserveArgs {
+    #[command(flatten)]
+    pub target: ObserveTarget,
+    /// Show only these syscalls (names or strace's sets such as %file, separated by commas); all
+    /// are measured.
+    #[arg(long = "syscall", value_name = "NAME[,NAME...]", value_delimiter = ',')]
+    pub syscalls: Vec<String>,
+    /// Stop after this long (default: at Ctrl-C or SIGTERM).
+    #[arg(long = "for", value_name = "DURATION", value_parser = crate::cli::parse_duration)]
+    pub duration: Option<Duration>,
+    /// How often the live table is redrawn (on a terminal).
+    #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_duration, default_value = "1s")]
+    pub interval: Duration,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct ObserveTarget {
+    /// The cgroup v2 directory to observe, with its descendants.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Observe the cgroup v2 this process is in.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+}
+
+/// The observed calls so far, summed over the CPUs.
+#[derive(Clone, Debug, Default)]
+pub struct Counts {
+    pub calls: BTreeMap<ObsKey, CallStats>,
+    pub errors: BTreeMap<ObsErrKey, u64>,
+}
+
+impl Counts {
+    /// What happened since `before`.
+    pub fn since(&self, before: &Counts) -> Counts {
+        let calls = self.calls.iter().map(|(k, s)| (*k, before.calls.get(k).map_or(*s, |b| s.since(b)))).filter(|(_, s)| s.calls > 0).collect();
+        let errors = self.errors.iter().map(|(k, n)| (*k, n - before.errors.get(k).copied().unwrap_or(0).min(*n))).filter(|(_, n)| *n > 0).collect();
+        Counts { calls, errors }
+    }
+
+    /// One row per syscall of `slot` (those `only` names, if any), most time spent first.
+    pub fn rows(&self, slot: u32, only: &[u32]) -> Vec<Row> {
+        let mut rows: Vec<Row> = self
+            .calls
+            .iter()
+            .filter(|(k, _)| k.slot == slot && (only.is_empty() || only.contains(&k.nr)))
+            .map(|(k, s)| {
+                let errors = self
+                    .errors
+                    .iter()
+                    .filter(|(e, _)| e.slot == slot && e.nr == k.nr)
+                    .map(|(e, n)| (errno_name(e.errno as i32).unwrap_or_else(|| e.errno.to_string()), *n))
+                    .collect();
+                Row {
+                    syscall: syscalls::Sysno::new(k.nr as usize).map_or_else(|| format!("syscall_{}", k.nr), |s| s.name().to_string()),
+                    nr: k.nr,
+                    calls: s.calls,
+                    errors,
+                    total_ns: s.total_ns,
+                    p50_ns: s.quantile_ns(0.5),
+                    p90_ns: s.quantile_ns(0.9),
+                    p99_ns: s.quantile_ns(0.99),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.nr.cmp(&b.nr)));
+        rows
+    }
+}
+
+/// One syscall's calls, as `chaos observe` reports them.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub syscall: String,
+    pub nr: u32,
+    pub calls: u64,
+    /// Calls that failed, by errno name.
+    pub errors: BTreeMap<String, u64>,
+    /// Time in the calls, summed.
+    pub total_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+}
+
+/// The kernel programs of an observation: attached while this lives (links, never pinned).
+pub struct Observer {
+    _links: Vec<FdLink>,
+}
+
+impl Observer {
+    /// Observes each of `cgroups` (slot = its index) with its descendants. Nothing is recorded
+    /// until both programs are attached; a kernel without tp_btf is told so by name.
+    pub fn start(kernel: &mut Kernel, cgroups: &[Cgroup]) -> Result<Observer> {
+        for (slot, cg) in cgroups.iter().enumerate() {
+            kernel.observe_cgroup(cg.id, slot as u32)?;
+        }
+        let btf = crate::kernel::vmlinux_btf().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); chaos observe needs tp_btf sys_enter/sys_exit"))?;
+        let mut links = Vec::new();
+        for (name, point) in [("chaos_observe_exit", "sys_exit"), ("chaos_observe_enter", "sys_enter")] {
+            let prog: &mut BtfTracePoint = kernel.get(name)?;
+            prog.load(point, btf).map_err(|e| crate::session::attach::load_refused(&format!("tp_btf {point}"), &e))?;
+            let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching tp_btf {point}: {e}")))?;
+            links.push(prog.take_link(id).map_err(|e| Error::Other(e.into()))?.into());
+        }
+        Ok(Observer { _links: links })
+    }
+}
+
+/// "1.2 ms", "840 µs", "35 ns": a duration for a table.
+pub fn human_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} ms", ns as f64 / 1e6),
+        _ => format!("{:.2} s", ns as f64 / 1e9),
+    }
+}
+
+/// The table of `rows`: one line per syscall.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = format!("{:<20} {:>10} {:>10} {:>10} {:>10} {:>10}  errors\n", "syscall", "calls", "time", "p50", "p90", "p99");
+    for r in rows {
+        let errors: Vec<String> = r.errors.iter().map(|(e, n)| format!("{e} {n}")).collect();
+        out.push_str(&format!(
+            "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10}  {}\n",
+            r.syscall,
+            r.calls,
+            human_ns(r.total_ns),
+            human_ns(r.p50_ns),
+            human_ns(r.p90_ns),
+            human_ns(r.p99_ns),
+            errors.join(", ")
+        ));
+    }
+    out
+}
+
+/// The syscall numbers `--syscall` names (empty: all).
+fn wanted(names: &[String]) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for n in names {
+        if n.starts_with('%') {
+            for s in syscall_set(n)? {
+                out.push(syscall_number(s)?);
+            }
+        } else {
+            out.push(syscall_number(n)?);
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(args: ObserveArgs) -> Result<()> {
+    let only = wanted(&args.syscalls)?;
+    let cgroup = match (&args.target.cgroup, args.target.pid) {
+        (Some(path), _) => Cgroup::from_arg(path)?,
+        (None, Some(pid)) => Cgroup::of_pid(pid)?,
+        (None, None) => return Err(usage!("give --cgroup PATH or --pid PID: whose syscalls to observe")),
+    };
+    crate::privileges::check()?;
+    let mut kernel = Kernel::load(false)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Other(e.into()))?;
+    let _guard = runtime.enter();
+    let signals = crate::watch::Signals::register().map_err(|e| Error::Other(e.into()))?;
+    let observer = Observer::start(&mut kernel, std::slice::from_ref(&cgroup))?;
+    let start = Instant::now();
+    eprintln!("chaos: observing {} (Ctrl-C to stop)", cgroup.path.display());
+    let tty = std::io::stdout().is_terminal() && !args.json;
+    let ended = runtime.block_on(async {
+        let crate::watch::Signals { int: mut sigint, term: mut sigterm, hup: mut sighup } = signals;
+        let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut tick = tokio::time::interval(args.interval);
+        let mut last = Counts::default();
+        loop {
+            let until = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = until => break "deadline",
+                _ = sigint.recv() => break "SIGINT",
+                _ = sigterm.recv() => break "SIGTERM",
+                _ = sighup.recv() => break "SIGHUP",
+                _ = tick.tick() => {
+                    if tty && let Ok(now) = kernel.observed() {
+                        let rows = now.since(&last).rows(0, &only);
+                        last = now;
+                        let mut out = std::io::stdout().lock();
+                        let _ = write!(out, "\x1b[H\x1b[2J{} — {:.0}s, last {:?}\n{}", cgroup.path.display(), start.elapsed().as_secs_f64(), args.interval, table(&rows));
+                        let _ = out.flush();
+                    }
+                }
+            }
+        }
+    });
+    let counts = kernel.observed()?;
+    drop(observer);
+    let rows = counts.rows(0, &only);
+    let secs = start.elapsed().as_secs_f64();
+    if args.json {
+        let summary = serde_json::json!({"cgroup": cgroup.path, "seconds": secs, "ended_by": ended, "syscalls": rows});
+        println!("{summary}");
+    } else {
+        print!("{} for {secs:.1}s (ended by {ended}):\n{}", cgroup.path.display(), table(&rows));
+    }
+    Ok(())
+}
