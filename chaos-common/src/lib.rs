@@ -402,6 +402,7 @@ mod pod {
     unsafe impl aya::Pod for super::observe::ObsKey {}
     unsafe impl aya::Pod for super::observe::ObsErrKey {}
     unsafe impl aya::Pod for super::observe::CallStats {}
+    unsafe impl aya::Pod for super::observe::NetStats {}
 }
 
 #[cfg(test)]

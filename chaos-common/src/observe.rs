@@ -12,6 +12,9 @@ pub const OBS_CALLS_MAP: &str = "CHAOS_OBS_CALLS";
 /// Name of the per-CPU map from [`ObsErrKey`] to a count.
 pub const OBS_ERRORS_MAP: &str = "CHAOS_OBS_ERRORS";
 
+/// Name of the per-CPU array of [`NetStats`], by observed slot.
+pub const OBS_NET_MAP: &str = "CHAOS_OBS_NET";
+
 /// Observed cgroups at once (each with its descendants).
 pub const MAX_OBSERVED: u32 = 16;
 /// Entries of the stats map: (observed cgroup, syscall) pairs.
@@ -63,6 +66,38 @@ impl Default for CallStats {
 }
 
 const _: () = assert!(core::mem::size_of::<CallStats>() == 8 * (3 + LAT_BUCKETS));
+
+/// One CPU's count of an observed cgroup's traffic: what its sockets sent and received (IP
+/// packets and bytes, as its cgroup_skb hooks see them) and their TCP retransmissions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub retransmits: u64,
+}
+
+impl NetStats {
+    pub fn merge(&mut self, o: &NetStats) {
+        self.packets_in += o.packets_in;
+        self.bytes_in += o.bytes_in;
+        self.packets_out += o.packets_out;
+        self.bytes_out += o.bytes_out;
+        self.retransmits += o.retransmits;
+    }
+
+    pub fn since(&self, b: &NetStats) -> NetStats {
+        NetStats {
+            packets_in: self.packets_in.saturating_sub(b.packets_in),
+            bytes_in: self.bytes_in.saturating_sub(b.bytes_in),
+            packets_out: self.packets_out.saturating_sub(b.packets_out),
+            bytes_out: self.bytes_out.saturating_sub(b.bytes_out),
+            retransmits: self.retransmits.saturating_sub(b.retransmits),
+        }
+    }
+}
 
 /// A thread in an observed call: since when, which syscall, which observed cgroup.
 #[repr(C)]

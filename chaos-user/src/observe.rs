@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{BtfTracePoint, links::FdLink};
-use chaos_common::observe::{CallStats, ObsErrKey, ObsKey};
+use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SockOps, links::FdLink};
+use chaos_common::observe::{CallStats, NetStats, ObsErrKey, ObsKey};
 use clap::Args;
 use serde::Serialize;
 
@@ -59,6 +59,8 @@ pub struct ObserveTarget {
 pub struct Counts {
     pub calls: BTreeMap<ObsKey, CallStats>,
     pub errors: BTreeMap<ObsErrKey, u64>,
+    /// By slot.
+    pub net: BTreeMap<u32, NetStats>,
 }
 
 impl Counts {
@@ -66,7 +68,8 @@ impl Counts {
     pub fn since(&self, before: &Counts) -> Counts {
         let calls = self.calls.iter().map(|(k, s)| (*k, before.calls.get(k).map_or(*s, |b| s.since(b)))).filter(|(_, s)| s.calls > 0).collect();
         let errors = self.errors.iter().map(|(k, n)| (*k, n - before.errors.get(k).copied().unwrap_or(0).min(*n))).filter(|(_, n)| *n > 0).collect();
-        Counts { calls, errors }
+        let net = self.net.iter().map(|(k, n)| (*k, before.net.get(k).map_or(*n, |b| n.since(b)))).collect();
+        Counts { calls, errors, net }
     }
 
     /// One row per syscall of `slot` (those `only` names, if any), most time spent first.
@@ -119,6 +122,11 @@ pub struct Observer {
     _links: Vec<FdLink>,
 }
 
+/// Where a program of the observation attaches.
+fn attach_error(what: &str, e: impl std::error::Error) -> Error {
+    Error::Other(anyhow::anyhow!("attaching {what}: {}", crate::error::chain(&e)))
+}
+
 impl Observer {
     /// Observes each of `cgroups` (slot = its index) with its descendants. Nothing is recorded
     /// until both programs are attached; a kernel without tp_btf is told so by name.
@@ -134,6 +142,27 @@ impl Observer {
             let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching tp_btf {point}: {e}")))?;
             links.push(prog.take_link(id).map_err(|e| Error::Other(e.into()))?.into());
         }
+        // Traffic: on each observed cgroup, beside any program already there (a fault's): a
+        // cgroup link always lets others attach (the kernel treats it as multi).
+        for cg in cgroups {
+            let dir = std::fs::File::open(&cg.path).map_err(|e| usage!("cannot open cgroup {}: {e}", cg.path.display()))?;
+            for (name, direction) in [("chaos_observe_egress", CgroupSkbAttachType::Egress), ("chaos_observe_ingress", CgroupSkbAttachType::Ingress)] {
+                let prog: &mut CgroupSkb = kernel.program(name, "cgroup_skb")?;
+                let id = prog.attach(&dir, direction, CgroupAttachMode::Single).map_err(|e| attach_error(name, e))?;
+                links.push(FdLink::try_from(prog.take_link(id).map_err(|e| Error::Other(e.into()))?).map_err(|e| Error::Other(e.into()))?);
+            }
+            let prog: &mut SockOps = kernel.program("chaos_observe_sockops", "sock_ops")?;
+            let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(|e| attach_error("sock_ops", e))?;
+            links.push(FdLink::try_from(prog.take_link(id).map_err(|e| Error::Other(e.into()))?).map_err(|e| Error::Other(e.into()))?);
+        }
+        let link_ids: Vec<u32> = links.iter().filter_map(|l| l.info().ok().map(|i| i.id())).collect();
+        let mut program_ids = Vec::new();
+        for name in ["chaos_observe_enter", "chaos_observe_exit", "chaos_observe_egress", "chaos_observe_ingress", "chaos_observe_sockops"] {
+            if let Some(p) = kernel.program_info_id(name) {
+                program_ids.push(p);
+            }
+        }
+        log::info!("attached: programs {program_ids:?} links {link_ids:?}");
         Ok(Observer { _links: links })
     }
 }
@@ -165,6 +194,14 @@ pub fn table(rows: &[Row]) -> String {
         ));
     }
     out
+}
+
+/// The traffic line under the table.
+pub fn net_line(n: &NetStats) -> String {
+    format!(
+        "network: in {} packets ({} bytes), out {} packets ({} bytes), {} TCP retransmissions\n",
+        n.packets_in, n.bytes_in, n.packets_out, n.bytes_out, n.retransmits
+    )
 }
 
 /// The syscall numbers `--syscall` names (empty: all).
@@ -217,10 +254,12 @@ pub fn run(args: ObserveArgs) -> Result<()> {
                 _ = sighup.recv() => break "SIGHUP",
                 _ = tick.tick() => {
                     if tty && let Ok(now) = kernel.observed() {
-                        let rows = now.since(&last).rows(0, &only);
+                        let delta = now.since(&last);
+                        let rows = delta.rows(0, &only);
+                        let net = delta.net.get(&0).copied().unwrap_or_default();
                         last = now;
                         let mut out = std::io::stdout().lock();
-                        let _ = write!(out, "\x1b[H\x1b[2J{} — {:.0}s, last {:?}\n{}", cgroup.path.display(), start.elapsed().as_secs_f64(), args.interval, table(&rows));
+                        let _ = write!(out, "\x1b[H\x1b[2J{} — {:.0}s, last {:?}\n{}{}", cgroup.path.display(), start.elapsed().as_secs_f64(), args.interval, table(&rows), net_line(&net));
                         let _ = out.flush();
                     }
                 }
@@ -232,10 +271,12 @@ pub fn run(args: ObserveArgs) -> Result<()> {
     let rows = counts.rows(0, &only);
     let secs = start.elapsed().as_secs_f64();
     if args.json {
-        let summary = serde_json::json!({"cgroup": cgroup.path, "seconds": secs, "ended_by": ended, "syscalls": rows});
+        let n = counts.net.get(&0).copied().unwrap_or_default();
+        let network = serde_json::json!({"packets_in": n.packets_in, "bytes_in": n.bytes_in, "packets_out": n.packets_out, "bytes_out": n.bytes_out, "tcp_retransmits": n.retransmits});
+        let summary = serde_json::json!({"cgroup": cgroup.path, "seconds": secs, "ended_by": ended, "syscalls": rows, "network": network});
         println!("{summary}");
     } else {
-        print!("{} for {secs:.1}s (ended by {ended}):\n{}", cgroup.path.display(), table(&rows));
+        print!("{} for {secs:.1}s (ended by {ended}):\n{}{}", cgroup.path.display(), table(&rows), net_line(&counts.net.get(&0).copied().unwrap_or_default()));
     }
     Ok(())
 }

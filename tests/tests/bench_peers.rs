@@ -254,7 +254,7 @@ fn packets() {
 }
 
 /// Whether a section runs: all of them, or those named in CHAOS_BENCH_SECTIONS (a comma-separated
-/// list of `syscalls`, `packets`, `delay`, `faults`; for running one part by hand, e.g. under `cargo xtask
+/// list of `syscalls`, `holds`, `observe`, `packets`, `delay`, `faults`; for running one part by hand, e.g. under `cargo xtask
 /// vm-run`).
 fn wanted(section: &str) -> bool {
     std::env::var("CHAOS_BENCH_SECTIONS").map_or(true, |v| v.split(',').any(|s| s.trim() == section))
@@ -632,9 +632,49 @@ fn faults() {
     eprintln!("bench: faults section took {:.0} s", started.elapsed().as_secs_f64());
 }
 
+/// `chaos observe`'s own cost: a getppid loop and an open+close loop, alone and while their
+/// cgroup is observed, by a process in the observed cgroup and in a bystander beside it (tp_btf
+/// sys_enter/sys_exit run for every syscall of the machine). µs per call.
+fn observe_cost() {
+    let cg = TempCgroup::new(&unique("bench-obs")).expect("cgroup");
+    let bystander = TempCgroup::new(&unique("bench-obs-by")).expect("cgroup");
+    let file = std::env::temp_dir().join(unique("bench-obs-file"));
+    std::fs::write(&file, b"x").expect("file");
+    let path = file.display().to_string();
+    let loops: [(&str, Vec<&str>); 2] = [("getppid", vec!["--call", "getppid"]), ("open+close", vec!["--call", "open", "--path", &path])];
+    let section = format!("chaos observe's cost in the errinj guest: {OPENS} calls by a process in the observed cgroup, or in a bystander cgroup beside it (µs per call; baseline: the workload alone)");
+    for (what, args) in &loops {
+        let us = |at: &TempCgroup| call_loop(&at.path, args, OPENS, None, &mut || {}).0 * 1e6 / OPENS as f64;
+        let (mut target, mut by) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let (base, base_by) = (us(&cg), us(&bystander));
+            let child = Command::new(chaos_bin())
+                .args(["observe", "--cgroup", &cg.path.display().to_string(), "--json"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("chaos observe");
+            let mut observe = Proc::new(child, "chaos observe".into());
+            observe.wait_for("chaos: observing", START);
+            let (t, b) = (us(&cg), us(&bystander));
+            let summary = stop_chaos(observe);
+            assert!(summary["syscalls"].as_array().is_some_and(|r| !r.is_empty()), "the observation saw the loop: {summary}");
+            target.push((base, t, None));
+            by.push((base_by, b, None));
+        }
+        row(&section, &format!("{what}: observed, target"), &target, None, None);
+        row(&section, &format!("{what}: observed, bystander"), &by, None, None);
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
 #[test]
 #[ignore = "a benchmark: `cargo xtask bench` runs it inside the errinj guest"]
 fn bench_peers_side_by_side() {
+    if wanted("observe") {
+        observe_cost();
+    }
     if wanted("syscalls") {
         syscalls(&probe_report());
     }

@@ -71,3 +71,68 @@ fn observe_refuses_bad_input_with_the_reason() {
         assert!(err[0].contains(says), "{args:?}: {err:?}");
     }
 }
+
+/// The observed cgroup's traffic: a target's TCP transfer counted in its bytes out (a
+/// bystander's equal transfer not), the ACKs in, and with 10% of its packets dropped by a chaos
+/// fault beside the observation, its TCP retransmissions, as many as the sender's socket counted.
+#[test]
+fn observe_counts_a_targets_traffic_and_retransmissions() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let child = Command::new(chaos_bin())
+        .args(["observe", "--cgroup", &cg, "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning chaos observe");
+    let mut observe = Proc::new(child, "chaos observe".into());
+    observe.wait_for("chaos: observing", START);
+    let bytes: u64 = 1 << 20;
+    let send = |place, port: u16| {
+        let mut sink = sb.spawn(Place::Server, &["tcp-sink", "--bind", &format!("0.0.0.0:{port}")]);
+        sink.ready();
+        let out = sb.spawn(place, &["tcp-send", "--to", &format!("{SERVER_V4}:{port}"), "--bytes", &bytes.to_string()]).json(Duration::from_secs(120));
+        sink.json(Duration::from_secs(120));
+        out
+    };
+    let mut drop = vec!["net", "drop", "--percent", "10", "--proto", "tcp", "--for", "120s", "--json"].into_iter().map(String::from).collect::<Vec<_>>();
+    drop.extend(sb.target_args());
+    let fault = start_chaos(&drop);
+    let target = send(Place::Target, 6201);
+    stop_chaos(fault);
+    let bystander = send(Place::Bystander, 6202);
+    let summary = stop_chaos(observe);
+    let net = &summary["network"];
+    let out = net["bytes_out"].as_u64().unwrap_or(0);
+    assert!(out >= bytes && out < bytes * 3 / 2, "the target's megabyte and its headers and resends, not the bystander's: {net} ({bystander})");
+    assert!(net["packets_in"].as_u64().unwrap_or(0) > 0 && net["packets_out"].as_u64().unwrap_or(0) > 0, "{net}");
+    let retransmits = net["tcp_retransmits"].as_u64().unwrap_or(0);
+    assert!(retransmits > 0, "10% loss makes TCP resend: {net} (sender: {target})");
+    if let Some(sender) = target["retransmits"].as_u64() {
+        assert_eq!(retransmits, sender, "each resend the sender's socket counted: {net} {target}");
+    }
+}
+
+/// Killed with SIGKILL, an observation leaves nothing attached: its programs and links go with
+/// the process (never pinned).
+#[test]
+fn nothing_of_an_observation_stays_after_sigkill() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let child = Command::new(chaos_bin())
+        .args(["observe", "--cgroup", &cg])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning chaos observe");
+    let mut observe = Proc::new(child, "chaos observe".into());
+    let (programs, links) = attached_ids(&observe.wait_for("attached:", START));
+    assert_eq!((programs.len(), links.len()), (5, 5), "sys_enter, sys_exit, egress, ingress, sock_ops: {programs:?} {links:?}");
+    assert!(still_loaded(&programs, &links).len() == 10, "live while observing");
+    observe.signal(libc::SIGKILL);
+    let _ = observe.finish(Duration::from_secs(10));
+    assert_all_gone(&programs, &links, "after SIGKILL");
+}

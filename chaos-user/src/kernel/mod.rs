@@ -196,6 +196,11 @@ impl Kernel {
         aya::maps::RingBuf::try_from(Map::RingBuf(own)).map_err(map_error)
     }
 
+    /// The kernel's id of loaded program `name`.
+    pub fn program_info_id(&self, name: &str) -> Option<u32> {
+        self.ebpf.program(name)?.info().ok().map(|i| i.id())
+    }
+
     /// Marks cgroup `id` (and its descendants) as observed slot `slot` (`chaos observe`).
     pub fn observe_cgroup(&mut self, id: u64, slot: u32) -> Result<()> {
         let mut map: HashMap<_, u64, u32> = HashMap::try_from(self.map_mut(chaos_common::observe::OBSERVED_MAP)?).map_err(map_error)?;
@@ -220,6 +225,14 @@ impl Kernel {
         for entry in errors.iter() {
             let (key, per_cpu) = entry.map_err(map_error)?;
             *counts.errors.entry(key).or_default() += per_cpu.iter().sum::<u64>();
+        }
+        let net: PerCpuArray<_, chaos_common::observe::NetStats> = PerCpuArray::try_from(self.map(chaos_common::observe::OBS_NET_MAP)?).map_err(map_error)?;
+        for slot in 0..chaos_common::observe::MAX_OBSERVED {
+            let per_cpu = net.get(&slot, 0).map_err(map_error)?;
+            let total = counts.net.entry(slot).or_default();
+            for n in per_cpu.iter() {
+                total.merge(n);
+            }
         }
         Ok(counts)
     }
@@ -387,7 +400,8 @@ loadable!(
     aya::programs::CgroupSock,
     aya::programs::CgroupSockopt,
     aya::programs::SchedClassifier,
-    aya::programs::KProbe
+    aya::programs::KProbe,
+    aya::programs::SockOps
 );
 
 fn load_error(name: &str, kind: &str, e: ProgramError) -> Error {
