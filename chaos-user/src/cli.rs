@@ -37,8 +37,8 @@ pub enum Command {
     /// Run every fault of a fault file in one session, until the last one ends.
     #[command(after_help = "A fault file lists [[fault]] tables whose keys are the flags of the fault's command:\n\n  [[fault]]\n  kind = \"net.drop\"\n  cgroup = \"/system.slice/api.service\"\n  percent = 5\n  proto = \"udp\"\n  for = \"30s\"\n\n  [[fault]]\n  kind = \"sys.fail\"\n  cgroup = \"/system.slice/db.service\"\n  syscall = \"fsync\"\n  errno = \"EIO\"\n  after = \"10s\"\n  max-injections = 100\n\nExamples:\n  chaos apply faults.toml\n  chaos apply faults.toml --dry-run\n  chaos apply faults.toml --json")]
     Apply(ApplyArgs),
-    /// Measure a cgroup's syscalls (calls, errors by errno, latency p50/p90/p99), live and summed
-    /// at the end.
+    /// Measure a cgroup's syscalls (calls, errors by errno, latency p50/p90/p99) and traffic
+    /// (packets, bytes, TCP retransmissions), live and summed at the end.
     #[command(after_help = "Examples:\n  chaos observe --cgroup /system.slice/api.service\n  chaos observe --pid 4242 --syscall %file,connect --for 30s --json")]
     Observe(crate::observe::ObserveArgs),
     /// List the sessions running on this host: faults, targets, time left, live counters.

@@ -317,6 +317,15 @@ pub fn start_chaos_env(args: &[String], env: &[(&str, &str)]) -> Proc {
     p
 }
 
+/// Runs `chaos observe ARGS` with RUST_LOG=info; returns once it observes.
+pub fn start_observe(args: &[&str]) -> Proc {
+    let mut cmd = Command::new(chaos_bin());
+    cmd.arg("observe").args(args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut p = Proc::new(cmd.spawn().expect("spawning chaos observe"), format!("chaos observe {}", args.join(" ")));
+    p.wait_for("chaos: observing", START);
+    p
+}
+
 /// A UDP packet fault frozen before its deadline: `chaos net FLAGS --proto udp --for LIFETIME
 /// --json` on the sandbox's target, stopped by SIGSTOP once it injects, so only the kernel can end
 /// the fault. Returns chaos and the moment the fault started.

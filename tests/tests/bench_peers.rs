@@ -648,15 +648,7 @@ fn observe_cost() {
         let (mut target, mut by) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             let (base, base_by) = (us(&cg), us(&bystander));
-            let child = Command::new(chaos_bin())
-                .args(["observe", "--cgroup", &cg.path.display().to_string(), "--json"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("chaos observe");
-            let mut observe = Proc::new(child, "chaos observe".into());
-            observe.wait_for("chaos: observing", START);
+            let observe = start_observe(&["--cgroup", &cg.path.display().to_string(), "--json"]);
             let (t, b) = (us(&cg), us(&bystander));
             let summary = stop_chaos(observe);
             assert!(summary["syscalls"].as_array().is_some_and(|r| !r.is_empty()), "the observation saw the loop: {summary}");

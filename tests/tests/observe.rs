@@ -1,7 +1,7 @@
 //! `chaos observe`: a target's syscalls counted exactly (a bystander's never), its errors by
 //! errno, its time in the right latency bucket; and bad input refused.
 
-use std::{process::Command, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use chaos_tests::*;
 
@@ -29,15 +29,7 @@ fn observe_counts_a_targets_calls_exactly_with_errors_and_latency() {
     let here = dir.display().to_string();
     let loops = |place| [caller(&sb, place, "getppid", &here, 1000), caller(&sb, place, "open", &missing, 50), caller(&sb, place, "nanosleep", &here, 20)];
     let (target, bystander) = (loops(Place::Target), loops(Place::Bystander));
-    let child = Command::new(chaos_bin())
-        .args(["observe", "--cgroup", &cg, "--json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning chaos observe");
-    let mut observe = Proc::new(child, "chaos observe".into());
-    observe.wait_for("chaos: observing", START);
+    let observe = start_observe(&["--cgroup", &cg, "--json"]);
     for p in target.into_iter().chain(bystander) {
         let mut p = p;
         p.go();
@@ -79,15 +71,7 @@ fn observe_refuses_bad_input_with_the_reason() {
 fn observe_counts_a_targets_traffic_and_retransmissions() {
     let sb = Sandbox::new();
     let cg = sb.cgroup.path.display().to_string();
-    let child = Command::new(chaos_bin())
-        .args(["observe", "--cgroup", &cg, "--json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning chaos observe");
-    let mut observe = Proc::new(child, "chaos observe".into());
-    observe.wait_for("chaos: observing", START);
+    let observe = start_observe(&["--cgroup", &cg, "--json"]);
     let bytes: u64 = 1 << 20;
     let send = |place, port: u16| {
         let mut sink = sb.spawn(Place::Server, &["tcp-sink", "--bind", &format!("0.0.0.0:{port}")]);
@@ -120,16 +104,8 @@ fn observe_counts_a_targets_traffic_and_retransmissions() {
 fn nothing_of_an_observation_stays_after_sigkill() {
     let sb = Sandbox::new();
     let cg = sb.cgroup.path.display().to_string();
-    let child = Command::new(chaos_bin())
-        .args(["observe", "--cgroup", &cg])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning chaos observe");
-    let mut observe = Proc::new(child, "chaos observe".into());
-    let (programs, links) = attached_ids(&observe.wait_for("attached:", START));
+    let mut observe = start_observe(&["--cgroup", &cg]);
+    let (programs, links) = attached_ids(&observe.wait_for("attached:", Duration::from_secs(5)));
     assert_eq!((programs.len(), links.len()), (5, 5), "sys_enter, sys_exit, egress, ingress, sock_ops: {programs:?} {links:?}");
     assert!(still_loaded(&programs, &links).len() == 10, "live while observing");
     observe.signal(libc::SIGKILL);

@@ -77,7 +77,7 @@ pub struct SysFailArgs {
     /// syscall; auto picks the first this kernel offers. `chaos sys syscalls` shows the choice.
     #[arg(long, value_enum, default_value_t = SysBackend::Auto)]
     pub backend: SysBackend,
-    /// Only the opens of files under this directory or file (absolute, in the target's own view:
+    /// Only the opens (mmaps, ioctls) of files under this directory or file (absolute, in the target's own view:
     /// a container's root is its own), resolved by the kernel (symlinks, `..`, relative paths
     /// and descriptors included). The open family, mmap and ioctl, through the BPF LSM.
     #[arg(long, value_name = "PREFIX", value_parser = parse_path_prefix)]
