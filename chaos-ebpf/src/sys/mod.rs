@@ -77,10 +77,11 @@ fn decide_call_on(hook: u32, nr: impl FnOnce() -> u32, path: &mut impl CallPath)
 
 /// Hooks that run before the call does its work (so refusing it and making it again is the same
 /// as making it once, later): every hook but the `file_open` ones, which run once a created file
-/// exists, and the exit.
+/// exists, `task_kill` (a signal to a group may have reached some of it), and the exit. As
+/// chaos-user's `lsm_refusers` has it.
 #[inline(always)]
 const fn restartable(hook: u32) -> bool {
-    hook != HOOK_FILE_OPEN && hook != HOOK_SYS_ENTER && hook != HOOK_SYS_EXIT
+    hook != HOOK_FILE_OPEN && hook != HOOK_LSM_TASK_KILL && hook != HOOK_SYS_ENTER && hook != HOOK_SYS_EXIT
 }
 
 #[inline(always)]
