@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::{
     error::{Error, Result},
-    faults::sys::{errno_name, syscall_number, syscall_set},
+    faults::sys::{errno_name, resolve_syscalls},
     kernel::Kernel,
     target::Cgroup,
     unsupported, usage,
@@ -204,28 +204,9 @@ pub fn net_line(n: &NetStats) -> String {
     )
 }
 
-/// The syscall numbers `--syscall` names (empty: all).
-fn wanted(names: &[String]) -> Result<Vec<u32>> {
-    let mut out = Vec::new();
-    for n in names {
-        if n.starts_with('%') {
-            for s in syscall_set(n)? {
-                out.push(syscall_number(s)?);
-            }
-        } else {
-            out.push(syscall_number(n)?);
-        }
-    }
-    Ok(out)
-}
-
 pub fn run(args: ObserveArgs) -> Result<()> {
-    let only = wanted(&args.syscalls)?;
-    let cgroup = match (&args.target.cgroup, args.target.pid) {
-        (Some(path), _) => Cgroup::from_arg(path)?,
-        (None, Some(pid)) => Cgroup::of_pid(pid)?,
-        (None, None) => return Err(usage!("give --cgroup PATH or --pid PID: whose syscalls to observe")),
-    };
+    let only: Vec<u32> = resolve_syscalls(&args.syscalls)?.into_iter().map(|(_, nr)| nr).collect();
+    let cgroup = Cgroup::of_target(args.target.cgroup.as_deref(), args.target.pid)?;
     crate::privileges::check()?;
     let mut kernel = Kernel::load(false)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Other(e.into()))?;

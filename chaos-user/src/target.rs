@@ -110,6 +110,15 @@ impl Cgroup {
         Cgroup::at(&mount, path)
     }
 
+    /// `--cgroup PATH` or `--pid PID`, whichever was given.
+    pub fn of_target(cgroup: Option<&Path>, pid: Option<u32>) -> Result<Cgroup> {
+        match (cgroup, pid) {
+            (Some(p), _) => Cgroup::from_arg(p),
+            (None, Some(pid)) => Cgroup::of_pid(pid),
+            (None, None) => Err(usage!("give a target: --cgroup PATH or --pid PID")),
+        }
+    }
+
     /// `--pid PID`: the cgroup v2 directory the process is in.
     pub fn of_pid(pid: u32) -> Result<Cgroup> {
         let mount = cgroup2_mount()?;

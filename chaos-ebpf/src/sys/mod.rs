@@ -15,11 +15,8 @@ use aya_ebpf::{
 };
 use chaos_common::{
     Action, Family, KernelError, MAX_RULES, Rule,
-    sys::{
-        COUNT_PROCESS, COUNT_THREAD, CallKey, CallRecord, HOOK_BIND, HOOK_CONNECT, HOOK_FILE_OPEN, HOOK_GETSOCKOPT, HOOK_SENDMSG, HOOK_SETSOCKOPT,
-        ERESTARTNOINTR, HELD_AT_ENTRY, HELD_RESTARTING, HOOK_SOCKET, HOOK_SYS_ENTER, HOOK_SYS_EXIT, HOOK_SYSCALL, HoldRecord, RULES_PER_CALL,
-        SysMatch, held_call, *,
-    },
+    // Every hook id, the call keys and records, `--when` and `--path` matching.
+    sys::*,
 };
 
 use core::hint::black_box;

@@ -289,20 +289,7 @@ impl SysCallArgs {
     /// The syscalls with their x86_64 numbers, each once (a set's syscalls in its place), or a
     /// usage error naming close matches.
     pub fn calls(&self) -> crate::error::Result<Vec<(String, u32)>> {
-        let mut out: Vec<(String, u32)> = Vec::new();
-        for given in &self.syscalls {
-            let names: Vec<String> = match given.strip_prefix('%') {
-                Some(_) => syscall_set(given)?.iter().map(|s| s.to_string()).collect(),
-                None => vec![given.clone()],
-            };
-            for name in names {
-                let nr = syscall_number(&name)?;
-                if !out.iter().any(|(n, _)| *n == name) {
-                    out.push((name, nr));
-                }
-            }
-        }
-        Ok(out)
+        resolve_syscalls(&self.syscalls)
     }
 
     /// What every syscall rule holds: the action, how often, which call it is named by (`hook`,
@@ -354,6 +341,25 @@ impl SysCallArgs {
             }
         }
     }
+}
+
+/// Syscall names and strace's sets (`%file`) as (name, x86_64 number), each once, a set's
+/// syscalls in its place; or a usage error naming close matches.
+pub fn resolve_syscalls(given: &[String]) -> crate::error::Result<Vec<(String, u32)>> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for given in given {
+        let names: Vec<String> = match given.strip_prefix('%') {
+            Some(_) => syscall_set(given)?.iter().map(|s| s.to_string()).collect(),
+            None => vec![given.clone()],
+        };
+        for name in names {
+            let nr = syscall_number(&name)?;
+            if !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, nr));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A syscall's x86_64 number by name (the `syscalls` crate's table), or a usage error that

@@ -109,11 +109,9 @@ impl Types<'_> {
     }
 }
 
-/// Where `f_path` lies in the running kernel's `struct file` (its BTF, /sys/kernel/btf/vmlinux),
-/// read once per process.
+/// Where `f_path` lies in the running kernel's `struct file` (its BTF, `super::vmlinux_btf_bytes`).
 pub fn file_f_path_offset() -> Option<u32> {
-    static OFFSET: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    *OFFSET.get_or_init(|| member_offset(&std::fs::read("/sys/kernel/btf/vmlinux").ok()?, "file", "f_path"))
+    member_offset(super::vmlinux_btf_bytes().ok()?, "file", "f_path")
 }
 
 #[cfg(test)]

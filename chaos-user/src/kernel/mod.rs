@@ -477,7 +477,14 @@ pub fn wait_for_coarse_clock(t: u64) {
 /// probe, every LSM, fmod_ret and tp_btf attachment, and the backend choice share it.
 pub fn vmlinux_btf() -> Result<&'static aya::Btf, String> {
     static BTF: std::sync::OnceLock<Result<aya::Btf, String>> = std::sync::OnceLock::new();
-    BTF.get_or_init(|| aya::Btf::from_sys_fs().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
+    BTF.get_or_init(|| aya::Btf::parse(vmlinux_btf_bytes()?, object::Endianness::default()).map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
+}
+
+/// The raw bytes of the kernel's BTF, read once per process: aya parses them for attaching, and
+/// `btf_member` finds struct members in them.
+pub fn vmlinux_btf_bytes() -> Result<&'static [u8], String> {
+    static BYTES: std::sync::OnceLock<Result<Vec<u8>, String>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| format!("reading /sys/kernel/btf/vmlinux: {e}"))).as_deref().map_err(Clone::clone)
 }
 
 /// Whether the kernel's BTF describes function `name` (None without BTF). fmod_ret attaches by

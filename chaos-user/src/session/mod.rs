@@ -85,12 +85,7 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
             ));
         }
         let t = &spec.args.target;
-        let cg = match (&t.cgroup, t.pid) {
-            (Some(p), _) => Cgroup::from_arg(p),
-            (None, Some(pid)) => Cgroup::of_pid(pid),
-            (None, None) => Err(usage!("give a target: --cgroup PATH or --pid PID")),
-        }
-        .map_err(|e| prefixed(&spec.at(), e))?;
+        let cg = Cgroup::of_target(t.cgroup.as_deref(), t.pid).map_err(|e| prefixed(&spec.at(), e))?;
         if let Some(own) = &own
             && cg.contains(own)
             && !spec.args.force
