@@ -686,3 +686,50 @@ fn path_fails_only_the_opens_under_the_prefix() {
     assert_eq!(counter(&summary, 0, "failed"), 25, "the kernel counted exactly the failures: {summary}");
     assert!(summary["rules"][0]["description"].as_str().is_some_and(|d| d.contains(&format!("under {prefix}"))), "{summary}");
 }
+
+/// The LSM hooks end as every hook does: with chaos frozen (SIGSTOP) a rule stops failing calls
+/// at its deadline, by the kernel's own clock; after SIGKILL nothing of them stays attached and
+/// the calls succeed again. (Where the kernel has no BPF LSM, `lsm_hooks_fail_exactly_the_calls_when_selects`
+/// checks the refusal.)
+#[test]
+fn lsm_hooks_end_at_their_deadline_and_go_with_a_killed_chaos() {
+    if !lane_has("bpf_lsm") {
+        eprintln!("no BPF LSM on the {} lane", lane());
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let dir = std::env::temp_dir().join(unique("chaos-lsm-end-"));
+    let _cleanup = RemoveOnDrop(dir.clone());
+    // Five mkdirs by a new process in the target (its exec makes no mkdir): how many succeeded.
+    let mkdirs = |name: &str| {
+        let own = dir.join(name);
+        std::fs::create_dir_all(&own).expect("loop directory");
+        let own = own.display().to_string();
+        sb.spawn(Place::Target, &["syscall-loop", "--same-thread", "--call", "mkdir", "--path", &own, "--count", "5"]).json(Duration::from_secs(60))["ok"]
+            .as_u64()
+            .unwrap_or(u64::MAX)
+    };
+    let args = |lifetime: &str| ["sys", "fail", "--cgroup", &cg, "--syscall", "mkdir", "--errno", "EPERM", "--backend", "lsm", "--for", lifetime, "--json"].map(String::from);
+
+    let lifetime = Duration::from_secs(8);
+    let chaos = start_chaos(&args("8s"));
+    let started = std::time::Instant::now();
+    chaos.signal(libc::SIGSTOP);
+    assert_eq!(mkdirs("before"), 0, "before the deadline every mkdir fails");
+    still_before(started, lifetime, "the first mkdirs");
+    sleep_past(started, lifetime);
+    assert_eq!(mkdirs("after"), 5, "after the deadline none does, chaos still frozen");
+    chaos.signal(libc::SIGCONT);
+    let summary = chaos.json(Duration::from_secs(30));
+    assert_eq!(counter(&summary, 0, "failed"), 5, "{summary}");
+
+    let mut chaos = start_chaos(&args("60s"));
+    let (programs, links) = attached_ids(&chaos.wait_for("attached:", Duration::from_secs(5)));
+    assert_eq!(mkdirs("live"), 0, "the fault is live before the kill");
+    chaos.signal(libc::SIGKILL);
+    let _ = chaos.finish(Duration::from_secs(10));
+    assert_all_gone(&programs, &links, "after SIGKILL");
+    assert_eq!(mkdirs("killed"), 5, "mkdir works again after SIGKILL");
+}
