@@ -37,6 +37,10 @@ pub enum Command {
     /// Run every fault of a fault file in one session, until the last one ends.
     #[command(after_help = "A fault file lists [[fault]] tables whose keys are the flags of the fault's command:\n\n  [[fault]]\n  kind = \"net.drop\"\n  cgroup = \"/system.slice/api.service\"\n  percent = 5\n  proto = \"udp\"\n  for = \"30s\"\n\n  [[fault]]\n  kind = \"sys.fail\"\n  cgroup = \"/system.slice/db.service\"\n  syscall = \"fsync\"\n  errno = \"EIO\"\n  after = \"10s\"\n  max-injections = 100\n\nExamples:\n  chaos apply faults.toml\n  chaos apply faults.toml --dry-run\n  chaos apply faults.toml --json")]
     Apply(ApplyArgs),
+    /// Run an experiment: probes define the steady state, faults are injected between a baseline
+    /// and a recovery phase, thresholds decide the verdict; writes report.json/.md/.html.
+    #[command(after_help = EXPERIMENT_HELP)]
+    Run(crate::experiment::RunArgs),
     /// Measure a cgroup's syscalls (calls, errors by errno, latency p50/p90/p99) and traffic
     /// (packets, bytes, TCP retransmissions), live and summed at the end.
     #[command(after_help = "Examples:\n  chaos observe --cgroup /system.slice/api.service\n  chaos observe --pid 4242 --syscall %file,connect --for 30s --json")]
@@ -75,6 +79,8 @@ pub enum Command {
     },
 }
 
+const EXPERIMENT_HELP: &str = "An experiment file holds [experiment] (the phases), [[probe]] (the steady state: an HTTP GET, a TCP connect or a command), [[observe]] (a cgroup's syscalls), [[service]] (processes chaos starts in new cgroups for the run) and [[fault]] tables (as in `chaos apply`; `after` counts from the inject phase, `for` defaults to its end). Thresholds are \"METRIC OP VALUE\" with metrics error-rate, rate, p50, p90, p99:\n\n  [experiment]\n  baseline = \"10s\"\n  inject = \"20s\"\n  recovery = \"20s\"\n\n  [[probe]]\n  name = \"api\"\n  http = \"http://127.0.0.1:8080/health\"\n  steady = [\"error-rate < 1%\", \"p99 < 200ms\"]\n  abort = [\"error-rate > 50%\"]\n\n  [[fault]]\n  kind = \"net.drop\"\n  cgroup = \"/system.slice/db.service\"\n  percent = 10\n\nExit status: 0 the hypothesis held, 4 it was violated, 5 the run was aborted (an abort threshold, a steady state not met in the baseline, Ctrl-C or `chaos stop`); 2 a bad file, 3 a kernel that cannot.\n\nExamples:\n  chaos run experiments/breaker.toml\n  chaos run --check experiments/breaker.toml\n  chaos run experiments/breaker.toml --report out/ --json";
+
 /// Flags of a session, whatever its faults.
 #[derive(Args, Debug, Clone, Default)]
 pub struct SessionArgs {
@@ -88,6 +94,10 @@ pub struct SessionArgs {
     /// Resolve the targets, check the kernel and print what would attach; attach nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics while the session runs: per rule, matched
+    /// and injected; the faults active and the time left.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]

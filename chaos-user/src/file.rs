@@ -38,27 +38,77 @@ pub fn parse(
     command_for: &dyn Fn(&str) -> Option<Command>,
     kinds: &[&str],
 ) -> Result<Vec<FileFault>, FileError> {
+    Ok(parse_document(path, text, &[], command_for, kinds)?.faults)
+}
+
+/// A part of a file beside its `[[fault]]` tables: `[key]` (one table) or `[[key]]` (`many`),
+/// whose keys are the long flags of `command`, as a fault table's are its kind's.
+pub struct Section {
+    pub key: &'static str,
+    pub many: bool,
+    pub command: Command,
+}
+
+/// One table of a [`Section`]: clap's matches and the line of its header.
+#[derive(Debug, Clone)]
+pub struct SectionTable {
+    pub matches: ArgMatches,
+    pub line: usize,
+}
+
+/// A parsed file: its faults and, by section key, its other tables (in file order).
+#[derive(Debug, Default)]
+pub struct Document {
+    pub faults: Vec<FileFault>,
+    pub sections: std::collections::BTreeMap<&'static str, Vec<SectionTable>>,
+}
+
+/// Parses a file of `[[fault]]` tables and the `sections` given (an experiment file's
+/// `[experiment]`, `[[probe]]`, ...). At least one `[[fault]]` is required.
+pub fn parse_document(
+    path: &Path,
+    text: &str,
+    sections: &[Section],
+    command_for: &dyn Fn(&str) -> Option<Command>,
+    kinds: &[&str],
+) -> Result<Document, FileError> {
     let at = Locator { path, text };
     let root = DeTable::parse(text).map_err(|e| toml_error(&at, &e))?;
-
-    // Only `fault` may appear at the top level; anything else is most likely a typo or a key
-    // written above the first [[fault]] header.
+    let what = if sections.is_empty() { "a fault file" } else { "this file" };
+    let mut doc = Document::default();
     let mut fault = None;
     for (key, value) in in_source_order(root.get_ref()) {
-        if key.get_ref() != "fault" {
-            return Err(at.error(
-                key.span().start,
-                format!(
-                    "unknown top-level key `{}`; a fault file holds only `fault` arrays, written as [[fault]] tables",
-                    shown(key.get_ref())
-                ),
-            ));
+        let name = key.get_ref();
+        if name == "fault" {
+            fault = Some((key, value));
+            continue;
         }
-        fault = Some((key, value));
+        let Some(section) = sections.iter().find(|s| s.key == *name) else {
+            let mut valid: Vec<String> = sections.iter().map(|s| if s.many { format!("[[{}]]", s.key) } else { format!("[{}]", s.key) }).collect();
+            valid.push("[[fault]]".into());
+            let hint = closest(name, sections.iter().map(|s| s.key).chain(["fault"])).map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default();
+            let holds = if sections.is_empty() { "holds only `fault` arrays, written as [[fault]] tables".to_string() } else { format!("holds {}", valid.join(", ")) };
+            return Err(at.error(key.span().start, format!("unknown top-level key `{}`{hint}; {what} {holds}", shown(name))));
+        };
+        let header = if section.many { format!("[[{}]]", section.key) } else { format!("[{}]", section.key) };
+        let tables: Vec<&Value> = match (value.get_ref(), section.many) {
+            (DeValue::Array(items), true) => items.iter().collect(),
+            (DeValue::Table(_), false) => vec![value],
+            (other, _) => return Err(at.error(value.span().start, format!("`{}` is {}; expected {header}", section.key, a(other)))),
+        };
+        let mut parsed = Vec::new();
+        for table in tables {
+            let DeValue::Table(t) = table.get_ref() else {
+                return Err(at.error(table.span().start, format!("`{}` lists {}; expected {header} tables", section.key, a(table.get_ref()))));
+            };
+            let matches = table_matches(&at, table.span().start, &in_source_order(t), section.command.clone(), section.key, &header, section.key)?;
+            parsed.push(SectionTable { matches, line: at.line_col(table.span().start).0 });
+        }
+        doc.sections.insert(section.key, parsed);
     }
-    let no_fault = "no [[fault]] table; a fault file lists faults as [[fault]] tables";
+    let no_fault = format!("no [[fault]] table; {what} lists faults as [[fault]] tables");
     let Some((key, value)) = fault else {
-        return Err(at.error(0, no_fault.to_string()));
+        return Err(at.error(0, no_fault));
     };
     let DeValue::Array(tables) = value.get_ref() else {
         return Err(at.error(
@@ -70,12 +120,13 @@ pub fn parse(
         ));
     };
     if tables.is_empty() {
-        return Err(at.error(key.span().start, no_fault.to_string()));
+        return Err(at.error(key.span().start, no_fault));
     }
-    tables
+    doc.faults = tables
         .iter()
         .map(|table| parse_fault(&at, table, command_for, kinds))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(doc)
 }
 
 /// Turns one `[[fault]]` table into clap matches for its kind.
@@ -120,6 +171,22 @@ fn parse_fault(
             format!("unknown kind {kind:?}{hint}; expected one of: {known}"),
         ));
     };
+    let matches = table_matches(at, header, &entries, command, kind, "[[fault]]", "kind")?;
+    Ok(FileFault { kind: kind.to_string(), matches, line: at.line_col(header).0 })
+}
+
+/// Turns a table's entries (but `skip`, the kind) into clap matches for `command`. `label` names
+/// the table in messages ("net.drop", "probe"), `header` as written (`[[fault]]`).
+fn table_matches(
+    at: &Locator,
+    header: usize,
+    entries: &[(&Key, &Value)],
+    command: Command,
+    label: &str,
+    header_text: &str,
+    skip: &str,
+) -> Result<ArgMatches, FileError> {
+    let kind = label;
     // A table with only `kind` should get clap's "missing required" error, not its help page.
     let mut command = command.arg_required_else_help(false);
     // Building resolves each argument's action (SetTrue for plain flags) and is idempotent.
@@ -143,22 +210,17 @@ fn parse_fault(
 
     let mut argv = vec![kind.to_string()];
     let mut used = Vec::new();
-    for (key, value) in &entries {
-        if key.get_ref() == "kind" {
+    for (key, value) in entries {
+        if key.get_ref() == skip {
             continue;
         }
         let flag = find_flag(at, kind, &flags, key)?;
         used.push(push_flag(at, flag, key, value, &mut argv)?);
     }
 
-    match command.try_get_matches_from_mut(&argv) {
-        Ok(matches) => Ok(FileFault {
-            kind: kind.to_string(),
-            matches,
-            line: at.line_col(header).0,
-        }),
-        Err(err) => Err(clap_error(at, header, kind, &used, &err)),
-    }
+    command
+        .try_get_matches_from_mut(&argv)
+        .map_err(|err| clap_error(at, header, kind, header_text, &used, &err))
 }
 
 /// A long flag of the kind's command, i.e. a key a table may hold.
@@ -297,11 +359,12 @@ fn clap_error(
     at: &Locator,
     header: usize,
     kind: &str,
+    header_text: &str,
     used: &[Used],
     err: &clap::Error,
 ) -> FileError {
     if err.kind() == ErrorKind::MissingRequiredArgument
-        && let Some(message) = missing_message(err, kind)
+        && let Some(message) = missing_message(err, kind, header_text)
     {
         return at.error(header, message);
     }
@@ -331,7 +394,7 @@ fn clap_error(
 
 /// "missing required key(s) for KIND: `a`, one of `b` or `c`; ..." from clap's list of missing
 /// arguments ("--a <A>", "<--b <B>|--c <C>>"). None if an entry is not a long flag.
-fn missing_message(err: &clap::Error, kind: &str) -> Option<String> {
+fn missing_message(err: &clap::Error, kind: &str, header_text: &str) -> Option<String> {
     let Some(ContextValue::Strings(missing)) = err.get(ContextKind::InvalidArg) else {
         return None;
     };
@@ -356,7 +419,7 @@ fn missing_message(err: &clap::Error, kind: &str) -> Option<String> {
         ("keys", "them")
     };
     Some(format!(
-        "missing required {keys} for {kind}: {}; add {them} to this [[fault]] table",
+        "missing required {keys} for {kind}: {}; add {them} to this {header_text} table",
         items.join(", ")
     ))
 }
@@ -769,7 +832,7 @@ errno = "EIO"
         ),
         (
             "[[fault]]\nkind = \"sys.fail\"\npid = 1\nsyscall = \"read\"\nerrno = \"EIO\"\n\n[faults]\n",
-            "faults.toml:7:2: unknown top-level key `faults`; a fault file holds only `fault` arrays, written as [[fault]] tables",
+            "faults.toml:7:2: unknown top-level key `faults` (did you mean `fault`?); a fault file holds only `fault` arrays, written as [[fault]] tables",
         ),
         (
             "fault = 1\n",

@@ -41,6 +41,10 @@ pub struct ObserveArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics: per syscall, calls, errors by errno and a
+    /// latency histogram; packets, bytes and TCP retransmissions (updated every --interval).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -212,6 +216,7 @@ pub fn run(args: ObserveArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Other(e.into()))?;
     let _guard = runtime.enter();
     let signals = crate::watch::Signals::register().map_err(|e| Error::Other(e.into()))?;
+    let metrics = args.metrics.map(crate::metrics::Exporter::serve).transpose()?;
     let observer = Observer::start(&mut kernel, std::slice::from_ref(&cgroup))?;
     let start = Instant::now();
     eprintln!("chaos: observing {} (Ctrl-C to stop)", cgroup.path.display());
@@ -234,6 +239,11 @@ pub fn run(args: ObserveArgs) -> Result<()> {
                 _ = sigterm.recv() => break "SIGTERM",
                 _ = sighup.recv() => break "SIGHUP",
                 _ = tick.tick() => {
+                    if let (Some(m), Ok(now)) = (metrics.as_ref(), kernel.observed()) {
+                        let mut f = crate::metrics::Families::default();
+                        f.observed(&now, std::slice::from_ref(&cgroup));
+                        m.publish(&f);
+                    }
                     if tty && let Ok(now) = kernel.observed() {
                         let delta = now.since(&last);
                         let rows = delta.rows(0, &only);

@@ -98,6 +98,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => crate::demo::run(args),
         Command::Observe(args) => crate::observe::run(args),
+        Command::Run(args) => match crate::experiment::run(args)? {
+            0 => Ok(()),
+            // The verdict's code, after every fault, service and cgroup of the run is gone.
+            code => std::process::exit(code),
+        },
         Command::Probe { json } => {
             privileges::check()?;
             let report = crate::probe::probe()?;
@@ -198,6 +203,7 @@ pub fn run_session(specs: Vec<FaultSpec>, args: &SessionArgs, mut command: Optio
         let view = plan.view();
         return print_report(args.json, &view, || view.text());
     }
+    let metrics = args.metrics.map(crate::metrics::Exporter::serve).transpose()?;
     let swept = journal::sweep();
     if swept.undone > 0 {
         eprintln!("chaos: undid {} change(s) left by {} killed session(s)", swept.undone, swept.sessions);
@@ -205,7 +211,7 @@ pub fn run_session(specs: Vec<FaultSpec>, args: &SessionArgs, mut command: Optio
     for r in &swept.refused {
         log::warn!("{r}");
     }
-    let mut session = Session::start(plan, &Options { log_packets: args.log_packets })?;
+    let mut session = Session::start(plan, &Options { log_packets: args.log_packets, ..Default::default() })?;
     let a = session.attached();
     let devices: Vec<String> = a.devices.iter().map(|d| format!("{}({})", d.ifname, d.mode)).collect();
     log::info!("attached: programs {:?} links {:?} devices [{}]", a.programs, a.links, devices.join(" "));
@@ -220,7 +226,7 @@ pub fn run_session(specs: Vec<FaultSpec>, args: &SessionArgs, mut command: Optio
     if let Some(run) = command.as_deref_mut() {
         run.start()?;
     }
-    let ended = rt.block_on(crate::watch::watch(&mut session, signals, command)).map_err(anyhow::Error::from)?;
+    let ended = rt.block_on(crate::watch::watch(&mut session, signals, command, metrics.as_ref())).map_err(anyhow::Error::from)?;
     let summary = session.finish(&ended.by, ended.elapsed)?;
     if ended.by == crate::watch::COMMAND_EXITED {
         let text = if args.json { serde_json::to_string(&summary).map_err(anyhow::Error::from)? + "\n" } else { summary.text() };

@@ -55,9 +55,19 @@ fn remove_tree(dir: &Path) {
             }
         }
     }
+    // The killed members may take a moment to leave (exiting under load).
     let start = Instant::now();
-    while std::fs::remove_dir(dir).is_err() && dir.exists() && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(20));
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(_) if !dir.exists() => return,
+            Err(e) if start.elapsed() > Duration::from_secs(15) => {
+                let members = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ");
+                log::warn!("cannot remove cgroup {}: {e} (members: [{members}])", dir.display());
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
     }
 }
 

@@ -43,7 +43,16 @@ impl Signals {
 /// Watches until the session's last deadline, read through the kernel's clock, so user space and
 /// the kernel agree on when the faults end however long attaching took.
 /// With `command` (`-- CMD`), the watch also ends when CMD exits.
-pub async fn watch(session: &mut Session, signals: Signals, mut command: Option<&mut crate::run::CommandRun>) -> std::io::Result<Ended> {
+/// With `metrics`, a snapshot of the rules' counters is published every second.
+pub async fn watch(session: &mut Session, signals: Signals, mut command: Option<&mut crate::run::CommandRun>, metrics: Option<&crate::metrics::Exporter>) -> std::io::Result<Ended> {
+    let publish = |session: &Session| {
+        if let Some(m) = metrics {
+            let mut f = crate::metrics::Families::default();
+            session.metrics(&mut f);
+            m.publish(&f);
+        }
+    };
+    publish(session);
     let start = Instant::now();
     let duration = Duration::from_nanos(session.end_ns().saturating_sub(monotonic_ns()));
     let deadline = tokio::time::Instant::now() + duration;
@@ -72,6 +81,7 @@ pub async fn watch(session: &mut Session, signals: Signals, mut command: Option<
                 }
                 if last_refresh.elapsed() >= REFRESH {
                     session.refresh();
+                    publish(session);
                     last_refresh = Instant::now();
                 }
                 if last_status.elapsed() >= status_every {

@@ -11,6 +11,7 @@ use std::{
 };
 
 mod dns;
+mod http_service;
 mod raw_calls;
 
 use anyhow::{Context, Result};
@@ -138,6 +139,9 @@ pub enum Workload {
         #[arg(long, default_value_t = 100_000)]
         packets: u64,
     },
+    /// An HTTP service answering GET /, optionally calling an rr-server upstream per request with
+    /// a timeout, a fallback and a circuit breaker (the experiments' services).
+    HttpService(http_service::HttpServiceArgs),
     /// Make requests to an rr-server at --rate per second; print a JSON line per --interval.
     RrClient {
         #[arg(long)]
@@ -185,6 +189,7 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         Workload::TcpSink { bind, max } => tcp_sink(bind, max),
         Workload::TcpSend { to, bytes, max } => tcp_send(to, bytes, max),
         Workload::RrServer { bind, max } => rr_server(bind, max),
+        Workload::HttpService(a) => http_service::run(a),
         Workload::RrClient { to, rate, duration, interval, timeout } => rr_client(to, rate, duration, interval, timeout),
         Workload::DnsServer { bind, max } => dns::server(bind, max),
         Workload::Resolve { name, count, resolv_conf } => dns::resolve(&name, count, resolv_conf.as_deref()),
@@ -345,7 +350,7 @@ fn syscall_loop(call: &str, path: Option<&std::path::Path>, to: Option<SocketAdd
     Ok(())
 }
 
-fn ready() {
+pub(crate) fn ready() {
     eprintln!("ready");
 }
 
@@ -709,7 +714,7 @@ fn rr_server(bind: SocketAddr, max: Duration) -> Result<()> {
 }
 
 /// One request: connect, send, read the answer. The time it took, or the error.
-fn rr_once(to: SocketAddr, timeout: Duration) -> std::io::Result<Duration> {
+pub(crate) fn rr_once(to: SocketAddr, timeout: Duration) -> std::io::Result<Duration> {
     let start = Instant::now();
     let mut c = TcpStream::connect_timeout(&to, timeout)?;
     let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(1));

@@ -9,8 +9,9 @@ use crate::{cache_dir, cmd};
 
 /// Debian packages the host lane uses: iproute2 for the tests' network namespaces and veth
 /// pairs, util-linux (setpriv) to drop capabilities in the exit-3 test, bind9-dnsutils for `dig`,
-/// one of the resolver clients the DNS-fault test reads the kernel's answers with.
-pub const HOST_PACKAGES: &[&str] = &["iproute2", "util-linux", "bind9-dnsutils"];
+/// one of the resolver clients the DNS-fault test reads the kernel's answers with; chromium, in
+/// which a test renders an experiment's HTML report headless.
+pub const HOST_PACKAGES: &[&str] = &["iproute2", "util-linux", "bind9-dnsutils", "chromium"];
 
 /// Debian packages the VM lanes use: qemu; busybox, iproute2 and util-linux (setpriv) to copy into
 /// the guest; kmod for depmod; binutils to strip the guest's binaries; cpio to inspect an initramfs.

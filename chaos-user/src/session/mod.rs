@@ -323,6 +323,9 @@ impl PlanView {
 pub struct Options {
     /// Log each injection through aya-log (`--log-packets`).
     pub log_packets: bool,
+    /// Attach everything but start no rule until [`Session::begin`] (an experiment's baseline runs
+    /// with the programs in place and idle, so the inject phase starts on time).
+    pub deferred: bool,
 }
 
 /// A running session.
@@ -417,8 +420,15 @@ impl Session {
             s.teardown();
             return Err(e);
         }
-        s.set_windows()?;
+        if !opts.deferred {
+            s.set_windows()?;
+        }
         Ok(s)
+    }
+
+    /// Starts every rule's window now (each after its `after`): for a session started deferred.
+    pub fn begin(&mut self) -> Result<()> {
+        self.set_windows()
     }
 
     /// `sys.delay`: journals each target whose processes its rules stop (so a guardian continues
@@ -550,6 +560,24 @@ impl Session {
             }
         }
         t
+    }
+
+    /// Each rule's counters and the session's state, for `--metrics`.
+    pub fn metrics(&self, f: &mut crate::metrics::Families) {
+        let now = monotonic_ns();
+        let mut active = 0;
+        for (i, p) in self.plan.faults.iter().enumerate() {
+            let Ok(c) = self.kernel.counters(i as u32) else { continue };
+            let (rule, kind, cgroup) = (i.to_string(), p.spec.fault.kind().to_string(), self.plan.targets[p.target].path.display().to_string());
+            let l = [("session", self.id.as_str()), ("rule", rule.as_str()), ("kind", kind.as_str()), ("cgroup", cgroup.as_str())];
+            f.counter("chaos_rule_matched_total", "Events (packets, calls) of the target that matched the rule while it was live.", &l, c.matched as f64);
+            f.counter("chaos_rule_injected_total", "Events the rule's fault was done to.", &l, c.injected as f64);
+            active += u32::from(self.windows.get(i).is_some_and(|w| w.0 <= now && now < w.1));
+        }
+        let l = [("session", self.id.as_str())];
+        f.gauge("chaos_session_faults_active", "Rules whose window is open now.", &l, active as f64);
+        let left = self.end_ns().saturating_sub(now) as f64 / 1e9;
+        f.gauge("chaos_session_seconds_left", "Seconds until the session's last rule ends.", &l, left);
     }
 
     pub fn attached(&self) -> Attached {
