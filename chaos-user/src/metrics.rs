@@ -197,4 +197,38 @@ mod tests {
         assert!(text.contains("chaos_syscall_duration_seconds_count{syscall=\"read\"} 3"), "{text}");
         assert_eq!(text.matches("# TYPE chaos_rule_injected_total").count(), 1, "one family per name");
     }
+
+    /// Every metric the Grafana dashboard queries is one chaos serves (by its name in the code
+    /// that publishes it).
+    #[test]
+    fn the_dashboard_queries_only_metrics_chaos_serves() {
+        let dashboard: serde_json::Value = serde_json::from_str(include_str!("../../dashboards/chaos.json")).expect("the dashboard is JSON");
+        let sources = [include_str!("metrics.rs"), include_str!("session/mod.rs"), include_str!("experiment/runner.rs")].concat();
+        let mut exprs = Vec::new();
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("expr" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
+                            _ => walk(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        walk(&dashboard, &mut exprs);
+        assert!(exprs.len() >= 12, "{exprs:?}");
+        let mut names = 0;
+        for e in &exprs {
+            for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("chaos_")) {
+                let name = ["_bucket", "_count", "_sum"].iter().fold(word, |w, suffix| w.strip_suffix(suffix).unwrap_or(w));
+                assert!(sources.contains(&format!("\"{name}\"")), "the dashboard queries {word}, which chaos does not serve");
+                names += 1;
+            }
+        }
+        assert!(names >= 12);
+    }
 }

@@ -11,8 +11,10 @@ use std::{
 };
 
 mod dns;
+mod http_client;
 mod http_service;
 mod raw_calls;
+mod retry_client;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -142,6 +144,11 @@ pub enum Workload {
     /// An HTTP service answering GET /, optionally calling an rr-server upstream per request with
     /// a timeout, a fallback and a circuit breaker (the experiments' services).
     HttpService(http_service::HttpServiceArgs),
+    /// Users of an HTTP service: --workers each GET --url, wait for the answer, pause --every.
+    HttpClient(http_client::HttpClientArgs),
+    /// Clients of an rr-server that retry by a policy (immediate, backoff, breaker): the
+    /// retry-storm experiment's.
+    RetryClient(retry_client::RetryClientArgs),
     /// Make requests to an rr-server at --rate per second; print a JSON line per --interval.
     RrClient {
         #[arg(long)]
@@ -190,6 +197,8 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         Workload::TcpSend { to, bytes, max } => tcp_send(to, bytes, max),
         Workload::RrServer { bind, max } => rr_server(bind, max),
         Workload::HttpService(a) => http_service::run(a),
+        Workload::RetryClient(a) => retry_client::run(a),
+        Workload::HttpClient(a) => http_client::run(a),
         Workload::RrClient { to, rate, duration, interval, timeout } => rr_client(to, rate, duration, interval, timeout),
         Workload::DnsServer { bind, max } => dns::server(bind, max),
         Workload::Resolve { name, count, resolv_conf } => dns::resolve(&name, count, resolv_conf.as_deref()),

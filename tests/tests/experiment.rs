@@ -22,6 +22,8 @@ fn examples() -> PathBuf {
 const EXAMPLES: &[(&str, &str)] = &[
     ("breaker.toml", include_str!("../../experiments/breaker.toml")),
     ("disk-errors.toml", include_str!("../../experiments/disk-errors.toml")),
+    ("bulkhead.toml", include_str!("../../experiments/bulkhead.toml")),
+    ("retry-storm.toml", include_str!("../../experiments/retry-storm.toml")),
 ];
 
 fn example(name: &str) -> &'static str {
@@ -391,5 +393,50 @@ fn a_killed_chaos_run_leaves_no_fault_and_no_service() {
     let (code, report, err) = run.run();
     assert!(code == 0 || code == 4, "the rerun ran to a verdict: {code} {err:?}");
     assert!(rule0(&report).1 > 0);
+    run.assert_cleaned_up();
+}
+
+#[test]
+fn bulkheads_keep_the_other_route_fast_and_without_them_it_waits() {
+    if !host_only("bulkhead") {
+        return;
+    }
+    let ports = &["18100", "18101", "18102"];
+    let with = Run::new("bulkhead.toml", ports, |t| t);
+    let without = Run::new("bulkhead.toml", ports, |t| t.replace(r#", "--bulkhead"]"#, "]"));
+    let (code, report, err) = with.run();
+    assert_eq!(code, 0, "bulkheads: held; stderr {err:?}\n{}", report["hypothesis"]);
+    let b = sample(&report, "b", "inject");
+    assert_eq!(b["errors"], 0, "{b}");
+    let a = sample(&report, "a", "inject");
+    assert!(a["error_rate"].as_f64().unwrap() > 50.0, "A's route fails while A is cut off: {a}");
+    assert!(rule0(&report).1 > 0);
+    with.assert_cleaned_up();
+
+    let (code, report, err) = without.run();
+    assert_eq!(code, 4, "one shared pool: violated; stderr {err:?}\n{}", report["hypothesis"]);
+    let broken: Vec<&Value> = report["hypothesis"].as_array().unwrap().iter().filter(|c| c["held"] == false).collect();
+    assert!(broken.iter().any(|c| c["source"] == "b" && c["threshold"] == "p99 < 100ms"), "B waited behind A: {broken:?}");
+    without.assert_cleaned_up();
+}
+
+#[test]
+fn the_retry_storm_example_measures_each_clients_load() {
+    if !host_only("retry storm") {
+        return;
+    }
+    let run = Run::new("retry-storm.toml", &["18111"], |t| t);
+    let (code, report, err) = run.run();
+    assert_eq!(code, 0, "the fixes bound the load: held; stderr {err:?}\n{}", report["hypothesis"]);
+    // The load each client put on the server (its connect calls per second, counted by the
+    // kernel in its cgroup) during the fault, against its steady state.
+    let load = |name: &str| sample(&report, name, "inject")["rate"].as_f64().unwrap() / sample(&report, name, "baseline")["rate"].as_f64().unwrap();
+    let (immediate, backoff, breaker) = (load("immediate"), load("backoff"), load("breaker"));
+    // Up to 5 tries per request: the storm.
+    assert!(immediate > 3.0, "immediate retries amplify the load: ×{immediate:.2}");
+    assert!(backoff < 1.5 && breaker < backoff, "each fix bounds it: immediate ×{immediate:.2}, backoff ×{backoff:.2}, breaker ×{breaker:.2}");
+    let (matched, injected) = rule0(&report);
+    assert!(injected > 0 && injected == matched, "every packet of the server dropped: {injected}/{matched}");
+    assert!(std::fs::read_to_string(run.report.join("report.md")).unwrap().contains("vs baseline"));
     run.assert_cleaned_up();
 }

@@ -205,13 +205,16 @@ impl Report {
     fn signals_table(&self) -> Table {
         let mut rows = Vec::new();
         for s in &self.sources {
+            let base = s.phases.get("baseline").map_or(0.0, |b| b.rate);
             for p in &self.phases {
                 if let Some(x) = s.phases.get(&p.name) {
+                    let ratio = if base > 0.0 { format!("×{:.2}", x.rate / base) } else { "-".into() };
                     rows.push(vec![
                         s.name.clone(),
                         p.name.clone(),
                         x.count.to_string(),
                         format!("{:.1}", x.rate),
+                        ratio,
                         x.errors.to_string(),
                         format!("{:.2}%", x.error_rate),
                         ms(x.p50_ms),
@@ -221,7 +224,7 @@ impl Report {
                 }
             }
         }
-        Table { head: vec!["source", "phase", "count", "rate/s", "errors", "error rate", "p50", "p90", "p99"], rows }
+        Table { head: vec!["source", "phase", "count", "rate/s", "vs baseline", "errors", "error rate", "p50", "p90", "p99"], rows }
     }
 
     /// Per observed cgroup: each syscall before, during and after (the 15 with most time in the

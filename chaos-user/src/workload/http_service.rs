@@ -1,8 +1,9 @@
-//! `chaos workload http-service`: the small HTTP service of the experiments. It answers `GET /`;
-//! with an upstream (an rr-server) each request first makes one call there, and the service's
-//! resilience is set by flags: a timeout on the call, a fallback answer when it fails, and a
-//! circuit breaker that stops calling a failing upstream for a while. The experiments compare
-//! these settings under the same fault.
+//! `chaos workload http-service`: the small HTTP service of the experiments. It answers GET; with
+//! an upstream (an rr-server) for the path, each request first makes one call there, and the
+//! service's resilience is set by flags: a timeout on the call, a fallback answer when it fails, a
+//! circuit breaker that stops calling a failing upstream for a while, and bulkheads (a worker pool
+//! per upstream instead of one shared pool). The experiments compare these settings under the
+//! same fault.
 
 use std::{
     net::SocketAddr,
@@ -17,9 +18,16 @@ use clap::Args;
 pub struct HttpServiceArgs {
     #[arg(long)]
     pub bind: SocketAddr,
-    /// Make one call to the rr-server here per request.
+    /// Make one call to the rr-server here per request (of any path without a --route).
     #[arg(long)]
     pub upstream: Option<SocketAddr>,
+    /// GET PATH calls the rr-server at ADDR (PATH=ADDR; repeatable).
+    #[arg(long, value_name = "PATH=ADDR", value_parser = parse_route)]
+    pub route: Vec<(String, SocketAddr)>,
+    /// A pool of --workers per route (and one for the rest) instead of one pool for all: a slow
+    /// upstream then holds only its own route's workers.
+    #[arg(long)]
+    pub bulkhead: bool,
     /// How long the upstream call may take.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -36,7 +44,7 @@ pub struct HttpServiceArgs {
     /// journal); a failed write gives 503, or with --fallback 200 "buffered" (kept in memory).
     #[arg(long, value_name = "PATH")]
     pub write: Option<std::path::PathBuf>,
-    /// Requests served at once.
+    /// Requests served at once (per pool).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub workers: u32,
     /// Exit after this long.
@@ -47,7 +55,7 @@ pub struct HttpServiceArgs {
 /// A circuit breaker: closed (calls go through), open until an instant (calls skipped), and
 /// half-open once that passed (one trial call; success closes it, failure opens it again).
 #[derive(Debug, Default)]
-struct Breaker {
+pub(super) struct Breaker {
     failures: u32,
     open_until: Option<Instant>,
     trial: bool,
@@ -55,7 +63,7 @@ struct Breaker {
 
 impl Breaker {
     /// Whether this request may call the upstream.
-    fn allow(&mut self, now: Instant) -> bool {
+    pub(super) fn allow(&mut self, now: Instant) -> bool {
         match self.open_until {
             None => true,
             Some(t) if now >= t && !self.trial => {
@@ -66,7 +74,7 @@ impl Breaker {
         }
     }
 
-    fn record(&mut self, ok: bool, threshold: u32, open_for: Duration, now: Instant) {
+    pub(super) fn record(&mut self, ok: bool, threshold: u32, open_for: Duration, now: Instant) {
         self.trial = false;
         if ok {
             self.failures = 0;
@@ -80,11 +88,21 @@ impl Breaker {
     }
 }
 
+fn parse_route(s: &str) -> Result<(String, SocketAddr), String> {
+    let (path, addr) = s.split_once('=').ok_or_else(|| format!("'{s}' is not PATH=ADDR"))?;
+    Ok((path.to_string(), addr.parse().map_err(|e| format!("'{addr}': {e}"))?))
+}
+
+/// A worker pool's queue.
+type Queue = Arc<Mutex<std::sync::mpsc::Receiver<tiny_http::Request>>>;
+
 pub fn run(a: HttpServiceArgs) -> Result<()> {
-    let server = Arc::new(tiny_http::Server::http(a.bind).map_err(|e| anyhow::anyhow!("binding {}: {e}", a.bind))?);
-    super::ready();
+    let server = tiny_http::Server::http(a.bind).map_err(|e| anyhow::anyhow!("binding {}: {e}", a.bind))?;
     let start = Instant::now();
-    let breaker = Arc::new(Mutex::new(Breaker::default()));
+    // Route i (and the default, last) with its own breaker.
+    let mut routes: Vec<(String, Option<SocketAddr>)> = a.route.iter().map(|(p, u)| (p.clone(), Some(*u))).collect();
+    routes.push(("*".into(), a.upstream));
+    let breakers: Arc<Vec<Mutex<Breaker>>> = Arc::new(routes.iter().map(|_| Mutex::new(Breaker::default())).collect());
     let journal = match &a.write {
         Some(p) => {
             let f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(p).map_err(|e| anyhow::anyhow!("opening {}: {e}", p.display()))?;
@@ -92,28 +110,50 @@ pub fn run(a: HttpServiceArgs) -> Result<()> {
         }
         None => None,
     };
-    let workers: Vec<_> = (0..a.workers)
-        .map(|_| {
-            let (server, breaker, a, journal) = (server.clone(), breaker.clone(), a.clone(), journal.clone());
-            std::thread::spawn(move || {
-                while start.elapsed() < a.max {
-                    let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(100)) else { continue };
-                    let (code, body) = answer(&a, &breaker, journal.as_deref());
+    // One pool, or one per route: the pool a request goes to is its route's index (or 0).
+    let pools = if a.bulkhead { routes.len() } else { 1 };
+    let mut senders = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..pools {
+        let (tx, rx) = std::sync::mpsc::channel::<tiny_http::Request>();
+        senders.push(tx);
+        let queue: Queue = Arc::new(Mutex::new(rx));
+        for _ in 0..a.workers {
+            let (queue, breakers, a, journal, routes) = (queue.clone(), breakers.clone(), a.clone(), journal.clone(), routes.clone());
+            workers.push(std::thread::spawn(move || {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(req) = next else { break };
+                    let r = route_of(&routes, req.url());
+                    let (code, body) = answer(&a, routes[r].1, &breakers[r], journal.as_deref());
                     let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(code));
                 }
-            })
-        })
-        .collect();
+            }));
+        }
+    }
+    super::ready();
+    while start.elapsed() < a.max {
+        let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(100)) else { continue };
+        let pool = if a.bulkhead { route_of(&routes, req.url()) } else { 0 };
+        let _ = senders[pool].send(req);
+    }
+    drop(senders);
     for w in workers {
         w.join().map_err(|_| anyhow::anyhow!("a worker panicked"))?;
     }
     Ok(())
 }
 
+/// The index of the route for `url` (the default, last, if none names its path).
+fn route_of(routes: &[(String, Option<SocketAddr>)], url: &str) -> usize {
+    let path = url.split('?').next().unwrap_or(url);
+    routes.iter().position(|(p, _)| p == path).unwrap_or(routes.len() - 1)
+}
+
 /// The journal: the file and where its next line goes.
 type Journal = Mutex<(std::fs::File, u64)>;
 
-fn answer(a: &HttpServiceArgs, breaker: &Mutex<Breaker>, journal: Option<&Journal>) -> (u16, &'static str) {
+fn answer(a: &HttpServiceArgs, upstream: Option<SocketAddr>, breaker: &Mutex<Breaker>, journal: Option<&Journal>) -> (u16, &'static str) {
     if let Some(j) = journal {
         use std::os::unix::fs::FileExt;
         let line = b"order accepted\n";
@@ -126,7 +166,7 @@ fn answer(a: &HttpServiceArgs, breaker: &Mutex<Breaker>, journal: Option<&Journa
             return if a.fallback { (200, "buffered\n") } else { (503, "write failed\n") };
         }
     }
-    let Some(upstream) = a.upstream else { return (200, "ok\n") };
+    let Some(upstream) = upstream else { return (200, "ok\n") };
     let failed = if a.fallback { (200, "fallback\n") } else { (503, "upstream failed\n") };
     let lock = || breaker.lock().unwrap_or_else(|e| e.into_inner());
     if a.breaker.is_some() && !lock().allow(Instant::now())
