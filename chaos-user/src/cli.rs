@@ -98,6 +98,10 @@ pub struct SessionArgs {
     /// and injected; the faults active and the time left.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// At the end, send each fault as an OpenTelemetry span (its window, target and counters) to
+    /// this OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces.
+    #[arg(long, value_name = "URL", value_parser = crate::otlp::parse_url)]
+    pub otlp: Option<String>,
 }
 
 #[derive(Args, Debug)]

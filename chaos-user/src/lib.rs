@@ -12,6 +12,7 @@ pub mod file;
 pub mod kernel;
 pub mod metrics;
 pub mod observe;
+pub mod otlp;
 pub mod privileges;
 pub mod probe;
 pub mod report;

@@ -223,11 +223,15 @@ pub fn run_session(specs: Vec<FaultSpec>, args: &SessionArgs, mut command: Optio
         humantime::format_duration(Duration::from_secs(left.as_secs_f64().round() as u64)),
         session.id
     );
+    let started = std::time::SystemTime::now();
     if let Some(run) = command.as_deref_mut() {
         run.start()?;
     }
     let ended = rt.block_on(crate::watch::watch(&mut session, signals, command, metrics.as_ref())).map_err(anyhow::Error::from)?;
     let summary = session.finish(&ended.by, ended.elapsed)?;
+    if let Some(url) = &args.otlp {
+        crate::otlp::send_session(url, &summary, started, std::time::SystemTime::now());
+    }
     if ended.by == crate::watch::COMMAND_EXITED {
         let text = if args.json { serde_json::to_string(&summary).map_err(anyhow::Error::from)? + "\n" } else { summary.text() };
         eprint!("{text}");

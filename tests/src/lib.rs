@@ -621,3 +621,66 @@ pub fn in_netns<T: Send>(netns: &std::path::Path, f: impl FnOnce() -> T + Send) 
         .expect("the namespace's thread")
     })
 }
+
+/// An OTLP/HTTP receiver on loopback: takes one export request and decodes it with the
+/// OpenTelemetry proto types.
+pub struct OtlpReceiver {
+    pub url: String,
+    got: mpsc::Receiver<Result<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest, String>>,
+}
+
+impl OtlpReceiver {
+    pub fn start() -> OtlpReceiver {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let url = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
+        let (tx, got) = mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok((mut conn, _)) = listener.accept() else { return };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let decoded = (|| -> Result<_, String> {
+                let mut reader = BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
+                let mut head = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    head.push(line.trim().to_string());
+                }
+                let request_line = head.first().cloned().unwrap_or_default();
+                if !request_line.starts_with("POST /v1/traces ") {
+                    return Err(format!("not an OTLP traces POST: {head:?}"));
+                }
+                let header = |name: &str| head.iter().find_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()));
+                if header("content-type").as_deref() != Some("application/x-protobuf") {
+                    return Err(format!("not protobuf: {head:?}"));
+                }
+                let len: usize = header("content-length").and_then(|l| l.parse().ok()).ok_or_else(|| format!("no Content-Length: {head:?}"))?;
+                let mut body = vec![0u8; len];
+                reader.read_exact(&mut body).map_err(|e| e.to_string())?;
+                <opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest as prost::Message>::decode(&body[..]).map_err(|e| format!("not an ExportTraceServiceRequest: {e}"))
+            })();
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n");
+            let _ = tx.send(decoded);
+        });
+        OtlpReceiver { url, got }
+    }
+
+    /// The request received (panics if none came within `timeout` or it did not decode).
+    pub fn wait(&self, timeout: Duration) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        self.got.recv_timeout(timeout).expect("no OTLP request came").unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// A span's attribute as text (strings as they are, numbers written out).
+pub fn span_attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()?.value.as_ref()).map(|v| match v {
+        Value::StringValue(s) => s.clone(),
+        Value::IntValue(i) => i.to_string(),
+        Value::DoubleValue(f) => f.to_string(),
+        other => format!("{other:?}"),
+    })
+}

@@ -215,7 +215,12 @@ fn an_abort_threshold_removes_every_fault_within_an_interval() {
         return;
     }
     let run = Run::new("breaker.toml", BREAKER_PORTS, |t| fragile(t).replace("steady = [", "abort = [\"error-rate > 20%\"]\nsteady = ["));
-    let (code, report, err) = run.run();
+    let receiver = chaos_tests::OtlpReceiver::start();
+    let mut args = run.args();
+    args.extend(["--otlp".to_string(), receiver.url.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = run_chaos(&args);
+    let report = run.parse(&out, &err);
     assert_eq!(code, 5, "aborted is exit 5; stderr {err:?}\n{report}");
     assert_eq!(report["verdict"], "aborted");
     assert_eq!(report["abort"]["by"], "abort threshold", "{}", report["abort"]);
@@ -231,6 +236,18 @@ fn an_abort_threshold_removes_every_fault_within_an_interval() {
     // The report still covers the recovery after an abort.
     assert!(report["phases"].as_array().unwrap().iter().any(|p| p["name"] == "recovery"));
     run.assert_cleaned_up();
+    // --otlp: the experiment as a trace, its root marked as an error, the abort an event of the
+    // inject phase, the fault a span with the kernel's counters.
+    let request = receiver.wait(Duration::from_secs(10));
+    let spans = &request.resource_spans[0].scope_spans[0].spans;
+    let root = spans.iter().find(|s| s.name.starts_with("chaos experiment")).expect("root span");
+    assert_eq!(chaos_tests::span_attr(root, "chaos.verdict").as_deref(), Some("aborted"));
+    assert_eq!(root.status.as_ref().map(|s| s.code), Some(2), "status ERROR");
+    let inject = spans.iter().find(|s| s.name == "phase inject").expect("inject phase span");
+    assert!(inject.events.iter().any(|e| e.name.starts_with("abort:")), "{:?}", inject.events);
+    let fault = spans.iter().find(|s| s.name == "chaos net.drop").expect("fault span");
+    assert_eq!(chaos_tests::span_attr(fault, "chaos.injected"), Some(rule0(&report).1.to_string()));
+    assert!(spans.iter().all(|s| s.trace_id == root.trace_id));
 }
 
 #[test]

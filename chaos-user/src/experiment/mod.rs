@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// attempts and failures, the faults' counters, the observed cgroups' syscalls and traffic.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// At the end, send the experiment as OpenTelemetry spans (its phases, each fault with its
+    /// counters, the abort) to this OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces.
+    #[arg(long, value_name = "URL", value_parser = crate::otlp::parse_url)]
+    pub otlp: Option<String>,
 }
 
 /// `[experiment]`: the phases.

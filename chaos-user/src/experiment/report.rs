@@ -174,7 +174,7 @@ fn ms(v: f64) -> String {
 }
 
 impl Report {
-    fn verdict_line(&self) -> String {
+    pub fn verdict_line(&self) -> String {
         match (self.verdict.as_str(), &self.abort) {
             ("aborted", Some(a)) => format!("aborted: {}", a.reason),
             ("held", _) => "held: every hypothesis threshold held over the inject phase".into(),

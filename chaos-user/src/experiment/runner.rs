@@ -252,6 +252,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let thresholds: Vec<Thresholds> = exp.probes.iter().map(|p| p.thresholds.clone()).chain(exp.observes.iter().map(|o| o.thresholds.clone())).collect();
 
     let origin = Instant::now();
+    let origin_wall = std::time::SystemTime::now();
     let total = exp.baseline + exp.inject + exp.recovery;
     let mut probes: Vec<Running> = exp.probes.iter().map(|p| Running::start(p.check.clone(), p.every, p.timeout, origin, total + Duration::from_secs(60))).collect();
     let mut attempts: Vec<Vec<Attempt>> = vec![Vec::new(); probes.len()];
@@ -505,6 +506,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
         faults: fault_summary,
     };
     report.write(&dir)?;
+    if let Some(url) = &args.otlp {
+        send_trace(url, &report, origin_wall);
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report).map_err(anyhow::Error::from)?);
     } else {
@@ -516,6 +520,30 @@ pub fn run(args: RunArgs) -> Result<i32> {
         "violated" => EXIT_VIOLATED,
         _ => EXIT_ABORTED,
     })
+}
+
+/// The experiment as a trace: a root span, a span per phase, one per fault rule, the abort as an
+/// event. A failure to send is a warning.
+fn send_trace(url: &str, report: &Report, origin: std::time::SystemTime) {
+    use crate::otlp::{Attr, Trace};
+    let at = |s: f64| origin + Duration::from_secs_f64(s.max(0.0));
+    let mut trace = Trace::new();
+    for p in &report.phases {
+        let events = match (&report.abort, p.name.as_str()) {
+            (Some(a), "inject" | "baseline") if a.at_s >= p.start_s && a.at_s <= p.end_s + 0.5 => vec![(format!("abort: {}", a.reason), at(a.at_s))],
+            _ => Vec::new(),
+        };
+        trace.child(&format!("phase {}", p.name), at(p.start_s), at(p.end_s), vec![("chaos.phase", Attr::Str(p.name.clone()))], events);
+    }
+    if let (Some(f), Some(summary)) = (&report.fault, &report.faults) {
+        trace.faults(summary, at(f.start_s), at(f.end_s));
+    }
+    let end = report.phases.last().map_or(origin, |p| at(p.end_s));
+    let attrs = vec![("chaos.experiment", Attr::Str(report.title.clone())), ("chaos.verdict", Attr::Str(report.verdict.clone())), ("chaos.file", Attr::Str(report.file.clone()))];
+    let error = (report.verdict != "held").then(|| report.verdict_line());
+    if let Err(e) = trace.send(url, &format!("chaos experiment {}", report.title), origin, end, attrs, error) {
+        eprintln!("chaos: warning: {e:#}");
+    }
 }
 
 /// (number of probes, number of observed cgroups): sources are probes first.
