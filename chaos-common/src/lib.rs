@@ -33,6 +33,9 @@ pub const MAX_CACHED_CGROUPS: u32 = 8192;
 
 pub const RULES_MAP: &str = "CHAOS_RULES";
 pub const TARGETS_MAP: &str = "CHAOS_TARGETS";
+/// The leaf-cgroup cache of the targets' rules (an LRU hash) and each CPU's last lookup.
+pub const TARGET_CACHE_MAP: &str = "CHAOS_CACHE";
+pub const LAST_LEAF_MAP: &str = "CHAOS_LAST_LEAF";
 pub const COUNTERS_MAP: &str = "CHAOS_COUNTERS";
 pub const INJECTIONS_MAP: &str = "CHAOS_INJECTED";
 pub const SESSION_MAP: &str = "CHAOS_SESSION";

@@ -27,9 +27,11 @@ pub static CHAOS_RULES: Array<Rule> = Array::with_max_entries(MAX_RULES, 0);
 #[map]
 pub static CHAOS_TARGETS: HashMap<u64, TargetRules> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
-/// Leaf cgroup id → the rules of all its targets (every family), found once by the ancestor walk.
-/// A session's targets never change and cgroup ids are never reused, so an entry never goes
-/// stale; a bystander's cgroup is cached too (all masks 0), so its packets and calls cost one
+/// Name must equal chaos_common::TARGET_CACHE_MAP. Leaf cgroup id → the rules of all its targets
+/// (every family), found once by the ancestor walk. A session's targets never change once written
+/// and cgroup ids are never reused; entries made before that (the kernel checks attach a program
+/// of the same object, with no targets, for an instant) are cleared by user space once the targets
+/// are in. A bystander's cgroup is cached too (all masks 0), so its packets and calls cost one
 /// lookup. Least recently used entries make room.
 #[map]
 pub static CHAOS_CACHE: LruHashMap<u64, TargetRules> = LruHashMap::with_max_entries(MAX_CACHED_CGROUPS, 0);
@@ -44,6 +46,7 @@ pub struct LastLeaf {
     pub rules: TargetRules,
 }
 
+/// Name must equal chaos_common::LAST_LEAF_MAP (cleared with the cache).
 #[map]
 pub static CHAOS_LAST_LEAF: PerCpuArray<LastLeaf> = PerCpuArray::with_max_entries(1, 0);
 

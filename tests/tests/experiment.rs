@@ -30,8 +30,18 @@ fn example(name: &str) -> &'static str {
     EXAMPLES.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no example {name}")).1
 }
 
+/// A loopback port free now and not handed to another test of this process (the kernel may give
+/// a released port to the next bind(0): two experiments running at once must not share one).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port").local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port").local_addr().expect("addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// An example made the test's own: its ports and cgroup names replaced by unique ones, then
@@ -422,7 +432,7 @@ fn bulkheads_keep_the_other_route_fast_and_without_them_it_waits() {
     let with = Run::new("bulkhead.toml", ports, |t| t);
     let without = Run::new("bulkhead.toml", ports, |t| t.replace(r#", "--bulkhead"]"#, "]"));
     let (code, report, err) = with.run();
-    assert_eq!(code, 0, "bulkheads: held; stderr {err:?}\n{}", report["hypothesis"]);
+    assert_eq!(code, 0, "bulkheads: held; stderr {err:?}\n{}\n{}", report["hypothesis"], report["abort"]);
     let b = sample(&report, "b", "inject");
     assert_eq!(b["errors"], 0, "{b}");
     let a = sample(&report, "a", "inject");
@@ -431,9 +441,9 @@ fn bulkheads_keep_the_other_route_fast_and_without_them_it_waits() {
     with.assert_cleaned_up();
 
     let (code, report, err) = without.run();
-    assert_eq!(code, 4, "one shared pool: violated; stderr {err:?}\n{}", report["hypothesis"]);
+    assert_eq!(code, 4, "one shared pool: violated; stderr {err:?}\n{}\n{}", report["hypothesis"], report["abort"]);
     let broken: Vec<&Value> = report["hypothesis"].as_array().unwrap().iter().filter(|c| c["held"] == false).collect();
-    assert!(broken.iter().any(|c| c["source"] == "b" && c["threshold"] == "p99 < 100ms"), "B waited behind A: {broken:?}");
+    assert!(broken.iter().any(|c| c["source"] == "b" && c["threshold"] == "p99 < 250ms"), "B waited behind A: {broken:?}");
     without.assert_cleaned_up();
 }
 

@@ -88,6 +88,16 @@ fn start_services(exp: &Experiment, dir: &std::path::Path) -> Result<Vec<Service
         }
         services.push(service);
     }
+    // A service that could not start (its port taken, say) may exit just after another process's
+    // listener answered its readiness check: make sure each is still running.
+    if !services.is_empty() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (s, service) in exp.services.iter().zip(services.iter_mut()) {
+        if let Ok(Some(status)) = service.child.try_wait() {
+            return Err(usage!("service {:?} exited ({status}) at its start; see {}", s.name, dir.join(format!("service-{}.log", s.name)).display()));
+        }
+    }
     Ok(services)
 }
 
@@ -207,7 +217,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let mut session = Some(Session::start(plan, &Options { deferred: true, ..Default::default() })?);
     if let Some(s) = &session {
         let a = s.attached();
-        log::info!("attached: programs {:?} links {:?}", a.programs, a.links);
+        let devices: Vec<String> = a.devices.iter().map(|d| format!("{}({})", d.ifname, d.mode)).collect();
+        log::info!("attached: programs {:?} links {:?} devices [{}]", a.programs, a.links, devices.join(" "));
     }
 
     // The observed cgroups: one slot per distinct cgroup.

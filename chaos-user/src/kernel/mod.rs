@@ -110,6 +110,23 @@ impl Kernel {
         targets.insert(cgroup_id, t, 0).map_err(map_error)
     }
 
+    /// Forgets every cgroup's cached rules (the cache and each CPU's last lookup): called once the
+    /// targets are written, so a lookup made before (the kernel checks attach this object's TC
+    /// program to `lo` for an instant, with no targets) cannot hide a target.
+    pub fn forget_cached_targets(&mut self) -> Result<()> {
+        let mut cache: HashMap<_, u64, TargetRules> = HashMap::try_from(self.map_mut(chaos_common::TARGET_CACHE_MAP)?).map_err(map_error)?;
+        let leaves: Vec<u64> = cache.keys().filter_map(|k| k.ok()).collect();
+        for leaf in leaves {
+            let _ = cache.remove(&leaf);
+        }
+        // The per-CPU entry is the eBPF crate's LastLeaf: a leaf id then its rules; zero is "none".
+        const LAST_LEAF_SIZE: usize = 8 + std::mem::size_of::<TargetRules>();
+        let mut last: aya::maps::PerCpuArray<_, [u8; LAST_LEAF_SIZE]> = aya::maps::PerCpuArray::try_from(self.map_mut(chaos_common::LAST_LEAF_MAP)?).map_err(map_error)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Other(e.into()))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![[0u8; LAST_LEAF_SIZE]; cpus]).map_err(|e| Error::Other(e.into()))?;
+        last.set(0, zeros, 0).map_err(map_error)
+    }
+
     pub fn set_session(&mut self, s: &SessionConfig) -> Result<()> {
         let mut session: Array<_, SessionConfig> = Array::try_from(self.map_mut(SESSION_MAP)?).map_err(map_error)?;
         session.set(0, s, 0).map_err(map_error)

@@ -397,6 +397,7 @@ impl Session {
         for (t, m) in plan.targets.iter().zip(&masks) {
             kernel.set_target(t.id, m)?;
         }
+        kernel.forget_cached_targets()?;
         let mut record = Record::new(&id);
         record.maps = kernel.map_ids()?;
         record.faults = plan
