@@ -24,6 +24,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("disk-errors.toml", include_str!("../../experiments/disk-errors.toml")),
     ("bulkhead.toml", include_str!("../../experiments/bulkhead.toml")),
     ("retry-storm.toml", include_str!("../../experiments/retry-storm.toml")),
+    ("slow-dependency.toml", include_str!("../../experiments/slow-dependency.toml")),
 ];
 
 fn example(name: &str) -> &'static str {
@@ -465,5 +466,22 @@ fn the_retry_storm_example_measures_each_clients_load() {
     let (matched, injected) = rule0(&report);
     assert!(injected > 0 && injected == matched, "every packet of the server dropped: {injected}/{matched}");
     assert!(std::fs::read_to_string(run.report.join("report.md")).unwrap().contains("vs baseline"));
+    run.assert_cleaned_up();
+}
+
+#[test]
+fn a_2s_slower_payment_trips_the_carts_breaker() {
+    if !host_only("slow dependency") {
+        return;
+    }
+    let run = Run::new("slow-dependency.toml", &["18120", "18121"], |t| t);
+    let (code, report, err) = run.run();
+    assert_eq!(code, 0, "held; stderr {err:?}\n{}\n{}", report["hypothesis"], report["abort"]);
+    assert_eq!(sample(&report, "cart", "inject")["errors"], 0, "cart served its fallback");
+    let (matched, injected) = rule0(&report);
+    assert!(injected > 0 && injected <= matched, "payment's writes held: {injected}/{matched}");
+    // Held 2 s at each reply, payment answered far fewer calls (counted by the kernel in its cgroup).
+    let (before, during) = (sample(&report, "payment-replies", "baseline")["rate"].as_f64().unwrap(), sample(&report, "payment-replies", "inject")["rate"].as_f64().unwrap());
+    assert!(before > 5.0 && during < before / 4.0, "payment's replies per second: {before:.1} before, {during:.1} during");
     run.assert_cleaned_up();
 }

@@ -274,7 +274,10 @@ fn reorder_sends_some_at_once_and_they_overtake_the_held_ones() {
     assert!((at_once as f64 - N as f64 * 0.25).abs() <= 4.5 * sd, "{at_once} of {N} sent at once; expected 25%");
     assert_eq!(got["unique"], N, "{got}");
     assert!(got["reordered"].as_u64().unwrap_or(0) > 0, "nothing overtook: {got}");
-    assert!(delay_ms(&got, "min") < 10.0 && (delay_ms(&got, "p50") - 20.0).abs() <= 4.0, "{got}");
+    // The held ones leave no earlier than 20 ms (EDT); later by what an emulated guest adds
+    // (seen: p50 24.1 ms under TCG with the other lanes running).
+    let p50 = delay_ms(&got, "p50");
+    assert!(delay_ms(&got, "min") < 10.0 && (19.0..=27.0).contains(&p50), "{got}");
 }
 
 /// 100 stamped 1000-byte datagrams at 500/s from the target; the sink's report.
