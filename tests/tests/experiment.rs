@@ -62,6 +62,9 @@ impl Run {
         let prefix = unique("chaos-exp-");
         text = text.replace("/chaos-example-", &format!("/{prefix}-"));
         text = text.replace("/tmp/chaos-example-", &format!("{}/{prefix}-", std::env::temp_dir().display()));
+        // Shorter phases than a person would run (CI time); every check below holds at these.
+        text = text.replace("baseline = \"5s\"", "baseline = \"3s\"").replace("inject = \"10s\"", "inject = \"6s\"");
+        text = text.replace("recovery = \"8s\"", "recovery = \"4s\"").replace("recovery = \"5s\"", "recovery = \"4s\"");
         let report = std::env::temp_dir().join(unique("chaos-report-"));
         Run { file: TempFile::new("experiment-", &edit(text)), report, cgroup_prefix: prefix }
     }
@@ -145,7 +148,7 @@ fn the_breaker_example_holds_and_its_html_report_renders_in_chromium() {
     // What the probe saw: answers all through the fault, the slow ones only while the breaker
     // was closed or trying.
     let inject = sample(&report, "cart", "inject");
-    assert!(inject["count"].as_u64().unwrap() >= 50, "{inject}");
+    assert!(inject["count"].as_u64().unwrap() >= 30, "{inject}");
     assert_eq!(inject["errors"], 0, "{inject}");
     // What the kernel did: payment's packets dropped...
     let (matched, injected) = rule0(&report);
@@ -158,7 +161,7 @@ fn the_breaker_example_holds_and_its_html_report_renders_in_chromium() {
     };
     assert!(calls("baseline") > 0, "the cart connects to payment in the baseline");
     // The inject phase is twice the baseline's length: fewer connects in it is under half the rate.
-    assert!(calls("inject") < calls("baseline"), "the open breaker spared payment: baseline {} connects in 5s, inject {} in 10s", calls("baseline"), calls("inject"));
+    assert!(calls("inject") < calls("baseline"), "the open breaker spared payment: baseline {} connects in 3s, inject {} in 6s", calls("baseline"), calls("inject"));
     assert!(report["recovery"]["recovered_after_s"].is_number(), "{}", report["recovery"]);
     run.assert_cleaned_up();
 
