@@ -51,22 +51,24 @@ impl Families {
         self.0.last_mut().expect("just pushed")
     }
 
+    /// Adds one labelled metric to its family (made on first use).
+    fn push(&mut self, name: &str, help: &str, kind: MetricType, pairs: &[(&str, &str)], fill: impl FnOnce(&mut Metric)) {
+        let mut m = Metric::default();
+        m.set_label(labels(pairs));
+        fill(&mut m);
+        self.family(name, help, kind).mut_metric().push(m);
+    }
+
     pub fn counter(&mut self, name: &str, help: &str, pairs: &[(&str, &str)], value: f64) {
         let mut c = Counter::default();
         c.set_value(value);
-        let mut m = Metric::default();
-        m.set_label(labels(pairs));
-        m.set_counter(c);
-        self.family(name, help, MetricType::COUNTER).mut_metric().push(m);
+        self.push(name, help, MetricType::COUNTER, pairs, |m| m.set_counter(c));
     }
 
     pub fn gauge(&mut self, name: &str, help: &str, pairs: &[(&str, &str)], value: f64) {
         let mut g = Gauge::default();
         g.set_value(value);
-        let mut m = Metric::default();
-        m.set_label(labels(pairs));
-        m.set_gauge(g);
-        self.family(name, help, MetricType::GAUGE).mut_metric().push(m);
+        self.push(name, help, MetricType::GAUGE, pairs, |m| m.set_gauge(g));
     }
 
     /// A histogram from the kernel's log2 buckets: bucket b holds calls of [2^(b-1), 2^b) ns.
@@ -84,10 +86,7 @@ impl Families {
             buckets.push(bucket);
         }
         h.set_bucket(buckets);
-        let mut m = Metric::default();
-        m.set_label(labels(pairs));
-        m.set_histogram(h);
-        self.family(name, help, MetricType::HISTOGRAM).mut_metric().push(m);
+        self.push(name, help, MetricType::HISTOGRAM, pairs, |m| m.set_histogram(h));
     }
 
     /// The observed cgroups' syscalls and traffic: `cgroups[slot]` names each slot.

@@ -239,12 +239,13 @@ pub fn run(args: ObserveArgs) -> Result<()> {
                 _ = sigterm.recv() => break "SIGTERM",
                 _ = sighup.recv() => break "SIGHUP",
                 _ = tick.tick() => {
-                    if let (Some(m), Ok(now)) = (metrics.as_ref(), kernel.observed()) {
+                    let Ok(now) = kernel.observed() else { continue };
+                    if let Some(m) = metrics.as_ref() {
                         let mut f = crate::metrics::Families::default();
                         f.observed(&now, std::slice::from_ref(&cgroup));
                         m.publish(&f);
                     }
-                    if tty && let Ok(now) = kernel.observed() {
+                    if tty {
                         let delta = now.since(&last);
                         let rows = delta.rows(0, &only);
                         let net = delta.net.get(&0).copied().unwrap_or_default();

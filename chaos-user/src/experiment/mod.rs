@@ -343,19 +343,3 @@ impl Experiment {
         })
     }
 }
-
-/// For the `chaos run` help: the keys of each table.
-pub fn keys_help() -> String {
-    let mut out = String::new();
-    for (header, cmd) in [
-        ("[experiment]", ExperimentTable::augment_args(clap::Command::new("x"))),
-        ("[[probe]]", ProbeTable::augment_args(clap::Command::new("x"))),
-        ("[[observe]]", ObserveTable::augment_args(clap::Command::new("x"))),
-        ("[[service]]", ServiceTable::augment_args(clap::Command::new("x"))),
-    ] {
-        let keys: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
-        out.push_str(&format!("  {header:<13} {}\n", keys.join(", ")));
-    }
-    out
-}
-

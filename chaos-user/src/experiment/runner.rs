@@ -122,7 +122,7 @@ struct Observed {
 }
 
 /// The calls of `slot` (those in `only`, or all) in `counts` as one sample.
-fn calls_sample(counts: &Counts, o: &Observed, secs: f64) -> (Sample, CallStats) {
+fn calls_sample(counts: &Counts, o: &Observed, secs: f64) -> Sample {
     let mut all = CallStats::default();
     for (k, s) in &counts.calls {
         if k.slot == o.slot && (o.only.is_empty() || o.only.contains(&k.nr)) {
@@ -130,7 +130,7 @@ fn calls_sample(counts: &Counts, o: &Observed, secs: f64) -> (Sample, CallStats)
         }
     }
     let ms = |q| all.quantile_ns(q) as f64 / 1e6;
-    let sample = Sample {
+    Sample {
         count: all.calls,
         errors: all.errors,
         rate: all.calls as f64 / secs.max(1e-9),
@@ -138,8 +138,7 @@ fn calls_sample(counts: &Counts, o: &Observed, secs: f64) -> (Sample, CallStats)
         p50_ms: ms(0.5),
         p90_ms: ms(0.9),
         p99_ms: ms(0.99),
-    };
-    (sample, all)
+    }
 }
 
 /// The first threshold of `list` that `sample` breaks.
@@ -316,7 +315,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
             let now_counts = read_counts(&obs_kernel)?;
             let delta = now_counts.since(&last_counts);
             for o in &observed {
-                samples.push(calls_sample(&delta, o, secs).0);
+                samples.push(calls_sample(&delta, o, secs));
             }
             last_counts = now_counts;
             let injected = session.as_ref().map_or(last_injected, |s| s.totals().1);
@@ -354,7 +353,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
                     // The steady state must hold before anything is injected.
                     let counts = last_counts.since(&snapshots[0]);
                     for (i, src) in sources.iter().enumerate() {
-                        let s = phase_sample(i, &probes_len(&exp), &attempts, &counts, &observed, 0.0, t);
+                        let s = phase_sample(i, &attempts, &counts, &observed, 0.0, t);
                         for th in &thresholds[i].steady {
                             steady_baseline.push(Check::new(&src.name, th, "baseline", &s));
                         }
@@ -458,21 +457,21 @@ pub fn run(args: RunArgs) -> Result<i32> {
         }
     }
     snapshots.push(final_counts);
-    let n_probes = probes_len(&exp);
+    let n_probes = attempts.len();
     for (p, (name, from, to)) in spans.iter().enumerate() {
         let counts = snapshots.get(p + 1).unwrap_or(snapshots.last().expect("one snapshot")).since(&snapshots[p]);
         for (i, src) in sources.iter_mut().enumerate() {
-            let s = phase_sample(i, &n_probes, &attempts, &counts, &observed, *from, *to);
+            let s = phase_sample(i, &attempts, &counts, &observed, *from, *to);
             src.phases.insert(name.to_string(), s);
-            if i >= n_probes.0 {
-                let o = &observed[i - n_probes.0];
+            if i >= n_probes {
+                let o = &observed[i - n_probes];
                 let rows = counts.rows(o.slot, &o.only);
                 src.syscalls.insert(name.to_string(), rows);
             }
         }
     }
     for (i, src) in sources.iter_mut().enumerate() {
-        if i < n_probes.0 {
+        if i < n_probes {
             src.failures = first_errors(&attempts[i]);
         }
     }
@@ -557,19 +556,15 @@ fn send_trace(url: &str, report: &Report, origin: std::time::SystemTime) {
     }
 }
 
-/// (number of probes, number of observed cgroups): sources are probes first.
-fn probes_len(exp: &Experiment) -> (usize, usize) {
-    (exp.probes.len(), exp.observes.len())
-}
-
-/// Source `i`'s sample over `[from, to)`: its probe attempts then, or its calls in `counts`.
-fn phase_sample(i: usize, n: &(usize, usize), attempts: &[Vec<Attempt>], counts: &Counts, observed: &[Observed], from: f64, to: f64) -> Sample {
+/// Source `i`'s sample over `[from, to)`: its probe attempts then, or its calls in `counts`
+/// (sources are the probes, then the observed cgroups).
+fn phase_sample(i: usize, attempts: &[Vec<Attempt>], counts: &Counts, observed: &[Observed], from: f64, to: f64) -> Sample {
     let secs = (to - from).max(1e-3);
-    if i < n.0 {
+    if i < attempts.len() {
         let span: Vec<Attempt> = attempts[i].iter().filter(|a| a.t >= from && a.t < to).cloned().collect();
         probe::sample(&span, secs)
     } else {
-        calls_sample(counts, &observed[i - n.0], secs).0
+        calls_sample(counts, &observed[i - attempts.len()], secs)
     }
 }
 

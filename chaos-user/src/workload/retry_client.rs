@@ -23,6 +23,8 @@ use std::{
 use anyhow::Result;
 use clap::Args;
 
+use chaos_common::loss::Prng;
+
 use super::http_service::Breaker;
 
 #[derive(Args, Debug, Clone)]
@@ -89,7 +91,7 @@ pub fn run(a: RetryClientArgs) -> Result<()> {
             let s = shared.clone();
             let seed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
             std::thread::spawn(move || {
-                request(&s, &mut Jitter(seed));
+                request(&s, &mut Prng::seeded(seed));
                 s.in_flight.fetch_sub(1, Ordering::Relaxed);
             });
         }
@@ -100,21 +102,14 @@ pub fn run(a: RetryClientArgs) -> Result<()> {
     Ok(())
 }
 
-/// A small xorshift generator for the jitter.
-struct Jitter(u64);
-
-impl Jitter {
-    /// A duration uniformly in [0, max).
-    fn below(&mut self, max: Duration) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        Duration::from_nanos(self.0 % (max.as_nanos().max(1) as u64))
-    }
+/// A random wait in [0, max): the project's taus113 generator (netem's), seeded per request.
+fn jitter(prng: &mut Prng, max: Duration) -> Duration {
+    let max_ns = max.as_nanos().min(u128::from(u32::MAX)) as u64;
+    Duration::from_nanos((u64::from(prng.next_u32()) * max_ns) >> 32)
 }
 
 /// One request under the policy: whether it got an answer.
-fn request(s: &Shared, jitter: &mut Jitter) -> bool {
+fn request(s: &Shared, prng: &mut Prng) -> bool {
     let a = &s.args;
     let once = || super::rr_once(a.to, a.timeout).is_ok();
     let throttle = || s.throttle.lock().unwrap_or_else(|e| e.into_inner());
@@ -130,7 +125,7 @@ fn request(s: &Shared, jitter: &mut Jitter) -> bool {
                 if k + 1 == a.attempts || !throttle().may_retry() {
                     break;
                 }
-                std::thread::sleep(jitter.below(a.backoff * 2u32.pow(k.min(16))));
+                std::thread::sleep(jitter(prng, a.backoff * 2u32.pow(k.min(16))));
             }
             false
         }
