@@ -634,7 +634,7 @@ impl Stamps {
             "unique": self.seen.len(), "duplicates": self.duplicates, "reordered": self.reordered, "received_digest": digest,
             "corrupted": self.corrupted, "loss_bursts": bursts,
             "arrival_span_ms": self.first_arrival.map_or(0.0, |f| (self.last_arrival - f) as f64 / 1e6),
-            "delay_ms": {"min": q(0.0), "p50": q(0.5), "p99": q(0.99), "max": q(1.0)},
+            "delay_ms": {"min": q(0.0), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": q(1.0)},
         })
     }
 }

@@ -85,6 +85,8 @@ fn delay_adds_the_configured_one_way_delay_and_spares_bystanders_and_restores_th
     assert_eq!(root_qdisc(&sb), before, "the default qdisc is back");
 
     assert_eq!(target["unique"], N, "nothing lost under delay: {target}");
+    // The kernel's count first: it is exact, and says whether chaos touched a bystander's packet.
+    assert_eq!(counter(&summary, 0, "delayed"), N, "every datagram of the target was delayed, and only those");
     // The delay chaos adds is the target's above the bystander's, measured in the same run: an
     // emulated guest under load adds milliseconds of its own to both (a CI run's p50 was 105.6
     // ms), and releases held packets late besides (fq's timer: 109.8 ms over a 1.6 ms floor with
@@ -93,12 +95,12 @@ fn delay_adds_the_configured_one_way_delay_and_spares_bystanders_and_restores_th
     eprintln!("one-way delay: p50 {p50:.2} ms, p99 {:.2} ms (configured 100 ms); bystander p50 {floor:.2} ms, p99 {:.2} ms", delay_ms(&target, "p99"), delay_ms(&bystander, "p99"));
     assert!((95.0..=120.0).contains(&(p50 - floor)), "p50 {p50:.2} ms over the bystander's {floor:.2} ms; expected 100 ms, -5% to +20%");
     assert!(delay_ms(&target, "min") >= 99.0, "a packet left early: {target}");
-    // A packet chaos delays arrives no earlier than the delay (the target's minimum, above); an
-    // emulated guest's scheduler alone once held a bystander's for 65 ms, so the line between
-    // the two is the delay itself, and most bystander packets must see none of it.
-    assert!(delay_ms(&bystander, "max") < 99.0, "a bystander packet was held for the configured delay: {bystander}");
-    assert!(delay_ms(&bystander, "p99") < 50.0, "bystander packets were slowed: {bystander}");
-    assert_eq!(counter(&summary, 0, "delayed"), N, "every datagram of the target was delayed, and only those");
+    // What the bystander saw: most of its datagrams none of the delay. Not every one: an emulated
+    // guest's scheduler alone has held a bystander's datagram for 65 ms, and once five for 123 ms
+    // (CI, Debian 6.1 lane, three guests on two cores; that run checked the count only after
+    // this, so whether chaos had touched them is not known). The count above is exact: a datagram
+    // of the bystander's that chaos delayed fails it.
+    assert!(delay_ms(&bystander, "p90") < 50.0, "bystander datagrams were slowed: {bystander}");
 }
 
 #[test]
