@@ -148,15 +148,18 @@ impl FlowKey {
 const _: () = assert!(core::mem::size_of::<NetAction>() == 48);
 
 /// The delay one packet gets: `delay` plus a uniform draw in `-jitter..=+jitter` made from a
-/// random u32, never below zero (netem's uniform jitter). Jitter is drawn in microseconds so the
-/// product fits in 64 bits for any jitter up to hours.
+/// random u32, never below zero (netem's uniform jitter). Drawn in microseconds, as
+/// `random * span / 2^32` taken in two halves of the span: a BPF program has no 128-bit product,
+/// and one 64-bit product wraps for a jitter over 35 minutes (found by fuzzing; the command line
+/// caps a delay at 60 s, so no rule reached it).
 #[inline(always)]
 pub const fn jittered_delay(delay_ns: u64, jitter_ns: u64, random: u32) -> u64 {
     if jitter_ns == 0 {
         return delay_ns;
     }
     let span_us = 2 * (jitter_ns / 1000) + 1;
-    let offset_us = ((random as u64) * span_us) >> 32;
+    let r = random as u64;
+    let offset_us = r * (span_us >> 32) + ((r * (span_us & 0xffff_ffff)) >> 32);
     let ns = delay_ns + offset_us * 1000;
     let jitter_rounded = (jitter_ns / 1000) * 1000;
     ns.saturating_sub(jitter_rounded)

@@ -263,7 +263,7 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = parse_offset(s)?;
     if d.is_zero() {
-        return Err("a fault must last longer than 0s".into());
+        return Err(format!("'{s}' is no time at all; give a duration longer than 0s, such as 30s or 5m"));
     }
     Ok(d)
 }

@@ -19,6 +19,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error, placed: `at` ("faults.toml:12: ", or "" for no place) before its message.
+    pub fn at(self, at: &str) -> Error {
+        if at.is_empty() {
+            return self;
+        }
+        match self {
+            Error::Usage(m) => Error::Usage(format!("{at}{m}")),
+            Error::Unsupported(m) => Error::Unsupported(format!("{at}{m}")),
+            Error::Other(e) => Error::Other(e.context(at.trim_end_matches(": ").to_string())),
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => EXIT_USAGE,

@@ -69,14 +69,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Apply(a) => {
             let text = std::fs::read_to_string(&a.file).map_err(|e| usage!("cannot read {}: {e}", a.file.display()))?;
-            let command_for = |kind: &str| faults::kind(kind).map(|k| k.fault_command());
-            let parsed = crate::file::parse(&a.file, &text, &command_for, &faults::kind_names()).map_err(|e| Error::Usage(e.0))?;
-            let mut specs = Vec::new();
-            for f in parsed {
-                let kind = faults::kind(&f.kind).ok_or_else(|| usage!("{}:{}: unknown fault kind {}", a.file.display(), f.line, f.kind))?;
-                specs.push(FaultSpec::from_matches(kind, &f.matches, format!("{}:{}", a.file.display(), f.line))?);
-            }
-            run_session(specs, &a.session, None)
+            run_session(faults::file_specs(&a.file, &text)?, &a.session, None)
         }
         Command::Status { json } => {
             privileges::check()?;

@@ -117,8 +117,10 @@ fn jitter_spreads_the_delay_around_it_and_reorders_within_a_flow() {
     assert!(min >= 39.5, "a packet left before delay - jitter: {got}");
     // fq holds a flow it throttled until the departure time of the packet it throttled on, so a
     // packet drawn a shorter delay behind it waits that long: the median sits above the delay by
-    // up to jitter/2 (netem, which sorts every packet, gives the delay). docs/design.md.
-    assert!((59.0..=70.0).contains(&p50), "median {p50:.2}; expected 60-70 ms");
+    // up to jitter/2 (netem, which sorts every packet, gives the delay). docs/design.md. Below:
+    // the median of 400 uniform draws over 40 ms has a standard error of 1 ms (CI on 6.12 once
+    // gave 58.56 ms), so three of them.
+    assert!((57.0..=70.0).contains(&p50), "median {p50:.2}; expected 57-70 ms");
     // No packet waits much longer than the longest draw of one sent before it. The margin is for
     // timers firing late in a guest under emulation that shares its cores (measured up to +28 ms);
     // a jitter drawn too wide shows below, in the minimum.

@@ -66,6 +66,20 @@ enum Task {
     /// Measure what chaos costs the traffic it watches, side by side with the baseline; writes
     /// BENCHMARKS.md.
     Bench,
+    /// The long form of the hostile-input tests: every parser's generated cases
+    /// (chaos-user/tests/fuzz.rs), many more of them than the test lanes run.
+    Fuzz {
+        /// Cases per target.
+        #[arg(long, default_value_t = 100_000)]
+        cases: u32,
+    },
+    /// The long form of the survival tests on the running kernel: `chaos` SIGKILLed at many random
+    /// moments of a session with every fault kind (tests/tests/kill_points.rs).
+    Soak {
+        /// Random kill moments.
+        #[arg(long, default_value_t = 100)]
+        kills: u32,
+    },
     /// Learn strace's syscall sets (%file, %network, ...) from the strace on PATH and write them
     /// to chaos-user/src/faults/syscall_sets.rs.
     SyscallSets,
@@ -125,6 +139,21 @@ fn run(task: Task) -> Result<()> {
             setup::run()?;
             build_release()?;
             bench::run()
+        }
+        Task::Fuzz { cases } => {
+            setup::run()?;
+            let mut c = cmd::cargo();
+            c.args(["test", "--release", "--package", "chaos-user", "--test", "fuzz", "--", "--nocapture"]).env("CHAOS_FUZZ_CASES", cases.to_string());
+            cmd::run(&mut c)
+        }
+        Task::Soak { kills } => {
+            setup::run()?;
+            build_release()?;
+            let mut c = cmd::cargo();
+            c.args(["test", "--release", "--package", "chaos-tests", "--test", "kill_points", "--", "--nocapture", "a_kill_at_a_random_moment"])
+                .env("CHAOS_KILL_RANDOM", kills.to_string())
+                .env("CHAOS_LANE", "host");
+            cmd::run(&mut c)
         }
         Task::SyscallSets => {
             setup::run()?;

@@ -242,6 +242,11 @@ impl Experiment {
     /// Reads and checks an experiment file; every problem is one line naming the place.
     pub fn load(path: &Path) -> Result<Experiment> {
         let text = std::fs::read_to_string(path).map_err(|e| usage!("cannot read {}: {e}", path.display()))?;
+        Experiment::parse(path, &text)
+    }
+
+    /// An experiment file's `text`, read from `path` (which the messages name).
+    pub fn parse(path: &Path, text: &str) -> Result<Experiment> {
         let sections = [
             Section { key: "experiment", many: false, command: ExperimentTable::augment_args(clap::Command::new("experiment")) },
             Section { key: "probe", many: true, command: ProbeTable::augment_args(clap::Command::new("probe")) },
@@ -249,7 +254,7 @@ impl Experiment {
             Section { key: "service", many: true, command: ServiceTable::augment_args(clap::Command::new("service")) },
         ];
         let command_for = |kind: &str| faults::kind(kind).map(|k| k.fault_command());
-        let doc = file::parse_document(path, &text, &sections, &command_for, &faults::kind_names()).map_err(|e| Error::Usage(e.0))?;
+        let doc = file::parse_document(path, text, &sections, &command_for, &faults::kind_names()).map_err(|e| Error::Usage(e.0))?;
         let table = |key: &str| doc.sections.get(key).cloned().unwrap_or_default();
         let at = |line: usize| format!("{}:{line}", path.display());
 

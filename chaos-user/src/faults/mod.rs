@@ -184,6 +184,19 @@ pub fn kind_names() -> Vec<&'static str> {
     KINDS.iter().map(|k| k.name).collect()
 }
 
+/// The faults of a fault file's `text` (read from `path`): every problem is one line naming the
+/// place, `PATH:LINE[:COLUMN]: what`.
+pub fn file_specs(path: &std::path::Path, text: &str) -> Result<Vec<FaultSpec>> {
+    let command_for = |kind: &str| self::kind(kind).map(|k| k.fault_command());
+    let parsed = crate::file::parse(path, text, &command_for, &kind_names()).map_err(|e| crate::error::Error::Usage(e.0))?;
+    let mut specs = Vec::new();
+    for f in parsed {
+        let kind = self::kind(&f.kind).ok_or_else(|| crate::usage!("{}:{}: unknown fault kind {}", path.display(), f.line, f.kind))?;
+        specs.push(FaultSpec::from_matches(kind, &f.matches, format!("{}:{}", path.display(), f.line))?);
+    }
+    Ok(specs)
+}
+
 impl Kind {
     /// The kind's flags and the flags every fault has: the same on the command line and as the
     /// keys of a `[[fault]]` table.
@@ -254,15 +267,21 @@ impl FaultSpec {
     /// Builds the spec from clap's matches of [`Kind::fault_command`]: the one path the command
     /// line and fault files share.
     pub fn from_matches(kind: &Kind, m: &ArgMatches, origin: String) -> Result<FaultSpec> {
-        let args = FaultArgs::from_arg_matches(m).map_err(|e| crate::usage!("{}", crate::cli::one_line(&e)))?;
-        let fault = (kind.build)(m)?;
+        let at = place(&origin);
+        let args = FaultArgs::from_arg_matches(m).map_err(|e| crate::usage!("{at}{}", crate::cli::one_line(&e)))?;
+        let fault = (kind.build)(m).map_err(|e| e.at(&at))?;
         Ok(FaultSpec { fault, args, origin })
     }
 
     /// "faults.toml:12: " or "".
     pub fn at(&self) -> String {
-        if self.origin.is_empty() { String::new() } else { format!("{}: ", self.origin) }
+        place(&self.origin)
     }
+}
+
+/// "faults.toml:12: " for origin "faults.toml:12", "" for none.
+fn place(origin: &str) -> String {
+    if origin.is_empty() { String::new() } else { format!("{origin}: ") }
 }
 
 /// Per-cent as parts per million, for descriptions.

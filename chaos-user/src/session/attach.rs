@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use super::{
     journal::{Change, Journal, NetnsRef},
-    qdisc,
+    killpoint, qdisc,
 };
 use crate::{
     error::{Error, Result, chain},
@@ -182,6 +182,7 @@ impl Attachments {
             let link_id = link.info().map(|i| i.id()).unwrap_or(0);
             self.cgroup.push((target.path.clone(), CgroupLink::Fd(link), link_id));
         }
+        killpoint::step(|| format!("attached {} to {}", hook.describe(), target.path.display()));
         Ok(())
     }
 
@@ -242,6 +243,7 @@ impl Attachments {
             SysHeld::FmodRet(f) => f.link_id,
         };
         self.sys.push(SysLink { held, link_id });
+        killpoint::step(|| format!("attached {}", hook.describe()));
         Ok(())
     }
 
@@ -322,8 +324,14 @@ impl Attachments {
     /// its own namespace, then any clsact qdisc chaos added that nothing uses any more. Journal
     /// entries go as their changes are undone. Idempotent.
     pub fn detach_all(&mut self, journal: &mut Journal) {
-        self.cgroup.clear();
-        self.sys.clear();
+        if !self.cgroup.is_empty() {
+            self.cgroup.clear();
+            killpoint::step(|| "detached the cgroup hooks".into());
+        }
+        if !self.sys.is_empty() {
+            self.sys.clear();
+            killpoint::step(|| "detached the syscall hooks".into());
+        }
         for mut d in std::mem::take(&mut self.devices) {
             let ns = d.ns.clone();
             let link = d.link.take().map(ManuallyDrop::new);
@@ -364,6 +372,7 @@ impl Attachments {
                 }
                 Err(e) => log::warn!("{e}: its TC program stays attached and recorded for `chaos cleanup`"),
             }
+            killpoint::step(|| format!("detached from {}", d.ifname));
         }
     }
 
@@ -457,6 +466,7 @@ fn attach_program(
         let fd: Option<&FdLink> = (&link).try_into().ok();
         d.link_id = fd.and_then(|l| l.info().ok()).map(|i| i.id());
         d.link = Some(link);
+        killpoint::step(|| format!("attached a tcx link to {ifname}"));
         return Ok(d);
     }
     // Netlink (before 6.6): a clsact qdisc first, if the device has none, then the filter. Each
@@ -466,7 +476,10 @@ fn attach_program(
         let change = Change::Clsact { netns: nsref.clone(), ifindex, ifname: ifname.to_string() };
         journal.before(change.clone()).map_err(journal_err)?;
         match rtnl::add_clsact(ifindex) {
-            Ok(()) => d.clsact = Some(change),
+            Ok(()) => {
+                d.clsact = Some(change);
+                killpoint::step(|| format!("added a clsact qdisc to {ifname}"));
+            }
             Err(e) => {
                 let _ = journal.forget(&change);
                 if e.raw_os_error() != Some(libc::EEXIST) {
@@ -494,6 +507,7 @@ fn attach_program(
         Ok(id) => {
             d.link = Some(prog.take_link(id).map_err(|e| fail(&e))?);
             d.filter = Some(change);
+            killpoint::step(|| format!("attached a TC filter to {ifname}"));
             Ok(d)
         }
         Err(e) => {

@@ -32,6 +32,7 @@ impl Guardian {
         let exe = std::env::current_exe().context("finding the chaos executable")?;
         let mut cmd = Command::new(exe);
         cmd.args(["guardian", "--session", session]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        cmd.env_remove(super::killpoint::KILL_AT_ENV);
         // SAFETY: setsid(2) is async-signal-safe and touches no memory: the guardian leaves the
         // terminal's process group, so a Ctrl-C meant for the session does not kill it.
         unsafe {

@@ -133,6 +133,9 @@ fn read_holds(ring: &mut RingBuf<MapData>, specs: &[Option<HoldSpec>], held: &mu
             None => match pidfd_open(r.pid) {
                 Some(pidfd) => {
                     held.insert(r.pid, Held { until_ns, pidfd });
+                    if stats.holds == 1 {
+                        super::killpoint::step(|| format!("holding process {} (the first stopped)", r.pid));
+                    }
                 }
                 // Gone already (killed while stopped): nothing to continue.
                 None => log::debug!("holder: process {} is gone", r.pid),

@@ -18,6 +18,7 @@ use std::{
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
+use super::killpoint;
 use crate::kernel::{MapIds, netdev::Netns, rtnl};
 
 /// The directory of session records; `CHAOS_STATE_DIR` overrides it (tests).
@@ -387,7 +388,9 @@ impl Journal {
     }
 
     pub fn save(&self) -> anyhow::Result<()> {
-        self.record.save()
+        self.record.save()?;
+        killpoint::step(|| "journal: saved".into());
+        Ok(())
     }
 
     /// Records `change` before it is made: the guardian is started first, so a kill at any moment
@@ -400,9 +403,13 @@ impl Journal {
                 f(g.pid());
             }
             self.guardian = Some(g);
+            killpoint::step(|| "guardian started".into());
         }
+        let what = change.describe();
         self.record.changes.push(change);
-        self.record.save()
+        self.record.save()?;
+        killpoint::step(|| format!("journal: recorded {what}"));
+        Ok(())
     }
 
     /// Forgets a change that was undone (or turned out not to be made).
@@ -410,6 +417,7 @@ impl Journal {
         if let Some(i) = self.record.changes.iter().rposition(|c| c == change) {
             self.record.changes.remove(i);
             self.record.save()?;
+            killpoint::step(|| format!("journal: forgot {}", change.describe()));
         }
         Ok(())
     }
@@ -423,6 +431,7 @@ impl Journal {
     pub fn close(&mut self) {
         if self.record.changes.is_empty() {
             self.record.remove();
+            killpoint::step(|| "journal: record removed".into());
         } else if let Err(e) = self.record.save() {
             log::warn!("saving the session record: {e:#}");
         }

@@ -10,6 +10,7 @@ pub mod attach;
 pub mod guardian;
 pub mod holds;
 pub mod journal;
+pub mod killpoint;
 pub mod qdisc;
 
 use std::{path::PathBuf, time::Duration};
@@ -85,7 +86,7 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
             ));
         }
         let t = &spec.args.target;
-        let cg = Cgroup::of_target(t.cgroup.as_deref(), t.pid).map_err(|e| prefixed(&spec.at(), e))?;
+        let cg = Cgroup::of_target(t.cgroup.as_deref(), t.pid).map_err(|e| e.at(&spec.at()))?;
         if let Some(own) = &own
             && cg.contains(own)
             && !spec.args.force
@@ -129,14 +130,14 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
     let (available, kernel) = probe::require(&needs, &wants)?;
     let mut faults = Vec::new();
     for (spec, target) in specs.into_iter().zip(target_of) {
-        let hooks = spec.fault.hooks(&available).map_err(|e| prefixed(&spec.at(), e))?;
+        let hooks = spec.fault.hooks(&available).map_err(|e| e.at(&spec.at()))?;
         let mut rule = Rule {
             start_ns: Rule::NOT_STARTED,
             deadline_ns: u64::MAX,
             max_injections: spec.args.max_injections.unwrap_or(0),
             ..Default::default()
         };
-        spec.fault.fill(&mut rule, &hooks).map_err(|e| prefixed(&spec.at(), e))?;
+        spec.fault.fill(&mut rule, &hooks).map_err(|e| e.at(&spec.at()))?;
         if let Some(seed) = spec.args.seed {
             (rule.seeded, rule.seed) = (1, seed);
         }
@@ -188,17 +189,6 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
         privileges::require(privileges::CAP_SYS_ADMIN, "CAP_SYS_ADMIN", "entering the target's network namespace (setns)")?;
     }
     Ok(plan)
-}
-
-fn prefixed(at: &str, e: Error) -> Error {
-    if at.is_empty() {
-        return e;
-    }
-    match e {
-        Error::Usage(m) => Error::Usage(format!("{at}{m}")),
-        Error::Unsupported(m) => Error::Unsupported(format!("{at}{m}")),
-        Error::Other(e) => Error::Other(e.context(at.trim_end_matches(": ").to_string())),
-    }
 }
 
 /// What the plan attaches, as text (`--dry-run`).
@@ -505,6 +495,7 @@ impl Session {
             (info.start_ns, info.deadline_ns) = (start, deadline);
         }
         self.journal.save().map_err(|e| Error::Other(e.context("writing the session record")))?;
+        killpoint::step(|| "rules started".into());
         // The packet hooks read the coarse clock, up to a tick behind: measured, a sender that
         // started the moment chaos said "injecting" had its first packets pass.
         wait_for_coarse_clock(now);
@@ -623,6 +614,7 @@ impl Session {
                 let _ = self.kernel.set_rule(i as u32, &f.rule);
             }
         }
+        killpoint::step(|| "rules ended".into());
         self.attachments.detach_all(&mut self.journal);
         // Nothing stops a process from here on: continue every held one.
         if let Some(mut h) = self.holder.take() {

@@ -93,6 +93,7 @@ pub fn ensure_fq(journal: &mut Journal, ns: &Arc<Netns>, ifindex: u32, ifname: &
         let _ = journal.forget(&change);
         return Err(Error::Other(anyhow::anyhow!("putting fq on {ifname}: {e}")));
     }
+    super::killpoint::step(|| format!("put fq on {ifname}"));
     Ok(Some(change))
 }
 

@@ -65,9 +65,9 @@ impl Lane {
     ///   packet tests are the host's (tcx) and 6.1's (fq, netem), the fault files errinj's.
     pub fn full_run_tests(self) -> Tests {
         match self {
-            Lane::Errinj => Tests::Only(&["probe", "sys_fail", "sys_delay", "apply", "targets", "experiment"]),
-            Lane::DebianCloud => Tests::AllBut(&["cli", "sys_signal", "sys_delay", "sys_command", "sys_fail", "apply", "targets", "experiment", "metrics", "otlp"]),
-            Lane::Debian612Cloud => Tests::Only(&["probe", "devices", "net_delay", "net_faults", "sessions", "sys_fail"]),
+            Lane::Errinj => Tests::Only(&["probe", "sys_fail", "sys_delay", "apply", "targets", "experiment", "kill_points"]),
+            Lane::DebianCloud => Tests::AllBut(&["cli", "sys_signal", "sys_delay", "sys_command", "sys_fail", "apply", "targets", "experiment", "metrics", "otlp", "corpus", "kill_points"]),
+            Lane::Debian612Cloud => Tests::Only(&["probe", "devices", "net_delay", "net_faults", "sessions", "sys_fail", "kill_points"]),
         }
     }
 }

@@ -1,0 +1,306 @@
+//! Kill points: `chaos` SIGKILLed right after each step of a session's life (every journal write,
+//! the guardian's start, each attach, the clsact and fq changes, the first held process, the
+//! rules' start and end, each detach; the steps `CHAOS_TEST_KILL_AT` names) and at random
+//! moments, with one rule of every fault kind this kernel can run, in one session. Afterwards,
+//! once the guardian (or, failing it, `chaos cleanup`) has acted, nothing of the session is left:
+//! no program or link of it (any would hold its maps, which name the target), TC filter, clsact
+//! or changed qdisc, stopped process, record or made cgroup.
+//!
+//! The host runs every step and `CHAOS_KILL_RANDOM` random moments (12 unless set; `cargo xtask
+//! soak` sets 100); a guest lane every fifth step and 3 random moments.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use chaos_common::{TARGETS_MAP, TargetRules, loss::Prng};
+use chaos_tests::*;
+
+const KILL_AT_ENV: &str = "CHAOS_TEST_KILL_AT";
+
+/// One table per fault kind (net.rate twice: shaping and policing). `{cg}` and `{ns}` are the
+/// target's cgroup and network namespace. Every rule ends by itself after a second.
+const CANDIDATES: &[&str] = &[
+    "kind = \"net.drop\"\npercent = 10\nproto = \"udp\"\nport = 7101",
+    "kind = \"net.partition\"\npeer = \"192.0.2.0/24\"",
+    "kind = \"net.delay\"\ndelay = \"20ms\"",
+    "kind = \"net.duplicate\"\npercent = 10",
+    "kind = \"net.corrupt\"\npercent = 10",
+    "kind = \"net.rate\"\nrate = \"10mbit\"",
+    "kind = \"net.rate\"\nrate = \"10mbit\"\npolice = true",
+    "kind = \"net.reorder\"\npercent = 50\ndelay = \"10ms\"",
+    "kind = \"net.stall\"\nafter-bytes = \"1mb\"",
+    "kind = \"net.dns\"\nrcode = \"servfail\"",
+    "kind = \"sys.fail\"\nsyscall = \"connect\"\nerrno = \"ECONNREFUSED\"",
+    "kind = \"sys.fail\"\nsyscall = \"mkdir\"\nerrno = \"EACCES\"",
+    "kind = \"sys.signal\"\nsyscall = \"rmdir\"\nsignal = \"TERM\"",
+    "kind = \"sys.delay\"\nsyscall = \"nanosleep\"\ndelay = \"100ms\"",
+];
+
+fn table(body: &str, sb: &Sandbox) -> String {
+    let mut t = format!("[[fault]]\n{body}\ncgroup = \"{}\"\nfor = \"1s\"\n", sb.cgroup.path.display());
+    if body.contains("\"net.") {
+        t += &format!("netns = [\"{}\"]\n", sb.netns_path(Place::Target).display());
+    }
+    t
+}
+
+/// The fault file: every candidate this kernel runs (`chaos apply --dry-run` exits 0 for it; 3,
+/// naming what is missing, for the others).
+fn every_kind_here(sb: &Sandbox) -> (TempFile, Vec<&'static str>) {
+    let checks: Vec<(&str, i32, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = CANDIDATES
+            .iter()
+            .map(|body| {
+                s.spawn(move || {
+                    let f = TempFile::new("chaos-kill-kind-", &table(body, sb));
+                    let (code, _, err) = run_chaos(&["apply", f.path(), "--dry-run"]);
+                    (*body, code, err)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a dry run")).collect()
+    });
+    let mut kinds = Vec::new();
+    let mut text = String::new();
+    for (body, code, err) in checks {
+        assert!(code == 0 || code == 3, "dry run of {body:?}: exit {code}: {err:?}");
+        if code == 0 {
+            text += &table(body, sb);
+            text += "\n";
+            kinds.push(body.lines().next().unwrap_or_default().trim_start_matches("kind = ").trim_matches('"'));
+        }
+    }
+    assert!(kinds.len() >= 4, "too few fault kinds run here to test: {kinds:?}");
+    (TempFile::new("chaos-kill-points-", &text), kinds)
+}
+
+/// The inode number of a cgroup2 directory is its id, as the kernel programs see it.
+fn cgroup_id(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("the target cgroup"))
+}
+
+/// What of a session on this sandbox is left in the kernel and the system, by kind.
+fn leftovers(sb: &Sandbox, target_id: u64, root_before: &str, chaos_pid: u32) -> Vec<String> {
+    let mut left = Vec::new();
+    // A program of a session is alive while anything holds it (a link, a TC filter, an
+    // attachment, a process): it holds the session's maps, and its targets map names this
+    // sandbox's cgroup. The map is freed with the last program that uses it.
+    let objects = aya::maps::loaded_maps()
+        .flatten()
+        .filter(|m| m.name_as_str() == Some(TARGETS_MAP))
+        .filter(|m| {
+            let Ok(data) = aya::maps::MapData::from_id(m.id()) else { return false };
+            aya::maps::HashMap::<_, u64, TargetRules>::try_from(aya::maps::Map::HashMap(data)).is_ok_and(|h| h.get(&target_id, 0).is_ok())
+        })
+        .count();
+    if objects > 0 {
+        left.push(format!("{objects} session object(s) still held (programs, links)"));
+    }
+    let qdiscs = sb.client_qdiscs();
+    if qdiscs.contains("clsact") {
+        left.push("a clsact qdisc".into());
+    }
+    let out = Command::new("ip")
+        .args(["netns", "exec", &sb.client_ns, "tc", "filter", "show", "dev", &sb.client_dev, "egress"])
+        .output()
+        .expect("tc filter show");
+    if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+        left.push(format!("a TC filter: {}", String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    let root = root_qdisc(&qdiscs, &sb.client_dev);
+    if root != root_before {
+        left.push(format!("a changed root qdisc: {root}"));
+    }
+    for pid in std::fs::read_to_string(sb.cgroup.path.join("cgroup.procs")).unwrap_or_default().lines() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')) {
+            left.push(format!("process {pid} stopped"));
+        }
+    }
+    let st = status();
+    for key in ["sessions", "dead"] {
+        if st[key].as_array().is_some_and(|a| a.iter().any(|s| s["pid"] == chaos_pid)) {
+            left.push(format!("a session record ({key})"));
+        }
+    }
+    let made: Vec<String> = std::fs::read_dir(&sb.cgroup.path)
+        .expect("the target cgroup")
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !made.is_empty() {
+        left.push(format!("cgroups made: {made:?}"));
+    }
+    left
+}
+
+fn root_qdisc(qdiscs: &str, dev: &str) -> String {
+    qdiscs.lines().find(|l| l.contains(&format!(" dev {dev} ")) && l.contains(" root ")).unwrap_or("").to_string()
+}
+
+/// One run of the session: killed after step `at` (or at `after`, or never).
+struct Run {
+    killed: bool,
+    pid: u32,
+    steps: Vec<String>,
+    /// From the start to the first step (loading and verifying the programs came before), and
+    /// to the end.
+    first_step: Option<Duration>,
+    took: Duration,
+}
+
+fn run_session(file: &TempFile, at: Option<u32>, after: Option<Duration>) -> Run {
+    let mut cmd = Command::new(chaos_bin());
+    cmd.args(["apply", file.path()]).env(KILL_AT_ENV, at.unwrap_or(0).to_string()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let child = cmd.spawn().expect("spawning chaos");
+    let pid = child.id();
+    let mut p = Proc::new(child, format!("chaos apply (kill at {at:?} / {after:?})"));
+    let mut first_step = None;
+    match after {
+        Some(d) => {
+            std::thread::sleep(d);
+            p.signal(libc::SIGKILL);
+        }
+        None if at.is_none() => {
+            p.wait_for("chaos: step 1:", Duration::from_secs(60));
+            first_step = Some(started.elapsed());
+        }
+        None => {}
+    }
+    let status_of = |p: Proc| {
+        let (code, _, err) = p.finish(Duration::from_secs(60));
+        (code, err)
+    };
+    let (code, err) = status_of(p);
+    let took = started.elapsed();
+    let steps: Vec<String> = err.iter().filter(|l| l.starts_with("chaos: step ")).cloned().collect();
+    // Proc::finish gives -1 for a death by signal.
+    let killed = code == -1;
+    assert!(killed || code == 0, "chaos exited {code} (kill at {at:?}/{after:?}): {err:?}");
+    Run { killed, pid, steps, first_step, took }
+}
+
+/// Kills, then checks: what was found at once, and that the guardian (within 3 s) or else
+/// `chaos cleanup` left nothing. Returns a line for the report.
+fn kill_and_check(sb: &Sandbox, file: &TempFile, target_id: u64, root_before: &str, at: Option<u32>, after: Option<Duration>) -> (Run, String) {
+    let run = run_session(file, at, after);
+    let at_kill = leftovers(sb, target_id, root_before, run.pid);
+    let end = Instant::now() + Duration::from_secs(3);
+    let mut left = at_kill.clone();
+    while !left.is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+        left = leftovers(sb, target_id, root_before, run.pid);
+    }
+    let by = if left.is_empty() {
+        "the guardian"
+    } else {
+        let (code, _, err) = run_chaos(&["cleanup"]);
+        assert_eq!(code, 0, "chaos cleanup: {err:?}");
+        left = leftovers(sb, target_id, root_before, run.pid);
+        "chaos cleanup"
+    };
+    let last = run.steps.last().map(String::as_str).unwrap_or("(before the first step)");
+    assert!(left.is_empty(), "killed after {last}: still there after the guardian and chaos cleanup: {left:?} (found at the kill: {at_kill:?})");
+    let line = format!("{last}: {} found at the kill {at_kill:?}, none after {by}", at_kill.len());
+    (run, line)
+}
+
+struct Setup {
+    sb: Sandbox,
+    file: TempFile,
+    target_id: u64,
+    root_before: String,
+    _worker: Proc,
+    _dir: TempDir,
+}
+
+/// A directory in the temporary directory, removed (with what is in it) when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> TempDir {
+        let p = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir(&p).expect("a temporary directory");
+        TempDir(p)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn setup() -> Setup {
+    let sb = Sandbox::new();
+    let (file, kinds) = every_kind_here(&sb);
+    eprintln!("kinds in the session: {}", kinds.join(", "));
+    // A process of the target that sys.delay holds (the "first stopped process" step): 5 ms
+    // sleeps, bounded to 5 minutes.
+    let dir = TempDir::new("chaos-kill-worker-");
+    let mut worker = sb.spawn(Place::Target, &["syscall-loop", "--call", "nanosleep", "--path", dir.path(), "--count", "60000", "--wait"]);
+    worker.ready();
+    worker.go();
+    let target_id = cgroup_id(&sb.cgroup.path);
+    let root_before = root_qdisc(&sb.client_qdiscs(), &sb.client_dev);
+    Setup { sb, file, target_id, root_before, _worker: worker, _dir: dir }
+}
+
+fn guest() -> bool {
+    lane() != "host"
+}
+
+#[test]
+fn a_kill_after_any_step_of_a_session_leaves_nothing_behind() {
+    let s = setup();
+    // A whole run, counting the steps.
+    let (full, _) = kill_and_check(&s.sb, &s.file, s.target_id, &s.root_before, None, None);
+    assert!(!full.killed, "the full run was killed");
+    let n = full.steps.len() as u32;
+    for want in ["attached", "journal: saved", "rules started", "rules ended"] {
+        assert!(full.steps.iter().any(|l| l.contains(want)), "no step '{want}' among {:?}", full.steps);
+    }
+    if lane_has("tp_btf_signal") {
+        assert!(full.steps.iter().any(|l| l.contains("the first stopped")), "sys.delay held nobody: {:?}", full.steps);
+    }
+    let every = if guest() { 5 } else { 1 };
+    let mut report = Vec::new();
+    for at in (1..=n).filter(|k| k % every == 0 || *k == n) {
+        let (run, line) = kill_and_check(&s.sb, &s.file, s.target_id, &s.root_before, Some(at), None);
+        assert!(run.killed, "not killed at step {at} of {n}: {:?}", run.steps);
+        assert_eq!(run.steps.len() as u32, at, "steps seen before the kill at {at}: {:?}", run.steps);
+        report.push(format!("  step {at}/{n} {line}"));
+    }
+    eprintln!("kill points ({} of {n} steps):\n{}", report.len(), report.join("\n"));
+}
+
+#[test]
+fn a_kill_at_a_random_moment_leaves_nothing_behind() {
+    let s = setup();
+    let (full, _) = kill_and_check(&s.sb, &s.file, s.target_id, &s.root_before, None, None);
+    let count: u32 = std::env::var("CHAOS_KILL_RANDOM").ok().and_then(|v| v.parse().ok()).unwrap_or(if guest() { 3 } else { 12 });
+    let seed = std::env::var("CHAOS_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::process::id() as u64);
+    let mut rng = Prng::seeded(seed);
+    // Moments from a little before the first step (loading the programs: seconds in an emulated
+    // guest, where a moment drawn from the whole run mostly fell there) to the end.
+    let from = full.first_step.expect("the full run's first step").mul_f64(0.8).as_micros() as u64;
+    let span = (full.took.as_micros() as u64).saturating_sub(from).max(1);
+    let mut report = Vec::new();
+    let mut killed = 0;
+    for i in 0..count {
+        let after = Duration::from_micros(from + rng.next_u32() as u64 % span);
+        let (run, line) = kill_and_check(&s.sb, &s.file, s.target_id, &s.root_before, None, Some(after));
+        killed += u32::from(run.killed);
+        report.push(format!("  {i}: at {after:?} ({} steps) {line}", run.steps.len()));
+    }
+    eprintln!("random kills (seed {seed}, a full run {:?}): {killed} of {count} killed chaos before it ended\n{}", full.took, report.join("\n"));
+}
