@@ -158,8 +158,10 @@ fn the_kernel_rule_lives_exactly_as_long_as_chaos_stays_attached() {
     if netlink {
         // Before 6.6 chaos adds the clsact qdisc at the start and removes it at the end; each change
         // deactivates the device for an instant (qdisc_graft), and a datagram sent then is lost
-        // silently (noop qdisc, NET_XMIT_CN, reported to UDP as success). At most one per change.
-        assert!((dropped..=dropped + 2).contains(&lost), "lost {lost}, dropped {dropped} (sender: {sent})");
+        // silently (noop qdisc, NET_XMIT_CN, reported to UDP as success). One per change at 100
+        // datagrams a second, two where the emulated guest takes over 10 ms to swap the qdisc
+        // (CI on 6.1 lost three: dropped + 3).
+        assert!((dropped..=dropped + 4).contains(&lost), "lost {lost}, dropped {dropped} (sender: {sent})");
     } else {
         assert_eq!(lost, dropped, "every drop was counted, and only drops were lost (sender: {sent})");
     }

@@ -253,3 +253,27 @@ fn a_target_busy_while_chaos_checks_the_kernel_is_still_a_target() {
     let (_, matched, _, dropped) = rule0(&summary);
     assert!(matched > 1000 && dropped == matched, "the target's datagrams matched and dropped: matched {matched}, dropped {dropped}: {summary}");
 }
+
+/// Two sessions on one cgroup and one device (tcx links side by side, or two netlink filters at
+/// different priorities on 6.1): each drops its own port and counts exactly its own packets, and
+/// when one ends the other goes on, still whole.
+#[test]
+fn two_sessions_on_one_cgroup_and_device_each_count_exactly_their_own() {
+    let sb = Sandbox::new();
+    let (a, b, c) = (6321u16, 6322u16, 6323u16);
+    let first = start_chaos(&drop_args(&sb, &a.to_string()));
+    let mut second = start_chaos(&drop_args(&sb, &b.to_string()));
+    let _ = session_id(&mut second);
+    assert_eq!(udp(&sb, a, 100), 0, "the first session drops its port");
+    assert_eq!(udp(&sb, b, 100), 0, "the second session drops its port");
+    assert_eq!(udp(&sb, c, 100), 100, "a port neither names passes");
+    let one = stop_chaos(first);
+    assert_eq!(counter(&one, 0, "dropped"), 100, "the first counted its own 100: {one}");
+    assert_eq!(counter(&one, 0, "matched"), 100, "and matched none of the other's: {one}");
+    assert_eq!(udp(&sb, a, 100), 100, "the first's port passes once it ended");
+    assert_eq!(udp(&sb, b, 100), 0, "the second still drops its port after the first ended");
+    let two = stop_chaos(second);
+    assert_eq!(counter(&two, 0, "dropped"), 200, "the second counted its own 200: {two}");
+    assert_eq!(counter(&two, 0, "matched"), 200, "{two}");
+    assert!(!sb.client_qdiscs().contains("clsact"), "nothing of either is left on the device:\n{}", sb.client_qdiscs());
+}

@@ -74,11 +74,15 @@ enum Task {
         cases: u32,
     },
     /// The long form of the survival tests on the running kernel: `chaos` SIGKILLed at many random
-    /// moments of a session with every fault kind (tests/tests/kill_points.rs).
+    /// moments of a session with every fault kind (tests/tests/kill_points.rs), then a session's
+    /// memory sampled under constant traffic (tests/tests/load.rs).
     Soak {
         /// Random kill moments.
         #[arg(long, default_value_t = 100)]
         kills: u32,
+        /// How long the memory run lasts.
+        #[arg(long, default_value = "10m", value_parser = duration)]
+        memory_for: Duration,
     },
     /// Learn strace's syscall sets (%file, %network, ...) from the strace on PATH and write them
     /// to chaos-user/src/faults/syscall_sets.rs.
@@ -146,12 +150,17 @@ fn run(task: Task) -> Result<()> {
             c.args(["test", "--release", "--package", "chaos-user", "--test", "fuzz", "--", "--nocapture"]).env("CHAOS_FUZZ_CASES", cases.to_string());
             cmd::run(&mut c)
         }
-        Task::Soak { kills } => {
+        Task::Soak { kills, memory_for } => {
             setup::run()?;
             build_release()?;
             let mut c = cmd::cargo();
             c.args(["test", "--release", "--package", "chaos-tests", "--test", "kill_points", "--", "--nocapture", "a_kill_at_a_random_moment"])
                 .env("CHAOS_KILL_RANDOM", kills.to_string())
+                .env("CHAOS_LANE", "host");
+            cmd::run(&mut c)?;
+            let mut c = cmd::cargo();
+            c.args(["test", "--release", "--package", "chaos-tests", "--test", "load", "--", "--nocapture", "chaos_memory_stays_flat"])
+                .env("CHAOS_SOAK_SECS", memory_for.as_secs().to_string())
                 .env("CHAOS_LANE", "host");
             cmd::run(&mut c)
         }

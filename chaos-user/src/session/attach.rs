@@ -33,7 +33,7 @@ use chaos_common::{
 use serde::Serialize;
 
 use super::{
-    journal::{Change, Journal, NetnsRef},
+    journal::{self, Change, Journal, NetnsRef},
     killpoint, qdisc,
 };
 use crate::{
@@ -472,14 +472,20 @@ fn attach_program(
     // Netlink (before 6.6): a clsact qdisc first, if the device has none, then the filter. Each
     // is journaled before it is made.
     let journal_err = |e: anyhow::Error| Error::Other(e.context("writing the session record"));
+    // A clsact another live session added is shared: both journal it, and whichever ends last
+    // removes it (unused by then). Without this, the one that added it ended first, kept it for
+    // the other's filter, and the other, which had not added it, left it behind.
+    let change = Change::Clsact { netns: nsref.clone(), ifindex, ifname: ifname.to_string() };
+    let own_id = journal.record().id.clone();
+    let shared = || journal::another_live_session_has(&own_id, &change);
     if !rtnl::has_qdisc(ifindex, "clsact").map_err(|e| fail(&e))? {
-        let change = Change::Clsact { netns: nsref.clone(), ifindex, ifname: ifname.to_string() };
         journal.before(change.clone()).map_err(journal_err)?;
         match rtnl::add_clsact(ifindex) {
             Ok(()) => {
                 d.clsact = Some(change);
                 killpoint::step(|| format!("added a clsact qdisc to {ifname}"));
             }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && shared() => d.clsact = Some(change),
             Err(e) => {
                 let _ = journal.forget(&change);
                 if e.raw_os_error() != Some(libc::EEXIST) {
@@ -487,6 +493,9 @@ fn attach_program(
                 }
             }
         }
+    } else if shared() {
+        journal.before(change.clone()).map_err(journal_err)?;
+        d.clsact = Some(change);
     }
     // First in the chain: a priority below every existing filter's. (Left to choose, the kernel
     // gives a new filter a lower number than the last one but appends it after it: measured on

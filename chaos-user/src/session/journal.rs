@@ -361,6 +361,11 @@ pub fn sweep() -> Swept {
     swept
 }
 
+/// Whether a live session other than `own_id` has `change` in its record (a qdisc they share).
+pub fn another_live_session_has(own_id: &str, change: &Change) -> bool {
+    records().is_ok_and(|all| all.into_iter().filter_map(|(_, r)| r.ok()).any(|r| r.id != own_id && r.changes.contains(change) && r.owner_alive()))
+}
+
 /// A live session's journal: its record, saved before each change, and the guardian that undoes
 /// the changes if the session's process is killed.
 pub struct Journal {

@@ -66,7 +66,7 @@ impl Lane {
     pub fn full_run_tests(self) -> Tests {
         match self {
             Lane::Errinj => Tests::Only(&["probe", "sys_fail", "sys_delay", "apply", "targets", "experiment", "kill_points"]),
-            Lane::DebianCloud => Tests::AllBut(&["cli", "sys_signal", "sys_delay", "sys_command", "sys_fail", "apply", "targets", "experiment", "metrics", "otlp", "corpus", "kill_points"]),
+            Lane::DebianCloud => Tests::AllBut(&["cli", "sys_signal", "sys_delay", "sys_command", "sys_fail", "apply", "targets", "experiment", "metrics", "otlp", "corpus", "kill_points", "load"]),
             Lane::Debian612Cloud => Tests::Only(&["probe", "devices", "net_delay", "net_faults", "sessions", "sys_fail", "kill_points"]),
         }
     }
