@@ -16,7 +16,7 @@ use chaos_common::{
 };
 use chaos_user::{
     cli,
-    experiment::{Experiment, threshold::Threshold},
+    experiment::{EXAMPLES, Experiment, threshold::Threshold},
     faults::{self, loss_model, net_rate, sys},
 };
 use clap::Parser;
@@ -218,14 +218,6 @@ after = "10s"
 max-injections = 100
 when = "2..5+1"
 "#;
-
-const EXAMPLES: &[(&str, &str)] = &[
-    ("breaker.toml", include_str!("../../experiments/breaker.toml")),
-    ("bulkhead.toml", include_str!("../../experiments/bulkhead.toml")),
-    ("retry-storm.toml", include_str!("../../experiments/retry-storm.toml")),
-    ("slow-dependency.toml", include_str!("../../experiments/slow-dependency.toml")),
-    ("disk-errors.toml", include_str!("../../experiments/disk-errors.toml")),
-];
 
 /// A file's error names the file, in one line.
 fn file_error(path: &Path, e: &str) -> Verdict {

@@ -12,21 +12,14 @@ use std::{
 };
 
 use chaos_tests::{Proc, TempFile, Value, chaos_bin, lane, lane_has, run_chaos, unique};
+use chaos_user::experiment::EXAMPLES;
 
 /// The repository's experiments folder (on the host; guests have only the test binary).
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments")
 }
 
-/// The shipped examples, built into the test so it runs in a guest too.
-const EXAMPLES: &[(&str, &str)] = &[
-    ("breaker.toml", include_str!("../../experiments/breaker.toml")),
-    ("disk-errors.toml", include_str!("../../experiments/disk-errors.toml")),
-    ("bulkhead.toml", include_str!("../../experiments/bulkhead.toml")),
-    ("retry-storm.toml", include_str!("../../experiments/retry-storm.toml")),
-    ("slow-dependency.toml", include_str!("../../experiments/slow-dependency.toml")),
-];
-
+/// A shipped example's text (chaos_user::experiment::EXAMPLES).
 fn example(name: &str) -> &'static str {
     EXAMPLES.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no example {name}")).1
 }

@@ -160,9 +160,50 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// What a session costs to have: from the command to its fault active, its memory, its maps'
+/// memory, and from SIGTERM to its exit (everything detached: the fault gone). One value a round.
+#[derive(Default)]
+struct Footprint {
+    active_ms: Vec<f64>,
+    rss_kb: Vec<f64>,
+    peak_kb: Vec<f64>,
+    maps_kb: Vec<f64>,
+    gone_ms: Vec<f64>,
+}
+
+/// A field of /proc/PID/status in kB (VmRSS, VmHWM).
+fn status_kb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim_start_matches(':').trim().trim_end_matches(" kB").parse().unwrap_or(0.0))))
+        .unwrap_or(0.0)
+}
+
+/// The memory the kernel charges for the BPF maps process `pid` holds open (fdinfo's memlock), kB.
+fn maps_kb(pid: u32) -> f64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return 0.0 };
+    let bytes: u64 = fds
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|info| info.contains("map_type:"))
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("memlock:").and_then(|v| v.trim().parse::<u64>().ok())))
+        .sum();
+    bytes as f64 / 1024.0
+}
+
+/// Ends a session as an operator would (SIGTERM) and waits for it to exit: how long it took, ms.
+fn end_chaos(mut k: Killed) -> Result<f64> {
+    let t = Instant::now();
+    let pid = k.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status()?;
+    k.0.wait()?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
 /// Starts a 0% drop on `cgroup` (both directions) and waits until it is injecting; returns it and
-/// its resident memory in kB.
-fn start_chaos(cgroup: &Path) -> Result<(Killed, u64)> {
+/// adds what it cost to start to `f`.
+fn start_chaos(cgroup: &Path, f: &mut Footprint) -> Result<Killed> {
+    let t = Instant::now();
     let mut c = Command::new(chaos())
         .args(["net", "drop", "--percent", "0", "--direction", "both", "--for", "10m", "--cgroup"])
         .arg(cgroup)
@@ -174,12 +215,12 @@ fn start_chaos(cgroup: &Path) -> Result<(Killed, u64)> {
     while r.read_line(&mut line)? > 0 && !line.contains("injecting") {
         line.clear();
     }
+    f.active_ms.push(t.elapsed().as_secs_f64() * 1e3);
     let pid = c.id();
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").parse().unwrap_or(0))))
-        .unwrap_or(0);
-    Ok((Killed(c), rss))
+    f.rss_kb.push(status_kb(pid, "VmRSS"));
+    f.peak_kb.push(status_kb(pid, "VmHWM"));
+    f.maps_kb.push(maps_kb(pid));
+    Ok(Killed(c))
 }
 
 #[derive(Default)]
@@ -214,8 +255,7 @@ pub fn run() -> Result<()> {
     let _ = std::fs::write(cg.join("cgroup.kill"), "1");
     std::thread::sleep(Duration::from_millis(200));
     let _ = std::fs::remove_dir(&cg);
-    let (traffic_rows, rss) = traffic?;
-    rows.extend(traffic_rows);
+    rows.extend(traffic?);
 
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
@@ -240,7 +280,7 @@ pub fn run() -> Result<()> {
          (return-thunk and retpoline mitigations) a helper call costs tens of ns: the floor makes one, chaos's decision three\n\
          (the packet's cgroup, the clock, the draw)."
     )?;
-    writeln!(md, "\nTraffic: chaos's own workloads over loopback, the client in a cgroup made for the run, alone and with\n`chaos net drop --percent 0 --direction both` on its cgroup. chaos's resident memory while injecting: {rss} kB.")?;
+    writeln!(md, "\nTraffic: chaos's own workloads over loopback, the client in a cgroup made for the run, alone and with\n`chaos net drop --percent 0 --direction both` on its cgroup; the same session's footprint, from the command to its end.")?;
     md += &render(&rows);
     writeln!(md, "\n## Against the peers, in the errinj qemu guest\n")?;
     writeln!(md, "`tc netem` and `strace -e inject=` have nothing to compare against on this host (no sch_netem; strace has no")?;
@@ -308,18 +348,17 @@ fn packet_time() -> Result<Vec<Row>> {
 type Goal = Option<(&'static str, fn(f64) -> bool)>;
 
 /// The cost to a workload's traffic over loopback, alone and with a 0% rule.
-fn traffic(cg: &Path) -> Result<(Vec<Row>, u64)> {
+fn traffic(cg: &Path) -> Result<Vec<Row>> {
     let port = free_port()?;
     let _server = spawn_ready(&["workload", "rr-server", "--bind", &format!("127.0.0.1:{port}"), "--max", "10m"])?;
     let (mut base, mut with) = (Sample::default(), Sample::default());
-    let mut rss = 0;
+    let mut f = Footprint::default();
     for round in 0..ROUNDS {
         eprintln!("bench: traffic round {}/{ROUNDS}", round + 1);
         measure(cg, port, &mut base)?;
-        let (chaos, r) = start_chaos(cg)?;
-        rss = rss.max(r);
+        let chaos = start_chaos(cg, &mut f)?;
         measure(cg, port, &mut with)?;
-        drop(chaos);
+        f.gone_ms.push(end_chaos(chaos)?);
     }
     let row = |measure: &str, b: &[f64], w: &[f64], goal: Goal| {
         let ratios: Vec<f64> = w.iter().zip(b).map(|(w, b)| w / b.max(1e-9)).collect();
@@ -336,15 +375,28 @@ fn traffic(cg: &Path) -> Result<(Vec<Row>, u64)> {
             ..Default::default()
         }
     };
-    Ok((
-        vec![
+    let own = |measure: &str, v: &[f64], goal: Option<(&str, f64)>| {
+        let m = median(v.to_vec());
+        Row {
+            section: "Footprint of one session on the host (`chaos net drop --percent 0 --direction both`; the median of the rounds)".into(),
+            measure: format!("{measure}; rounds {}–{}", num(v.iter().copied().fold(f64::MAX, f64::min)), num(v.iter().copied().fold(f64::MIN, f64::max))),
+            chaos: m,
+            goal: goal.map(|g| g.0.to_string()),
+            met: goal.map(|g| m <= g.1),
+            ..Default::default()
+        }
+    };
+    Ok(vec![
             row("request/response rate (req/s, offered 2000/s)", &base.rps, &with.rps, None),
             row("request latency p50 (µs)", &base.p50, &with.p50, None),
             row("request latency p99 (µs)", &base.p99, &with.p99, None),
             row("TCP bulk throughput over lo (MiB/s)", &base.mbps, &with.mbps, Some(("≥ ×0.97", |r| r >= 0.97))),
-        ],
-        rss,
-    ))
+            own("from the command to the fault active (ms)", &f.active_ms, Some(("≤ 100 ms", 100.0))),
+            own("from SIGTERM to the fault gone and chaos exited (ms)", &f.gone_ms, None),
+            own("resident memory while injecting (kB)", &f.rss_kb, None),
+            own("peak resident memory (kB)", &f.peak_kb, None),
+            own("BPF map memory the kernel charges (kB)", &f.maps_kb, None),
+    ])
 }
 
 #[cfg(test)]

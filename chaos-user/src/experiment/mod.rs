@@ -238,6 +238,16 @@ fn from_table<T: FromArgMatches>(path: &Path, t: &SectionTable, what: &str) -> R
     T::from_arg_matches(&t.matches).map_err(|e| usage!("{}:{}: {what}: {}", path.display(), t.line, crate::cli::one_line(&e)))
 }
 
+/// The example experiments of `experiments/`, built in: the tests run each one (in the guests
+/// too, which have no source tree) and the fuzzer edits them.
+pub const EXAMPLES: &[(&str, &str)] = &[
+    ("breaker.toml", include_str!("../../../experiments/breaker.toml")),
+    ("disk-errors.toml", include_str!("../../../experiments/disk-errors.toml")),
+    ("bulkhead.toml", include_str!("../../../experiments/bulkhead.toml")),
+    ("retry-storm.toml", include_str!("../../../experiments/retry-storm.toml")),
+    ("slow-dependency.toml", include_str!("../../../experiments/slow-dependency.toml")),
+];
+
 impl Experiment {
     /// Reads and checks an experiment file; every problem is one line naming the place.
     pub fn load(path: &Path) -> Result<Experiment> {
