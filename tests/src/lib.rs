@@ -567,6 +567,22 @@ pub fn netlink_tc() -> bool {
     !lane_has("tcx")
 }
 
+/// Removes a directory tree when dropped, the test failing or not.
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A new directory in the temporary directory, removed (with what is in it) when dropped.
+pub fn temp_dir(prefix: &str) -> RemoveOnDrop {
+    let p = std::env::temp_dir().join(unique(prefix));
+    std::fs::create_dir(&p).expect("a temporary directory");
+    RemoveOnDrop(p)
+}
+
 /// A file in the temporary directory, removed when dropped.
 pub struct TempFile(pub PathBuf);
 

@@ -216,28 +216,7 @@ struct Setup {
     target_id: u64,
     root_before: String,
     _worker: Proc,
-    _dir: TempDir,
-}
-
-/// A directory in the temporary directory, removed (with what is in it) when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> TempDir {
-        let p = std::env::temp_dir().join(unique(prefix));
-        std::fs::create_dir(&p).expect("a temporary directory");
-        TempDir(p)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("utf-8 path")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    _dir: RemoveOnDrop,
 }
 
 fn setup() -> Setup {
@@ -246,8 +225,8 @@ fn setup() -> Setup {
     eprintln!("kinds in the session: {}", kinds.join(", "));
     // A process of the target that sys.delay holds (the "first stopped process" step): 5 ms
     // sleeps, bounded to 5 minutes.
-    let dir = TempDir::new("chaos-kill-worker-");
-    let mut worker = sb.spawn(Place::Target, &["syscall-loop", "--call", "nanosleep", "--path", dir.path(), "--count", "60000", "--wait"]);
+    let dir = temp_dir("chaos-kill-worker-");
+    let mut worker = sb.spawn(Place::Target, &["syscall-loop", "--call", "nanosleep", "--path", dir.0.to_str().expect("utf-8"), "--count", "60000", "--wait"]);
     worker.ready();
     worker.go();
     let target_id = cgroup_id(&sb.cgroup.path);

@@ -74,13 +74,11 @@ fn udp_at_a_high_rate_through_64_rules_is_accounted_for_datagram_by_datagram() {
 #[test]
 fn a_syscall_loop_on_both_cores_is_counted_call_by_call() {
     let sb = Sandbox::new();
-    let dir = std::env::temp_dir().join(unique("chaos-load-calls-"));
-    std::fs::create_dir(&dir).expect("a directory");
-    let _clean = Cleanup(dir.clone());
+    let dir = temp_dir("chaos-load-calls-");
     let cg = sb.cgroup.path.display().to_string();
     let chaos = start_chaos(&["sys", "fail", "--cgroup", &cg, "--syscall", "connect", "--errno", "ECONNREFUSED", "--percent", "50", "--for", "90s", "--json"].map(String::from));
     let n: u64 = 100_000;
-    let args = ["syscall-loop", "--call", "udp-connect", "--path", dir.to_str().unwrap(), "--count", &n.to_string(), "--threads", "2"];
+    let args = ["syscall-loop", "--call", "udp-connect", "--path", dir.0.to_str().unwrap(), "--count", &n.to_string(), "--threads", "2"];
     let (target, bystander) = std::thread::scope(|s| {
         let t = s.spawn(|| sb.spawn(Place::Target, &args).json(T));
         let b = s.spawn(|| sb.spawn(Place::Bystander, &args).json(T));
@@ -97,15 +95,6 @@ fn a_syscall_loop_on_both_cores_is_counted_call_by_call() {
     let sd = (calls as f64 * 0.25).sqrt();
     assert!((failed as f64 - calls as f64 / 2.0).abs() < 5.0 * sd, "{failed} of {calls} failed; expected 50%");
     assert_eq!(bystander["ok"], 2 * n, "the bystander's calls all worked: {bystander}");
-}
-
-/// Removes a directory when dropped.
-struct Cleanup(std::path::PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `GET /metrics` on 127.0.0.1:`port`: the body, or "" if it did not answer.

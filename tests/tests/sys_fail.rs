@@ -595,14 +595,6 @@ fn lsm_hooks_fail_exactly_the_calls_when_selects() {
     assert_eq!(counter(&summary, 0, "failed"), 5, "{summary}");
 }
 
-/// Removes a directory tree when dropped, the test failing or not.
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `--path PREFIX`: only the opens, mappings and ioctls of files under the prefix fail, as the
 /// kernel resolves them (a symlink into it counts, a sibling whose name merely starts the same

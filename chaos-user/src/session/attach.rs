@@ -477,7 +477,7 @@ fn attach_program(
     // the other's filter, and the other, which had not added it, left it behind.
     let change = Change::Clsact { netns: nsref.clone(), ifindex, ifname: ifname.to_string() };
     let own_id = journal.record().id.clone();
-    let shared = || journal::another_live_session_has(&own_id, &change);
+    let shared = || journal::live_owner(&own_id, |c| *c == change).is_some();
     if !rtnl::has_qdisc(ifindex, "clsact").map_err(|e| fail(&e))? {
         journal.before(change.clone()).map_err(journal_err)?;
         match rtnl::add_clsact(ifindex) {

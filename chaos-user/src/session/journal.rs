@@ -361,9 +361,10 @@ pub fn sweep() -> Swept {
     swept
 }
 
-/// Whether a live session other than `own_id` has `change` in its record (a qdisc they share).
-pub fn another_live_session_has(own_id: &str, change: &Change) -> bool {
-    records().is_ok_and(|all| all.into_iter().filter_map(|(_, r)| r.ok()).any(|r| r.id != own_id && r.changes.contains(change) && r.owner_alive()))
+/// The record of a live session other than `own_id` that lists a change `which` picks (a qdisc
+/// it made, which another session may share or must leave alone).
+pub fn live_owner(own_id: &str, which: impl Fn(&Change) -> bool) -> Option<Record> {
+    records().ok()?.into_iter().filter_map(|(_, r)| r.ok()).find(|r| r.id != own_id && r.changes.iter().any(&which) && r.owner_alive())
 }
 
 /// A live session's journal: its record, saved before each change, and the guardian that undoes

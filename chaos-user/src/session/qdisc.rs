@@ -61,7 +61,7 @@ pub fn ensure_fq(journal: &mut Journal, ns: &Arc<Netns>, ifindex: u32, ifname: &
     let root = rtnl::root_qdisc(ifindex).map_err(|e| fail(&e))?;
     let (kind, current) = root.as_ref().map(|q| (q.kind.as_str(), q.handle)).unwrap_or(("noqueue", 0));
     if kind == "fq" {
-        if chaos_handle(current) && current != handle && let Some(owner) = owner_of(ns.ino, ifindex, current) {
+        if chaos_handle(current) && current != handle && let Some(owner) = owner_of(&journal.record().id, ns.ino, ifindex, current) {
             return Err(unsupported!(
                 "{ifname}: its fq qdisc belongs to chaos session {owner}, and goes when that session ends; put this fault in that session (one fault file), or run it afterwards"
             ));
@@ -97,14 +97,12 @@ pub fn ensure_fq(journal: &mut Journal, ns: &Arc<Netns>, ifindex: u32, ifname: &
     Ok(Some(change))
 }
 
-/// The live chaos session whose record says it put fq `handle` on that device.
-fn owner_of(netns_ino: u64, ifindex: u32, handle: u32) -> Option<String> {
-    journal::records().ok()?.into_iter().filter_map(|(_, r)| r.ok()).find_map(|r| {
-        let ours = r.changes.iter().any(|c| {
-            matches!(c, Change::RootFq { netns, ifindex: i, handle: h, .. } if netns.ino == netns_ino && *i == ifindex && *h == handle)
-        });
-        (ours && r.owner_alive()).then(|| format!("{} (pid {})", r.id, r.pid))
-    })
+/// The other live chaos session whose record says it put fq `handle` on that device.
+fn owner_of(own_id: &str, netns_ino: u64, ifindex: u32, handle: u32) -> Option<String> {
+    let r = journal::live_owner(own_id, |c| {
+        matches!(c, Change::RootFq { netns, ifindex: i, handle: h, .. } if netns.ino == netns_ino && *i == ifindex && *h == handle)
+    })?;
+    Some(format!("{} (pid {})", r.id, r.pid))
 }
 
 #[cfg(test)]
