@@ -222,10 +222,28 @@ family_command!(
 /// A clap error as one line: clap puts the problem in its first paragraph and usage after a
 /// blank line.
 pub fn one_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    // clap takes "-1" or "-5s" after an option for another option; say what it is.
+    if e.kind() == ErrorKind::UnknownArgument
+        && let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg)
+        && arg.strip_prefix('-').is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit() || c == '.'))
+    {
+        // clap names only the first "flag" of "-1s" ("-1"): the whole word, from the command line.
+        let word = std::env::args().find(|a| a.starts_with(arg.as_str())).unwrap_or_else(|| arg.clone());
+        return format!("'{word}' is negative: counts, percentages and durations here are 0 or more");
+    }
     let text = e.render().to_string();
     let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
     let msg = first.join(" ");
     msg.strip_prefix("error: ").unwrap_or(&msg).to_string()
+}
+
+/// A process id: a positive number.
+pub fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) | Err(_) => Err(format!("'{s}' is not a process id; give the number of a running process, such as 1234")),
+        Ok(p) => Ok(p),
+    }
 }
 
 /// "30", "0.5", "12.5%" → parts per million.

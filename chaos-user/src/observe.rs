@@ -54,7 +54,7 @@ pub struct ObserveTarget {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
     /// Observe the cgroup v2 this process is in.
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = crate::cli::parse_pid)]
     pub pid: Option<u32>,
 }
 

@@ -10,7 +10,6 @@ use aya::{
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
         KProbe, Lsm, ProgramError, SchedClassifier,
-        links::LinkOrder,
         tc::{NlOptions, TcAttachOptions, TcAttachType},
     },
 };
@@ -90,6 +89,17 @@ impl Backend {
         }
     }
 
+    /// The programs its check loads that take no load arguments (what [`Kernel::preload`] can
+    /// verify beside one another).
+    fn programs(self) -> &'static [&'static str] {
+        match self {
+            Backend::CgroupSkb => &[PROG_CGROUP_INGRESS],
+            Backend::Tcx | Backend::TcNetlink => &[PROG_TC_EGRESS],
+            Backend::CgroupSockAddr => &[PROG_CONNECT4],
+            _ => &[],
+        }
+    }
+
     /// Kernel options that explain a refusal.
     fn options(self) -> &'static [&'static str] {
         match self {
@@ -127,7 +137,6 @@ pub struct Report {
 struct Facts {
     config: Option<BTreeMap<String, String>>,
     active_lsms: Option<String>,
-    btf: Option<&'static Btf>,
 }
 
 impl Facts {
@@ -136,8 +145,12 @@ impl Facts {
         Facts {
             config: config::read(),
             active_lsms: std::fs::read_to_string("/sys/kernel/security/lsm").ok(),
-            btf: crate::kernel::vmlinux_btf().ok(),
         }
+    }
+
+    /// The kernel's BTF, parsed on first use (tens of ms): only the BTF-typed checks need it.
+    fn btf(&self) -> Option<&'static Btf> {
+        crate::kernel::vmlinux_btf().ok()
     }
 
     /// A refusal, explained: the error, then the config options it is missing.
@@ -187,6 +200,10 @@ pub fn probe() -> Result<Report> {
 pub fn require(groups: &[&[Backend]], optional: &[&[Backend]]) -> Result<(Vec<Backend>, Kernel)> {
     let facts = Facts::gather();
     let mut kernel = Kernel::load(false)?;
+    // The first backend of each group is the one a fault picks where it works: verify their
+    // programs side by side before checking them one by one.
+    let first: Vec<&str> = groups.iter().chain(optional).filter_map(|g| g.first()).flat_map(|b| b.programs().iter().copied()).collect();
+    kernel.preload(&first);
     let mut working = Vec::new();
     for group in groups {
         let mut refused = Vec::new();
@@ -280,7 +297,9 @@ fn check_cgroup_skb(kernel: &mut Kernel) -> Outcome {
 fn check_sock_addr(kernel: &mut Kernel) -> Outcome {
     // The real program: it proves the helpers the connect fault uses (bpf_set_retval: 5.18+).
     let prog: &mut CgroupSockAddr = kernel.get(PROG_CONNECT4).map_err(|e| e.to_string())?;
-    prog.load().map_err(|e| load_failed("cgroup/connect4 with bpf_set_retval", &e))?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|e| load_failed("cgroup/connect4 with bpf_set_retval", &e))?;
+    }
     let f = probe_cgroup()?;
     let id = prog
         .attach(&f, CgroupAttachMode::Single)
@@ -288,20 +307,21 @@ fn check_sock_addr(kernel: &mut Kernel) -> Outcome {
     prog.detach(id).map_err(|e| e.to_string())
 }
 
-/// TC: tcx by attaching a link to `lo` of this namespace (no qdisc changes; the program, with no
-/// targets, passes every packet on at once); netlink by a clsact and a cls_bpf filter on `lo` of a
-/// throwaway namespace (adding a qdisc to a device in use blips it), which needs CAP_SYS_ADMIN.
+/// TC: the program loads, then tcx by asking `lo` of this namespace for its tcx programs (a query:
+/// an attachment and its detachment would cost the start two RCU grace periods, tens of ms;
+/// kernels before 6.6 refuse the attach type with EINVAL); netlink by a clsact and a cls_bpf
+/// filter on `lo` of a throwaway namespace (adding a qdisc to a device in use blips it), which
+/// needs CAP_SYS_ADMIN.
 fn check_tc(kernel: &mut Kernel, tcx: bool) -> Outcome {
     let prog = kernel.program::<SchedClassifier>(PROG_TC_EGRESS, "TC classifier").map_err(|e| e.to_string())?;
     if tcx {
-        let id = prog.attach_with_options("lo", TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::last())).map_err(|e| {
+        return SchedClassifier::query_tcx("lo", TcAttachType::Egress).map(|_| ()).map_err(|e| {
             if errno_of(&e) == Some(libc::EINVAL) {
-                "attaching a tcx link refused with EINVAL (tcx needs Linux 6.6+)".to_string()
+                "querying tcx links refused with EINVAL (tcx needs Linux 6.6+)".to_string()
             } else {
-                format!("attaching: {}", describe_errno(&e))
+                format!("querying tcx links: {}", describe_errno(&e))
             }
-        })?;
-        return prog.detach(id).map_err(|e| e.to_string());
+        });
     }
     throwaway_netns_allowed()?;
     std::thread::scope(|s| {
@@ -329,7 +349,7 @@ fn throwaway_netns_allowed() -> Outcome {
 }
 
 fn check_btf(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Outcome {
-    let btf = facts.btf.ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
+    let btf = facts.btf().ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
     if b == Backend::BpfLsm {
         // The real program (its rules are not started, so it allows every open): a kernel whose
         // verifier refuses it says so here, not at the first fault.
@@ -361,7 +381,7 @@ fn check_btf(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Outcome {
 /// The real fmod_ret program, loaded by hand and attached to `function` (its rule is inactive, so
 /// it changes nothing), then detached.
 fn check_fmod_ret(kernel: &mut Kernel, facts: &Facts, section: &str, function: &str) -> Outcome {
-    let btf = facts.btf.ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
+    let btf = facts.btf().ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
     match kernel.fmod_ret(section, function, btf) {
         Ok(attached) => {
             drop(attached);

@@ -14,11 +14,13 @@ use chaos_common::{Action, KernelError, MAX_RULES, Rule, has_rule, net::Packet};
 
 use crate::engine::{decide, model_decides, now_coarse, rule};
 
-/// Rules walked in a loop the verifier unrolls; the rest (a session's 5th to 64th packet rule on a
-/// cgroup) in `bpf_loop`, whose body the verifier checks once. Unrolling all 64 made the TC program
-/// take half a second to verify here (196,051 instructions processed), seconds under emulation; a
-/// `bpf_loop` turn costs a call, so the common few rules do without.
-const INLINE_RULES: u32 = 4;
+/// Rules walked in line; the rest (a session's 2nd to 64th packet rule on a cgroup) in
+/// `bpf_loop`, whose body the verifier checks once. Each rule in line is checked again on every
+/// path that reaches it: unrolling all 64 made the TC program take half a second to verify here
+/// (196,051 instructions processed); 4 in line, 90,523 for TC and 104,600 for cgroup_skb ingress
+/// (120 and 170 ms, most of a session's start); 1, 51,021 and 49,692 (74 and 77 ms). A `bpf_loop`
+/// turn costs a helper call, which the common one-rule session does without.
+const INLINE_RULES: u32 = 1;
 
 /// What the `bpf_loop` turns share with the program.
 #[repr(C)]

@@ -246,7 +246,7 @@ pub struct TargetArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
     /// Target the cgroup v2 that this process is in.
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = crate::cli::parse_pid)]
     pub pid: Option<u32>,
     /// `-- CMD ARGS...`: run CMD in a fresh cgroup of its own, the fault live from its first
     /// instruction; the fault and the cgroup go when CMD ends, and chaos exits with CMD's status.

@@ -59,6 +59,10 @@ impl Kernel {
         // Without BTF no program that needs it loads (LSM, fmod_ret, tp_btf), whatever this is.
         let f_path = btf_member::file_f_path_offset().unwrap_or(0);
         let mut ebpf = EbpfLoader::new()
+            // The kernel's BTF serves CO-RE relocations, which Rust programs do not have (see
+            // `btf_member`); the loader would parse it anyway (tens of ms of every start). The
+            // BTF-typed programs take it at their own load.
+            .btf(None)
             .override_global(LOG_PACKETS_GLOBAL, &log_flag, true)
             .override_global(FILE_F_PATH_OFFSET_GLOBAL, &f_path, true)
             .load(KERNEL_OBJECT)
@@ -177,6 +181,40 @@ impl Kernel {
             log::debug!("loaded {name}: verified in {:?} ({} instructions processed)", started.elapsed(), prog.verified().unwrap_or(0));
         }
         Ok(prog)
+    }
+
+    /// Loads the named programs at once, one thread each: the verifier is most of a session's
+    /// start (about 150 ms a program here), and it runs on as many CPUs as it is given. A program
+    /// that fails to load is left unloaded, so [`Kernel::program`] loads it again and reports why;
+    /// one already loaded, or of a type whose load takes arguments, is left as it is.
+    pub fn preload(&mut self, names: &[&str]) {
+        let mut wanted: Vec<(&str, &mut Program)> = self.ebpf.programs_mut().filter(|(n, p)| names.contains(n) && p.fd().is_err()).collect();
+        if wanted.len() < 2 {
+            return; // nothing to overlap: the caller's own load costs the same
+        }
+        std::thread::scope(|s| {
+            for (name, prog) in wanted.iter_mut() {
+                s.spawn(move || {
+                    let started = std::time::Instant::now();
+                    fn go(p: &mut impl Loadable) -> Result<u32, ProgramError> {
+                        p.load_it().map(|()| p.verified().unwrap_or(0))
+                    }
+                    let loaded = match prog {
+                        Program::CgroupSkb(p) => go(p),
+                        Program::SchedClassifier(p) => go(p),
+                        Program::CgroupSockAddr(p) => go(p),
+                        Program::CgroupSock(p) => go(p),
+                        Program::CgroupSockopt(p) => go(p),
+                        Program::KProbe(p) => go(p),
+                        _ => return,
+                    };
+                    match loaded {
+                        Ok(n) => log::debug!("preloaded {name}: verified in {:?} ({n} instructions processed)", started.elapsed()),
+                        Err(e) => log::debug!("preloading {name}: {e} (loaded again where it is needed)"),
+                    }
+                });
+            }
+        });
     }
 
     /// The named program, as its type, not yet loaded (for types whose load takes arguments).

@@ -137,6 +137,24 @@ pub struct Attachments {
 }
 
 impl Attachments {
+    /// The programs `hooks` need whose load takes no arguments, for [`Kernel::preload`] to verify
+    /// side by side before anything attaches; `egress`: the TC program too.
+    pub fn programs(hooks: &[&Hook], egress: bool) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if egress {
+            names.push(PROG_TC_EGRESS);
+        }
+        for hook in hooks {
+            match hook {
+                Hook::CgroupIngress => names.push(PROG_CGROUP_INGRESS),
+                Hook::CgroupSock(h) => names.extend(cgroup_call_by_hook(*h).map(|c| c.programs).unwrap_or_default()),
+                Hook::Kprobe(_) => names.push(PROG_KPROBE),
+                _ => {}
+            }
+        }
+        names
+    }
+
     /// A per-cgroup hook on `target`: `cgroup_skb/ingress`, or `connect4` and `connect6`. A
     /// cgroup link always coexists with other programs on the cgroup (link-based attachment is
     /// multi-attach by nature; the kernel refuses the ALLOW_MULTI flag there).

@@ -442,6 +442,8 @@ impl Session {
 
     fn attach_all(&mut self) -> Result<()> {
         let namespaces = self.plan.egress_namespaces();
+        let hooks: Vec<&Hook> = self.plan.cgroup_at.iter().map(|(h, _)| h).chain(&self.plan.sys_hooks).collect();
+        self.kernel.preload(&Attachments::programs(&hooks, !namespaces.is_empty()));
         if !namespaces.is_empty() {
             let fq = self.plan.fq.map(|need| (need, qdisc::handle_for(&self.id)));
             self.attachments.attach_devices(&mut self.kernel, &mut self.journal, &namespaces, self.plan.tcx, fq, true)?;
