@@ -119,7 +119,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let spec = FaultSpec {
         fault: Box::new(fault),
         args: FaultArgs {
-            target: TargetArgs { cgroup: Some(target.path.clone()), pid: None, command: Vec::new() },
+            target: TargetArgs { cgroup: Some(target.path.clone()), pid: None, container: None, pod: None, command: Vec::new() },
             duration: total,
             after: crate::cli::MAX_DURATION,
             max_injections: None,

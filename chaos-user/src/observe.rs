@@ -56,6 +56,12 @@ pub struct ObserveTarget {
     /// Observe the cgroup v2 this process is in.
     #[arg(long, value_name = "PID", value_parser = crate::cli::parse_pid)]
     pub pid: Option<u32>,
+    /// Observe a container: its ID, a unique prefix of it, or its name.
+    #[arg(long, value_name = "ID|NAME")]
+    pub container: Option<String>,
+    /// Observe every container of a Kubernetes pod on this node, by the pod's UID.
+    #[arg(long, value_name = "UID")]
+    pub pod: Option<String>,
 }
 
 /// The observed calls so far, summed over the CPUs.
@@ -210,7 +216,8 @@ pub fn net_line(n: &NetStats) -> String {
 
 pub fn run(args: ObserveArgs) -> Result<()> {
     let only: Vec<u32> = resolve_syscalls(&args.syscalls)?.into_iter().map(|(_, nr)| nr).collect();
-    let cgroup = Cgroup::of_target(args.target.cgroup.as_deref(), args.target.pid)?;
+    let t = &args.target;
+    let cgroup = Cgroup::of_target(crate::target::Named::from_options(t.cgroup.as_deref(), t.pid, t.container.as_deref(), t.pod.as_deref())?)?;
     crate::privileges::check()?;
     let mut kernel = Kernel::load(false)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Other(e.into()))?;

@@ -248,10 +248,23 @@ pub struct TargetArgs {
     /// Target the cgroup v2 that this process is in.
     #[arg(long, value_name = "PID", value_parser = crate::cli::parse_pid)]
     pub pid: Option<u32>,
+    /// Target a container: its ID, a unique prefix of it, or its name (podman, Docker,
+    /// containerd, CRI-O; found by their cgroup layouts, names through podman or docker).
+    #[arg(long, value_name = "ID|NAME")]
+    pub container: Option<String>,
+    /// Target every container of a Kubernetes pod on this node, by the pod's UID.
+    #[arg(long, value_name = "UID")]
+    pub pod: Option<String>,
     /// `-- CMD ARGS...`: run CMD in a fresh cgroup of its own, the fault live from its first
     /// instruction; the fault and the cgroup go when CMD ends, and chaos exits with CMD's status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+impl TargetArgs {
+    pub fn named(&self) -> crate::error::Result<crate::target::Named<'_>> {
+        crate::target::Named::from_options(self.cgroup.as_deref(), self.pid, self.container.as_deref(), self.pod.as_deref())
+    }
 }
 
 /// A fault as the user asked for it, validated: a kind's parameters plus the common flags.

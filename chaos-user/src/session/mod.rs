@@ -86,7 +86,7 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
             ));
         }
         let t = &spec.args.target;
-        let cg = Cgroup::of_target(t.cgroup.as_deref(), t.pid).map_err(|e| e.at(&spec.at()))?;
+        let cg = t.named().and_then(Cgroup::of_target).map_err(|e| e.at(&spec.at()))?;
         if let Some(own) = &own
             && cg.contains(own)
             && !spec.args.force

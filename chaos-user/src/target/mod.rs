@@ -12,12 +12,36 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
+pub mod containers;
+
 use procfs::process::Process;
 
 use crate::{error::Result, unsupported, usage};
 
 /// The id of the root cgroup of the cgroup2 hierarchy (the inode of its directory).
 const ROOT_CGROUP_ID: u64 = 1;
+
+/// A target as the user named it.
+#[derive(Clone, Copy, Debug)]
+pub enum Named<'a> {
+    Cgroup(&'a Path),
+    Pid(u32),
+    Container(&'a str),
+    Pod(&'a str),
+}
+
+impl<'a> Named<'a> {
+    /// The one of the four options clap let through (they form a required group of one).
+    pub fn from_options(cgroup: Option<&'a Path>, pid: Option<u32>, container: Option<&'a str>, pod: Option<&'a str>) -> Result<Named<'a>> {
+        match (cgroup, pid, container, pod) {
+            (Some(p), ..) => Ok(Named::Cgroup(p)),
+            (_, Some(pid), ..) => Ok(Named::Pid(pid)),
+            (_, _, Some(c), _) => Ok(Named::Container(c)),
+            (.., Some(uid)) => Ok(Named::Pod(uid)),
+            _ => Err(usage!("give a target: --cgroup PATH, --pid PID, --container ID|NAME or --pod UID")),
+        }
+    }
+}
 
 /// A resolved cgroup v2 directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,12 +134,21 @@ impl Cgroup {
         Cgroup::at(&mount, path)
     }
 
-    /// `--cgroup PATH` or `--pid PID`, whichever was given.
-    pub fn of_target(cgroup: Option<&Path>, pid: Option<u32>) -> Result<Cgroup> {
-        match (cgroup, pid) {
-            (Some(p), _) => Cgroup::from_arg(p),
-            (None, Some(pid)) => Cgroup::of_pid(pid),
-            (None, None) => Err(usage!("give a target: --cgroup PATH or --pid PID")),
+    /// `--cgroup PATH`, `--pid PID`, `--container ID|NAME` or `--pod UID`, whichever was given.
+    pub fn of_target(t: Named) -> Result<Cgroup> {
+        match t {
+            Named::Cgroup(p) => Cgroup::from_arg(p),
+            Named::Pid(pid) => Cgroup::of_pid(pid),
+            Named::Container(q) => {
+                let mount = cgroup2_mount()?;
+                let path = containers::find_container(&mount.mount_point, q)?;
+                Cgroup::at(&mount, path)
+            }
+            Named::Pod(uid) => {
+                let mount = cgroup2_mount()?;
+                let path = containers::find_pod(&mount.mount_point, uid)?;
+                Cgroup::at(&mount, path)
+            }
         }
     }
 
