@@ -1,9 +1,11 @@
 //! Benchmarks against the peers: `strace -e inject=` for syscall faults and `tc netem` for packet
 //! faults (loss at 0%, and delay: accuracy, jitter, TCP throughput and a long delay at a high
-//! rate), each side by side with the workload alone and with chaos, in one run, as ratios.
-//! `cargo xtask bench` runs this inside the errinj guest (the kernel that has every backend, fq and
-//! netem); each row is printed as a `BENCH| {json}` line in the schema xtask/src/bench.rs owns, and
-//! lands in BENCHMARKS.md. Ignored in test runs: a timing is never a pass/fail assertion.
+//! rate), each side by side with the workload alone and with chaos, in one run, as ratios; and a
+//! session's own footprint. `cargo xtask bench` runs this on the host and inside the guests (the
+//! errinj kernel has every backend, fq and netem; the Debian lanes run the footprint); a section
+//! whose fault or peer this kernel lacks is left out, and every section's title says where it ran.
+//! Each row is printed as a `BENCH| {json}` line in the schema xtask/src/bench.rs owns, and lands
+//! in BENCHMARKS.md. Ignored in test runs: a timing is never a pass/fail assertion.
 
 use std::{
     process::{Command, Stdio},
@@ -21,20 +23,53 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One row of the benchmark table (see xtask/src/bench.rs): `rounds` are (baseline, chaos, peer)
-/// per round; the ratio is chaos over the baseline.
+/// The lowest and highest of `v`.
+fn spread(v: &[f64]) -> (f64, f64) {
+    (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(f64::MIN, f64::max))
+}
+
+/// What this run measures on, for the rows' labels: "host (6.18, native)" (the running kernel's
+/// version), "errinj guest (TCG)".
+fn machine() -> String {
+    match lane() {
+        "host" => {
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            let version: Vec<&str> = release.trim().split(['.', '-']).take(2).collect();
+            format!("host ({}, native)", version.join("."))
+        }
+        guest => format!("{guest} guest (TCG)"),
+    }
+}
+
+/// Where this run measures, for the sections' titles: "on the host (6.18, native)", "in the errinj
+/// guest (TCG)".
+fn place() -> String {
+    format!("{} the {}", if lane() == "host" { "on" } else { "in" }, machine())
+}
+
 /// A goal as shown and whether a ratio meets it.
 type Goal<'a> = Option<(&'a str, fn(f64) -> bool)>;
 
+/// One row of the benchmark table (see xtask/src/bench.rs): `rounds` are (baseline, chaos, peer)
+/// per round; the ratio is chaos over the baseline.
 fn row(section: &str, measure: &str, rounds: &[(f64, f64, Option<f64>)], peer_name: Option<&str>, goal: Goal) {
     let ratios: Vec<f64> = rounds.iter().map(|(b, c, _)| c / b).collect();
     let (b, c) = (median(rounds.iter().map(|r| r.0).collect()), median(rounds.iter().map(|r| r.1).collect()));
     let peer = rounds.iter().filter_map(|r| r.2).collect::<Vec<_>>();
     let peer = (!peer.is_empty()).then(|| median(peer));
-    let spread = (ratios.iter().copied().fold(f64::MAX, f64::min), ratios.iter().copied().fold(f64::MIN, f64::max));
     let json = serde_json::json!({
         "section": section, "measure": measure, "baseline": b, "chaos": c, "peer": peer, "peer_name": peer_name,
-        "ratio": c / b, "spread": spread, "goal": goal.map(|g| g.0), "met": goal.map(|g| g.1(c / b)),
+        "ratio": c / b, "spread": spread(&ratios), "goal": goal.map(|g| g.0), "met": goal.map(|g| g.1(c / b)),
+    });
+    eprintln!("BENCH| {json}");
+}
+
+/// A row of a figure of chaos's own, with neither baseline nor peer: the median of `values` (one a
+/// round) and their range; `goal` is a bound the median meets when at most it.
+fn row_own(section: &str, measure: &str, values: &[f64], goal: Option<(&str, f64)>) {
+    let m = median(values.to_vec());
+    let json = serde_json::json!({
+        "section": section, "measure": measure, "chaos": m, "range": spread(values), "goal": goal.map(|g| g.0), "met": goal.map(|g| m <= g.1),
     });
     eprintln!("BENCH| {json}");
 }
@@ -91,7 +126,12 @@ struct CallBench<'a> {
 
 /// `fault`: the chaos command without target, percent or backend (`sys fail --syscall openat
 /// --errno ENOENT`); `backends`: (label, flags) for each way measured (`--backend lsm`).
+/// With no backend (this kernel can fail none of these calls), nothing is measured.
 fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, fault: &[&str], backends: &[(String, Vec<String>)]) {
+    if backends.is_empty() {
+        eprintln!("bench: {}: no backend on this kernel can inject the fault; left out", b.what);
+        return;
+    }
     let (target_s, us) = (cg.path.display().to_string(), |secs: f64| secs * 1e6 / b.count as f64);
     let run = |at: &TempCgroup, strace: Option<&str>, armed: &mut dyn FnMut()| us(call_loop(&at.path, b.args, b.count, strace.map(|i| (i, b.filter)), armed).0);
     let start = |flags: &[String], percent: &str| {
@@ -119,8 +159,10 @@ fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, fault: &[&
         firing.push(run(cg, Some(b.inject), &mut || {}));
     }
     let section = format!(
-        "Syscall faults in the errinj guest: {} {} calls by a process in the target cgroup, or in a bystander cgroup beside it (µs per call; baseline: the workload alone in the same cgroup; peer: strace -e inject=, armed and not firing for the 0% rows, firing on every call for the 100% rows)",
-        b.count, b.what
+        "Syscall faults {}: {} {} calls by a process in the target cgroup, or in a bystander cgroup beside it (µs per call; baseline: the workload alone in the same cgroup; peer: strace -e inject=, armed and not firing for the 0% rows, firing on every call for the 100% rows)",
+        place(),
+        b.count,
+        b.what
     );
     for (i, (label, _)) in backends.iter().enumerate() {
         let r = &with[i];
@@ -133,23 +175,30 @@ fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, fault: &[&
     }
 }
 
+/// (label, `--backend NAME`) for each of `list`'s (backend, its name in `chaos probe`) this kernel
+/// has.
+fn backends(report: &Value, list: &[(&str, &str)]) -> Vec<(String, Vec<String>)> {
+    list.iter()
+        .filter(|(_, probe_name)| backend(report, probe_name).0)
+        .map(|(name, _)| (format!("--backend {name}"), vec!["--backend".to_string(), name.to_string()]))
+        .collect()
+}
+
 fn syscalls(report: &Value) {
     let cg = TempCgroup::new(&unique("bench")).expect("cgroup");
     let bystander = TempCgroup::new(&unique("bench-by")).expect("cgroup");
     let file = std::env::temp_dir().join(unique("bench-file"));
     std::fs::write(&file, b"x").expect("file");
     let path = file.display().to_string();
-    // `--backend NAME` for each backend this kernel has.
-    let works = |list: &[(&str, &str)]| -> Vec<(String, Vec<String>)> {
-        list.iter()
-            .filter(|(_, probe_name)| backend(report, probe_name).0)
-            .map(|(name, _)| (format!("--backend {name}"), vec!["--backend".to_string(), name.to_string()]))
-            .collect()
-    };
     let opens = CallBench { what: "open+close", args: &["--call", "open", "--path", &path], count: OPENS, inject: "openat:error=ENOENT", filter: &["-P", &path] };
-    call_bench(&opens, &cg, &bystander, &["sys", "fail", "--syscall", "openat", "--errno", "ENOENT"], &works(&[("lsm", "bpf_lsm"), ("fmod-ret", "fmod_ret_security"), ("kprobe", "kprobe_override")]));
-    // A listener on loopback for the connect loop, outside both cgroups.
+    call_bench(&opens, &cg, &bystander, &["sys", "fail", "--syscall", "openat", "--errno", "ENOENT"], &backends(report, &[("lsm", "bpf_lsm"), ("fmod-ret", "fmod_ret_security"), ("kprobe", "kprobe_override")]));
+    // A listener on loopback for the connect loop, outside both cgroups, with room in its queue
+    // for a whole loop's connections: with the standard library's 128, the loop outran the
+    // accepting thread natively, and each connection refused then cost the client a SYN
+    // retransmitted a second later (1.5 ms a call on average, the spread ×0.6-2.4).
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    // SAFETY: listen(2) again on a listening socket only changes its backlog.
+    assert_eq!(unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), CONNECTS as i32 * 2) }, 0, "listen");
     let to = listener.local_addr().expect("address").to_string();
     let accepting = std::thread::spawn(move || {
         for c in listener.incoming() {
@@ -159,7 +208,7 @@ fn syscalls(report: &Value) {
         }
     });
     let connects = CallBench { what: "connect", args: &["--call", "connect", "--to", &to], count: CONNECTS, inject: "connect:error=ECONNREFUSED", filter: &[] };
-    call_bench(&connects, &cg, &bystander, &["sys", "fail", "--syscall", "connect", "--errno", "ECONNREFUSED"], &works(&[("cgroup", "cgroup_sock_addr"), ("fmod-ret", "fmod_ret_syscall"), ("kprobe", "kprobe_override")]));
+    call_bench(&connects, &cg, &bystander, &["sys", "fail", "--syscall", "connect", "--errno", "ECONNREFUSED"], &backends(report, &[("cgroup", "cgroup_sock_addr"), ("fmod-ret", "fmod_ret_syscall"), ("kprobe", "kprobe_override")]));
     // sys signal: tp_btf sys_enter runs for every syscall of the machine. SIGCHLD, ignored by
     // default, so the loop lives through a rule at 100%.
     let getppids = CallBench { what: "getppid", args: &["--call", "getppid"], count: OPENS, inject: "getppid:signal=SIGCHLD", filter: &[] };
@@ -167,6 +216,27 @@ fn syscalls(report: &Value) {
     call_bench(&getppids, &cg, &bystander, &["sys", "signal", "--syscall", "getppid", "--signal", "CHLD"], &tp_btf);
     drop(accepting);
     let _ = std::fs::remove_file(&file);
+}
+
+/// Calls per round of each loop of [`sockcalls`]: each call takes a few µs natively, so that a
+/// loop lasts long enough to measure (and stays below strace's largest `when=`, 65535).
+const SOCKCALLS: u64 = 50_000;
+
+/// The other calls the cgroup hooks fail besides connect (socket, bind, sendto, getsockopt,
+/// setsockopt), with the cgroup backend: on a kernel without the BPF LSM or error injection (this
+/// project's host), these and connect are the calls `sys fail` has. sendto's datagrams go to a
+/// socket on loopback that never reads them.
+fn sockcalls(report: &Value) {
+    let cg = TempCgroup::new(&unique("bench-sock")).expect("cgroup");
+    let bystander = TempCgroup::new(&unique("bench-sock-by")).expect("cgroup");
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+    let to = sink.local_addr().expect("address").to_string();
+    let cgroup = backends(report, &[("cgroup", "cgroup_sock_addr")]);
+    for (call, errno) in [("socket", "EMFILE"), ("bind", "EADDRINUSE"), ("sendto", "ENOBUFS"), ("getsockopt", "ENOPROTOOPT"), ("setsockopt", "EINVAL")] {
+        let inject = format!("{call}:error={errno}");
+        let calls = CallBench { what: call, args: &["--call", call, "--to", &to], count: SOCKCALLS, inject: &inject, filter: &[] };
+        call_bench(&calls, &cg, &bystander, &["sys", "fail", "--syscall", call, "--errno", errno], &cgroup);
+    }
 }
 
 /// `sys delay`'s accuracy beside strace's `delay_enter=`: every getppid of a process in the target
@@ -182,7 +252,7 @@ fn holds() {
         v.sort_by(f64::total_cmp);
         v[((v.len() - 1) as f64 * q).round() as usize]
     };
-    let section = "Syscall delay in the errinj guest: every getppid of a process in the target cgroup held for D (error of a hold in µs: the call's time less the call alone less D, as the process sees it; baseline: the call alone, µs; chaos: sys delay --delay D, tp_btf sys_enter + SIGSTOP, SIGCONT from chaos; peer: strace -e inject=getppid:delay_enter=D)";
+    let section = format!("Syscall delay {}: every getppid of a process in the target cgroup held for D (error of a hold in µs: the call's time less the call alone less D, as the process sees it; baseline: the call alone, µs; chaos: sys delay --delay D, tp_btf sys_enter + SIGSTOP, SIGCONT from chaos; peer: strace -e inject=getppid:delay_enter=D)", place());
     for (delay_ms, n) in [(1u64, 100u64), (10, 50), (100, 20)] {
         let mut by_q: Vec<Vec<(Option<f64>, f64, f64)>> = vec![Vec::new(), Vec::new()];
         for _ in 0..ROUNDS {
@@ -203,19 +273,21 @@ fn holds() {
             }
         }
         for (i, q) in ["p50", "p99"].into_iter().enumerate() {
-            row_vs(section, &format!("D = {delay_ms} ms, {n} calls: {q} error (µs)"), &by_q[i], false, None, "strace");
+            row_vs(&section, &format!("D = {delay_ms} ms, {n} calls: {q} error (µs)"), &by_q[i], false, None, "strace");
         }
     }
     eprintln!("bench: holds section took {:.0} s", started.elapsed().as_secs_f64());
 }
 
 /// (request p50 µs, request p99 µs, TCP MiB/s) from the target to the server across the veth.
+/// The transfer lasts a fraction of a second either way: 1 GiB natively (about 2 GB/s), 64 MiB
+/// under emulation.
 fn traffic(sb: &Sandbox, port: u16) -> (f64, f64, f64) {
     let to = format!("{SERVER_V4}:{port}");
     let rr = sb
         .spawn(Place::Target, &["rr-client", "--to", &to, "--rate", "200", "--duration", "3s", "--interval", "4s"])
         .json(Duration::from_secs(60));
-    let bytes: u64 = 64 << 20;
+    let bytes: u64 = if lane() == "host" { 1 << 30 } else { 64 << 20 };
     let mut sink = sb.spawn(Place::Server, &["tcp-sink", "--bind", &format!("0.0.0.0:{}", port + 1)]);
     sink.ready();
     let tcp = sb
@@ -226,36 +298,70 @@ fn traffic(sb: &Sandbox, port: u16) -> (f64, f64, f64) {
     (rr["p50_ms"].as_f64().unwrap_or(0.0) * 1000.0, rr["p99_ms"].as_f64().unwrap_or(0.0) * 1000.0, mibs)
 }
 
-fn packets() {
+/// Remote ports of the 64 rules that match nothing in [`packets`]: the traffic's are 5701 and 5702.
+const UNUSED_PORTS: u16 = 6001;
+
+/// The cost to the target's traffic over a veth pair: alone, with one rule at 0% (every packet
+/// decided), with a session's 64 rules none of which matches (each on a port the traffic does not
+/// use), and with netem at 0% on the same device where this kernel has it. Interleaved rounds.
+fn packets(has_netem: bool) {
     let sb = Sandbox::new();
     let mut server = sb.spawn(Place::Server, &["rr-server", "--bind", &format!("{SERVER_V4}:5701"), "--max", "20m"]);
     server.ready();
     let mut drop_args: Vec<String> = ["net", "drop", "--percent", "0", "--direction", "both", "--for", "10m", "--json"].map(String::from).to_vec();
     drop_args.extend(sb.target_args());
-    let (mut base, mut chaos, mut netem) = (Vec::new(), Vec::new(), Vec::new());
+    // At 100%: a rule that matched would stop the traffic, not go unnoticed.
+    let (cg, netns) = (sb.cgroup.path.display(), sb.netns_path(Place::Target));
+    let many: String = (UNUSED_PORTS..UNUSED_PORTS + 64)
+        .map(|port| {
+            format!(
+                "[[fault]]\nkind = \"net.drop\"\ncgroup = \"{cg}\"\nnetns = [\"{}\"]\npercent = 100\ndirection = \"both\"\nport = {port}\nfor = \"10m\"\n\n",
+                netns.display()
+            )
+        })
+        .collect();
+    let many = TempFile::new("chaos-bench-64-", &many);
+    let (mut base, mut chaos, mut chaos64, mut netem) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         base.push(traffic(&sb, 5701));
         let run = start_chaos(&drop_args);
         chaos.push(traffic(&sb, 5701));
         stop_chaos(run);
-        sb.client_tc(&["qdisc", "replace", "dev", &sb.client_dev, "root", "netem", "loss", "0%"]);
-        netem.push(traffic(&sb, 5701));
-        sb.client_tc(&["qdisc", "del", "dev", &sb.client_dev, "root"]);
+        let run = start_chaos(&["apply".into(), many.path().into(), "--json".into()]);
+        chaos64.push(traffic(&sb, 5701));
+        stop_chaos(run);
+        if has_netem {
+            sb.client_tc(&["qdisc", "replace", "dev", &sb.client_dev, "root", "netem", "loss", "0%"]);
+            netem.push(traffic(&sb, 5701));
+            sb.client_tc(&["qdisc", "del", "dev", &sb.client_dev, "root"]);
+        }
     }
-    let section = "Packet faults in the errinj guest: traffic from the target cgroup over a veth pair (baseline: the workload alone; chaos: net drop --percent 0 --direction both, every packet decided; peer: tc netem loss 0% on the same device)";
-    for (name, f, goal) in [
-        ("request latency p50 (µs)", (|t: &(f64, f64, f64)| t.0) as fn(&(f64, f64, f64)) -> f64, None),
+    let peer = if has_netem { "tc netem loss 0% on the same device" } else { "none, this kernel has no sch_netem" };
+    let section = format!(
+        "Packet faults {}: traffic from the target cgroup over a veth pair (baseline: the workload alone; chaos: net drop --percent 0 --direction both, every packet decided, or a session of 64 net.drop rules at 100% on remote ports {UNUSED_PORTS}–{}, none of which the traffic uses; peer: {peer})",
+        place(),
+        UNUSED_PORTS + 63
+    );
+    type Figure = fn(&(f64, f64, f64)) -> f64;
+    let figures: [(&str, Figure, Goal); 3] = [
+        ("request latency p50 (µs)", |t| t.0, None),
         ("request latency p99 (µs)", |t| t.1, None),
-        ("TCP bulk throughput (MiB/s)", |t| t.2, Some(("≥ ×0.97", (|r| r >= 0.97) as fn(f64) -> bool))),
-    ] {
-        let rounds: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|r| (f(&base[r]), f(&chaos[r]), Some(f(&netem[r])))).collect();
-        row(section, name, &rounds, Some("netem"), goal);
+        ("TCP bulk throughput (MiB/s)", |t| t.2, Some(("≥ ×0.97", |r| r >= 0.97))),
+    ];
+    for (name, f, goal) in figures {
+        let rounds: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|r| (f(&base[r]), f(&chaos[r]), netem.get(r).map(f))).collect();
+        row(&section, &format!("{name}, 1 rule at 0%"), &rounds, has_netem.then_some("netem"), goal);
+    }
+    for (name, f, _) in figures {
+        let rounds: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|r| (f(&base[r]), f(&chaos64[r]), None)).collect();
+        row(&section, &format!("{name}, 64 rules matching nothing"), &rounds, None, None);
     }
 }
 
 /// Whether a section runs: all of them, or those named in CHAOS_BENCH_SECTIONS (a comma-separated
-/// list of `syscalls`, `holds`, `observe`, `packets`, `delay`, `faults`; for running one part by hand, e.g. under `cargo xtask
-/// vm-run`).
+/// list of `observe`, `syscalls`, `sockcalls`, `holds`, `packets`, `delay`, `faults`, `footprint`;
+/// `cargo xtask bench` chooses them per lane, and `cargo xtask vm-test` passes the variable on to
+/// the guest, for running one part by hand).
 fn wanted(section: &str) -> bool {
     std::env::var("CHAOS_BENCH_SECTIONS").map_or(true, |v| v.split(',').any(|s| s.trim() == section))
 }
@@ -279,8 +385,7 @@ fn row_vs(section: &str, measure: &str, rounds: &[(Option<f64>, f64, f64)], with
     let (c, p) = (median(rounds.iter().map(|r| r.1).collect()), median(rounds.iter().map(|r| r.2).collect()));
     let ratios: Vec<f64> = rounds.iter().filter(|r| r.2 != 0.0).map(|r| r.1 / r.2).collect();
     let ratio = (with_ratio && p != 0.0).then(|| c / p);
-    let spread = (with_ratio && !ratios.is_empty())
-        .then(|| (ratios.iter().copied().fold(f64::MAX, f64::min), ratios.iter().copied().fold(f64::MIN, f64::max)));
+    let spread = (with_ratio && !ratios.is_empty()).then(|| spread(&ratios));
     let json = serde_json::json!({
         "section": section, "measure": measure, "baseline": b, "chaos": c, "peer": p, "peer_name": peer_name,
         "ratio": ratio, "ratio_of": "peer", "spread": spread, "goal": goal.map(|g| g.0), "met": goal.map(|g| g.1(c, p)),
@@ -480,7 +585,7 @@ fn delay() {
         }
     }
 
-    let section = "Delay in the errinj guest: traffic from the target cgroup over a veth pair (baseline: the workload alone; chaos: net.delay rules, a departure time that sch_fq honours; peer: tc netem delay D [J] limit 100000 on the same device)";
+    let section = &format!("Delay {}: traffic from the target cgroup over a veth pair (baseline: the workload alone; chaos: net.delay rules, a departure time that sch_fq honours; peer: tc netem delay D [J] limit 100000 on the same device)", place());
     let ms = |v: &Value, q: &str| v["delay_ms"][q].as_f64().unwrap_or_else(|| panic!("no delay_ms.{q} in {v}"));
     let n = |v: &Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("no {k} in {v}"));
     let vs_peer = |cfg: usize, f: &dyn Fn(&Got) -> f64| -> Vec<(Option<f64>, f64, f64)> {
@@ -624,7 +729,7 @@ fn faults() {
             sb.client_tc(&["qdisc", "del", "dev", &sb.client_dev, "root"]);
         }
     }
-    let section = "Packet faults beside netem in the errinj guest: 2000 datagrams at 2000/s from the target cgroup over a veth pair (chaos: a rule per fault, on its own port; peer: tc netem configured the same on the same device)";
+    let section = &format!("Packet faults beside netem {}: 2000 datagrams at 2000/s from the target cgroup over a veth pair (chaos: a rule per fault, on its own port; peer: tc netem configured the same on the same device)", place());
     for (i, f) in FAULTS.iter().enumerate() {
         let rounds: Vec<(Option<f64>, f64, f64)> = (0..ROUNDS).map(|r| (None, chaos[i][r], netem[i][r])).collect();
         row_vs_peer(section, &format!("{}: {}; ratio: chaos / netem", f.name, f.figure), &rounds, true, None);
@@ -642,7 +747,7 @@ fn observe_cost() {
     std::fs::write(&file, b"x").expect("file");
     let path = file.display().to_string();
     let loops: [(&str, Vec<&str>); 2] = [("getppid", vec!["--call", "getppid"]), ("open+close", vec!["--call", "open", "--path", &path])];
-    let section = format!("chaos observe's cost in the errinj guest: {OPENS} calls by a process in the observed cgroup, or in a bystander cgroup beside it (µs per call; baseline: the workload alone)");
+    let section = format!("chaos observe's cost {}: {OPENS} calls by a process in the observed cgroup, or in a bystander cgroup beside it (µs per call; baseline: the workload alone)", place());
     for (what, args) in &loops {
         let us = |at: &TempCgroup| call_loop(&at.path, args, OPENS, None, &mut || {}).0 * 1e6 / OPENS as f64;
         let (mut target, mut by) = (Vec::new(), Vec::new());
@@ -661,25 +766,98 @@ fn observe_cost() {
     let _ = std::fs::remove_file(&file);
 }
 
+/// A field of /proc/PID/status in kB (VmRSS, VmHWM).
+fn status_kb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim_start_matches(':').trim().trim_end_matches(" kB").parse().unwrap_or(0.0))))
+        .unwrap_or(0.0)
+}
+
+/// The memory the kernel charges for the BPF maps process `pid` holds open (fdinfo's memlock), kB.
+fn maps_kb(pid: u32) -> f64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return 0.0 };
+    let bytes: u64 = fds
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|info| info.contains("map_type:"))
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("memlock:").and_then(|v| v.trim().parse::<u64>().ok())))
+        .sum();
+    bytes as f64 / 1024.0
+}
+
+/// What a session costs to have, on this lane: from the command to its fault active, its memory
+/// while injecting, its maps' memory, and from SIGTERM to its exit (everything detached: the fault
+/// gone). One session a round, on a sandbox's cgroup and network namespace. The rows of every lane
+/// share one section, each labelled with its lane.
+fn footprint() {
+    let sb = Sandbox::new();
+    let mut args: Vec<String> = ["net", "drop", "--percent", "0", "--direction", "both", "--for", "10m", "--json"].map(String::from).to_vec();
+    args.extend(sb.target_args());
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    let (mut active, mut rss, mut peak, mut maps, mut gone) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        eprintln!("bench: footprint round {}/{ROUNDS}", round + 1);
+        let t = Instant::now();
+        let mut chaos = start_chaos(&args);
+        active.push(ms(t));
+        let pid = chaos.child.id();
+        rss.push(status_kb(pid, "VmRSS"));
+        peak.push(status_kb(pid, "VmHWM"));
+        maps.push(maps_kb(pid));
+        let t = Instant::now();
+        chaos.signal(libc::SIGTERM);
+        let status = chaos.child.wait().expect("waiting for chaos");
+        gone.push(ms(t));
+        assert!(status.success(), "chaos ended by SIGTERM exited {status}: {:?}", chaos.stderr_seen);
+    }
+    let section = format!("A session's footprint, per lane (`chaos net drop --percent 0 --direction both` on a test cgroup and its network namespace; the median of {ROUNDS} rounds and their range)");
+    let on = machine();
+    let host = lane() == "host";
+    row_own(&section, &format!("{on}: from the command to the fault active (ms)"), &active, host.then_some(("≤ 100 ms on the host", 100.0)));
+    row_own(&section, &format!("{on}: from SIGTERM to the fault gone and chaos exited (ms)"), &gone, None);
+    row_own(&section, &format!("{on}: resident memory while injecting (kB)"), &rss, None);
+    row_own(&section, &format!("{on}: peak resident memory (kB)"), &peak, None);
+    row_own(&section, &format!("{on}: BPF map memory the kernel charges (kB)"), &maps, None);
+}
+
+/// Says that a section is left out, and why.
+fn left_out(section: &str, why: &str) {
+    eprintln!("bench: section {section} left out: {why}");
+}
+
 #[test]
-#[ignore = "a benchmark: `cargo xtask bench` runs it inside the errinj guest"]
+#[ignore = "a benchmark: `cargo xtask bench` runs it on the host and inside the guests"]
 fn bench_peers_side_by_side() {
+    let report = probe_report();
+    let has = |name: &str| backend(&report, name).0;
+    eprintln!("bench: {}", place());
     if wanted("observe") {
         observe_cost();
     }
     if wanted("syscalls") {
-        syscalls(&probe_report());
+        syscalls(&report);
+    }
+    if wanted("sockcalls") {
+        sockcalls(&report);
     }
     if wanted("holds") {
         holds();
     }
     if wanted("packets") {
-        packets();
+        packets(has("netem"));
     }
-    if wanted("delay") {
-        delay();
+    // chaos's delay, reorder and rate need sch_fq; the peer, netem.
+    for (section, run) in [("delay", delay as fn()), ("faults", faults)] {
+        if wanted(section) {
+            if has("sch_fq") && has("netem") {
+                run();
+            } else {
+                left_out(section, "this kernel lacks sch_fq or netem");
+            }
+        }
     }
-    if wanted("faults") {
-        faults();
+    if wanted("footprint") {
+        footprint();
     }
 }

@@ -5,10 +5,11 @@
 //! | measure | baseline | with chaos | peer | ratio | spread over rounds | goal | met? |
 //!
 //! Parts: per-packet kernel time beside floor programs (`chaos workload packet-time`, host); the
-//! cost to a workload's traffic (host, loopback); and, in the errinj qemu guest where every
-//! backend, fq and netem exist, chaos beside `strace -e inject=` and `tc netem`
-//! (`tests/tests/bench_peers.rs`, whose rows come back as `BENCH| {json}` lines). Timings are
-//! never test assertions; goals are reported, met or not.
+//! cost to a workload's traffic (host, loopback); then `tests/tests/bench_peers.rs`, whose rows
+//! come back as `BENCH| {json}` lines: on the host (chaos beside `strace -e inject=` for the calls
+//! this kernel can fail, the cost over a veth pair), in the errinj qemu guest where every backend,
+//! fq and netem exist (chaos beside strace and `tc netem`), and a session's footprint on the host
+//! and in every guest lane. Timings are never test assertions; goals are reported, met or not.
 
 use std::{
     fmt::Write as _,
@@ -20,6 +21,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+
+use crate::vm::{Lane, Tests};
 
 const ROUNDS: usize = 3;
 const PACKET_ROUNDS: usize = 5;
@@ -43,6 +46,9 @@ pub struct Row {
     /// only shows the floor); the peer's cell then leaves out its own ratio to the baseline.
     #[serde(default)]
     pub ratio_of: Option<String>,
+    /// For a figure of chaos's own (no baseline): the lowest and highest of its rounds.
+    #[serde(default)]
+    pub range: Option<(f64, f64)>,
 }
 
 fn num(v: f64) -> String {
@@ -81,10 +87,13 @@ fn render(rows: &[Row]) -> String {
             },
             _ => "—".into(),
         };
+        let measure = match r.range {
+            Some((lo, hi)) => format!("{}; rounds {}–{}", r.measure, num(lo), num(hi)),
+            None => r.measure.clone(),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {peer} | {} | {} | {} | {} |",
-            r.measure,
+            "| {measure} | {} | {} | {peer} | {} | {} | {} | {} |",
             r.baseline.map(num).unwrap_or_else(|| "—".into()),
             num(r.chaos),
             r.ratio.map(|x| format!("×{}", times(x))).unwrap_or_else(|| "—".into()),
@@ -160,67 +169,32 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// What a session costs to have: from the command to its fault active, its memory, its maps'
-/// memory, and from SIGTERM to its exit (everything detached: the fault gone). One value a round.
-#[derive(Default)]
-struct Footprint {
-    active_ms: Vec<f64>,
-    rss_kb: Vec<f64>,
-    peak_kb: Vec<f64>,
-    maps_kb: Vec<f64>,
-    gone_ms: Vec<f64>,
-}
-
-/// A field of /proc/PID/status in kB (VmRSS, VmHWM).
-fn status_kb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim_start_matches(':').trim().trim_end_matches(" kB").parse().unwrap_or(0.0))))
-        .unwrap_or(0.0)
-}
-
-/// The memory the kernel charges for the BPF maps process `pid` holds open (fdinfo's memlock), kB.
-fn maps_kb(pid: u32) -> f64 {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return 0.0 };
-    let bytes: u64 = fds
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter(|info| info.contains("map_type:"))
-        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("memlock:").and_then(|v| v.trim().parse::<u64>().ok())))
-        .sum();
-    bytes as f64 / 1024.0
-}
-
-/// Ends a session as an operator would (SIGTERM) and waits for it to exit: how long it took, ms.
-fn end_chaos(mut k: Killed) -> Result<f64> {
-    let t = Instant::now();
-    let pid = k.0.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status()?;
+/// Ends a session as an operator would (SIGTERM) and waits for it to exit.
+fn end_chaos(mut k: Killed) -> Result<()> {
+    Command::new("kill").args(["-TERM", &k.0.id().to_string()]).status()?;
     k.0.wait()?;
-    Ok(t.elapsed().as_secs_f64() * 1e3)
+    Ok(())
 }
 
-/// Starts a 0% drop on `cgroup` (both directions) and waits until it is injecting; returns it and
-/// adds what it cost to start to `f`.
-fn start_chaos(cgroup: &Path, f: &mut Footprint) -> Result<Killed> {
-    let t = Instant::now();
-    let mut c = Command::new(chaos())
-        .args(["net", "drop", "--percent", "0", "--direction", "both", "--for", "10m", "--cgroup"])
-        .arg(cgroup)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut r = BufReader::new(c.stderr.take().expect("piped"));
+/// Starts a 0% drop on `cgroup` (both directions) and waits until it is injecting.
+fn start_chaos(cgroup: &Path) -> Result<Killed> {
+    let mut c = Killed(
+        Command::new(chaos())
+            .args(["net", "drop", "--percent", "0", "--direction", "both", "--for", "10m", "--cgroup"])
+            .arg(cgroup)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let mut r = BufReader::new(c.0.stderr.take().expect("piped"));
     let mut line = String::new();
     while r.read_line(&mut line)? > 0 && !line.contains("injecting") {
         line.clear();
     }
-    f.active_ms.push(t.elapsed().as_secs_f64() * 1e3);
-    let pid = c.id();
-    f.rss_kb.push(status_kb(pid, "VmRSS"));
-    f.peak_kb.push(status_kb(pid, "VmHWM"));
-    f.maps_kb.push(maps_kb(pid));
-    Ok(Killed(c))
+    if !line.contains("injecting") {
+        bail!("chaos net drop on {} ended before injecting", cgroup.display());
+    }
+    Ok(c)
 }
 
 #[derive(Default)]
@@ -257,6 +231,15 @@ pub fn run() -> Result<()> {
     let _ = std::fs::remove_dir(&cg);
     rows.extend(traffic?);
 
+    let host = host_rows(HOST_SECTIONS)?;
+    let errinj = guest_rows(Lane::Errinj, ERRINJ_SECTIONS)?;
+    let (mut footprints, host): (Vec<Row>, Vec<Row>) = host.into_iter().partition(is_footprint);
+    let (errinj_footprint, errinj): (Vec<Row>, Vec<Row>) = errinj.into_iter().partition(is_footprint);
+    footprints.extend(errinj_footprint);
+    for lane in [Lane::DebianCloud, Lane::Debian612Cloud] {
+        footprints.extend(guest_rows(lane, "footprint")?);
+    }
+
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
@@ -280,26 +263,115 @@ pub fn run() -> Result<()> {
          (return-thunk and retpoline mitigations) a helper call costs tens of ns: the floor makes one, chaos's decision three\n\
          (the packet's cgroup, the clock, the draw)."
     )?;
-    writeln!(md, "\nTraffic: chaos's own workloads over loopback, the client in a cgroup made for the run, alone and with\n`chaos net drop --percent 0 --direction both` on its cgroup; the same session's footprint, from the command to its end.")?;
-    md += &render(&rows);
-    writeln!(md, "\n## Against the peers, in the errinj qemu guest\n")?;
-    writeln!(md, "`tc netem` and `strace -e inject=` have nothing to compare against on this host (no sch_netem; strace has no")?;
-    writeln!(md, "cgroup scope), so `tests/tests/bench_peers.rs` measures them inside the errinj kernel's guest, side by side")?;
-    writeln!(md, "with chaos and the workload alone. Software emulation (TCG): absolute times are slow; compare the ratios.")?;
-    match crate::vm::run_lane(crate::vm::Lane::Errinj, &["--ignored".into(), "--nocapture".into(), "bench_peers_side_by_side".into()]) {
-        Ok(outcome) if outcome.problem.is_none() && !outcome.bench.is_empty() => {
-            let guest: Vec<Row> = outcome.bench.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
-            if guest.is_empty() {
-                bail!("the guest benchmark printed no rows");
-            }
-            md += &render(&guest);
-        }
-        Ok(outcome) => bail!("the guest benchmark did not complete: {}", outcome.problem.unwrap_or_else(|| "no table".into())),
-        Err(e) => bail!("the guest benchmark lane failed: {e:#}"),
-    }
+    part(
+        &mut md,
+        "Traffic: chaos's own workloads over loopback, the client in a cgroup made for the run, alone and with\n\
+         `chaos net drop --percent 0 --direction both` on its cgroup.",
+        &rows,
+    );
+    part(
+        &mut md,
+        "Then `tests/tests/bench_peers.rs`, natively: chaos beside `strace -e inject=` for the calls this kernel can fail, and\n\
+         the cost to traffic over a veth pair; a section whose fault or peer the kernel lacks is left out (`chaos probe`\n\
+         shows what it has).",
+        &host,
+    );
+    part(
+        &mut md,
+        "## Against the peers, in the errinj qemu guest\n\n\
+         The errinj kernel has every backend, sch_fq and netem: `tests/tests/bench_peers.rs` measures chaos there beside\n\
+         `strace -e inject=` and `tc netem` and the workload alone. Software emulation (TCG): absolute times are slow;\n\
+         compare the ratios. The socket calls besides connect, which use the same cgroup hooks, are measured on the host only.",
+        &errinj,
+    );
+    part(
+        &mut md,
+        "## A session's footprint, per lane\n\n\
+         The same measurement (`tests/tests/bench_peers.rs`, section `footprint`) natively on the host and in each qemu\n\
+         guest lane, under software emulation there: a guest's times are slow, its memory comparable.",
+        &footprints,
+    );
     print!("{md}");
     std::fs::write(crate::workspace_root().join("BENCHMARKS.md"), md)?;
     Ok(())
+}
+
+/// Adds a part of the document: its text (a paragraph, or a heading and one), then its rows.
+fn part(md: &mut String, text: &str, rows: &[Row]) {
+    let _ = writeln!(md, "\n{text}");
+    *md += &render(rows);
+}
+
+/// The sections of tests/tests/bench_peers.rs each place runs (CHAOS_BENCH_SECTIONS). The host
+/// lacks netem and fq (their sections would leave themselves out); the errinj guest leaves out the
+/// socket calls besides connect (the same cgroup hooks, and a chaos start takes seconds under
+/// emulation); the Debian lanes run the footprint only.
+const HOST_SECTIONS: &str = "observe,syscalls,sockcalls,holds,packets,footprint";
+const ERRINJ_SECTIONS: &str = "observe,syscalls,holds,packets,delay,faults,footprint";
+
+/// The start of the footprint section's title in tests/tests/bench_peers.rs, whose rows from every
+/// lane make one table.
+const FOOTPRINT: &str = "A session's footprint";
+
+fn is_footprint(r: &Row) -> bool {
+    r.section.starts_with(FOOTPRINT)
+}
+
+/// A benchmark row's JSON in a line of output (`BENCH| {json}`), if the line has one.
+pub fn bench_line(line: &str) -> Option<&str> {
+    line.split_once("BENCH| ").map(|(_, b)| b.trim_end())
+}
+
+/// The rows of `lines` (`bench_line`s) that `place` printed; an error if none, or one is not a row.
+fn rows_of(lines: &[String], place: &str) -> Result<Vec<Row>> {
+    let rows = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("the benchmark {place} printed a row that is not one: {l}")))
+        .collect::<Result<Vec<Row>>>()?;
+    if rows.is_empty() {
+        bail!("the benchmark {place} printed no rows");
+    }
+    Ok(rows)
+}
+
+const BENCH_TEST: [&str; 3] = ["--ignored", "--nocapture", "bench_peers_side_by_side"];
+
+/// tests/tests/bench_peers.rs natively, its `sections`: its rows. Its output passes through.
+fn host_rows(sections: &str) -> Result<Vec<Row>> {
+    eprintln!("bench: tests/tests/bench_peers.rs on the host ({sections})");
+    let mut c = crate::cmd::cargo();
+    c.args(["test", "--release", "-p", "chaos-tests", "--test", "bench_peers", "--"])
+        .args(BENCH_TEST)
+        .env("CHAOS_BENCH_SECTIONS", sections)
+        .env("CHAOS_LANE", "host")
+        .env("CHAOS_BIN", chaos())
+        .stderr(Stdio::piped());
+    let mut child = Killed(c.spawn().with_context(|| format!("could not start {}", crate::cmd::show(&c)))?);
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.0.stderr.take().expect("piped")).lines() {
+        let line = line?;
+        eprintln!("{line}");
+        if let Some(b) = bench_line(&line) {
+            lines.push(b.to_string());
+        }
+    }
+    let status = child.0.wait()?;
+    if !status.success() {
+        bail!("the benchmark on the host failed ({status}): its output is above");
+    }
+    rows_of(&lines, "on the host")
+}
+
+/// tests/tests/bench_peers.rs in `lane`'s qemu guest, its `sections`: its rows.
+fn guest_rows(lane: Lane, sections: &str) -> Result<Vec<Row>> {
+    let place = format!("in the {} guest", lane.name());
+    let outcome = crate::vm::prepare(lane, &BENCH_TEST.map(String::from), Tests::Only(&["bench_peers"]), &[("CHAOS_BENCH_SECTIONS", sections.into())])?
+        .boot()
+        .with_context(|| format!("the benchmark {place}"))?;
+    if let Some(problem) = outcome.problem {
+        bail!("the benchmark {place} did not complete: {problem}");
+    }
+    rows_of(&outcome.bench, &place)
 }
 
 /// `chaos workload packet-time`: rows per configuration, the floor as baseline.
@@ -338,7 +410,7 @@ fn packet_time() -> Result<Vec<Row>> {
             spread: Some(spread(&ratios)),
             met: goal.as_ref().map(|_| m / f <= 2.0),
             goal,
-            ratio_of: None,
+            ..Default::default()
         });
     }
     Ok(rows)
@@ -352,13 +424,12 @@ fn traffic(cg: &Path) -> Result<Vec<Row>> {
     let port = free_port()?;
     let _server = spawn_ready(&["workload", "rr-server", "--bind", &format!("127.0.0.1:{port}"), "--max", "10m"])?;
     let (mut base, mut with) = (Sample::default(), Sample::default());
-    let mut f = Footprint::default();
     for round in 0..ROUNDS {
         eprintln!("bench: traffic round {}/{ROUNDS}", round + 1);
         measure(cg, port, &mut base)?;
-        let chaos = start_chaos(cg, &mut f)?;
+        let chaos = start_chaos(cg)?;
         measure(cg, port, &mut with)?;
-        f.gone_ms.push(end_chaos(chaos)?);
+        end_chaos(chaos)?;
     }
     let row = |measure: &str, b: &[f64], w: &[f64], goal: Goal| {
         let ratios: Vec<f64> = w.iter().zip(b).map(|(w, b)| w / b.max(1e-9)).collect();
@@ -375,27 +446,11 @@ fn traffic(cg: &Path) -> Result<Vec<Row>> {
             ..Default::default()
         }
     };
-    let own = |measure: &str, v: &[f64], goal: Option<(&str, f64)>| {
-        let m = median(v.to_vec());
-        Row {
-            section: "Footprint of one session on the host (`chaos net drop --percent 0 --direction both`; the median of the rounds)".into(),
-            measure: format!("{measure}; rounds {}–{}", num(v.iter().copied().fold(f64::MAX, f64::min)), num(v.iter().copied().fold(f64::MIN, f64::max))),
-            chaos: m,
-            goal: goal.map(|g| g.0.to_string()),
-            met: goal.map(|g| m <= g.1),
-            ..Default::default()
-        }
-    };
     Ok(vec![
             row("request/response rate (req/s, offered 2000/s)", &base.rps, &with.rps, None),
             row("request latency p50 (µs)", &base.p50, &with.p50, None),
             row("request latency p99 (µs)", &base.p99, &with.p99, None),
             row("TCP bulk throughput over lo (MiB/s)", &base.mbps, &with.mbps, Some(("≥ ×0.97", |r| r >= 0.97))),
-            own("from the command to the fault active (ms)", &f.active_ms, Some(("≤ 100 ms", 100.0))),
-            own("from SIGTERM to the fault gone and chaos exited (ms)", &f.gone_ms, None),
-            own("resident memory while injecting (kB)", &f.rss_kb, None),
-            own("peak resident memory (kB)", &f.peak_kb, None),
-            own("BPF map memory the kernel charges (kB)", &f.maps_kb, None),
     ])
 }
 
@@ -428,5 +483,15 @@ mod tests {
         let md = render(&rows);
         assert!(md.contains("| m | 1.05 | 102 | netem: 102 | ×1.00 | ×1.00–1.00 | — | — |"), "{md}");
         assert!(md.contains("| t | 170 | 0.049 | netem: 6.50 (×0.038) | ×0.00029 | ×0.00026–0.0028 | — | — |"), "{md}");
+    }
+
+    #[test]
+    fn a_figure_of_chaos_own_shows_the_range_of_its_rounds() {
+        let line = r#"BENCH| {"section":"f","measure":"host (6.18, native): from the command to the fault active (ms)","chaos":434.2,"range":[415.27,468.9],"goal":"≤ 100 ms on the host","met":false}"#;
+        let rows = rows_of(&[bench_line(line).expect("a row's line").to_string()], "here").expect("rows");
+        let md = render(&rows);
+        assert!(md.contains("| host (6.18, native): from the command to the fault active (ms); rounds 415–469 | — | 434 | — | — | — | ≤ 100 ms on the host | **no** |"), "{md}");
+        assert!(rows_of(&["{\"section\":1}".to_string()], "here").is_err(), "a line that is not a row is an error");
+        assert!(rows_of(&[], "here").is_err(), "no rows is an error");
     }
 }

@@ -58,7 +58,7 @@ pub fn run(host_only: bool) -> Result<()> {
     let mut prepared = Vec::new();
     if !host_only {
         for lane in vm::Lane::ALL {
-            match vm::prepare(lane, &[], lane.full_run_tests()) {
+            match vm::prepare(lane, &[], lane.full_run_tests(), &[]) {
                 Ok(p) => prepared.push((lane, p)),
                 Err(e) => {
                     eprintln!("xtask: {} lane failed: {e:#}", lane.name());

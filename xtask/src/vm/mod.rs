@@ -55,7 +55,8 @@ impl Lane {
     /// - errinj is the same 6.1.192 kernel as debian-6.1-cloud with the same packet backends, which
     ///   that lane covers; it alone has fmod_ret on syscalls and kprobe override, so it runs the
     ///   syscall and session tests whose outcome depends on them (and, for the 6.1 kernel, the
-    ///   targeting and fault-file tests);
+    ///   targeting and fault-file tests), and the one session of every fault kind frozen past its
+    ///   deadline (`frozen`: every backend at once, fq and the LSM with netlink TC);
     /// - debian-6.1-cloud is the lane of TC through netlink with fq and netem: every packet test;
     /// - neither Debian lane runs what is the same on every kernel and runs on the host (the CLI,
     ///   tp_btf and the cgroup syscall hooks: `sys signal`, `sys delay`, `-- CMD`), nor what errinj
@@ -63,10 +64,11 @@ impl Lane {
     /// - debian-6.12-cloud runs what tcx with fq, and its newer verifier, can change: the probe, device
     ///   attachment, the delay and fq-shaped faults, sessions, and the LSM syscall faults; the other
     ///   packet tests are the host's (tcx) and 6.1's (fq, netem), the fault files errinj's.
+    /// - the real containers (`podman`) are the host's alone: the guests have no container runtime.
     pub fn full_run_tests(self) -> Tests {
         match self {
-            Lane::Errinj => Tests::Only(&["probe", "sys_fail", "sys_delay", "apply", "targets", "experiment", "kill_points"]),
-            Lane::DebianCloud => Tests::AllBut(&["cli", "sys_signal", "sys_delay", "sys_command", "sys_fail", "apply", "targets", "experiment", "metrics", "otlp", "corpus", "kill_points", "load"]),
+            Lane::Errinj => Tests::Only(&["probe", "sys_fail", "sys_delay", "apply", "targets", "experiment", "kill_points", "frozen"]),
+            Lane::DebianCloud => Tests::AllBut(&["cli", "sys_signal", "sys_delay", "sys_command", "sys_fail", "apply", "targets", "experiment", "metrics", "otlp", "corpus", "kill_points", "load", "frozen", "containers", "proc_faults", "podman"]),
             Lane::Debian612Cloud => Tests::Only(&["probe", "devices", "net_delay", "net_faults", "sessions", "sys_fail", "kill_points"]),
         }
     }
@@ -96,16 +98,22 @@ pub fn vm_test(lane: Lane, filter: &[String]) -> Result<()> {
     }
 }
 
-/// Boots the lane's kernel and runs the integration tests (those matching `filter`) inside.
+/// Variables of this environment the guest's tests get when they are set here: which sections of
+/// the benchmark (tests/tests/bench_peers.rs) run.
+const PASSED_ON: &[&str] = &["CHAOS_BENCH_SECTIONS"];
+
+/// Boots the lane's kernel and runs the integration tests (those matching `filter`) inside, with
+/// the variables of `PASSED_ON` that are set here.
 /// Errors before the boot (set-up, build) are returned; what happened in the guest is in `Outcome`.
 pub fn run_lane(lane: Lane, filter: &[String]) -> Result<Outcome> {
-    prepare(lane, filter, Tests::All)?.boot()
+    let env: Vec<(&str, String)> = PASSED_ON.iter().filter_map(|name| std::env::var(name).ok().map(|v| (*name, v))).collect();
+    prepare(lane, filter, Tests::All, &env)?.boot()
 }
 
 /// `cargo xtask vm-run`: boots the lane's guest, runs `argv` in it after /init's set-up, with
 /// `copies` at their host paths, and returns the command's exit status.
 pub fn vm_run(lane: Lane, argv: &[String], copies: &[PathBuf], timeout: Duration) -> Result<i32> {
-    let prepared = prepare_job(lane, Job { command: true, args: argv, copies, timeout, tests: Tests::All })?;
+    let prepared = prepare_job(lane, Job { command: true, args: argv, copies, timeout, tests: Tests::All, env: &[] })?;
     let outcome = prepared.boot();
     drop(prepared);
     let outcome = outcome?;
@@ -128,6 +136,8 @@ struct Job<'a> {
     timeout: Duration,
     /// Only these integration test binaries (by target name); `None` for all.
     tests: Tests,
+    /// Environment variables the tests (or the command) get.
+    env: &'a [(&'a str, String)],
 }
 
 /// A lane ready to boot: its kernel and initramfs built.
@@ -155,11 +165,11 @@ impl Prepared {
     }
 }
 
-/// Everything before the boot of a test lane (see `prepare_job`); `only` limits the test binaries
-/// to those target names.
-pub fn prepare(lane: Lane, filter: &[String], tests: Tests) -> Result<Prepared> {
+/// Everything before the boot of a test lane (see `prepare_job`); `tests` chooses the test
+/// binaries, which get the environment variables `env`.
+pub fn prepare(lane: Lane, filter: &[String], tests: Tests, env: &[(&str, String)]) -> Result<Prepared> {
     let timeout = Duration::from_secs(env_number("CHAOS_VM_TIMEOUT_SECS", TIMEOUT_SECS)?);
-    prepare_job(lane, Job { command: false, args: filter, copies: &[], timeout, tests })
+    prepare_job(lane, Job { command: false, args: filter, copies: &[], timeout, tests, env })
 }
 
 /// Everything before the boot: set-up, the kernel (downloaded or built), the release binary, the
@@ -193,6 +203,9 @@ fn prepare_job(lane: Lane, job: Job) -> Result<Prepared> {
         lane.name(),
         job.args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "),
     );
+    for (name, value) in job.env {
+        init += &format!("export {name}={}\n", quote(value));
+    }
     init.push_str(include_str!("init.sh"));
     let scratch = dir.join(format!("strip-{}", std::process::id()));
     // Each run's image has a name of its own (and goes when it is dropped): another run of the

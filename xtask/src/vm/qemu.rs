@@ -152,8 +152,8 @@ fn watch(out: impl Read, marker: &str, ended: &AtomicBool, prefix: &str, show: S
             }
         }
         console.tally.add_line(&line);
-        if let Some(b) = line.split_once("BENCH| ").map(|(_, b)| b) {
-            console.bench.push(b.trim_end().to_string());
+        if let Some(b) = crate::bench::bench_line(&line) {
+            console.bench.push(b.to_string());
         }
         if let Some((_, rest)) = end_split {
             console.end_code = rest.trim().parse().ok().or(Some(-1));
