@@ -119,6 +119,13 @@ pub enum Action {
     /// Stop the calling process (SIGSTOP) at the call's entry or exit and tell chaos, which
     /// continues it when the hold ends (`sys.delay`).
     SysDelay = 11,
+    /// Freeze every process of the target (cgroup v2 `cgroup.freeze`) for the rule's window
+    /// (`proc.pause`): done by chaos itself, not by a kernel hook; ended by the guardian if chaos
+    /// dies or is stopped.
+    ProcPause = 12,
+    /// Send every process of the target a signal once as the window opens (`proc.kill`): done by
+    /// chaos itself.
+    ProcKill = 13,
 }
 
 impl Action {
@@ -150,6 +157,8 @@ impl Action {
             9 => Action::NetDns,
             10 => Action::SysSignal,
             11 => Action::SysDelay,
+            12 => Action::ProcPause,
+            13 => Action::ProcKill,
             _ => Action::None,
         }
     }

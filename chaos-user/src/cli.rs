@@ -34,6 +34,9 @@ pub enum Command {
     /// Syscall faults for one cgroup.
     #[command(subcommand)]
     Sys(SysCommand),
+    /// Process faults for one cgroup: pause its processes.
+    #[command(subcommand)]
+    Proc(ProcCommand),
     /// Run every fault of a fault file in one session, until the last one ends.
     #[command(after_help = "A fault file lists [[fault]] tables whose keys are the flags of the fault's command:\n\n  [[fault]]\n  kind = \"net.drop\"\n  cgroup = \"/system.slice/api.service\"\n  percent = 5\n  proto = \"udp\"\n  for = \"30s\"\n\n  [[fault]]\n  kind = \"sys.fail\"\n  cgroup = \"/system.slice/db.service\"\n  syscall = \"fsync\"\n  errno = \"EIO\"\n  after = \"10s\"\n  max-injections = 100\n\nExamples:\n  chaos apply faults.toml\n  chaos apply faults.toml --dry-run\n  chaos apply faults.toml --json")]
     Apply(ApplyArgs),
@@ -209,6 +212,7 @@ macro_rules! family_command {
     };
 }
 family_command!(NetCommand, "net", &[]);
+family_command!(ProcCommand, "proc", &[]);
 family_command!(
     SysCommand,
     "sys",

@@ -6,7 +6,7 @@ use chaos_common::{Counters, Family};
 use serde::Serialize;
 
 use crate::{
-    session::{Planned, attach::Attached},
+    session::{Planned, attach::Attached, follow::TargetChange},
     target::Cgroup,
 };
 
@@ -22,6 +22,10 @@ pub struct Summary {
     /// Kernel-side failures by kind (the packet or call passed untouched).
     pub kernel_errors: BTreeMap<String, u64>,
     pub attached: Attached,
+    /// Targets whose cgroup directory was recreated (a restarted container) or went away while
+    /// the session ran, and whether the session followed the new one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets_changed: Vec<TargetChange>,
 }
 
 /// One rule's counters, summed over CPUs. Packet rules also count wire segments (`*_segs`): an
@@ -107,6 +111,19 @@ impl Summary {
             if r.capped > 0 {
                 s += &format!("    {} more were selected after the rule reached --max-injections\n", r.capped);
             }
+        }
+        for c in &self.targets_changed {
+            s += &match c.new_id {
+                Some(new) if c.followed => format!("  {} was recreated at {:.1}s (cgroup id {} → {new}): followed\n", c.cgroup, c.at_s, c.old_id),
+                Some(new) => format!(
+                    "  {} was recreated at {:.1}s (cgroup id {} → {new}): not followed ({})\n",
+                    c.cgroup,
+                    c.at_s,
+                    c.old_id,
+                    c.error.as_deref().unwrap_or("unknown")
+                ),
+                None => format!("  {} was gone at {:.1}s\n", c.cgroup, c.at_s),
+            };
         }
         let errs: Vec<String> = self.kernel_errors.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
         if !errs.is_empty() {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::{
-    cli::{Cli, Command, FamilyCommand, FaultCommand, NetCommand, SessionArgs, SysCommand},
+    cli::{Cli, Command, FamilyCommand, FaultCommand, NetCommand, ProcCommand, SessionArgs, SysCommand},
     error::{EXIT_USAGE, Error, Result},
     faults::{self, FaultSpec},
     privileges,
@@ -52,7 +52,10 @@ fn clap_error(e: clap::Error) -> i32 {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Net(NetCommand(FamilyCommand::Fault(fc))) | Command::Sys(SysCommand(FamilyCommand::Fault(fc))) => fault_command(fc),
+        Command::Net(NetCommand(FamilyCommand::Fault(fc)))
+        | Command::Sys(SysCommand(FamilyCommand::Fault(fc)))
+        | Command::Proc(ProcCommand(FamilyCommand::Fault(fc))) => fault_command(fc),
+        Command::Proc(ProcCommand(FamilyCommand::List { what, .. })) => Err(usage!("no listing {what} for proc")),
         Command::Net(NetCommand(FamilyCommand::List { what, .. })) => Err(usage!("no listing {what} for net")),
         Command::Sys(SysCommand(FamilyCommand::List { what: "errnos", json })) => {
             let list = crate::sys_list::errnos();

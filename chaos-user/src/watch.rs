@@ -72,6 +72,7 @@ pub async fn watch(session: &mut Session, signals: Signals, mut command: Option<
             _ = sigterm.recv() => break "SIGTERM",
             _ = sighup.recv() => break "SIGHUP",
             _ = tick.tick() => {
+                session.drive();
                 session.flush_log();
                 if session.stop_requested() {
                     break "chaos stop";

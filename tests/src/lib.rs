@@ -6,7 +6,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -132,6 +132,11 @@ impl Sandbox {
         let out = Command::new("ip").args(["netns", "exec", &self.client_ns, "tc", "qdisc", "show"]).output().expect("tc");
         assert!(out.status.success(), "tc qdisc show: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The `tc qdisc show` line of the client device's root qdisc ("" if none shows).
+    pub fn client_root_qdisc(&self) -> String {
+        root_qdisc_line(&self.client_qdiscs(), &self.client_dev)
     }
 
     /// Starts `chaos workload ARGS` in cgroup `cgroup` (a descendant of the sandbox's, say) and
@@ -699,4 +704,117 @@ pub fn span_attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) 
         Value::DoubleValue(f) => f.to_string(),
         other => format!("{other:?}"),
     })
+}
+
+/// The line of a `tc qdisc show` output for device `dev`'s root qdisc ("" if none).
+fn root_qdisc_line(qdiscs: &str, dev: &str) -> String {
+    qdiscs.lines().find(|l| l.contains(&format!(" dev {dev} ")) && l.contains(" root ")).unwrap_or("").to_string()
+}
+
+/// A process's state letter from /proc/PID/stat (`T` stopped, `Z` zombie, ...); `None` if it is gone.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
+}
+
+/// Waits until process `pid` is stopped (state T), bounded.
+pub fn wait_until_stopped(pid: u32, timeout: Duration) {
+    let end = Instant::now() + timeout;
+    loop {
+        let state = proc_state(pid);
+        if state == Some('T') {
+            return;
+        }
+        assert!(Instant::now() < end, "process {pid} was not held within {timeout:?} (state {state:?})");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The inode number of a cgroup2 directory is its id, as the kernel programs see it.
+pub fn cgroup_id(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("a cgroup"))
+}
+
+/// A `[[fault]]` table of a fault file: `body` (the kind and its settings) on cgroup `cgroup`,
+/// lasting `lifetime`; a packet fault also attaches in the sandbox's target namespace.
+pub fn fault_table(sb: &Sandbox, cgroup: &Path, body: &str, lifetime: &str) -> String {
+    let mut t = format!("[[fault]]\n{body}\ncgroup = \"{}\"\nfor = \"{lifetime}\"\n", cgroup.display());
+    if body.contains("\"net.") {
+        t += &format!("netns = [\"{}\"]\n", sb.netns_path(Place::Target).display());
+    }
+    t
+}
+
+/// What of a session is left in the kernel and the system, by kind: its programs and links (any
+/// would hold its maps, whose targets map names one of `targets`), a clsact qdisc, TC filter or
+/// root qdisc other than `root_before` on the sandbox's client device, a stopped process in a
+/// target, a record of the session (`chaos_pid`'s), a cgroup made in a target.
+pub fn leftovers(sb: &Sandbox, targets: &[&Path], root_before: &str, chaos_pid: u32) -> Vec<String> {
+    use chaos_common::{TARGETS_MAP, TargetRules};
+    let mut left = Vec::new();
+    // A program of a session is alive while anything holds it (a link, a TC filter, an
+    // attachment, a process): it holds the session's maps, and its targets map names the
+    // targets. The map is freed with the last program that uses it.
+    let ids: Vec<u64> = targets.iter().map(|t| cgroup_id(t)).collect();
+    let objects = aya::maps::loaded_maps()
+        .flatten()
+        .filter(|m| m.name_as_str() == Some(TARGETS_MAP))
+        .filter(|m| {
+            let Ok(data) = aya::maps::MapData::from_id(m.id()) else { return false };
+            aya::maps::HashMap::<_, u64, TargetRules>::try_from(aya::maps::Map::HashMap(data)).is_ok_and(|h| ids.iter().any(|id| h.get(id, 0).is_ok()))
+        })
+        .count();
+    if objects > 0 {
+        left.push(format!("{objects} session object(s) still held (programs, links)"));
+    }
+    let qdiscs = sb.client_qdiscs();
+    if qdiscs.contains("clsact") {
+        left.push("a clsact qdisc".into());
+    }
+    let out = Command::new("ip")
+        .args(["netns", "exec", &sb.client_ns, "tc", "filter", "show", "dev", &sb.client_dev, "egress"])
+        .output()
+        .expect("tc filter show");
+    if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+        left.push(format!("a TC filter: {}", String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    let root = root_qdisc_line(&qdiscs, &sb.client_dev);
+    if root != root_before {
+        left.push(format!("a changed root qdisc: {root}"));
+    }
+    for target in targets {
+        for pid in std::fs::read_to_string(target.join("cgroup.procs")).unwrap_or_default().lines() {
+            if pid.parse().ok().and_then(proc_state) == Some('T') {
+                left.push(format!("process {pid} stopped"));
+            }
+        }
+        let made: Vec<String> = std::fs::read_dir(target)
+            .expect("a target cgroup")
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !made.is_empty() {
+            left.push(format!("cgroups made in {}: {made:?}", target.display()));
+        }
+    }
+    let st = status();
+    for key in ["sessions", "dead"] {
+        if st[key].as_array().is_some_and(|a| a.iter().any(|s| s["pid"] == chaos_pid)) {
+            left.push(format!("a session record ({key})"));
+        }
+    }
+    left
+}
+
+/// Polls [`leftovers`] for up to `within`: what is still there then (nothing, for a clean end).
+pub fn leftovers_after(sb: &Sandbox, targets: &[&Path], root_before: &str, chaos_pid: u32, within: Duration) -> Vec<String> {
+    let end = Instant::now() + within;
+    loop {
+        let left = leftovers(sb, targets, root_before, chaos_pid);
+        if left.is_empty() || Instant::now() >= end {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -10,12 +10,11 @@
 //! soak` sets 100); a guest lane every fifth step and 3 random moments.
 
 use std::{
-    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use chaos_common::{TARGETS_MAP, TargetRules, loss::Prng};
+use chaos_common::loss::Prng;
 use chaos_tests::*;
 
 const KILL_AT_ENV: &str = "CHAOS_TEST_KILL_AT";
@@ -39,23 +38,16 @@ const CANDIDATES: &[&str] = &[
     "kind = \"sys.delay\"\nsyscall = \"nanosleep\"\ndelay = \"100ms\"",
 ];
 
-fn table(body: &str, sb: &Sandbox) -> String {
-    let mut t = format!("[[fault]]\n{body}\ncgroup = \"{}\"\nfor = \"1s\"\n", sb.cgroup.path.display());
-    if body.contains("\"net.") {
-        t += &format!("netns = [\"{}\"]\n", sb.netns_path(Place::Target).display());
-    }
-    t
-}
-
 /// The fault file: every candidate this kernel runs (`chaos apply --dry-run` exits 0 for it; 3,
-/// naming what is missing, for the others).
+/// naming what is missing, for the others), each lasting a second.
 fn every_kind_here(sb: &Sandbox) -> (TempFile, Vec<&'static str>) {
+    let table = |body: &str| fault_table(sb, &sb.cgroup.path, body, "1s");
     let checks: Vec<(&str, i32, Vec<String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = CANDIDATES
             .iter()
             .map(|body| {
                 s.spawn(move || {
-                    let f = TempFile::new("chaos-kill-kind-", &table(body, sb));
+                    let f = TempFile::new("chaos-kill-kind-", &table(body));
                     let (code, _, err) = run_chaos(&["apply", f.path(), "--dry-run"]);
                     (*body, code, err)
                 })
@@ -68,78 +60,13 @@ fn every_kind_here(sb: &Sandbox) -> (TempFile, Vec<&'static str>) {
     for (body, code, err) in checks {
         assert!(code == 0 || code == 3, "dry run of {body:?}: exit {code}: {err:?}");
         if code == 0 {
-            text += &table(body, sb);
+            text += &table(body);
             text += "\n";
             kinds.push(body.lines().next().unwrap_or_default().trim_start_matches("kind = ").trim_matches('"'));
         }
     }
     assert!(kinds.len() >= 4, "too few fault kinds run here to test: {kinds:?}");
     (TempFile::new("chaos-kill-points-", &text), kinds)
-}
-
-/// The inode number of a cgroup2 directory is its id, as the kernel programs see it.
-fn cgroup_id(path: &Path) -> u64 {
-    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("the target cgroup"))
-}
-
-/// What of a session on this sandbox is left in the kernel and the system, by kind.
-fn leftovers(sb: &Sandbox, target_id: u64, root_before: &str, chaos_pid: u32) -> Vec<String> {
-    let mut left = Vec::new();
-    // A program of a session is alive while anything holds it (a link, a TC filter, an
-    // attachment, a process): it holds the session's maps, and its targets map names this
-    // sandbox's cgroup. The map is freed with the last program that uses it.
-    let objects = aya::maps::loaded_maps()
-        .flatten()
-        .filter(|m| m.name_as_str() == Some(TARGETS_MAP))
-        .filter(|m| {
-            let Ok(data) = aya::maps::MapData::from_id(m.id()) else { return false };
-            aya::maps::HashMap::<_, u64, TargetRules>::try_from(aya::maps::Map::HashMap(data)).is_ok_and(|h| h.get(&target_id, 0).is_ok())
-        })
-        .count();
-    if objects > 0 {
-        left.push(format!("{objects} session object(s) still held (programs, links)"));
-    }
-    let qdiscs = sb.client_qdiscs();
-    if qdiscs.contains("clsact") {
-        left.push("a clsact qdisc".into());
-    }
-    let out = Command::new("ip")
-        .args(["netns", "exec", &sb.client_ns, "tc", "filter", "show", "dev", &sb.client_dev, "egress"])
-        .output()
-        .expect("tc filter show");
-    if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
-        left.push(format!("a TC filter: {}", String::from_utf8_lossy(&out.stdout).trim()));
-    }
-    let root = root_qdisc(&qdiscs, &sb.client_dev);
-    if root != root_before {
-        left.push(format!("a changed root qdisc: {root}"));
-    }
-    for pid in std::fs::read_to_string(sb.cgroup.path.join("cgroup.procs")).unwrap_or_default().lines() {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')) {
-            left.push(format!("process {pid} stopped"));
-        }
-    }
-    let st = status();
-    for key in ["sessions", "dead"] {
-        if st[key].as_array().is_some_and(|a| a.iter().any(|s| s["pid"] == chaos_pid)) {
-            left.push(format!("a session record ({key})"));
-        }
-    }
-    let made: Vec<String> = std::fs::read_dir(&sb.cgroup.path)
-        .expect("the target cgroup")
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    if !made.is_empty() {
-        left.push(format!("cgroups made: {made:?}"));
-    }
-    left
-}
-
-fn root_qdisc(qdiscs: &str, dev: &str) -> String {
-    qdiscs.lines().find(|l| l.contains(&format!(" dev {dev} ")) && l.contains(" root ")).unwrap_or("").to_string()
 }
 
 /// One run of the session: killed after step `at` (or at `after`, or never).
@@ -187,21 +114,17 @@ fn run_session(file: &TempFile, at: Option<u32>, after: Option<Duration>) -> Run
 
 /// Kills, then checks: what was found at once, and that the guardian (within 3 s) or else
 /// `chaos cleanup` left nothing. Returns a line for the report.
-fn kill_and_check(sb: &Sandbox, file: &TempFile, target_id: u64, root_before: &str, at: Option<u32>, after: Option<Duration>) -> (Run, String) {
+fn kill_and_check(sb: &Sandbox, file: &TempFile, root_before: &str, at: Option<u32>, after: Option<Duration>) -> (Run, String) {
     let run = run_session(file, at, after);
-    let at_kill = leftovers(sb, target_id, root_before, run.pid);
-    let end = Instant::now() + Duration::from_secs(3);
-    let mut left = at_kill.clone();
-    while !left.is_empty() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-        left = leftovers(sb, target_id, root_before, run.pid);
-    }
+    let targets = [sb.cgroup.path.as_path()];
+    let at_kill = leftovers(sb, &targets, root_before, run.pid);
+    let mut left = leftovers_after(sb, &targets, root_before, run.pid, Duration::from_secs(3));
     let by = if left.is_empty() {
         "the guardian"
     } else {
         let (code, _, err) = run_chaos(&["cleanup"]);
         assert_eq!(code, 0, "chaos cleanup: {err:?}");
-        left = leftovers(sb, target_id, root_before, run.pid);
+        left = leftovers(sb, &targets, root_before, run.pid);
         "chaos cleanup"
     };
     let last = run.steps.last().map(String::as_str).unwrap_or("(before the first step)");
@@ -213,7 +136,6 @@ fn kill_and_check(sb: &Sandbox, file: &TempFile, target_id: u64, root_before: &s
 struct Setup {
     sb: Sandbox,
     file: TempFile,
-    target_id: u64,
     root_before: String,
     _worker: Proc,
     _dir: RemoveOnDrop,
@@ -229,9 +151,8 @@ fn setup() -> Setup {
     let mut worker = sb.spawn(Place::Target, &["syscall-loop", "--call", "nanosleep", "--path", dir.0.to_str().expect("utf-8"), "--count", "60000", "--wait"]);
     worker.ready();
     worker.go();
-    let target_id = cgroup_id(&sb.cgroup.path);
-    let root_before = root_qdisc(&sb.client_qdiscs(), &sb.client_dev);
-    Setup { sb, file, target_id, root_before, _worker: worker, _dir: dir }
+    let root_before = sb.client_root_qdisc();
+    Setup { sb, file, root_before, _worker: worker, _dir: dir }
 }
 
 fn guest() -> bool {
@@ -242,7 +163,7 @@ fn guest() -> bool {
 fn a_kill_after_any_step_of_a_session_leaves_nothing_behind() {
     let s = setup();
     // A whole run, counting the steps.
-    let (full, _) = kill_and_check(&s.sb, &s.file, s.target_id, &s.root_before, None, None);
+    let (full, _) = kill_and_check(&s.sb, &s.file, &s.root_before, None, None);
     assert!(!full.killed, "the full run was killed");
     let n = full.steps.len() as u32;
     for want in ["attached", "journal: saved", "rules started", "rules ended"] {
@@ -254,7 +175,7 @@ fn a_kill_after_any_step_of_a_session_leaves_nothing_behind() {
     let every = if guest() { 5 } else { 1 };
     let mut report = Vec::new();
     for at in (1..=n).filter(|k| k % every == 0 || *k == n) {
-        let (run, line) = kill_and_check(&s.sb, &s.file, s.target_id, &s.root_before, Some(at), None);
+        let (run, line) = kill_and_check(&s.sb, &s.file, &s.root_before, Some(at), None);
         assert!(run.killed, "not killed at step {at} of {n}: {:?}", run.steps);
         assert_eq!(run.steps.len() as u32, at, "steps seen before the kill at {at}: {:?}", run.steps);
         report.push(format!("  step {at}/{n} {line}"));
@@ -265,7 +186,7 @@ fn a_kill_after_any_step_of_a_session_leaves_nothing_behind() {
 #[test]
 fn a_kill_at_a_random_moment_leaves_nothing_behind() {
     let s = setup();
-    let (full, _) = kill_and_check(&s.sb, &s.file, s.target_id, &s.root_before, None, None);
+    let (full, _) = kill_and_check(&s.sb, &s.file, &s.root_before, None, None);
     let count: u32 = std::env::var("CHAOS_KILL_RANDOM").ok().and_then(|v| v.parse().ok()).unwrap_or(if guest() { 3 } else { 12 });
     let seed = std::env::var("CHAOS_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::process::id() as u64);
     let mut rng = Prng::seeded(seed);
@@ -277,7 +198,7 @@ fn a_kill_at_a_random_moment_leaves_nothing_behind() {
     let mut killed = 0;
     for i in 0..count {
         let after = Duration::from_micros(from + rng.next_u32() as u64 % span);
-        let (run, line) = kill_and_check(&s.sb, &s.file, s.target_id, &s.root_before, None, Some(after));
+        let (run, line) = kill_and_check(&s.sb, &s.file, &s.root_before, None, Some(after));
         killed += u32::from(run.killed);
         report.push(format!("  {i}: at {after:?} ({} steps) {line}", run.steps.len()));
     }

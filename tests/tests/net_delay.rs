@@ -44,15 +44,6 @@ fn delay_args_kind(sb: &Sandbox, verb: &str, extra: &[&str]) -> Vec<String> {
     a
 }
 
-/// The root qdisc line of the client's veth, e.g. "qdisc noqueue 0: root refcnt 2".
-fn root_qdisc(sb: &Sandbox) -> String {
-    sb.client_qdiscs()
-        .lines()
-        .find(|l| l.contains(&format!(" dev {} ", sb.client_dev)) && l.contains(" root "))
-        .unwrap_or("")
-        .to_string()
-}
-
 #[test]
 fn without_sch_fq_delay_is_refused_by_name_before_anything_attaches() {
     if fq_here() {
@@ -73,16 +64,16 @@ fn delay_adds_the_configured_one_way_delay_and_spares_bystanders_and_restores_th
         return;
     }
     let sb = Sandbox::new();
-    let before = root_qdisc(&sb);
+    let before = sb.client_root_qdisc();
     assert!(before.contains("noqueue"), "a veth starts with noqueue: {before}");
     let mut chaos = start_chaos(&delay_args(&sb, &["--delay", "100ms"]));
     let _ = session_id(&mut chaos);
-    let during = root_qdisc(&sb);
+    let during = sb.client_root_qdisc();
     assert!(during.contains("qdisc fq c"), "chaos put its fq on the device: {during}");
     let target = udp_round(&sb, Place::Target, 5501);
     let bystander = udp_round(&sb, Place::Bystander, 5502);
     let summary = stop_chaos(chaos);
-    assert_eq!(root_qdisc(&sb), before, "the default qdisc is back");
+    assert_eq!(sb.client_root_qdisc(), before, "the default qdisc is back");
 
     assert_eq!(target["unique"], N, "nothing lost under delay: {target}");
     // The kernel's count first: it is exact, and says whether chaos touched a bystander's packet.
@@ -177,16 +168,16 @@ fn the_guardian_restores_the_qdisc_after_sigkill() {
         return;
     }
     let sb = Sandbox::new();
-    let before = root_qdisc(&sb);
+    let before = sb.client_root_qdisc();
     let mut chaos = start_chaos(&delay_args(&sb, &["--delay", "2s"]));
     let _ = session_id(&mut chaos);
-    assert!(root_qdisc(&sb).contains("qdisc fq c"), "{}", root_qdisc(&sb));
+    assert!(sb.client_root_qdisc().contains("qdisc fq c"), "{}", sb.client_root_qdisc());
     chaos.signal(libc::SIGKILL);
     let killed = Instant::now();
-    while root_qdisc(&sb) != before && killed.elapsed() < Duration::from_secs(10) {
+    while sb.client_root_qdisc() != before && killed.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(root_qdisc(&sb), before, "the guardian did not restore the qdisc within 10 s");
+    assert_eq!(sb.client_root_qdisc(), before, "the guardian did not restore the qdisc within 10 s");
     eprintln!("default qdisc back {:?} after SIGKILL", killed.elapsed());
 }
 
@@ -197,19 +188,19 @@ fn a_configured_qdisc_and_keep_qdisc_are_refused_and_left_alone() {
     }
     let sb = Sandbox::new();
     // --keep-qdisc on the default noqueue: refused, nothing changed.
-    let before = root_qdisc(&sb);
+    let before = sb.client_root_qdisc();
     let args = delay_args(&sb, &["--delay", "10ms", "--keep-qdisc"]);
     let (code, _, err) = run_chaos(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 3, "{err:?}");
     assert!(err.len() == 1 && err[0].contains("--keep-qdisc"), "{err:?}");
-    assert_eq!(root_qdisc(&sb), before);
+    assert_eq!(sb.client_root_qdisc(), before);
     // Someone's own qdisc: refused, and still there afterwards.
     sb.client_tc(&["qdisc", "replace", "dev", &sb.client_dev, "root", "handle", "1:", "pfifo", "limit", "500"]);
     let args = delay_args(&sb, &["--delay", "10ms"]);
     let (code, _, err) = run_chaos(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 3, "{err:?}");
     assert!(err.len() == 1 && err[0].contains("configured"), "{err:?}");
-    assert!(root_qdisc(&sb).contains("pfifo 1:"), "{}", root_qdisc(&sb));
+    assert!(sb.client_root_qdisc().contains("pfifo 1:"), "{}", sb.client_root_qdisc());
     // fq someone set up (on every device of the namespace: --keep-qdisc needs it on lo too):
     // used as it is, and left there at the end.
     sb.client_tc(&["qdisc", "replace", "dev", &sb.client_dev, "root", "handle", "7:", "fq"]);
@@ -220,7 +211,7 @@ fn a_configured_qdisc_and_keep_qdisc_are_refused_and_left_alone() {
     // Someone's fq paces by default (chaos's own does not), and its timers fire late under
     // emulation: the delay is applied and never early.
     assert!(delay_ms(&got, "min") >= 29.5 && delay_ms(&got, "p50") <= 45.0, "{got}");
-    assert!(root_qdisc(&sb).contains("fq 7:"), "someone's fq stays: {}", root_qdisc(&sb));
+    assert!(sb.client_root_qdisc().contains("fq 7:"), "someone's fq stays: {}", sb.client_root_qdisc());
 }
 
 #[test]
@@ -236,7 +227,7 @@ fn a_second_session_is_refused_the_first_sessions_fq() {
     assert_eq!(code, 3, "{err:?}");
     assert!(err.len() == 1 && err[0].contains(&id), "names the session that owns the fq: {err:?}");
     stop_chaos(first);
-    assert!(root_qdisc(&sb).contains("noqueue"), "{}", root_qdisc(&sb));
+    assert!(sb.client_root_qdisc().contains("noqueue"), "{}", sb.client_root_qdisc());
 }
 
 #[test]
@@ -309,7 +300,7 @@ fn delay_shaping_and_reorder_end_at_their_deadline_even_with_chaos_frozen() {
     // One session for the three, each on its own port; long enough for three rounds before it
     // ends, which take seconds each in a busy emulated guest.
     let sb = Sandbox::new();
-    let before_qdisc = root_qdisc(&sb);
+    let before_qdisc = sb.client_root_qdisc();
     let lifetime = Duration::from_secs(16);
     let ports: Vec<(&[&str], u16)> = faults.iter().enumerate().map(|(i, (flags, _))| (*flags, 5520 + 2 * i as u16)).collect();
     let (chaos, started, _file) = start_frozen_udp_faults(&sb, &ports, lifetime);
@@ -329,5 +320,5 @@ fn delay_shaping_and_reorder_end_at_their_deadline_even_with_chaos_frozen() {
     }
     chaos.signal(libc::SIGCONT);
     chaos.json(Duration::from_secs(30));
-    assert_eq!(root_qdisc(&sb), before_qdisc, "the default qdisc is back");
+    assert_eq!(sb.client_root_qdisc(), before_qdisc, "the default qdisc is back");
 }

@@ -200,17 +200,3 @@ fn a_bad_delay_is_bad_input() {
         assert!(err[0].contains(says), "{err:?}");
     }
 }
-
-/// Waits until process `pid` is stopped (state T), bounded.
-fn wait_until_stopped(pid: u32, timeout: Duration) {
-    let end = Instant::now() + timeout;
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
-        if state == Some('T') {
-            return;
-        }
-        assert!(Instant::now() < end, "process {pid} was not held within {timeout:?} (state {state:?})");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}

@@ -25,6 +25,7 @@ pub fn run() -> Result<()> {
     apt_install(HOST_PACKAGES)?;
     rust_src()?;
     bpf_linker()?;
+    podman()?;
     Ok(())
 }
 
@@ -112,4 +113,76 @@ fn bpf_linker() -> Result<()> {
         bail!("building bpf-linker failed; see the cargo output above");
     }
     Ok(())
+}
+
+/// Debian 12's podman 4.3 for the host lane's container tests (tests/tests/podman.rs), and what it
+/// needs on this kind of machine: runc (crun, podman's first choice, refuses the hybrid cgroup
+/// layout here), netavark for the default bridge network and iptables for the rules netavark
+/// writes, and busybox-static, the test image's one program.
+pub const PODMAN_PACKAGES: &[&str] = &["podman", "runc", "netavark", "iptables", "busybox-static"];
+
+/// The image the container tests run (`podman import` of a busybox root file system). Its tag is
+/// the recipe's version: change it when `test_image` changes. tests/tests/podman.rs names it too.
+pub const TEST_IMAGE: &str = "localhost/chaos-test:busybox-1";
+
+/// Where podman (root) reads settings added to its defaults (/usr/share/containers/containers.conf).
+const CONTAINERS_CONF: &str = "/etc/containers/containers.conf.d/50-chaos-tests.conf";
+
+/// The settings podman needs on this kind of machine, each measured with podman 4.3.
+const CONTAINERS_CONF_TEXT: &str = r#"# Written by `cargo xtask setup` (chaos's container tests); rewritten when it differs.
+[containers]
+# podman raises a root container's open-files limit to 1048576 by default; root here lacks
+# CAP_SYS_RESOURCE (the bounding set drops it), so runc failed "setting rlimit type 7: operation not
+# permitted". With no default limits the container keeps podman's own.
+default_ulimits = []
+
+[engine]
+# crun, podman's first choice when installed, refuses this host's hybrid cgroup layout (v1
+# controllers beside a cgroup2 mount at /sys/fs/cgroup/unified): "cgroups in hybrid mode not
+# supported". runc runs the container and puts its processes in the cgroup2 hierarchy too, at
+# /libpod_parent/libpod-ID, where chaos finds them.
+runtime = "runc"
+"#;
+
+/// podman, its settings and the test image: each only when missing or different.
+fn podman() -> Result<()> {
+    apt_install(PODMAN_PACKAGES)?;
+    let conf = Path::new(CONTAINERS_CONF);
+    if std::fs::read_to_string(conf).ok().as_deref() != Some(CONTAINERS_CONF_TEXT) {
+        eprintln!("setup: writing {CONTAINERS_CONF}");
+        std::fs::create_dir_all(conf.parent().expect("a folder"))?;
+        std::fs::write(conf, CONTAINERS_CONF_TEXT).with_context(|| format!("writing {CONTAINERS_CONF}"))?;
+    }
+    if cmd::succeeds(Command::new("podman").args(["image", "exists", TEST_IMAGE])) {
+        return Ok(());
+    }
+    test_image()
+}
+
+/// `TEST_IMAGE` from a root file system made here: the static busybox with a link per applet, and
+/// empty folders where the tests bind-mount the host's `chaos` and the libraries it links.
+fn test_image() -> Result<()> {
+    eprintln!("setup: building the container tests' image {TEST_IMAGE}");
+    let scratch = cache_dir().join(format!("image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let built = (|| -> Result<()> {
+        let root = scratch.join("root");
+        for dir in ["bin", "etc", "tmp", "proc", "sys", "dev", "lib", "lib64", "usr/lib", "usr/local/bin"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("copying /bin/busybox (busybox-static)")?;
+        let list = cmd::output(Command::new("/bin/busybox").arg("--list"))?;
+        for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+        std::fs::write(root.join("etc/group"), "root:x:0:\n")?;
+        let tar = scratch.join("root.tar");
+        cmd::run(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).args(["--owner=0", "--group=0", "."]))?;
+        cmd::output(Command::new("podman").arg("import").args(["--change", "CMD=[\"/bin/sh\"]"]).arg(&tar).arg(TEST_IMAGE))
+            .context("podman import of the test image failed")?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    built
 }

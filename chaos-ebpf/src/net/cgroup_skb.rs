@@ -75,7 +75,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, KernelError> {
         // refuses them on ingress).
         Some((
             _,
-            Action::NetDelay | Action::NetDuplicate | Action::NetCorrupt | Action::NetShape | Action::NetDns | Action::SysFail | Action::SysSignal | Action::SysDelay | Action::None,
+            Action::NetDelay | Action::NetDuplicate | Action::NetCorrupt | Action::NetShape | Action::NetDns | Action::SysFail | Action::SysSignal | Action::SysDelay | Action::ProcPause | Action::ProcKill | Action::None,
             _,
         ))
         | None => Ok(PASS),

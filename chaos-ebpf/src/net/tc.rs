@@ -232,7 +232,7 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
         }
         // DNS rules were walked above; answers are made on devices with Ethernet framing only
         // (the answer's link-layer addresses are the query's, swapped).
-        Some((_, Action::NetDns | Action::SysFail | Action::SysSignal | Action::SysDelay | Action::None, _)) | None => {
+        Some((_, Action::NetDns | Action::SysFail | Action::SysSignal | Action::SysDelay | Action::ProcPause | Action::ProcKill | Action::None, _)) | None => {
             remember(&pkt, 0);
             Ok(NEXT)
         }

@@ -16,6 +16,8 @@ pub mod net_partition;
 pub mod net_rate;
 pub mod net_reorder;
 pub mod net_stall;
+pub mod proc_kill;
+pub mod proc_pause;
 pub mod sys;
 pub mod sys_delay;
 pub mod sys_fail;
@@ -121,6 +123,16 @@ pub trait Fault: std::fmt::Debug {
     fn hold(&self) -> Option<sys_delay::HoldSpec> {
         None
     }
+    /// `proc.pause`: the session freezes the target (cgroup v2 `cgroup.freeze`) for the rule's
+    /// window itself; no kernel hook decides it.
+    fn freezes(&self) -> bool {
+        false
+    }
+    /// `proc.kill`: the signal the session sends every process of the target as the rule's
+    /// window opens; no kernel hook decides it.
+    fn kills(&self) -> Option<i32> {
+        None
+    }
     /// Network namespaces whose devices the fault's TC hook must also sit on (`--netns`).
     fn netns(&self) -> &[PathBuf] {
         &[]
@@ -173,6 +185,8 @@ pub const KINDS: &[Kind] = &[
     sys_fail::KIND,
     sys_signal::KIND,
     sys_delay::KIND,
+    proc_pause::KIND,
+    proc_kill::KIND,
 ];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {

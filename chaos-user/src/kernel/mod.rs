@@ -114,6 +114,16 @@ impl Kernel {
         targets.insert(cgroup_id, t, 0).map_err(map_error)
     }
 
+    /// The rules written for target `cgroup_id` (None: it is not a target).
+    pub fn target(&self, cgroup_id: u64) -> Result<Option<TargetRules>> {
+        let targets: HashMap<_, u64, TargetRules> = HashMap::try_from(self.map(TARGETS_MAP)?).map_err(map_error)?;
+        match targets.get(&cgroup_id, 0) {
+            Ok(t) => Ok(Some(t)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_error(e)),
+        }
+    }
+
     /// Forgets every cgroup's cached rules (the cache and each CPU's last lookup): called once the
     /// targets are written, so a lookup made before (the kernel checks attach this object's TC
     /// program to `lo` for an instant, with no targets) cannot hide a target.
@@ -145,6 +155,16 @@ impl Kernel {
     pub fn counters(&self, index: u32) -> Result<Counters> {
         let per_cpu: PerCpuArray<_, Counters> = PerCpuArray::try_from(self.map(COUNTERS_MAP)?).map_err(map_error)?;
         Ok(sum(&per_cpu.get(&index, 0).map_err(map_error)?))
+    }
+
+    /// Sets rule `index`'s counters (on the first CPU; the others' are zeroed): for a fault chaos
+    /// does itself (`proc.pause`), so `status`, metrics and the summary read it as any other.
+    pub fn set_counters(&mut self, index: u32, c: &Counters) -> Result<()> {
+        let mut per_cpu: PerCpuArray<_, Counters> = PerCpuArray::try_from(self.map_mut(COUNTERS_MAP)?).map_err(map_error)?;
+        let mut values = vec![Counters::default(); cpus()];
+        values[0] = *c;
+        let values = PerCpuValues::try_from(values).map_err(|e| Error::Other(anyhow::anyhow!("{e}")))?;
+        per_cpu.set(index, values, 0).map_err(map_error)
     }
 
     /// Kernel-side failures by name.

@@ -54,6 +54,10 @@ pub enum Change {
     /// stopped process of the cgroup and its descendants: a stop is not marked with who sent it,
     /// so one sent by someone else to a process of the target during the fault is undone too.
     Stopped { cgroup: PathBuf, cgroup_id: u64 },
+    /// A target the session's `proc.pause` rules freeze (cgroup v2 `cgroup.freeze`). Undoing it
+    /// thaws the cgroup; a freeze is not marked with who asked for it, so one someone else asked
+    /// for during the fault is undone too.
+    Frozen { cgroup: PathBuf, cgroup_id: u64 },
     /// A file the session created, marked with its id: a harmless change that exercises the
     /// journal and the guardian in tests (`CHAOS_TEST_FAKE_CHANGE`).
     TestFile { path: PathBuf, marker: String },
@@ -66,6 +70,7 @@ impl Change {
             Change::Clsact { ifname, .. } => format!("clsact qdisc on {ifname}"),
             Change::RootFq { ifname, handle, replaced, .. } => format!("fq qdisc {:x}: on {ifname} (in place of {replaced})", handle >> 16),
             Change::Stopped { cgroup, .. } => format!("processes held in {}", cgroup.display()),
+            Change::Frozen { cgroup, .. } => format!("frozen cgroup {}", cgroup.display()),
             Change::TestFile { path, .. } => format!("test file {}", path.display()),
         }
     }
@@ -263,6 +268,12 @@ pub fn undo(change: &Change) -> anyhow::Result<bool> {
                 }
                 rtnl::delete_root_qdisc(*ifindex, *handle).with_context(|| format!("restoring the default qdisc of {ifname}"))
             })?
+        }
+        Change::Frozen { cgroup, cgroup_id } => {
+            if !fs::metadata(cgroup).is_ok_and(|m| m.ino() == *cgroup_id) {
+                return Ok(false);
+            }
+            crate::target::set_frozen(cgroup, false).with_context(|| format!("thawing {}", cgroup.display()))
         }
         Change::Stopped { cgroup, cgroup_id } => {
             if !fs::metadata(cgroup).is_ok_and(|m| m.ino() == *cgroup_id) {

@@ -7,6 +7,7 @@
 //! (`watch.rs`), and [`Session::finish`] (detach, read the counters, undo, report).
 
 pub mod attach;
+pub mod follow;
 pub mod guardian;
 pub mod holds;
 pub mod journal;
@@ -97,6 +98,12 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
                 cg.path.display(),
                 own.path.display()
             ));
+        }
+        if (spec.fault.freezes() || spec.fault.kills().is_some()) && own.as_ref().is_some_and(|own| cg.contains(own)) {
+            return Err(usage!("{}the target {} contains chaos itself: {} would reach chaos too (even with --force)", spec.at(), cg.path.display(), spec.fault.kind()));
+        }
+        if spec.fault.freezes() && !cg.path.join("cgroup.freeze").is_file() {
+            return Err(crate::unsupported!("{}{} has no cgroup.freeze: proc.pause needs the cgroup v2 freezer (Linux 5.2+)", spec.at(), cg.path.display()));
         }
         let index = match targets.iter().position(|x| x.id == cg.id) {
             Some(i) => i,
@@ -257,6 +264,12 @@ impl Plan {
         for h in &self.sys_hooks {
             attach.push(format!("{}, once", h.describe()));
         }
+        for f in self.faults.iter().filter(|f| f.spec.fault.freezes()) {
+            attach.push(format!("nothing for proc.pause: chaos freezes {} itself while the rule is live (cgroup.freeze, journaled)", self.targets[f.target].path.display()));
+        }
+        for f in self.faults.iter().filter(|f| f.spec.fault.kills().is_some()) {
+            attach.push(format!("nothing for proc.kill: chaos signals every process of {} itself as the rule starts", self.targets[f.target].path.display()));
+        }
         PlanView { faults, attach }
     }
 
@@ -329,7 +342,31 @@ pub struct Session {
     windows: Vec<(u64, u64)>,
     /// `sys.delay`: the thread that continues held processes.
     holder: Option<holds::Holder>,
+    /// `proc.pause`: each rule that freezes its target, and where it stands.
+    pauses: Vec<Pause>,
+    /// `proc.kill`: each rule that signals its target's processes once, and whether it has.
+    kills: Vec<Kill>,
+    /// Targets whose directory was recreated or is gone since the start (`follow.rs`).
+    followed: follow::Followed,
     finished: bool,
+}
+
+/// One `proc.kill` rule: its target's processes get `signal` as its window opens.
+#[derive(Clone, Copy)]
+struct Kill {
+    rule: usize,
+    target: usize,
+    signal: i32,
+    done: bool,
+}
+
+/// One `proc.pause` rule: its target is frozen while its window is open (`Session::drive`).
+#[derive(Clone, Copy)]
+struct Pause {
+    rule: usize,
+    target: usize,
+    frozen: bool,
+    done: bool,
 }
 
 /// A short random session id.
@@ -406,8 +443,10 @@ impl Session {
             .collect();
         let journal = Journal::new(record);
         journal.save().map_err(|e| Error::Other(e.context("writing the session record")))?;
-        let mut s = Session { id, kernel, plan, attachments: Attachments::default(), journal, windows: Vec::new(), holder: None, finished: false };
-        if let Err(e) = s.start_holder().and_then(|_| s.attach_all()) {
+        let pauses = plan.faults.iter().enumerate().filter(|(_, f)| f.spec.fault.freezes()).map(|(rule, f)| Pause { rule, target: f.target, frozen: false, done: false }).collect();
+        let kills = plan.faults.iter().enumerate().filter_map(|(rule, f)| Some(Kill { rule, target: f.target, signal: f.spec.fault.kills()?, done: false })).collect();
+        let mut s = Session { id, kernel, plan, attachments: Attachments::default(), journal, windows: Vec::new(), holder: None, pauses, kills, followed: Default::default(), finished: false };
+        if let Err(e) = s.start_holder().and_then(|_| s.journal_pauses()).and_then(|_| s.attach_all()) {
             s.teardown();
             return Err(e);
         }
@@ -438,6 +477,91 @@ impl Session {
         self.note_guardian()?;
         self.holder = Some(holds::Holder::start(self.kernel.holds_ring()?, specs).map_err(|e| Error::Other(e.context("starting the holder")))?);
         Ok(())
+    }
+
+    /// `proc.pause`: journals each target a rule freezes (so a guardian thaws it if this process
+    /// dies, or is stopped past the rule's end), before any window opens.
+    fn journal_pauses(&mut self) -> Result<()> {
+        if self.pauses.is_empty() {
+            return Ok(());
+        }
+        let targets: std::collections::BTreeSet<usize> = self.pauses.iter().map(|p| p.target).collect();
+        for t in targets {
+            let t = &self.plan.targets[t];
+            self.journal.before(Change::Frozen { cgroup: t.path.clone(), cgroup_id: t.id }).map_err(Error::Other)?;
+        }
+        self.note_guardian()
+    }
+
+    /// Does what the session does itself rather than the kernel, as the windows open and close:
+    /// `proc.pause` freezes its target while its window is open (called every watch tick).
+    pub fn drive(&mut self) {
+        let now = monotonic_ns();
+        self.drive_kills(now);
+        for i in 0..self.pauses.len() {
+            let Pause { rule, target, frozen, done } = self.pauses[i];
+            let Some(&(start, end)) = self.windows.get(rule) else { continue };
+            let open = start <= now && now < end;
+            let path = self.plan.targets[target].path.clone();
+            if open && !frozen && !done {
+                let processes = self.plan.targets[target].pids().len() as u64;
+                match crate::target::set_frozen(&path, true) {
+                    Ok(_) => {
+                        killpoint::step(|| format!("froze {}", path.display()));
+                        self.pauses[i].frozen = true;
+                        let c = chaos_common::Counters { seen: processes, matched: processes, selected: 1, injected: 1, ..Default::default() };
+                        if let Err(e) = self.kernel.set_counters(rule as u32, &c) {
+                            log::warn!("{e}");
+                        }
+                    }
+                    Err(e) => log::warn!("freezing {}: {e}", path.display()),
+                }
+            } else if now >= end && !done {
+                self.thaw(i);
+            }
+        }
+    }
+
+    /// `proc.kill`: signals every process of each target whose rule's window has opened, once.
+    fn drive_kills(&mut self, now: u64) {
+        for i in 0..self.kills.len() {
+            let Kill { rule, target, signal, done } = self.kills[i];
+            let Some(&(start, end)) = self.windows.get(rule) else { continue };
+            if done || now < start || now >= end {
+                continue;
+            }
+            self.kills[i].done = true;
+            let pids = self.plan.targets[target].pids();
+            let own = std::process::id();
+            let mut reached = 0u64;
+            for &pid in pids.iter().filter(|&&p| p != own) {
+                // SAFETY: kill(2) with a pid read from the target's cgroup.procs; a pid that ended
+                // meanwhile gives ESRCH (counted as not reached).
+                if unsafe { libc::kill(pid as i32, signal) } == 0 {
+                    reached += 1;
+                }
+            }
+            killpoint::step(|| format!("signalled the processes of {}", self.plan.targets[target].path.display()));
+            let c = chaos_common::Counters { seen: pids.len() as u64, matched: pids.len() as u64, selected: pids.len() as u64, injected: reached, ..Default::default() };
+            if let Err(e) = self.kernel.set_counters(rule as u32, &c) {
+                log::warn!("{e}");
+            }
+        }
+    }
+
+    /// Thaws pause `i`'s target if no other open pause of it holds it.
+    fn thaw(&mut self, i: usize) {
+        let (target, was) = (self.pauses[i].target, self.pauses[i].frozen);
+        self.pauses[i].done = true;
+        self.pauses[i].frozen = false;
+        if !was || self.pauses.iter().any(|p| p.target == target && p.frozen) {
+            return;
+        }
+        let path = &self.plan.targets[target].path;
+        match crate::target::set_frozen(path, false) {
+            Ok(_) => killpoint::step(|| format!("thawed {}", path.display())),
+            Err(e) => log::warn!("thawing {}: {e}", path.display()),
+        }
     }
 
     fn attach_all(&mut self) -> Result<()> {
@@ -498,6 +622,9 @@ impl Session {
         }
         self.journal.save().map_err(|e| Error::Other(e.context("writing the session record")))?;
         killpoint::step(|| "rules started".into());
+        // What the session does itself starts with the rules (a pause from +0s is in place when
+        // chaos says "injecting").
+        self.drive();
         // The packet hooks read the coarse clock, up to a tick behind: measured, a sender that
         // started the moment chaos said "injecting" had its first packets pass.
         wait_for_coarse_clock(now);
@@ -524,8 +651,10 @@ impl Session {
         self.plan.faults.len()
     }
 
-    /// Picks up namespaces and devices that appeared since the start.
+    /// Picks up namespaces and devices that appeared since the start, and targets whose cgroup
+    /// directory was made anew (a restarted container).
     pub fn refresh(&mut self) {
+        self.follow_targets();
         let namespaces = self.plan.egress_namespaces();
         if namespaces.is_empty() {
             return;
@@ -600,6 +729,7 @@ impl Session {
             rules,
             kernel_errors: self.kernel.errors()?,
             attached,
+            targets_changed: std::mem::take(&mut self.followed.changes),
         })
     }
 
@@ -625,6 +755,15 @@ impl Session {
                 if matches!(c, Change::Stopped { .. }) {
                     let _ = self.journal.forget(&c);
                 }
+            }
+        }
+        // Nothing freezes from here on: thaw every frozen target.
+        for i in 0..self.pauses.len() {
+            self.thaw(i);
+        }
+        for c in self.journal.changes().to_vec() {
+            if matches!(c, Change::Frozen { .. }) {
+                let _ = self.journal.forget(&c);
             }
         }
         // Changes not undone by detaching (the test file) are undone here.

@@ -232,6 +232,28 @@ impl Cgroup {
     }
 }
 
+/// Freezes or thaws cgroup `dir` (cgroup v2 `cgroup.freeze`, Linux 5.2+); true if that changed
+/// it. The kernel freezes the processes in the background: `cgroup.events` says `frozen 1` once
+/// every one is, which is waited for here (bounded: a process in uninterruptible sleep freezes
+/// when it wakes).
+pub fn set_frozen(dir: &Path, frozen: bool) -> std::io::Result<bool> {
+    let file = dir.join("cgroup.freeze");
+    let want = if frozen { "1" } else { "0" };
+    if fs::read_to_string(&file)?.trim() == want {
+        return Ok(false);
+    }
+    fs::write(&file, want)?;
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while std::time::Instant::now() < give_up {
+        let events = fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+        if events.lines().any(|l| l == format!("frozen {want}")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(true)
+}
+
 /// The cgroup directory under `top` whose members include `pid` (bounded search).
 fn find_member(top: &Path, pid: u32) -> Option<PathBuf> {
     let mut stack = vec![top.to_path_buf()];
