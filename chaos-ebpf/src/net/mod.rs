@@ -14,13 +14,15 @@ use chaos_common::{Action, KernelError, MAX_RULES, Rule, has_rule, net::Packet};
 
 use crate::engine::{decide, model_decides, now_coarse, rule};
 
-/// Rules walked in line; the rest (a session's 2nd to 64th packet rule on a cgroup) in
+/// Rules walked in line; the rest (a session's 5th to 64th packet rule on a cgroup) in
 /// `bpf_loop`, whose body the verifier checks once. Each rule in line is checked again on every
 /// path that reaches it: unrolling all 64 made the TC program take half a second to verify here
-/// (196,051 instructions processed); 4 in line, 90,523 for TC and 104,600 for cgroup_skb ingress
-/// (120 and 170 ms, most of a session's start); 1, 51,021 and 49,692 (74 and 77 ms). A `bpf_loop`
-/// turn costs a helper call, which the common one-rule session does without.
-const INLINE_RULES: u32 = 1;
+/// (196,051 instructions processed). 4 in line: 90,523 for TC and 104,600 for cgroup_skb ingress on
+/// 6.18 (120 and 170 ms, most of a session's start), 90,821 for TC on 6.1. 1 in line: 51,021 and
+/// 49,692 on 6.18, but 350,405 for TC on 6.1 (6 s under emulation, every guest test twice as
+/// slow), so 4 it stays. A `bpf_loop` turn costs a helper call, which the common few rules do
+/// without.
+const INLINE_RULES: u32 = 4;
 
 /// What the `bpf_loop` turns share with the program.
 #[repr(C)]
