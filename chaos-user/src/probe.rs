@@ -42,10 +42,11 @@ pub enum Backend {
     KprobeOverride,
     SchFq,
     Netem,
+    CgroupFreezer,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 11] = [
+    pub const ALL: [Backend; 12] = [
         Backend::CgroupSkb,
         Backend::Tcx,
         Backend::TcNetlink,
@@ -57,6 +58,7 @@ impl Backend {
         Backend::KprobeOverride,
         Backend::SchFq,
         Backend::Netem,
+        Backend::CgroupFreezer,
     ];
 
     pub fn label(self) -> &'static str {
@@ -72,6 +74,7 @@ impl Backend {
             Backend::KprobeOverride => "kprobe + override_return",
             Backend::SchFq => "sch_fq (departure times)",
             Backend::Netem => "netem (peer comparison)",
+            Backend::CgroupFreezer => "cgroup v2 freezer",
         }
     }
 
@@ -86,6 +89,7 @@ impl Backend {
             Backend::FmodRetSyscall | Backend::KprobeOverride => "sys fail: any syscall",
             Backend::SchFq => "net delay, reorder, rate (shaping)",
             Backend::Netem => "benchmarks against tc netem",
+            Backend::CgroupFreezer => "proc pause",
         }
     }
 
@@ -113,6 +117,7 @@ impl Backend {
             Backend::KprobeOverride => &["CONFIG_KPROBES", "CONFIG_FUNCTION_ERROR_INJECTION", "CONFIG_BPF_KPROBE_OVERRIDE"],
             Backend::SchFq => &["CONFIG_NET_SCH_FQ"],
             Backend::Netem => &["CONFIG_NET_SCH_NETEM"],
+            Backend::CgroupFreezer => &["CONFIG_CGROUPS"],
         }
     }
 }
@@ -252,6 +257,7 @@ fn check(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Check {
         Backend::FmodRetSyscall => check_fmod_ret(kernel, facts, FMOD_RET_SYSCALL_SECTION, "__x64_sys_openat"),
         Backend::SchFq => throwaway_netns_allowed().and_then(|_| rtnl::try_qdisc("fq").map_err(|e| qdisc_reason("fq", &e))),
         Backend::Netem => throwaway_netns_allowed().and_then(|_| rtnl::try_qdisc("netem").map_err(|e| qdisc_reason("netem", &e))),
+        Backend::CgroupFreezer => check_freezer(),
     };
     let reason = outcome.err().map(|what| facts.explain(b, &what));
     Check { backend: b, label: b.label(), faults: b.faults(), works: reason.is_none(), reason }
@@ -272,6 +278,17 @@ fn load_failed(what: &str, e: &ProgramError) -> String {
         log::debug!("verifier log for the {what} probe:\n{verifier_log}");
     }
     format!("loading a {what} program {}", describe_errno(e))
+}
+
+/// The cgroup v2 freezer (Linux 5.2+): every non-root cgroup has `cgroup.freeze`. A cgroup made
+/// for the check and removed shows whether this kernel has it (nothing is frozen).
+fn check_freezer() -> Outcome {
+    let mount = crate::target::cgroup2_mount().map_err(|e| e.to_string())?.mount_point;
+    let dir = mount.join(format!("chaos-probe-{}", std::process::id()));
+    std::fs::create_dir(&dir).map_err(|e| format!("making a cgroup to look at ({}): {e}", dir.display()))?;
+    let has = dir.join("cgroup.freeze").is_file();
+    let _ = std::fs::remove_dir(&dir);
+    if has { Ok(()) } else { Err("a new cgroup has no cgroup.freeze (the cgroup v2 freezer needs Linux 5.2+)".into()) }
 }
 
 /// A cgroup to attach the cgroup checks to for a moment: chaos's own (making one may need

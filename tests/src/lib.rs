@@ -499,6 +499,7 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("kprobe_override", false),
             ("sch_fq", false),
             ("netem", false),
+            ("cgroup_freezer", true),
         ],
     ),
     (
@@ -515,6 +516,7 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("kprobe_override", false),
             ("sch_fq", true),
             ("netem", true),
+            ("cgroup_freezer", true),
         ],
     ),
     (
@@ -531,6 +533,7 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("kprobe_override", true),
             ("sch_fq", true),
             ("netem", true),
+            ("cgroup_freezer", true),
         ],
     ),
     (
@@ -547,6 +550,7 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("kprobe_override", false),
             ("sch_fq", true),
             ("netem", true),
+            ("cgroup_freezer", true),
         ],
     ),
 ];

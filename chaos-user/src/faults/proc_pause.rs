@@ -43,7 +43,7 @@ impl Fault for ProcPause {
     }
 
     fn needs(&self) -> Vec<&'static [Backend]> {
-        Vec::new()
+        vec![&[Backend::CgroupFreezer]]
     }
 
     fn hooks(&self, _: &[Backend]) -> Result<Vec<Hook>> {
