@@ -751,8 +751,8 @@ pub fn fault_table(sb: &Sandbox, cgroup: &Path, body: &str, lifetime: &str) -> S
 
 /// What of a session is left in the kernel and the system, by kind: its programs and links (any
 /// would hold its maps, whose targets map names one of `targets`), a clsact qdisc, TC filter or
-/// root qdisc other than `root_before` on the sandbox's client device, a stopped process in a
-/// target, a record of the session (`chaos_pid`'s), a cgroup made in a target.
+/// root qdisc other than `root_before` on the sandbox's client device, a frozen target, a stopped
+/// process in a target, a record of the session (`chaos_pid`'s), a cgroup made in a target.
 pub fn leftovers(sb: &Sandbox, targets: &[&Path], root_before: &str, chaos_pid: u32) -> Vec<String> {
     use chaos_common::{TARGETS_MAP, TargetRules};
     let mut left = Vec::new();
@@ -787,6 +787,10 @@ pub fn leftovers(sb: &Sandbox, targets: &[&Path], root_before: &str, chaos_pid: 
         left.push(format!("a changed root qdisc: {root}"));
     }
     for target in targets {
+        let events = std::fs::read_to_string(target.join("cgroup.events")).unwrap_or_default();
+        if std::fs::read_to_string(target.join("cgroup.freeze")).is_ok_and(|f| f.trim() == "1") || events.lines().any(|l| l == "frozen 1") {
+            left.push(format!("{} frozen", target.display()));
+        }
         for pid in std::fs::read_to_string(target.join("cgroup.procs")).unwrap_or_default().lines() {
             if pid.parse().ok().and_then(proc_state) == Some('T') {
                 left.push(format!("process {pid} stopped"));

@@ -10,12 +10,14 @@
 //! soak` sets 100); a guest lane every fifth step and 3 random moments.
 
 use std::{
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use chaos_common::loss::Prng;
 use chaos_tests::*;
+use chaos_user::sandbox::{TempCgroup, spawn_in};
 
 const KILL_AT_ENV: &str = "CHAOS_TEST_KILL_AT";
 
@@ -39,15 +41,25 @@ const CANDIDATES: &[(&[&str], &str)] = &[
     (&["tp_btf_signal"], "kind = \"sys.delay\"\nsyscall = \"nanosleep\"\ndelay = \"100ms\""),
 ];
 
+/// Process faults, on a cgroup of their own holding one sleeper: a freeze on the sandbox's target
+/// would keep sys.delay's worker from ever calling, and a kill would end it. proc.kill sends URG,
+/// which the sleeper ignores, so every run finds it there.
+const OWN_CGROUP: &[(&[&str], &str)] = &[
+    (&["cgroup_freezer"], "kind = \"proc.pause\""),
+    (&[], "kind = \"proc.kill\"\nsignal = \"URG\""),
+];
+
 /// The fault file: every candidate whose backends this lane has (`lane_has`, which
 /// `tests/tests/probe.rs` holds `chaos probe` to), each lasting a second. Chosen by expectation,
 /// not by a dry run per kind: fourteen at once, each verifying its programs, took over two minutes
 /// in an emulated guest.
-fn every_kind_here(sb: &Sandbox) -> (TempFile, Vec<&'static str>) {
+fn every_kind_here(sb: &Sandbox, own: &Path) -> (TempFile, Vec<&'static str>) {
     let mut kinds = Vec::new();
     let mut text = String::new();
-    for (_, body) in CANDIDATES.iter().filter(|(needs, _)| needs.iter().all(|b| lane_has(b))) {
-        text += &fault_table(sb, &sb.cgroup.path, body, "1s");
+    let on_target = CANDIDATES.iter().map(|(needs, body)| (needs, body, sb.cgroup.path.as_path()));
+    let on_own = OWN_CGROUP.iter().map(|(needs, body)| (needs, body, own));
+    for (_, body, cgroup) in on_target.chain(on_own).filter(|(needs, _, _)| needs.iter().all(|b| lane_has(b))) {
+        text += &fault_table(sb, cgroup, body, "1s");
         text += "\n";
         kinds.push(body.lines().next().unwrap_or_default().trim_start_matches("kind = ").trim_matches('"'));
     }
@@ -100,9 +112,10 @@ fn run_session(file: &TempFile, at: Option<u32>, after: Option<Duration>) -> Run
 
 /// Kills, then checks: what was found at once, and that the guardian (within 3 s) or else
 /// `chaos cleanup` left nothing. Returns a line for the report.
-fn kill_and_check(sb: &Sandbox, file: &TempFile, root_before: &str, at: Option<u32>, after: Option<Duration>) -> (Run, String) {
-    let run = run_session(file, at, after);
-    let targets = [sb.cgroup.path.as_path()];
+fn kill_and_check(s: &Setup, at: Option<u32>, after: Option<Duration>) -> (Run, String) {
+    let (sb, root_before) = (&s.sb, s.root_before.as_str());
+    let run = run_session(&s.file, at, after);
+    let targets = [sb.cgroup.path.as_path(), s.own.path.as_path()];
     let at_kill = leftovers(sb, &targets, root_before, run.pid);
     let mut left = leftovers_after(sb, &targets, root_before, run.pid, Duration::from_secs(3));
     let by = if left.is_empty() {
@@ -120,16 +133,23 @@ fn kill_and_check(sb: &Sandbox, file: &TempFile, root_before: &str, at: Option<u
 }
 
 struct Setup {
+    // Dropped in this order: the processes before their cgroups.
+    _worker: Proc,
+    _sleeper: Proc,
     sb: Sandbox,
+    own: TempCgroup,
     file: TempFile,
     root_before: String,
-    _worker: Proc,
     _dir: RemoveOnDrop,
 }
 
 fn setup() -> Setup {
     let sb = Sandbox::new();
-    let (file, kinds) = every_kind_here(&sb);
+    let own = TempCgroup::new(&format!("chaos-test-{}", unique("kp"))).expect("a cgroup for the process faults");
+    let mut sleep = Command::new("sleep");
+    sleep.arg("300").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let sleeper = Proc::new(spawn_in(&mut sleep, Some(&own.path), None).expect("a sleeper"), "sleep 300".into());
+    let (file, kinds) = every_kind_here(&sb, &own.path);
     eprintln!("kinds in the session: {}", kinds.join(", "));
     // A process of the target that sys.delay holds (the "first stopped process" step): 5 ms
     // sleeps, bounded to 5 minutes.
@@ -138,7 +158,7 @@ fn setup() -> Setup {
     worker.ready();
     worker.go();
     let root_before = sb.client_root_qdisc();
-    Setup { sb, file, root_before, _worker: worker, _dir: dir }
+    Setup { _worker: worker, _sleeper: sleeper, sb, own, file, root_before, _dir: dir }
 }
 
 fn guest() -> bool {
@@ -149,7 +169,7 @@ fn guest() -> bool {
 fn a_kill_after_any_step_of_a_session_leaves_nothing_behind() {
     let s = setup();
     // A whole run, counting the steps.
-    let (full, _) = kill_and_check(&s.sb, &s.file, &s.root_before, None, None);
+    let (full, _) = kill_and_check(&s, None, None);
     assert!(!full.killed, "the full run was killed");
     let n = full.steps.len() as u32;
     for want in ["attached", "journal: saved", "rules started", "rules ended"] {
@@ -161,7 +181,7 @@ fn a_kill_after_any_step_of_a_session_leaves_nothing_behind() {
     let every = if guest() { 5 } else { 1 };
     let mut report = Vec::new();
     for at in (1..=n).filter(|k| k % every == 0 || *k == n) {
-        let (run, line) = kill_and_check(&s.sb, &s.file, &s.root_before, Some(at), None);
+        let (run, line) = kill_and_check(&s, Some(at), None);
         assert!(run.killed, "not killed at step {at} of {n}: {:?}", run.steps);
         assert_eq!(run.steps.len() as u32, at, "steps seen before the kill at {at}: {:?}", run.steps);
         report.push(format!("  step {at}/{n} {line}"));
@@ -172,7 +192,7 @@ fn a_kill_after_any_step_of_a_session_leaves_nothing_behind() {
 #[test]
 fn a_kill_at_a_random_moment_leaves_nothing_behind() {
     let s = setup();
-    let (full, _) = kill_and_check(&s.sb, &s.file, &s.root_before, None, None);
+    let (full, _) = kill_and_check(&s, None, None);
     let count: u32 = std::env::var("CHAOS_KILL_RANDOM").ok().and_then(|v| v.parse().ok()).unwrap_or(if guest() { 3 } else { 12 });
     let seed = std::env::var("CHAOS_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::process::id() as u64);
     let mut rng = Prng::seeded(seed);
@@ -184,7 +204,7 @@ fn a_kill_at_a_random_moment_leaves_nothing_behind() {
     let mut killed = 0;
     for i in 0..count {
         let after = Duration::from_micros(from + rng.next_u32() as u64 % span);
-        let (run, line) = kill_and_check(&s.sb, &s.file, &s.root_before, None, Some(after));
+        let (run, line) = kill_and_check(&s, None, Some(after));
         killed += u32::from(run.killed);
         report.push(format!("  {i}: at {after:?} ({} steps) {line}", run.steps.len()));
     }

@@ -17,7 +17,7 @@ use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable,
 };
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHeader, TcMessage, TcOption};
+use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHeader, TcMessage, TcOption, TcStats2};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::socket::{setsockopt, sockopt};
@@ -241,6 +241,12 @@ pub fn delete_root_qdisc(ifindex: u32, handle: u32) -> io::Result<bool> {
     }
 }
 
+/// How many packets qdisc `handle` of `ifindex` holds (its queue statistics), or None when the
+/// device has no such qdisc.
+pub fn qdisc_queue_len(ifindex: u32, handle: u32) -> io::Result<Option<u32>> {
+    Ok(qdiscs(ifindex)?.into_iter().find(|q| q.handle == handle).map(|q| q.qlen))
+}
+
 /// Probes whether the kernel can create a root qdisc of `kind` ("fq", "netem"): adds it to `lo`
 /// in a throwaway network namespace, made by unshare(CLONE_NEWNET) on a new thread that exits
 /// afterwards, so the calling thread never changes namespace and the probe leaves nothing behind.
@@ -344,6 +350,8 @@ struct QdiscEntry {
     handle: u32,
     parent: u32,
     kind: String,
+    /// Packets it holds (TCA_STATS2's queue statistics, or the older TCA_STATS).
+    qlen: u32,
 }
 
 /// The qdiscs of `ifindex`. The kernel dumps every device's qdiscs; entries of other devices
@@ -364,10 +372,22 @@ fn qdiscs(ifindex: u32) -> io::Result<Vec<QdiscEntry>> {
             _ => None,
         });
         let kind = kind.ok_or_else(|| invalid_data("qdisc dump entry without TCA_KIND"))?;
+        let queue = msg.attributes.iter().find_map(|a| match a {
+            TcAttribute::Stats2(stats) => stats.iter().find_map(|s| match s {
+                TcStats2::Queue(q) => Some(q.qlen),
+                _ => None,
+            }),
+            _ => None,
+        });
+        let qlen = queue.or_else(|| msg.attributes.iter().find_map(|a| match a {
+            TcAttribute::Stats(s) => Some(s.qlen),
+            _ => None,
+        }));
         out.push(QdiscEntry {
             handle: msg.header.handle.into(),
             parent: msg.header.parent.into(),
             kind,
+            qlen: qlen.unwrap_or(0),
         });
     }
     Ok(out)
@@ -1002,6 +1022,34 @@ mod tests {
             delete_filter(LOOPBACK_IFINDEX, &list[0]).unwrap();
             assert!(remove_clsact_if_unused(LOOPBACK_IFINDEX).unwrap());
         });
+    }
+
+    #[test]
+    fn queue_length_is_what_a_qdisc_holds() {
+        // tbf at 8 kbit/s sends one 1 kB datagram and holds the next ones: the count chaos
+        // waits on before it deletes its fq (fq itself is not on every kernel that runs this).
+        let ns = TestNetns::new();
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns.exec(&["tc", "qdisc", "add", "dev", "lo", "root", "handle", "7:", "tbf", "rate", "8kbit", "burst", "1600", "latency", "10s"]);
+        let held = ns.run(|| {
+            assert_eq!(qdisc_queue_len(LOOPBACK_IFINDEX, 0x7_0000).unwrap(), Some(0), "nothing sent yet");
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            for _ in 0..5 {
+                socket.send_to(&[0u8; 1000], "127.0.0.1:9").unwrap();
+            }
+            assert_eq!(qdisc_queue_len(LOOPBACK_IFINDEX, 0x8_0000).unwrap(), None, "no qdisc with that handle");
+            qdisc_queue_len(LOOPBACK_IFINDEX, 0x7_0000).unwrap()
+        });
+        let shown = ns.exec(&["tc", "-s", "qdisc", "show", "dev", "lo"]);
+        assert!(held.is_some_and(|n| n >= 3), "held {held:?}; tc says {shown}");
+        // chaos's wait for a qdisc to send what it holds, bounded: tbf sends 1 kB/s.
+        let t = std::time::Instant::now();
+        ns.run(|| crate::session::qdisc::wait_until_sent(LOOPBACK_IFINDEX, "lo", 0x7_0000, Duration::from_secs(20)).unwrap());
+        let waited = t.elapsed();
+        let after = ns.run(|| qdisc_queue_len(LOOPBACK_IFINDEX, 0x7_0000).unwrap());
+        assert_eq!(after, Some(0), "returned after {waited:?} with packets held");
+        assert!(waited >= Duration::from_secs(1), "returned after {waited:?}: it did not wait");
+        assert!(shown.contains(&format!("{}p", held.unwrap())), "tc says otherwise: {shown}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::{
     mem::ManuallyDrop,
     path::PathBuf,
     sync::Arc,
+    time::Duration,
 };
 
 use aya::{
@@ -357,7 +358,7 @@ impl Attachments {
             let ifindex = d.ifindex;
             let added_clsact = clsact.is_some();
             let fq_handle = match &fq {
-                Some(Change::RootFq { handle, .. }) => Some(*handle),
+                Some(Change::RootFq { handle, hold_ms, ifname, .. }) => Some((*handle, Duration::from_millis(*hold_ms), ifname.clone())),
                 _ => None,
             };
             let done = ns.run(move || {
@@ -365,11 +366,18 @@ impl Attachments {
                     Some(l) => ManuallyDrop::into_inner(l).detach().map_err(|e| log::warn!("detaching the TC program: {e}")).is_ok(),
                     None => true,
                 };
+                // What fq holds leaves before the clsact goes: removing a clsact resets the
+                // device's root qdisc, dropping the delayed packets.
+                if let Some((h, hold, ifname)) = &fq_handle
+                    && let Err(e) = super::qdisc::wait_until_sent(ifindex, ifname, *h, *hold)
+                {
+                    log::warn!("reading what fq holds on {ifname}: {e}");
+                }
                 if added_clsact && detached && let Err(e) = rtnl::remove_clsact_if_unused(ifindex) {
                     log::warn!("removing the clsact qdisc chaos added: {e}");
                 }
                 // The device's default qdisc back; an error leaves the fq in the journal.
-                let restored = fq_handle.is_none_or(|h| {
+                let restored = fq_handle.is_none_or(|(h, _, _)| {
                     rtnl::delete_root_qdisc(ifindex, h).map_err(|e| log::warn!("restoring the default qdisc: {e}")).is_ok()
                 });
                 (detached, restored)

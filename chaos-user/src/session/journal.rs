@@ -13,6 +13,7 @@ use std::{
     io::Write,
     os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context, anyhow, bail};
@@ -47,8 +48,17 @@ pub enum Change {
     Clsact { netns: NetnsRef, ifindex: u32, ifname: String },
     /// An fq root qdisc the session put on a device in place of the kernel's default one (`replaced`
     /// names it), proved the session's by its handle, unique to the session. Deleting it makes the
-    /// kernel attach the default again.
-    RootFq { netns: NetnsRef, ifindex: u32, ifname: String, handle: u32, replaced: String },
+    /// kernel attach the default again, and drops what it holds: undoing waits first, up to
+    /// `hold_ms` (fq's horizon, the longest it holds a packet), for it to send what it holds.
+    RootFq {
+        netns: NetnsRef,
+        ifindex: u32,
+        ifname: String,
+        handle: u32,
+        replaced: String,
+        #[serde(default)]
+        hold_ms: u64,
+    },
     /// A target whose processes the session's `sys.delay` rules stop (SIGSTOP), each to be
     /// continued at its hold's end. Undoing it (the session died holding some) continues every
     /// stopped process of the cgroup and its descendants: a stop is not marked with who sent it,
@@ -260,13 +270,14 @@ pub fn undo(change: &Change) -> anyhow::Result<bool> {
                 Ok(rtnl::remove_clsact_if_unused(*ifindex)?)
             })?
         }
-        Change::RootFq { netns, ifindex, ifname, handle, .. } => {
+        Change::RootFq { netns, ifindex, ifname, handle, hold_ms, .. } => {
             let Some(ns) = find_netns(netns) else { return Ok(false) };
             ns.run(|| -> anyhow::Result<bool> {
                 if !same_device(*ifindex, ifname) {
                     return Ok(false);
                 }
-                rtnl::delete_root_qdisc(*ifindex, *handle).with_context(|| format!("restoring the default qdisc of {ifname}"))
+                super::qdisc::remove_fq(*ifindex, ifname, *handle, Duration::from_millis(*hold_ms))
+                    .with_context(|| format!("restoring the default qdisc of {ifname}"))
             })?
         }
         Change::Frozen { cgroup, cgroup_id } => {
@@ -302,6 +313,24 @@ pub fn undo(change: &Change) -> anyhow::Result<bool> {
     }
 }
 
+/// Waits for an fq the session put on a device to send what it holds (see
+/// [`super::qdisc::wait_until_sent`]); anything else is left alone.
+fn drain(change: &Change) {
+    let Change::RootFq { netns, ifindex, ifname, handle, hold_ms, .. } = change else { return };
+    let Some(ns) = find_netns(netns) else { return };
+    let waited = ns.run(|| {
+        if same_device(*ifindex, ifname) {
+            super::qdisc::wait_until_sent(*ifindex, ifname, *handle, Duration::from_millis(*hold_ms))?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    match waited {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::warn!("reading what fq holds on {ifname}: {e}"),
+        Err(e) => log::warn!("entering the namespace of {ifname}: {e}"),
+    }
+}
+
 /// Whether the device at `ifindex` in the current namespace is still the one the record names.
 fn same_device(ifindex: u32, ifname: &str) -> bool {
     nix::net::if_::if_indextoname(ifindex).is_ok_and(|n| n.to_string_lossy() == ifname)
@@ -313,6 +342,13 @@ pub fn undo_record(path: &Path, rec: &mut Record) -> (u32, Vec<String>) {
     let (mut undone, mut errors) = (0, Vec::new());
     let mut left = Vec::new();
     for c in rec.changes.iter().rev() {
+        // The session's TC filters are gone by now (recorded after their clsact): let the fq on
+        // that device send what it holds before the clsact goes, which would drop it.
+        if let Change::Clsact { netns, ifindex, .. } = c {
+            for fq in rec.changes.iter().filter(|f| matches!(f, Change::RootFq { netns: n, ifindex: i, .. } if n.ino == netns.ino && i == ifindex)) {
+                drain(fq);
+            }
+        }
         match undo(c) {
             Ok(true) => undone += 1,
             Ok(false) => {}

@@ -81,20 +81,52 @@ pub fn ensure_fq(journal: &mut Journal, ns: &Arc<Netns>, ifindex: u32, ifname: &
             current >> 16
         ));
     }
+    let options = options_for(need.max_delay);
     let change = Change::RootFq {
         netns: NetnsRef { ino: ns.ino, path: ns.path.clone() },
         ifindex,
         ifname: ifname.to_string(),
         handle,
         replaced: kind.to_string(),
+        hold_ms: u64::from(options.horizon_us).div_ceil(1000),
     };
     journal.before(change.clone()).map_err(|e| Error::Other(e.context("writing the session record")))?;
-    if let Err(e) = rtnl::replace_root_fq(ifindex, handle, &options_for(need.max_delay)) {
+    if let Err(e) = rtnl::replace_root_fq(ifindex, handle, &options) {
         let _ = journal.forget(&change);
         return Err(Error::Other(anyhow::anyhow!("putting fq on {ifname}: {e}")));
     }
     super::killpoint::step(|| format!("put fq on {ifname}"));
     Ok(Some(change))
+}
+
+/// Runs inside the device's namespace: deletes chaos's fq `handle` from `ifindex` once it has
+/// sent what it holds ([`wait_until_sent`]).
+pub fn remove_fq(ifindex: u32, ifname: &str, handle: u32, hold: Duration) -> std::io::Result<bool> {
+    wait_until_sent(ifindex, ifname, handle, hold)?;
+    rtnl::delete_root_qdisc(ifindex, handle)
+}
+
+/// Runs inside the device's namespace: returns once chaos's fq `handle` on `ifindex` holds no
+/// packet, or after `hold` (fq's horizon: the longest it holds one). Deleting a qdisc drops what
+/// it holds, and so does deleting a clsact qdisc (the kernel deactivates the device's queues to
+/// graft it, which resets the root qdisc): a packet delayed before the fault ended must still
+/// leave, at most its delay later, as the docs promise. Call it once nothing sets new departure
+/// times (the rules ended, or the program detached), so the queue only shrinks.
+pub fn wait_until_sent(ifindex: u32, ifname: &str, handle: u32, hold: Duration) -> std::io::Result<()> {
+    let until = std::time::Instant::now() + hold;
+    let mut told = false;
+    while let Some(held) = rtnl::qdisc_queue_len(ifindex, handle)?.filter(|&n| n > 0) {
+        if std::time::Instant::now() >= until {
+            log::warn!("{ifname}: fq still holds {held} packet(s) after {hold:?}; removing it drops them");
+            break;
+        }
+        if !told {
+            log::info!("{ifname}: waiting up to {hold:?} for the {held} delayed packet(s) fq holds to leave");
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// The other live chaos session whose record says it put fq `handle` on that device.
