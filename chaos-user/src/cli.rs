@@ -24,6 +24,14 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Do apply, status and stop through the agent at ADDR (`chaos agent`): its unix socket, or
+    /// http://HOST:PORT (with --token-file).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub agent: Option<String>,
+    /// The bearer token of the agent's TCP API (a file readable by its owner only): for
+    /// `chaos agent --listen`, and for a client with --agent http://...
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -65,6 +73,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hold fault sessions for others: an HTTP/JSON API on a unix socket (root only) and, with
+    /// --listen, on TCP with a bearer token; `chaos --agent PATH apply|status|stop` use it.
+    #[command(after_help = "Each session is a `chaos apply` process of the agent's with its own in-kernel deadlines: an agent that dies or a client that goes away leaves nothing running past a fault's `for`, and a restarted agent sweeps what a killed one left.\n\nAPI (JSON): POST /v1/sessions {\"name\": ..., \"faults\": \"<fault file TOML>\"}, GET /v1/sessions, GET|DELETE /v1/sessions/ID, GET /v1/sessions/ID/counters?every=1s (newline-delimited JSON), GET /v1/health.\n\nExamples:\n  chaos agent\n  chaos agent --listen 127.0.0.1:7070 --token-file /etc/chaos/token\n  chaos --agent /run/chaos/agent.sock apply faults.toml --detach\n  chaos --agent /run/chaos/agent.sock status")]
+    Agent(crate::agent::AgentArgs),
     /// Undo what killed sessions left (netlink TC filters and qdiscs on pre-6.6 kernels).
     Cleanup {
         /// Print the result as one JSON object.
@@ -113,6 +125,9 @@ pub struct ApplyArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub session: SessionArgs,
+    /// With --agent: return once the session injects, printing its id (the agent holds it).
+    #[arg(long)]
+    pub detach: bool,
 }
 
 #[derive(Args, Debug)]

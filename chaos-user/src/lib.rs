@@ -2,6 +2,7 @@
 //! undo journal), the watch loop and reports. The `chaos` binary is a thin shell around
 //! [`run::main`].
 
+pub mod agent;
 pub mod bench;
 pub mod cli;
 pub mod demo;
@@ -10,6 +11,7 @@ pub mod experiment;
 pub mod faults;
 pub mod file;
 pub mod kernel;
+pub mod kubernetes;
 pub mod metrics;
 pub mod observe;
 pub mod otlp;

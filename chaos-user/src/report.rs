@@ -3,14 +3,15 @@
 use std::collections::BTreeMap;
 
 use chaos_common::{Counters, Family};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     session::{Planned, attach::Attached, follow::TargetChange},
     target::Cgroup,
 };
 
-#[derive(Debug, Serialize)]
+/// Deserialize: `chaos --agent ADDR apply` prints the text of the summary an agent's session gave.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub session: String,
     pub pid: u32,
@@ -21,16 +22,18 @@ pub struct Summary {
     pub rules: Vec<RuleSummary>,
     /// Kernel-side failures by kind (the packet or call passed untouched).
     pub kernel_errors: BTreeMap<String, u64>,
+    /// Not read back: the text does not show it.
+    #[serde(skip_deserializing)]
     pub attached: Attached,
     /// Targets whose cgroup directory was recreated (a restarted container) or went away while
     /// the session ran, and whether the session followed the new one.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets_changed: Vec<TargetChange>,
 }
 
 /// One rule's counters, summed over CPUs. Packet rules also count wire segments (`*_segs`): an
 /// skb of a GSO packet is one packet here but several on the wire.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RuleSummary {
     pub rule: u32,
     pub kind: String,

@@ -51,6 +51,12 @@ fn clap_error(e: clap::Error) -> i32 {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    if let Some(addr) = &cli.agent {
+        return crate::agent::client::run(addr, cli.token_file.as_deref(), cli.command);
+    }
+    if cli.token_file.is_some() && !matches!(cli.command, Command::Agent(_)) {
+        return Err(usage!("--token-file is for `chaos agent --listen` and for --agent http://HOST:PORT"));
+    }
     match cli.command {
         Command::Net(NetCommand(FamilyCommand::Fault(fc)))
         | Command::Sys(SysCommand(FamilyCommand::Fault(fc)))
@@ -70,6 +76,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let list = crate::sys_list::syscalls(&crate::probe::probe()?);
             print_report(json, &list, || crate::sys_list::syscalls_text(&list))
         }
+        Command::Apply(a) if a.detach => Err(usage!("--detach is for `chaos --agent ADDR apply`: a session of your own ends with this command")),
         Command::Apply(a) => {
             let text = std::fs::read_to_string(&a.file).map_err(|e| usage!("cannot read {}: {e}", a.file.display()))?;
             run_session(faults::file_specs(&a.file, &text)?, &a.session, None)
@@ -104,6 +111,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let report = crate::probe::probe()?;
             print_report(json, &report, || report.text())
         }
+        Command::Agent(args) => crate::agent::run(args, cli.token_file.as_deref()),
         Command::Cleanup { json } => {
             privileges::check()?;
             let swept = journal::sweep();

@@ -24,7 +24,7 @@ use crate::{
 const GONE_AFTER: u32 = 2;
 
 /// One change of a target's directory, as the summary reports it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct TargetChange {
     pub cgroup: String,
     /// The cgroup id the session targeted until then.

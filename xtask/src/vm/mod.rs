@@ -68,7 +68,7 @@ impl Lane {
     pub fn full_run_tests(self) -> Tests {
         match self {
             Lane::Errinj => Tests::Only(&["probe", "sys_fail", "sys_delay", "apply", "targets", "experiment", "kill_points", "frozen"]),
-            Lane::DebianCloud => Tests::AllBut(&["cli", "sys_signal", "sys_delay", "sys_command", "sys_fail", "apply", "targets", "experiment", "metrics", "otlp", "corpus", "kill_points", "load", "frozen", "containers", "proc_faults", "podman"]),
+            Lane::DebianCloud => Tests::AllBut(&["cli", "sys_signal", "sys_delay", "sys_command", "sys_fail", "apply", "targets", "experiment", "metrics", "otlp", "corpus", "kill_points", "load", "frozen", "containers", "proc_faults", "podman", "agent", "kubernetes"]),
             Lane::Debian612Cloud => Tests::Only(&["probe", "devices", "net_delay", "net_faults", "sessions", "sys_fail", "kill_points"]),
         }
     }
