@@ -46,6 +46,11 @@ fn build(root: &Path, out_dir: &Path) -> Result<(), String> {
         .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        // Nothing to read: the nested cargo's rustc probe (`rustc -`) reads its stdin as source,
+        // and an inherited one once held another build script's compiler output (ring's `cc -?`,
+        // built beside it), failing the build with "failed to run `rustc` to learn about
+        // target-specific information".
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("running `rustup run nightly cargo`: {e}"))?;
