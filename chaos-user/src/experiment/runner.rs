@@ -121,20 +121,28 @@ struct Observed {
     only: Vec<u32>,
 }
 
+/// Error returns that are not failures, left out of an observed cgroup's error rate (they stay in
+/// its errors by errno): a non-blocking connect answers EINPROGRESS while it connects, so a client
+/// on an event loop would otherwise show a failure per connection.
+const NOT_FAILURES: [u32; 1] = [libc::EINPROGRESS as u32];
+
 /// The calls of `slot` (those in `only`, or all) in `counts` as one sample.
 fn calls_sample(counts: &Counts, o: &Observed, secs: f64) -> Sample {
+    let mine = |slot: u32, nr: u32| slot == o.slot && (o.only.is_empty() || o.only.contains(&nr));
     let mut all = CallStats::default();
     for (k, s) in &counts.calls {
-        if k.slot == o.slot && (o.only.is_empty() || o.only.contains(&k.nr)) {
+        if mine(k.slot, k.nr) {
             all.merge(s);
         }
     }
+    let not_failures: u64 = counts.errors.iter().filter(|(k, _)| mine(k.slot, k.nr) && NOT_FAILURES.contains(&k.errno)).map(|(_, n)| n).sum();
+    let errors = all.errors.saturating_sub(not_failures);
     let ms = |q| all.quantile_ns(q) as f64 / 1e6;
     Sample {
         count: all.calls,
-        errors: all.errors,
+        errors,
         rate: all.calls as f64 / secs.max(1e-9),
-        error_rate: if all.calls == 0 { 0.0 } else { 100.0 * all.errors as f64 / all.calls as f64 },
+        error_rate: if all.calls == 0 { 0.0 } else { 100.0 * errors as f64 / all.calls as f64 },
         p50_ms: ms(0.5),
         p90_ms: ms(0.9),
         p99_ms: ms(0.99),
@@ -612,3 +620,27 @@ fn live(tty: bool, exp: &Experiment, phase: Phase, t: f64, sources: &[SourceRepo
     let _ = e.flush();
 }
 
+
+#[cfg(test)]
+mod tests {
+    use chaos_common::observe::{ObsErrKey, ObsKey};
+
+    use super::*;
+
+    #[test]
+    fn a_connect_in_progress_is_not_a_failure_but_a_refused_one_is() {
+        const CONNECT: u32 = 42;
+        let mut counts = Counts::default();
+        counts.calls.insert(ObsKey { slot: 0, nr: CONNECT }, CallStats { calls: 10, errors: 6, ..Default::default() });
+        // Another cgroup's and another call's errors count for neither.
+        counts.calls.insert(ObsKey { slot: 1, nr: CONNECT }, CallStats { calls: 10, errors: 10, ..Default::default() });
+        for (slot, errno, n) in [(0, libc::EINPROGRESS, 4), (0, libc::ECONNREFUSED, 2), (1, libc::EINPROGRESS, 10)] {
+            counts.errors.insert(ObsErrKey { slot, nr: CONNECT, errno: errno as u32, _pad: 0 }, n);
+        }
+        let s = calls_sample(&counts, &Observed { slot: 0, only: vec![] }, 1.0);
+        assert_eq!((s.count, s.errors), (10, 2));
+        assert_eq!(s.error_rate, 20.0);
+        let other_call = calls_sample(&counts, &Observed { slot: 0, only: vec![CONNECT + 1] }, 1.0);
+        assert_eq!((other_call.count, other_call.errors, other_call.error_rate), (0, 0, 0.0));
+    }
+}
