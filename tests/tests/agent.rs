@@ -174,7 +174,9 @@ fn bad_requests_get_the_line_chaos_prints_and_its_status() {
     // refused by the session's own process): the same line as a local `chaos apply`, exit 2 → 400.
     let bad = TempFile::new("chaos-agent-bad-", &fault_table(&sb, &sb.cgroup.path, "kind = \"net.drop\"\npercent = 300", "5s"));
     let gone = TempFile::new("chaos-agent-gone-", &fault_table(&sb, &sb.cgroup.path.join("no-such-child"), "kind = \"net.drop\"\npercent = 5", "5s"));
-    for file in [&bad, &gone] {
+    // A pod by NAMESPACE/NAME needs an agent run with --kubernetes: this one says so, as chaos does.
+    let by_name = TempFile::new("chaos-agent-pod-", "[[fault]]\nkind = \"net.drop\"\npod = \"shop/web-1\"\npercent = 5\n");
+    for file in [&bad, &gone, &by_name] {
         let (code, _, local) = run_chaos(&["apply", file.path()]);
         assert_eq!((code, local.len()), (2, 1), "{local:?}");
         let text = std::fs::read_to_string(&file.0).expect("the file");

@@ -217,6 +217,35 @@ fn a_chaosfault_drops_the_udp_of_its_pod_on_this_node_only_until_it_is_deleted()
     assert_eq!(udp_from(&sb, &cg_here, 6661, 50), 50, "the fault is gone");
     agent.wait_for(&format!("is gone: ending session {session}"), T);
 
+    // A fault file sent to the agent may name a pod by NAMESPACE/NAME: the agent asks the API for
+    // its UID. Without a cluster, chaos says where a name can be used.
+    let sock = socket.to_str().expect("utf-8").to_string();
+    let by_name = TempFile::new("chaos-kube-pod-", "[[fault]]\nkind = \"net.drop\"\npod = \"e2e/web-here\"\npercent = 100\nproto = \"udp\"\nfor = \"60s\"\n");
+    let (code, out, err) = run_chaos(&["--agent", &sock, "apply", by_name.path(), "--detach"]);
+    assert_eq!(code, 0, "{err:?}");
+    let by_name_session = out.trim().to_string();
+    assert_eq!(
+        (udp_from(&sb, &cg_here, 6661, 50), udp_from(&sb, &cg_there, 6661, 50)),
+        (0, 50),
+        "the pod named e2e/web-here lost every datagram, the other pod none"
+    );
+    let (code, _, err) = run_chaos(&["--agent", &sock, "stop", &by_name_session]);
+    assert_eq!(code, 0, "{err:?}");
+    let (code, out, err) = run_chaos(&["--agent", &sock, "status", "--json"]);
+    assert_eq!(code, 0, "{err:?}");
+    let listed: Value = serde_json::from_str(&out).expect("status JSON");
+    let ended = listed["sessions"].as_array().expect("sessions").iter().find(|s| s["id"] == by_name_session.as_str()).cloned().expect("the stopped session");
+    assert_eq!(counter(&ended["summary"], 0, "dropped"), 50, "{ended}");
+    assert_eq!(ended["summary"]["rules"][0]["cgroup"], cg_here.parent().unwrap().display().to_string(), "{ended}");
+    let unknown = TempFile::new("chaos-kube-pod-", "[[fault]]\nkind = \"net.drop\"\npod = \"e2e/no-such-pod\"\npercent = 100\n");
+    let (code, _, err) = run_chaos(&["--agent", &sock, "apply", unknown.path(), "--detach"]);
+    assert_eq!(code, 2, "{err:?}");
+    assert_eq!(err, ["chaos: no pod no-such-pod in namespace e2e of the cluster: `kubectl get pods -n e2e` lists them"]);
+    let (code, _, err) = run_chaos(&["net", "drop", "--pod", "e2e/web-here", "--percent", "5", "--dry-run"]);
+    assert_eq!(code, 2, "{err:?}");
+    assert!(err.len() == 1 && err[0].contains("'e2e/web-here' names a pod by namespace and name, which only `chaos agent --kubernetes` can look up"), "{err:?}");
+    assert_eq!(udp_from(&sb, &cg_here, 6661, 50), 50, "the stopped session's fault is gone");
+
     agent.signal(libc::SIGTERM);
     let (code, _, err) = agent.finish(T);
     assert_eq!(code, 0, "the agent ends cleanly on SIGTERM: {err:?}");

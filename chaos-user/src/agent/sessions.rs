@@ -103,6 +103,8 @@ pub struct Sessions {
     spawner: OnceLock<Spawner>,
     held: Mutex<Vec<Arc<Held>>>,
     next_file: AtomicU64,
+    /// The cluster's API, with --kubernetes: it turns `pod = "NAMESPACE/NAME"` into the pod's UID.
+    cluster: OnceLock<kube::Client>,
 }
 
 /// One session's process and what is known of it.
@@ -129,7 +131,7 @@ struct Ended {
 impl Sessions {
     /// Sessions whose fault files go in `state_dir` (made 0700 when the first session starts).
     pub fn new(state_dir: PathBuf) -> Arc<Sessions> {
-        Arc::new(Sessions { state_dir, spawner: OnceLock::new(), held: Mutex::new(Vec::new()), next_file: AtomicU64::new(0) })
+        Arc::new(Sessions { state_dir, spawner: OnceLock::new(), held: Mutex::new(Vec::new()), next_file: AtomicU64::new(0), cluster: OnceLock::new() })
     }
 
     /// Starts a session and returns once it injects, or with the error its `chaos apply` gave.
@@ -137,11 +139,44 @@ impl Sessions {
         if req.name.trim().is_empty() || req.name.contains('\n') || req.name.len() > 256 {
             return Err(ApiError::new(400, "a session's name must be one line of 1 to 256 characters"));
         }
+        let faults = self.pod_names_to_uids(&req.faults).await?;
         // A bad file is refused here, with the line `chaos apply NAME` prints, and nothing spawned.
-        crate::faults::file_specs(Path::new(&req.name), &req.faults)?;
-        let file = self.write_fault_file(&req.faults).map_err(|e| ApiError::new(500, format!("{e:#}")))?;
+        crate::faults::file_specs(Path::new(&req.name), &faults)?;
+        let file = self.write_fault_file(&faults).map_err(|e| ApiError::new(500, format!("{e:#}")))?;
         let held = self.run(&req, file).await?;
         Ok(self.info(&held, &HashMap::new()))
+    }
+
+    /// Lets fault files name pods by `NAMESPACE/NAME` (`chaos agent --kubernetes`).
+    pub fn resolve_pods_with(&self, cluster: kube::Client) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The fault file with each `pod = "NAMESPACE/NAME"` replaced by the pod's UID, asked of the
+    /// cluster (the kubelet's cgroups know pods by UID only); any other file as it came. A pod that
+    /// is not there is a 400, as an unknown `--pod UID` is an exit 2.
+    async fn pod_names_to_uids(&self, text: &str) -> Result<String, ApiError> {
+        // Without a cluster, and for a file that does not parse, file_specs says what is wrong and
+        // where, as `chaos apply` does (for a pod by name: what to do instead).
+        let Some(cluster) = self.cluster.get() else { return Ok(text.to_string()) };
+        let Ok(mut doc) = text.parse::<toml::Table>() else { return Ok(text.to_string()) };
+        let Some(toml::Value::Array(faults)) = doc.get_mut("fault") else { return Ok(text.to_string()) };
+        let mut changed = false;
+        for fault in faults.iter_mut() {
+            let Some(toml::Value::String(pod)) = fault.get_mut("pod") else { continue };
+            let Some((ns, name)) = pod.split_once('/') else { continue };
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(cluster.clone(), ns);
+            let found = pods.get_opt(name).await.map_err(|e| ApiError::new(500, format!("asking the Kubernetes API for pod {ns}/{name}: {e}")))?;
+            let uid = found.and_then(|p| p.metadata.uid).ok_or_else(|| {
+                ApiError::new(400, format!("no pod {name} in namespace {ns} of the cluster: `kubectl get pods -n {ns}` lists them"))
+            })?;
+            *pod = uid;
+            changed = true;
+        }
+        if !changed {
+            return Ok(text.to_string());
+        }
+        toml::to_string(&doc).map_err(|e| ApiError::new(500, format!("writing the fault file: {e}")))
     }
 
     /// Every session held, running ones with live counters.

@@ -28,5 +28,6 @@ pub async fn serve(node: String, sessions: Arc<crate::agent::Sessions>) -> anyho
             "cannot connect to the Kubernetes API ({e}): set KUBECONFIG, or run in a pod with a service account"
         )
     })?;
+    sessions.resolve_pods_with(client.clone());
     controller::run(client, Config::new(node), sessions).await
 }

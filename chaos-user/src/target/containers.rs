@@ -196,6 +196,9 @@ pub fn find_container(top: &Path, query: &str) -> Result<PathBuf> {
 
 /// `--pod UID` under the cgroup2 mount `top`: the pod's directory (every container of it inside).
 pub fn find_pod(top: &Path, uid: &str) -> Result<PathBuf> {
+    if uid.contains('/') {
+        return Err(usage!("{}", pod_by_name_hint(uid)));
+    }
     let want = uid.trim().to_ascii_lowercase();
     if pod_dir(&format!("pod{want}")).is_none() {
         return Err(usage!(
@@ -213,6 +216,15 @@ pub fn find_pod(top: &Path, uid: &str) -> Result<PathBuf> {
         [] => Err(usage!("no pod with UID {want} has a cgroup under {} (the kubelet's kubepods tree): is it on this node?", top.display())),
         many => Err(usage!("pod {want} has {} cgroups: {}; give --cgroup", many.len(), many.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))),
     }
+}
+
+/// What to do with `--pod NAMESPACE/NAME` where no cluster is at hand: names are the API server's,
+/// and only an agent run with --kubernetes asks it.
+fn pod_by_name_hint(pod: &str) -> String {
+    let (ns, name) = pod.split_once('/').unwrap_or(("NAMESPACE", pod));
+    format!(
+        "'{pod}' names a pod by namespace and name, which only `chaos agent --kubernetes` can look up: send the fault file to it (`chaos --agent SOCKET apply FILE`), or give the pod's UID (`kubectl get pod -n {ns} {name} -o jsonpath='{{.metadata.uid}}'`)"
+    )
 }
 
 #[cfg(test)]

@@ -99,6 +99,7 @@ impl FakeApi {
             )
             .route("/api/v1/pods", get(list_or_watch_pods))
             .route("/api/v1/namespaces/{ns}/pods", get(list_pods_in))
+            .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
             .route("/api/v1/nodes", get(list_nodes))
             .with_state(api.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
@@ -356,6 +357,18 @@ async fn list_pods_in(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     list_or_watch(api, Res::Pods, Some(ns), query)
+}
+
+/// One pod by namespace and name, or the API's 404 Status.
+async fn get_pod(State(api): State<FakeApi>, Path((ns, name)): Path<(String, String)>) -> Response {
+    let pod = api.world.lock().unwrap().pods.get(&(ns, name.clone())).cloned();
+    match pod {
+        Some(object) => axum::Json(object).into_response(),
+        None => {
+            let status = json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("pods \"{name}\" not found"), "reason": "NotFound", "code": 404 });
+            (StatusCode::NOT_FOUND, axum::Json(status)).into_response()
+        }
+    }
 }
 
 async fn list_nodes(
