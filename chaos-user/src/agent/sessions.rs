@@ -497,13 +497,9 @@ async fn live_faults(wanted: bool) -> HashMap<String, serde_json::Value> {
         return HashMap::new();
     }
     // Reading the kernel's maps blocks briefly; nothing is spawned there.
-    let report = tokio::task::spawn_blocking(crate::status::status).await;
+    let report = tokio::task::spawn_blocking(crate::status::status).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
     match report {
-        Ok(Ok(report)) => report.sessions.into_iter().map(|s| (s.id, serde_json::to_value(&s.faults).unwrap_or(serde_json::Value::Null))).collect(),
-        Ok(Err(e)) => {
-            log::warn!("reading live counters: {e}");
-            HashMap::new()
-        }
+        Ok(report) => report.sessions.into_iter().map(|s| (s.id, serde_json::to_value(&s.faults).unwrap_or(serde_json::Value::Null))).collect(),
         Err(e) => {
             log::warn!("reading live counters: {e}");
             HashMap::new()
