@@ -1,8 +1,9 @@
-//! Load held: packets at a high rate through a session of 64 rules, a syscall loop on both cores,
-//! and a session's memory under constant traffic. Each checks exact accounting, not speed (the
-//! speed is `cargo xtask bench`'s): every datagram sent is received, dropped by the rule, or
-//! dropped by the stack where the stack counts it; every call the kernel failed is one the
-//! process saw fail; chaos's resident memory does not grow with the traffic it judges.
+//! Load held: packets at a high rate through a session of 64 rules, syscall loops on both cores
+//! (through a cgroup hook and through the tp_btf tracepoint), and a session's memory under
+//! constant traffic. Each checks exact accounting, not speed (the speed is `cargo xtask bench`'s):
+//! every datagram sent is received, dropped by the rule, or dropped by the stack where the stack
+//! counts it; every call the kernel failed is one the process saw fail; chaos's resident memory
+//! does not grow with the traffic it judges.
 //!
 //! The memory run is bounded here (CHAOS_SOAK_SECS, 12 s unless set); `cargo xtask soak` runs it
 //! for 10 minutes.
@@ -76,7 +77,9 @@ fn a_syscall_loop_on_both_cores_is_counted_call_by_call() {
     let sb = Sandbox::new();
     let dir = temp_dir("chaos-load-calls-");
     let cg = sb.cgroup.path.display().to_string();
-    let chaos = start_chaos(&["sys", "fail", "--cgroup", &cg, "--syscall", "connect", "--errno", "ECONNREFUSED", "--percent", "50", "--for", "90s", "--json"].map(String::from));
+    let chaos = start_chaos(
+        &["sys", "fail", "--cgroup", &cg, "--syscall", "connect", "--errno", "ECONNREFUSED", "--percent", "50", "--for", "90s", "--json"].map(String::from),
+    );
     let n: u64 = 100_000;
     let args = ["syscall-loop", "--call", "udp-connect", "--path", dir.0.to_str().unwrap(), "--count", &n.to_string(), "--threads", "2"];
     let (target, bystander) = std::thread::scope(|s| {
@@ -87,7 +90,13 @@ fn a_syscall_loop_on_both_cores_is_counted_call_by_call() {
     let summary = stop_chaos(chaos);
     let refused = |r: &Value| r["errors"][libc::ECONNREFUSED.to_string()].as_u64().unwrap_or(0);
     let (calls, failed) = (target["calls"].as_u64().expect("calls"), refused(&target));
-    eprintln!("target: {calls} connects in {:.2}s on two threads, {failed} refused; bystander: {} in {:.2}s, {} refused", target["secs"], bystander["calls"], bystander["secs"], refused(&bystander));
+    eprintln!(
+        "target: {calls} connects in {:.2}s on two threads, {failed} refused; bystander: {} in {:.2}s, {} refused",
+        target["secs"],
+        bystander["calls"],
+        bystander["secs"],
+        refused(&bystander)
+    );
     assert_eq!(calls, 2 * n);
     assert_eq!(target["ok"].as_u64().unwrap_or(0) + failed, calls, "every call either worked or was refused: {target}");
     assert_eq!(counter(&summary, 0, "injected"), failed, "the kernel failed exactly the calls the process saw fail: {summary}");
@@ -120,7 +129,17 @@ fn rss_kib(pid: u32) -> u64 {
 fn chaos_memory_stays_flat_under_constant_traffic() {
     let secs: u64 = std::env::var("CHAOS_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
     let sb = Sandbox::new();
-    let mut args = vec!["net".to_string(), "drop".into(), "--percent".into(), "10".into(), "--proto".into(), "udp".into(), "--json".into(), "--for".into(), format!("{}s", secs + 60)];
+    let mut args = vec![
+        "net".to_string(),
+        "drop".into(),
+        "--percent".into(),
+        "10".into(),
+        "--proto".into(),
+        "udp".into(),
+        "--json".into(),
+        "--for".into(),
+        format!("{}s", secs + 60),
+    ];
     args.extend(sb.target_args());
     // --metrics too: its per-tick snapshot is the loader's biggest allocation.
     let port = 17000 + (std::process::id() % 1000) as u16;
@@ -152,4 +171,37 @@ fn chaos_memory_stays_flat_under_constant_traffic() {
     let (early, late) = (*first.iter().max().expect("samples"), *last.iter().max().expect("samples"));
     eprintln!("chaos RSS over {secs}s of 5000 datagrams/s, KiB every 0.5 s: {samples:?}");
     assert!(late <= early + 512, "chaos's memory grew from {early} KiB to {late} KiB under constant traffic");
+}
+
+/// The same on the tp_btf `sys_enter` hook (every syscall of the machine passes through it): a
+/// getppid loop on two threads in the target and another in a bystander, with a `sys signal` rule
+/// (SIGCHLD, ignored by default: the loop runs to its end) selecting half the target's calls.
+#[test]
+fn a_syscall_loop_on_both_cores_through_the_tracepoint_is_counted_call_by_call() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let chaos = start_chaos(
+        &["sys", "signal", "--cgroup", &cg, "--syscall", "getppid", "--signal", "CHLD", "--percent", "50", "--for", "90s", "--json"].map(String::from),
+    );
+    let n: u64 = 200_000;
+    let args = ["syscall-loop", "--call", "getppid", "--count", &n.to_string(), "--threads", "2"];
+    let (target, bystander) = std::thread::scope(|s| {
+        let t = s.spawn(|| sb.spawn(Place::Target, &args).json(T));
+        let b = s.spawn(|| sb.spawn(Place::Bystander, &args).json(T));
+        (t.join().expect("target"), b.join().expect("bystander"))
+    });
+    let summary = stop_chaos(chaos);
+    let calls = target["calls"].as_u64().expect("calls");
+    let (matched, signalled) = (counter(&summary, 0, "matched"), counter(&summary, 0, "signalled"));
+    eprintln!(
+        "target: {calls} getppid in {:.2}s on two threads; bystander: {} in {:.2}s; kernel: {matched} matched, {signalled} signalled",
+        target["secs"], bystander["calls"], bystander["secs"]
+    );
+    assert_eq!((calls, target["ok"].as_u64()), (2 * n, Some(2 * n)), "{target}");
+    assert_eq!(bystander["ok"], 2 * n, "{bystander}");
+    assert_eq!(matched, calls, "the kernel saw every call of the target, and none of the bystander's: {summary}");
+    let sd = (calls as f64 * 0.25).sqrt();
+    assert!((signalled as f64 - calls as f64 / 2.0).abs() < 5.0 * sd, "{signalled} of {calls} signalled; expected 50%: {summary}");
+    let errors = summary["kernel_errors"].as_object().expect("kernel_errors");
+    assert!(errors.values().all(|v| v == 0), "the kernel programs counted errors: {errors:?}");
 }
