@@ -4,7 +4,10 @@
 //! (CLOCK_MONOTONIC, one clock for every namespace of the machine). fq goes on in place of the
 //! kernel's default qdisc and the default comes back however chaos ends, SIGKILL included.
 
-use std::time::{Duration, Instant};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use chaos_tests::*;
 
@@ -83,7 +86,11 @@ fn delay_adds_the_configured_one_way_delay_and_spares_bystanders_and_restores_th
     // ms), and releases held packets late besides (fq's timer: 109.8 ms over a 1.6 ms floor with
     // three guests on two cores). Early is a fault of chaos; late, within a fifth, the emulator's.
     let (p50, floor) = (delay_ms(&target, "p50"), delay_ms(&bystander, "p50"));
-    eprintln!("one-way delay: p50 {p50:.2} ms, p99 {:.2} ms (configured 100 ms); bystander p50 {floor:.2} ms, p99 {:.2} ms", delay_ms(&target, "p99"), delay_ms(&bystander, "p99"));
+    eprintln!(
+        "one-way delay: p50 {p50:.2} ms, p99 {:.2} ms (configured 100 ms); bystander p50 {floor:.2} ms, p99 {:.2} ms",
+        delay_ms(&target, "p99"),
+        delay_ms(&bystander, "p99")
+    );
     assert!((95.0..=120.0).contains(&(p50 - floor)), "p50 {p50:.2} ms over the bystander's {floor:.2} ms; expected 100 ms, -5% to +20%");
     assert!(delay_ms(&target, "min") >= 99.0, "a packet left early: {target}");
     // What the bystander saw: most of its datagrams none of the delay. Not every one: an emulated
@@ -360,5 +367,77 @@ fn a_stopped_or_killed_delay_still_sends_what_fq_holds_before_the_default_qdisc_
         eprintln!("{ending}: default qdisc back in {restored_in:?}; {got}");
         assert_eq!(got["unique"], 100, "{ending}: datagrams fq held at the end were lost: {got}");
         assert!(delay_ms(&got, "min") >= 1499.0, "{ending}: a held datagram left early: {got}");
+    }
+}
+
+#[test]
+fn a_device_with_a_queue_per_cpu_gets_fq_on_each_queue_and_its_default_mq_back() {
+    if !fq_here() {
+        return;
+    }
+    // A device with several transmit queues gets the kernel's default mq, a qdisc per queue: a
+    // host's NIC. An ifb with four queues has it too, and carries the target's datagrams here:
+    // chaos stamps them on the veth, a mirred action (after chaos's program) hands each to the
+    // ifb, whose queues must hold it to its departure time, and the ifb sends it out the veth.
+    for (ending, port) in [("stop", 5525), ("SIGKILL", 5526)] {
+        let sb = Sandbox::new();
+        let ifb = format!("{}q", sb.client_dev);
+        ip(&["-n", &sb.client_ns, "link", "add", &ifb, "numtxqueues", "4", "type", "ifb"]);
+        ip(&["-n", &sb.client_ns, "link", "set", &ifb, "up"]);
+        sb.client_tc(&["qdisc", "add", "dev", &sb.client_dev, "clsact"]);
+        // cls_bpf with a classic BPF program that matches every packet (`ret #-1`): every lane has it.
+        let every_packet = ["bpf", "bytecode", "1,6 0 0 4294967295,"];
+        let redirect = ["action", "mirred", "egress", "redirect", "dev", &ifb];
+        sb.client_tc(&[&["filter", "add", "dev", &sb.client_dev, "egress", "prio", "60000"][..], &every_packet, &redirect].concat());
+        let ifb_qdiscs = || sb.client_qdiscs().lines().filter(|l| l.contains(&format!(" dev {ifb} "))).map(str::to_string).collect::<Vec<_>>();
+        let before = ifb_qdiscs();
+        assert!(before.iter().any(|l| l.starts_with("qdisc mq 0: ") && l.contains(" root")), "no default mq: {before:?}");
+        assert_eq!(before.len(), 5, "mq and a qdisc per queue: {before:?}");
+
+        let mut chaos = start_chaos(&delay_args(&sb, &["--delay", "1s"]));
+        let _ = session_id(&mut chaos);
+        let during = ifb_qdiscs();
+        let root = during.iter().find(|l| l.contains(" root")).cloned().unwrap_or_default();
+        assert!(root.starts_with("qdisc mq c"), "chaos's mq is not the root: {during:?}");
+        let major = root.split_whitespace().nth(2).unwrap_or_default().to_string();
+        let fq_queues = during.iter().filter(|l| l.starts_with("qdisc fq ") && l.contains(&format!(" parent {major}"))).count();
+        assert_eq!(fq_queues, 4, "fq on each of the 4 queues: {during:?}");
+
+        // 100 datagrams in 0.2 s, each due 1 s after it left: the ifb's queues hold them (the
+        // veth's fq, where the ifb sends them, would hold them too, were they not held first).
+        let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "2s"]);
+        sink.ready();
+        let sender = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", "100", "--rate", "500"]);
+        std::thread::sleep(Duration::from_millis(400));
+        let stats = Command::new("ip").args(["netns", "exec", &sb.client_ns, "tc", "-s", "qdisc", "show", "dev", &ifb]).output().expect("tc -s");
+        let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
+        let held: u64 = stats
+            .split("qdisc mq c")
+            .nth(1)
+            .and_then(|r| r.split(" backlog ").nth(1))
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.trim_end_matches('p').parse().ok())
+            .unwrap_or_else(|| panic!("no backlog of chaos's mq in {stats}"));
+        assert_eq!(sender.json(T)["errors"], 0);
+        sink.close_stdin();
+        let got = sink.json(T);
+        eprintln!("{ending}: the ifb's queues held {held} datagrams 0.4 s in; {got}");
+        assert!(held > 0, "{ending}: the ifb's fq queues held nothing: {stats}");
+        assert_eq!(got["unique"], 100, "{ending}: {got}");
+        assert!(delay_ms(&got, "min") >= 999.0, "{ending}: a datagram left before its time: {got}");
+
+        let ended = Instant::now();
+        if ending == "stop" {
+            let summary = stop_chaos(chaos);
+            assert_eq!(counter(&summary, 0, "delayed"), 100, "{summary}");
+        } else {
+            chaos.signal(libc::SIGKILL);
+            while ifb_qdiscs() != before && ended.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let after = ifb_qdiscs();
+        eprintln!("{ending}: the default mq back in {:?}; during the fault {during:?}", ended.elapsed());
+        assert_eq!(after, before, "{ending}: the default mq and its queues' qdiscs are not back");
     }
 }

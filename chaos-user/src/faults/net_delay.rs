@@ -26,8 +26,8 @@ fn command() -> clap::Command {
         .about("Delay sent packets (netem's delay, for one cgroup), by departure times that sch_fq honours.")
         .after_help(
             "Needs sch_fq (CONFIG_NET_SCH_FQ) as the root qdisc of the target's devices: chaos puts it \
-             there in place of the kernel's default qdisc (noqueue, pfifo_fast, fq_codel) and restores \
-             the default when the fault ends, however chaos ends; --keep-qdisc refuses instead. fq keeps \
+             there in place of the kernel's default qdisc (noqueue, pfifo_fast, fq_codel; under a \
+             multi-queue device's mq, fq on each queue) and restores the default when the fault ends, however chaos ends; --keep-qdisc refuses instead. fq keeps \
              each flow in departure-time order, so jitter reorders packets within a flow, as netem does.\n\n\
              Examples:\n  chaos net delay --cgroup /system.slice/payments.service --delay 2s --for 5m\n  \
              chaos net delay --pid 4242 --delay 100ms --jitter 20ms --proto tcp --port 5432\n  \

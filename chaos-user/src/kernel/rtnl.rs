@@ -225,6 +225,48 @@ pub fn replace_root_fq(ifindex: u32, handle: u32, o: &FqOptions) -> io::Result<(
     ack_request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE | NLM_F_REPLACE)
 }
 
+/// Makes an mq qdisc with `handle` the root qdisc of multi-queue device `ifindex`
+/// (NLM_F_CREATE|NLM_F_REPLACE): the kernel gives each of its transmit queues the default qdisc,
+/// at classes `handle`:1.. (see [`qdisc_children`]). A single-queue device answers EOPNOTSUPP.
+pub fn replace_root_mq(ifindex: u32, handle: u32) -> io::Result<()> {
+    let mut msg = TcMessage::with_index(to_index(ifindex)?);
+    msg.header.parent = TC_H_ROOT.into();
+    msg.header.handle = handle.into();
+    msg.attributes.push(TcAttribute::Kind("mq".to_owned()));
+    ack_request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE | NLM_F_REPLACE)
+}
+
+/// Makes fq the qdisc of class `parent` of `ifindex` (a transmit queue of an mq root), in place
+/// of what is there; the kernel picks its handle.
+pub fn replace_child_fq(ifindex: u32, parent: u32, o: &FqOptions) -> io::Result<()> {
+    let mut msg = TcMessage::with_index(to_index(ifindex)?);
+    msg.header.parent = parent.into();
+    msg.attributes.push(TcAttribute::Kind("fq".to_owned()));
+    msg.attributes.push(TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, fq_options(o))));
+    ack_request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE | NLM_F_REPLACE)
+}
+
+/// A qdisc under a class of another one (an mq root's transmit queues).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildQdisc {
+    /// The class it sits under: the parent's major number and the queue's (1-based) minor.
+    pub parent: u32,
+    pub kind: String,
+}
+
+/// The qdiscs directly under qdisc `handle` of `ifindex` (for the kernel's default mq, handle 0:
+/// its children sit at classes :1, :2, ...), in class order.
+pub fn qdisc_children(ifindex: u32, handle: u32) -> io::Result<Vec<ChildQdisc>> {
+    let major = handle & 0xffff_0000;
+    let mut kids: Vec<ChildQdisc> = qdiscs(ifindex)?
+        .into_iter()
+        .filter(|q| q.parent != TC_H_ROOT && q.parent & 0xffff_0000 == major && q.parent & 0xffff != 0)
+        .map(|q| ChildQdisc { parent: q.parent, kind: q.kind })
+        .collect();
+    kids.sort_by_key(|k| k.parent);
+    Ok(kids)
+}
+
 /// Deletes the root qdisc of `ifindex` if its handle is `handle`; the kernel then attaches the
 /// device's default qdisc again. Ok(false): no such qdisc there.
 pub fn delete_root_qdisc(ifindex: u32, handle: u32) -> io::Result<bool> {
@@ -359,9 +401,10 @@ struct QdiscEntry {
 fn qdiscs(ifindex: u32) -> io::Result<Vec<QdiscEntry>> {
     let index = to_index(ifindex)?;
     let mut out = Vec::new();
-    for payload in dump(RouteNetlinkMessage::GetQueueDiscipline(
-        TcMessage::with_index(index),
-    ))? {
+    // The default qdiscs of an mq's queues are "invisible": dumped only when asked for.
+    let mut request = TcMessage::with_index(index);
+    request.attributes.push(TcAttribute::DumpInvisible(true));
+    for payload in dump(RouteNetlinkMessage::GetQueueDiscipline(request))? {
         let header = TcHeader::parse(&payload).map_err(|e| invalid_data(e.to_string()))?;
         if header.index != index {
             continue;
@@ -1050,6 +1093,41 @@ mod tests {
         assert_eq!(after, Some(0), "returned after {waited:?} with packets held");
         assert!(waited >= Duration::from_secs(1), "returned after {waited:?}: it did not wait");
         assert!(shown.contains(&format!("{}p", held.unwrap())), "tc says otherwise: {shown}");
+    }
+
+    #[test]
+    fn an_mq_of_chaos_replaces_the_default_one_and_deleting_it_brings_the_default_back() {
+        // ifb with four transmit queues gets the kernel's default mq (handle 0) with a default
+        // qdisc on each queue: what chaos finds on a host's multi-queue NIC.
+        let ns = TestNetns::new();
+        ns.exec(&["ip", "link", "add", "mqtest", "numtxqueues", "4", "type", "ifb"]);
+        ns.exec(&["ip", "link", "set", "mqtest", "up"]);
+        let ours = 0xc123_0000;
+        ns.run(|| {
+            let index = nix::net::if_::if_nametoindex("mqtest").unwrap();
+            let root = root_qdisc(index).unwrap().unwrap();
+            assert_eq!((root.kind.as_str(), root.handle), ("mq", 0));
+            let default: Vec<u32> = qdisc_children(index, 0).unwrap().iter().map(|q| q.parent).collect();
+            assert_eq!(default, [1, 2, 3, 4]);
+            replace_root_mq(index, ours).unwrap();
+            assert_eq!(root_qdisc(index).unwrap().unwrap(), RootQdisc { handle: ours, kind: "mq".into() });
+            let queues = qdisc_children(index, ours).unwrap();
+            assert_eq!(queues.iter().map(|q| q.parent).collect::<Vec<_>>(), [ours | 1, ours | 2, ours | 3, ours | 4], "{queues:?}");
+            assert_eq!(qdisc_queue_len(index, ours).unwrap(), Some(0));
+            // fq, where the kernel has it, on each queue (this host has no sch_fq: ENOENT).
+            let fq = FqOptions { limit: 1000, flow_limit: 100, horizon_us: 10_000_000 };
+            match replace_child_fq(index, ours | 2, &fq) {
+                Ok(()) => assert_eq!(qdisc_children(index, ours).unwrap()[1].kind, "fq"),
+                Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}"),
+            }
+            // A single-queue device refuses an mq.
+            assert_eq!(replace_root_mq(LOOPBACK_IFINDEX, ours).unwrap_err().raw_os_error(), Some(libc::EOPNOTSUPP));
+            assert!(delete_root_qdisc(index, ours).unwrap());
+            let back = root_qdisc(index).unwrap().unwrap();
+            assert_eq!((back.kind.as_str(), back.handle), ("mq", 0), "the default mq is back");
+            assert_eq!(qdisc_children(index, 0).unwrap().len(), 4, "with a qdisc on each queue");
+            assert!(!delete_root_qdisc(index, ours).unwrap(), "gone already");
+        });
     }
 
     #[test]

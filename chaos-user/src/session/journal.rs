@@ -47,9 +47,10 @@ pub enum Change {
     /// is left on it (deleting a clsact deletes every filter under it).
     Clsact { netns: NetnsRef, ifindex: u32, ifname: String },
     /// An fq root qdisc the session put on a device in place of the kernel's default one (`replaced`
-    /// names it), proved the session's by its handle, unique to the session. Deleting it makes the
-    /// kernel attach the default again, and drops what it holds: undoing waits first, up to
-    /// `hold_ms` (fq's horizon, the longest it holds a packet), for it to send what it holds.
+    /// names it), proved the session's by its handle, unique to the session; on a device with a
+    /// queue per CPU (`replaced` mq), an mq of the session's with fq on each of its `queues`. Deleting
+    /// it makes the kernel attach the default again, and drops what it holds: undoing waits first,
+    /// up to `hold_ms` (fq's horizon, the longest it holds a packet), for it to send what it holds.
     RootFq {
         netns: NetnsRef,
         ifindex: u32,
@@ -58,6 +59,8 @@ pub enum Change {
         replaced: String,
         #[serde(default)]
         hold_ms: u64,
+        #[serde(default)]
+        queues: u32,
     },
     /// A target whose processes the session's `sys.delay` rules stop (SIGSTOP), each to be
     /// continued at its hold's end. Undoing it (the session died holding some) continues every
@@ -78,7 +81,10 @@ impl Change {
         match self {
             Change::TcFilter { ifname, prog_id, .. } => format!("TC filter (program {prog_id}) on {ifname}"),
             Change::Clsact { ifname, .. } => format!("clsact qdisc on {ifname}"),
-            Change::RootFq { ifname, handle, replaced, .. } => format!("fq qdisc {:x}: on {ifname} (in place of {replaced})", handle >> 16),
+            Change::RootFq { ifname, handle, replaced, queues: 0, .. } => format!("fq qdisc {:x}: on {ifname} (in place of {replaced})", handle >> 16),
+            Change::RootFq { ifname, handle, replaced, queues, .. } => {
+                format!("mq qdisc {:x}: with fq on each of {queues} queues on {ifname} (in place of {replaced})", handle >> 16)
+            }
             Change::Stopped { cgroup, .. } => format!("processes held in {}", cgroup.display()),
             Change::Frozen { cgroup, .. } => format!("frozen cgroup {}", cgroup.display()),
             Change::TestFile { path, .. } => format!("test file {}", path.display()),
@@ -194,11 +200,7 @@ fn trusted(path: &Path, m: &fs::Metadata, dir: bool) -> anyhow::Result<()> {
 
 /// Reads a record, refusing one that is not root-only (see the module doc).
 pub fn read_record(path: &Path) -> anyhow::Result<Record> {
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).with_context(|| format!("opening {}", path.display()))?;
     trusted(path, &f.metadata()?, false)?;
     serde_json::from_reader(f).with_context(|| format!("reading {}", path.display()))
 }

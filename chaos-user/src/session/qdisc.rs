@@ -10,8 +10,11 @@
 //!   pfifo_fast on a single-queue device): replaced by fq, journaled **before** the change with
 //!   the handle that proves the fq is this session's; deleting it at the end (or by the guardian,
 //!   or the sweep) makes the kernel attach the default again.
-//! - mq (a queue per CPU), or a qdisc someone configured: refused with the reason; chaos does not
-//!   rebuild another tool's qdisc tree.
+//! - the kernel's default mq (a queue per CPU): replaced by an mq of chaos's own with fq on each
+//!   queue, journaled the same way; deleting it brings the default mq and its queues back. An mq
+//!   whose queues all have fq already is used as it is.
+//! - a qdisc someone configured: refused with the reason; chaos does not rebuild another tool's
+//!   qdisc tree.
 //! - `--keep-qdisc`: anything but fq is refused.
 
 use std::{sync::Arc, time::Duration};
@@ -60,20 +63,30 @@ pub fn ensure_fq(journal: &mut Journal, ns: &Arc<Netns>, ifindex: u32, ifname: &
     let fail = |e: &dyn std::error::Error| Error::Other(anyhow::anyhow!("reading the qdiscs of {ifname}: {e}"));
     let root = rtnl::root_qdisc(ifindex).map_err(|e| fail(&e))?;
     let (kind, current) = root.as_ref().map(|q| (q.kind.as_str(), q.handle)).unwrap_or(("noqueue", 0));
-    if kind == "fq" {
-        if chaos_handle(current) && current != handle && let Some(owner) = owner_of(&journal.record().id, ns.ino, ifindex, current) {
+    // fq at the root, or chaos's mq with fq on each queue: another live session's is refused (it
+    // goes when that session ends), anything else is used as it is.
+    if kind == "fq" || (kind == "mq" && chaos_handle(current)) {
+        if chaos_handle(current)
+            && current != handle
+            && let Some(owner) = owner_of(&journal.record().id, ns.ino, ifindex, current)
+        {
             return Err(unsupported!(
-                "{ifname}: its fq qdisc belongs to chaos session {owner}, and goes when that session ends; put this fault in that session (one fault file), or run it afterwards"
+                "{ifname}: its {kind} qdisc belongs to chaos session {owner}, and goes when that session ends; put this fault in that session (one fault file), or run it afterwards"
             ));
         }
         return Ok(None);
     }
-    let tc_hint = format!("`tc qdisc replace dev {ifname} root fq` in its network namespace");
+    let queues = if kind == "mq" { rtnl::qdisc_children(ifindex, current).map_err(|e| fail(&e))? } else { Vec::new() };
+    if kind == "mq" && !queues.is_empty() && queues.iter().all(|q| q.kind == "fq") {
+        return Ok(None);
+    }
+    let tc_hint = if kind == "mq" {
+        format!("`tc qdisc replace dev {ifname} parent {:x}:N fq` for each queue N in its network namespace", current >> 16)
+    } else {
+        format!("`tc qdisc replace dev {ifname} root fq` in its network namespace")
+    };
     if need.keep_qdisc {
         return Err(unsupported!("{ifname} has root qdisc {kind}, and --keep-qdisc forbids changing it; delays need fq there ({tc_hint})"));
-    }
-    if kind == "mq" {
-        return Err(unsupported!("{ifname} has a queue per CPU (mq); chaos does not yet put fq under mq: delay the traffic on a single-queue device (a container's veth), or set up fq yourself ({tc_hint} per queue)"));
     }
     if current != 0 {
         return Err(unsupported!(
@@ -89,14 +102,37 @@ pub fn ensure_fq(journal: &mut Journal, ns: &Arc<Netns>, ifindex: u32, ifname: &
         handle,
         replaced: kind.to_string(),
         hold_ms: u64::from(options.horizon_us).div_ceil(1000),
+        queues: queues.len() as u32,
     };
     journal.before(change.clone()).map_err(|e| Error::Other(e.context("writing the session record")))?;
-    if let Err(e) = rtnl::replace_root_fq(ifindex, handle, &options) {
+    let put = if kind == "mq" { fq_per_queue(ifindex, ifname, handle, &options) } else { rtnl::replace_root_fq(ifindex, handle, &options) };
+    if let Err(e) = put {
+        // Deleting chaos's root (none, if the first step failed) brings the default back whole.
+        let _ = rtnl::delete_root_qdisc(ifindex, handle);
         let _ = journal.forget(&change);
         return Err(Error::Other(anyhow::anyhow!("putting fq on {ifname}: {e}")));
     }
     super::killpoint::step(|| format!("put fq on {ifname}"));
     Ok(Some(change))
+}
+
+/// A device with a queue per CPU (the kernel's default mq) gets fq on each queue, keeping its
+/// queues apart: the default mq cannot be deleted (handle 0) and its queues' default qdiscs
+/// cannot be put back by handle, so chaos replaces the root with an mq of its own (`handle`),
+/// whose queues start with the default qdisc, and puts fq on each. Deleting that mq at the end
+/// makes the kernel attach its default mq and queue qdiscs again, as for a root fq. The mq's
+/// queue length is its queues' sum, so draining it waits for every queue.
+fn fq_per_queue(ifindex: u32, ifname: &str, handle: u32, options: &rtnl::FqOptions) -> std::io::Result<()> {
+    rtnl::replace_root_mq(ifindex, handle)?;
+    super::killpoint::step(|| format!("put mq on {ifname}"));
+    let queues = rtnl::qdisc_children(ifindex, handle)?;
+    if queues.is_empty() {
+        return Err(std::io::Error::other("the new mq qdisc shows no transmit queue"));
+    }
+    for q in &queues {
+        rtnl::replace_child_fq(ifindex, q.parent, options)?;
+    }
+    Ok(())
 }
 
 /// Runs inside the device's namespace: deletes chaos's fq `handle` from `ifindex` once it has
@@ -131,9 +167,10 @@ pub fn wait_until_sent(ifindex: u32, ifname: &str, handle: u32, hold: Duration) 
 
 /// The other live chaos session whose record says it put fq `handle` on that device.
 fn owner_of(own_id: &str, netns_ino: u64, ifindex: u32, handle: u32) -> Option<String> {
-    let r = journal::live_owner(own_id, |c| {
-        matches!(c, Change::RootFq { netns, ifindex: i, handle: h, .. } if netns.ino == netns_ino && *i == ifindex && *h == handle)
-    })?;
+    let r = journal::live_owner(
+        own_id,
+        |c| matches!(c, Change::RootFq { netns, ifindex: i, handle: h, .. } if netns.ino == netns_ino && *i == ifindex && *h == handle),
+    )?;
     Some(format!("{} (pid {})", r.id, r.pid))
 }
 
