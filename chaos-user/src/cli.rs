@@ -64,8 +64,9 @@ pub enum Command {
     },
     /// End sessions cleanly (each prints its summary); returns once they are gone.
     Stop(StopArgs),
-    /// Build a sandbox, inject a packet drop into a small client/server workload, show the impact
-    /// and the return to the steady state.
+    /// Run the built-in experiment (experiments/demo.toml): a web service in a cgroup of its own,
+    /// a probe, packet loss on its cgroup; the steady state, the hypothesis, the return to the
+    /// steady state, and a report.
     Demo(DemoArgs),
     /// Show what this kernel can do, backend by backend (each found by loading a tiny program).
     Probe {
@@ -142,14 +143,14 @@ pub struct StopArgs {
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Drop probability during the fault phase.
+    /// The share of the service's packets lost during the fault phase.
     #[arg(long, value_parser = parse_percent, value_name = "P", default_value = "10")]
     pub percent: u32,
     /// Length of each phase (steady state, fault, recovery).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub phase: Duration,
-    /// Requests per second the client offers. Keep it below what the machine sustains, so the
-    /// steady state measures the service and not the CPU left over.
+    /// Requests per second the probe makes (one at a time). Keep it below what the machine
+    /// sustains, so the steady state measures the service and not the CPU left over.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=5000))]
     pub rate: u32,
 }

@@ -99,7 +99,10 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Demo(args) => crate::demo::run(args),
+        Command::Demo(args) => match crate::demo::run(args)? {
+            0 => Ok(()),
+            code => std::process::exit(code),
+        },
         Command::Observe(args) => crate::observe::run(args),
         Command::Run(args) => match crate::experiment::run(args)? {
             0 => Ok(()),

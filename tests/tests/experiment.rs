@@ -483,3 +483,27 @@ fn a_2s_slower_payment_trips_the_carts_breaker() {
     assert!(before > 5.0 && during < before / 4.0, "payment's replies per second: {before:.1} before, {during:.1} during");
     run.assert_cleaned_up();
 }
+
+/// The example's other form: where the kernel has sch_fq (the Debian lanes), payment is slowed on
+/// the network rather than at its replies' syscall: every packet it sends is delayed 2 s (a
+/// net.delay fault on its cgroup, fq put on `lo` for the run and taken off after). The breaker
+/// trips the same way: cart answers every probe from its fallback.
+#[test]
+fn a_2s_network_delay_of_payment_trips_the_carts_breaker_too() {
+    if !lane_has("sch_fq") {
+        eprintln!("slow dependency by net.delay: this kernel has no sch_fq");
+        return;
+    }
+    let run = Run::new("slow-dependency.toml", &["18120", "18121"], |t| {
+        let fault = t.find("[[fault]]").expect("a [[fault]] table");
+        let cgroup = t[fault..].lines().find(|l| l.starts_with("cgroup = ")).expect("the fault's cgroup").to_string();
+        format!("{}[[fault]]\nkind = \"net.delay\"\n{cgroup}\ndelay = \"2s\"\nproto = \"tcp\"\n", &t[..fault])
+    });
+    let (code, report, err) = run.run();
+    eprintln!("verdict {} hypothesis {} cart during the fault {}", report["verdict"], report["hypothesis"], sample(&report, "cart", "inject"));
+    assert_eq!(code, 0, "held; stderr {err:?}\n{}\n{}", report["hypothesis"], report["abort"]);
+    assert_eq!(sample(&report, "cart", "inject")["errors"], 0, "cart served its fallback");
+    let (matched, injected) = rule0(&report);
+    assert!(injected > 0 && injected <= matched, "payment's packets delayed: {injected}/{matched}");
+    run.assert_cleaned_up();
+}

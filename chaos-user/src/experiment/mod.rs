@@ -29,7 +29,7 @@ use crate::{
 use probe::Check;
 use threshold::Threshold;
 
-pub use runner::run;
+pub use runner::{run, run_loaded};
 
 /// Exit codes of `chaos run` beyond the usual ones: the experiment ran and its hypothesis did not
 /// hold, or it was aborted (an abort threshold, Ctrl-C, `chaos stop`, a steady state not met).
@@ -241,6 +241,7 @@ fn from_table<T: FromArgMatches>(path: &Path, t: &SectionTable, what: &str) -> R
 /// The example experiments of `experiments/`, built in: the tests run each one (in the guests
 /// too, which have no source tree) and the fuzzer edits them.
 pub const EXAMPLES: &[(&str, &str)] = &[
+    ("demo.toml", include_str!("../../../experiments/demo.toml")),
     ("breaker.toml", include_str!("../../../experiments/breaker.toml")),
     ("disk-errors.toml", include_str!("../../../experiments/disk-errors.toml")),
     ("bulkhead.toml", include_str!("../../../experiments/bulkhead.toml")),

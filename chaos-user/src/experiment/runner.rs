@@ -186,7 +186,7 @@ fn report_dir(asked: Option<&std::path::Path>) -> Result<PathBuf> {
 
 /// `chaos run`: returns the exit code (0 held, [`EXIT_VIOLATED`], [`EXIT_ABORTED`]).
 pub fn run(args: RunArgs) -> Result<i32> {
-    let mut exp = Experiment::load(&args.file)?;
+    let exp = Experiment::load(&args.file)?;
     if args.check {
         println!(
             "{}: ok: {} fault(s), {} probe(s), {} observed cgroup(s), {} service(s); baseline {}, inject {}, recovery {}",
@@ -201,6 +201,12 @@ pub fn run(args: RunArgs) -> Result<i32> {
         );
         return Ok(0);
     }
+    run_loaded(exp, &args)
+}
+
+/// Runs a checked experiment (`chaos run`, and `chaos demo` on its built-in one): returns the exit
+/// code (0 held, [`EXIT_VIOLATED`], [`EXIT_ABORTED`]).
+pub fn run_loaded(mut exp: Experiment, args: &RunArgs) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from)?;
     let signals = {
         let _in_runtime = rt.enter();
