@@ -4,8 +4,17 @@
 //! are untouched and the kernel's counters of every rule (read by `chaos status` from the frozen
 //! session's maps) stop at what they were: matched, selected and injected do not move while seen
 //! does (the programs still run). What needs user space to end (a process `sys delay` holds, fq in
-//! place of a device's default qdisc) is ended by the guardian with chaos still stopped.
-//! Continued, chaos ends at its deadline with its summary and leaves nothing behind.
+//! place of a device's default qdisc, a cgroup `proc pause` froze) is ended by the guardian with
+//! chaos still stopped. Continued, chaos ends at its deadline with its summary and leaves nothing
+//! behind.
+//!
+//! The two kinds chaos does itself rather than the kernel join as far as they can: `proc pause`
+//! freezes its cgroup before the deadline and the guardian thaws it after (the cgroup's process
+//! stands still through the window and goes on within the bound of its end); `proc kill` signals
+//! once as its window opens, so its window opens (`after`) with chaos already stopped: a stopped
+//! chaos signals nobody, and continued past the deadline it must not signal late (the process
+//! in its cgroup lives to the end, its counters 0). Neither runs a kernel program, so `seen`
+//! does not move for them after the deadline.
 //!
 //! The packet rules are on the sandbox's cgroup, each on a port of its own; each syscall rule on a
 //! cgroup of its own, so no rule's fault falls on another's probe. A probe that must not be failed
@@ -14,6 +23,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -50,11 +60,31 @@ enum Probe {
     Signal,
     /// A process of the rule's own cgroup calls getppid: held (for 60 s, well past the deadline).
     Hold,
+    /// A process of the rule's own cgroup ticks every 20 ms: it stands still while the cgroup is
+    /// frozen (`proc pause`).
+    Pause,
+    /// A process of the rule's own cgroup sleeps: `proc kill`, its window opening halfway to the
+    /// deadline with chaos stopped, must never signal it.
+    KillLate,
 }
 
 impl Probe {
     fn sys(self) -> bool {
         matches!(self, Probe::Calls(..) | Probe::Signal | Probe::Hold)
+    }
+
+    /// Done by chaos itself, no kernel program: nothing counts `seen`.
+    fn proc(self) -> bool {
+        matches!(self, Probe::Pause | Probe::KillLate)
+    }
+
+    fn net(self) -> bool {
+        !self.sys() && !self.proc()
+    }
+
+    /// Its rule has a cgroup of its own.
+    fn own_cgroup(self) -> bool {
+        self.sys() || self.proc()
     }
 }
 
@@ -104,7 +134,12 @@ fn cases(dir: &Path) -> Vec<Case> {
         case("net.corrupt", NET, udp(7405, "net.corrupt", "percent = 100"), Probe::Udp(7405, |v| n(v, "unique") == 0)),
         // 50 KB/s against 250 KB/s offered: the last datagram leaves about 0.9 s late.
         case("net.rate (shaping)", FQ, udp(7406, "net.rate", "rate = \"400kbit\""), Probe::Udp(7406, |v| delay_ms(v, "max").is_some_and(|d| d >= 400.0))),
-        case("net.rate (police)", NET, udp(7407, "net.rate", "rate = \"8kbit\"\nburst = \"2000b\"\npolice = true"), Probe::Udp(7407, |v| n(v, "received") < 20)),
+        case(
+            "net.rate (police)",
+            NET,
+            udp(7407, "net.rate", "rate = \"8kbit\"\nburst = \"2000b\"\npolice = true"),
+            Probe::Udp(7407, |v| n(v, "received") < 20),
+        ),
         case("net.reorder", FQ, udp(7408, "net.reorder", "percent = 50\ndelay = \"300ms\""), Probe::Udp(7408, |v| n(v, "reordered") > 0)),
         case("net.stall", NET, udp(7409, "net.stall", "after-bytes = \"1000\""), Probe::Udp(7409, |v| n(v, "received") < 10)),
         case("net.drop (TCP)", NET, "kind = \"net.drop\"\npercent = 100\nproto = \"tcp\"\nport = 7410".into(), Probe::Tcp(7410)),
@@ -123,6 +158,9 @@ fn cases(dir: &Path) -> Vec<Case> {
         case("sys.fail mkdir (fmod_ret)", &["fmod_ret_syscall"], fail("mkdir", "EPERM", "fmod-ret"), Probe::Calls("mkdir", libc::EPERM)),
         case("sys.signal", TP_BTF, "kind = \"sys.signal\"\nsyscall = \"nanosleep\"\nsignal = \"TERM\"".into(), Probe::Signal),
         case("sys.delay", TP_BTF, "kind = \"sys.delay\"\nsyscall = \"getppid\"\ndelay = \"60s\"\nwhen = \"1\"".into(), Probe::Hold),
+        case("proc.pause", &["cgroup_freezer"], "kind = \"proc.pause\"".into(), Probe::Pause),
+        // Its `after` (half the lifetime, its `for` the rest) is added with the lifetime.
+        case("proc.kill (window opening with chaos stopped)", &[], "kind = \"proc.kill\"\nsignal = \"TERM\"".into(), Probe::KillLate),
     ]
 }
 
@@ -220,6 +258,53 @@ fn sys_probe(sb: &Sandbox, cgroup: &Path, probe: Probe, dir: &Path) -> Proc {
     p
 }
 
+/// A process in `cgroup` (no namespace of the sandbox's): for `proc pause` a shell printing the
+/// time since boot (/proc/uptime) every 20 ms, for `proc kill` a sleep.
+fn proc_probe(cgroup: &Path, probe: Probe) -> Proc {
+    let mut cmd = Command::new("sh");
+    let script = if let Probe::Pause = probe { "while :; do read u _ < /proc/uptime; echo $u; sleep 0.02; done" } else { "exec sleep 170" };
+    cmd.args(["-c", script]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    Proc::new(chaos_user::sandbox::spawn_in(&mut cmd, Some(cgroup), None).expect("a proc probe"), format!("{script} in {}", cgroup.display()))
+}
+
+/// Ends a ticker: its longest pause, and when it went on after it (uptime ns).
+fn longest_gap(mut p: Proc) -> (u64, u64) {
+    let _ = p.child.kill();
+    let mut out = String::new();
+    std::io::Read::read_to_string(p.child.stdout.as_mut().expect("piped"), &mut out).expect("the ticker's output");
+    let ticks: Vec<u64> = out.lines().filter_map(|l| l.trim().parse::<f64>().ok()).map(|s| (s * 1e9) as u64).collect();
+    assert!(ticks.len() > 10, "the ticker ticked {} times", ticks.len());
+    ticks.windows(2).map(|w| (w[1].saturating_sub(w[0]), w[1])).max().expect("ticks")
+}
+
+/// The clock the tickers print (/proc/uptime, in 10 ms steps: `date +%N` is not in every lane's
+/// busybox), in ns.
+fn uptime_ns() -> u64 {
+    let text = std::fs::read_to_string("/proc/uptime").expect("/proc/uptime");
+    let secs: f64 = text.split_whitespace().next().and_then(|s| s.parse().ok()).expect("uptime seconds");
+    (secs * 1e9) as u64
+}
+
+/// (cgroup.freeze, the `frozen` line of cgroup.events).
+fn freeze_state(cgroup: &Path) -> (String, String) {
+    let freeze = std::fs::read_to_string(cgroup.join("cgroup.freeze")).unwrap_or_default().trim().to_string();
+    let events = std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default();
+    (freeze, events.lines().find_map(|l| l.strip_prefix("frozen ")).unwrap_or("?").to_string())
+}
+
+/// Waits (bounded by `until`) for a cgroup's freeze state to be `want` ("1" frozen, "0" thawed).
+fn freeze_reaches(cgroup: &Path, want: &str, until: Instant) -> bool {
+    loop {
+        if freeze_state(cgroup) == (want.into(), want.into()) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// How long each of a syscall-loop's calls took, in ms.
 fn took_ms(out: &Value) -> Vec<f64> {
     out["took_ns"][0].as_array().expect("took_ns").iter().map(|v| v.as_u64().unwrap_or(0) as f64 / 1e6).collect()
@@ -248,7 +333,10 @@ fn sys_outcome(p: Proc, probe: Probe) -> (String, bool, bool) {
 /// The frozen session's entry in `chaos status --json`: each rule's counters, read by map id.
 fn session_status(pid: u32, rules: usize) -> Vec<Value> {
     let st = status();
-    let s = st["sessions"].as_array().and_then(|a| a.iter().find(|s| s["pid"] == pid)).unwrap_or_else(|| panic!("chaos status does not list session pid {pid}: {st}"));
+    let s = st["sessions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["pid"] == pid))
+        .unwrap_or_else(|| panic!("chaos status does not list session pid {pid}: {st}"));
     assert!(s.get("error").is_none(), "chaos status could not read the frozen session's maps: {s}");
     let faults = s["faults"].as_array().expect("faults").clone();
     assert_eq!(faults.len(), rules, "{s}");
@@ -279,15 +367,29 @@ fn every_fault_kind_ends_at_its_deadline_with_chaos_frozen() {
     let own: Vec<Option<TempCgroup>> = all
         .iter()
         .enumerate()
-        .map(|(i, c)| (c.probe.sys() && cases.iter().any(|(k, _)| *k == i)).then(|| TempCgroup::new(&format!("chaos-test-{}", unique("fz"))).expect("a cgroup")))
+        .map(|(i, c)| {
+            (c.probe.own_cgroup() && cases.iter().any(|(k, _)| *k == i)).then(|| TempCgroup::new(&format!("chaos-test-{}", unique("fz"))).expect("a cgroup"))
+        })
         .collect();
     let cgroup_of = |i: usize| -> PathBuf { own[i].as_ref().map_or(sb.cgroup.path.clone(), |c| c.path.clone()) };
-    let text: String = cases.iter().map(|(i, c)| fault_table(&sb, &cgroup_of(*i), &c.body, &format!("{}ms", lifetime.as_millis())) + "\n").collect();
+    // proc.kill's window opens halfway to the deadline, with chaos stopped; it ends with the others'.
+    let kill_after = lifetime / 2;
+    let text: String = cases
+        .iter()
+        .map(|(i, c)| match c.probe {
+            Probe::KillLate => {
+                let body = format!("{}\nafter = \"{}ms\"", c.body, kill_after.as_millis());
+                fault_table(&sb, &cgroup_of(*i), &body, &format!("{}ms", (lifetime - kill_after).as_millis())) + "\n"
+            }
+            _ => fault_table(&sb, &cgroup_of(*i), &c.body, &format!("{}ms", lifetime.as_millis())) + "\n",
+        })
+        .collect();
     let file = TempFile::new("chaos-frozen-", &text);
     let names: Vec<&str> = cases.iter().map(|(_, c)| c.name).collect();
     eprintln!("rules of this kernel ({}): {}", lane(), names.join(", "));
-    assert!(cases.iter().any(|(_, c)| c.probe.sys()) && cases.iter().any(|(_, c)| !c.probe.sys()), "{names:?}");
-    let targets: Vec<PathBuf> = std::iter::once(sb.cgroup.path.clone()).chain(cases.iter().filter(|(_, c)| c.probe.sys()).map(|(i, _)| cgroup_of(*i))).collect();
+    assert!(cases.iter().any(|(_, c)| c.probe.sys()) && cases.iter().any(|(_, c)| c.probe.net()), "{names:?}");
+    let targets: Vec<PathBuf> =
+        std::iter::once(sb.cgroup.path.clone()).chain(cases.iter().filter(|(_, c)| c.probe.own_cgroup()).map(|(i, _)| cgroup_of(*i))).collect();
     // Each syscall probe's files are in a directory of its own: an open-family probe opens its
     // file f (under the LSM rule's --path, for its probe).
     for (_, c) in cases.iter().filter(|(_, c)| c.probe.sys()) {
@@ -302,21 +404,27 @@ fn every_fault_kind_ends_at_its_deadline_with_chaos_frozen() {
     let mut rr = sb.spawn(Place::Server, &["rr-server", "--bind", &format!("{SERVER_V4}:7410"), "--max", "170s"]);
     rr.ready();
     let resolv = TempFile::new("chaos-resolv-", &format!("nameserver {SERVER_V4}\noptions timeout:1 attempts:1\n"));
-    let mut before_sys: Vec<(usize, Proc)> = cases.iter().filter(|(_, c)| c.probe.sys()).map(|(i, c)| (*i, sys_probe(&sb, &cgroup_of(*i), c.probe, &case_dir(&dir.0, c.name)))).collect();
+    let mut before_sys: Vec<(usize, Proc)> =
+        cases.iter().filter(|(_, c)| c.probe.sys()).map(|(i, c)| (*i, sys_probe(&sb, &cgroup_of(*i), c.probe, &case_dir(&dir.0, c.name)))).collect();
     let root_before = sb.client_root_qdisc();
+    // The proc probes, started before the session: a ticker the pause freezes, a sleeper the kill
+    // must never reach.
+    let mut proc_probes: Vec<(usize, Proc)> = cases.iter().filter(|(_, c)| c.probe.proc()).map(|(i, c)| (*i, proc_probe(&cgroup_of(*i), c.probe))).collect();
 
     let starting = Instant::now();
     let mut chaos = start_chaos(&["apply".into(), file.path().into(), "--json".into()]);
     chaos.signal(libc::SIGSTOP);
     let start_took = starting.elapsed();
     // The rules started before chaos said it injects: their deadline is no later than this.
-    let deadline = Instant::now() + lifetime;
+    let (deadline, deadline_up) = (Instant::now() + lifetime, uptime_ns() + lifetime.as_nanos() as u64);
     let pid = chaos.child.id();
     let at_start = session_status(pid, cases.len());
-    for f in &at_start {
-        assert_eq!(f["state"], "injecting", "{f}");
+    for (f, (_, c)) in at_start.iter().zip(&cases) {
+        // proc.kill's window has not opened: what is left of it is its `for`.
+        let (state, window) = if let Probe::KillLate = c.probe { ("waiting", lifetime - kill_after) } else { ("injecting", lifetime) };
+        assert_eq!(f["state"], state, "{f}");
         let left = Duration::from_secs_f64(f["left_s"].as_f64().expect("left_s"));
-        assert!(left <= lifetime && left + Duration::from_secs(5) > lifetime, "the kernel's window does not end {lifetime:?} after the start: {left:?} left: {f}");
+        assert!(left <= window && left + Duration::from_secs(5) > window, "the kernel's window does not end {lifetime:?} after the start: {left:?} left: {f}");
     }
     let uses_fq = cases.iter().any(|(_, c)| c.fq());
     if uses_fq {
@@ -334,7 +442,7 @@ fn every_fault_kind_ends_at_its_deadline_with_chaos_frozen() {
         }
     }
     let net_before: Vec<(usize, (String, bool, bool))> = std::thread::scope(|s| {
-        let handles: Vec<_> = cases.iter().filter(|(_, c)| !c.probe.sys()).map(|(i, c)| (*i, s.spawn(|| net_probe(&sb, c.probe, &resolv)))).collect();
+        let handles: Vec<_> = cases.iter().filter(|(_, c)| c.probe.net()).map(|(i, c)| (*i, s.spawn(|| net_probe(&sb, c.probe, &resolv)))).collect();
         handles.into_iter().map(|(i, h)| (i, h.join().expect("a probe"))).collect()
     });
     let before_took = starting.elapsed() - start_took;
@@ -354,19 +462,43 @@ fn every_fault_kind_ends_at_its_deadline_with_chaos_frozen() {
     if let Some((i, _)) = held {
         before[i] = Some("held at its first getppid".into());
     }
+    for (i, p) in &mut proc_probes {
+        let cg = cgroup_of(*i);
+        match all[*i].probe {
+            Probe::Pause => {
+                assert!(
+                    freeze_reaches(&cg, "1", Instant::now() + Duration::from_secs(1)),
+                    "{}: no fault before the deadline: {:?}",
+                    all[*i].name,
+                    freeze_state(&cg)
+                );
+                before[*i] = Some(format!("{} frozen", cg.display()));
+            }
+            _ => {
+                // Its window opened with chaos stopped: nothing signals.
+                assert_eq!(p.child.try_wait().expect("try_wait"), None, "{}: signalled by a stopped chaos", all[*i].name);
+                before[*i] = Some("not signalled: its window opened with chaos stopped".into());
+            }
+        }
+    }
 
     // From the deadline + 100 ms on, chaos still stopped: nothing is selected.
     std::thread::sleep(deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(100));
     assert_eq!(proc_state(pid), Some('T'), "chaos is still stopped");
     let at_deadline = session_status(pid, cases.len());
-    for (r, (i, _)) in cases.iter().enumerate() {
+    for (r, (i, c)) in cases.iter().enumerate() {
         let f = &at_deadline[r];
         assert_eq!(f["state"], "ended", "{}: {f}", all[*i].name);
-        assert!(n(f, "injected") > 0, "{}: the kernel counted no injection before the deadline: {f}", all[*i].name);
+        if let Probe::KillLate = c.probe {
+            assert_eq!(n(f, "injected"), 0, "{}: signalled with chaos stopped: {f}", all[*i].name);
+        } else {
+            assert!(n(f, "injected") > 0, "{}: the kernel counted no injection before the deadline: {f}", all[*i].name);
+        }
     }
-    let after_sys: Vec<(usize, Proc)> = cases.iter().filter(|(_, c)| c.probe.sys()).map(|(i, c)| (*i, sys_probe(&sb, &cgroup_of(*i), c.probe, &case_dir(&dir.0, c.name)))).collect();
+    let after_sys: Vec<(usize, Proc)> =
+        cases.iter().filter(|(_, c)| c.probe.sys()).map(|(i, c)| (*i, sys_probe(&sb, &cgroup_of(*i), c.probe, &case_dir(&dir.0, c.name)))).collect();
     let after: Vec<(usize, (String, bool, bool))> = std::thread::scope(|s| {
-        let net: Vec<_> = cases.iter().filter(|(_, c)| !c.probe.sys()).map(|(i, c)| (*i, s.spawn(|| net_probe(&sb, c.probe, &resolv)))).collect();
+        let net: Vec<_> = cases.iter().filter(|(_, c)| c.probe.net()).map(|(i, c)| (*i, s.spawn(|| net_probe(&sb, c.probe, &resolv)))).collect();
         let mut out = Vec::new();
         for (i, mut p) in after_sys {
             p.go();
@@ -389,10 +521,14 @@ fn every_fault_kind_ends_at_its_deadline_with_chaos_frozen() {
         after_lines[*i] = Some(line.clone());
     }
     let after_probes = session_status(pid, cases.len());
-    for (r, (i, _)) in cases.iter().enumerate() {
+    for (r, (i, c)) in cases.iter().enumerate() {
         let (d, a) = (&at_deadline[r], &after_probes[r]);
         assert_eq!(kept(a), kept(d), "{}: the kernel counted after the deadline ({KEPT:?}): at it {d}, after {a}", all[*i].name);
-        assert!(n(a, "seen") > n(d, "seen"), "{}: the probes after the deadline never reached the rule (seen did not move): {a}", all[*i].name);
+        assert!(
+            c.probe.proc() || n(a, "seen") > n(d, "seen"),
+            "{}: the probes after the deadline never reached the rule (seen did not move): {a}",
+            all[*i].name
+        );
     }
 
     // What needs user space to end, ended by the guardian with chaos still stopped.
@@ -416,6 +552,24 @@ fn every_fault_kind_ends_at_its_deadline_with_chaos_frozen() {
         assert_eq!(sb.client_root_qdisc(), root_before, "the default qdisc is back");
         chaos.wait_for("put back the default qdisc", Duration::from_secs(5));
     }
+    let mut sleepers = Vec::new();
+    for (i, p) in proc_probes {
+        let cg = cgroup_of(i);
+        if let Probe::KillLate = all[i].probe {
+            sleepers.push((i, p));
+            continue;
+        }
+        let thawed = freeze_reaches(&cg, "0", deadline + bound);
+        assert_eq!(proc_state(pid), Some('T'), "chaos is still stopped");
+        assert!(thawed, "{}: {} is still frozen with chaos stopped past its deadline: {:?}", all[i].name, cg.display(), freeze_state(&cg));
+        chaos.wait_for("thawed the frozen cgroup", Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(200));
+        let (gap, resumed) = longest_gap(p);
+        let late_ms = resumed as f64 / 1e6 - deadline_up as f64 / 1e6;
+        assert!(gap >= lifetime.as_nanos() as u64, "{}: the ticker stood still {} ms, not the whole window", all[i].name, gap / 1_000_000);
+        assert!(late_ms <= bound.as_millis() as f64, "{}: the ticker went on {late_ms:.0} ms after the deadline", all[i].name);
+        after_lines[i] = Some(format!("thawed by the guardian: the ticker stood still {} ms and went on {late_ms:.0} ms after the deadline", gap / 1_000_000));
+    }
     let stopped: Vec<String> = targets
         .iter()
         .flat_map(|t| std::fs::read_to_string(t.join("cgroup.procs")).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>())
@@ -429,13 +583,29 @@ fn every_fault_kind_ends_at_its_deadline_with_chaos_frozen() {
     assert_eq!(code, 0, "chaos exited {code}: {err:?}");
     let summary: Value = serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("no summary ({e}): {out:?}"));
     assert_eq!(summary["ended_by"], "deadline", "{summary}");
+    // Continued past its deadline, chaos did not signal late either.
+    for (i, mut p) in sleepers {
+        let r = cases.iter().position(|(k, _)| *k == i).expect("a rule");
+        assert_eq!(p.child.try_wait().expect("try_wait"), None, "{}: signalled after its deadline", all[i].name);
+        assert_eq!(counter(&summary, r, "signalled"), 0, "{}: {summary}", all[i].name);
+        after_lines[i] = Some("alive after chaos, continued past the deadline, ended: signalled nobody".into());
+    }
     // The guardian's lines: what it ended (one per device for fq: the veth and lo), and nothing else.
-    let ended = |l: &String| l.contains("stopped past its faults' end; continued the processes held in") || l.contains("stopped past its faults' end; put back the default qdisc in place of the fq qdisc");
+    let ended = |l: &String| {
+        l.contains("stopped past its faults' end; continued the processes held in")
+            || l.contains("stopped past its faults' end; put back the default qdisc in place of the fq qdisc")
+            || l.contains("stopped past its faults' end; thawed the frozen cgroup")
+    };
     let warned: Vec<&String> = err.iter().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("chaos guardian: ") && !ended(l)).collect();
     assert!(warned.is_empty(), "chaos or its guardian complained: {warned:?}");
     let guardian: Vec<&String> = err.iter().filter(|l| ended(l)).collect();
     for (r, (i, _)) in cases.iter().enumerate() {
-        assert_eq!(KEPT.map(|k| counter(&summary, r, k)), kept(&at_deadline[r]), "{}: the summary's counters are not those of the deadline: {summary}", all[*i].name);
+        assert_eq!(
+            KEPT.map(|k| counter(&summary, r, k)),
+            kept(&at_deadline[r]),
+            "{}: the summary's counters are not those of the deadline: {summary}",
+            all[*i].name
+        );
     }
     assert!(summary["kernel_errors"].as_object().expect("kernel_errors").values().all(|v| v == 0), "{summary}");
     let target_paths: Vec<&Path> = targets.iter().map(PathBuf::as_path).collect();
@@ -446,7 +616,7 @@ fn every_fault_kind_ends_at_its_deadline_with_chaos_frozen() {
     for (r, (i, c)) in cases.iter().enumerate() {
         let (d, a) = (&at_deadline[r], &after_probes[r]);
         report.push(format!(
-            "  rule {r} {}:\n    before: {}\n    after:  {}\n    kernel: injected {} by the deadline; after it seen +{}, matched/selected/injected +0",
+            "  rule {r} {}:\n    before: {}\n    after:  {}\n    counters: injected {} by the deadline; after it seen +{}, matched/selected/injected +0",
             c.name,
             before[*i].as_deref().unwrap_or("?"),
             after_lines[*i].as_deref().unwrap_or("?"),

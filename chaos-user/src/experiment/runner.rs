@@ -306,7 +306,8 @@ pub fn run_loaded(mut exp: Experiment, args: &RunArgs) -> Result<i32> {
     let mut last_t = 0.0f64;
     let recovery_checked = thresholds.iter().any(|t| !t.steady.is_empty());
 
-    rt.block_on(async {
+    // Beating while it waits: its ticks may be further apart than the guardian's bound on silence.
+    rt.block_on(crate::session::guardian::beating(async {
         let crate::watch::Signals { int: mut sigint, term: mut sigterm, hup: mut sighup } = signals;
         let mut tick = tokio::time::interval(exp.interval);
         tick.tick().await;
@@ -443,7 +444,7 @@ pub fn run_loaded(mut exp: Experiment, args: &RunArgs) -> Result<i32> {
             }
         }
         Ok::<(), Error>(())
-    })?;
+    }))?;
     if tty {
         eprintln!();
     }

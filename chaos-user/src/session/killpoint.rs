@@ -6,9 +6,12 @@
 //!
 //! The guardian is started without the variable: it must do its work, not die at a step.
 
-use std::sync::{
-    OnceLock,
-    atomic::{AtomicU32, Ordering},
+use std::{
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 pub const KILL_AT_ENV: &str = "CHAOS_TEST_KILL_AT";
@@ -31,5 +34,53 @@ pub fn step(what: impl FnOnce() -> String) {
         loop {
             std::thread::park();
         }
+    }
+}
+
+/// A test hook for the guardian's wedge check: with `CHAOS_TEST_WEDGE_AT_END=1`, a session busy-
+/// loops once its faults' end is reached, before it undoes anything ([`wedge_at_end`]), as a
+/// session stuck in a loop or a deadlock would: alive, running (state R, not stopped), silent.
+/// With `CHAOS_TEST_WEDGE_AT_END=beat` it waits there as long instead, beating as it waits: a slow
+/// but healthy end (as a long fq drain), which the guardian must leave alone.
+pub const WEDGE_AT_END_ENV: &str = "CHAOS_TEST_WEDGE_AT_END";
+
+/// How long the wedge spins at most: a test that fails before it kills chaos leaves no process
+/// spinning for long.
+const WEDGE_FOR: Duration = Duration::from_secs(60);
+/// How long a slow end (`beat`) waits: longer than the guardian's grace, bound on silence and
+/// look together, with a margin.
+const SLOW_END: Duration = Duration::from_secs(8);
+
+static WEDGE: OnceLock<Option<bool>> = OnceLock::new();
+static WEDGED: AtomicBool = AtomicBool::new(false);
+
+/// The session's faults have ended and it is about to end what user space ends (thaw, continue,
+/// detach, undo): with [`WEDGE_AT_END_ENV`] set, the first call spins (on the CPU, not asleep) for
+/// up to a minute, or waits beating, then goes on. Unset, a call costs one load.
+pub fn wedge_at_end() {
+    let Some(spin) = *WEDGE.get_or_init(|| match std::env::var(WEDGE_AT_END_ENV).as_deref() {
+        Ok("1") => Some(true),
+        Ok("beat") => Some(false),
+        _ => None,
+    }) else {
+        return;
+    };
+    if WEDGED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let since = Instant::now();
+    if spin {
+        eprintln!("chaos: wedged at the faults' end ({WEDGE_AT_END_ENV}): spinning for up to {WEDGE_FOR:?}");
+        while since.elapsed() < WEDGE_FOR {
+            std::hint::spin_loop();
+        }
+        eprintln!("chaos: no longer wedged");
+    } else {
+        eprintln!("chaos: a slow end ({WEDGE_AT_END_ENV}): waiting {SLOW_END:?}, beating");
+        while since.elapsed() < SLOW_END {
+            super::guardian::beat();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("chaos: the slow end is over");
     }
 }

@@ -492,8 +492,14 @@ impl Session {
 
     /// Does what the session does itself rather than the kernel, as the windows open and close:
     /// `proc.pause` freezes its target while its window is open (called every watch tick).
+    /// Also the session's heartbeat to its guardian (`guardian::beat`): the watch loop calls this
+    /// every tick, so a session that stops calling it (wedged) is noticed.
     pub fn drive(&mut self) {
         let now = monotonic_ns();
+        if !self.windows.is_empty() && now >= self.end_ns() {
+            killpoint::wedge_at_end();
+        }
+        guardian::beat();
         self.drive_kills(now);
         for i in 0..self.pauses.len() {
             let Pause { rule, target, frozen, done } = self.pauses[i];
@@ -734,7 +740,11 @@ impl Session {
         if self.finished {
             return;
         }
+        if !self.windows.is_empty() {
+            killpoint::wedge_at_end();
+        }
         self.finished = true;
+        guardian::beat();
         // The rules first: nothing is injected from here on, whatever detaching takes.
         let now = monotonic_ns();
         for (i, f) in self.plan.faults.iter_mut().enumerate() {
@@ -745,6 +755,7 @@ impl Session {
         }
         killpoint::step(|| "rules ended".into());
         self.attachments.detach_all(&mut self.journal);
+        guardian::beat();
         // Nothing stops a process from here on: continue every held one.
         if let Some(mut h) = self.holder.take() {
             h.finish();

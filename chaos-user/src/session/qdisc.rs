@@ -160,6 +160,7 @@ pub fn wait_until_sent(ifindex: u32, ifname: &str, handle: u32, hold: Duration) 
             log::info!("{ifname}: waiting up to {hold:?} for the {held} delayed packet(s) fq holds to leave");
             told = true;
         }
+        super::guardian::beat();
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
