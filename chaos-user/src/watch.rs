@@ -12,10 +12,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{kernel::monotonic_ns, session::Session};
 
 /// How often device lists and cgroup members are re-read.
-const REFRESH: Duration = Duration::from_secs(1);
+pub const REFRESH: Duration = Duration::from_secs(1);
 /// How often the loop looks at the kernel (the stop flag, counters): also the bound on how long
 /// `chaos stop` waits for a session to notice.
-const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(100);
 
 /// How a session run with `-- CMD` ends when CMD does.
 pub const COMMAND_EXITED: &str = "command exited";

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use chaos_tests::{Proc, TempFile, Value, chaos_bin, lane, lane_has, run_chaos, unique};
+use chaos_tests::{Proc, RemoveOnDrop, TempFile, Value, chaos_bin, lane, lane_has, run_chaos, unique};
 use chaos_user::experiment::EXAMPLES;
 
 /// The repository's experiments folder (on the host; guests have only the test binary).
@@ -506,4 +506,38 @@ fn a_2s_network_delay_of_payment_trips_the_carts_breaker_too() {
     let (matched, injected) = rule0(&report);
     assert!(injected > 0 && injected <= matched, "payment's packets delayed: {injected}/{matched}");
     run.assert_cleaned_up();
+}
+
+/// A fault the session carries out itself rather than the kernel (proc.pause freezes a cgroup
+/// when its window opens and thaws it when it closes) acts inside an experiment as under `chaos
+/// apply`, its window anywhere in the inject phase: the probe's requests time out while the
+/// service is frozen (1 s into the phase, for 2 s of its 4), and only then. (The runner drove
+/// the session only as the phase began: a window opening later never froze anything.)
+#[test]
+fn a_paused_service_stops_answering_in_the_inject_phase_and_answers_after() {
+    if !host_only("proc.pause in an experiment") {
+        return;
+    }
+    let port = free_port();
+    let prefix = unique("chaos-exp-");
+    let text = format!(
+        "[experiment]\ntitle = \"pause\"\nbaseline = \"2s\"\ninject = \"4s\"\nrecovery = \"3s\"\nrecovered-after = 1\n\n\
+         [[service]]\nname = \"web\"\ncgroup = \"/{prefix}-web\"\ncommand = [\"chaos\", \"workload\", \"http-service\", \"--bind\", \"127.0.0.1:{port}\", \"--max\", \"1m\"]\nready = \"127.0.0.1:{port}\"\n\n\
+         [[probe]]\nname = \"web\"\nhttp = \"http://127.0.0.1:{port}/\"\nevery = \"50ms\"\ntimeout = \"300ms\"\nsteady = [\"error-rate < 5%\"]\n\n\
+         [[fault]]\nkind = \"proc.pause\"\ncgroup = \"/{prefix}-web\"\nafter = \"1s\"\nfor = \"2s\"\n"
+    );
+    let file = TempFile::new("experiment-", &text);
+    let report_dir = std::env::temp_dir().join(unique("chaos-report-"));
+    let _cleanup = RemoveOnDrop(report_dir.clone());
+    let (code, out, err) = run_chaos(&["run", file.path(), "--report", report_dir.to_str().unwrap(), "--json"]);
+    let report: Value = serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("no report ({e}): {out} {err:?}"));
+    let (inject, recovery) = (sample(&report, "web", "inject"), sample(&report, "web", "recovery"));
+    eprintln!("inject {inject}\nrecovery {recovery}\n{}", report["faults"]["rules"][0]);
+    assert_eq!(code, 4, "violated: the frozen service did not answer; stderr {err:?}");
+    let (count, errors) = (inject["count"].as_u64().unwrap_or(0), inject["errors"].as_u64().unwrap_or(0));
+    assert!(errors > 0, "requests timed out while the service was frozen: {inject}");
+    assert!(count - errors >= 10, "and it answered before and after the window: {inject}");
+    assert_eq!(recovery["errors"], 0, "and it answered again after: {recovery}");
+    assert!(report["recovery"]["recovered_after_s"].is_number(), "{}", report["recovery"]);
+    assert!(report["faults"]["rules"][0]["paused"].as_u64().unwrap_or(0) >= 1, "the summary counts the paused process: {}", report["faults"]["rules"][0]);
 }

@@ -311,9 +311,23 @@ pub fn run_loaded(mut exp: Experiment, args: &RunArgs) -> Result<i32> {
         let crate::watch::Signals { int: mut sigint, term: mut sigterm, hup: mut sighup } = signals;
         let mut tick = tokio::time::interval(exp.interval);
         tick.tick().await;
+        // What the session does itself (proc.pause freezes, proc.kill signals, a restarted
+        // target followed), at the pace `chaos apply`'s watch loop does it.
+        let mut drive = tokio::time::interval(crate::watch::TICK);
+        let mut last_refresh = Instant::now();
         loop {
             let signal = tokio::select! {
                 _ = tick.tick() => None,
+                _ = drive.tick() => {
+                    if let Some(s) = session.as_mut() {
+                        s.drive();
+                        if last_refresh.elapsed() >= crate::watch::REFRESH {
+                            s.refresh();
+                            last_refresh = Instant::now();
+                        }
+                    }
+                    continue;
+                }
                 _ = sigint.recv() => Some("SIGINT"),
                 _ = sigterm.recv() => Some("SIGTERM"),
                 _ = sighup.recv() => Some("SIGHUP"),
