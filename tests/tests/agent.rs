@@ -129,6 +129,8 @@ fn a_session_started_through_the_agent_drops_counts_and_stops() {
     assert!(!id.is_empty() && err.iter().any(|l| l.contains(&format!("injecting: session {id}"))), "{out:?} {err:?}");
     // The fault file the agent wrote for the session is gone once it injects.
     assert_eq!(std::fs::read_dir(dir.0.join("state")).expect("the state directory").count(), 0);
+    let mode = std::fs::metadata(dir.0.join("state")).expect("the state directory").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state directory is root's only");
     let mode = std::fs::metadata(&agent.socket).expect("the socket").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the socket is root's only");
 
@@ -155,7 +157,8 @@ fn a_session_started_through_the_agent_drops_counts_and_stops() {
     let (_, ended) = agent.json("GET", &format!("/v1/sessions/{id}"), None);
     assert_eq!((ended["state"].as_str(), ended["exit_code"].as_i64()), (Some("ended"), Some(0)), "{ended}");
     let summary = &ended["summary"];
-    assert_eq!(summary["ended_by"], "SIGTERM", "{summary}");
+    // Stopped as `chaos stop` stops a session (its kernel deadlines shortened), and said so.
+    assert_eq!(summary["ended_by"], "chaos stop", "{summary}");
     assert_eq!((counter(summary, 0, "matched"), counter(summary, 0, "dropped")), (80, 80), "{summary}");
 
     assert_eq!(udp(&sb, 6341, 50), 50, "traffic passes once stopped");
@@ -226,6 +229,21 @@ fn bad_requests_get_the_line_chaos_prints_and_its_status() {
     assert!(answer.is_empty(), "a non-root peer was answered: {}", String::from_utf8_lossy(&answer));
     std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     assert_eq!(agent.request("GET", "/v1/health", None).0, 200, "root still is");
+
+    // The state directory is the agent's (made 0700 when it started); removed while it runs, it
+    // is not made again: a start fails with the line naming it, and nothing runs.
+    let state = dir.0.join("state");
+    assert_eq!(std::fs::metadata(&state).expect("made at the agent's start").permissions().mode() & 0o777, 0o700);
+    std::fs::remove_dir(&state).expect("removing the state directory");
+    let good = udp_drop_file(&sb, "5s");
+    let body = serde_json::json!({ "name": good.path(), "faults": std::fs::read_to_string(&good.0).expect("the file") }).to_string();
+    let (status, answer) = agent.json("POST", "/v1/sessions", Some(&body));
+    assert_eq!(status, 500, "{answer}");
+    let line = answer["error"].as_str().expect("error");
+    assert!(line.contains(&format!("state directory {} is gone", state.display())) && !line.contains('\n'), "{answer}");
+    assert!(!state.exists(), "not made again");
+    let (_, list) = agent.json("GET", "/v1/sessions", None);
+    assert_eq!(list["sessions"], serde_json::json!([]), "{list}");
 
     // Commands the agent does not run, and an agent that is not there.
     let (code, _, err) = agent.chaos(&["probe"]);
@@ -393,16 +411,139 @@ fn apply_through_the_agent_follows_the_session_like_a_local_apply() {
     assert_eq!(keys(&remote["rules"][0]), keys(&local["rules"][0]));
     assert_eq!(remote["ended_by"], "deadline");
 
-    // Ctrl-C in the client stops the session through the agent, with its summary.
+    // Ctrl-C in the client stops the session through the agent (as `chaos stop` does), with its
+    // summary.
     let long = udp_drop_file(&sb, "60s");
     let mut client = start_chaos(&["--agent".into(), agent.sock().into(), "apply".into(), long.path().into(), "--json".into()]);
     let id = session_id(&mut client);
     assert_eq!(udp(&sb, 6349, 20), 0);
     client.signal(libc::SIGINT);
     let summary = client.json(T);
-    assert_eq!((summary["session"].as_str(), summary["ended_by"].as_str()), (Some(id.as_str()), Some("SIGTERM")), "{summary}");
+    assert_eq!((summary["session"].as_str(), summary["ended_by"].as_str()), (Some(id.as_str()), Some("chaos stop")), "{summary}");
     assert_eq!(counter(&summary, 0, "dropped"), 20);
     let (_, one) = agent.json("GET", &format!("/v1/sessions/{id}"), None);
     assert_eq!(one["state"], "ended", "{one}");
     assert_eq!(udp(&sb, 6349, 20), 20, "traffic passes");
+}
+
+/// Everything the agent sent on `stream` until it closed. A read error after some data is the end
+/// too: an agent that answers before reading a whole body closes with the rest unread, and the
+/// kernel then reports ECONNRESET to this side, but only once the answer queued before it is read.
+fn read_answer(stream: &mut std::os::unix::net::UnixStream) -> String {
+    stream.set_read_timeout(Some(T)).expect("read timeout");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if !answer.is_empty() && e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut => break,
+            Err(e) => panic!("reading the answer ({} bytes so far): {e}", answer.len()),
+        }
+    }
+    String::from_utf8(answer).expect("a UTF-8 answer")
+}
+
+/// The processes whose parent is `pid`, with their command lines.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The command in parentheses may hold spaces: the fields after its last ')' are fixed.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            out.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_body_over_the_limit_gets_413_and_the_agent_goes_on() {
+    let dir = temp_dir("chaos-agent-");
+    let agent = Agent::start(&dir.0, &[]);
+    let limit = chaos_user::agent::api::MAX_BODY;
+    // Well over: the writes past what the socket buffers fail once the agent has closed.
+    let len = 2 * limit;
+
+    let mut stream = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connecting to the agent");
+    write!(stream, "POST /v1/sessions HTTP/1.0\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n").expect("the headers");
+    // The body from a thread: the agent reads up to the limit, answers and closes with the rest
+    // unread, so this side's writes may fail (EPIPE, ECONNRESET) or stop midway: not an error.
+    let mut writer = stream.try_clone().expect("a second handle on the stream");
+    writer.set_write_timeout(Some(T)).expect("write timeout");
+    let body = std::thread::spawn(move || {
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            match writer.write(&chunk[..(len - sent).min(chunk.len())]) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    let answer = read_answer(&mut stream);
+    let sent = body.join().expect("the writing thread");
+    let status = answer.split_whitespace().nth(1).unwrap_or_default();
+    assert_eq!(status, "413", "{answer:?}");
+    let text = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    assert!(!text.trim_end().contains('\n'), "one line: {text:?}");
+    let error: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    let line = error["error"].as_str().unwrap_or_else(|| panic!("no error: {error}"));
+    assert!(line.contains(&format!("{} KiB", limit / 1024)), "the limit is named: {line:?}");
+    eprintln!("413 after {sent} of {len} body bytes sent: {line}");
+
+    // The agent goes on serving.
+    let (status, list) = agent.json("GET", "/v1/sessions", None);
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["sessions"], serde_json::json!([]), "{list}");
+    assert_eq!(agent.request("GET", "/v1/health", None).0, 200);
+}
+
+#[test]
+fn a_client_gone_during_its_start_request_starts_nothing() {
+    let sb = Sandbox::new();
+    let dir = temp_dir("chaos-agent-");
+    let agent = Agent::start(&dir.0, &[]);
+    let root_before = sb.client_root_qdisc();
+    let file = udp_drop_file(&sb, "30s");
+    let text = std::fs::read_to_string(&file.0).expect("the file");
+    let body = serde_json::json!({ "name": file.path(), "faults": text }).to_string();
+
+    // The headers and half the body, then the client hangs up.
+    {
+        let mut stream = std::os::unix::net::UnixStream::connect(&agent.socket).expect("connecting to the agent");
+        write!(stream, "POST /v1/sessions HTTP/1.0\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len())
+            .expect("headers");
+        stream.write_all(&body.as_bytes()[..body.len() / 2]).expect("half the body");
+        // Let the agent read what came before the hang-up.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, list) = agent.json("GET", "/v1/sessions", None);
+    assert_eq!(status, 200, "the agent still answers: {list}");
+    assert_eq!(list["sessions"], serde_json::json!([]), "nothing started: {list}");
+    let children = children_of(agent.pid());
+    assert!(children.is_empty(), "no chaos apply child of the agent: {children:?}");
+    assert_eq!(std::fs::read_dir(dir.0.join("state")).map(|d| d.count()).unwrap_or(0), 0, "no fault file written");
+    assert_eq!(udp(&sb, 6351, 30), 30, "nothing dropped");
+    let left = leftovers(&sb, &[&sb.cgroup.path], &root_before, agent.pid());
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // The same body, whole, does start the session: the half was what kept it from starting.
+    let (status, one) = agent.json("POST", "/v1/sessions", Some(&body));
+    assert_eq!(status, 201, "{one}");
+    let id = one["id"].as_str().expect("id").to_string();
+    assert_eq!(udp(&sb, 6351, 30), 0, "dropping");
+    let (status, stopped) = agent.json("POST", &format!("/v1/sessions/{id}/stop"), None);
+    assert_eq!((status, stopped["summary"]["ended_by"].as_str()), (200, Some("chaos stop")), "{stopped}");
+    assert!(children_of(agent.pid()).is_empty(), "the stopped session's process is gone");
+    let pid = stopped["pid"].as_u64().expect("pid") as u32;
+    // The kernel frees the programs once their last holder (the guardian too) is gone.
+    let left = leftovers_after(&sb, &[&sb.cgroup.path], &root_before, pid, Duration::from_secs(5));
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

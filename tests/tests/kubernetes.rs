@@ -27,60 +27,26 @@ fn pod_uid(tag: u8) -> String {
 /// The cgroup of a pod's one container, as the kubelet (systemd driver) and containerd make it.
 fn pod_cgroup(uid: &str, tag: u8) -> String {
     let container = format!("{tag:02x}{}", "0123456789abcdef".repeat(4))[..64].to_string();
-    format!(
-        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container}.scope",
-        uid.replace('-', "_")
-    )
+    format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container}.scope", uid.replace('-', "_"))
 }
 
 /// `n` datagrams at 2000/s from a process in `cgroup` to the sandbox's server: how many arrived.
 fn udp_from(sb: &Sandbox, cgroup: &Path, port: u16, n: u64) -> u64 {
-    let mut sink = sb.spawn(
-        Place::Server,
-        &[
-            "udp-sink",
-            "--bind",
-            &format!("0.0.0.0:{port}"),
-            "--idle",
-            "500ms",
-        ],
-    );
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "500ms"]);
     sink.ready();
-    sb.spawn_at(
-        cgroup,
-        Place::Target,
-        &[
-            "udp-send",
-            "--to",
-            &format!("{SERVER_V4}:{port}"),
-            "--count",
-            &n.to_string(),
-            "--rate",
-            "2000",
-        ],
-    )
-    .json(T);
+    sb.spawn_at(cgroup, Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", &n.to_string(), "--rate", "2000"]).json(T);
     sink.json(T)["received"].as_u64().expect("received")
 }
 
 /// Polls the fake server's copy of the resource until `cond` holds for it (at most `within`).
-fn wait_for_fault(
-    api: &FakeApi,
-    name: &str,
-    within: Duration,
-    what: &str,
-    cond: impl Fn(&Value) -> bool,
-) -> Value {
+fn wait_for_fault(api: &FakeApi, name: &str, within: Duration, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
     let end = Instant::now() + within;
     loop {
         let fault = api.fault("e2e", name).expect("the resource");
         if cond(&fault) {
             return fault;
         }
-        assert!(
-            Instant::now() < end,
-            "timed out waiting for {what}: {fault}"
-        );
+        assert!(Instant::now() < end, "timed out waiting for {what}: {fault}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -95,19 +61,8 @@ fn a_chaosfault_drops_the_udp_of_its_pod_on_this_node_only_until_it_is_deleted()
     let cg_there = sb.child_cgroup(&pod_cgroup(&there, 0xc2));
     // Each pod's own process, as a pod has: it keeps the cgroup populated, and chaos finds the
     // pod's network namespace through it.
-    let mut holders = [(&cg_here, 6662), (&cg_there, 6663)].map(|(cg, port)| {
-        sb.spawn_at(
-            cg,
-            Place::Target,
-            &[
-                "udp-sink",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--idle",
-                "500ms",
-            ],
-        )
-    });
+    let mut holders = [(&cg_here, 6662), (&cg_there, 6663)]
+        .map(|(cg, port)| sb.spawn_at(cg, Place::Target, &["udp-sink", "--bind", &format!("127.0.0.1:{port}"), "--idle", "500ms"]));
     for h in &mut holders {
         h.ready();
     }
@@ -146,74 +101,34 @@ fn a_chaosfault_drops_the_udp_of_its_pod_on_this_node_only_until_it_is_deleted()
         "faults": [{ "kind": "net.drop", "percent": 100, "proto": "udp" }],
     });
     api.create_fault("e2e", "drop-udp", spec, Duration::ZERO);
-    let fault = wait_for_fault(&api, "drop-udp", START, "this node's status", |f| {
-        f["status"]["nodes"]["n1"]["phase"].is_string()
-    });
+    let fault = wait_for_fault(&api, "drop-udp", START, "this node's status", |f| f["status"]["nodes"]["n1"]["phase"].is_string());
     let node = &fault["status"]["nodes"]["n1"];
     assert_eq!(node["phase"], "Injecting", "{fault}");
     assert_eq!(node["pods"], json!(["web-here"]));
-    assert!(
-        fault["status"]["nodes"].get("n2").is_none(),
-        "no other node wrote: {fault}"
-    );
-    let session = node["session"]
-        .as_str()
-        .expect("the session id")
-        .to_string();
+    assert!(fault["status"]["nodes"].get("n2").is_none(), "no other node wrote: {fault}");
+    let session = node["session"].as_str().expect("the session id").to_string();
 
-    let (got_here, got_there) = (
-        udp_from(&sb, &cg_here, 6661, 50),
-        udp_from(&sb, &cg_there, 6661, 50),
-    );
-    assert_eq!(
-        (got_here, got_there),
-        (0, 50),
-        "this node's pod lost every datagram, the other node's none"
-    );
+    let (got_here, got_there) = (udp_from(&sb, &cg_here, 6661, 50), udp_from(&sb, &cg_there, 6661, 50));
+    assert_eq!((got_here, got_there), (0, 50), "this node's pod lost every datagram, the other node's none");
     // The counters reach the status (read every 10 s).
     let injected = |f: &Value| -> u64 {
-        f["status"]["nodes"]["n1"]["faults"]
-            .as_array()
-            .map_or(0, |rules| {
-                rules
-                    .iter()
-                    .map(|r| r["injected"].as_u64().unwrap_or(0))
-                    .sum()
-            })
+        f["status"]["nodes"]["n1"]["faults"].as_array().map_or(0, |rules| rules.iter().map(|r| r["injected"].as_u64().unwrap_or(0)).sum())
     };
-    let fault = wait_for_fault(&api, "drop-udp", T, "the counters in status", |f| {
-        injected(f) >= 50
-    });
-    assert_eq!(
-        injected(&fault),
-        50,
-        "exactly the datagrams of this node's pod: {fault}"
-    );
+    let fault = wait_for_fault(&api, "drop-udp", T, "the counters in status", |f| injected(f) >= 50);
+    assert_eq!(injected(&fault), 50, "exactly the datagrams of this node's pod: {fault}");
     let rules = fault["status"]["nodes"]["n1"]["faults"].as_array().unwrap();
     assert_eq!(rules.len(), 1, "one table × one pod: {fault}");
     let rule = &rules[0];
     assert_eq!(rule["kind"], "net.drop");
     // The rule's target is the pod's cgroup (every container of it).
-    assert_eq!(
-        rule["cgroup"],
-        cg_here.parent().unwrap().display().to_string()
-    );
+    assert_eq!(rule["cgroup"], cg_here.parent().unwrap().display().to_string());
 
     // Deleting the resource ends the fault: traffic passes, and the session left nothing.
-    let pid = status()["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == session.as_str())
-        .map(|s| s["pid"].as_u64().unwrap() as u32);
-    let pid =
-        pid.unwrap_or_else(|| panic!("session {session} is not in chaos status: {}", status()));
+    let pid = status()["sessions"].as_array().unwrap().iter().find(|s| s["id"] == session.as_str()).map(|s| s["pid"].as_u64().unwrap() as u32);
+    let pid = pid.unwrap_or_else(|| panic!("session {session} is not in chaos status: {}", status()));
     api.delete_fault("e2e", "drop-udp");
     let left = leftovers_after(&sb, &[&cg_here], &root_before, pid, T);
-    assert!(
-        left.is_empty(),
-        "left after the resource was deleted: {left:?}"
-    );
+    assert!(left.is_empty(), "left after the resource was deleted: {left:?}");
     assert_eq!(udp_from(&sb, &cg_here, 6661, 50), 50, "the fault is gone");
     agent.wait_for(&format!("is gone: ending session {session}"), T);
 
@@ -243,7 +158,10 @@ fn a_chaosfault_drops_the_udp_of_its_pod_on_this_node_only_until_it_is_deleted()
     assert_eq!(err, ["chaos: no pod no-such-pod in namespace e2e of the cluster: `kubectl get pods -n e2e` lists them"]);
     let (code, _, err) = run_chaos(&["net", "drop", "--pod", "e2e/web-here", "--percent", "5", "--dry-run"]);
     assert_eq!(code, 2, "{err:?}");
-    assert!(err.len() == 1 && err[0].contains("'e2e/web-here' names a pod by namespace and name, which only `chaos agent --kubernetes` can look up"), "{err:?}");
+    assert!(
+        err.len() == 1 && err[0].contains("'e2e/web-here' names a pod by namespace and name, which only `chaos agent --kubernetes` can look up"),
+        "{err:?}"
+    );
     assert_eq!(udp_from(&sb, &cg_here, 6661, 50), 50, "the stopped session's fault is gone");
 
     agent.signal(libc::SIGTERM);
@@ -268,10 +186,7 @@ fn without_a_cluster_to_reach_the_agent_says_so_in_one_line() {
         .expect("running chaos agent");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let lines: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("Kubernetes API"))
-        .collect();
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("Kubernetes API")).collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(
         lines[0].starts_with("chaos: cannot connect to the Kubernetes API")

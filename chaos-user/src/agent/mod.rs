@@ -69,6 +69,10 @@ pub fn run(args: AgentArgs, token_file: Option<&Path>) -> Result<()> {
 
 async fn serve(args: AgentArgs, token: Option<String>, node: Option<String>) -> Result<()> {
     let mut signals = crate::watch::Signals::register().map_err(anyhow::Error::from)?;
+    // The state directory is made (and given its mode) once, here, before the socket is there to
+    // be asked for sessions.
+    let sessions = Sessions::new(args.state_dir.clone());
+    sessions.make_state_dir()?;
     let unix = bind_unix(&args.socket)?;
     // What a predecessor killed mid-fault (or any dead session) left behind goes first.
     let swept = journal::sweep();
@@ -76,7 +80,6 @@ async fn serve(args: AgentArgs, token: Option<String>, node: Option<String>) -> 
     for r in &swept.refused {
         eprintln!("chaos: agent sweep refused: {r}");
     }
-    let sessions = Sessions::new(args.state_dir.clone());
     sessions.remove_stale_files();
     let tcp = match args.listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| usage!("cannot listen on {addr}: {e}"))?),

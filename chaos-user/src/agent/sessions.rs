@@ -91,7 +91,8 @@ impl From<crate::error::Error> for ApiError {
 /// How long a session may take from its process starting to injecting (loading and verifying the
 /// programs, attaching) before the agent gives up on it.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long `stop` waits for a session's process to end after SIGTERM.
+/// How long `stop` waits for a session's end to be recorded once `chaos stop`'s mechanism saw its
+/// process gone, and for a process to end after SIGTERM (the fallback, and the agent's shutdown).
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Ended sessions stay listed (with their summary) this long, and at most this many.
 const KEEP_ENDED: Duration = Duration::from_secs(600);
@@ -129,7 +130,8 @@ struct Ended {
 }
 
 impl Sessions {
-    /// Sessions whose fault files go in `state_dir` (made 0700 when the first session starts).
+    /// Sessions whose fault files go in `state_dir`; the agent makes it with
+    /// [`Sessions::make_state_dir`] when it starts.
     pub fn new(state_dir: PathBuf) -> Arc<Sessions> {
         Arc::new(Sessions { state_dir, spawner: OnceLock::new(), held: Mutex::new(Vec::new()), next_file: AtomicU64::new(0), cluster: OnceLock::new() })
     }
@@ -167,9 +169,9 @@ impl Sessions {
             let Some((ns, name)) = pod.split_once('/') else { continue };
             let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(cluster.clone(), ns);
             let found = pods.get_opt(name).await.map_err(|e| ApiError::new(500, format!("asking the Kubernetes API for pod {ns}/{name}: {e}")))?;
-            let uid = found.and_then(|p| p.metadata.uid).ok_or_else(|| {
-                ApiError::new(400, format!("no pod {name} in namespace {ns} of the cluster: `kubectl get pods -n {ns}` lists them"))
-            })?;
+            let uid = found
+                .and_then(|p| p.metadata.uid)
+                .ok_or_else(|| ApiError::new(400, format!("no pod {name} in namespace {ns} of the cluster: `kubectl get pods -n {ns}` lists them")))?;
             *pod = uid;
             changed = true;
         }
@@ -193,20 +195,41 @@ impl Sessions {
         Some(self.info(&held, &live))
     }
 
-    /// Ends a session cleanly (SIGTERM to its process, which undoes everything and prints its
-    /// summary), waits for it and returns it with the summary. An ended session is returned as is.
+    /// Ends a session as `chaos stop` does: its faults end in the kernel at once (their deadlines
+    /// shortened through the session's maps) and its process, seeing the request, undoes
+    /// everything and prints its summary (`ended_by: "chaos stop"`). SIGTERM only if that cannot
+    /// be done or the process does not end after it. Waits for the end and returns the session
+    /// with its summary; an ended session is returned as is.
     pub async fn stop(&self, id: &str) -> Result<SessionInfo, ApiError> {
         let held = self.find(id).ok_or_else(|| no_session(id))?;
-        held.signal_stop();
-        if tokio::time::timeout(STOP_TIMEOUT, held.wait_end()).await.is_err() {
-            return Err(ApiError::new(
-                500,
-                format!(
-                    "session {id} (pid {}) did not end within {}s of SIGTERM; its faults still end at their deadline in the kernel",
-                    held.pid,
-                    STOP_TIMEOUT.as_secs()
-                ),
-            ));
+        if !held.is_ended() {
+            let asked = {
+                let id = id.to_string();
+                // Opening the maps and waiting for the process (polled) block: not on the runtime.
+                tokio::task::spawn_blocking(move || crate::status::stop(Some(&id), false)).await
+            };
+            let stopped = match asked.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                Ok(_) => tokio::time::timeout(STOP_TIMEOUT, held.wait_end()).await.is_ok(),
+                Err(e) => {
+                    // Also a session that ended meanwhile ("no running session"): its end follows,
+                    // and the SIGTERM asked of the task that owns a reaped process is a no-op.
+                    log::warn!("stopping session {id} (pid {}) through its maps: {e}; sending SIGTERM instead", held.pid);
+                    false
+                }
+            };
+            if !stopped {
+                held.signal_stop();
+                if tokio::time::timeout(STOP_TIMEOUT, held.wait_end()).await.is_err() {
+                    return Err(ApiError::new(
+                        500,
+                        format!(
+                            "session {id} (pid {}) did not end within {}s of SIGTERM; its faults still end at their deadline in the kernel",
+                            held.pid,
+                            STOP_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
+            }
         }
         Ok(self.info(&held, &HashMap::new()))
     }
@@ -255,23 +278,37 @@ impl Sessions {
         removed
     }
 
-    fn write_fault_file(&self, text: &str) -> anyhow::Result<PathBuf> {
+    /// Makes the state directory, mode 0700 (an existing one too: the fault files name cgroups and
+    /// are the agent's business). Once, when the agent starts.
+    pub fn make_state_dir(&self) -> anyhow::Result<()> {
         use anyhow::Context;
-        use std::{
-            io::Write,
-            os::unix::fs::{DirBuilderExt, PermissionsExt},
-        };
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.state_dir)
             .with_context(|| format!("creating the agent's state directory {}", self.state_dir.display()))?;
-        // An existing directory too: the fault files name cgroups and are the agent's business.
-        std::fs::set_permissions(&self.state_dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("chmod 700 {}", self.state_dir.display()))?;
+        std::fs::set_permissions(&self.state_dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("chmod 700 {}", self.state_dir.display()))
+    }
+
+    /// Writes a session's fault file in the state directory. A directory removed while the agent
+    /// runs is not made again here: whoever removed it meant something (a cleanup, a mistake), and
+    /// a start that remakes it per session would hide that and redo, at each start, what the
+    /// agent's start did once (with its mode). That start fails with a line naming the directory.
+    fn write_fault_file(&self, text: &str) -> anyhow::Result<PathBuf> {
+        use anyhow::Context;
+        use std::io::Write;
         let n = self.next_file.fetch_add(1, Ordering::Relaxed);
         // The agent's pid first: a later agent removes the files of one that is gone.
         let path = self.state_dir.join(format!("{}-{n}.toml", std::process::id()));
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).with_context(|| format!("writing {}", path.display()))?;
+        let mut f = match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+                "the agent's state directory {} is gone (the agent makes it when it starts): restart the agent, or make it again with mode 0700",
+                self.state_dir.display()
+            ),
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("writing {}", path.display()))),
+        };
         f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
@@ -568,5 +605,22 @@ mod tests {
         assert!(err.message.starts_with("bad.toml:"), "{err}");
         assert!(sessions.list().await.is_empty());
         assert!(!dir.exists(), "nothing written for a refused file");
+    }
+
+    #[tokio::test]
+    async fn a_start_without_the_state_directory_fails_with_a_line_naming_it() {
+        let dir = std::env::temp_dir().join(format!("chaos-agent-unit-gone-{}", std::process::id()));
+        let sessions = Sessions::new(dir.clone());
+        sessions.make_state_dir().expect("the state directory");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&dir).expect("made").permissions().mode() & 0o777, 0o700);
+        std::fs::remove_dir(&dir).expect("removing it");
+        let req =
+            StartRequest { name: "ok.toml".into(), faults: "[[fault]]\nkind = \"net.drop\"\npercent = 5\ncgroup = \"/\"\nfor = \"1s\"\n".into(), owner: None };
+        let err = sessions.start(req).await.expect_err("no directory for the fault file");
+        assert_eq!(err.status, 500);
+        assert!(err.message.contains(&dir.display().to_string()) && !err.message.contains('\n'), "{err}");
+        assert!(!dir.exists(), "not made again");
+        assert!(sessions.list().await.is_empty());
     }
 }

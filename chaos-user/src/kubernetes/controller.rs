@@ -49,34 +49,17 @@ pub struct Config {
 
 impl Config {
     pub fn new(node: String) -> Config {
-        Config {
-            node,
-            resync: Duration::from_secs(30),
-            status_every: Duration::from_secs(10),
-        }
+        Config { node, resync: Duration::from_secs(30), status_every: Duration::from_secs(10) }
     }
 }
 
 /// Runs until the watches fail for good (they retry with backoff, so in practice: forever).
-pub async fn run<I: Injector>(
-    client: Client,
-    config: Config,
-    injector: Arc<I>,
-) -> anyhow::Result<()> {
+pub async fn run<I: Injector>(client: Client, config: Config, injector: Arc<I>) -> anyhow::Result<()> {
     let (faults, faults_writer) = reflector::store::<ChaosFault>();
-    let fault_events = reflector::reflector(
-        faults_writer,
-        watcher(
-            Api::<ChaosFault>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff();
+    let fault_events = reflector::reflector(faults_writer, watcher(Api::<ChaosFault>::all(client.clone()), watcher::Config::default())).default_backoff();
     let (pods, pods_writer) = reflector::store::<Pod>();
     let local = watcher::Config::default().fields(&format!("spec.nodeName={}", config.node));
-    let pod_events =
-        reflector::reflector(pods_writer, watcher(Api::<Pod>::all(client.clone()), local))
-            .default_backoff();
+    let pod_events = reflector::reflector(pods_writer, watcher(Api::<Pod>::all(client.clone()), local)).default_backoff();
     let mut fault_events = std::pin::pin!(fault_events);
     let mut pod_events = std::pin::pin!(pod_events);
 
@@ -145,15 +128,7 @@ struct Choice {
 
 impl<I: Injector> Controller<I> {
     fn new(client: Client, config: Config, injector: Arc<I>) -> Self {
-        Controller {
-            client,
-            config,
-            injector,
-            tracked: HashMap::new(),
-            choices: HashMap::new(),
-            pods_changed: true,
-            checks: HashMap::new(),
-        }
+        Controller { client, config, injector, tracked: HashMap::new(), choices: HashMap::new(), pods_changed: true, checks: HashMap::new() }
     }
 
     /// [`check`] once per generation of a resource.
@@ -165,8 +140,7 @@ impl<I: Injector> Controller<I> {
             return verdict.clone();
         }
         let verdict = check(fault);
-        self.checks
-            .insert(uid.to_string(), (generation, verdict.clone()));
+        self.checks.insert(uid.to_string(), (generation, verdict.clone()));
         verdict
     }
 
@@ -177,82 +151,73 @@ impl<I: Injector> Controller<I> {
     /// Ends sessions an earlier controller of this agent started: this one starts afresh with
     /// what is left of each live resource (the agent's own start sweeps killed ones already).
     async fn end_predecessors(&self) {
+        let mut ids = Vec::new();
         for s in self.injector.list().await {
-            if s.state != "ended"
-                && s.owner
-                    .as_deref()
-                    .is_some_and(|o| o.starts_with(OWNER_PREFIX))
-            {
-                log::info!(
-                    "ending session {} ({}) of an earlier controller",
-                    s.id,
-                    s.name
-                );
-                if let Err(e) = self.injector.stop(&s.id).await {
-                    log::warn!("ending session {}: {e}", s.id);
-                }
+            if s.state != "ended" && s.owner.as_deref().is_some_and(|o| o.starts_with(OWNER_PREFIX)) {
+                log::info!("ending session {} ({}) of an earlier controller", s.id, s.name);
+                ids.push(s.id);
             }
         }
+        self.stop_each(&ids).await;
     }
 
     async fn reconcile(&mut self, faults: &Store<ChaosFault>, pods: &Store<Pod>) {
-        let live: Vec<Arc<ChaosFault>> = faults
-            .state()
-            .into_iter()
-            .filter(|f| f.metadata.deletion_timestamp.is_none())
-            .collect();
+        let live: Vec<Arc<ChaosFault>> = faults.state().into_iter().filter(|f| f.metadata.deletion_timestamp.is_none()).collect();
         let local: Vec<Arc<Pod>> = pods.state();
+        // One clock for the pass: a resource found over here is over in `reconcile_one` too.
+        let now = k8s_openapi::jiff::Timestamp::now();
+        // The sessions that end now end together: each stop waits for its session's process, so
+        // one after the other, a slow one would hold up the rest and the controller for the sum.
+        // (uid, session id) of each.
+        let mut ending: Vec<(String, String)> = Vec::new();
         // Resources deleted (or being deleted): their faults end.
-        let gone: Vec<String> = self
-            .tracked
-            .keys()
-            .filter(|uid| {
-                !live
-                    .iter()
-                    .any(|f| f.uid().as_deref() == Some(uid.as_str()))
-            })
-            .cloned()
-            .collect();
+        let gone: Vec<String> = self.tracked.keys().filter(|uid| !live.iter().any(|f| f.uid().as_deref() == Some(uid.as_str()))).cloned().collect();
         for uid in gone {
             if let Some(t) = self.tracked.remove(&uid)
                 && let Some(id) = t.session
             {
                 log::info!("resource {uid} is gone: ending session {id}");
-                self.stop(&id).await;
+                ending.push((uid.clone(), id));
             }
             self.choices.remove(&uid);
             self.checks.remove(&uid);
         }
+        // Resources over (their duration reached): their sessions end, the rest in `reconcile_one`.
         for fault in &live {
-            self.reconcile_one(fault, &local).await;
+            let Some(uid) = fault.uid() else { continue };
+            if self.checked(fault, &uid).is_ok_and(|total| elapsed(fault, now) >= total)
+                && let Some(id) = self.tracked.get_mut(&uid).and_then(|t| t.session.take())
+            {
+                ending.push((uid, id));
+            }
+        }
+        let ids: Vec<String> = ending.iter().map(|(_, id)| id.clone()).collect();
+        let mut ended: HashMap<String, Option<SessionInfo>> = ending.into_iter().map(|(uid, _)| uid).zip(self.stop_each(&ids).await).collect();
+        for fault in &live {
+            self.reconcile_one(fault, &local, now, &mut ended).await;
         }
         self.pods_changed = false;
     }
 
-    async fn reconcile_one(&mut self, fault: &ChaosFault, local: &[Arc<Pod>]) {
+    /// `ended`: by resource uid, the sessions [`reconcile`](Self::reconcile) ended just now (their
+    /// final state, None if the stop failed), already taken out of `tracked`.
+    async fn reconcile_one(
+        &mut self,
+        fault: &ChaosFault,
+        local: &[Arc<Pod>],
+        now: k8s_openapi::jiff::Timestamp,
+        ended: &mut HashMap<String, Option<SessionInfo>>,
+    ) {
         let Some(uid) = fault.uid() else { return };
         let generation = fault.metadata.generation;
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let created = fault
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0)
-            .unwrap_or(now);
-        let elapsed = Duration::try_from(now.duration_since(created)).unwrap_or_default();
+        let elapsed = elapsed(fault, now);
 
         let total = match self.checked(fault, &uid) {
             Ok(total) => total,
             Err(message) => {
                 let key = (generation, Vec::new());
                 self.replace_session(&uid, key).await;
-                let status = NodeStatus {
-                    phase: Phase::Failed,
-                    pods: Vec::new(),
-                    session: None,
-                    faults: Vec::new(),
-                    message: Some(message),
-                };
+                let status = NodeStatus { phase: Phase::Failed, pods: Vec::new(), session: None, faults: Vec::new(), message: Some(message) };
                 self.write_status(fault, &uid, Some(status)).await;
                 return;
             }
@@ -260,20 +225,16 @@ impl<I: Injector> Controller<I> {
 
         if elapsed >= total {
             // Over: end what runs; report Finished only where this node had something to report.
+            let ended_now = ended.remove(&uid);
             let tracked = self.tracked.get_mut(&uid);
-            let had_session = tracked.as_ref().is_some_and(|t| t.session.is_some());
-            let ended = match tracked.and_then(|t| t.session.take()) {
-                Some(id) => self.stop(&id).await,
-                None => None,
+            let had_session = ended_now.is_some() || tracked.as_ref().is_some_and(|t| t.session.is_some());
+            let ended = match (ended_now, tracked.and_then(|t| t.session.take())) {
+                (Some(info), _) => info,
+                (None, Some(id)) => self.stop(&id).await,
+                (None, None) => None,
             };
-            let reported = self
-                .tracked
-                .get(&uid)
-                .and_then(|t| t.status.clone())
-                .or_else(|| node_status(fault, &self.config.node));
-            if let Some(mut status) =
-                reported.filter(|s| had_session || s.phase == Phase::Injecting)
-            {
+            let reported = self.tracked.get(&uid).and_then(|t| t.status.clone()).or_else(|| node_status(fault, &self.config.node));
+            if let Some(mut status) = reported.filter(|s| had_session || s.phase == Phase::Injecting) {
                 status.phase = Phase::Finished;
                 status.session = None;
                 if let Some(info) = ended {
@@ -287,18 +248,11 @@ impl<I: Injector> Controller<I> {
         let chosen = match self.chosen_local(fault, &uid, local).await {
             Ok(chosen) => chosen,
             Err(message) => {
-                log::warn!(
-                    "choosing the pods of {}/{}: {message}",
-                    fault.namespace().unwrap_or_default(),
-                    fault.name_any()
-                );
+                log::warn!("choosing the pods of {}/{}: {message}", fault.namespace().unwrap_or_default(), fault.name_any());
                 return;
             }
         };
-        let key = (
-            generation,
-            chosen.iter().map(|c| c.uid.clone()).collect::<Vec<_>>(),
-        );
+        let key = (generation, chosen.iter().map(|c| c.uid.clone()).collect::<Vec<_>>());
         let pods: Vec<String> = chosen.iter().map(|c| c.name.clone()).collect();
 
         if let Some(t) = self.tracked.get(&uid)
@@ -320,20 +274,8 @@ impl<I: Injector> Controller<I> {
             return;
         }
         let status = match plan::fault_file(&fault.spec.faults, &key.1, elapsed, total) {
-            Err(message) => NodeStatus {
-                phase: Phase::Failed,
-                pods,
-                session: None,
-                faults: Vec::new(),
-                message: Some(message),
-            },
-            Ok(None) => NodeStatus {
-                phase: Phase::Finished,
-                pods,
-                session: None,
-                faults: Vec::new(),
-                message: None,
-            },
+            Err(message) => NodeStatus { phase: Phase::Failed, pods, session: None, faults: Vec::new(), message: Some(message) },
+            Ok(None) => NodeStatus { phase: Phase::Finished, pods, session: None, faults: Vec::new(), message: None },
             Ok(Some(text)) => {
                 let ns = fault.namespace().unwrap_or_default();
                 let request = StartRequest {
@@ -343,31 +285,14 @@ impl<I: Injector> Controller<I> {
                 };
                 match self.injector.start(request).await {
                     Ok(info) => {
-                        log::info!(
-                            "session {} for {ns}/{} on {}",
-                            info.id,
-                            fault.name_any(),
-                            pods.join(", ")
-                        );
+                        log::info!("session {} for {ns}/{} on {}", info.id, fault.name_any(), pods.join(", "));
                         if let Some(t) = self.tracked.get_mut(&uid) {
                             t.session = Some(info.id.clone());
                             t.polled = Instant::now();
                         }
-                        NodeStatus {
-                            phase: Phase::Injecting,
-                            pods,
-                            session: Some(info.id.clone()),
-                            faults: counters(&info),
-                            message: None,
-                        }
+                        NodeStatus { phase: Phase::Injecting, pods, session: Some(info.id.clone()), faults: counters(&info), message: None }
                     }
-                    Err(e) => NodeStatus {
-                        phase: Phase::Failed,
-                        pods,
-                        session: None,
-                        faults: Vec::new(),
-                        message: Some(e.message),
-                    },
+                    Err(e) => NodeStatus { phase: Phase::Failed, pods, session: None, faults: Vec::new(), message: Some(e.message) },
                 }
             }
         };
@@ -383,13 +308,7 @@ impl<I: Injector> Controller<I> {
         let (status, written) = old.map(|t| (t.status, t.written)).unwrap_or_default();
         let polled = Instant::now();
         let session = None;
-        let tracked = Tracked {
-            key,
-            session,
-            status,
-            written,
-            polled,
-        };
+        let tracked = Tracked { key, session, status, written, polled };
         self.tracked.insert(uid.to_string(), tracked);
     }
 
@@ -417,13 +336,9 @@ impl<I: Injector> Controller<I> {
                 }
                 status.session = None;
                 match &ended {
-                    Some(info)
-                        if info.error.is_some() || info.exit_code.is_some_and(|c| c != 0) =>
-                    {
+                    Some(info) if info.error.is_some() || info.exit_code.is_some_and(|c| c != 0) => {
                         status.phase = Phase::Failed;
-                        status.message = Some(info.error.clone().unwrap_or_else(|| {
-                            format!("the session ended with exit code {:?}", info.exit_code)
-                        }));
+                        status.message = Some(info.error.clone().unwrap_or_else(|| format!("the session ended with exit code {:?}", info.exit_code)));
                     }
                     _ => status.phase = Phase::Finished,
                 }
@@ -433,6 +348,12 @@ impl<I: Injector> Controller<I> {
             }
         }
         self.write_status(fault, uid, Some(status)).await;
+    }
+
+    /// Ends the sessions `ids` together (see [`reconcile`](Self::reconcile)); their final states in
+    /// the order of `ids`, each failure logged with its session.
+    async fn stop_each(&self, ids: &[String]) -> Vec<Option<SessionInfo>> {
+        futures::future::join_all(ids.iter().map(|id| self.stop(id))).await
     }
 
     async fn stop(&self, id: &str) -> Option<SessionInfo> {
@@ -449,20 +370,11 @@ impl<I: Injector> Controller<I> {
     /// cluster-wide choice, those of it on this node. What needs the API (the cluster-wide list,
     /// the nodes the node selector allows) is listed again on a local pod event, a new
     /// generation, or after `resync`; the 1 s ticks in between use what was listed.
-    async fn chosen_local(
-        &mut self,
-        fault: &ChaosFault,
-        uid: &str,
-        local: &[Arc<Pod>],
-    ) -> Result<Vec<Candidate>, String> {
-        let selector =
-            Selector::try_from(fault.spec.selector.clone()).map_err(|e| e.to_string())?;
+    async fn chosen_local(&mut self, fault: &ChaosFault, uid: &str, local: &[Arc<Pod>]) -> Result<Vec<Candidate>, String> {
+        let selector = Selector::try_from(fault.spec.selector.clone()).map_err(|e| e.to_string())?;
         let ns = fault.namespace().unwrap_or_default();
-        let fresh = self.choices.get(uid).is_some_and(|c| {
-            !self.pods_changed
-                && c.generation == fault.metadata.generation
-                && c.at.elapsed() < self.config.resync
-        });
+        let fresh =
+            self.choices.get(uid).is_some_and(|c| !self.pods_changed && c.generation == fault.metadata.generation && c.at.elapsed() < self.config.resync);
         if !fresh {
             let nodes = match &fault.spec.node_selector {
                 Some(labels) => Some(self.nodes_with(labels).await?),
@@ -470,19 +382,11 @@ impl<I: Injector> Controller<I> {
             };
             let chosen = match fault.spec.mode {
                 Mode::All => Vec::new(),
-                _ => {
-                    self.choose_in_cluster(fault, &selector, &ns, uid, nodes.as_deref())
-                        .await?
-                }
+                _ => self.choose_in_cluster(fault, &selector, &ns, uid, nodes.as_deref()).await?,
             };
             let generation = fault.metadata.generation;
             let at = Instant::now();
-            let choice = Choice {
-                at,
-                generation,
-                nodes,
-                chosen,
-            };
+            let choice = Choice { at, generation, nodes, chosen };
             self.choices.insert(uid.to_string(), choice);
         }
         let choice = &self.choices[uid];
@@ -518,13 +422,8 @@ impl<I: Injector> Controller<I> {
             .list(&ListParams::default().labels(&selector.to_string()))
             .await
             .map_err(|e| format!("listing pods: {e}"))?;
-        let candidates: Vec<Candidate> = listed
-            .items
-            .iter()
-            .filter(|p| selector.matches(p.labels()))
-            .filter_map(candidate)
-            .filter(|c| nodes.is_none_or(|n| n.contains(&c.node)))
-            .collect();
+        let candidates: Vec<Candidate> =
+            listed.items.iter().filter(|p| selector.matches(p.labels())).filter_map(candidate).filter(|c| nodes.is_none_or(|n| n.contains(&c.node))).collect();
         plan::choose(fault.spec.mode, fault.spec.value, uid, &candidates)
     }
 
@@ -541,16 +440,13 @@ impl<I: Injector> Controller<I> {
     /// nodes' entries alone; skipped when it is what this node last wrote or the resource says.
     async fn write_status(&mut self, fault: &ChaosFault, uid: &str, status: Option<NodeStatus>) {
         let node = self.config.node.clone();
-        let tracked = self
-            .tracked
-            .entry(uid.to_string())
-            .or_insert_with(|| Tracked {
-                key: (fault.metadata.generation, Vec::new()),
-                session: None,
-                status: None,
-                written: false,
-                polled: Instant::now(),
-            });
+        let tracked = self.tracked.entry(uid.to_string()).or_insert_with(|| Tracked {
+            key: (fault.metadata.generation, Vec::new()),
+            session: None,
+            status: None,
+            written: false,
+            polled: Instant::now(),
+        });
         if tracked.written && tracked.status == status {
             return;
         }
@@ -558,14 +454,7 @@ impl<I: Injector> Controller<I> {
             let patch = json!({ "status": { "nodes": { node: status } } });
             let ns = fault.namespace().unwrap_or_default();
             let api = Api::<ChaosFault>::namespaced(self.client.clone(), &ns);
-            if let Err(e) = api
-                .patch_status(
-                    &fault.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
+            if let Err(e) = api.patch_status(&fault.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
                 // Kept as what to write: the next pass (or poll) tries again.
                 log::warn!("writing the status of {ns}/{}: {e}", fault.name_any());
                 tracked.status = status;
@@ -578,18 +467,18 @@ impl<I: Injector> Controller<I> {
     }
 }
 
+/// How long ago the resource was created (its window is counted from then), at `now`.
+fn elapsed(fault: &ChaosFault, now: k8s_openapi::jiff::Timestamp) -> Duration {
+    let created = fault.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
+    Duration::try_from(now.duration_since(created)).unwrap_or_default()
+}
+
 /// The resource's duration, or the one line that says what is wrong with it.
 fn check(fault: &ChaosFault) -> Result<Duration, String> {
-    let total = crate::cli::parse_duration(&fault.spec.duration)
-        .map_err(|e| format!("spec.duration: {e}"))?;
+    let total = crate::cli::parse_duration(&fault.spec.duration).map_err(|e| format!("spec.duration: {e}"))?;
     plan::count(fault.spec.mode, fault.spec.value, 0)?;
     let selector = &fault.spec.selector;
-    if selector.match_labels.as_ref().is_none_or(|l| l.is_empty())
-        && selector
-            .match_expressions
-            .as_ref()
-            .is_none_or(|e| e.is_empty())
-    {
+    if selector.match_labels.as_ref().is_none_or(|l| l.is_empty()) && selector.match_expressions.as_ref().is_none_or(|e| e.is_empty()) {
         return Err("spec.selector is empty, which would pick every pod of the namespace; give matchLabels or matchExpressions".into());
     }
     Selector::try_from(selector.clone()).map_err(|e| format!("spec.selector: {e}"))?;
@@ -604,18 +493,11 @@ fn candidate(pod: &Pod) -> Option<Candidate> {
     }
     let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
     let node = pod.spec.as_ref()?.node_name.clone()?;
-    running.then(|| Candidate {
-        name: pod.name_any(),
-        uid: pod.uid().unwrap_or_default(),
-        node,
-    })
+    running.then(|| Candidate { name: pod.name_any(), uid: pod.uid().unwrap_or_default(), node })
 }
 
 fn node_status(fault: &ChaosFault, node: &str) -> Option<NodeStatus> {
-    fault
-        .status
-        .as_ref()
-        .and_then(|s| s.nodes.get(node).cloned())
+    fault.status.as_ref().and_then(|s| s.nodes.get(node).cloned())
 }
 
 /// Each rule's counters from a session's faults (live, or the summary's rules once ended).
@@ -627,19 +509,8 @@ fn counters(info: &SessionInfo) -> Vec<FaultCounters> {
         .iter()
         .map(|r| {
             let n = |k: &str| r.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-            let s = |k: &str| {
-                r.get(k)
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            FaultCounters {
-                kind: s("kind"),
-                cgroup: s("cgroup"),
-                seen: n("seen"),
-                matched: n("matched"),
-                injected: n("injected"),
-            }
+            let s = |k: &str| r.get(k).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+            FaultCounters { kind: s("kind"), cgroup: s("cgroup"), seen: n("seen"), matched: n("matched"), injected: n("injected") }
         })
         .collect()
 }

@@ -78,25 +78,13 @@ pub struct FakeApi {
 impl FakeApi {
     /// Serves on 127.0.0.1 on a free port, in the current tokio runtime.
     pub async fn start() -> FakeApi {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the fake API server");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the fake API server");
         let addr = listener.local_addr().unwrap();
         let (tx, _) = tokio::sync::watch::channel(0);
-        let api = FakeApi {
-            world: Arc::new(Mutex::new(World::default())),
-            changed: Arc::new(tx),
-            addr,
-        };
+        let api = FakeApi { world: Arc::new(Mutex::new(World::default())), changed: Arc::new(tx), addr };
         let router = Router::new()
-            .route(
-                "/apis/chaos.dev/v1alpha1/chaosfaults",
-                get(list_or_watch_faults),
-            )
-            .route(
-                "/apis/chaos.dev/v1alpha1/namespaces/{ns}/chaosfaults/{name}/status",
-                patch(patch_status),
-            )
+            .route("/apis/chaos.dev/v1alpha1/chaosfaults", get(list_or_watch_faults))
+            .route("/apis/chaos.dev/v1alpha1/namespaces/{ns}/chaosfaults/{name}/status", patch(patch_status))
             .route("/api/v1/pods", get(list_or_watch_pods))
             .route("/api/v1/namespaces/{ns}/pods", get(list_pods_in))
             .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
@@ -124,8 +112,13 @@ impl FakeApi {
 
     /// Creates a ChaosFault `created_ago` ago; returns its uid.
     pub fn create_fault(&self, ns: &str, name: &str, spec: Value, created_ago: Duration) -> String {
-        let created = k8s_openapi::jiff::Timestamp::now()
-            - k8s_openapi::jiff::SignedDuration::try_from(created_ago).unwrap();
+        let created = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::try_from(created_ago).unwrap();
+        self.create_fault_at(ns, name, spec, created)
+    }
+
+    /// Creates a ChaosFault at `created` (to the second, as the API server keeps it); returns its
+    /// uid.
+    pub fn create_fault_at(&self, ns: &str, name: &str, spec: Value, created: k8s_openapi::jiff::Timestamp) -> String {
         let created = created.round(k8s_openapi::jiff::Unit::Second).unwrap();
         self.with(|w| {
             w.next_uid += 1;
@@ -158,12 +151,7 @@ impl FakeApi {
 
     /// The stored ChaosFault (with the status the agents wrote).
     pub fn fault(&self, ns: &str, name: &str) -> Option<Value> {
-        self.world
-            .lock()
-            .unwrap()
-            .faults
-            .get(&(ns.to_string(), name.to_string()))
-            .cloned()
+        self.world.lock().unwrap().faults.get(&(ns.to_string(), name.to_string())).cloned()
     }
 
     /// Adds a Running pod scheduled on `node`; returns its uid.
@@ -176,14 +164,7 @@ impl FakeApi {
         uid
     }
 
-    pub fn add_pod_with_uid(
-        &self,
-        ns: &str,
-        name: &str,
-        node: &str,
-        labels: &[(&str, &str)],
-        uid: &str,
-    ) {
+    pub fn add_pod_with_uid(&self, ns: &str, name: &str, node: &str, labels: &[(&str, &str)], uid: &str) {
         let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
         let object = json!({
             "apiVersion": "v1",
@@ -242,11 +223,7 @@ impl FakeApi {
 
     fn record(&self, res: Res, query: &HashMap<String, String>) -> bool {
         let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
-        self.world.lock().unwrap().requests.push(Request {
-            res,
-            watch,
-            query: query.clone(),
-        });
+        self.world.lock().unwrap().requests.push(Request { res, watch, query: query.clone() });
         watch
     }
 }
@@ -262,21 +239,10 @@ impl World {
     fn put(&mut self, res: Res, kind: &'static str, mut object: Value) {
         self.rv += 1;
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        let key = (
-            object["metadata"]["namespace"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-            object["metadata"]["name"].as_str().unwrap().to_string(),
-        );
+        let key = (object["metadata"]["namespace"].as_str().unwrap().to_string(), object["metadata"]["name"].as_str().unwrap().to_string());
         self.store(res).insert(key, object.clone());
         let rv = self.rv;
-        self.events.push(Event {
-            rv,
-            res,
-            kind,
-            object,
-        });
+        self.events.push(Event { rv, res, kind, object });
     }
 
     fn delete(&mut self, res: Res, ns: &str, name: &str) {
@@ -286,40 +252,23 @@ impl World {
         self.rv += 1;
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         let rv = self.rv;
-        self.events.push(Event {
-            rv,
-            res,
-            kind: "DELETED",
-            object,
-        });
+        self.events.push(Event { rv, res, kind: "DELETED", object });
     }
 }
 
 /// The selectors the controller sends: `k=v,k2=v2` labels, `spec.nodeName=N` fields.
 fn selects(object: &Value, query: &HashMap<String, String>) -> bool {
     let pairs = |s: &str| -> Vec<(String, String)> {
-        s.split(',')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .expect("only k=v selectors")
-            })
-            .collect()
+        s.split(',').filter(|p| !p.is_empty()).map(|p| p.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).expect("only k=v selectors")).collect()
     };
     if let Some(labels) = query.get("labelSelector")
-        && !pairs(labels)
-            .iter()
-            .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v))
+        && !pairs(labels).iter().all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v))
     {
         return false;
     }
     if let Some(fields) = query.get("fieldSelector") {
         for (k, v) in pairs(fields) {
-            assert_eq!(
-                k, "spec.nodeName",
-                "the fake API server only knows the field spec.nodeName"
-            );
+            assert_eq!(k, "spec.nodeName", "the fake API server only knows the field spec.nodeName");
             if object["spec"]["nodeName"].as_str() != Some(v.as_str()) {
                 return false;
             }
@@ -329,33 +278,19 @@ fn selects(object: &Value, query: &HashMap<String, String>) -> bool {
 }
 
 fn list_body(kind: &str, rv: u64, items: Vec<Value>) -> Response {
-    let api_version = if kind == "ChaosFaultList" {
-        "chaos.dev/v1alpha1"
-    } else {
-        "v1"
-    };
+    let api_version = if kind == "ChaosFaultList" { "chaos.dev/v1alpha1" } else { "v1" };
     axum::Json(json!({ "apiVersion": api_version, "kind": kind, "metadata": { "resourceVersion": rv.to_string() }, "items": items })).into_response()
 }
 
-async fn list_or_watch_faults(
-    State(api): State<FakeApi>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
+async fn list_or_watch_faults(State(api): State<FakeApi>, Query(query): Query<HashMap<String, String>>) -> Response {
     list_or_watch(api, Res::Faults, None, query)
 }
 
-async fn list_or_watch_pods(
-    State(api): State<FakeApi>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
+async fn list_or_watch_pods(State(api): State<FakeApi>, Query(query): Query<HashMap<String, String>>) -> Response {
     list_or_watch(api, Res::Pods, None, query)
 }
 
-async fn list_pods_in(
-    State(api): State<FakeApi>,
-    Path(ns): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
+async fn list_pods_in(State(api): State<FakeApi>, Path(ns): Path<String>, Query(query): Query<HashMap<String, String>>) -> Response {
     list_or_watch(api, Res::Pods, Some(ns), query)
 }
 
@@ -371,80 +306,32 @@ async fn get_pod(State(api): State<FakeApi>, Path((ns, name)): Path<(String, Str
     }
 }
 
-async fn list_nodes(
-    State(api): State<FakeApi>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
+async fn list_nodes(State(api): State<FakeApi>, Query(query): Query<HashMap<String, String>>) -> Response {
     let w = api.world.lock().unwrap();
-    let items = w
-        .nodes
-        .iter()
-        .filter(|n| selects(n, &query))
-        .cloned()
-        .collect();
+    let items = w.nodes.iter().filter(|n| selects(n, &query)).cloned().collect();
     list_body("NodeList", w.rv, items)
 }
 
-fn list_or_watch(
-    api: FakeApi,
-    res: Res,
-    ns: Option<String>,
-    query: HashMap<String, String>,
-) -> Response {
+fn list_or_watch(api: FakeApi, res: Res, ns: Option<String>, query: HashMap<String, String>) -> Response {
     let watch = api.record(res, &query);
-    let in_ns = move |o: &Value| {
-        ns.as_deref()
-            .is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
-    };
+    let in_ns = move |o: &Value| ns.as_deref().is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns));
     if !watch {
         let mut w = api.world.lock().unwrap();
         let rv = w.rv;
-        let items = w
-            .store(res)
-            .values()
-            .filter(|o| in_ns(o) && selects(o, &query))
-            .cloned()
-            .collect();
-        return list_body(
-            if res == Res::Faults {
-                "ChaosFaultList"
-            } else {
-                "PodList"
-            },
-            rv,
-            items,
-        );
+        let items = w.store(res).values().filter(|o| in_ns(o) && selects(o, &query)).cloned().collect();
+        return list_body(if res == Res::Faults { "ChaosFaultList" } else { "PodList" }, rv, items);
     }
     let (since, epoch, down) = {
         let w = api.world.lock().unwrap();
-        (
-            query
-                .get("resourceVersion")
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(w.rv),
-            w.epoch,
-            w.down,
-        )
+        (query.get("resourceVersion").and_then(|v| v.parse::<u64>().ok()).unwrap_or(w.rv), w.epoch, w.down)
     };
     if down {
         let status = json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "the fake API server is down", "reason": "ServiceUnavailable", "code": 503 });
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(status)).into_response();
     }
-    let state = WatchState {
-        api,
-        res,
-        query,
-        since,
-        epoch,
-        bookmarked: false,
-        ended: false,
-        in_ns: Box::new(in_ns),
-    };
+    let state = WatchState { api, res, query, since, epoch, bookmarked: false, ended: false, in_ns: Box::new(in_ns) };
     let stream = futures::stream::unfold(state, next_chunk);
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(Body::from_stream(stream))
-        .unwrap()
+    Response::builder().header("content-type", "application/json").body(Body::from_stream(stream)).unwrap()
 }
 
 struct WatchState {
@@ -460,9 +347,7 @@ struct WatchState {
 
 /// The watch's next lines: the events after `since` that it selects, a BOOKMARK once its backlog
 /// is sent, a 410 ERROR event for a version older than the oldest kept; None ends the watch.
-async fn next_chunk(
-    mut st: WatchState,
-) -> Option<(Result<Bytes, std::convert::Infallible>, WatchState)> {
+async fn next_chunk(mut st: WatchState) -> Option<(Result<Bytes, std::convert::Infallible>, WatchState)> {
     if st.ended {
         return None;
     }
@@ -481,26 +366,11 @@ async fn next_chunk(
                 Some(format!("{gone}\n"))
             } else {
                 let mut lines = String::new();
-                for e in w.events.iter().filter(|e| {
-                    e.rv > st.since
-                        && e.res == st.res
-                        && (st.in_ns)(&e.object)
-                        && selects(&e.object, &st.query)
-                }) {
+                for e in w.events.iter().filter(|e| e.rv > st.since && e.res == st.res && (st.in_ns)(&e.object) && selects(&e.object, &st.query)) {
                     lines += &format!("{}\n", json!({ "type": e.kind, "object": e.object }));
                 }
-                if lines.is_empty()
-                    && !st.bookmarked
-                    && st
-                        .query
-                        .get("allowWatchBookmarks")
-                        .is_some_and(|v| v == "true")
-                {
-                    let (api_version, kind) = if st.res == Res::Faults {
-                        ("chaos.dev/v1alpha1", "ChaosFault")
-                    } else {
-                        ("v1", "Pod")
-                    };
+                if lines.is_empty() && !st.bookmarked && st.query.get("allowWatchBookmarks").is_some_and(|v| v == "true") {
+                    let (api_version, kind) = if st.res == Res::Faults { ("chaos.dev/v1alpha1", "ChaosFault") } else { ("v1", "Pod") };
                     lines = format!(
                         "{}\n",
                         json!({ "type": "BOOKMARK", "object": { "apiVersion": api_version, "kind": kind, "metadata": { "resourceVersion": w.rv.to_string() } } })
@@ -519,11 +389,7 @@ async fn next_chunk(
     None
 }
 
-async fn patch_status(
-    State(api): State<FakeApi>,
-    Path((ns, name)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
+async fn patch_status(State(api): State<FakeApi>, Path((ns, name)): Path<(String, String)>, body: Bytes) -> Response {
     let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "not JSON").into_response();
     };
