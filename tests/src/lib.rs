@@ -74,13 +74,7 @@ impl Sandbox {
         let name = unique("ct");
         let cgroup = TempCgroup::new(&format!("chaos-test-{name}")).expect("creating the test cgroup");
         let (a, b) = (format!("{name}a"), format!("{name}b"));
-        let sb = Sandbox {
-            cgroup,
-            client_ns: format!("{name}c"),
-            server_ns: format!("{name}s"),
-            client_dev: a.clone(),
-            server_dev: b.clone(),
-        };
+        let sb = Sandbox { cgroup, client_ns: format!("{name}c"), server_ns: format!("{name}s"), client_dev: a.clone(), server_dev: b.clone() };
         ip(&["netns", "add", &sb.client_ns]);
         ip(&["netns", "add", &sb.server_ns]);
         ip(&["-n", &sb.client_ns, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &sb.server_ns]);
@@ -177,12 +171,7 @@ impl Sandbox {
 
     /// `--cgroup PATH --netns FILE` for a chaos run on this sandbox.
     pub fn target_args(&self) -> Vec<String> {
-        vec![
-            "--cgroup".into(),
-            self.cgroup.path.display().to_string(),
-            "--netns".into(),
-            self.netns_path(Place::Target).display().to_string(),
-        ]
+        vec!["--cgroup".into(), self.cgroup.path.display().to_string(), "--netns".into(), self.netns_path(Place::Target).display().to_string()]
     }
 }
 
@@ -678,14 +667,16 @@ impl OtlpReceiver {
                 if !request_line.starts_with("POST /v1/traces ") {
                     return Err(format!("not an OTLP traces POST: {head:?}"));
                 }
-                let header = |name: &str| head.iter().find_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()));
+                let header =
+                    |name: &str| head.iter().find_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()));
                 if header("content-type").as_deref() != Some("application/x-protobuf") {
                     return Err(format!("not protobuf: {head:?}"));
                 }
                 let len: usize = header("content-length").and_then(|l| l.parse().ok()).ok_or_else(|| format!("no Content-Length: {head:?}"))?;
                 let mut body = vec![0u8; len];
                 reader.read_exact(&mut body).map_err(|e| e.to_string())?;
-                <opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest as prost::Message>::decode(&body[..]).map_err(|e| format!("not an ExportTraceServiceRequest: {e}"))
+                <opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest as prost::Message>::decode(&body[..])
+                    .map_err(|e| format!("not an ExportTraceServiceRequest: {e}"))
             })();
             let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n");
             let _ = tx.send(decoded);
@@ -775,10 +766,8 @@ pub fn leftovers(sb: &Sandbox, targets: &[&Path], root_before: &str, chaos_pid: 
     if qdiscs.contains("clsact") {
         left.push("a clsact qdisc".into());
     }
-    let out = Command::new("ip")
-        .args(["netns", "exec", &sb.client_ns, "tc", "filter", "show", "dev", &sb.client_dev, "egress"])
-        .output()
-        .expect("tc filter show");
+    let out =
+        Command::new("ip").args(["netns", "exec", &sb.client_ns, "tc", "filter", "show", "dev", &sb.client_dev, "egress"]).output().expect("tc filter show");
     if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
         left.push(format!("a TC filter: {}", String::from_utf8_lossy(&out.stdout).trim()));
     }
@@ -825,4 +814,33 @@ pub fn leftovers_after(sb: &Sandbox, targets: &[&Path], root_before: &str, chaos
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A cgroup's freeze state: (`cgroup.freeze`, the `frozen` line of `cgroup.events`); ("1", "1")
+/// frozen, ("0", "0") thawed.
+pub fn freeze_state(cgroup: &Path) -> (String, String) {
+    let freeze = std::fs::read_to_string(cgroup.join("cgroup.freeze")).unwrap_or_default().trim().to_string();
+    let events = std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default();
+    let frozen = events.lines().find_map(|l| l.strip_prefix("frozen ")).unwrap_or("?").to_string();
+    (freeze, frozen)
+}
+
+/// Waits (bounded) until the cgroup is thawed; how long it took.
+pub fn thawed_within(cgroup: &Path, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if freeze_state(cgroup) == ("0".into(), "0".into()) {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// The clock tests' shell tickers print (/proc/uptime, in 10 ms steps: `date +%N` is not in
+/// every lane's busybox), in ns.
+pub fn uptime_ns() -> u64 {
+    let text = std::fs::read_to_string("/proc/uptime").expect("/proc/uptime");
+    let secs: f64 = text.split_whitespace().next().and_then(|s| s.parse().ok()).expect("uptime seconds");
+    (secs * 1e9) as u64
 }

@@ -277,21 +277,6 @@ fn longest_gap(mut p: Proc) -> (u64, u64) {
     ticks.windows(2).map(|w| (w[1].saturating_sub(w[0]), w[1])).max().expect("ticks")
 }
 
-/// The clock the tickers print (/proc/uptime, in 10 ms steps: `date +%N` is not in every lane's
-/// busybox), in ns.
-fn uptime_ns() -> u64 {
-    let text = std::fs::read_to_string("/proc/uptime").expect("/proc/uptime");
-    let secs: f64 = text.split_whitespace().next().and_then(|s| s.parse().ok()).expect("uptime seconds");
-    (secs * 1e9) as u64
-}
-
-/// (cgroup.freeze, the `frozen` line of cgroup.events).
-fn freeze_state(cgroup: &Path) -> (String, String) {
-    let freeze = std::fs::read_to_string(cgroup.join("cgroup.freeze")).unwrap_or_default().trim().to_string();
-    let events = std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default();
-    (freeze, events.lines().find_map(|l| l.strip_prefix("frozen ")).unwrap_or("?").to_string())
-}
-
 /// Waits (bounded by `until`) for a cgroup's freeze state to be `want` ("1" frozen, "0" thawed).
 fn freeze_reaches(cgroup: &Path, want: &str, until: Instant) -> bool {
     loop {

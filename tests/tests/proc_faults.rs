@@ -34,25 +34,6 @@ fn longest_gap_ms(mut t: Child) -> f64 {
     ticks.windows(2).map(|w| w[1].saturating_sub(w[0]) as f64 / 1e6).fold(0.0, f64::max)
 }
 
-fn freeze_state(cgroup: &Path) -> (String, String) {
-    let freeze = std::fs::read_to_string(cgroup.join("cgroup.freeze")).unwrap_or_default().trim().to_string();
-    let events = std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default();
-    let frozen = events.lines().find_map(|l| l.strip_prefix("frozen ")).unwrap_or("?").to_string();
-    (freeze, frozen)
-}
-
-/// Waits (bounded) until the cgroup is thawed; how long it took.
-fn thawed_within(cgroup: &Path, limit: Duration) -> Option<Duration> {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if freeze_state(cgroup) == ("0".into(), "0".into()) {
-            return Some(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 #[test]
 fn a_paused_target_stops_for_its_window_and_a_bystander_does_not() {
     let sb = Sandbox::new();

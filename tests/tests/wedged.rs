@@ -53,34 +53,6 @@ impl Drop for Ticker {
     }
 }
 
-/// The clock the tickers print (/proc/uptime, in 10 ms steps: `date +%N` is not in every lane's
-/// busybox), in ns.
-fn uptime_ns() -> u64 {
-    let text = std::fs::read_to_string("/proc/uptime").expect("/proc/uptime");
-    let secs: f64 = text.split_whitespace().next().and_then(|s| s.parse().ok()).expect("uptime seconds");
-    (secs * 1e9) as u64
-}
-
-/// (cgroup.freeze, the `frozen` line of cgroup.events).
-fn freeze_state(cgroup: &Path) -> (String, String) {
-    let freeze = std::fs::read_to_string(cgroup.join("cgroup.freeze")).unwrap_or_default().trim().to_string();
-    let events = std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default();
-    let frozen = events.lines().find_map(|l| l.strip_prefix("frozen ")).unwrap_or("?").to_string();
-    (freeze, frozen)
-}
-
-/// Waits (bounded) until the cgroup is thawed; whether it was.
-fn thawed_within(cgroup: &Path, limit: Duration) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if freeze_state(cgroup) == ("0".into(), "0".into()) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 /// Chaos is alive and running (spinning: state R), neither stopped nor gone.
 fn assert_spinning(chaos: &Proc) {
     let state = proc_state(chaos.child.id());
@@ -113,7 +85,7 @@ fn a_wedged_session_has_its_paused_target_thawed_by_the_guardian() {
     assert_eq!(freeze_state(&target).0, "1", "frozen while the window is open");
     chaos.wait_for("wedged at the faults' end", window + Duration::from_secs(10));
     assert_eq!(freeze_state(&target).0, "1", "the wedged session has not thawed its target");
-    let thawed = thawed_within(&target, (started + window + bound()).saturating_duration_since(Instant::now()));
+    let thawed = thawed_within(&target, (started + window + bound()).saturating_duration_since(Instant::now())).is_some();
     let thawed_after = started.elapsed();
     assert!(thawed, "the target of a wedged session is still frozen {thawed_after:?} after the start: {:?}", freeze_state(&target));
     assert_spinning(&chaos);
