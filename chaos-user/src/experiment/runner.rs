@@ -306,13 +306,13 @@ pub fn run_loaded(mut exp: Experiment, args: &RunArgs) -> Result<i32> {
     let mut last_t = 0.0f64;
     let recovery_checked = thresholds.iter().any(|t| !t.steady.is_empty());
 
-    // Beating while it waits: its ticks may be further apart than the guardian's bound on silence.
-    rt.block_on(crate::session::guardian::beating(async {
+    rt.block_on(async {
         let crate::watch::Signals { int: mut sigint, term: mut sigterm, hup: mut sighup } = signals;
         let mut tick = tokio::time::interval(exp.interval);
         tick.tick().await;
         // What the session does itself (proc.pause freezes, proc.kill signals, a restarted
-        // target followed), at the pace `chaos apply`'s watch loop does it.
+        // target followed, its heartbeat to the guardian), at the pace `chaos apply`'s watch
+        // loop does it.
         let mut drive = tokio::time::interval(crate::watch::TICK);
         let mut last_refresh = Instant::now();
         loop {
@@ -458,7 +458,7 @@ pub fn run_loaded(mut exp: Experiment, args: &RunArgs) -> Result<i32> {
             }
         }
         Ok::<(), Error>(())
-    }))?;
+    })?;
     if tty {
         eprintln!();
     }

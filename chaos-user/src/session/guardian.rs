@@ -8,9 +8,9 @@
 //! a process: a TC filter, a qdisc, a stopped process, a frozen cgroup.
 //!
 //! The pipe also carries a heartbeat: the session writes a byte ([`beat`]) at every tick of its
-//! watch loop (`Session::drive`), and along the long waits of its end (fq draining), at most every
-//! [`BEAT_EVERY`]; the write end is non-blocking, so a guardian that does not read (stopped, say)
-//! never holds the session up. A session past its faults' end that can no longer end what only
+//! watch loop or experiment runner (`Session::drive`), and along the long waits of its end (fq
+//! draining), at most every [`BEAT_EVERY`]; the write end is non-blocking, so a guardian that does
+//! not read (stopped, say) never holds the session up. A session past its faults' end that can no longer end what only
 //! user space ends is one the guardian steps in for ([`end_if_frozen`]): it continues the
 //! processes the session's `sys delay` rules hold, thaws the cgroups `proc pause` froze and puts
 //! back the default qdisc where the session put fq. That is a session stopped (SIGSTOP, a
@@ -115,21 +115,6 @@ pub fn beat() {
         // EAGAIN (the guardian does not read: stopped, busy) drops the beat; EPIPE (it died)
         // is the next sweep's business. SIGPIPE is ignored by Rust's runtime.
         let _ = pipe.write(&[1]);
-    }
-}
-
-/// Runs `fut` while beating every [`BEAT_EVERY`], on the same thread: a loop (the experiment
-/// runner's) whose ticks are further apart than [`WEDGED_AFTER`] still beats while it waits, and
-/// stops beating once it no longer yields (spinning, or blocked in a synchronous call).
-pub async fn beating<T>(fut: impl std::future::Future<Output = T>) -> T {
-    let mut fut = std::pin::pin!(fut);
-    let mut every = tokio::time::interval(BEAT_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            out = &mut fut => return out,
-            _ = every.tick() => beat(),
-        }
     }
 }
 
