@@ -82,14 +82,18 @@ impl Run {
         report
     }
 
+    /// The experiment's service cgroups that exist now.
+    fn cgroups(&self) -> Vec<PathBuf> {
+        let mount = chaos_user::target::cgroup2_mount().expect("cgroup2").mount_point;
+        // With its dash: "chaos-exp-57x1" is also the start of another test's "chaos-exp-57x16-orders".
+        let ours = format!("{}-", self.cgroup_prefix);
+        let dirs = std::fs::read_dir(&mount).expect("listing cgroups").flatten();
+        dirs.filter(|e| e.file_name().to_string_lossy().starts_with(&ours)).map(|e| e.path()).collect()
+    }
+
     /// The experiment's service cgroups are gone.
     fn assert_cleaned_up(&self) {
-        let mount = chaos_user::target::cgroup2_mount().expect("cgroup2").mount_point;
-        let left: Vec<String> = std::fs::read_dir(&mount)
-            .expect("listing cgroups")
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .filter(|n| n.starts_with(&self.cgroup_prefix))
-            .collect();
+        let left = self.cgroups();
         assert!(left.is_empty(), "service cgroups left behind: {left:?}");
     }
 }
@@ -398,13 +402,7 @@ fn a_killed_chaos_run_leaves_no_fault_and_no_service() {
     assert_eq!(code, -1, "killed by a signal");
     chaos_tests::assert_all_gone(&programs, &links, "after SIGKILL");
     // The services die with chaos; their cgroups are left empty (a new run reuses them).
-    let mount = chaos_user::target::cgroup2_mount().expect("cgroup2").mount_point;
-    let dirs: Vec<PathBuf> = std::fs::read_dir(&mount)
-        .expect("cgroups")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&run.cgroup_prefix))
-        .map(|e| e.path())
-        .collect();
+    let dirs = run.cgroups();
     assert_eq!(dirs.len(), 2, "{dirs:?}");
     let end = std::time::Instant::now() + Duration::from_secs(5);
     for d in &dirs {
