@@ -76,6 +76,12 @@ pub const CALLS_MAP: &str = "CHAOS_CALLS";
 pub const MAX_FLOWS: u32 = 16384;
 /// Call counts kept for `--when` (threads × rules × syscalls).
 pub const MAX_CALL_COUNTS: u32 = 65536;
+/// Name of the map of files followed from their open for read/write `--path` rules (the kernel's
+/// `struct file` address → the rules whose prefix the file's path is under).
+pub const FOLLOWED_MAP: &str = "CHAOS_FOLLOWED";
+/// Files followed at once, at most (least recently used ones forgotten first: their calls are
+/// then no rule's).
+pub const MAX_FOLLOWED: u32 = 65536;
 
 /// Name of the global the loader sets to make the kernel programs log, through aya-log, every
 /// injection they make (`--log-packets`). Off by default: nothing is logged per packet or call.

@@ -41,6 +41,10 @@ pub const HOOK_SETSOCKOPT: u32 = 8;
 pub const HOOK_SYS_ENTER: u32 = 9;
 /// Every syscall's exit (tp_btf `sys_exit`), `SysMatch::syscall_nr`: the call has run.
 pub const HOOK_SYS_EXIT: u32 = 10;
+/// Not a call: the key (`SysMatch::rules_key`) of the `--path` rules whose calls act on a file
+/// already open (read/write at `file_permission`, where the kernel cannot tell a path). The
+/// `file_open` program follows each file a target opens under such a rule's prefix.
+pub const HOOK_FOLLOW_OPEN: u32 = 11;
 
 // BPF LSM hooks (one program each, `lsm/<hook>`), each failing the syscalls chaos-user's table
 // (`faults::sys::LSM_CALLS`) maps to it. The hook reads the calling thread's syscall number from
@@ -79,6 +83,8 @@ pub const HOOK_LSM_SOCKET_GETPEERNAME: u32 = HOOK_LSM + 27;
 pub const HOOK_LSM_SOCKET_GETSOCKOPT: u32 = HOOK_LSM + 28;
 pub const HOOK_LSM_SOCKET_SETSOCKOPT: u32 = HOOK_LSM + 29;
 pub const HOOK_LSM_SOCKET_SHUTDOWN: u32 = HOOK_LSM + 30;
+/// Not a call: `file_free_security`, where a followed file (`HOOK_FOLLOW_OPEN`) is forgotten.
+pub const HOOK_LSM_FILE_FREE: u32 = HOOK_LSM + 31;
 
 /// cgroup programs, attached to the target cgroup, failing calls with `bpf_set_retval`.
 pub const PROG_BIND4: &str = "chaos_sys_bind4";

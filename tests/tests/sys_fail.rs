@@ -617,7 +617,7 @@ fn path_fails_only_the_opens_under_the_prefix() {
     let prefix = dir.join("in").display().to_string();
     for (args, says) in [
         (vec!["--syscall", "openat", "--path", "relative/dir"], "is not absolute"),
-        (vec!["--syscall", "openat,read", "--path", &prefix], "not read"),
+        (vec!["--syscall", "openat,mkdir", "--path", &prefix], "not mkdir"),
         (vec!["--syscall", "mmap", "--path", "/"], "leave --path out"),
         (vec!["--syscall", "openat", "--path", &prefix, "--backend", "kprobe"], "use --backend lsm"),
     ] {
@@ -677,6 +677,60 @@ fn path_fails_only_the_opens_under_the_prefix() {
     assert_eq!(bystander["ok"], 10, "{bystander}");
     assert_eq!(counter(&summary, 0, "failed"), 25, "the kernel counted exactly the failures: {summary}");
     assert!(summary["rules"][0]["description"].as_str().is_some_and(|d| d.contains(&format!("under {prefix}"))), "{summary}");
+}
+
+/// `--path` on read and write, whose hook (`file_permission`) is given an open file and cannot
+/// tell its path: each file a target opens under the prefix while the rule is in place is
+/// followed from its open. With `--when 2+2`, exactly the even reads and writes of those files
+/// fail (the loader's reads of the libraries, outside the prefix, are not counted); the same
+/// calls on a file outside the prefix, on one opened under it before chaos started, and a
+/// bystander's on the same file go through; the kernel counts exactly the failures.
+#[test]
+fn path_fails_the_reads_and_writes_of_files_opened_under_the_prefix() {
+    if !lane_has("bpf_lsm") {
+        eprintln!("no BPF LSM on the {} lane (path_fails_only_the_opens_under_the_prefix checks the refusal)", lane());
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let dir = std::env::temp_dir().join(unique("chaos-path-rw-"));
+    let _cleanup = RemoveOnDrop(dir.clone());
+    for sub in ["in", "out"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("test directory");
+        std::fs::write(dir.join(sub).join("file"), b"chaos").expect("test file");
+    }
+    let prefix = dir.join("in").display().to_string();
+    // `read` reads DIR/file; `write` appends to the file named. Each opens it before waiting.
+    let looper = |place, call: &str, path: &str| {
+        let path = dir.join(path).display().to_string();
+        let mut p = sb.spawn(place, &["syscall-loop", "--wait", "--same-thread", "--call", call, "--path", &path, "--count", "10"]);
+        p.ready();
+        p
+    };
+    let opened_before = looper(Place::Target, "read", "in");
+    let args = ["sys", "fail", "--cgroup", &cg, "--syscall", "read,write", "--errno", "EIO", "--path", &prefix, "--when", "2+2", "--for", "60s", "--json"];
+    let chaos = start_chaos(&args.map(String::from));
+    let loops = [
+        (Place::Target, "read", "in", true),
+        (Place::Target, "write", "in/w", true),
+        (Place::Target, "read", "out", false),
+        (Place::Target, "write", "out/w", false),
+        (Place::Bystander, "read", "in", false),
+    ]
+    .map(|(place, call, path, under)| (place, call, path, under, looper(place, call, path)));
+    let before = run_calls(opened_before);
+    let outcomes: Vec<_> = loops.into_iter().map(|(place, call, path, under, p)| (place, call, path, under, run_calls(p))).collect();
+    let summary = stop_chaos(chaos);
+    for (place, call, path, under, out) in &outcomes {
+        let expected = if *under { json!([[2, 4, 6, 8, 10]]) } else { json!([[]]) };
+        assert_eq!(out["failed_at"], expected, "{place:?} {call} {path}: {out}");
+        if *under {
+            assert_eq!(out["errors"], json!({"5": 5}), "EIO: {out}");
+        }
+    }
+    assert_eq!(before["failed_at"], json!([[]]), "a file opened before chaos started is not followed: {before}");
+    assert_eq!(counter(&summary, 0, "failed"), 10, "the kernel counted exactly the failures: {summary}");
 }
 
 /// The LSM hooks end as every hook does: with chaos frozen (SIGSTOP) a rule stops failing calls

@@ -10,11 +10,11 @@ use aya_ebpf::{
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_set_retval},
     },
     macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, kprobe, map},
-    maps::PerCpuArray,
+    maps::{LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, FExitContext, LsmContext, ProbeContext, SockAddrContext, SockContext, SockoptContext},
 };
 use chaos_common::{
-    Action, Family, KernelError, MAX_RULES, Rule,
+    Action, Family, KernelError, MAX_FOLLOWED, MAX_RULES, Rule, has_rule,
     // Every hook id, the call keys and records, `--when` and `--path` matching.
     sys::*,
 };
@@ -140,8 +140,8 @@ fn try_decide_call(hook: u32, nr: impl FnOnce() -> u32, path: &mut impl CallPath
         let i = (lowest - 1).count_ones() & (MAX_RULES - 1);
         let r = rule(i)?;
         n += 1;
-        // A `--path` rule sees only the calls opening a file under its prefix.
-        if r.sys.path_len != 0 && !path.under(r.sys.path_len, r.sys.path_hash) {
+        // A `--path` rule sees only the calls on a file under its prefix.
+        if r.sys.path_len != 0 && !path.under(i, r) {
             continue;
         }
         // `--when` counts the calls of a live rule, then samples among those it selects.
@@ -186,19 +186,70 @@ fn log_call(i: u32, r: &Rule, hook: u32, nr: u32, pid_tgid: u64) {
     }
 }
 
-/// The path of the file a call opens, for `--path` rules.
+/// The path of the file a call acts on, for `--path` rules.
 trait CallPath {
-    /// Whether the file is under the prefix of `len` bytes with hash `hash` (`PathPrefix`).
-    fn under(&mut self, len: u32, hash: u64) -> bool;
+    /// Whether the file is under the prefix of rule `i`, `r` (`r.sys.path_len` bytes hashing to
+    /// `r.sys.path_hash`: `PathPrefix`).
+    fn under(&mut self, i: u32, r: &Rule) -> bool;
 }
 
-/// A call that opens no file (or whose hook cannot tell its path): no `--path` rule takes it.
+/// A call on no file (or whose hook cannot tell it): no `--path` rule takes it.
 struct NoPath;
 
 impl CallPath for NoPath {
     #[inline(always)]
-    fn under(&mut self, _: u32, _: u64) -> bool {
+    fn under(&mut self, _: u32, _: &Rule) -> bool {
         false
+    }
+}
+
+/// Files a target opened under the prefix of a read/write `--path` rule (`struct file` address →
+/// those rules), written by the `file_open` program and forgotten at `file_free_security`.
+/// `file_permission` is given the file but is no hook where the kernel tells a path (`bpf_d_path`
+/// is for sleepable LSM hooks), so its calls are matched by the open that made the file.
+#[map]
+static CHAOS_FOLLOWED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_FOLLOWED, 0);
+
+/// A call on a file already open (read, write: `file_permission`): under a rule's prefix if its
+/// open was followed for that rule.
+struct FollowedFile(u64);
+
+impl CallPath for FollowedFile {
+    #[inline(always)]
+    fn under(&mut self, i: u32, _: &Rule) -> bool {
+        // SAFETY: a map value, valid for this run.
+        unsafe { CHAOS_FOLLOWED.get(&self.0) }.is_some_and(|rules| has_rule(*rules, i))
+    }
+}
+
+/// After a target's open went through: if the file is under the prefix of rules whose calls act on
+/// open files (`HOOK_FOLLOW_OPEN`), follows it for them. A rule not yet in its window follows too:
+/// its window is checked at each call.
+#[inline(always)]
+fn follow_open(file: *const u8, path: &mut FilePath) {
+    // SAFETY: helpers without preconditions.
+    let leaf = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: as above.
+    let (mask, _, _) = rules_for(Family::Sys, leaf, |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) });
+    if mask == 0 {
+        return;
+    }
+    // SAFETY: a map value, valid for this run.
+    let followed = unsafe { CHAOS_SYS_RULES.get(&SysMatch::rules_key(HOOK_FOLLOW_OPEN, 0)) }.copied().unwrap_or(0);
+    let mut todo = mask & followed;
+    let (mut under, mut n) = (0u64, 0);
+    while todo != 0 && n < RULES_PER_CALL {
+        let lowest = todo & todo.wrapping_neg();
+        todo &= !lowest;
+        let i = (lowest - 1).count_ones() & (MAX_RULES - 1);
+        let Ok(r) = rule(i) else { return };
+        if path.under(i, r) {
+            under |= lowest;
+        }
+        n += 1;
+    }
+    if under != 0 && CHAOS_FOLLOWED.insert(&(file as u64), &under, 0).is_err() {
+        count_error(KernelError::RuleLookup);
     }
 }
 
@@ -231,9 +282,10 @@ impl FilePath {
 
 impl CallPath for FilePath {
     #[inline(always)]
-    fn under(&mut self, len: u32, hash: u64) -> bool {
+    fn under(&mut self, _: u32, r: &Rule) -> bool {
         let Some(s) = self.resolve() else { return false };
-        let len = black_box(len as usize);
+        let hash = r.sys.path_hash;
+        let len = black_box(r.sys.path_len as usize);
         if len > MAX_PATH_PREFIX {
             return false;
         }
@@ -481,9 +533,44 @@ fn lsm_verdict(hook: u32) -> i64 {
     fail_call(hook, current_syscall_nr).unwrap_or(0).clamp(-MAX_ERRNO, 0)
 }
 
-/// BPF LSM programs on hooks given the file first (`file_open(struct file *file)`, `mmap_file`,
-/// `file_ioctl`): sleepable hooks, where the kernel allows `bpf_d_path`, so `--path` rules filter
-/// their calls. Each has its own decision, inlined: it carries the file.
+/// On `file_open(struct file *file)`: fails the open family, its `--path` rules filtering on the
+/// file's path; an open that goes through is followed for the read/write `--path` rules.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "lsm/file_open")]
+pub fn chaos_sys_file_open(ctx: *mut core::ffi::c_void) -> i64 {
+    let file: *const u8 = LsmContext::new(ctx).arg(0);
+    let mut path = FilePath::new(file);
+    match fail_call_on(HOOK_FILE_OPEN, current_syscall_nr, &mut path) {
+        Some(verdict) => verdict.clamp(-MAX_ERRNO, 0),
+        None => {
+            follow_open(file, &mut path);
+            0
+        }
+    }
+}
+
+/// On `file_permission(struct file *file, int mask)`: read/write and their kin, `--path` rules
+/// taking the calls on the files their open was followed for.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "lsm/file_permission")]
+pub fn chaos_sys_lsm_file_permission(ctx: *mut core::ffi::c_void) -> i64 {
+    let file: *const u8 = LsmContext::new(ctx).arg(0);
+    fail_call_on(HOOK_LSM_FILE_PERMISSION, current_syscall_nr, &mut FollowedFile(file as u64)).unwrap_or(0).clamp(-MAX_ERRNO, 0)
+}
+
+/// On `file_free_security(struct file *file)`: a freed file is followed no more (its address
+/// may be a new file's next).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "lsm/file_free_security")]
+pub fn chaos_sys_lsm_file_free_security(ctx: *mut core::ffi::c_void) -> i64 {
+    let file: *const u8 = LsmContext::new(ctx).arg(0);
+    let _ = CHAOS_FOLLOWED.remove(&(file as u64));
+    0
+}
+
+/// BPF LSM programs on hooks given the file first (`mmap_file`, `file_ioctl`): sleepable hooks,
+/// where the kernel allows `bpf_d_path`, so `--path` rules filter their calls. Each has its own
+/// decision, inlined: it carries the file.
 macro_rules! lsm_file_programs {
     ($($name:ident = $section:literal => $hook:ident;)*) => {$(
         #[unsafe(no_mangle)]
@@ -496,7 +583,6 @@ macro_rules! lsm_file_programs {
 }
 
 lsm_file_programs! {
-    chaos_sys_file_open = "lsm/file_open" => HOOK_FILE_OPEN;
     chaos_sys_lsm_mmap_file = "lsm/mmap_file" => HOOK_LSM_MMAP_FILE;
     chaos_sys_lsm_file_ioctl = "lsm/file_ioctl" => HOOK_LSM_FILE_IOCTL;
 }
@@ -514,7 +600,6 @@ macro_rules! lsm_programs {
 }
 
 lsm_programs! {
-    chaos_sys_lsm_file_permission = "lsm/file_permission" => HOOK_LSM_FILE_PERMISSION;
     chaos_sys_lsm_file_mprotect = "lsm/file_mprotect" => HOOK_LSM_FILE_MPROTECT;
     chaos_sys_lsm_file_fcntl = "lsm/file_fcntl" => HOOK_LSM_FILE_FCNTL;
     chaos_sys_lsm_file_lock = "lsm/file_lock" => HOOK_LSM_FILE_LOCK;

@@ -94,8 +94,9 @@ pub struct LsmCall {
     pub program: &'static str,
     pub syscalls: &'static [&'static str],
     pub note: &'static str,
-    /// Whether the program resolves the file's path, so `--path` filters its calls (hooks given
-    /// the file, where the kernel allows `bpf_d_path`).
+    /// Whether `--path` filters its calls: the program resolves the file's path (hooks given the
+    /// file, where the kernel allows `bpf_d_path`), or, at `file_permission`, the file was
+    /// followed from its open (`HOOK_FOLLOW_OPEN`).
     pub path: bool,
 }
 
@@ -122,7 +123,8 @@ pub const LSM_CALLS: &[LsmCall] = &[
         HOOK_LSM_FILE_PERMISSION,
         "file_permission",
         ["read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "preadv2", "pwritev2"],
-        "calls on a descriptor open for the access (a bad descriptor fails first)"
+        "calls on a descriptor open for the access (a bad descriptor fails first); with --path, on the files opened under it while the rule is in place",
+        true
     ),
     lsm_call!(HOOK_LSM_MMAP_FILE, "mmap_file", ["mmap"], "every mapping, anonymous ones too", true),
     lsm_call!(HOOK_LSM_FILE_MPROTECT, "file_mprotect", ["mprotect", "pkey_mprotect"], "once per mapping the range covers"),
@@ -159,6 +161,8 @@ pub const LSM_CALLS: &[LsmCall] = &[
     lsm_call!(HOOK_LSM_SOCKET_GETSOCKOPT, "socket_getsockopt", ["getsockopt"], "before the option is read"),
     lsm_call!(HOOK_LSM_SOCKET_SETSOCKOPT, "socket_setsockopt", ["setsockopt"], "before the option is set"),
     lsm_call!(HOOK_LSM_SOCKET_SHUTDOWN, "socket_shutdown", ["shutdown"], "every family"),
+    // No call: where a file followed for a read/write --path rule is forgotten.
+    lsm_call!(HOOK_LSM_FILE_FREE, "file_free_security", [], "no call: files followed for --path are forgotten as they close"),
 ];
 
 /// The LSM hooks that fail `syscall` (two for unlinkat), best first.

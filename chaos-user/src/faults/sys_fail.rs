@@ -13,7 +13,7 @@
 
 use chaos_common::{
     Action, Counters, Rule,
-    sys::{HOOK_FILE_OPEN, HOOK_SYSCALL, SysMatch},
+    sys::{HOOK_FILE_OPEN, HOOK_FOLLOW_OPEN, HOOK_LSM_FILE_FREE, HOOK_LSM_FILE_PERMISSION, HOOK_SYSCALL, SysMatch},
 };
 use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 
@@ -77,9 +77,11 @@ pub struct SysFailArgs {
     /// syscall; auto picks the first this kernel offers. `chaos sys syscalls` shows the choice.
     #[arg(long, value_enum, default_value_t = SysBackend::Auto)]
     pub backend: SysBackend,
-    /// Only the opens (mmaps, ioctls) of files under this directory or file (absolute, in the target's own view:
+    /// Only the calls on files under this directory or file (absolute, in the target's own view:
     /// a container's root is its own), resolved by the kernel (symlinks, `..`, relative paths
-    /// and descriptors included). The open family, mmap and ioctl, through the BPF LSM.
+    /// and descriptors included): the open family, mmap and ioctl, through the BPF LSM; and
+    /// read/write and their kin on the files opened under it while the rule is in place (each
+    /// followed from its open: a file opened before chaos started is not).
     #[arg(long, value_name = "PREFIX", value_parser = parse_path_prefix)]
     pub path: Option<String>,
 }
@@ -253,7 +255,7 @@ impl Fault for SysFail {
             Failure::Errno(e) => errno_name(e).unwrap_or_else(|| format!("errno {e}")),
             Failure::Retval(v) => format!("return value {v}"),
         };
-        let under = self.path.as_ref().map(|p| format!(" opening files under {p}")).unwrap_or_default();
+        let under = self.path.as_ref().map(|p| format!(" on files under {p}")).unwrap_or_default();
         format!("fail {} of {} calls{under} with {with}{}", super::percent(self.call.percent), self.call.names(), self.call.describe_when())
     }
 
@@ -289,6 +291,15 @@ impl Fault for SysFail {
             for hook in self.hooks_for(name, available)? {
                 if !hooks.contains(&hook) {
                     hooks.push(hook);
+                }
+            }
+        }
+        // Read/write under a path: the file_open program follows the files opened under it, and
+        // file_free_security forgets them as they close.
+        if self.path.is_some() && hooks.contains(&Hook::Lsm(HOOK_LSM_FILE_PERMISSION)) {
+            for follow in [Hook::Lsm(HOOK_FILE_OPEN), Hook::Lsm(HOOK_LSM_FILE_FREE)] {
+                if !hooks.contains(&follow) {
+                    hooks.push(follow);
                 }
             }
         }
@@ -329,6 +340,9 @@ impl Fault for SysFail {
                 _ => false,
             };
             keys.extend(hooks.iter().filter(serves).map(|h| key_of(h, *nr)));
+        }
+        if hooks.contains(&Hook::Lsm(HOOK_LSM_FILE_FREE)) {
+            keys.push(SysMatch::rules_key(HOOK_FOLLOW_OPEN, 0));
         }
         keys
     }
@@ -395,6 +409,30 @@ mod tests {
         assert_eq!(open.sys_keys(&hooks), vec![SysMatch::rules_key(HOOK_FILE_OPEN, 2), SysMatch::rules_key(HOOK_FILE_OPEN, 257)], "open and openat counted apart");
         let retval = fail("read", SysBackend::Lsm, Failure::Retval(3));
         assert!(retval.hooks(&[Backend::BpfLsm]).unwrap_err().to_string().contains("--retval"));
+    }
+
+    #[test]
+    fn a_path_on_reads_and_writes_follows_the_files_opened_under_it() {
+        let mut f = fail("openat,write", SysBackend::Auto, Failure::Errno(5));
+        f.path = Some("/var/lib/db".into());
+        assert_eq!(f.needs(), vec![&[Backend::BpfLsm][..], &[Backend::BpfLsm][..]], "only the LSM sees paths");
+        let hooks = f.hooks(&[Backend::BpfLsm, Backend::KprobeOverride]).unwrap();
+        assert_eq!(hooks, vec![Hook::Lsm(HOOK_FILE_OPEN), Hook::Lsm(HOOK_LSM_FILE_PERMISSION), Hook::Lsm(HOOK_LSM_FILE_FREE)], "file_open once");
+        assert_eq!(
+            f.sys_keys(&hooks),
+            vec![SysMatch::rules_key(HOOK_FILE_OPEN, 257), SysMatch::rules_key(HOOK_LSM_FILE_PERMISSION, 1), SysMatch::rules_key(HOOK_FOLLOW_OPEN, 0)],
+            "the open is failed under the path and followed; the writes of followed files fail"
+        );
+        let mut read = fail("read", SysBackend::Lsm, Failure::Errno(5));
+        read.path = Some("/var/lib/db".into());
+        let hooks = read.hooks(&[Backend::BpfLsm]).unwrap();
+        assert_eq!(hooks, vec![Hook::Lsm(HOOK_LSM_FILE_PERMISSION), Hook::Lsm(HOOK_FILE_OPEN), Hook::Lsm(HOOK_LSM_FILE_FREE)]);
+        assert_eq!(read.sys_keys(&hooks), vec![SysMatch::rules_key(HOOK_LSM_FILE_PERMISSION, 0), SysMatch::rules_key(HOOK_FOLLOW_OPEN, 0)], "no open of its own fails");
+        let mut rule = Rule::default();
+        read.fill(&mut rule, &hooks).unwrap();
+        assert_eq!(rule.sys.hook, HOOK_LSM_FILE_PERMISSION, "a logged call is named by its own hook");
+        let plain = fail("read", SysBackend::Lsm, Failure::Errno(5));
+        assert_eq!(plain.hooks(&[Backend::BpfLsm]).unwrap(), vec![Hook::Lsm(HOOK_LSM_FILE_PERMISSION)], "nothing followed without a path");
     }
 
     #[test]

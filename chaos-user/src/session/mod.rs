@@ -169,6 +169,8 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
         faults.iter().flat_map(|f| f.hooks.iter().cloned()).filter(|h| *h != Hook::TcEgress && !h.per_cgroup()).collect();
     sys_hooks.sort();
     sys_hooks.dedup();
+    // The program that forgets closed files first, before file_open follows any.
+    sys_hooks.sort_by_key(|h| *h != Hook::Lsm(chaos_common::sys::HOOK_LSM_FILE_FREE));
     let mut extra_netns: Vec<PathBuf> = faults.iter().flat_map(|f| f.spec.fault.netns().to_vec()).collect();
     extra_netns.sort();
     extra_netns.dedup();
