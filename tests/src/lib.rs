@@ -702,7 +702,7 @@ pub fn span_attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) 
 }
 
 /// The line of a `tc qdisc show` output for device `dev`'s root qdisc ("" if none).
-fn root_qdisc_line(qdiscs: &str, dev: &str) -> String {
+pub fn root_qdisc_line(qdiscs: &str, dev: &str) -> String {
     qdiscs.lines().find(|l| l.contains(&format!(" dev {dev} ")) && l.contains(" root ")).unwrap_or("").to_string()
 }
 

@@ -441,3 +441,62 @@ fn a_device_with_a_queue_per_cpu_gets_fq_on_each_queue_and_its_default_mq_back()
         assert_eq!(after, before, "{ending}: the default mq and its queues' qdiscs are not back");
     }
 }
+
+/// A device that is down as the session starts sends nothing and gets no fq then (a tunnel's
+/// fallback device sits down in every namespace); brought up while the session runs, it gets the
+/// session's fq within the session's refresh (a second), which holds the target's packets, and its
+/// default qdisc back at the end. (It kept the default qdisc it was given as it came up: failed
+/// first.) The device is an ifb that carries the target's datagrams, as in the test above.
+#[test]
+fn a_device_brought_up_during_the_session_gets_fq_then() {
+    if !fq_here() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let ifb = format!("{}u", sb.client_dev);
+    ip(&["-n", &sb.client_ns, "link", "add", &ifb, "type", "ifb"]);
+    sb.client_tc(&["qdisc", "add", "dev", &sb.client_dev, "clsact"]);
+    let every_packet = ["bpf", "bytecode", "1,6 0 0 4294967295,"];
+    let redirect = ["action", "mirred", "egress", "redirect", "dev", &ifb];
+    sb.client_tc(&[&["filter", "add", "dev", &sb.client_dev, "egress", "prio", "60000"][..], &every_packet, &redirect].concat());
+    let ifb_root = || root_qdisc_line(&sb.client_qdiscs(), &ifb);
+
+    let chaos = start_chaos(&delay_args(&sb, &["--delay", "1s"]));
+    assert!(!ifb_root().starts_with("qdisc fq "), "a device that is down gets no fq: {}", ifb_root());
+    ip(&["-n", &sb.client_ns, "link", "set", &ifb, "up"]);
+    let up = Instant::now();
+    // The kernel's default (pfifo_fast, or fq_codel on Debian's kernels) as it came up.
+    let default = ifb_root();
+    assert!(!default.starts_with("qdisc fq c"), "read before chaos's refresh: {default}");
+    while !ifb_root().starts_with("qdisc fq c") && up.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let during = ifb_root();
+    eprintln!("up with {default:?}; {during:?} after {:?}", up.elapsed());
+    assert!(during.starts_with("qdisc fq c"), "the session's fq on the device brought up: {}", sb.client_qdiscs());
+
+    let port = 5527;
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "2s"]);
+    sink.ready();
+    let sender = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", "50", "--rate", "500"]);
+    std::thread::sleep(Duration::from_millis(400));
+    let stats = Command::new("ip").args(["netns", "exec", &sb.client_ns, "tc", "-s", "qdisc", "show", "dev", &ifb]).output().expect("tc -s");
+    let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
+    let held: u64 = stats
+        .split("qdisc fq c")
+        .nth(1)
+        .and_then(|r| r.split(" backlog ").nth(1))
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|p| p.trim_end_matches('p').parse().ok())
+        .unwrap_or_else(|| panic!("no backlog of chaos's fq in {stats}"));
+    assert_eq!(sender.json(T)["errors"], 0);
+    sink.close_stdin();
+    let got = sink.json(T);
+    eprintln!("the device's fq held {held} datagrams 0.4 s in; {got}");
+    assert!(held > 0, "the device's fq held nothing: {stats}");
+    assert_eq!(got["unique"], 50, "{got}");
+    assert!(delay_ms(&got, "min") >= 999.0, "a datagram left before its time: {got}");
+    let summary = stop_chaos(chaos);
+    assert_eq!(counter(&summary, 0, "delayed"), 50, "{summary}");
+    assert_eq!(ifb_root(), default, "the default qdisc the device came up with is back: {}", sb.client_qdiscs());
+}

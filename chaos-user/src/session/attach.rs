@@ -93,6 +93,9 @@ struct DeviceLink {
     clsact: Option<Change>,
     /// The journal entry of an fq root qdisc chaos put on the device (delay faults).
     fq: Option<Change>,
+    /// The session needs fq and the device was down (sending nothing) when the program went on:
+    /// fq goes on when it comes up.
+    fq_when_up: bool,
 }
 
 impl Drop for DeviceLink {
@@ -310,6 +313,16 @@ impl Attachments {
             let outcome = ns.run(|| -> Result<()> {
                 for (ifindex, ifname) in netdev::devices() {
                     if known.contains(&(ns.ino, ifindex)) {
+                        if let Some((need, handle)) = fq
+                            && let Some(d) = devices.iter_mut().find(|d| d.ns.ino == ns.ino && d.ifindex == ifindex && d.fq_when_up)
+                            && netdev::is_up(&ifname)
+                        {
+                            d.fq_when_up = false;
+                            match qdisc::ensure_fq(journal, &ns, ifindex, &ifname, need, handle) {
+                                Ok(change) => d.fq = change,
+                                Err(e) => log::warn!("{e}"),
+                            }
+                        }
                         continue;
                     }
                     *attempts += 1;
@@ -449,12 +462,15 @@ fn attach_device(
     tcx: bool,
     fq: Option<(FqNeed, u32)>,
 ) -> Result<DeviceLink> {
+    // Read before: a device that comes up in between gets its fq now, or at the next refresh.
+    let was_down = !netdev::is_up(ifname);
     let fq_change = match fq {
         Some((need, handle)) => qdisc::ensure_fq(journal, ns, ifindex, ifname, need, handle)?,
         None => None,
     };
     match attach_program(prog, journal, ns, ifindex, ifname, tcx) {
         Ok(mut d) => {
+            d.fq_when_up = fq.is_some() && was_down && fq_change.is_none();
             d.fq = fq_change;
             Ok(d)
         }
@@ -481,7 +497,7 @@ fn attach_program(
     let fail = |e: &dyn std::error::Error| Error::Other(anyhow::anyhow!("attaching to {ifname} egress: {}", chain(e)));
     let prog_id = prog.info().map(|i| i.id()).map_err(|e| fail(&e))?;
     let nsref = NetnsRef { ino: ns.ino, path: ns.path.clone() };
-    let mut d = DeviceLink { ns: ns.clone(), ifindex, ifname: ifname.to_string(), link: None, link_id: None, filter: None, clsact: None, fq: None };
+    let mut d = DeviceLink { ns: ns.clone(), ifindex, ifname: ifname.to_string(), link: None, link_id: None, filter: None, clsact: None, fq: None, fq_when_up: false };
     if tcx {
         // First in the device's chain: a program before chaos that returns "pass" would end the
         // chain and let the packets chaos was to act on leave.

@@ -55,8 +55,8 @@ pub fn options_for(max_delay: Duration) -> rtnl::FqOptions {
 /// change when chaos put it there.
 pub fn ensure_fq(journal: &mut Journal, ns: &Arc<Netns>, ifindex: u32, ifname: &str, need: FqNeed, handle: u32) -> Result<Option<Change>> {
     // A device that is down sends nothing (a tunnel's fallback device, sit0 or ip6tnl0, sits
-    // down in every namespace): nothing to delay there, nothing to change. (A device brought up
-    // while the session runs is not given fq then: its packets are not delayed.)
+    // down in every namespace): nothing to delay there, nothing to change. One brought up while
+    // the session runs gets fq at the session's next refresh (`Attachments::attach_devices`).
     if !netdev::is_up(ifname) {
         return Ok(None);
     }
