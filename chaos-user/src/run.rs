@@ -14,6 +14,7 @@ use crate::{
 /// Parses the command line, runs it and returns the exit code. Every failure is one line on
 /// stderr.
 pub fn main() -> i32 {
+    crate::name_self();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
         .format_target(false)

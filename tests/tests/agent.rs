@@ -25,11 +25,16 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path, extra: &[&str]) -> Agent {
+        Agent::start_from(&chaos_bin(), dir, extra)
+    }
+
+    /// An agent run from the binary at `exe`.
+    fn start_from(exe: &Path, dir: &Path, extra: &[&str]) -> Agent {
         let socket = dir.join("agent.sock");
         let mut args: Vec<String> = vec!["agent".into(), "--socket".into(), socket.display().to_string()];
         args.extend(["--state-dir".into(), dir.join("state").display().to_string()]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(chaos_bin())
+        let child = Command::new(exe)
             .args(&args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -165,6 +170,37 @@ fn a_session_started_through_the_agent_drops_counts_and_stops() {
     let pid = ended["pid"].as_u64().expect("pid") as u32;
     let left = leftovers(&sb, &[&sb.cgroup.path], &root_before, pid);
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// An agent whose binary is replaced while it runs (a package upgrade, a rebuild) starts its
+/// sessions from the binary it runs, not from whatever file now has its name (failed first: "No
+/// such file or directory", the path read back as "... (deleted)"); a session is named "chaos" for
+/// ps and top, though started through /proc/self/exe.
+#[test]
+fn sessions_start_from_the_agents_own_binary_after_its_file_is_replaced() {
+    let sb = Sandbox::new();
+    let dir = temp_dir("chaos-agent-");
+    let exe = dir.0.join("chaos");
+    std::fs::copy(chaos_bin(), &exe).expect("copying the chaos binary");
+    let agent = Agent::start_from(&exe, &dir.0, &[]);
+    // Replaced as a package manager does: a new file renamed over the old name.
+    let new = dir.0.join("chaos.new");
+    std::fs::write(&new, "#!/bin/sh\nexit 42\n").expect("the new file");
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&new, &exe).expect("replacing the binary");
+
+    let file = udp_drop_file(&sb, "30s");
+    let (code, out, err) = agent.chaos(&["apply", file.path(), "--detach"]);
+    assert_eq!(code, 0, "the session started: {err:?}");
+    let id = out.trim().to_string();
+    assert_eq!(udp(&sb, 6346, 40), 0, "every datagram dropped");
+    let (_, one) = agent.json("GET", &format!("/v1/sessions/{id}"), None);
+    let pid = one["pid"].as_u64().expect("pid");
+    let comm = |pid: u64| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
+    assert_eq!(comm(pid), "chaos", "the session's name");
+    let (code, _, err) = agent.chaos(&["stop", &id]);
+    assert_eq!(code, 0, "{err:?}");
+    assert_eq!(udp(&sb, 6346, 20), 20, "traffic passes once stopped");
 }
 
 #[test]

@@ -317,7 +317,8 @@ impl Sessions {
     /// from the spawn on, so a caller that gives up waiting (a client gone) leaves it listed once
     /// it injects, and stoppable.
     async fn run(&self, req: &StartRequest, file: PathBuf) -> Result<Arc<Held>, ApiError> {
-        let mut cmd = tokio::process::Command::new(std::env::current_exe().map_err(|e| ApiError::new(500, format!("finding the chaos binary: {e}")))?);
+        // The agent's own binary, even if its file was replaced since the agent started.
+        let mut cmd = tokio::process::Command::from(crate::self_command());
         cmd.arg("apply").arg(&file).arg("--json").stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         let agent = std::process::id() as libc::pid_t;
         // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated between fork and exec.

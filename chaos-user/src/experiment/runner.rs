@@ -43,14 +43,13 @@ impl Drop for Service {
 }
 
 fn start_services(exp: &Experiment, dir: &std::path::Path) -> Result<Vec<Service>> {
-    let me = std::env::current_exe().map_err(|e| Error::Other(e.into()))?;
     let mut services = Vec::new();
     for s in &exp.services {
         let rel = s.cgroup.strip_prefix("/").unwrap_or(&s.cgroup).to_string_lossy().into_owned();
         let cgroup = service_cgroup(&rel).map_err(|e| usage!("service {:?}: {e:#}", s.name))?;
-        let program = if s.argv[0] == "chaos" { me.clone() } else { PathBuf::from(&s.argv[0]) };
         let log = std::fs::File::create(dir.join(format!("service-{}.log", s.name))).map_err(|e| Error::Other(e.into()))?;
-        let mut cmd = std::process::Command::new(&program);
+        // `chaos` is this binary, as the experiment's own fault is.
+        let mut cmd = if s.argv[0] == "chaos" { crate::self_command() } else { std::process::Command::new(&s.argv[0]) };
         cmd.args(&s.argv[1..]).stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| Error::Other(e.into()))?).stderr(log);
         // The service dies with chaos, SIGKILL included: the kernel sends it SIGKILL when this
         // (the main) thread exits.

@@ -21,7 +21,7 @@ use std::{
     io::{Read, Write},
     os::fd::AsFd,
     os::unix::process::CommandExt,
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, ChildStdin, Stdio},
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
@@ -44,8 +44,8 @@ pub struct Guardian {
 impl Guardian {
     /// Starts `chaos guardian --session ID` watching this process.
     pub fn start(session: &str) -> anyhow::Result<Guardian> {
-        let exe = std::env::current_exe().context("finding the chaos executable")?;
-        let mut cmd = Command::new(exe);
+        // The running binary, even if its file was replaced since.
+        let mut cmd = crate::self_command();
         cmd.args(["guardian", "--session", session]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::inherit());
         cmd.env_remove(super::killpoint::KILL_AT_ENV).env_remove(super::killpoint::WEDGE_AT_END_ENV);
         // SAFETY: setsid(2) is async-signal-safe and touches no memory: the guardian leaves the
