@@ -844,3 +844,16 @@ pub fn uptime_ns() -> u64 {
     let secs: f64 = text.split_whitespace().next().and_then(|s| s.parse().ok()).expect("uptime seconds");
     (secs * 1e9) as u64
 }
+
+/// Runs `chaos ARGS` on a terminal of its own: a pseudo-terminal `script(1)` (util-linux, in every
+/// Debian) makes, its stdout and stderr both. Returns its exit code and all it wrote there.
+pub fn chaos_on_a_terminal(args: &[&str]) -> (i32, String) {
+    let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
+    let line: Vec<String> = std::iter::once(quote(&chaos_bin().display().to_string())).chain(args.iter().map(|a| quote(a))).collect();
+    let out = Command::new("script")
+        .args(["--quiet", "--return", "--flush", "--command", &line.join(" "), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running script(1), util-linux");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}

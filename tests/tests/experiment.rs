@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use chaos_tests::{Proc, RemoveOnDrop, TempFile, Value, chaos_bin, lane, lane_has, run_chaos, unique};
+use chaos_tests::{Proc, RemoveOnDrop, TempFile, Value, chaos_bin, chaos_on_a_terminal, lane, lane_has, run_chaos, unique};
 use chaos_user::experiment::EXAMPLES;
 
 /// The repository's experiments folder (on the host; guests have only the test binary).
@@ -538,4 +538,38 @@ fn a_paused_service_stops_answering_in_the_inject_phase_and_answers_after() {
     assert_eq!(recovery["errors"], 0, "and it answered again after: {recovery}");
     assert!(report["recovery"]["recovered_after_s"].is_number(), "{}", report["recovery"]);
     assert!(report["faults"]["rules"][0]["paused"].as_u64().unwrap_or(0) >= 1, "the summary counts the paused process: {}", report["faults"]["rules"][0]);
+}
+
+/// On a terminal, `chaos run` keeps one live line rewritten in place (a progress bar, the phase,
+/// the time, the probe's golden signals), and its events (the faults in, the faults out) each on a
+/// line of their own above it.
+#[test]
+fn on_a_terminal_the_live_line_shows_the_phases_in_place() {
+    if !host_only("the terminal display") {
+        return;
+    }
+    let port = free_port();
+    let prefix = unique("chaos-exp-");
+    let text = format!(
+        "[experiment]\ntitle = \"tty\"\nbaseline = \"2s\"\ninject = \"2s\"\nrecovery = \"2s\"\ninterval = \"500ms\"\n\n\
+         [[service]]\nname = \"web\"\ncgroup = \"/{prefix}-web\"\ncommand = [\"chaos\", \"workload\", \"http-service\", \"--bind\", \"127.0.0.1:{port}\", \"--max\", \"1m\"]\nready = \"127.0.0.1:{port}\"\n\n\
+         [[probe]]\nname = \"web\"\nhttp = \"http://127.0.0.1:{port}/\"\nevery = \"50ms\"\nsteady = [\"error-rate < 5%\"]\n\n\
+         [[fault]]\nkind = \"net.drop\"\ncgroup = \"/{prefix}-web\"\npercent = 0\n"
+    );
+    let file = TempFile::new("experiment-", &text);
+    let report_dir = std::env::temp_dir().join(unique("chaos-report-"));
+    let _cleanup = RemoveOnDrop(report_dir.clone());
+    let (code, out) = chaos_on_a_terminal(&["run", file.path(), "--report", report_dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "held: {out:?}");
+    let frames: Vec<&str> = out.split("\r\x1b[2K").skip(1).collect();
+    let live: Vec<&str> = frames.iter().copied().filter(|f| f.starts_with('[')).collect();
+    assert!(live.len() >= 8, "a live line every 500 ms for 6 s: {} in {out:?}", live.len());
+    for phase in ["baseline", "inject", "recovery"] {
+        assert!(live.iter().any(|f| f.contains(phase) && f.contains('#') && f.contains("s/6s")), "no live line in the {phase}: {live:?}");
+    }
+    // The events are whole lines, each replacing the live line and followed by a line break.
+    for event in ["injecting 1 fault(s)", "faults removed; watching the recovery"] {
+        let line = frames.iter().find(|f| f.contains(event)).unwrap_or_else(|| panic!("no event {event:?} in {out:?}"));
+        assert!(line.starts_with("chaos: ") && line.trim_end_matches(['\r', '\n']).lines().count() == 1 && line.ends_with('\n'), "{line:?}");
+    }
 }

@@ -166,3 +166,34 @@ fn the_kernel_rule_lives_exactly_as_long_as_chaos_stays_attached() {
         assert_eq!(lost, dropped, "every drop was counted, and only drops were lost (sender: {sent})");
     }
 }
+
+/// On a terminal, a running fault keeps one status line rewritten in place (every 500 ms: what it
+/// matched and injected so far, the time left), and its summary starts on a line of its own.
+#[test]
+fn on_a_terminal_the_status_line_is_rewritten_in_place() {
+    if lane() != "host" {
+        eprintln!("the terminal display is user space's alone: tested on the host lane");
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", "0.0.0.0:6420", "--idle", "5s"]);
+    sink.ready();
+    // 100 datagrams a second while the fault lasts, each dropped.
+    let sender = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:6420"), "--count", "400", "--rate", "100"]);
+    let mut args = vec!["net", "drop", "--percent", "100", "--proto", "udp", "--for", "3s"];
+    let target = sb.target_args();
+    args.extend(target.iter().map(String::as_str));
+    let (code, out) = chaos_on_a_terminal(&args);
+    let _ = sender.json(Duration::from_secs(30));
+    sink.close_stdin();
+    let _ = sink.json(Duration::from_secs(30));
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.split("\r\x1b[2K").skip(1).collect();
+    assert!((4..=8).contains(&lines.len()), "a status line every 500 ms for 3 s: {} in {out:?}", lines.len());
+    assert!(lines.iter().all(|l| l.starts_with("chaos: session ") && l.contains(" matched ") && l.contains("s left")), "{lines:?}");
+    let matched = |l: &str| l.split("matched ").nth(1).and_then(|r| r.split(',').next()).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    assert!(matched(lines[lines.len() - 1]) > matched(lines[0]), "the counts grow: {lines:?}");
+    let (last, after) = lines[lines.len() - 1].split_once('\n').unwrap_or_else(|| panic!("no line break after the status line: {out:?}"));
+    assert!(!last.contains("ended by"), "{last:?}");
+    assert!(after.contains("ended by deadline"), "the summary on its own line: {after:?}");
+}

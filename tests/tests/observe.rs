@@ -112,3 +112,29 @@ fn nothing_of_an_observation_stays_after_sigkill() {
     let _ = observe.finish(Duration::from_secs(10));
     assert_all_gone(&programs, &links, "after SIGKILL");
 }
+
+/// On a terminal, `chaos observe` redraws its table every interval (clear, then the table of the
+/// calls since the last frame), then prints its summary once it ends.
+#[test]
+fn on_a_terminal_observe_redraws_its_table_each_interval() {
+    if lane() != "host" {
+        eprintln!("the terminal display is user space's alone: tested on the host lane");
+        return;
+    }
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let dir = std::env::temp_dir().join(unique("chaos-observe-tty-"));
+    std::fs::create_dir_all(&dir).expect("test directory");
+    let _cleanup = RemoveOnDrop(dir.clone());
+    // 5 ms sleeps for about 3 s, all the while observed.
+    let mut sleeper = caller(&sb, Place::Target, "nanosleep", &dir.display().to_string(), 600);
+    sleeper.go();
+    let (code, out) = chaos_on_a_terminal(&["observe", "--cgroup", &cg, "--for", "2s", "--interval", "400ms"]);
+    let _ = sleeper.json(Duration::from_secs(60));
+    assert_eq!(code, 0, "{out}");
+    let frames: Vec<&str> = out.split("\x1b[H\x1b[2J").skip(1).collect();
+    assert!((3..=7).contains(&frames.len()), "a frame every 400 ms for 2 s: {} in {out:?}", frames.len());
+    assert!(frames.iter().filter(|f| f.contains("nanosleep")).count() >= 2, "the target's sleeps in the frames: {out:?}");
+    let last = frames.last().copied().unwrap_or_default();
+    assert!(last.contains("ended by deadline"), "the summary after the last frame: {last:?}");
+}
