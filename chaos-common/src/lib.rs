@@ -79,9 +79,9 @@ pub const MAX_CALL_COUNTS: u32 = 65536;
 /// Name of the map of files followed from their open for read/write `--path` rules (the kernel's
 /// `struct file` address → the rules whose prefix the file's path is under).
 pub const FOLLOWED_MAP: &str = "CHAOS_FOLLOWED";
-/// Files followed at once, at most (least recently used ones forgotten first: their calls are
-/// then no rule's).
-pub const MAX_FOLLOWED: u32 = 65536;
+/// Files followed at once, at most: open files under a read/write `--path` rule's prefix (a file
+/// beyond them is not followed, counted as a kernel error).
+pub const MAX_FOLLOWED: u32 = 8192;
 
 /// Name of the global the loader sets to make the kernel programs log, through aya-log, every
 /// injection they make (`--log-packets`). Off by default: nothing is logged per packet or call.
@@ -365,11 +365,14 @@ pub enum KernelError {
     /// buffer (chaos continues every held process as it reads it; it reads it at once). Counted
     /// as injected all the same.
     HoldsFull = 8,
+    /// A file opened under a read/write `--path` rule's prefix when [`MAX_FOLLOWED`] files were
+    /// followed already: its reads and writes are no rule's.
+    FollowedFull = 9,
 }
-pub const KERNEL_ERROR_KINDS: u32 = 9;
+pub const KERNEL_ERROR_KINDS: u32 = 10;
 /// Names for reports, by [`KernelError`] value.
 pub const KERNEL_ERROR_NAMES: [&str; KERNEL_ERROR_KINDS as usize] =
-    ["header_load", "rule_lookup", "deep_cgroup", "ipv6_headers", "packet_write", "model_contended", "call_log_full", "sys_rules_skipped", "holds_full"];
+    ["header_load", "rule_lookup", "deep_cgroup", "ipv6_headers", "packet_write", "model_contended", "call_log_full", "sys_rules_skipped", "holds_full", "followed_full"];
 
 /// Converts a probability in parts per million (0..=1_000_000) into the threshold the kernel
 /// compares a `bpf_get_prandom_u32()` value against: inject when `random < threshold`.

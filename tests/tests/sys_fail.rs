@@ -731,6 +731,7 @@ fn path_fails_the_reads_and_writes_of_files_opened_under_the_prefix() {
     }
     assert_eq!(before["failed_at"], json!([[]]), "a file opened before chaos started is not followed: {before}");
     assert_eq!(counter(&summary, 0, "failed"), 10, "the kernel counted exactly the failures: {summary}");
+    assert_eq!(summary["kernel_errors"]["followed_full"], 0, "every file followed: {summary}");
 }
 
 /// The LSM hooks end as every hook does: with chaos frozen (SIGSTOP) a rule stops failing calls

@@ -3,14 +3,14 @@
 //! of its cgroup's ancestors (`engine::rules_for`), never by a path or a level.
 
 use aya_ebpf::{
-    bindings::pt_regs,
+    bindings::{BPF_F_NO_PREALLOC, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_override_return, bpf_probe_read_kernel, bpf_send_signal_thread,
         bpf_d_path, bpf_task_pt_regs,
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_set_retval},
     },
     macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, kprobe, map},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::{BtfTracePointContext, FExitContext, LsmContext, ProbeContext, SockAddrContext, SockContext, SockoptContext},
 };
 use chaos_common::{
@@ -206,9 +206,11 @@ impl CallPath for NoPath {
 /// Files a target opened under the prefix of a read/write `--path` rule (`struct file` address →
 /// those rules), written by the `file_open` program and forgotten at `file_free_security`.
 /// `file_permission` is given the file but is no hook where the kernel tells a path (`bpf_d_path`
-/// is for sleepable LSM hooks), so its calls are matched by the open that made the file.
+/// is for sleepable LSM hooks), so its calls are matched by the open that made the file. Not
+/// preallocated: a session without such a rule pays for its buckets only (65,536 preallocated LRU entries
+/// were 5 MB of every session's kernel memory, measured); an entry lives while its file is open.
 #[map]
-static CHAOS_FOLLOWED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_FOLLOWED, 0);
+static CHAOS_FOLLOWED: HashMap<u64, u64> = HashMap::with_max_entries(MAX_FOLLOWED, BPF_F_NO_PREALLOC);
 
 /// A call on a file already open (read, write: `file_permission`): under a rule's prefix if its
 /// open was followed for that rule.
@@ -249,7 +251,7 @@ fn follow_open(file: *const u8, path: &mut FilePath) {
         n += 1;
     }
     if under != 0 && CHAOS_FOLLOWED.insert(&(file as u64), &under, 0).is_err() {
-        count_error(KernelError::RuleLookup);
+        count_error(KernelError::FollowedFull);
     }
 }
 
