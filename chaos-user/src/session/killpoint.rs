@@ -8,8 +8,8 @@
 
 use std::{
     sync::{
-        OnceLock,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -17,14 +17,19 @@ use std::{
 pub const KILL_AT_ENV: &str = "CHAOS_TEST_KILL_AT";
 
 static KILL_AT: OnceLock<Option<u32>> = OnceLock::new();
-static STEPS: AtomicU32 = AtomicU32::new(0);
+/// Steps taken so far. A mutex, not an atomic: two threads' steps (the watch loop's, a hold's)
+/// are numbered and printed in one order, so the last line before the kill is the N-th (an atomic
+/// let step 13 kill the process before step 11's line was written, seen once in CI).
+static STEPS: Mutex<u32> = Mutex::new(0);
 
 /// One step of a session's life has just been taken.
 pub fn step(what: impl FnOnce() -> String) {
     let Some(at) = *KILL_AT.get_or_init(|| std::env::var(KILL_AT_ENV).ok().and_then(|v| v.parse().ok())) else {
         return;
     };
-    let n = STEPS.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut steps = STEPS.lock().unwrap_or_else(|e| e.into_inner());
+    *steps += 1;
+    let n = *steps;
     eprintln!("chaos: step {n}: {}", what());
     if n == at {
         // As an operator's `kill -9` or the OOM killer would: no handler, destructor or flush runs.
