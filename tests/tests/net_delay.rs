@@ -370,6 +370,28 @@ fn a_stopped_or_killed_delay_still_sends_what_fq_holds_before_the_default_qdisc_
     }
 }
 
+/// Sends `n` datagrams at 500/s from the target to a sink in the server namespace; returns how
+/// many packets chaos's `kind` root qdisc on device `dev` of the target's namespace held 0.4 s in
+/// (its backlog), the `tc -s` text it was read from, and the sink's report.
+fn held_on(sb: &Sandbox, dev: &str, kind: &str, port: u16, n: u64) -> (u64, String, Value) {
+    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "2s"]);
+    sink.ready();
+    let sender = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", &n.to_string(), "--rate", "500"]);
+    std::thread::sleep(Duration::from_millis(400));
+    let stats = Command::new("ip").args(["netns", "exec", &sb.client_ns, "tc", "-s", "qdisc", "show", "dev", dev]).output().expect("tc -s");
+    let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
+    let held: u64 = stats
+        .split(&format!("qdisc {kind} c"))
+        .nth(1)
+        .and_then(|r| r.split(" backlog ").nth(1))
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|p| p.trim_end_matches('p').parse().ok())
+        .unwrap_or_else(|| panic!("no backlog of chaos's {kind} in {stats}"));
+    assert_eq!(sender.json(T)["errors"], 0);
+    sink.close_stdin();
+    (held, stats, sink.json(T))
+}
+
 #[test]
 fn a_device_with_a_queue_per_cpu_gets_fq_on_each_queue_and_its_default_mq_back() {
     if !fq_here() {
@@ -405,22 +427,7 @@ fn a_device_with_a_queue_per_cpu_gets_fq_on_each_queue_and_its_default_mq_back()
 
         // 100 datagrams in 0.2 s, each due 1 s after it left: the ifb's queues hold them (the
         // veth's fq, where the ifb sends them, would hold them too, were they not held first).
-        let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "2s"]);
-        sink.ready();
-        let sender = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", "100", "--rate", "500"]);
-        std::thread::sleep(Duration::from_millis(400));
-        let stats = Command::new("ip").args(["netns", "exec", &sb.client_ns, "tc", "-s", "qdisc", "show", "dev", &ifb]).output().expect("tc -s");
-        let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
-        let held: u64 = stats
-            .split("qdisc mq c")
-            .nth(1)
-            .and_then(|r| r.split(" backlog ").nth(1))
-            .and_then(|r| r.split_whitespace().nth(1))
-            .and_then(|p| p.trim_end_matches('p').parse().ok())
-            .unwrap_or_else(|| panic!("no backlog of chaos's mq in {stats}"));
-        assert_eq!(sender.json(T)["errors"], 0);
-        sink.close_stdin();
-        let got = sink.json(T);
+        let (held, stats, got) = held_on(&sb, &ifb, "mq", port, 100);
         eprintln!("{ending}: the ifb's queues held {held} datagrams 0.4 s in; {got}");
         assert!(held > 0, "{ending}: the ifb's fq queues held nothing: {stats}");
         assert_eq!(got["unique"], 100, "{ending}: {got}");
@@ -476,22 +483,7 @@ fn a_device_brought_up_during_the_session_gets_fq_then() {
     assert!(during.starts_with("qdisc fq c"), "the session's fq on the device brought up: {}", sb.client_qdiscs());
 
     let port = 5527;
-    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "2s"]);
-    sink.ready();
-    let sender = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", "50", "--rate", "500"]);
-    std::thread::sleep(Duration::from_millis(400));
-    let stats = Command::new("ip").args(["netns", "exec", &sb.client_ns, "tc", "-s", "qdisc", "show", "dev", &ifb]).output().expect("tc -s");
-    let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
-    let held: u64 = stats
-        .split("qdisc fq c")
-        .nth(1)
-        .and_then(|r| r.split(" backlog ").nth(1))
-        .and_then(|r| r.split_whitespace().nth(1))
-        .and_then(|p| p.trim_end_matches('p').parse().ok())
-        .unwrap_or_else(|| panic!("no backlog of chaos's fq in {stats}"));
-    assert_eq!(sender.json(T)["errors"], 0);
-    sink.close_stdin();
-    let got = sink.json(T);
+    let (held, stats, got) = held_on(&sb, &ifb, "fq", port, 50);
     eprintln!("the device's fq held {held} datagrams 0.4 s in; {got}");
     assert!(held > 0, "the device's fq held nothing: {stats}");
     assert_eq!(got["unique"], 50, "{got}");
