@@ -120,9 +120,9 @@ fn jitter_spreads_the_delay_around_it_and_reorders_within_a_flow() {
     // gave 58.56 ms), so three of them.
     assert!((57.0..=70.0).contains(&p50), "median {p50:.2}; expected 57-70 ms");
     // No packet waits much longer than the longest draw of one sent before it. The margin is for
-    // timers firing late in a guest under emulation that shares its cores (measured up to +28 ms);
-    // a jitter drawn too wide shows below, in the minimum.
-    assert!(p99 <= 80.0 + 40.0, "p99 {p99:.2} ms far beyond delay + jitter: {got}");
+    // timers firing late in a guest under emulation that shares its cores (measured up to +51 ms
+    // with CI's four lanes on two cores); a jitter drawn too wide shows above, in the minimum.
+    assert!(p99 <= 80.0 + 60.0, "p99 {p99:.2} ms far beyond delay + jitter: {got}");
     assert!(got["reordered"].as_u64().unwrap_or(0) > 0, "jitter reorders within a flow, as netem does: {got}");
 }
 
