@@ -857,3 +857,13 @@ pub fn chaos_on_a_terminal(args: &[&str]) -> (i32, String) {
         .expect("running script(1), util-linux");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Whether this is the host lane; elsewhere says that `what` is tested there (a timing of
+/// milliseconds, or user space's alone, which an emulated guest adds nothing to).
+pub fn host_only(what: &str) -> bool {
+    if lane() != "host" {
+        eprintln!("{what}: tested on the host lane only");
+        return false;
+    }
+    true
+}

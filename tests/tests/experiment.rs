@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use chaos_tests::{Proc, RemoveOnDrop, TempFile, Value, chaos_bin, chaos_on_a_terminal, lane, lane_has, run_chaos, unique};
+use chaos_tests::{Proc, RemoveOnDrop, TempFile, Value, chaos_bin, chaos_on_a_terminal, host_only, lane_has, run_chaos, unique};
 use chaos_user::experiment::EXAMPLES;
 
 /// The repository's experiments folder (on the host; guests have only the test binary).
@@ -121,14 +121,6 @@ const BREAKER_PORTS: &[&str] = &["18080", "18081"];
 /// payment does not answer).
 fn fragile(text: String) -> String {
     text.replace(r#""--fallback", "--breaker", "5", "--open-for", "1s""#, "").replace("abort = [\"error-rate > 50%\"]\n", "")
-}
-
-fn host_only(test: &str) -> bool {
-    if lane() != "host" {
-        eprintln!("{test}: runs on the host lane only (timing thresholds of milliseconds are not for an emulated guest)");
-        return false;
-    }
-    true
 }
 
 #[test]
@@ -506,6 +498,22 @@ fn a_2s_network_delay_of_payment_trips_the_carts_breaker_too() {
     run.assert_cleaned_up();
 }
 
+/// An experiment of one web service (`chaos workload http-service`, on a free loopback port, in a
+/// cgroup of its own) and an HTTP probe of it every 50 ms: `experiment` are the `[experiment]`
+/// table's lines, `probe` more of the probe's, `fault` the fault's (its cgroup is the service's).
+/// Returns the file and the report folder, removed on drop.
+fn web_experiment(experiment: &str, probe: &str, fault: &str) -> (TempFile, RemoveOnDrop) {
+    let port = free_port();
+    let cgroup = format!("/{}-web", unique("chaos-exp-"));
+    let text = format!(
+        "[experiment]\n{experiment}\n\n\
+         [[service]]\nname = \"web\"\ncgroup = \"{cgroup}\"\ncommand = [\"chaos\", \"workload\", \"http-service\", \"--bind\", \"127.0.0.1:{port}\", \"--max\", \"1m\"]\nready = \"127.0.0.1:{port}\"\n\n\
+         [[probe]]\nname = \"web\"\nhttp = \"http://127.0.0.1:{port}/\"\nevery = \"50ms\"\n{probe}\nsteady = [\"error-rate < 5%\"]\n\n\
+         [[fault]]\n{fault}\ncgroup = \"{cgroup}\"\n"
+    );
+    (TempFile::new("experiment-", &text), RemoveOnDrop(std::env::temp_dir().join(unique("chaos-report-"))))
+}
+
 /// A fault the session carries out itself rather than the kernel (proc.pause freezes a cgroup
 /// when its window opens and thaws it when it closes) acts inside an experiment as under `chaos
 /// apply`, its window anywhere in the inject phase: the probe's requests time out while the
@@ -516,18 +524,12 @@ fn a_paused_service_stops_answering_in_the_inject_phase_and_answers_after() {
     if !host_only("proc.pause in an experiment") {
         return;
     }
-    let port = free_port();
-    let prefix = unique("chaos-exp-");
-    let text = format!(
-        "[experiment]\ntitle = \"pause\"\nbaseline = \"2s\"\ninject = \"4s\"\nrecovery = \"3s\"\nrecovered-after = 1\n\n\
-         [[service]]\nname = \"web\"\ncgroup = \"/{prefix}-web\"\ncommand = [\"chaos\", \"workload\", \"http-service\", \"--bind\", \"127.0.0.1:{port}\", \"--max\", \"1m\"]\nready = \"127.0.0.1:{port}\"\n\n\
-         [[probe]]\nname = \"web\"\nhttp = \"http://127.0.0.1:{port}/\"\nevery = \"50ms\"\ntimeout = \"300ms\"\nsteady = [\"error-rate < 5%\"]\n\n\
-         [[fault]]\nkind = \"proc.pause\"\ncgroup = \"/{prefix}-web\"\nafter = \"1s\"\nfor = \"2s\"\n"
+    let (file, report_dir) = web_experiment(
+        "title = \"pause\"\nbaseline = \"2s\"\ninject = \"4s\"\nrecovery = \"3s\"\nrecovered-after = 1",
+        "timeout = \"300ms\"",
+        "kind = \"proc.pause\"\nafter = \"1s\"\nfor = \"2s\"",
     );
-    let file = TempFile::new("experiment-", &text);
-    let report_dir = std::env::temp_dir().join(unique("chaos-report-"));
-    let _cleanup = RemoveOnDrop(report_dir.clone());
-    let (code, out, err) = run_chaos(&["run", file.path(), "--report", report_dir.to_str().unwrap(), "--json"]);
+    let (code, out, err) = run_chaos(&["run", file.path(), "--report", report_dir.0.to_str().unwrap(), "--json"]);
     let report: Value = serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("no report ({e}): {out} {err:?}"));
     let (inject, recovery) = (sample(&report, "web", "inject"), sample(&report, "web", "recovery"));
     eprintln!("inject {inject}\nrecovery {recovery}\n{}", report["faults"]["rules"][0]);
@@ -548,18 +550,12 @@ fn on_a_terminal_the_live_line_shows_the_phases_in_place() {
     if !host_only("the terminal display") {
         return;
     }
-    let port = free_port();
-    let prefix = unique("chaos-exp-");
-    let text = format!(
-        "[experiment]\ntitle = \"tty\"\nbaseline = \"2s\"\ninject = \"2s\"\nrecovery = \"2s\"\ninterval = \"500ms\"\n\n\
-         [[service]]\nname = \"web\"\ncgroup = \"/{prefix}-web\"\ncommand = [\"chaos\", \"workload\", \"http-service\", \"--bind\", \"127.0.0.1:{port}\", \"--max\", \"1m\"]\nready = \"127.0.0.1:{port}\"\n\n\
-         [[probe]]\nname = \"web\"\nhttp = \"http://127.0.0.1:{port}/\"\nevery = \"50ms\"\nsteady = [\"error-rate < 5%\"]\n\n\
-         [[fault]]\nkind = \"net.drop\"\ncgroup = \"/{prefix}-web\"\npercent = 0\n"
+    let (file, report_dir) = web_experiment(
+        "title = \"tty\"\nbaseline = \"2s\"\ninject = \"2s\"\nrecovery = \"2s\"\ninterval = \"500ms\"",
+        "",
+        "kind = \"net.drop\"\npercent = 0",
     );
-    let file = TempFile::new("experiment-", &text);
-    let report_dir = std::env::temp_dir().join(unique("chaos-report-"));
-    let _cleanup = RemoveOnDrop(report_dir.clone());
-    let (code, out) = chaos_on_a_terminal(&["run", file.path(), "--report", report_dir.to_str().unwrap()]);
+    let (code, out) = chaos_on_a_terminal(&["run", file.path(), "--report", report_dir.0.to_str().unwrap()]);
     assert_eq!(code, 0, "held: {out:?}");
     let frames: Vec<&str> = out.split("\r\x1b[2K").skip(1).collect();
     let live: Vec<&str> = frames.iter().copied().filter(|f| f.starts_with('[')).collect();

@@ -171,8 +171,7 @@ fn the_kernel_rule_lives_exactly_as_long_as_chaos_stays_attached() {
 /// matched and injected so far, the time left), and its summary starts on a line of its own.
 #[test]
 fn on_a_terminal_the_status_line_is_rewritten_in_place() {
-    if lane() != "host" {
-        eprintln!("the terminal display is user space's alone: tested on the host lane");
+    if !host_only("the terminal display, user space's alone") {
         return;
     }
     let sb = Sandbox::new();

@@ -118,8 +118,7 @@ fn nothing_of_an_observation_stays_after_sigkill() {
 /// calls since the last frame), then prints its summary once it ends.
 #[test]
 fn on_a_terminal_observe_redraws_its_table_each_interval() {
-    if lane() != "host" {
-        eprintln!("the terminal display is user space's alone: tested on the host lane");
+    if !host_only("the terminal display, user space's alone") {
         return;
     }
     let sb = Sandbox::new();
