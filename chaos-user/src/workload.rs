@@ -257,7 +257,8 @@ impl LoopCall {
             "getsockopt" => LoopCall::Getsockopt(udp()?),
             "setsockopt" => LoopCall::Setsockopt(udp()?),
             "getppid" => LoopCall::Getppid,
-            "write" => LoopCall::Write(std::fs::OpenOptions::new().append(true).create(true).open(path.unwrap_or("/dev/null".as_ref()))?),
+            // /dev/null is opened, never created: were it missing, root would make it a plain file.
+            "write" => LoopCall::Write(std::fs::OpenOptions::new().append(true).create(path.is_some()).open(path.unwrap_or("/dev/null".as_ref()))?),
             raw => LoopCall::Raw(raw_calls::prepare(raw, path.ok_or_else(|| need("--path (a directory)"))?, count)?),
         })
     }
