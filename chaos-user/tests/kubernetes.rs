@@ -735,7 +735,7 @@ mod manifests {
             }
         }
         grants.sort();
-        let want = [("chaosfaults", "list,watch"), ("chaosfaults/status", "patch"), ("nodes", "list"), ("pods", "list,watch")];
+        let want = [("chaosfaults", "list,watch"), ("chaosfaults/status", "patch"), ("nodes", "list"), ("pods", "get,list,watch")];
         assert_eq!(grants, want.map(|(r, v)| (r.to_string(), v.to_string())));
         // Each rule has its reason in a comment right above it.
         let lines: Vec<&str> = text.lines().collect();

@@ -867,3 +867,17 @@ pub fn host_only(what: &str) -> bool {
     }
     true
 }
+
+/// A loopback port free now and not handed to another test of this process (the kernel may give
+/// a released port to the next bind(0): two experiments running at once must not share one).
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port").local_addr().expect("addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}

@@ -175,7 +175,7 @@ fn a_bad_file_is_one_line_with_its_position_and_exit_2() {
     bad_file(&format!("[[fault]]\nkind = \"net.drop\"\ncgroup = \"{cg}\"\nprecent = 5\n"), "4:1: unknown key `precent` for net.drop (did you mean `percent`?)");
     bad_file(&format!("[[fault]]\nkind = \"net.drop\"\ncgroup = \"{cg}\"\npercent = 150\n"), "4:11: invalid value '150' for '--percent <P>': 150 is outside 0-100");
     bad_file(&format!("[[fault]]\nkind = \"net.drop\"\ncgroup = \"{cg}\"\npercent = 5\nmax_injections = 3\n"), "5:1: unknown key `max_injections`");
-    bad_file("\n\n[[fault]]\nkind = \"net.drop\"\npercent = 5\n", "3:1: missing required key for net.drop: one of `cgroup`, `pid`, `container` or `pod`");
+    bad_file("\n\n[[fault]]\nkind = \"net.drop\"\npercent = 5\n", "3:1: missing required key for net.drop: one of `cgroup`, `pid`, `container`, `pod` or `pods`");
     bad_file(&format!("[[fault]]\nkind = \"sys.fail\"\ncgroup = \"{cg}\"\nsyscall = \"openat\"\nerrno = \"EWHAT\"\n"), "5:9: invalid value 'EWHAT'");
     // Resolved after parsing, still named by the fault's place in the file.
     bad_file("[[fault]]\nkind = \"net.drop\"\ncgroup = \"/no/such/cgroup-here\"\npercent = 5\n", "1: no cgroup v2 directory");

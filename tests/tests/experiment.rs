@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use chaos_tests::{Proc, RemoveOnDrop, TempFile, Value, chaos_bin, chaos_on_a_terminal, host_only, lane_has, run_chaos, unique};
+use chaos_tests::{Proc, RemoveOnDrop, TempFile, Value, chaos_bin, chaos_on_a_terminal, free_port, host_only, lane_has, run_chaos, unique};
 use chaos_user::experiment::EXAMPLES;
 
 /// The repository's experiments folder (on the host; guests have only the test binary).
@@ -22,20 +22,6 @@ fn examples() -> PathBuf {
 /// A shipped example's text (chaos_user::experiment::EXAMPLES).
 fn example(name: &str) -> &'static str {
     EXAMPLES.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no example {name}")).1
-}
-
-/// A loopback port free now and not handed to another test of this process (the kernel may give
-/// a released port to the next bind(0): two experiments running at once must not share one).
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port").local_addr().expect("addr").port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
 }
 
 /// An example made the test's own: its ports and cgroup names replaced by unique ones, then

@@ -38,6 +38,17 @@ fn udp_from(sb: &Sandbox, cgroup: &Path, port: u16, n: u64) -> u64 {
     sink.json(T)["received"].as_u64().expect("received")
 }
 
+/// A kubeconfig in `dir` whose one context is the fake API server.
+fn kubeconfig(api: &FakeApi, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
+        api.url()
+    );
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
 /// Polls the fake server's copy of the resource until `cond` holds for it (at most `within`).
 fn wait_for_fault(api: &FakeApi, name: &str, within: Duration, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
     let end = Instant::now() + within;
@@ -72,12 +83,7 @@ fn a_chaosfault_drops_the_udp_of_its_pod_on_this_node_only_until_it_is_deleted()
     api.add_pod_with_uid("e2e", "web-there", "n2", &[("app", "web")], &there);
 
     let dir = temp_dir("kube");
-    let kubeconfig = dir.0.join("kubeconfig");
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
-        api.url()
-    );
-    std::fs::write(&kubeconfig, config).unwrap();
+    let kubeconfig = kubeconfig(&api, &dir.0);
     let root_before = sb.client_root_qdisc();
     let socket = dir.0.join("agent.sock");
     let child = Command::new(chaos_bin())
@@ -155,11 +161,12 @@ fn a_chaosfault_drops_the_udp_of_its_pod_on_this_node_only_until_it_is_deleted()
     let unknown = TempFile::new("chaos-kube-pod-", "[[fault]]\nkind = \"net.drop\"\npod = \"e2e/no-such-pod\"\npercent = 100\n");
     let (code, _, err) = run_chaos(&["--agent", &sock, "apply", unknown.path(), "--detach"]);
     assert_eq!(code, 2, "{err:?}");
-    assert_eq!(err, ["chaos: no pod no-such-pod in namespace e2e of the cluster: `kubectl get pods -n e2e` lists them"]);
-    let (code, _, err) = run_chaos(&["net", "drop", "--pod", "e2e/web-here", "--percent", "5", "--dry-run"]);
+    assert_eq!(err, [format!("chaos: {}:1: no pod no-such-pod in namespace e2e of the cluster: `kubectl get pods -n e2e` lists them", unknown.path())]);
+    // Any fault command asks the API itself; here no cluster is configured.
+    let (code, _, err) = run_chaos_env(&["net", "drop", "--pod", "e2e/web-here", "--percent", "5", "--dry-run"], &[("KUBECONFIG", "/nonexistent/kubeconfig")]);
     assert_eq!(code, 2, "{err:?}");
     assert!(
-        err.len() == 1 && err[0].contains("'e2e/web-here' names a pod by namespace and name, which only `chaos agent --kubernetes` can look up"),
+        err.len() == 1 && err[0].starts_with("chaos: --pod e2e/web-here names pods through the Kubernetes API, which cannot be reached (") && err[0].contains("give the pod's UID"),
         "{err:?}"
     );
     assert_eq!(udp_from(&sb, &cg_here, 6661, 50), 50, "the stopped session's fault is gone");
@@ -194,4 +201,74 @@ fn without_a_cluster_to_reach_the_agent_says_so_in_one_line() {
             && lines[0].ends_with("set KUBECONFIG, or run in a pod with a service account"),
         "{err}"
     );
+}
+
+/// An experiment file names its pods by label (`pods = "NAMESPACE/SELECTOR"`): `chaos run` asks
+/// the API (here the fake one, through KUBECONFIG) and faults every matching pod of this node
+/// ($NODE_NAME), each as a rule of its own. A matching pod on another node and a pod that does not
+/// match are not touched: their services answer all through, though their cgroups are on this
+/// machine too. Each pod runs a web service, probed by the experiment.
+#[test]
+fn an_experiment_pauses_the_pods_its_label_selector_picks_on_this_node() {
+    if !host_only("proc.pause in an experiment") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let api = runtime.block_on(FakeApi::start());
+    let top = chaos_user::sandbox::TempCgroup::new(&unique("chaos-kexp-")).expect("a cgroup");
+    let mut services = Vec::new();
+    let mut probes = String::new();
+    let mut pod_dirs = Vec::new();
+    for (name, node, app, tag) in [("web-1", "n1", "web", 0xd1), ("web-2", "n1", "web", 0xd2), ("web-3", "n2", "web", 0xd3), ("db-1", "n1", "db", 0xd4)] {
+        let uid = pod_uid(tag);
+        let container = top.path.join(pod_cgroup(&uid, tag));
+        std::fs::create_dir_all(&container).expect("a pod's cgroup");
+        api.add_pod_with_uid("e2e", name, node, &[("app", app)], &uid);
+        let port = free_port();
+        let mut cmd = Command::new(chaos_bin());
+        cmd.args(["workload", "http-service", "--bind", &format!("127.0.0.1:{port}"), "--max", "1m"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let child = chaos_user::sandbox::spawn_in(&mut cmd, Some(&container), None).expect("spawning a pod's service");
+        let mut service = Proc::new(child, format!("the service of pod {name}"));
+        service.ready();
+        services.push(service);
+        probes += &format!("[[probe]]\nname = \"{name}\"\nhttp = \"http://127.0.0.1:{port}/\"\nevery = \"50ms\"\ntimeout = \"300ms\"\nsteady = [\"error-rate < 5%\"]\n\n");
+        pod_dirs.push(container.parent().expect("the pod's cgroup").display().to_string());
+    }
+    let text = format!(
+        "[experiment]\ntitle = \"pods by label\"\nbaseline = \"2s\"\ninject = \"4s\"\nrecovery = \"3s\"\nrecovered-after = 1\n\n{probes}\
+         [[fault]]\nkind = \"proc.pause\"\npods = \"e2e/app=web\"\nafter = \"1s\"\nfor = \"2s\"\n"
+    );
+    let file = TempFile::new("chaos-kube-experiment-", &text);
+    let dir = temp_dir("kube");
+    let config = kubeconfig(&api, &dir.0);
+    let report_dir = dir.0.join("report");
+    let (code, out, err) = run_chaos_env(
+        &["run", file.path(), "--report", report_dir.to_str().unwrap(), "--json"],
+        &[("KUBECONFIG", config.to_str().unwrap()), ("NODE_NAME", "n1")],
+    );
+    let report: Value = serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("no report ({e}): {out} {err:?}"));
+    assert!(
+        err.iter().any(|l| l.ends_with("pods e2e/app=web on this node (n1): web-1, web-2")),
+        "chaos says which pods the selector chose: {err:?}"
+    );
+    assert_eq!(code, 4, "violated: the paused pods did not answer; stderr {err:?}");
+    // One rule per chosen pod, each on the pod's cgroup, each having paused its service.
+    let rules = report["faults"]["rules"].as_array().expect("rules");
+    let targets: Vec<&str> = rules.iter().map(|r| r["cgroup"].as_str().unwrap_or_default()).collect();
+    assert_eq!(targets, [pod_dirs[0].as_str(), pod_dirs[1].as_str()], "{}", report["faults"]);
+    for rule in rules {
+        assert!(rule["paused"].as_u64().unwrap_or(0) >= 1, "each rule paused its pod's service: {rule}");
+    }
+    let inject_errors = |name: &str| -> u64 {
+        let source = report["sources"].as_array().expect("sources").iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no source {name}: {report}"));
+        source["phases"]["inject"]["errors"].as_u64().expect("errors")
+    };
+    let errors: Vec<u64> = ["web-1", "web-2", "web-3", "db-1"].map(inject_errors).to_vec();
+    assert!(errors[0] > 0 && errors[1] > 0, "the chosen pods stopped answering while paused: {errors:?}");
+    assert_eq!((errors[2], errors[3]), (0, 0), "the other node's pod and the pod that does not match answered all through: {errors:?}");
+    // The API was asked for the pods by the file's selector.
+    let asked = api.requests().iter().filter(|r| r.query.get("labelSelector").map(String::as_str) == Some("app=web")).count();
+    assert_eq!(asked, 1, "one list of the namespace's pods by the selector");
+    drop(services);
+    drop(runtime);
 }

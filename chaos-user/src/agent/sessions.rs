@@ -104,8 +104,9 @@ pub struct Sessions {
     spawner: OnceLock<Spawner>,
     held: Mutex<Vec<Arc<Held>>>,
     next_file: AtomicU64,
-    /// The cluster's API, with --kubernetes: it turns `pod = "NAMESPACE/NAME"` into the pod's UID.
-    cluster: OnceLock<kube::Client>,
+    /// This node's name, with --kubernetes: its sessions' `chaos apply` gets it as $NODE_NAME, to
+    /// choose the pods a fault file names by name or label on this node.
+    node: OnceLock<String>,
 }
 
 /// One session's process and what is known of it.
@@ -133,7 +134,7 @@ impl Sessions {
     /// Sessions whose fault files go in `state_dir`; the agent makes it with
     /// [`Sessions::make_state_dir`] when it starts.
     pub fn new(state_dir: PathBuf) -> Arc<Sessions> {
-        Arc::new(Sessions { state_dir, spawner: OnceLock::new(), held: Mutex::new(Vec::new()), next_file: AtomicU64::new(0), cluster: OnceLock::new() })
+        Arc::new(Sessions { state_dir, spawner: OnceLock::new(), held: Mutex::new(Vec::new()), next_file: AtomicU64::new(0), node: OnceLock::new() })
     }
 
     /// Starts a session and returns once it injects, or with the error its `chaos apply` gave.
@@ -141,44 +142,17 @@ impl Sessions {
         if req.name.trim().is_empty() || req.name.contains('\n') || req.name.len() > 256 {
             return Err(ApiError::new(400, "a session's name must be one line of 1 to 256 characters"));
         }
-        let faults = self.pod_names_to_uids(&req.faults).await?;
         // A bad file is refused here, with the line `chaos apply NAME` prints, and nothing spawned.
-        crate::faults::file_specs(Path::new(&req.name), &faults)?;
-        let file = self.write_fault_file(&faults).map_err(|e| ApiError::new(500, format!("{e:#}")))?;
+        crate::faults::file_specs(Path::new(&req.name), &req.faults)?;
+        let file = self.write_fault_file(&req.faults).map_err(|e| ApiError::new(500, format!("{e:#}")))?;
         let held = self.run(&req, file).await?;
         Ok(self.info(&held, &HashMap::new()))
     }
 
-    /// Lets fault files name pods by `NAMESPACE/NAME` (`chaos agent --kubernetes`).
-    pub fn resolve_pods_with(&self, cluster: kube::Client) {
-        let _ = self.cluster.set(cluster);
-    }
-
-    /// The fault file with each `pod = "NAMESPACE/NAME"` replaced by the pod's UID, asked of the
-    /// cluster (the kubelet's cgroups know pods by UID only); any other file as it came. A pod that
-    /// is not there is a 400, as an unknown `--pod UID` is an exit 2.
-    async fn pod_names_to_uids(&self, text: &str) -> Result<String, ApiError> {
-        // Without a cluster, and for a file that does not parse, file_specs says what is wrong and
-        // where, as `chaos apply` does (for a pod by name: what to do instead).
-        let Some(cluster) = self.cluster.get() else { return Ok(text.to_string()) };
-        let Ok(mut doc) = text.parse::<toml::Table>() else { return Ok(text.to_string()) };
-        let Some(toml::Value::Array(faults)) = doc.get_mut("fault") else { return Ok(text.to_string()) };
-        let mut changed = false;
-        for fault in faults.iter_mut() {
-            let Some(toml::Value::String(pod)) = fault.get_mut("pod") else { continue };
-            let Some((ns, name)) = pod.split_once('/') else { continue };
-            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(cluster.clone(), ns);
-            let found = pods.get_opt(name).await.map_err(|e| ApiError::new(500, format!("asking the Kubernetes API for pod {ns}/{name}: {e}")))?;
-            let uid = found
-                .and_then(|p| p.metadata.uid)
-                .ok_or_else(|| ApiError::new(400, format!("no pod {name} in namespace {ns} of the cluster: `kubectl get pods -n {ns}` lists them")))?;
-            *pod = uid;
-            changed = true;
-        }
-        if !changed {
-            return Ok(text.to_string());
-        }
-        toml::to_string(&doc).map_err(|e| ApiError::new(500, format!("writing the fault file: {e}")))
+    /// Names this node to the sessions' processes (`chaos agent --kubernetes`), which choose the
+    /// pods a fault file names by `NAMESPACE/NAME` or by label on it.
+    pub fn set_node(&self, node: String) {
+        let _ = self.node.set(node);
     }
 
     /// Every session held, running ones with live counters.
@@ -320,6 +294,9 @@ impl Sessions {
         // The agent's own binary, even if its file was replaced since the agent started.
         let mut cmd = tokio::process::Command::from(crate::self_command());
         cmd.arg("apply").arg(&file).arg("--json").stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        if let Some(node) = self.node.get() {
+            cmd.env("NODE_NAME", node);
+        }
         let agent = std::process::id() as libc::pid_t;
         // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated between fork and exec.
         // The death signal makes an agent that dies, even by SIGKILL, end its sessions cleanly: the

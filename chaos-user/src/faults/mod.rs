@@ -266,9 +266,15 @@ pub struct TargetArgs {
     /// containerd, CRI-O; found by their cgroup layouts, names through podman or docker).
     #[arg(long, value_name = "ID|NAME")]
     pub container: Option<String>,
-    /// Target every container of a Kubernetes pod on this node, by the pod's UID.
-    #[arg(long, value_name = "UID")]
+    /// Target every container of a Kubernetes pod on this node: its UID, or NAMESPACE/NAME (asked
+    /// of the Kubernetes API, as --pods is).
+    #[arg(long, value_name = "UID|NAMESPACE/NAME")]
     pub pod: Option<String>,
+    /// Target the pods of a namespace that match a label selector and run on this node, each pod
+    /// its own rule (`shop/app=payment,tier!=db`). Asks the Kubernetes API (KUBECONFIG, or the
+    /// pod's service account); this node is $NODE_NAME, or else the hostname.
+    #[arg(long, value_name = "NAMESPACE/SELECTOR")]
+    pub pods: Option<String>,
     /// `-- CMD ARGS...`: run CMD in a fresh cgroup of its own, the fault live from its first
     /// instruction; the fault and the cgroup go when CMD ends, and chaos exits with CMD's status.
     #[arg(last = true, value_name = "CMD")]
@@ -277,6 +283,9 @@ pub struct TargetArgs {
 
 impl TargetArgs {
     pub fn named(&self) -> crate::error::Result<crate::target::Named<'_>> {
+        if let Some(pods) = &self.pods {
+            return Err(crate::usage!("--pods {pods} is chosen through the Kubernetes API when a session is planned: give it to a fault command"));
+        }
         crate::target::Named::from_options(self.cgroup.as_deref(), self.pid, self.container.as_deref(), self.pod.as_deref())
     }
 }
@@ -288,16 +297,28 @@ pub struct FaultSpec {
     pub args: FaultArgs,
     /// Where it was written ("faults.toml:12"), for messages; empty on the command line.
     pub origin: String,
+    /// What it was built from, to build it again for another target ([`FaultSpec::for_pod`]).
+    kind: &'static Kind,
+    matches: ArgMatches,
 }
 
 impl FaultSpec {
     /// Builds the spec from clap's matches of [`Kind::fault_command`]: the one path the command
     /// line and fault files share.
-    pub fn from_matches(kind: &Kind, m: &ArgMatches, origin: String) -> Result<FaultSpec> {
+    pub fn from_matches(kind: &'static Kind, m: &ArgMatches, origin: String) -> Result<FaultSpec> {
         let at = place(&origin);
         let args = FaultArgs::from_arg_matches(m).map_err(|e| crate::usage!("{at}{}", crate::cli::one_line(&e)))?;
         let fault = (kind.build)(m).map_err(|e| e.at(&at))?;
-        Ok(FaultSpec { fault, args, origin })
+        Ok(FaultSpec { fault, args, origin, kind, matches: m.clone() })
+    }
+
+    /// The same fault aimed at the pod with UID `uid` (one of those `--pods` chose).
+    pub fn for_pod(&self, uid: &str) -> Result<FaultSpec> {
+        let fault = (self.kind.build)(&self.matches).map_err(|e| e.at(&self.at()))?;
+        let mut args = self.args.clone();
+        args.target.pod = Some(uid.to_string());
+        args.target.pods = None;
+        Ok(FaultSpec { fault, args, origin: self.origin.clone(), kind: self.kind, matches: self.matches.clone() })
     }
 
     /// "faults.toml:12: " or "".

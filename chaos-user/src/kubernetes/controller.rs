@@ -487,7 +487,7 @@ fn check(fault: &ChaosFault) -> Result<Duration, String> {
 }
 
 /// A pod that can be a target: scheduled, running, not being deleted.
-fn candidate(pod: &Pod) -> Option<Candidate> {
+pub(super) fn candidate(pod: &Pod) -> Option<Candidate> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }

@@ -9,6 +9,7 @@
 pub mod controller;
 pub mod injector;
 pub mod plan;
+pub mod pods;
 pub mod resource;
 
 use std::sync::Arc;
@@ -28,6 +29,6 @@ pub async fn serve(node: String, sessions: Arc<crate::agent::Sessions>) -> anyho
             "cannot connect to the Kubernetes API ({e}): set KUBECONFIG, or run in a pod with a service account"
         )
     })?;
-    sessions.resolve_pods_with(client.clone());
+    sessions.set_node(node.clone());
     controller::run(client, Config::new(node), sessions).await
 }

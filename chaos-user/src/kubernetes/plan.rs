@@ -65,7 +65,7 @@ fn fnv1a(seed: &str, name: &str) -> u64 {
 }
 
 /// Keys a table may not have: the chosen pods are the target.
-const TARGET_KEYS: [&str; 5] = ["cgroup", "pid", "container", "pod", "command"];
+const TARGET_KEYS: [&str; 6] = ["cgroup", "pid", "container", "pod", "pods", "command"];
 
 /// Checks every table with the fault file parser (the engine's own checks), each on its own, so
 /// a message names the table: `spec.faults[1] (sys.fail): unknown key ...`.

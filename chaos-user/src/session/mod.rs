@@ -69,6 +69,7 @@ pub struct Plan {
 
 /// Resolves targets, checks that this kernel can do every fault, and decides what attaches where.
 pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
+    let specs = crate::kubernetes::pods::resolve(specs)?;
     if specs.is_empty() {
         return Err(usage!("no fault to run"));
     }

@@ -218,12 +218,12 @@ pub fn find_pod(top: &Path, uid: &str) -> Result<PathBuf> {
     }
 }
 
-/// What to do with `--pod NAMESPACE/NAME` where no cluster is at hand: names are the API server's,
-/// and only an agent run with --kubernetes asks it.
+/// What to do with `--pod NAMESPACE/NAME` where it reaches the cgroups unresolved: a fault's is
+/// asked of the Kubernetes API first (kubernetes/pods.rs), an observation's is not.
 fn pod_by_name_hint(pod: &str) -> String {
     let (ns, name) = pod.split_once('/').unwrap_or(("NAMESPACE", pod));
     format!(
-        "'{pod}' names a pod by namespace and name, which only `chaos agent --kubernetes` can look up: send the fault file to it (`chaos --agent SOCKET apply FILE`), or give the pod's UID (`kubectl get pod -n {ns} {name} -o jsonpath='{{.metadata.uid}}'`)"
+        "'{pod}' names a pod by namespace and name, which faults look up through the Kubernetes API but an observation does not: give the pod's UID (`kubectl get pod -n {ns} {name} -o jsonpath='{{.metadata.uid}}'`)"
     )
 }
 
