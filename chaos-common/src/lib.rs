@@ -88,6 +88,16 @@ pub const MAX_FOLLOWED: u32 = 8192;
 pub const LOG_PACKETS_GLOBAL: &str = "LOG_PACKETS";
 /// Name of the global holding the byte offset of `f_path` in `struct file` (from the kernel's BTF).
 pub const FILE_F_PATH_OFFSET_GLOBAL: &str = "FILE_F_PATH_OFFSET";
+/// Name of the global holding the byte offset of `tgid` in `struct task_struct` (kernel BTF).
+pub const TASK_TGID_OFFSET_GLOBAL: &str = "TASK_TGID_OFFSET";
+/// Name of the map of the processes whose open files a session follows from its start (tgid →
+/// the read/write `--path` rules of their targets), read by [`FOLLOW_OPEN_FILES_PROGRAM`].
+pub const FOLLOW_TGIDS_MAP: &str = "CHAOS_FOLLOW_TGIDS";
+/// The `iter/task_file` program that follows the files the targets have open when a session
+/// starts, as `file_open` follows those opened after.
+pub const FOLLOW_OPEN_FILES_PROGRAM: &str = "chaos_follow_open_files";
+/// Processes whose open files one session start follows, at most.
+pub const MAX_FOLLOW_TGIDS: u32 = 8192;
 
 /// What a rule does to an event (a packet, a call) it selects. One variant per fault kind; the
 /// kernel programs dispatch on it, user space builds it (`chaos-user/src/faults/`). Stored as a

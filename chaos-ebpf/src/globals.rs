@@ -22,3 +22,14 @@ pub fn file_f_path_offset() -> usize {
     // SAFETY: as in `log_packets`.
     unsafe { core::ptr::read_volatile(&FILE_F_PATH_OFFSET) as usize }
 }
+
+/// The byte offset of `tgid` in the kernel's `struct task_struct` (from its BTF, as above): the
+/// task_file iterator reads the process id of each task it is given.
+#[unsafe(no_mangle)]
+static TASK_TGID_OFFSET: u32 = 0;
+
+#[inline(always)]
+pub fn task_tgid_offset() -> usize {
+    // SAFETY: as in `log_packets`.
+    unsafe { core::ptr::read_volatile(&TASK_TGID_OFFSET) as usize }
+}

@@ -681,10 +681,11 @@ fn path_fails_only_the_opens_under_the_prefix() {
 
 /// `--path` on read and write, whose hook (`file_permission`) is given an open file and cannot
 /// tell its path: each file a target opens under the prefix while the rule is in place is
-/// followed from its open. With `--when 2+2`, exactly the even reads and writes of those files
-/// fail (the loader's reads of the libraries, outside the prefix, are not counted); the same
-/// calls on a file outside the prefix, on one opened under it before chaos started, and a
-/// bystander's on the same file go through; the kernel counts exactly the failures.
+/// followed from its open, and each it had open under it when chaos started is followed from
+/// then (the task_file iterator). With `--when 2+2`, exactly the even reads and writes of those
+/// files fail (the loader's reads of the libraries, outside the prefix, are not counted); the
+/// same calls on a file outside the prefix and a bystander's on the same file go through; the
+/// kernel counts exactly the failures.
 #[test]
 fn path_fails_the_reads_and_writes_of_files_opened_under_the_prefix() {
     if !lane_has("bpf_lsm") {
@@ -729,8 +730,8 @@ fn path_fails_the_reads_and_writes_of_files_opened_under_the_prefix() {
             assert_eq!(out["errors"], json!({"5": 5}), "EIO: {out}");
         }
     }
-    assert_eq!(before["failed_at"], json!([[]]), "a file opened before chaos started is not followed: {before}");
-    assert_eq!(counter(&summary, 0, "failed"), 10, "the kernel counted exactly the failures: {summary}");
+    assert_eq!(before["failed_at"], json!([[2, 4, 6, 8, 10]]), "a file opened under the prefix before chaos started is followed too: {before}");
+    assert_eq!(counter(&summary, 0, "failed"), 15, "the kernel counted exactly the failures: {summary}");
     assert_eq!(summary["kernel_errors"]["followed_full"], 0, "every file followed: {summary}");
 }
 

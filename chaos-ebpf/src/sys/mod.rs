@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FExitContext, LsmContext, ProbeContext, SockAddrContext, SockContext, SockoptContext},
 };
 use chaos_common::{
-    Action, Family, KernelError, MAX_FOLLOWED, MAX_RULES, Rule, has_rule,
+    Action, Family, KernelError, MAX_FOLLOWED, MAX_FOLLOW_TGIDS, MAX_RULES, Rule, has_rule,
     // Every hook id, the call keys and records, `--when` and `--path` matching.
     sys::*,
 };
@@ -23,7 +23,7 @@ use core::hint::black_box;
 
 use crate::{
     engine::{CHAOS_CALL_LOG, CHAOS_CALLS, CHAOS_HELD, CHAOS_HOLDS, CHAOS_SYS_RULES, count_error, decide, fetch_add_slot, injected, is_session_process, now, rule, rules_for},
-    globals::file_f_path_offset,
+    globals::{file_f_path_offset, task_tgid_offset},
 };
 
 /// Counts this call for rule `i`'s `--when` and says whether the call is one it selects.
@@ -238,7 +238,14 @@ fn follow_open(file: *const u8, path: &mut FilePath) {
     }
     // SAFETY: a map value, valid for this run.
     let followed = unsafe { CHAOS_SYS_RULES.get(&SysMatch::rules_key(HOOK_FOLLOW_OPEN, 0)) }.copied().unwrap_or(0);
-    let mut todo = mask & followed;
+    follow(file, path, mask & followed);
+}
+
+/// Follows `file` for those of `rules` whose prefix its path is under (besides the rules it is
+/// followed for already).
+#[inline(always)]
+fn follow(file: *const u8, path: &mut FilePath, rules: u64) {
+    let mut todo = rules;
     let (mut under, mut n) = (0u64, 0);
     while todo != 0 && n < RULES_PER_CALL {
         let lowest = todo & todo.wrapping_neg();
@@ -250,9 +257,45 @@ fn follow_open(file: *const u8, path: &mut FilePath) {
         }
         n += 1;
     }
-    if under != 0 && CHAOS_FOLLOWED.insert(&(file as u64), &under, 0).is_err() {
+    if under == 0 {
+        return;
+    }
+    // SAFETY: a map value, valid for this run.
+    let already = unsafe { CHAOS_FOLLOWED.get(&(file as u64)) }.copied().unwrap_or(0);
+    if CHAOS_FOLLOWED.insert(&(file as u64), &(already | under), 0).is_err() {
         count_error(KernelError::FollowedFull);
     }
+}
+
+/// The processes whose open files a session follows from its start: tgid → the read/write
+/// `--path` rules of their targets. The loader fills it from the targets' cgroup.procs just
+/// before it runs [`chaos_follow_open_files`] once.
+#[map]
+static CHAOS_FOLLOW_TGIDS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_FOLLOW_TGIDS, BPF_F_NO_PREALLOC);
+
+/// `iter/task_file`: given each open file of every process, follows those of the processes in
+/// `CHAOS_FOLLOW_TGIDS` that are under their rules' prefixes, as `file_open` would have had it
+/// seen them opened. Run once per session start, after `file_open` is attached: a file opened
+/// meanwhile is followed by one or the other.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task_file")]
+pub fn chaos_follow_open_files(ctx: *mut core::ffi::c_void) -> i32 {
+    // The context is `struct bpf_iter__task_file { meta; task; u32 fd; file; }`, each member in
+    // a u64 slot: the task at 8, the file at 24.
+    let slots = ctx as *const u64;
+    // SAFETY: reads of the context's slots at the offsets of its members, which the verifier
+    // checks; both pointers may be null (at the end of the walk).
+    let (task, file) = unsafe { (*slots.add(1) as *const u8, *slots.add(3) as *const u8) };
+    if task.is_null() || file.is_null() {
+        return 0;
+    }
+    // SAFETY: the helper reads 4 bytes of the task at the offset of `tgid` the loader read from
+    // this kernel's BTF; a failed read gives 0, which no process has.
+    let tgid = unsafe { bpf_probe_read_kernel(task.add(task_tgid_offset()) as *const u32) }.unwrap_or(0);
+    // SAFETY: a map value, valid for this run.
+    let Some(rules) = (unsafe { CHAOS_FOLLOW_TGIDS.get(&tgid) }).copied() else { return 0 };
+    follow(file, &mut FilePath::new(file), rules);
+    0
 }
 
 /// The file a `file_open` hook is given, its path resolved (`bpf_d_path`, in the calling

@@ -80,8 +80,8 @@ pub struct SysFailArgs {
     /// Only the calls on files under this directory or file (absolute, in the target's own view:
     /// a container's root is its own), resolved by the kernel (symlinks, `..`, relative paths
     /// and descriptors included): the open family, mmap and ioctl, through the BPF LSM; and
-    /// read/write and their kin on the files opened under it while the rule is in place (each
-    /// followed from its open: a file opened before chaos started is not).
+    /// read/write and their kin on the files under it that the target has open (those open when
+    /// the session starts, and each opened after, followed from its open).
     #[arg(long, value_name = "PREFIX", value_parser = parse_path_prefix)]
     pub path: Option<String>,
 }

@@ -33,20 +33,35 @@ fn trailing(kind: u32, vlen: usize) -> Option<usize> {
 /// writes it on x86_64), or None if the BTF does not have both. A member inside an anonymous
 /// struct or union counts (6.12's `struct file` keeps `f_path` in one).
 pub fn member_offset(btf: &[u8], strukt: &str, member: &str) -> Option<u32> {
+    member_offsets(btf, &[(strukt, member)]).pop().flatten()
+}
+
+/// [`member_offset`] of each `(struct, member)`, the BTF indexed once (it is megabytes).
+pub fn member_offsets(btf: &[u8], wanted: &[(&str, &str)]) -> Vec<Option<u32>> {
+    let Some(types) = indexed(btf) else { return vec![None; wanted.len()] };
+    wanted
+        .iter()
+        .map(|(strukt, member)| {
+            let id = (1..types.at.len()).find(|&id| types.kind(id) == Some((KIND_STRUCT, true)) && types.name_of(id) == Some(strukt.as_bytes()))?;
+            types.find(id, member.as_bytes(), 0)
+        })
+        .collect()
+}
+
+/// The type section of raw BTF (little-endian, as the kernel writes it on x86_64), indexed.
+fn indexed(btf: &[u8]) -> Option<Types<'_>> {
     if u16::from_le_bytes(btf.get(0..2)?.try_into().ok()?) != BTF_MAGIC {
         return None;
     }
     let hdr_len = u32_at(btf, 4)? as usize;
     let (type_off, type_len) = (u32_at(btf, 8)? as usize, u32_at(btf, 12)? as usize);
     let (str_off, str_len) = (u32_at(btf, 16)? as usize, u32_at(btf, 20)? as usize);
-    let types = Types {
+    Types {
         types: btf.get(hdr_len + type_off..hdr_len + type_off + type_len)?,
         strings: btf.get(hdr_len + str_off..hdr_len + str_off + str_len)?,
         at: Vec::new(),
     }
-    .indexed()?;
-    let id = (1..types.at.len()).find(|&id| types.kind(id) == Some((KIND_STRUCT, true)) && types.name_of(id) == Some(strukt.as_bytes()))?;
-    types.find(id, member.as_bytes(), 0)
+    .indexed()
 }
 
 /// The type section, with where each type's record starts (by id; id 0 is void).
@@ -109,9 +124,14 @@ impl Types<'_> {
     }
 }
 
-/// Where `f_path` lies in the running kernel's `struct file` (its BTF, `super::vmlinux_btf_bytes`).
-pub fn file_f_path_offset() -> Option<u32> {
-    member_offset(super::vmlinux_btf_bytes().ok()?, "file", "f_path")
+/// Where the programs' kernel struct members lie in the running kernel (its BTF,
+/// `super::vmlinux_btf_bytes`): `f_path` in `struct file`, `tgid` in `struct task_struct`.
+pub fn program_offsets() -> (Option<u32>, Option<u32>) {
+    let Ok(btf) = super::vmlinux_btf_bytes() else { return (None, None) };
+    match member_offsets(btf, &[("file", "f_path"), ("task_struct", "tgid")])[..] {
+        [f_path, tgid] => (f_path, tgid),
+        _ => (None, None),
+    }
 }
 
 #[cfg(test)]
@@ -166,9 +186,11 @@ mod tests {
     }
 
     #[test]
-    fn the_running_kernel_has_file_f_path() {
-        // Every kernel chaos runs on has BTF; f_path sits well inside struct file.
-        let Some(off) = file_f_path_offset() else { panic!("no struct file f_path in /sys/kernel/btf/vmlinux") };
-        assert!(off > 0 && off < 512 && off % 8 == 0, "{off}");
+    fn the_running_kernel_has_file_f_path_and_task_tgid() {
+        // Every kernel chaos runs on has BTF; f_path sits well inside struct file, tgid far into
+        // task_struct (after its scheduling state).
+        let (Some(f_path), Some(tgid)) = program_offsets() else { panic!("no struct file f_path or task_struct tgid in /sys/kernel/btf/vmlinux") };
+        assert!(f_path > 0 && f_path < 512 && f_path % 8 == 0, "{f_path}");
+        assert!(tgid > 512 && tgid < 8192 && tgid % 4 == 0, "{tgid}");
     }
 }

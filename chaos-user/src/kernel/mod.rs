@@ -16,7 +16,7 @@ use aya::{
     util::nr_cpus,
 };
 use chaos_common::{
-    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, HOLDS_MAP, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
+    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, FOLLOW_OPEN_FILES_PROGRAM, FOLLOW_TGIDS_MAP, HOLDS_MAP, MAX_FOLLOW_TGIDS, TASK_TGID_OFFSET_GLOBAL, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
     PRNG_MAP, SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules,
     loss::Prng,
     net::{DELAY_TABLES_MAP, DelayTable},
@@ -57,7 +57,8 @@ impl Kernel {
         raise_memlock();
         let log_flag = log_packets as u8;
         // Without BTF no program that needs it loads (LSM, fmod_ret, tp_btf), whatever this is.
-        let f_path = btf_member::file_f_path_offset().unwrap_or(0);
+        let (f_path, tgid) = btf_member::program_offsets();
+        let (f_path, tgid) = (f_path.unwrap_or(0), tgid.unwrap_or(0));
         let mut ebpf = EbpfLoader::new()
             // The kernel's BTF serves CO-RE relocations, which Rust programs do not have (see
             // `btf_member`); the loader would parse it anyway (tens of ms of every start). The
@@ -65,6 +66,7 @@ impl Kernel {
             .btf(None)
             .override_global(LOG_PACKETS_GLOBAL, &log_flag, true)
             .override_global(FILE_F_PATH_OFFSET_GLOBAL, &f_path, true)
+            .override_global(TASK_TGID_OFFSET_GLOBAL, &tgid, true)
             .load(KERNEL_OBJECT)
             .map_err(|e| {
             log::debug!("loading the kernel object: {e:?}");
@@ -313,6 +315,42 @@ impl Kernel {
     }
 
     /// Which rules match calls with key `key` ([`chaos_common::sys::SysMatch::rules_key`]).
+    /// Follows, for read/write `--path` rules, the files that processes already have open (by
+    /// tgid: the rules of their targets) as if the rules had seen them opened: the task_file
+    /// iterator walks every open file of the machine once and follows theirs that are under the
+    /// rules' prefixes. Call it with the `file_open` program attached, so a file opened meanwhile
+    /// is followed by one or the other. Processes beyond [`MAX_FOLLOW_TGIDS`] are left out (logged).
+    pub fn follow_open_files(&mut self, tgids: &[(u32, u64)]) -> Result<()> {
+        if tgids.len() > MAX_FOLLOW_TGIDS as usize {
+            log::warn!("{} processes in the --path rules' targets: the files of the first {MAX_FOLLOW_TGIDS} already open are followed", tgids.len());
+        }
+        let btf = vmlinux_btf().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); following the files already open needs it"))?;
+        let write = |kernel: &mut Kernel, put: bool| -> Result<()> {
+            let mut map: HashMap<_, u32, u64> = HashMap::try_from(kernel.map_mut(FOLLOW_TGIDS_MAP)?).map_err(map_error)?;
+            for (tgid, rules) in tgids.iter().take(MAX_FOLLOW_TGIDS as usize) {
+                if put {
+                    map.insert(tgid, rules, 0).map_err(|e| Error::Other(anyhow::anyhow!("writing the processes to follow: {e}")))?;
+                } else {
+                    let _ = map.remove(tgid);
+                }
+            }
+            Ok(())
+        };
+        write(self, true)?;
+        let prog: &mut aya::programs::Iter = self.get(FOLLOW_OPEN_FILES_PROGRAM)?;
+        if prog.fd().is_err() {
+            let started = std::time::Instant::now();
+            prog.load("task_file", btf).map_err(|e| crate::session::attach::load_refused("task_file iterator", &e))?;
+            log::debug!("loaded {FOLLOW_OPEN_FILES_PROGRAM}: verified in {:?}", started.elapsed());
+        }
+        let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching the task_file iterator: {e}")))?;
+        let link = prog.take_link(id).map_err(|e| Error::Other(e.into()))?;
+        // Reading the iterator runs it; the program writes nothing, so the file reads empty.
+        let mut walk = link.into_file().map_err(|e| Error::Other(anyhow::anyhow!("creating the task_file iterator: {e}")))?;
+        std::io::copy(&mut walk, &mut std::io::sink()).map_err(|e| Error::Other(anyhow::anyhow!("walking the open files: {e}")))?;
+        write(self, false)
+    }
+
     pub fn set_sys_rules(&mut self, key: u64, rules: u64) -> Result<()> {
         let mut map: HashMap<_, u64, u64> = HashMap::try_from(self.map_mut(SYS_RULES_MAP)?).map_err(map_error)?;
         map.insert(key, rules, 0).map_err(|e| Error::Other(anyhow::anyhow!("writing the syscall rules: {e}")))

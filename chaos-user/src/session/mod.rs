@@ -585,6 +585,7 @@ impl Session {
         for h in &self.plan.sys_hooks.clone() {
             self.attachments.attach_sys(&mut self.kernel, h)?;
         }
+        self.follow_open_files()?;
         // A harmless journaled change, for the guardian's test.
         if let Some(path) = std::env::var_os("CHAOS_TEST_FAKE_CHANGE") {
             let change = Change::TestFile { path: PathBuf::from(path), marker: self.id.clone() };
@@ -595,6 +596,26 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Read/write `--path` rules act on files followed from their open: the files their targets'
+    /// processes have open already are followed too (after `file_open` is attached, which follows
+    /// those opened from then on). A process that joins a target later with files open brings
+    /// them unfollowed.
+    fn follow_open_files(&mut self) -> Result<()> {
+        let mut tgids = std::collections::BTreeMap::<u32, u64>::new();
+        let own = std::process::id();
+        for (i, f) in self.plan.faults.iter().enumerate() {
+            if f.hooks.contains(&Hook::Lsm(chaos_common::sys::HOOK_LSM_FILE_FREE)) {
+                for pid in self.plan.targets[f.target].pids().into_iter().filter(|&p| p != own) {
+                    *tgids.entry(pid).or_default() |= 1 << i;
+                }
+            }
+        }
+        if tgids.is_empty() {
+            return Ok(());
+        }
+        self.kernel.follow_open_files(&tgids.into_iter().collect::<Vec<_>>())
     }
 
     /// Exempts a newly started guardian from the session's faults.
