@@ -36,6 +36,10 @@ struct FakeState {
     /// Stops under way now, and the most ever under way at once.
     stopping: usize,
     most_stopping: usize,
+    /// How long a start takes (the verifier, a slow machine), and as for stops.
+    start_takes: Duration,
+    starting: usize,
+    most_starting: usize,
 }
 
 impl FakeSessions {
@@ -51,11 +55,24 @@ impl FakeSessions {
     fn most_stopping(&self) -> usize {
         self.state.lock().unwrap().most_stopping
     }
+    fn most_starting(&self) -> usize {
+        self.state.lock().unwrap().most_starting
+    }
 }
 
 impl Injector for FakeSessions {
     async fn start(&self, req: StartRequest) -> Result<SessionInfo, ApiError> {
+        let takes = {
+            let mut st = self.state.lock().unwrap();
+            st.starting += 1;
+            st.most_starting = st.most_starting.max(st.starting);
+            st.start_takes
+        };
+        if !takes.is_zero() {
+            tokio::time::sleep(takes).await;
+        }
         let mut st = self.state.lock().unwrap();
+        st.starting -= 1;
         st.started.push(req.clone());
         if let Some(message) = &st.refuse {
             return Err(ApiError { status: 422, message: message.clone() });
@@ -293,7 +310,7 @@ fn predecessor(id: &str, resource: &str) -> SessionInfo {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_that_end_together_are_stopped_together() {
+async fn sessions_that_start_or_end_together_are_started_or_stopped_together() {
     let api = FakeApi::start().await;
     api.add_pod("shop", "web-1", "n1", &[("app", "web")]);
     let sessions = Arc::new(FakeSessions::default());
@@ -301,6 +318,7 @@ async fn sessions_that_end_together_are_stopped_together() {
     {
         let mut st = sessions.state.lock().unwrap();
         st.stop_takes = slow;
+        st.start_takes = slow;
         // An earlier controller's sessions (and one of the API's, left alone): ended at the start.
         st.sessions = vec![predecessor("old-1", "a"), predecessor("old-2", "b"), predecessor("old-3", "c")];
         st.sessions.push(SessionInfo { owner: Some("api".into()), ..predecessor("mine", "d") });
@@ -316,6 +334,7 @@ async fn sessions_that_end_together_are_stopped_together() {
     let ended_predecessors = started.elapsed();
     wait_for("a session per resource", || sessions.running().len() == 4).await;
     assert_eq!(sessions.most_stopping(), 3, "the three earlier sessions were stopped together");
+    assert_eq!(sessions.most_starting(), 3, "the three resources' sessions were started together");
     assert!(ended_predecessors < 3 * slow, "three stops of {slow:?} together took {ended_predecessors:?}");
     assert!(!sessions.stopped().contains(&"mine".to_string()), "a session of the API is not the controller's");
 

@@ -117,6 +117,17 @@ struct Tracked {
     polled: Instant,
 }
 
+/// A session to end and or start for one resource, carried out with the pass's others.
+struct Change {
+    fault: Arc<ChaosFault>,
+    uid: String,
+    /// Its old session, ended first.
+    stop: Option<String>,
+    start: Option<StartRequest>,
+    /// The status to write once done; with a start, completed from its answer (`settle`).
+    status: Option<NodeStatus>,
+}
+
 struct Choice {
     at: Instant,
     generation: Option<i64>,
@@ -193,22 +204,31 @@ impl<I: Injector> Controller<I> {
         }
         let ids: Vec<String> = ending.iter().map(|(_, id)| id.clone()).collect();
         let mut ended: HashMap<String, Option<SessionInfo>> = ending.into_iter().map(|(uid, _)| uid).zip(self.stop_each(&ids).await).collect();
+        let mut changes = Vec::new();
         for fault in &live {
-            self.reconcile_one(fault, &local, now, &mut ended).await;
+            changes.extend(self.reconcile_one(fault, &local, now, &mut ended).await);
+        }
+        // The pass's new sessions (and the ends of those they replace) together, for the same
+        // reason: each waits for a process, and one after the other they would add up.
+        let this = &*self;
+        let outcomes = futures::future::join_all(changes.iter().map(|c| this.carry_out(c))).await;
+        for (change, started) in changes.into_iter().zip(outcomes) {
+            self.settle(change, started).await;
         }
         self.pods_changed = false;
     }
 
     /// `ended`: by resource uid, the sessions [`reconcile`](Self::reconcile) ended just now (their
-    /// final state, None if the stop failed), already taken out of `tracked`.
+    /// final state, None if the stop failed), already taken out of `tracked`. What needs a
+    /// session started or ended is returned, for the pass to carry out with the others.
     async fn reconcile_one(
         &mut self,
-        fault: &ChaosFault,
+        fault: &Arc<ChaosFault>,
         local: &[Arc<Pod>],
         now: k8s_openapi::jiff::Timestamp,
         ended: &mut HashMap<String, Option<SessionInfo>>,
-    ) {
-        let Some(uid) = fault.uid() else { return };
+    ) -> Option<Change> {
+        let uid = fault.uid()?;
         let generation = fault.metadata.generation;
         let elapsed = elapsed(fault, now);
 
@@ -216,10 +236,8 @@ impl<I: Injector> Controller<I> {
             Ok(total) => total,
             Err(message) => {
                 let key = (generation, Vec::new());
-                self.replace_session(&uid, key).await;
                 let status = NodeStatus { phase: Phase::Failed, pods: Vec::new(), session: None, faults: Vec::new(), message: Some(message) };
-                self.write_status(fault, &uid, Some(status)).await;
-                return;
+                return self.change(fault, &uid, key, None, Some(status)).await;
             }
         };
 
@@ -242,14 +260,14 @@ impl<I: Injector> Controller<I> {
                 }
                 self.write_status(fault, &uid, Some(status)).await;
             }
-            return;
+            return None;
         }
 
         let chosen = match self.chosen_local(fault, &uid, local).await {
             Ok(chosen) => chosen,
             Err(message) => {
                 log::warn!("choosing the pods of {}/{}: {message}", fault.namespace().unwrap_or_default(), fault.name_any());
-                return;
+                return None;
             }
         };
         let key = (generation, chosen.iter().map(|c| c.uid.clone()).collect::<Vec<_>>());
@@ -264,18 +282,17 @@ impl<I: Injector> Controller<I> {
                 self.write_status(fault, &uid, status).await;
             }
             self.poll(fault, &uid).await;
-            return;
+            return None;
         }
         // A new resource, a changed spec or a changed set of local pods: a new session.
-        self.replace_session(&uid, key.clone()).await;
         if chosen.is_empty() {
             // Nothing of this resource on this node: no entry in its status.
-            self.write_status(fault, &uid, None).await;
-            return;
+            return self.change(fault, &uid, key, None, None).await;
         }
-        let status = match plan::fault_file(&fault.spec.faults, &key.1, elapsed, total) {
-            Err(message) => NodeStatus { phase: Phase::Failed, pods, session: None, faults: Vec::new(), message: Some(message) },
-            Ok(None) => NodeStatus { phase: Phase::Finished, pods, session: None, faults: Vec::new(), message: None },
+        let status = |phase, message| NodeStatus { phase, pods: pods.clone(), session: None, faults: Vec::new(), message };
+        match plan::fault_file(&fault.spec.faults, &key.1, elapsed, total) {
+            Err(message) => self.change(fault, &uid, key, None, Some(status(Phase::Failed, Some(message)))).await,
+            Ok(None) => self.change(fault, &uid, key, None, Some(status(Phase::Finished, None))).await,
             Ok(Some(text)) => {
                 let ns = fault.namespace().unwrap_or_default();
                 let request = StartRequest {
@@ -283,33 +300,65 @@ impl<I: Injector> Controller<I> {
                     faults: text,
                     owner: Some(format!("{OWNER_PREFIX}{ns}/{}", fault.name_any())),
                 };
-                match self.injector.start(request).await {
-                    Ok(info) => {
-                        log::info!("session {} for {ns}/{} on {}", info.id, fault.name_any(), pods.join(", "));
-                        if let Some(t) = self.tracked.get_mut(&uid) {
-                            t.session = Some(info.id.clone());
-                            t.polled = Instant::now();
-                        }
-                        NodeStatus { phase: Phase::Injecting, pods, session: Some(info.id.clone()), faults: counters(&info), message: None }
-                    }
-                    Err(e) => NodeStatus { phase: Phase::Failed, pods, session: None, faults: Vec::new(), message: Some(e.message) },
-                }
+                // Until it answers: Failed with the start's error, or Injecting (`settle`).
+                self.change(fault, &uid, key, Some(request), Some(status(Phase::Failed, None))).await
             }
-        };
-        self.write_status(fault, &uid, Some(status)).await;
+        }
     }
 
-    /// Ends the resource's session if it has one, and tracks `key` with no session yet.
-    async fn replace_session(&mut self, uid: &str, key: (Option<i64>, Vec<String>)) {
+    /// Tracks `key` for the resource with no session yet; its old session, if any, is to end. With
+    /// nothing to wait for (no session to end or start), writes `status` now; otherwise returns
+    /// the change for the pass to carry out.
+    async fn change(
+        &mut self,
+        fault: &Arc<ChaosFault>,
+        uid: &str,
+        key: (Option<i64>, Vec<String>),
+        start: Option<StartRequest>,
+        status: Option<NodeStatus>,
+    ) -> Option<Change> {
         let old = self.tracked.remove(uid);
-        if let Some(id) = old.as_ref().and_then(|t| t.session.clone()) {
-            self.stop(&id).await;
-        }
-        let (status, written) = old.map(|t| (t.status, t.written)).unwrap_or_default();
-        let polled = Instant::now();
-        let session = None;
-        let tracked = Tracked { key, session, status, written, polled };
+        let stop = old.as_ref().and_then(|t| t.session.clone());
+        let (kept, written) = old.map(|t| (t.status, t.written)).unwrap_or_default();
+        let tracked = Tracked { key, session: None, status: kept, written, polled: Instant::now() };
         self.tracked.insert(uid.to_string(), tracked);
+        if stop.is_none() && start.is_none() {
+            self.write_status(fault, uid, status).await;
+            return None;
+        }
+        Some(Change { fault: fault.clone(), uid: uid.to_string(), stop, start, status })
+    }
+
+    /// Ends a change's old session, then starts its new one: the start's answer.
+    async fn carry_out(&self, change: &Change) -> Option<Result<SessionInfo, crate::agent::ApiError>> {
+        if let Some(id) = &change.stop {
+            self.stop(id).await;
+        }
+        Some(self.injector.start(change.start.clone()?).await)
+    }
+
+    /// Records a carried-out change: the started session, and the status it makes.
+    async fn settle(&mut self, change: Change, started: Option<Result<SessionInfo, crate::agent::ApiError>>) {
+        let Change { fault, uid, status, .. } = change;
+        let status = match (status, started) {
+            (Some(mut status), Some(Ok(info))) => {
+                log::info!("session {} for {}/{} on {}", info.id, fault.namespace().unwrap_or_default(), fault.name_any(), status.pods.join(", "));
+                if let Some(t) = self.tracked.get_mut(&uid) {
+                    t.session = Some(info.id.clone());
+                    t.polled = Instant::now();
+                }
+                status.phase = Phase::Injecting;
+                status.session = Some(info.id.clone());
+                status.faults = counters(&info);
+                Some(status)
+            }
+            (Some(mut status), Some(Err(e))) => {
+                status.message = Some(e.message);
+                Some(status)
+            }
+            (status, _) => status,
+        };
+        self.write_status(&fault, &uid, status).await;
     }
 
     /// Reads a running session's counters into status every `status_every`; notices its end.
