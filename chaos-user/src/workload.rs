@@ -187,6 +187,13 @@ pub struct UdpSendArgs {
     /// The TOS byte (IPv4) or traffic class (IPv6) of every datagram, e.g. 2 for ECT(0).
     #[arg(long)]
     tos: Option<u8>,
+    /// SO_SNDBUF of the socket (the kernel doubles it): how much of what it sent may still be
+    /// on the machine, charged to it, before a send waits.
+    #[arg(long, value_name = "BYTES")]
+    sndbuf: Option<u32>,
+    /// Never wait for room in the send buffer: a send that would is counted as an error (EAGAIN).
+    #[arg(long)]
+    nonblocking: bool,
 }
 
 pub fn run(args: WorkloadArgs) -> Result<()> {
@@ -498,6 +505,10 @@ fn udp_send(a: &UdpSendArgs) -> Result<()> {
     if let Some(mark) = a.mark {
         setopt(libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes())?;
     }
+    if let Some(bytes) = a.sndbuf {
+        setopt(libc::SOL_SOCKET, libc::SO_SNDBUF, &(bytes as libc::c_int).to_ne_bytes())?;
+    }
+    sock.set_nonblocking(a.nonblocking)?;
     if let Some(tos) = a.tos {
         if to.is_ipv4() {
             nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4Tos, &(tos as i32))?;

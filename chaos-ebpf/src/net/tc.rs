@@ -14,7 +14,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, __sk_buff},
     helpers::{
         bpf_redirect,
-        generated::{bpf_clone_redirect, bpf_l3_csum_replace, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_store_bytes},
+        generated::{bpf_clone_redirect, bpf_l3_csum_replace, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_set_tstamp, bpf_skb_store_bytes},
     },
     macros::{classifier, map},
     maps::{HashMap, PerCpuArray},
@@ -40,6 +40,10 @@ const NEXT: i32 = -1;
 
 /// An ifindex no device ever has.
 const NOWHERE: u32 = 0;
+
+/// `bpf_skb_set_tstamp`'s type of a monotonic delivery time (uapi `BPF_SKB_TSTAMP_DELIVERY_MONO`,
+/// `BPF_SKB_CLOCK_MONOTONIC` since 6.11; aya's bindings name it by an anonymous enum).
+const TSTAMP_DELIVERY_MONO: u32 = 1;
 
 /// Name must equal chaos_common::net::DELAY_TABLES_MAP: the distribution of a delay rule's
 /// jitter, by rule index, for the rules that have one (allocated as they are written).
@@ -143,19 +147,18 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
                 remember(&pkt, 0);
                 return Ok(NEXT);
             }
-            // SAFETY: as above; `tstamp` is writable at TC egress, where the kernel keeps it as a
-            // monotonic departure time that sch_fq holds the packet until.
-            unsafe {
+            // SAFETY: as above; reads of the context's fields.
+            let (departs, ifindex) = unsafe {
                 let random = draw(i, r);
                 let delay = match (p.table, CHAOS_DELAY_TABLES.get(&i)) {
                     (0, _) | (_, None) => jittered_delay(p.delay_ns, p.jitter_ns, random),
                     (_, Some(t)) => table_delay(p.delay_ns, p.jitter_ns, t.draw(random)),
                 };
-                (*skb).tstamp = departure(now(), (*skb).tstamp, delay);
-            }
+                (departure(now(), (*skb).tstamp, delay), (*skb).ifindex)
+            };
             injected(i, segs, len);
             remember(&pkt, 0);
-            Ok(NEXT)
+            Ok(delay_orphaned(skb, departs, ifindex))
         }
         Some((i, Action::NetShape, r)) => {
             let p = &r.net_action;
@@ -237,6 +240,31 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             Ok(NEXT)
         }
     }
+}
+
+/// Sends the packet at `departs` (CLOCK_MONOTONIC ns), which sch_fq holds it until, charged to
+/// no socket, as netem's delay does (it orphans the packets it holds): a packet held for its
+/// socket counts against the sender's buffer and TCP Small Queues' budget until it leaves, which
+/// throttled a bulk TCP flow under 100 ms to a hundredth of netem's throughput. The copy that waits
+/// is a clone (`skb_clone` leaves its socket empty; it passes this program at the first check, as
+/// a duplicate does) stamped as a delivery time, which a redirect keeps; the packet itself goes
+/// nowhere, reported sent. Where the clone cannot be made, the packet waits as it is.
+#[inline(always)]
+fn delay_orphaned(skb: *mut __sk_buff, departs: u64, ifindex: u32) -> i32 {
+    // SAFETY: the context the kernel passed in. The helper sets `tstamp` and marks it a
+    // monotonic delivery time (Linux 5.18+), so `skb_clear_tstamp` keeps it through the redirect.
+    if unsafe { bpf_skb_set_tstamp(skb, departs, TSTAMP_DELIVERY_MONO) } != 0 {
+        count_error(KernelError::PacketWrite);
+        // SAFETY: as above; `tstamp` is writable at TC egress, a departure time for sch_fq.
+        unsafe { (*skb).tstamp = departs };
+        return NEXT;
+    }
+    // SAFETY: as above; the helper clones the packet and queues the clone on `ifindex`.
+    if unsafe { bpf_clone_redirect(skb, ifindex, 0) } != 0 {
+        count_error(KernelError::PacketWrite);
+        return NEXT;
+    }
+    wire_loss()
 }
 
 /// [`dns_first`]: no DNS rule took the packet.
