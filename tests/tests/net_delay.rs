@@ -378,15 +378,7 @@ fn held_on(sb: &Sandbox, dev: &str, kind: &str, port: u16, n: u64) -> (u64, Stri
     sink.ready();
     let sender = sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", &n.to_string(), "--rate", "500"]);
     std::thread::sleep(Duration::from_millis(400));
-    let stats = Command::new("ip").args(["netns", "exec", &sb.client_ns, "tc", "-s", "qdisc", "show", "dev", dev]).output().expect("tc -s");
-    let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
-    let held: u64 = stats
-        .split(&format!("qdisc {kind} c"))
-        .nth(1)
-        .and_then(|r| r.split(" backlog ").nth(1))
-        .and_then(|r| r.split_whitespace().nth(1))
-        .and_then(|p| p.trim_end_matches('p').parse().ok())
-        .unwrap_or_else(|| panic!("no backlog of chaos's {kind} in {stats}"));
+    let (held, stats) = backlog(sb, dev, kind);
     assert_eq!(sender.json(T)["errors"], 0);
     sink.close_stdin();
     (held, stats, sink.json(T))
@@ -413,7 +405,7 @@ fn delayed_packets_wait_without_filling_their_senders_buffer() {
         &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", "300", "--rate", "1000", "--size", "64", "--sndbuf", "4096", "--nonblocking"],
     );
     std::thread::sleep(Duration::from_millis(250));
-    let held = fq_backlog(&sb, &sb.client_dev);
+    let (held, _) = backlog(&sb, &sb.client_dev, "fq");
     let sent = sender.json(T);
     let got = sink.json(T);
     let summary = stop_chaos(chaos);
@@ -426,17 +418,19 @@ fn delayed_packets_wait_without_filling_their_senders_buffer() {
     assert_eq!(counter(&summary, 0, "delayed"), 300, "{summary}");
 }
 
-/// The packets chaos's root fq on `dev` of the sandbox's client namespace holds now (its backlog).
-fn fq_backlog(sb: &Sandbox, dev: &str) -> u64 {
+/// The packets chaos's `kind` root qdisc on `dev` of the sandbox's client namespace holds now (its
+/// backlog), and the `tc -s` text it was read from.
+fn backlog(sb: &Sandbox, dev: &str, kind: &str) -> (u64, String) {
     let stats = Command::new("ip").args(["netns", "exec", &sb.client_ns, "tc", "-s", "qdisc", "show", "dev", dev]).output().expect("tc -s");
     let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
-    stats
-        .split("qdisc fq c")
+    let held = stats
+        .split(&format!("qdisc {kind} c"))
         .nth(1)
         .and_then(|r| r.split(" backlog ").nth(1))
         .and_then(|r| r.split_whitespace().nth(1))
         .and_then(|p| p.trim_end_matches('p').parse().ok())
-        .unwrap_or_else(|| panic!("no backlog of chaos's fq in {stats}"))
+        .unwrap_or_else(|| panic!("no backlog of chaos's {kind} in {stats}"));
+    (held, stats)
 }
 
 #[test]
