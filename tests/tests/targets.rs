@@ -40,6 +40,32 @@ fn listener(sb: &Sandbox, port: u16) -> Proc {
     l
 }
 
+/// A session holding as many targets as it may (64) still follows one that is recreated (a
+/// container restarted): the new directory's rules take the old one's place in the kernel's table
+/// of targets, which has room for 64, and its datagrams are dropped as the old one's were.
+#[test]
+fn a_recreated_target_is_followed_in_a_session_of_the_most_targets() {
+    let sb = Sandbox::new();
+    let netns = sb.netns_path(Place::Target).display().to_string();
+    let dirs: Vec<std::path::PathBuf> = (0..64).map(|i| sb.child_cgroup(&format!("t{i}"))).collect();
+    let mut faults = String::new();
+    for d in &dirs {
+        faults += &format!("[[fault]]\nkind = \"net.drop\"\ncgroup = \"{}\"\nnetns = [\"{netns}\"]\npercent = 100\nproto = \"udp\"\nfor = \"60s\"\n\n", d.display());
+    }
+    let file = TempFile::new("chaos-64-targets-", &faults);
+    let mut chaos = start_chaos(&["apply".into(), file.path().into(), "--json".into()]);
+    let last = &dirs[63];
+    std::fs::remove_dir(last).expect("removing a target's directory");
+    std::fs::create_dir(last).expect("making it again");
+    let line = chaos.wait_for("was recreated", Duration::from_secs(20));
+    assert!(line.contains("its faults now apply to the new cgroup"), "{line}");
+    assert_eq!(udp_from(&sb, last, 6511, 50), 0, "the new directory's datagrams are dropped");
+    let summary = stop_chaos(chaos);
+    let changes = summary["targets_changed"].as_array().unwrap_or_else(|| panic!("no targets_changed: {summary}"));
+    assert_eq!((changes.len(), &changes[0]["followed"]), (1, &Value::Bool(true)), "{summary}");
+    assert_eq!(counter(&summary, 63, "dropped"), 50, "{summary}");
+}
+
 #[test]
 fn a_target_applies_to_descendants_at_any_depth() {
     let sb = Sandbox::new();

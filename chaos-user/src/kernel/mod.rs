@@ -116,6 +116,15 @@ impl Kernel {
         targets.insert(cgroup_id, t, 0).map_err(map_error)
     }
 
+    /// Forgets target `cgroup_id` (its rules no longer apply to it).
+    pub fn remove_target(&mut self, cgroup_id: u64) -> Result<()> {
+        let mut targets: HashMap<_, u64, TargetRules> = HashMap::try_from(self.map_mut(TARGETS_MAP)?).map_err(map_error)?;
+        match targets.remove(&cgroup_id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_error(e)),
+        }
+    }
+
     /// The rules written for target `cgroup_id` (None: it is not a target).
     pub fn target(&self, cgroup_id: u64) -> Result<Option<TargetRules>> {
         let targets: HashMap<_, u64, TargetRules> = HashMap::try_from(self.map(TARGETS_MAP)?).map_err(map_error)?;

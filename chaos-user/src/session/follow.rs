@@ -124,7 +124,8 @@ impl Session {
     /// Makes target `t`'s new directory, id `new`, the target in place of the old one: the
     /// journal's entries that name the old id get a twin naming the new one (a guardian then
     /// continues or thaws the new directory's processes too), the old id's rules are written for
-    /// the new one, and the per-cgroup hooks the old directory had are attached to the new one.
+    /// the new one (in the old one's place if the table is full), and the per-cgroup hooks the old
+    /// directory had are attached to the new one.
     /// On failure the session keeps the old id, and the new directory may be missed in part (its
     /// rules written, a hook not attached).
     fn retarget(&mut self, t: usize, new: u64) -> Result<()> {
@@ -139,7 +140,12 @@ impl Session {
             };
             self.journal.before(twin).map_err(Error::Other)?;
         }
-        self.kernel.set_target(new, &rules)?;
+        // The old id keeps its rules for what it still has (a socket a process took elsewhere);
+        // where the table is full (a session of MAX_TARGETS targets), the new one takes its place.
+        if self.kernel.set_target(new, &rules).is_err() {
+            self.kernel.remove_target(old.id)?;
+            self.kernel.set_target(new, &rules)?;
+        }
         for (hook, _) in self.plan.cgroup_at.clone().iter().filter(|(_, at)| *at == t) {
             self.attachments.attach_cgroup(&mut self.kernel, hook, &fresh)?;
         }
