@@ -323,7 +323,6 @@ impl Kernel {
         Ok(counts)
     }
 
-    /// Which rules match calls with key `key` ([`chaos_common::sys::SysMatch::rules_key`]).
     /// Follows, for read/write `--path` rules, the files that processes already have open (by
     /// tgid: the rules of their targets) as if the rules had seen them opened: the task_file
     /// iterator walks every open file of the machine once and follows theirs that are under the
@@ -334,18 +333,13 @@ impl Kernel {
             log::warn!("{} processes in the --path rules' targets: the files of the first {MAX_FOLLOW_TGIDS} already open are followed", tgids.len());
         }
         let btf = vmlinux_btf().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); following the files already open needs it"))?;
-        let write = |kernel: &mut Kernel, put: bool| -> Result<()> {
-            let mut map: HashMap<_, u32, u64> = HashMap::try_from(kernel.map_mut(FOLLOW_TGIDS_MAP)?).map_err(map_error)?;
-            for (tgid, rules) in tgids.iter().take(MAX_FOLLOW_TGIDS as usize) {
-                if put {
-                    map.insert(tgid, rules, 0).map_err(|e| Error::Other(anyhow::anyhow!("writing the processes to follow: {e}")))?;
-                } else {
-                    let _ = map.remove(tgid);
-                }
+        let tgids = &tgids[..tgids.len().min(MAX_FOLLOW_TGIDS as usize)];
+        {
+            let mut map: HashMap<_, u32, u64> = HashMap::try_from(self.map_mut(FOLLOW_TGIDS_MAP)?).map_err(map_error)?;
+            for (tgid, rules) in tgids {
+                map.insert(tgid, rules, 0).map_err(|e| Error::Other(anyhow::anyhow!("writing the processes to follow: {e}")))?;
             }
-            Ok(())
-        };
-        write(self, true)?;
+        }
         let prog: &mut aya::programs::Iter = self.get(FOLLOW_OPEN_FILES_PROGRAM)?;
         if prog.fd().is_err() {
             let started = std::time::Instant::now();
@@ -357,9 +351,15 @@ impl Kernel {
         // Reading the iterator runs it; the program writes nothing, so the file reads empty.
         let mut walk = link.into_file().map_err(|e| Error::Other(anyhow::anyhow!("creating the task_file iterator: {e}")))?;
         std::io::copy(&mut walk, &mut std::io::sink()).map_err(|e| Error::Other(anyhow::anyhow!("walking the open files: {e}")))?;
-        write(self, false)
+        // Read once: its entries are of no further use.
+        let mut map: HashMap<_, u32, u64> = HashMap::try_from(self.map_mut(FOLLOW_TGIDS_MAP)?).map_err(map_error)?;
+        for (tgid, _) in tgids {
+            let _ = map.remove(tgid);
+        }
+        Ok(())
     }
 
+    /// Which rules match calls with key `key` ([`chaos_common::sys::SysMatch::rules_key`]).
     pub fn set_sys_rules(&mut self, key: u64, rules: u64) -> Result<()> {
         let mut map: HashMap<_, u64, u64> = HashMap::try_from(self.map_mut(SYS_RULES_MAP)?).map_err(map_error)?;
         map.insert(key, rules, 0).map_err(|e| Error::Other(anyhow::anyhow!("writing the syscall rules: {e}")))

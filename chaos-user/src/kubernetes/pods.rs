@@ -94,11 +94,14 @@ async fn look_up(queries: &[Option<Query>], node: &str) -> Result<Vec<std::resul
             "{first} names pods through the Kubernetes API, which cannot be reached ({e}): set KUBECONFIG, or run in a pod with a service account; or give the pod's UID (`kubectl get pod -n NAMESPACE NAME -o jsonpath='{{.metadata.uid}}'`)"
         )
     })?;
-    let mut answers = Vec::new();
-    for query in queries {
-        answers.push(match query {
-            None => Ok(Vec::new()),
-            Some(q) => pods_of(&client, q).await.and_then(|(here, elsewhere)| on_this_node(q, node, here, elsewhere)),
+    let mut answers: Vec<std::result::Result<Vec<Candidate>, String>> = Vec::new();
+    for (i, query) in queries.iter().enumerate() {
+        // Several faults on the same pods (a delay and a syscall fault, say) ask once.
+        let asked = queries[..i].iter().position(|earlier| earlier.is_some() && earlier == query);
+        answers.push(match (query, asked) {
+            (None, _) => Ok(Vec::new()),
+            (Some(_), Some(j)) => answers[j].clone(),
+            (Some(q), None) => pods_of(&client, q).await.and_then(|(found, listed)| on_this_node(q, node, found, listed)),
         });
     }
     Ok(answers)
