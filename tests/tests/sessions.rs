@@ -120,7 +120,8 @@ fn the_guardian_undoes_a_killed_sessions_change_within_a_second() {
     let id = session_id(&mut chaos);
     let text = std::fs::read_to_string(&marker_file).expect("the session made its journaled change");
     assert_eq!(text.trim(), id, "the change carries the session's id");
-    let rec = find(&status(), &id).expect("listed").clone();
+    let st = status();
+    let rec = find(&st, &id).unwrap_or_else(|| panic!("session {id} is not listed: {st}")).clone();
     assert!(rec["changes"].as_array().is_some_and(|c| c.iter().any(|c| c.as_str().unwrap_or_default().contains("test file"))), "{rec}");
     chaos.signal(libc::SIGKILL);
     let killed = Instant::now();
