@@ -80,6 +80,71 @@ fn a_held_process_is_continued_when_chaos_is_killed() {
     assert_all_gone(&programs, &links, "after SIGKILL");
 }
 
+/// A stop that a `sys.delay` program sent just before chaos was killed may not have landed when
+/// the guardian looks (its process not yet run, on a loaded machine: seen once in CI, which left
+/// the process stopped for good): the guardian cancels it too. Here the target is frozen (a frozen
+/// process acts on no signal but SIGKILL) with a SIGSTOP pending while chaos is killed; thawed
+/// once the guardian has acted, it runs on and makes its calls.
+#[test]
+fn a_stop_not_yet_landed_when_chaos_is_killed_never_lands() {
+    let sb = Sandbox::new();
+    let cg = sb.cgroup.path.display().to_string();
+    let mut target = sb.spawn(Place::Target, &["syscall-loop", "--wait", "--call", "getppid", "--count", "3", "--timings"]);
+    target.ready();
+    let pid = target.child.id();
+    let mut chaos = start_chaos(&["sys", "delay", "--cgroup", &cg, "--syscall", "getppid", "--delay", "60s", "--when", "2", "--json"].map(String::from));
+    chaos.wait_for("attached:", Duration::from_secs(5));
+    let chaos_pid = chaos.child.id();
+    let _thaw = Frozen::new(&sb.cgroup.path);
+    // SAFETY: kill(2) on the target process this test spawned, which is still running.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    let stop = 1u64 << (libc::SIGSTOP - 1);
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the target's status");
+    let pending = proc_status.lines().filter_map(|l| l.strip_prefix("ShdPnd:")).any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & stop != 0));
+    assert!(pending && proc_state(pid) != Some('T'), "the frozen target holds the stop pending: {proc_status}");
+    chaos.signal(libc::SIGKILL);
+    let _ = chaos.finish(Duration::from_secs(10));
+    let end = Instant::now() + Duration::from_secs(10);
+    let listed = || {
+        let st = status();
+        ["sessions", "dead"].iter().any(|k| st[*k].as_array().is_some_and(|a| a.iter().any(|s| s["pid"] == chaos_pid)))
+    };
+    while listed() {
+        assert!(Instant::now() < end, "the guardian did not undo the session within 10 s: {}", status());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(_thaw);
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_millis(500) {
+        assert_ne!(proc_state(pid), Some('T'), "the stop landed once the target was thawed, after the guardian had acted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    target.go();
+    let took = took_ms(&target.json(Duration::from_secs(30)));
+    assert_eq!(held_calls(&took, 500.0), Vec::<usize>::new(), "nothing holds the target once the session is gone: {took:?}");
+}
+
+/// A cgroup frozen (cgroup.freeze) until dropped, so a failing test leaves nothing frozen.
+struct Frozen(std::path::PathBuf);
+
+impl Frozen {
+    fn new(cgroup: &std::path::Path) -> Frozen {
+        std::fs::write(cgroup.join("cgroup.freeze"), "1").expect("freezing the target");
+        let end = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default().lines().any(|l| l == "frozen 1") {
+            assert!(Instant::now() < end, "the target did not freeze within 5 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Frozen(cgroup.to_path_buf())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
+    }
+}
+
 /// A session that is itself stopped (SIGSTOP) cannot continue what it holds: once its faults have
 /// ended, its guardian does. A 60 s hold in a 3 s session lasts seconds, with chaos frozen
 /// throughout; chaos, continued later, ends normally.

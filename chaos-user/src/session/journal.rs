@@ -295,8 +295,7 @@ pub fn undo(change: &Change) -> anyhow::Result<bool> {
             let target = crate::target::Cgroup { path: cgroup.clone(), id: *cgroup_id };
             let mut continued = false;
             for pid in target.pids() {
-                let stopped = procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).is_ok_and(|s| s.state == 'T');
-                if stopped {
+                if stopped_or_stopping(pid) {
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT)
                         .with_context(|| format!("continuing process {pid}"))?;
                     continued = true;
@@ -313,6 +312,18 @@ pub fn undo(change: &Change) -> anyhow::Result<bool> {
             Err(_) => Ok(false),
         },
     }
+}
+
+/// Whether process `pid` is stopped (state `T`) or about to be: a SIGSTOP pending on any of its
+/// threads, sent by a `sys.delay` program just before the session died and not yet acted on (a
+/// process not yet run on a loaded machine, or one frozen). SIGCONT cancels a pending stop, so
+/// both are continued. The pending signals are read before the state: a stop that lands between
+/// the two reads is seen in the state.
+fn stopped_or_stopping(pid: u32) -> bool {
+    const SIGSTOP_BIT: u64 = 1 << (libc::SIGSTOP - 1);
+    let Ok(process) = procfs::process::Process::new(pid as i32) else { return false };
+    let pending = process.tasks().is_ok_and(|mut tasks| tasks.any(|t| t.and_then(|t| t.status()).is_ok_and(|s| (s.sigpnd | s.shdpnd) & SIGSTOP_BIT != 0)));
+    pending || process.stat().is_ok_and(|s| s.state == 'T')
 }
 
 /// Waits for an fq the session put on a device to send what it holds (see
