@@ -59,8 +59,9 @@ pub struct ObserveTarget {
     /// Observe a container: its ID, a unique prefix of it, or its name.
     #[arg(long, value_name = "ID|NAME")]
     pub container: Option<String>,
-    /// Observe every container of a Kubernetes pod on this node, by the pod's UID.
-    #[arg(long, value_name = "UID")]
+    /// Observe every container of a Kubernetes pod on this node: its UID, or NAMESPACE/NAME (asked
+    /// of the Kubernetes API).
+    #[arg(long, value_name = "UID|NAMESPACE/NAME")]
     pub pod: Option<String>,
 }
 
@@ -217,7 +218,8 @@ pub fn net_line(n: &NetStats) -> String {
 pub fn run(args: ObserveArgs) -> Result<()> {
     let only: Vec<u32> = resolve_syscalls(&args.syscalls)?.into_iter().map(|(_, nr)| nr).collect();
     let t = &args.target;
-    let cgroup = Cgroup::of_target(crate::target::Named::from_options(t.cgroup.as_deref(), t.pid, t.container.as_deref(), t.pod.as_deref())?)?;
+    let pod = t.pod.as_deref().map(crate::kubernetes::pods::pod_uid).transpose()?;
+    let cgroup = Cgroup::of_target(crate::target::Named::from_options(t.cgroup.as_deref(), t.pid, t.container.as_deref(), pod.as_deref())?)?;
     crate::privileges::check()?;
     let mut kernel = Kernel::load(false)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Other(e.into()))?;

@@ -272,3 +272,52 @@ fn an_experiment_pauses_the_pods_its_label_selector_picks_on_this_node() {
     drop(services);
     drop(runtime);
 }
+
+/// `chaos observe --pod NAMESPACE/NAME` asks the API (the fake one, through KUBECONFIG) for the
+/// pod's UID and observes the pod's cgroup: the calls of the pod's web service as it answers
+/// requests. A pod on another node is refused in one line naming where it runs.
+#[test]
+fn observe_finds_a_pod_by_namespace_and_name() {
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let api = runtime.block_on(FakeApi::start());
+    let top = chaos_user::sandbox::TempCgroup::new(&unique("chaos-kobs-")).expect("a cgroup");
+    let (here, there) = (pod_uid(0xe1), pod_uid(0xe2));
+    api.add_pod_with_uid("e2e", "web-here", "n1", &[("app", "web")], &here);
+    api.add_pod_with_uid("e2e", "web-there", "n2", &[("app", "web")], &there);
+    let container = top.path.join(pod_cgroup(&here, 0xe1));
+    std::fs::create_dir_all(&container).expect("the pod's cgroup");
+    let port = free_port();
+    let mut cmd = Command::new(chaos_bin());
+    cmd.args(["workload", "http-service", "--bind", &format!("127.0.0.1:{port}"), "--max", "1m"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut service = Proc::new(chaos_user::sandbox::spawn_in(&mut cmd, Some(&container), None).expect("spawning the pod's service"), "the pod's service".into());
+    service.ready();
+    let dir = temp_dir("kobs");
+    let config = kubeconfig(&api, &dir.0);
+    let env = [("KUBECONFIG", config.to_str().unwrap()), ("NODE_NAME", "n1")];
+
+    let mut observe = Command::new(chaos_bin());
+    observe.args(["observe", "--pod", "e2e/web-here", "--for", "3s", "--json"]).envs(env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut observe = Proc::new(observe.spawn().expect("spawning chaos observe"), "chaos observe".into());
+    observe.wait_for("chaos: observing", T);
+    let requests = 20;
+    for _ in 0..requests {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to the pod's service");
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("a request");
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).expect("the answer");
+        assert!(answer.starts_with(b"HTTP/1."), "{}", String::from_utf8_lossy(&answer));
+    }
+    let summary = observe.json(T);
+    assert_eq!(summary["cgroup"], container.parent().unwrap().display().to_string(), "the pod's cgroup: {summary}");
+    let calls = |name: &str| summary["syscalls"].as_array().expect("syscalls").iter().filter(|r| r["syscall"] == name).map(|r| r["calls"].as_u64().unwrap()).sum::<u64>();
+    // An answer is one sendto; the first accept4 was already waiting when observing began.
+    assert!(calls("sendto") >= requests && calls("accept4") >= requests - 1, "the service's calls were observed: {summary}");
+
+    let (code, _, err) = run_chaos_env(&["observe", "--pod", "e2e/web-there", "--for", "1s"], &env);
+    assert_eq!(code, 2, "{err:?}");
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(err[0].starts_with("chaos: pod e2e/web-there runs on node n2, not on this one (n1)"), "{err:?}");
+    drop(service);
+    drop(runtime);
+}

@@ -20,22 +20,39 @@ impl Query {
     /// The query of a spec's target, if it needs the API (a pod UID does not).
     fn of(spec: &FaultSpec) -> Result<Option<Query>> {
         let t = &spec.args.target;
-        let split = |flag: &str, v: &str, what: &str| -> Result<(String, String)> {
-            match v.split_once('/') {
-                Some((ns, rest)) if !ns.is_empty() && !rest.is_empty() => Ok((ns.to_string(), rest.to_string())),
-                _ => Err(usage!("{}{flag} {v:?}: expected NAMESPACE/{what}", spec.at())),
-            }
-        };
         Ok(if let Some(v) = &t.pods {
-            let (ns, selector) = split("--pods", v, "SELECTOR (e.g. shop/app=payment)")?;
+            let (ns, selector) = split(&spec.at(), "--pods", v, "SELECTOR (e.g. shop/app=payment)")?;
             Some(Query::Selector { ns, selector })
-        } else if let Some(v) = t.pod.as_deref().filter(|p| p.contains('/')) {
-            let (ns, name) = split("--pod", v, "NAME")?;
-            Some(Query::Name { ns, name })
         } else {
-            None
+            t.pod.as_deref().map(|v| Query::by_name(&spec.at(), v)).transpose()?.flatten()
         })
     }
+
+    /// `--pod NAMESPACE/NAME` (`at`: where it was written), or `None` for a UID.
+    fn by_name(at: &str, pod: &str) -> Result<Option<Query>> {
+        if !pod.contains('/') {
+            return Ok(None);
+        }
+        let (ns, name) = split(at, "--pod", pod, "NAME")?;
+        Ok(Some(Query::Name { ns, name }))
+    }
+}
+
+/// `NAMESPACE/REST` of flag `flag`, or a usage error that says what `REST` is.
+fn split(at: &str, flag: &str, v: &str, what: &str) -> Result<(String, String)> {
+    match v.split_once('/') {
+        Some((ns, rest)) if !ns.is_empty() && !rest.is_empty() => Ok((ns.to_string(), rest.to_string())),
+        _ => Err(usage!("{at}{flag} {v:?}: expected NAMESPACE/{what}")),
+    }
+}
+
+/// The UID of the pod `pod` names (`--pod` of a command with no fault, such as `chaos observe`):
+/// NAMESPACE/NAME is asked of the API, and must be on this node; a UID is taken as it is.
+pub fn pod_uid(pod: &str) -> Result<String> {
+    let Some(query) = Query::by_name("", pod)? else { return Ok(pod.to_string()) };
+    let (mut answers, _) = ask(&[Some(query)])?;
+    let pods = answers.pop().expect("an answer per query").map_err(|e| usage!("{e}"))?;
+    Ok(pods[0].uid.clone())
 }
 
 /// The specs with every pod named through the API replaced by its UID, each spec of `--pods`
@@ -46,17 +63,7 @@ pub fn resolve(specs: Vec<FaultSpec>) -> Result<Vec<FaultSpec>> {
     if queries.iter().all(Option::is_none) {
         return Ok(specs);
     }
-    let node = this_node();
-    // kube is async, and a session is planned inside a runtime (an experiment's) and outside one
-    // (`chaos apply`): the lookups run on a thread of their own with a runtime of their own.
-    let answers = std::thread::scope(|s| {
-        s.spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| crate::error::Error::Other(e.into()))?;
-            runtime.block_on(look_up(&queries, &node))
-        })
-        .join()
-        .unwrap_or_else(|_| Err(crate::error::Error::Other(anyhow::anyhow!("the Kubernetes lookup thread panicked"))))
-    })?;
+    let (answers, node) = ask(&queries)?;
     let mut out = Vec::new();
     for ((spec, query), answer) in specs.into_iter().zip(&queries).zip(answers) {
         let Some(query) = query else {
@@ -75,6 +82,25 @@ pub fn resolve(specs: Vec<FaultSpec>) -> Result<Vec<FaultSpec>> {
     Ok(out)
 }
 
+/// A query's pods on this node, or what is wrong, in one line.
+type Answer = std::result::Result<Vec<Candidate>, String>;
+
+/// Each query's answer, and this node's name.
+fn ask(queries: &[Option<Query>]) -> Result<(Vec<Answer>, String)> {
+    let node = this_node();
+    // kube is async, and a session is planned inside a runtime (an experiment's) and outside one
+    // (`chaos apply`): the lookups run on a thread of their own with a runtime of their own.
+    let answers = std::thread::scope(|s| {
+        s.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| crate::error::Error::Other(e.into()))?;
+            runtime.block_on(look_up(queries, &node))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(crate::error::Error::Other(anyhow::anyhow!("the Kubernetes lookup thread panicked"))))
+    })?;
+    Ok((answers, node))
+}
+
 /// This node's name, as the kubelet registers it: $NODE_NAME (the downward API's, in the
 /// DaemonSet), or else the hostname (the kubelet's default, lower-cased).
 fn this_node() -> String {
@@ -86,7 +112,7 @@ fn this_node() -> String {
 }
 
 /// Each query's pods on `node`, or what is wrong, in one line.
-async fn look_up(queries: &[Option<Query>], node: &str) -> Result<Vec<std::result::Result<Vec<Candidate>, String>>> {
+async fn look_up(queries: &[Option<Query>], node: &str) -> Result<Vec<Answer>> {
     // kube's error already names every source it tried; one line, not its chain repeated.
     let client = kube::Client::try_default().await.map_err(|e| {
         let first = queries.iter().flatten().next().map(describe).unwrap_or_default();
@@ -94,7 +120,7 @@ async fn look_up(queries: &[Option<Query>], node: &str) -> Result<Vec<std::resul
             "{first} names pods through the Kubernetes API, which cannot be reached ({e}): set KUBECONFIG, or run in a pod with a service account; or give the pod's UID (`kubectl get pod -n NAMESPACE NAME -o jsonpath='{{.metadata.uid}}'`)"
         )
     })?;
-    let mut answers: Vec<std::result::Result<Vec<Candidate>, String>> = Vec::new();
+    let mut answers: Vec<Answer> = Vec::new();
     for (i, query) in queries.iter().enumerate() {
         // Several faults on the same pods (a delay and a syscall fault, say) ask once.
         let asked = queries[..i].iter().position(|earlier| earlier.is_some() && earlier == query);
