@@ -9,11 +9,12 @@ use aya::{
     Btf,
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
-        KProbe, Lsm, ProgramError, SchedClassifier,
+        Iter, KProbe, Lsm, ProgramError, SchedClassifier,
         tc::{NlOptions, TcAttachOptions, TcAttachType},
     },
 };
 use chaos_common::{
+    FOLLOW_OPEN_FILES_PROGRAM,
     net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS},
     sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_CONNECT4},
 };
@@ -43,10 +44,11 @@ pub enum Backend {
     SchFq,
     Netem,
     CgroupFreezer,
+    TaskFileIter,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 12] = [
+    pub const ALL: [Backend; 13] = [
         Backend::CgroupSkb,
         Backend::Tcx,
         Backend::TcNetlink,
@@ -59,6 +61,7 @@ impl Backend {
         Backend::SchFq,
         Backend::Netem,
         Backend::CgroupFreezer,
+        Backend::TaskFileIter,
     ];
 
     pub fn label(self) -> &'static str {
@@ -75,6 +78,7 @@ impl Backend {
             Backend::SchFq => "sch_fq (departure times)",
             Backend::Netem => "netem (peer comparison)",
             Backend::CgroupFreezer => "cgroup v2 freezer",
+            Backend::TaskFileIter => "task_file iterator",
         }
     }
 
@@ -90,6 +94,7 @@ impl Backend {
             Backend::SchFq => "net delay, reorder, rate (shaping)",
             Backend::Netem => "benchmarks against tc netem",
             Backend::CgroupFreezer => "proc pause",
+            Backend::TaskFileIter => "sys fail --path on read/write: the files open at the start",
         }
     }
 
@@ -118,6 +123,7 @@ impl Backend {
             Backend::SchFq => &["CONFIG_NET_SCH_FQ"],
             Backend::Netem => &["CONFIG_NET_SCH_NETEM"],
             Backend::CgroupFreezer => &["CONFIG_CGROUPS"],
+            Backend::TaskFileIter => &["CONFIG_DEBUG_INFO_BTF", "CONFIG_BPF_SYSCALL"],
         }
     }
 }
@@ -258,6 +264,7 @@ fn check(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Check {
         Backend::SchFq => throwaway_netns_allowed().and_then(|_| rtnl::try_qdisc("fq").map_err(|e| qdisc_reason("fq", &e))),
         Backend::Netem => throwaway_netns_allowed().and_then(|_| rtnl::try_qdisc("netem").map_err(|e| qdisc_reason("netem", &e))),
         Backend::CgroupFreezer => check_freezer(),
+        Backend::TaskFileIter => check_task_file_iter(kernel, facts),
     };
     let reason = outcome.err().map(|what| facts.explain(b, &what));
     Check { backend: b, label: b.label(), faults: b.faults(), works: reason.is_none(), reason }
@@ -289,6 +296,19 @@ fn check_freezer() -> Outcome {
     let has = dir.join("cgroup.freeze").is_file();
     let _ = std::fs::remove_dir(&dir);
     if has { Ok(()) } else { Err("a new cgroup has no cgroup.freeze (the cgroup v2 freezer needs Linux 5.2+)".into()) }
+}
+
+/// A task_file BPF iterator (Linux 5.8+): chaos's program loads against the kernel's BTF and an
+/// iterator is made (not read: reading it runs the program).
+fn check_task_file_iter(kernel: &mut Kernel, facts: &Facts) -> Outcome {
+    let btf = facts.btf().ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
+    let prog: &mut Iter = kernel.get(FOLLOW_OPEN_FILES_PROGRAM).map_err(|e| e.to_string())?;
+    if prog.fd().is_err() {
+        prog.load("task_file", btf).map_err(|e| load_failed("task_file iterator", &e))?;
+    }
+    let id = prog.attach().map_err(|e| format!("making a task_file iterator: {}", describe_errno(&e)))?;
+    // Dropping the link lets the iterator go.
+    prog.take_link(id).map(drop).map_err(|e| e.to_string())
 }
 
 /// A cgroup to attach the cgroup checks to for a moment: chaos's own (making one may need

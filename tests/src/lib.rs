@@ -489,6 +489,7 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("sch_fq", false),
             ("netem", false),
             ("cgroup_freezer", true),
+            ("task_file_iter", true),
         ],
     ),
     (
@@ -506,6 +507,7 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("sch_fq", true),
             ("netem", true),
             ("cgroup_freezer", true),
+            ("task_file_iter", true),
         ],
     ),
     (
@@ -523,6 +525,7 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("sch_fq", true),
             ("netem", true),
             ("cgroup_freezer", true),
+            ("task_file_iter", true),
         ],
     ),
     (
@@ -540,6 +543,7 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("sch_fq", true),
             ("netem", true),
             ("cgroup_freezer", true),
+            ("task_file_iter", true),
         ],
     ),
 ];

@@ -262,7 +262,12 @@ impl Fault for SysFail {
     /// A syscall named on its own needs a backend (checked with the reason if none works); those
     /// of a set are checked too, and `hooks` names the ones this kernel cannot fail.
     fn needs(&self) -> Vec<&'static [Backend]> {
-        self.calls.iter().filter(|(name, _)| self.call.syscalls.contains(name)).map(|(name, _)| self.needs_for(name)).collect()
+        let mut needs: Vec<&'static [Backend]> = self.calls.iter().filter(|(name, _)| self.call.syscalls.contains(name)).map(|(name, _)| self.needs_for(name)).collect();
+        // Read/write under a path follows the files open at the start through an iterator.
+        if self.path.is_some() && self.calls.iter().any(|(name, _)| lsm_calls(name).any(|c| c.hook == HOOK_LSM_FILE_PERMISSION)) {
+            needs.push(&[Backend::TaskFileIter]);
+        }
+        needs
     }
 
     fn wants(&self) -> Vec<&'static [Backend]> {
