@@ -682,7 +682,7 @@ fn path_fails_only_the_opens_under_the_prefix() {
 /// `--path` on read and write, whose hook (`file_permission`) is given an open file and cannot
 /// tell its path: each file a target opens under the prefix while the rule is in place is
 /// followed from its open, and each it had open under it when chaos started is followed from
-/// then (the task_file iterator). With `--when 2+2`, exactly the even reads and writes of those
+/// then (the task_file iterator), as is each a process brought when it joined the target. With `--when 2+2`, exactly the even reads and writes of those
 /// files fail (the loader's reads of the libraries, outside the prefix, are not counted); the
 /// same calls on a file outside the prefix and a bystander's on the same file go through; the
 /// kernel counts exactly the failures.
@@ -710,8 +710,12 @@ fn path_fails_the_reads_and_writes_of_files_opened_under_the_prefix() {
         p
     };
     let opened_before = looper(Place::Target, "read", "in");
+    // Opened outside the target, and moved in once the session runs.
+    let joins_later = looper(Place::Bystander, "read", "in");
     let args = ["sys", "fail", "--cgroup", &cg, "--syscall", "read,write", "--errno", "EIO", "--path", &prefix, "--when", "2+2", "--for", "60s", "--json"];
-    let chaos = start_chaos(&args.map(String::from));
+    let mut chaos = start_chaos_env(&args.map(String::from), &[("RUST_LOG", "info,chaos_user::session=debug")]);
+    std::fs::write(sb.cgroup.path.join("cgroup.procs"), joins_later.child.id().to_string()).expect("moving a process into the target");
+    chaos.wait_for("that joined the targets", Duration::from_secs(30));
     let loops = [
         (Place::Target, "read", "in", true),
         (Place::Target, "write", "in/w", true),
@@ -721,6 +725,7 @@ fn path_fails_the_reads_and_writes_of_files_opened_under_the_prefix() {
     ]
     .map(|(place, call, path, under)| (place, call, path, under, looper(place, call, path)));
     let before = run_calls(opened_before);
+    let joined = run_calls(joins_later);
     let outcomes: Vec<_> = loops.into_iter().map(|(place, call, path, under, p)| (place, call, path, under, run_calls(p))).collect();
     let summary = stop_chaos(chaos);
     for (place, call, path, under, out) in &outcomes {
@@ -731,7 +736,8 @@ fn path_fails_the_reads_and_writes_of_files_opened_under_the_prefix() {
         }
     }
     assert_eq!(before["failed_at"], json!([[2, 4, 6, 8, 10]]), "a file opened under the prefix before chaos started is followed too: {before}");
-    assert_eq!(counter(&summary, 0, "failed"), 15, "the kernel counted exactly the failures: {summary}");
+    assert_eq!(joined["failed_at"], json!([[2, 4, 6, 8, 10]]), "and one a process brought when it joined the target: {joined}");
+    assert_eq!(counter(&summary, 0, "failed"), 20, "the kernel counted exactly the failures: {summary}");
     assert_eq!(summary["kernel_errors"]["followed_full"], 0, "every file followed: {summary}");
 }
 

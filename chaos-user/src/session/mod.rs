@@ -348,6 +348,9 @@ pub struct Session {
     kills: Vec<Kill>,
     /// Targets whose directory was recreated or is gone since the start (`follow.rs`).
     followed: follow::Followed,
+    /// The processes of read/write `--path` rules' targets at the last look, whose files open
+    /// then are followed.
+    files_followed_of: std::collections::BTreeSet<u32>,
     finished: bool,
 }
 
@@ -445,7 +448,7 @@ impl Session {
         journal.save().map_err(|e| Error::Other(e.context("writing the session record")))?;
         let pauses = plan.faults.iter().enumerate().filter(|(_, f)| f.spec.fault.freezes()).map(|(rule, f)| Pause { rule, target: f.target, frozen: false, done: false }).collect();
         let kills = plan.faults.iter().enumerate().filter_map(|(rule, f)| Some(Kill { rule, target: f.target, signal: f.spec.fault.kills()?, done: false })).collect();
-        let mut s = Session { id, kernel, plan, attachments: Attachments::default(), journal, windows: Vec::new(), holder: None, pauses, kills, followed: Default::default(), finished: false };
+        let mut s = Session { id, kernel, plan, attachments: Attachments::default(), journal, windows: Vec::new(), holder: None, pauses, kills, followed: Default::default(), files_followed_of: Default::default(), finished: false };
         if let Err(e) = s.start_holder().and_then(|_| s.journal_pauses()).and_then(|_| s.attach_all()) {
             s.teardown();
             return Err(e);
@@ -600,8 +603,10 @@ impl Session {
 
     /// Read/write `--path` rules act on files followed from their open: the files their targets'
     /// processes have open already are followed too (after `file_open` is attached, which follows
-    /// those opened from then on). A process that joins a target later with files open brings
-    /// them unfollowed.
+    /// those opened from then on), at the start and then at each refresh for the processes that
+    /// joined a target meanwhile (moved in, with files open). A process born of one already
+    /// looked at is left out: its files are its parent's or opened in the target, followed
+    /// either way.
     fn follow_open_files(&mut self) -> Result<()> {
         let mut tgids = std::collections::BTreeMap::<u32, u64>::new();
         let own = std::process::id();
@@ -612,10 +617,17 @@ impl Session {
                 }
             }
         }
-        if tgids.is_empty() {
+        let before = std::mem::replace(&mut self.files_followed_of, tgids.keys().copied().collect());
+        let parent = |pid: u32| procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).map(|s| s.ppid as u32).ok();
+        let joined: Vec<(u32, u64)> =
+            tgids.into_iter().filter(|(pid, _)| !before.contains(pid) && !parent(*pid).is_some_and(|pp| before.contains(&pp))).collect();
+        if joined.is_empty() {
             return Ok(());
         }
-        self.kernel.follow_open_files(&tgids.into_iter().collect::<Vec<_>>())
+        if !before.is_empty() {
+            log::debug!("following the open files of {} process(es) that joined the targets: {joined:?}", joined.len());
+        }
+        self.kernel.follow_open_files(&joined)
     }
 
     /// Exempts a newly started guardian from the session's faults.
@@ -678,10 +690,14 @@ impl Session {
         self.plan.faults.len()
     }
 
-    /// Picks up namespaces and devices that appeared since the start, and targets whose cgroup
-    /// directory was made anew (a restarted container).
+    /// Picks up namespaces and devices that appeared since the start, targets whose cgroup
+    /// directory was made anew (a restarted container), and the open files of processes that
+    /// joined a target of a read/write `--path` rule.
     pub fn refresh(&mut self) {
         self.follow_targets();
+        if let Err(e) = self.follow_open_files() {
+            log::warn!("{e}");
+        }
         let namespaces = self.plan.egress_namespaces();
         if namespaces.is_empty() {
             return;
