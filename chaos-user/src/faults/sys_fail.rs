@@ -420,7 +420,14 @@ mod tests {
     fn a_path_on_reads_and_writes_follows_the_files_opened_under_it() {
         let mut f = fail("openat,write", SysBackend::Auto, Failure::Errno(5));
         f.path = Some("/var/lib/db".into());
-        assert_eq!(f.needs(), vec![&[Backend::BpfLsm][..], &[Backend::BpfLsm][..]], "only the LSM sees paths");
+        assert_eq!(
+            f.needs(),
+            vec![&[Backend::BpfLsm][..], &[Backend::BpfLsm][..], &[Backend::TaskFileIter][..]],
+            "only the LSM sees paths; the task_file iterator finds the files open at the start"
+        );
+        let mut opens = fail("openat", SysBackend::Auto, Failure::Errno(5));
+        opens.path = Some("/var/lib/db".into());
+        assert_eq!(opens.needs(), vec![&[Backend::BpfLsm][..]], "opens follow no file");
         let hooks = f.hooks(&[Backend::BpfLsm, Backend::KprobeOverride]).unwrap();
         assert_eq!(hooks, vec![Hook::Lsm(HOOK_FILE_OPEN), Hook::Lsm(HOOK_LSM_FILE_PERMISSION), Hook::Lsm(HOOK_LSM_FILE_FREE)], "file_open once");
         assert_eq!(
