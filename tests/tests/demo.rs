@@ -8,8 +8,11 @@ use chaos_tests::*;
 fn demo_injects_counts_and_cleans_up() {
     // 50 requests/s: a load the emulated guests sustain even beside the other lanes. At 200 a
     // guest ran flat out while measuring the steady state and slower later, so its "return to
-    // the steady state" was judged against CPU it no longer had.
-    let (code, out, err) = run_chaos(&["demo", "--phase", "3s", "--percent", "20", "--rate", "50"]);
+    // the steady state" was judged against CPU it no longer had. 10% loss, the demo's own: at 20%
+    // a packet lost again on its retransmissions (a 2 s timeout is 3 losses of a segment in a row,
+    // 2 of a SYN-ACK) stalled the probe, one request at a time, for two of the 3 s phase in a CI
+    // run: 1 error in 9 requests, the hypothesis violated by luck.
+    let (code, out, err) = run_chaos(&["demo", "--phase", "3s", "--percent", "10", "--rate", "50"]);
     let report_dir = out.lines().find_map(|l| l.strip_prefix("report: ")).and_then(|p| p.strip_suffix("/report.html")).map(std::path::PathBuf::from);
     let _cleanup = report_dir.clone().map(RemoveOnDrop);
     assert_eq!(code, 0, "the hypothesis held: stdout {out}\nstderr {err:?}");
