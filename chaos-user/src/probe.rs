@@ -9,12 +9,11 @@ use aya::{
     Btf,
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
-        Iter, KProbe, Lsm, ProgramError, SchedClassifier,
+        KProbe, Lsm, ProgramError, SchedClassifier,
         tc::{NlOptions, TcAttachOptions, TcAttachType},
     },
 };
 use chaos_common::{
-    FOLLOW_OPEN_FILES_PROGRAM,
     net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS},
     sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_CONNECT4},
 };
@@ -264,7 +263,7 @@ fn check(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Check {
         Backend::SchFq => throwaway_netns_allowed().and_then(|_| rtnl::try_qdisc("fq").map_err(|e| qdisc_reason("fq", &e))),
         Backend::Netem => throwaway_netns_allowed().and_then(|_| rtnl::try_qdisc("netem").map_err(|e| qdisc_reason("netem", &e))),
         Backend::CgroupFreezer => check_freezer(),
-        Backend::TaskFileIter => check_task_file_iter(kernel, facts),
+        Backend::TaskFileIter => check_task_file_iter(kernel),
     };
     let reason = outcome.err().map(|what| facts.explain(b, &what));
     Check { backend: b, label: b.label(), faults: b.faults(), works: reason.is_none(), reason }
@@ -300,12 +299,8 @@ fn check_freezer() -> Outcome {
 
 /// A task_file BPF iterator (Linux 5.8+): chaos's program loads against the kernel's BTF and an
 /// iterator is made (not read: reading it runs the program).
-fn check_task_file_iter(kernel: &mut Kernel, facts: &Facts) -> Outcome {
-    let btf = facts.btf().ok_or("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)")?;
-    let prog: &mut Iter = kernel.get(FOLLOW_OPEN_FILES_PROGRAM).map_err(|e| e.to_string())?;
-    if prog.fd().is_err() {
-        prog.load("task_file", btf).map_err(|e| load_failed("task_file iterator", &e))?;
-    }
+fn check_task_file_iter(kernel: &mut Kernel) -> Outcome {
+    let prog = kernel.task_file_iter().map_err(|e| e.to_string())?;
     let id = prog.attach().map_err(|e| format!("making a task_file iterator: {}", describe_errno(&e)))?;
     // Dropping the link lets the iterator go.
     prog.take_link(id).map(drop).map_err(|e| e.to_string())

@@ -332,7 +332,6 @@ impl Kernel {
         if tgids.len() > MAX_FOLLOW_TGIDS as usize {
             log::warn!("{} processes in the --path rules' targets: the files of the first {MAX_FOLLOW_TGIDS} already open are followed", tgids.len());
         }
-        let btf = vmlinux_btf().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); following the files already open needs it"))?;
         let tgids = &tgids[..tgids.len().min(MAX_FOLLOW_TGIDS as usize)];
         {
             let mut map: HashMap<_, u32, u64> = HashMap::try_from(self.map_mut(FOLLOW_TGIDS_MAP)?).map_err(map_error)?;
@@ -340,12 +339,7 @@ impl Kernel {
                 map.insert(tgid, rules, 0).map_err(|e| Error::Other(anyhow::anyhow!("writing the processes to follow: {e}")))?;
             }
         }
-        let prog: &mut aya::programs::Iter = self.get(FOLLOW_OPEN_FILES_PROGRAM)?;
-        if prog.fd().is_err() {
-            let started = std::time::Instant::now();
-            prog.load("task_file", btf).map_err(|e| crate::session::attach::load_refused("task_file iterator", &e))?;
-            log::debug!("loaded {FOLLOW_OPEN_FILES_PROGRAM}: verified in {:?}", started.elapsed());
-        }
+        let prog = self.task_file_iter()?;
         let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching the task_file iterator: {e}")))?;
         let link = prog.take_link(id).map_err(|e| Error::Other(e.into()))?;
         // Reading the iterator runs it; the program writes nothing, so the file reads empty.
@@ -357,6 +351,19 @@ impl Kernel {
             let _ = map.remove(tgid);
         }
         Ok(())
+    }
+
+    /// The task_file iterator's program ([`Kernel::follow_open_files`]), loaded against the
+    /// kernel's BTF if it is not yet.
+    pub fn task_file_iter(&mut self) -> Result<&mut aya::programs::Iter> {
+        let btf = vmlinux_btf().map_err(|e| unsupported!("the kernel exposes no BTF ({e}); the task_file iterator needs it"))?;
+        let prog: &mut aya::programs::Iter = self.get(FOLLOW_OPEN_FILES_PROGRAM)?;
+        if prog.fd().is_err() {
+            let started = std::time::Instant::now();
+            prog.load("task_file", btf).map_err(|e| load_error(FOLLOW_OPEN_FILES_PROGRAM, "task_file iterator", e))?;
+            log::debug!("loaded {FOLLOW_OPEN_FILES_PROGRAM}: verified in {:?}", started.elapsed());
+        }
+        Ok(prog)
     }
 
     /// Which rules match calls with key `key` ([`chaos_common::sys::SysMatch::rules_key`]).
