@@ -90,6 +90,19 @@ pub const LOG_PACKETS_GLOBAL: &str = "LOG_PACKETS";
 pub const FILE_F_PATH_OFFSET_GLOBAL: &str = "FILE_F_PATH_OFFSET";
 /// Name of the global holding the byte offset of `tgid` in `struct task_struct` (kernel BTF).
 pub const TASK_TGID_OFFSET_GLOBAL: &str = "TASK_TGID_OFFSET";
+/// Names of the globals that say where a socket's cgroup lies (kernel BTF), for TC ingress: 1
+/// where all are known, then the offsets of `sock.sk_cgrp_data.cgroup`, `cgroup.kn`,
+/// `kernfs_node.id`, `cgroup.level`, the cgroup's array of ancestors by level, and 1 where that
+/// array holds ids (`ancestor_ids`, before 6.2) rather than cgroups (`ancestors`).
+pub const SOCK_CGROUP_KNOWN_GLOBAL: &str = "SOCK_CGROUP_KNOWN";
+pub const SOCK_CGROUP_OFFSET_GLOBALS: [&str; 6] = [
+    "SOCK_CGROUP_OFFSET",
+    "CGROUP_KN_OFFSET",
+    "KERNFS_NODE_ID_OFFSET",
+    "CGROUP_LEVEL_OFFSET",
+    "CGROUP_ANCESTORS_OFFSET",
+    "CGROUP_ANCESTORS_ARE_IDS",
+];
 /// Name of the map of the processes whose open files a session follows from its start (tgid →
 /// the read/write `--path` rules of their targets), read by [`FOLLOW_OPEN_FILES_PROGRAM`].
 pub const FOLLOW_TGIDS_MAP: &str = "CHAOS_FOLLOW_TGIDS";
@@ -232,12 +245,15 @@ impl Rule {
 }
 
 /// Which rules apply to one target cgroup (and its descendants), one bit per rule index, per hook
-/// family: the packet programs read `egress`/`ingress`, the syscall programs `sys`.
+/// family: the packet programs read `egress`/`ingress`/`ingress_tc`, the syscall programs `sys`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetRules {
     pub egress: u64,
+    /// Received packets, decided at `cgroup_skb/ingress` (drop, stall, police).
     pub ingress: u64,
+    /// Received packets, changed at TC ingress before the stack sees them (duplicate, corrupt).
+    pub ingress_tc: u64,
     pub sys: u64,
     /// Rules with a port filter: the packet programs read the transport header only for them.
     pub ports: u64,
@@ -245,13 +261,14 @@ pub struct TargetRules {
     pub dns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TargetRules>() == 40);
+const _: () = assert!(core::mem::size_of::<TargetRules>() == 48);
 
 /// The hook families a [`TargetRules`] mask is kept for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Egress,
     Ingress,
+    IngressTc,
     Sys,
 }
 
@@ -261,6 +278,7 @@ impl TargetRules {
         match f {
             Family::Egress => self.egress,
             Family::Ingress => self.ingress,
+            Family::IngressTc => self.ingress_tc,
             Family::Sys => self.sys,
         }
     }
@@ -270,6 +288,7 @@ impl TargetRules {
         match f {
             Family::Egress => self.egress |= bit,
             Family::Ingress => self.ingress |= bit,
+            Family::IngressTc => self.ingress_tc |= bit,
             Family::Sys => self.sys |= bit,
         }
     }
@@ -510,8 +529,12 @@ mod tests {
         assert!(!more_rules(0, 0));
         let mut t = TargetRules::default();
         t.add(Family::Ingress, 3);
+        t.add(Family::IngressTc, 4);
         t.add(Family::Sys, 63);
-        assert_eq!((t.mask(Family::Egress), t.mask(Family::Ingress), t.mask(Family::Sys)), (0, 8, 1 << 63));
+        assert_eq!(
+            (t.mask(Family::Egress), t.mask(Family::Ingress), t.mask(Family::IngressTc), t.mask(Family::Sys)),
+            (0, 8, 16, 1 << 63)
+        );
     }
 
     #[test]

@@ -3,13 +3,23 @@
 //!
 //! Data path (docs/design.md has the picture): egress packets are decided by a TC program on
 //! the devices of the target's network namespace, from the cgroup of the packet's socket;
-//! ingress packets by a `cgroup_skb` program on the target cgroup. Neither touches `skb->mark`.
+//! ingress packets by a `cgroup_skb` program on the target cgroup, or, for the faults that change
+//! a received packet (duplicate, corrupt), by a TC ingress program that finds the receiving
+//! socket's cgroup by a socket lookup. Only a received packet's copy carries a mark of chaos's.
 
 /// Program names in the kernel object (the function names).
 pub const PROG_TC_EGRESS: &str = "chaos_tc_egress";
 /// The same, for devices without Ethernet framing (tun, WireGuard, GRE...).
 pub const PROG_TC_EGRESS_L3: &str = "chaos_tc_l3";
 pub const PROG_CGROUP_INGRESS: &str = "chaos_cgroup_ingress";
+/// TC ingress, for the received-packet faults that change the packet (duplicate, corrupt).
+pub const PROG_TC_INGRESS: &str = "chaos_tc_ingress";
+pub const PROG_TC_INGRESS_L3: &str = "chaos_tc_ingress_l3";
+
+/// `skb->mark` of a received packet's copy (`net duplicate --direction ingress`): the copy is
+/// injected at the device's ingress and meets the TC ingress program again, which passes a packet
+/// with this mark (clearing it) instead of copying it again.
+pub const INGRESS_COPY_MARK: u32 = 0x6368_6473; // "chds"
 
 /// [`NetMatch::directions`] bits.
 pub const DIR_EGRESS: u8 = 1;

@@ -300,7 +300,7 @@ pub fn rules_for(family: Family, leaf: u64, ancestor: impl Fn(i32) -> u64) -> (u
 /// fmod_ret programs (`chaos-user/src/kernel/fmod_ret.rs`) cannot have.
 #[inline(always)]
 fn walk(ancestor: impl Fn(i32) -> u64) -> TargetRules {
-    let (mut egress, mut ingress, mut sys, mut ports, mut dns) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut egress, mut ingress, mut ingress_tc, mut sys, mut ports, mut dns) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     // Level 0 is the root cgroup, never a target.
     let mut level = 1;
     while level <= MAX_CGROUP_DEPTH {
@@ -311,6 +311,7 @@ fn walk(ancestor: impl Fn(i32) -> u64) -> TargetRules {
         if let Some(t) = unsafe { CHAOS_TARGETS.get(&id) } {
             egress |= t.egress;
             ingress |= t.ingress;
+            ingress_tc |= t.ingress_tc;
             sys |= t.sys;
             ports |= t.ports;
             dns |= t.dns;
@@ -320,7 +321,7 @@ fn walk(ancestor: impl Fn(i32) -> u64) -> TargetRules {
     if level > MAX_CGROUP_DEPTH && ancestor(MAX_CGROUP_DEPTH as i32 + 1) != 0 {
         count_error(KernelError::DeepCgroup);
     }
-    TargetRules { egress, ingress, sys, ports, dns }
+    TargetRules { egress, ingress, ingress_tc, sys, ports, dns }
 }
 
 /// CLOCK_MONOTONIC_COARSE now, in ns: the packet hooks' clock (a tick coarse; no clocksource read,

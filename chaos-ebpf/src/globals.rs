@@ -33,3 +33,44 @@ pub fn task_tgid_offset() -> usize {
     // SAFETY: as in `log_packets`.
     unsafe { core::ptr::read_volatile(&TASK_TGID_OFFSET) as usize }
 }
+
+/// Where a socket's cgroup lies, from the kernel's BTF (as above), for TC ingress, which has no
+/// helper that gives a looked-up socket's cgroup: `struct sock`'s `sk_cgrp_data.cgroup`, then
+/// `struct cgroup`'s `kn` (its kernfs node, whose `id` is the cgroup id), `level`, and its
+/// ancestors by level (`ancestors[]`, cgroups, or before 6.2 `ancestor_ids[]`, ids).
+/// `SOCK_CGROUP_KNOWN` is 0 where the BTF lacks any of them (the loader then refuses the faults
+/// that need them).
+#[unsafe(no_mangle)]
+static SOCK_CGROUP_KNOWN: u8 = 0;
+#[unsafe(no_mangle)]
+static SOCK_CGROUP_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_KN_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static KERNFS_NODE_ID_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_LEVEL_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_ANCESTORS_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_ANCESTORS_ARE_IDS: u32 = 0;
+
+/// The offsets above, as (sock→cgroup, cgroup→kn, kn→id, cgroup→level, cgroup→ancestors, whether
+/// those are ids), or None.
+#[inline(always)]
+pub fn sock_cgroup_offsets() -> Option<[u64; 6]> {
+    // SAFETY: as in `log_packets`.
+    unsafe {
+        if core::ptr::read_volatile(&SOCK_CGROUP_KNOWN) == 0 {
+            return None;
+        }
+        Some([
+            core::ptr::read_volatile(&SOCK_CGROUP_OFFSET) as u64,
+            core::ptr::read_volatile(&CGROUP_KN_OFFSET) as u64,
+            core::ptr::read_volatile(&KERNFS_NODE_ID_OFFSET) as u64,
+            core::ptr::read_volatile(&CGROUP_LEVEL_OFFSET) as u64,
+            core::ptr::read_volatile(&CGROUP_ANCESTORS_OFFSET) as u64,
+            core::ptr::read_volatile(&CGROUP_ANCESTORS_ARE_IDS) as u64,
+        ])
+    }
+}

@@ -14,7 +14,7 @@ use aya::{
     },
 };
 use chaos_common::{
-    net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS},
+    net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS},
     sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_CONNECT4},
 };
 use nix::sched::{CloneFlags, unshare};
@@ -44,10 +44,11 @@ pub enum Backend {
     Netem,
     CgroupFreezer,
     TaskFileIter,
+    TcIngressSocket,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 13] = [
+    pub const ALL: [Backend; 14] = [
         Backend::CgroupSkb,
         Backend::Tcx,
         Backend::TcNetlink,
@@ -61,6 +62,7 @@ impl Backend {
         Backend::Netem,
         Backend::CgroupFreezer,
         Backend::TaskFileIter,
+        Backend::TcIngressSocket,
     ];
 
     pub fn label(self) -> &'static str {
@@ -78,6 +80,7 @@ impl Backend {
             Backend::Netem => "netem (peer comparison)",
             Backend::CgroupFreezer => "cgroup v2 freezer",
             Backend::TaskFileIter => "task_file iterator",
+            Backend::TcIngressSocket => "TC ingress, socket cgroup",
         }
     }
 
@@ -94,6 +97,7 @@ impl Backend {
             Backend::Netem => "benchmarks against tc netem",
             Backend::CgroupFreezer => "proc pause",
             Backend::TaskFileIter => "sys fail --path on read/write: the files open at the start",
+            Backend::TcIngressSocket => "net duplicate, corrupt: ingress",
         }
     }
 
@@ -103,6 +107,7 @@ impl Backend {
         match self {
             Backend::CgroupSkb => &[PROG_CGROUP_INGRESS],
             Backend::Tcx | Backend::TcNetlink => &[PROG_TC_EGRESS],
+            Backend::TcIngressSocket => &[PROG_TC_INGRESS],
             Backend::CgroupSockAddr => &[PROG_CONNECT4],
             _ => &[],
         }
@@ -123,6 +128,7 @@ impl Backend {
             Backend::Netem => &["CONFIG_NET_SCH_NETEM"],
             Backend::CgroupFreezer => &["CONFIG_CGROUPS"],
             Backend::TaskFileIter => &["CONFIG_DEBUG_INFO_BTF", "CONFIG_BPF_SYSCALL"],
+            Backend::TcIngressSocket => &["CONFIG_DEBUG_INFO_BTF", "CONFIG_NET_CLS_BPF"],
         }
     }
 }
@@ -264,6 +270,7 @@ fn check(kernel: &mut Kernel, facts: &Facts, b: Backend) -> Check {
         Backend::Netem => throwaway_netns_allowed().and_then(|_| rtnl::try_qdisc("netem").map_err(|e| qdisc_reason("netem", &e))),
         Backend::CgroupFreezer => check_freezer(),
         Backend::TaskFileIter => check_task_file_iter(kernel),
+        Backend::TcIngressSocket => check_tc_ingress(kernel),
     };
     let reason = outcome.err().map(|what| facts.explain(b, &what));
     Check { backend: b, label: b.label(), faults: b.faults(), works: reason.is_none(), reason }
@@ -304,6 +311,16 @@ fn check_task_file_iter(kernel: &mut Kernel) -> Outcome {
     let id = prog.attach().map_err(|e| format!("making a task_file iterator: {}", describe_errno(&e)))?;
     // Dropping the link lets the iterator go.
     prog.take_link(id).map(drop).map_err(|e| e.to_string())
+}
+
+/// TC ingress's program loads: it looks up a received packet's socket and reads the socket's
+/// cgroup at offsets from the kernel's BTF with `bpf_probe_read_kernel` (Linux 5.15+ for the
+/// layout). Attaching is the TC checks' part.
+fn check_tc_ingress(kernel: &mut Kernel) -> Outcome {
+    if !kernel.sock_cgroup_known {
+        return Err("the kernel's BTF does not say where a socket's cgroup is (struct sock_cgroup_data has a cgroup member from Linux 5.15)".into());
+    }
+    kernel.program::<SchedClassifier>(PROG_TC_INGRESS, "TC classifier").map(drop).map_err(|e| e.to_string())
 }
 
 /// A cgroup to attach the cgroup checks to for a moment: chaos's own (making one may need

@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     sync::mpsc,
     time::{Duration, Instant},
@@ -168,6 +168,10 @@ pub enum Workload {
 pub struct UdpSendArgs {
     #[arg(long)]
     to: SocketAddr,
+    /// Send from this local port (the receiver's remote port: what an ingress rule's --port
+    /// matches); any free one by default.
+    #[arg(long, default_value_t = 0)]
+    from_port: u16,
     #[arg(long)]
     count: u64,
     #[arg(long, default_value_t = 2000)]
@@ -492,7 +496,7 @@ fn udp_send(a: &UdpSendArgs) -> Result<()> {
         set.set(cpu)?;
         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).with_context(|| format!("pinning to CPU {cpu}"))?;
     }
-    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let bind = SocketAddr::new(if to.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() }, a.from_port);
     let sock = UdpSocket::bind(bind)?;
     let setopt = |level: libc::c_int, name: libc::c_int, val: &[u8]| -> Result<()> {
         // SAFETY: setsockopt reads `val.len()` bytes from a valid slice.

@@ -490,6 +490,7 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("netem", false),
             ("cgroup_freezer", true),
             ("task_file_iter", true),
+            ("tc_ingress_socket", true),
         ],
     ),
     (
@@ -508,6 +509,7 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("netem", true),
             ("cgroup_freezer", true),
             ("task_file_iter", true),
+            ("tc_ingress_socket", true),
         ],
     ),
     (
@@ -526,6 +528,7 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("netem", true),
             ("cgroup_freezer", true),
             ("task_file_iter", true),
+            ("tc_ingress_socket", true),
         ],
     ),
     (
@@ -544,6 +547,7 @@ pub const LANES: &[(&str, &[(&str, bool)])] = &[
             ("netem", true),
             ("cgroup_freezer", true),
             ("task_file_iter", true),
+            ("tc_ingress_socket", true),
         ],
     ),
 ];
@@ -770,10 +774,14 @@ pub fn leftovers(sb: &Sandbox, targets: &[&Path], root_before: &str, chaos_pid: 
     if qdiscs.contains("clsact") {
         left.push("a clsact qdisc".into());
     }
-    let out =
-        Command::new("ip").args(["netns", "exec", &sb.client_ns, "tc", "filter", "show", "dev", &sb.client_dev, "egress"]).output().expect("tc filter show");
-    if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
-        left.push(format!("a TC filter: {}", String::from_utf8_lossy(&out.stdout).trim()));
+    for direction in ["egress", "ingress"] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &sb.client_ns, "tc", "filter", "show", "dev", &sb.client_dev, direction])
+            .output()
+            .expect("tc filter show");
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            left.push(format!("a TC filter at {direction}: {}", String::from_utf8_lossy(&out.stdout).trim()));
+        }
     }
     let root = root_qdisc_line(&qdiscs, &sb.client_dev);
     if root != root_before {

@@ -28,7 +28,8 @@ const CANDIDATES: &[(&[&str], &str)] = &[
     (&["cgroup_skb"], "kind = \"net.drop\"\npercent = 10\nproto = \"udp\"\nport = 7101"),
     (&["cgroup_skb"], "kind = \"net.partition\"\npeer = \"192.0.2.0/24\""),
     (&["sch_fq"], "kind = \"net.delay\"\ndelay = \"20ms\""),
-    (&["cgroup_skb"], "kind = \"net.duplicate\"\npercent = 10"),
+    // Both directions: TC ingress (a second tcx link or netlink filter per device) joins in.
+    (&["tc_ingress_socket"], "kind = \"net.duplicate\"\npercent = 10\ndirection = \"both\""),
     (&["cgroup_skb"], "kind = \"net.corrupt\"\npercent = 10"),
     (&["sch_fq"], "kind = \"net.rate\"\nrate = \"10mbit\""),
     (&["cgroup_skb"], "kind = \"net.rate\"\nrate = \"10mbit\"\npolice = true"),

@@ -86,6 +86,54 @@ fn corrupt_flips_payload_bits_that_the_receiver_sees_or_loses() {
     assert_eq!((n(&bystander, "received"), n(&bystander, "corrupted")), (N, 0), "a bystander's packet was corrupted");
 }
 
+/// Sends N stamped datagrams from the server namespace to a sink at `at` (the target or the
+/// bystander, in the client namespace) on `port`; returns the sink's report.
+fn udp_round_to(sb: &Sandbox, at: Place, port: u16, size: usize) -> Value {
+    let mut sink = sb.spawn(at, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "1s"]);
+    sink.ready();
+    let to = format!("{CLIENT_V4}:{port}");
+    let sent = sb.spawn(Place::Server, &["udp-send", "--to", &to, "--count", &N.to_string(), "--rate", "4000", "--size", &size.to_string()]).json(T);
+    assert_eq!(sent["errors"], 0, "{sent}");
+    let got = sink.json(T);
+    assert_eq!(got["rcvbuf_errors"], 0, "the sink's buffer overflowed: {got}");
+    got
+}
+
+#[test]
+fn ingress_duplicate_copies_each_received_packet_once_for_the_target_only() {
+    // A copy is injected at the device's ingress and meets the TC ingress program again; were it
+    // copied again, the target would receive more than two of each.
+    let sb = Sandbox::new();
+    let chaos = fault(&sb, &["net", "duplicate", "--percent", "100", "--proto", "udp", "--direction", "ingress"]);
+    let got = udp_round_to(&sb, Place::Target, 5406, 64);
+    let bystander = udp_round_to(&sb, Place::Bystander, 5407, 64);
+    // What the target sends is not copied: the rule is for received packets.
+    let (_, sent_back) = udp_round(&sb, Place::Target, 5408, 64);
+    let summary = stop_chaos(chaos);
+    assert_eq!((n(&got, "unique"), n(&got, "duplicates")), (N, N), "{got}");
+    assert_eq!(counter(&summary, 0, "duplicated"), N);
+    assert_eq!(counter(&summary, 0, "matched"), N, "copies are not matched again");
+    assert_eq!((n(&bystander, "received"), n(&bystander, "duplicates")), (N, 0), "the bystander's packets were copied");
+    assert_eq!((n(&sent_back, "received"), n(&sent_back, "duplicates")), (N, 0), "the target's sent packets were copied");
+}
+
+#[test]
+fn ingress_corrupt_changes_received_payloads_before_the_receiver_checks_them() {
+    let sb = Sandbox::new();
+    let chaos = fault(&sb, &["net", "corrupt", "--percent", "30", "--proto", "udp", "--direction", "ingress"]);
+    let got = udp_round_to(&sb, Place::Target, 5409, 256);
+    let bystander = udp_round_to(&sb, Place::Bystander, 5410, 256);
+    let summary = stop_chaos(chaos);
+    let corrupted = counter(&summary, 0, "corrupted");
+    let (received, bad) = (n(&got, "received"), n(&got, "corrupted"));
+    // From a veth peer the checksum is left unchecked, so every changed datagram reaches the
+    // application; one the receiver's check caught would be lost instead.
+    assert_eq!(bad + (N - received), corrupted, "seen corrupted {bad}, lost {}, kernel corrupted {corrupted}", N - received);
+    assert!(within_sigma(corrupted, N, 0.3), "{corrupted} of {N} corrupted; expected 30%");
+    assert_eq!(n(&got, "unique") + bad, received, "every other datagram arrived intact");
+    assert_eq!((n(&bystander, "received"), n(&bystander, "corrupted")), (N, 0), "a bystander's packet was corrupted");
+}
+
 #[test]
 fn partition_cuts_the_target_off_from_one_peer_both_ways() {
     let sb = Sandbox::new();
@@ -210,11 +258,16 @@ fn a_seed_makes_the_same_datagrams_meet_the_same_fate_in_every_run() {
     }
 }
 
-/// A round of 200 stamped datagrams from the target: (received, duplicates, corrupted).
-fn small_round(sb: &Sandbox, port: u16) -> (u64, u64, u64) {
-    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "500ms"]);
+/// A round of 200 stamped datagrams from the target, or to it for a rule on received packets
+/// (`ingress`: sent from `port` on the server, which the rule's port filter names):
+/// (received, duplicates, corrupted).
+fn small_round(sb: &Sandbox, port: u16, ingress: bool) -> (u64, u64, u64) {
+    let (sink_at, sender_at, to) = if ingress { (Place::Target, Place::Server, CLIENT_V4) } else { (Place::Server, Place::Target, SERVER_V4) };
+    let mut sink = sb.spawn(sink_at, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "500ms"]);
     sink.ready();
-    sb.spawn(Place::Target, &["udp-send", "--to", &format!("{SERVER_V4}:{port}"), "--count", "200", "--rate", "2000", "--size", "200"]).json(T);
+    let to = format!("{to}:{port}");
+    let from = if ingress { port.to_string() } else { "0".into() };
+    sb.spawn(sender_at, &["udp-send", "--to", &to, "--from-port", &from, "--count", "200", "--rate", "2000", "--size", "200"]).json(T);
     let got = sink.json(T);
     (n(&got, "received"), n(&got, "duplicates"), n(&got, "corrupted"))
 }
@@ -223,21 +276,22 @@ fn small_round(sb: &Sandbox, port: u16) -> (u64, u64, u64) {
 fn every_packet_fault_ends_at_its_deadline_even_with_chaos_frozen() {
     // (fault flags, whether a round shows the fault)
     type Shows = fn((u64, u64, u64)) -> bool;
-    let faults: [(&[&str], Shows); 5] = [
+    let faults: [(&[&str], Shows); 6] = [
         (&["duplicate", "--percent", "100"], |(_, d, _)| d == 200),
+        (&["duplicate", "--percent", "100", "--direction", "ingress"], |(_, d, _)| d == 200),
         (&["corrupt", "--percent", "100"], |(r, _, c)| c + (200 - r) == 200),
         (&["rate", "--rate", "8kbit", "--police", "--burst", "2000b"], |(r, _, _)| r < 50),
         (&["stall", "--after-bytes", "1000"], |(r, _, _)| r < 10),
         // netem decides a packet by the state it arrived in: the first one, in the good state, passes.
         (&["drop", "--model", "gemodel:100,0"], |(r, _, _)| r == 1),
     ];
-    // One session for the five, each on its own port, long enough for five rounds before it ends.
+    // One session for the six, each on its own port, long enough for six rounds before it ends.
     let sb = Sandbox::new();
-    let lifetime = Duration::from_secs(14);
+    let lifetime = Duration::from_secs(16);
     let ports: Vec<(&[&str], u16)> = faults.iter().enumerate().map(|(i, (flags, _))| (*flags, 5420 + i as u16)).collect();
     let (chaos, started, _file) = start_frozen_udp_faults(&sb, &ports, lifetime);
     for ((flags, shows), (_, port)) in faults.iter().zip(&ports) {
-        let before = small_round(&sb, *port);
+        let before = small_round(&sb, *port, flags.contains(&"ingress"));
         assert!(shows(before), "net {flags:?}: no fault before the deadline: {before:?}");
     }
     still_before(started, lifetime, "the rounds with the faults on");
@@ -245,7 +299,7 @@ fn every_packet_fault_ends_at_its_deadline_even_with_chaos_frozen() {
     // The same ports: each rule would still act on its own port's datagrams if it outlived its
     // deadline.
     for (flags, port) in &ports {
-        let after = small_round(&sb, *port);
+        let after = small_round(&sb, *port, flags.contains(&"ingress"));
         assert_eq!(after, (200, 0, 0), "net {flags:?}: the fault outlived its deadline with chaos frozen");
     }
     chaos.signal(libc::SIGCONT);

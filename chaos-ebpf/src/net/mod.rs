@@ -1,11 +1,12 @@
 //! Packet faults: egress decided at TC on the devices of the target's network namespace, from the
-//! cgroup of the packet's socket; ingress decided at `cgroup_skb` on the target cgroup. Neither
-//! reads or writes `skb->mark`.
+//! cgroup of the packet's socket; ingress decided at `cgroup_skb` on the target cgroup, or, to
+//! copy or change a received packet, at TC ingress from the cgroup of the socket it is for.
 
 mod cgroup_skb;
 mod dns;
 mod parse;
 mod tc;
+mod tc_ingress;
 
 use core::ffi::c_void;
 

@@ -6,7 +6,10 @@
 //! devices have no link-layer header). A helper call costs as much as the rest of a decision on
 //! machines with return-thunk mitigations, so the common case makes none.
 
-use aya_ebpf::{bindings::__sk_buff, helpers::generated::bpf_skb_load_bytes_relative};
+use aya_ebpf::{
+    bindings::{__sk_buff, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2},
+    helpers::generated::bpf_skb_load_bytes_relative,
+};
 use chaos_common::{
     KernelError,
     net::{
@@ -163,4 +166,32 @@ pub fn is_ipv4(skb: *mut __sk_buff) -> bool {
 pub fn byte_at(skb: *mut __sk_buff, offset: u32) -> Result<u8, KernelError> {
     let b: [u8; 1] = load(skb, offset)?;
     Ok(b[0])
+}
+
+/// The socket lookup key of a received TCP or UDP packet whose ports were read: its source and
+/// destination, in network byte order, and the key's size (IPv4's part of the union, or IPv6's).
+#[inline(always)]
+pub fn received_tuple(skb: *mut __sk_buff, nh: NetworkHeader, pkt: &Packet) -> Result<(bpf_sock_tuple, u32), KernelError> {
+    let (sport, dport) = (pkt.remote_port.to_be(), pkt.local_port.to_be());
+    if is_ipv4(skb) {
+        let h: [u8; 20] = read(skb, nh, 0)?;
+        let ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            saddr: u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
+            daddr: u32::from_ne_bytes([h[16], h[17], h[18], h[19]]),
+            sport,
+            dport,
+        };
+        let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+        return Ok((bpf_sock_tuple { __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 { ipv4 } }, size));
+    }
+    let h: [u8; 40] = read(skb, nh, 0)?;
+    let word = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    let ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+        saddr: [word(8), word(12), word(16), word(20)],
+        daddr: [word(24), word(28), word(32), word(36)],
+        sport,
+        dport,
+    };
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32;
+    Ok((bpf_sock_tuple { __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 { ipv6 } }, size))
 }

@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use chaos_common::{
-    Action, Family, KernelError, has_rule,
+    Action, Family, KernelError, Rule, has_rule,
     net::{DIR_EGRESS, DelayTable, Fragment, LastDatagram, MAX_DELAY_TABLES, Packet, corrupt_bit, departure, jittered_delay, table_delay},
 };
 
@@ -212,24 +212,7 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             Ok(NEXT)
         }
         Some((i, Action::NetCorrupt, r)) => {
-            let net = match nh {
-                NetworkHeader::At(l2) => l2,
-                // Devices without a link-layer header: the packet starts at the network header.
-                NetworkHeader::Unknown => 0,
-            };
-            let payload = parse::payload_offset(skb, &pkt)?;
-            if let Some((offset, bit)) = corrupt_bit(payload, (len as u32).saturating_sub(net), draw(i, r)) {
-                let flipped = parse::byte_at(skb, offset)? ^ bit;
-                // SAFETY: the context the kernel passed in; the helper copies one byte from the
-                // stack into the packet (making that part of it writable first). No checksum
-                // update: see docs/design.md, "Corruption and checksums".
-                let r = unsafe { bpf_skb_store_bytes(skb.cast(), net + offset, (&raw const flipped).cast(), 1, 0) };
-                if r == 0 {
-                    injected(i, 1, len);
-                } else {
-                    count_error(KernelError::PacketWrite);
-                }
-            }
+            corrupt(skb, nh, &pkt, i, r, len)?;
             remember(&pkt, 0);
             Ok(NEXT)
         }
@@ -240,6 +223,31 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             Ok(NEXT)
         }
     }
+}
+
+/// Flips one random bit of the payload of `pkt` (`len` bytes long, headers `nh`) for rule `i`,
+/// where it has one. Shared by both directions.
+#[inline(always)]
+pub(super) fn corrupt(skb: *mut __sk_buff, nh: NetworkHeader, pkt: &Packet, i: u32, r: &Rule, len: u64) -> Result<(), KernelError> {
+    let net = match nh {
+        NetworkHeader::At(l2) => l2,
+        // Devices without a link-layer header: the packet starts at the network header.
+        NetworkHeader::Unknown => 0,
+    };
+    let payload = parse::payload_offset(skb, pkt)?;
+    if let Some((offset, bit)) = corrupt_bit(payload, (len as u32).saturating_sub(net), draw(i, r)) {
+        let flipped = parse::byte_at(skb, offset)? ^ bit;
+        // SAFETY: the context the kernel passed in; the helper copies one byte from the stack into
+        // the packet (making that part of it writable first). No checksum update: see
+        // docs/design.md, "Corruption and checksums".
+        let r = unsafe { bpf_skb_store_bytes(skb.cast(), net + offset, (&raw const flipped).cast(), 1, 0) };
+        if r == 0 {
+            injected(i, 1, len);
+        } else {
+            count_error(KernelError::PacketWrite);
+        }
+    }
+    Ok(())
 }
 
 /// Sends the packet at `departs` (CLOCK_MONOTONIC ns), which sch_fq holds it until, charged to

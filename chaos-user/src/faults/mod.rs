@@ -39,6 +39,9 @@ use crate::{error::Result, probe::Backend};
 pub enum Hook {
     /// TC egress on every device of the network namespaces the target's processes use.
     TcEgress,
+    /// TC ingress on the same devices: received packets copied or changed before the stack sees
+    /// them, for the target whose socket they are for.
+    TcIngress,
     /// `cgroup_skb/ingress` on the target cgroup.
     CgroupIngress,
     /// The programs of one call that cgroup hooks fail (`sys::CGROUP_CALLS`, by its
@@ -65,11 +68,17 @@ impl Hook {
         matches!(self, Hook::CgroupIngress | Hook::CgroupSock(_))
     }
 
+    /// Whether the hook is attached to the devices of the targets' network namespaces.
+    pub fn per_device(&self) -> bool {
+        matches!(self, Hook::TcEgress | Hook::TcIngress)
+    }
+
     /// The rule mask of a target this hook reads.
     pub fn family(&self) -> Family {
         match self {
             Hook::TcEgress => Family::Egress,
             Hook::CgroupIngress => Family::Ingress,
+            Hook::TcIngress => Family::IngressTc,
             _ => Family::Sys,
         }
     }
@@ -77,6 +86,7 @@ impl Hook {
     pub fn describe(&self) -> String {
         match self {
             Hook::TcEgress => "TC egress on the target's devices".into(),
+            Hook::TcIngress => "TC ingress on the target's devices".into(),
             Hook::CgroupIngress => "cgroup_skb/ingress on the target".into(),
             Hook::CgroupSock(hook) => match sys::cgroup_call_by_hook(*hook) {
                 Some(c) => format!("cgroup hooks {} on the target", c.programs.join(", ")),

@@ -17,8 +17,9 @@ use ipnet::IpNet;
 use super::{Fault, Hook};
 use crate::{cli, error::Result, probe::Backend, usage};
 
-/// A packet fault that does one thing to a share of the matching packets sent (duplicate,
-/// corrupt): its kind, its kernel action and its words. Such a kind is this table and its help.
+/// A packet fault that does one thing to a share of the matching packets, sent or received
+/// (duplicate, corrupt): its kind, its kernel action and its words. Such a kind is this table and
+/// its help.
 #[derive(Debug)]
 pub struct PercentAction {
     /// As in fault files: "net.duplicate".
@@ -28,8 +29,6 @@ pub struct PercentAction {
     pub verb: &'static str,
     /// The report's names for the count, the wire segments and the bytes of the packets it acted on.
     pub counters: [&'static str; 3],
-    /// Why it acts on sent packets only (the refusal of --direction ingress says it).
-    pub egress_only: &'static str,
 }
 
 /// The flags of a [`PercentAction`] fault.
@@ -56,7 +55,6 @@ impl PercentFault {
     pub fn build(what: &'static PercentAction, m: &ArgMatches) -> Result<Box<dyn Fault>> {
         let a = PercentArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
         let filters: NetFilters = a.scope.filters.into();
-        filters.egress_only(what.kind, what.egress_only)?;
         Ok(Box::new(PercentFault { what, ppm: a.percent, filters, netns: a.scope.netns }))
     }
 }
@@ -71,11 +69,17 @@ impl Fault for PercentFault {
     }
 
     fn needs(&self) -> Vec<&'static [Backend]> {
-        self.filters.needs()
+        // Both directions act at TC: received packets at TC ingress, before the stack checks them,
+        // for the target whose socket they are for.
+        let mut n: Vec<&'static [Backend]> = vec![&[Backend::Tcx, Backend::TcNetlink]];
+        if self.filters.directions & DIR_INGRESS != 0 {
+            n.push(&[Backend::TcIngressSocket]);
+        }
+        n
     }
 
     fn hooks(&self, _available: &[Backend]) -> Result<Vec<Hook>> {
-        Ok(vec![Hook::TcEgress])
+        Ok(self.filters.hooks().into_iter().map(|h| if h == Hook::CgroupIngress { Hook::TcIngress } else { h }).collect())
     }
 
     fn fill(&self, rule: &mut Rule, _hooks: &[Hook]) -> Result<()> {

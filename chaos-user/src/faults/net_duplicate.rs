@@ -1,6 +1,7 @@
-//! `net.duplicate`: send a share of the target's packets twice (netem's `duplicate P`). The TC
-//! program clones the packet out of the same device; the copy carries no socket, so it has no
-//! cgroup and is never copied again.
+//! `net.duplicate`: send (or receive) a share of the target's packets twice (netem's `duplicate
+//! P`). Egress: the TC program clones the packet out of the same device; the copy carries no
+//! socket, so it has no cgroup and is never copied again. Ingress: the TC ingress program injects
+//! a marked copy at the device's ingress, and lets a marked packet pass uncopied.
 
 use chaos_common::Action;
 use clap::{ArgMatches, Args};
@@ -18,15 +19,19 @@ static WHAT: PercentAction = PercentAction {
     action: Action::NetDuplicate,
     verb: "duplicate",
     counters: ["duplicated", "duplicated_segs", "duplicated_bytes"],
-    egress_only: "copies are made where the packet leaves the target's namespace",
 };
 
 fn command() -> clap::Command {
     PercentArgs::augment_args(clap::Command::new("duplicate"))
         .about("Send packets twice (netem's duplicate, for one cgroup).")
         .after_help(
-            "Examples:\n  chaos net duplicate --cgroup web --percent 5\n  \
-             chaos net duplicate --pid 4242 --percent 50 --proto udp --port 5353",
+            "With --direction ingress (or both), the target's received TCP and UDP packets are \
+             copied at the device's ingress, before the stack sees them: the packets of a local \
+             socket of the target's (found as the stack will find it), never ICMP or a packet no \
+             socket takes. A copy is never copied again.\n\n\
+             Examples:\n  chaos net duplicate --cgroup web --percent 5\n  \
+             chaos net duplicate --pid 4242 --percent 50 --proto udp --port 5353\n  \
+             chaos net duplicate --cgroup web --percent 10 --direction ingress",
         )
 }
 

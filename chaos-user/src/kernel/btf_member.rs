@@ -126,12 +126,46 @@ impl Types<'_> {
 
 /// Where the programs' kernel struct members lie in the running kernel (its BTF,
 /// `super::vmlinux_btf_bytes`): `f_path` in `struct file`, `tgid` in `struct task_struct`.
-pub fn program_offsets() -> (Option<u32>, Option<u32>) {
-    let Ok(btf) = super::vmlinux_btf_bytes() else { return (None, None) };
-    match member_offsets(btf, &[("file", "f_path"), ("task_struct", "tgid")])[..] {
-        [f_path, tgid] => (f_path, tgid),
-        _ => (None, None),
+pub fn program_offsets() -> ProgramOffsets {
+    let Ok(btf) = super::vmlinux_btf_bytes() else { return ProgramOffsets::default() };
+    let wanted = [
+        ("file", "f_path"),
+        ("task_struct", "tgid"),
+        ("sock", "sk_cgrp_data"),
+        ("sock_cgroup_data", "cgroup"),
+        ("cgroup", "kn"),
+        ("kernfs_node", "id"),
+        ("cgroup", "level"),
+        ("cgroup", "ancestors"),
+        ("cgroup", "ancestor_ids"),
+    ];
+    match member_offsets(btf, &wanted)[..] {
+        [f_path, tgid, sk_cgrp_data, cgroup, kn, id, level, ancestors, ancestor_ids] => ProgramOffsets {
+            f_path,
+            tgid,
+            sock_cgroup: (|| {
+                let (array, ids) = match (ancestors, ancestor_ids) {
+                    (Some(a), _) => (a, 0),
+                    (None, Some(a)) => (a, 1),
+                    (None, None) => return None,
+                };
+                Some([sk_cgrp_data? + cgroup?, kn?, id?, level?, array, ids])
+            })(),
+        },
+        _ => ProgramOffsets::default(),
     }
+}
+
+/// Where the programs read the kernel's structs (see the globals in `chaos-ebpf/src/globals.rs`).
+#[derive(Debug, Default)]
+pub struct ProgramOffsets {
+    /// `file.f_path`.
+    pub f_path: Option<u32>,
+    /// `task_struct.tgid`.
+    pub tgid: Option<u32>,
+    /// A socket's cgroup (`chaos_common::SOCK_CGROUP_OFFSET_GLOBALS`, in that order): before
+    /// 5.15 `sock_cgroup_data` has no `cgroup` member.
+    pub sock_cgroup: Option<[u32; 6]>,
 }
 
 #[cfg(test)]
@@ -186,11 +220,17 @@ mod tests {
     }
 
     #[test]
-    fn the_running_kernel_has_file_f_path_and_task_tgid() {
+    fn the_running_kernel_has_file_f_path_task_tgid_and_a_sockets_cgroup() {
         // Every kernel chaos runs on has BTF; f_path sits well inside struct file, tgid far into
         // task_struct (after its scheduling state).
-        let (Some(f_path), Some(tgid)) = program_offsets() else { panic!("no struct file f_path or task_struct tgid in /sys/kernel/btf/vmlinux") };
+        let o = program_offsets();
+        let (Some(f_path), Some(tgid)) = (o.f_path, o.tgid) else { panic!("no struct file f_path or task_struct tgid in /sys/kernel/btf/vmlinux") };
         assert!(f_path > 0 && f_path < 512 && f_path % 8 == 0, "{f_path}");
         assert!(tgid > 512 && tgid < 8192 && tgid % 4 == 0, "{tgid}");
+        // Pointers at 8-byte boundaries; a cgroup's parent in its first member (its css).
+        let [sock, kn, id, level, ancestors, ids] = o.sock_cgroup.expect("no sock.sk_cgrp_data.cgroup and the cgroup members in the BTF");
+        assert!(sock > 64 && sock % 8 == 0 && kn % 8 == 0 && id % 8 == 0 && level % 4 == 0, "{:?}", o.sock_cgroup);
+        // The array of ancestors ends struct cgroup, past its level; this host (6.18) has cgroups.
+        assert!(ancestors > level && ancestors % 8 == 0 && ids == 0, "{:?}", o.sock_cgroup);
     }
 }

@@ -16,7 +16,7 @@ use aya::{
     util::nr_cpus,
 };
 use chaos_common::{
-    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, FOLLOW_OPEN_FILES_PROGRAM, FOLLOW_TGIDS_MAP, HOLDS_MAP, MAX_FOLLOW_TGIDS, TASK_TGID_OFFSET_GLOBAL, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
+    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, FOLLOW_OPEN_FILES_PROGRAM, FOLLOW_TGIDS_MAP, HOLDS_MAP, MAX_FOLLOW_TGIDS, TASK_TGID_OFFSET_GLOBAL, SOCK_CGROUP_KNOWN_GLOBAL, SOCK_CGROUP_OFFSET_GLOBALS, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
     PRNG_MAP, SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules,
     loss::Prng,
     net::{DELAY_TABLES_MAP, DelayTable},
@@ -35,6 +35,8 @@ pub struct Kernel {
     pub ebpf: Ebpf,
     /// Forwards the programs' aya-log records to env_logger; flushed by the watch loop.
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// The kernel's BTF says where a socket's cgroup lies (what TC ingress reads).
+    pub sock_cgroup_known: bool,
 }
 
 fn map_error(e: MapError) -> Error {
@@ -57,9 +59,15 @@ impl Kernel {
         raise_memlock();
         let log_flag = log_packets as u8;
         // Without BTF no program that needs it loads (LSM, fmod_ret, tp_btf), whatever this is.
-        let (f_path, tgid) = btf_member::program_offsets();
-        let (f_path, tgid) = (f_path.unwrap_or(0), tgid.unwrap_or(0));
-        let mut ebpf = EbpfLoader::new()
+        let offsets = btf_member::program_offsets();
+        let (f_path, tgid) = (offsets.f_path.unwrap_or(0), offsets.tgid.unwrap_or(0));
+        let sock_cgroup_known = offsets.sock_cgroup.is_some() as u8;
+        let sock_cgroup = offsets.sock_cgroup.unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        for (name, offset) in SOCK_CGROUP_OFFSET_GLOBALS.iter().zip(&sock_cgroup) {
+            loader.override_global(name, offset, true);
+        }
+        let mut ebpf = loader
             // The kernel's BTF serves CO-RE relocations, which Rust programs do not have (see
             // `btf_member`); the loader would parse it anyway (tens of ms of every start). The
             // BTF-typed programs take it at their own load.
@@ -67,6 +75,7 @@ impl Kernel {
             .override_global(LOG_PACKETS_GLOBAL, &log_flag, true)
             .override_global(FILE_F_PATH_OFFSET_GLOBAL, &f_path, true)
             .override_global(TASK_TGID_OFFSET_GLOBAL, &tgid, true)
+            .override_global(SOCK_CGROUP_KNOWN_GLOBAL, &sock_cgroup_known, true)
             .load(KERNEL_OBJECT)
             .map_err(|e| {
             log::debug!("loading the kernel object: {e:?}");
@@ -81,7 +90,7 @@ impl Kernel {
         } else {
             None
         };
-        Ok(Kernel { ebpf, logger })
+        Ok(Kernel { ebpf, logger, sock_cgroup_known: sock_cgroup_known != 0 })
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut Map> {

@@ -3,9 +3,10 @@
 //! - cgroup links (`cgroup_skb/ingress`), one per target that needs one: fd-based, gone with the
 //!   process.
 //! - syscall hooks (LSM, fmod_ret, kprobe), one per hook: fd-based.
-//! - TC egress on every device of the targets' network namespaces: a tcx link (6.6+, fd-based,
-//!   placed before every other program) or a netlink cls_bpf filter (before 6.6: outlives the
-//!   process, so it is journaled before it is made, proved ours by its program id). A device link
+//! - TC egress (and ingress, for faults that copy or change received packets) on every device of
+//!   the targets' network namespaces: a tcx link (6.6+, fd-based, placed before every other
+//!   program) or a netlink cls_bpf filter (before 6.6: outlives the process, so it is journaled
+//!   before it is made, proved ours by its program id). A device link
 //!   carries its namespace and is detached inside it; if that namespace cannot be entered, the
 //!   link is leaked rather than detached elsewhere, and the journal keeps it for the guardian.
 
@@ -28,7 +29,7 @@ use aya::{
     },
 };
 use chaos_common::{
-    net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS, PROG_TC_EGRESS_L3},
+    net::{PROG_CGROUP_INGRESS, PROG_TC_EGRESS, PROG_TC_EGRESS_L3, PROG_TC_INGRESS, PROG_TC_INGRESS_L3},
     sys::{FMOD_RET_FILE_OPEN_SECTION, FMOD_RET_SYSCALL_SECTION, PROG_KPROBE, PROG_SYS_ENTER, PROG_SYS_EXIT},
 };
 use serde::Serialize;
@@ -65,8 +66,26 @@ pub struct Attached {
 pub struct AttachedDevice {
     pub netns_ino: u64,
     pub ifname: String,
+    /// "egress" or "ingress".
+    pub direction: &'static str,
     /// "tcx" (a link the kernel removes when chaos exits) or "netlink" (a filter chaos removes).
     pub mode: &'static str,
+}
+
+/// What goes on each device of the targets' namespaces.
+pub struct DeviceHooks<'a> {
+    /// The TC programs' directions, egress first (it adds any clsact, which the egress link, the
+    /// last detached, removes).
+    pub directions: &'a [TcAttachType],
+    /// tcx links (6.6+) rather than netlink filters.
+    pub tcx: bool,
+    /// The session's delay faults need fq as each device's root qdisc (`qdisc.rs`), and the
+    /// session's fq handle.
+    pub fq: Option<(FqNeed, u32)>,
+}
+
+fn direction_name(d: TcAttachType) -> &'static str {
+    if d == TcAttachType::Ingress { "ingress" } else { "egress" }
 }
 
 /// What keeps a syscall hook attached; dropping it detaches.
@@ -80,11 +99,12 @@ struct SysLink {
     link_id: u32,
 }
 
-/// The TC program on one device.
+/// A TC program on one device, in one direction.
 struct DeviceLink {
     ns: Arc<Netns>,
     ifindex: u32,
     ifname: String,
+    direction: TcAttachType,
     /// `Some` while attached.
     link: Option<SchedClassifierLink>,
     link_id: Option<u32>,
@@ -142,12 +162,9 @@ pub struct Attachments {
 
 impl Attachments {
     /// The programs `hooks` need whose load takes no arguments, for [`Kernel::preload`] to verify
-    /// side by side before anything attaches; `egress`: the TC program too.
-    pub fn programs(hooks: &[&Hook], egress: bool) -> Vec<&'static str> {
-        let mut names = Vec::new();
-        if egress {
-            names.push(PROG_TC_EGRESS);
-        }
+    /// side by side before anything attaches; `tc`: the TC programs' directions too.
+    pub fn programs(hooks: &[&Hook], tc: &[TcAttachType]) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = tc.iter().map(|&d| tc_program(d, true)).collect();
         for hook in hooks {
             match hook {
                 Hook::CgroupIngress => names.push(PROG_CGROUP_INGRESS),
@@ -258,7 +275,7 @@ impl Attachments {
                 let id = prog.attach().map_err(|e| Error::Other(anyhow::anyhow!("attaching tp_btf {point}: {}", chain(&e))))?;
                 SysHeld::Link(prog.take_link(id).map_err(|e| Error::Other(e.into()))?.into())
             }
-            Hook::TcEgress | Hook::CgroupIngress | Hook::CgroupSock(_) => return Ok(()),
+            Hook::TcEgress | Hook::TcIngress | Hook::CgroupIngress | Hook::CgroupSock(_) => return Ok(()),
         };
         let link_id = match &held {
             SysHeld::Link(l) => l.info().map(|i| i.id()).unwrap_or(0),
@@ -269,21 +286,12 @@ impl Attachments {
         Ok(())
     }
 
-    /// The TC egress program on every device, not yet attached, of the namespaces `paths` name.
-    /// `strict` (at the start): the first failure ends the attachment with an error, after which
-    /// [`Attachments::detach_all`] undoes exactly what was done. Otherwise (refreshing while
+    /// The TC programs `to` names on every device, not yet attached, of the namespaces `paths`
+    /// name. `strict` (at the start): the first failure ends the attachment with an error, after
+    /// which [`Attachments::detach_all`] undoes exactly what was done. Otherwise (refreshing while
     /// running): failures are logged and the rest goes on.
-    /// `fq`: the session's delay faults need fq as each device's root qdisc (`qdisc.rs`), and the
-    /// session's fq handle.
-    pub fn attach_devices(
-        &mut self,
-        kernel: &mut Kernel,
-        journal: &mut Journal,
-        paths: &[(u64, PathBuf)],
-        tcx: bool,
-        fq: Option<(FqNeed, u32)>,
-        strict: bool,
-    ) -> Result<()> {
+    pub fn attach_devices(&mut self, kernel: &mut Kernel, journal: &mut Journal, paths: &[(u64, PathBuf)], to: &DeviceHooks, strict: bool) -> Result<()> {
+        let (tcx, fq) = (to.tcx, to.fq);
         for (ino, path) in paths {
             if *ino != 0 && self.namespaces.iter().any(|n| n.ino == *ino) {
                 continue;
@@ -303,7 +311,7 @@ impl Attachments {
                 Err(e) => log::debug!("{e}"),
             }
         }
-        let known: BTreeSet<(u64, u32)> = self.devices.iter().map(|d| (d.ns.ino, d.ifindex)).collect();
+        let known: BTreeSet<(u64, u32, bool)> = self.devices.iter().map(|d| (d.ns.ino, d.ifindex, d.direction == TcAttachType::Ingress)).collect();
         for ns in self.namespaces.clone() {
             let kernel = &mut *kernel;
             let attempts = &mut self.device_attempts;
@@ -311,9 +319,11 @@ impl Attachments {
             // Every result is handled inside the namespace: a link is never dropped (detached)
             // on another thread, where its ifindex would name another namespace's device.
             let outcome = ns.run(|| -> Result<()> {
-                for (ifindex, ifname) in netdev::devices() {
-                    if known.contains(&(ns.ino, ifindex)) {
+                for ((ifindex, ifname), &direction) in netdev::devices().into_iter().flat_map(|d| to.directions.iter().map(move |t| (d.clone(), t))) {
+                    let ingress = direction == TcAttachType::Ingress;
+                    if known.contains(&(ns.ino, ifindex, ingress)) {
                         if let Some((need, handle)) = fq
+                            && !ingress
                             && let Some(d) = devices.iter_mut().find(|d| d.ns.ino == ns.ino && d.ifindex == ifindex && d.fq_when_up)
                             && netdev::is_up(&ifname)
                         {
@@ -330,10 +340,11 @@ impl Attachments {
                         Err(Error::Other(anyhow::anyhow!("attaching to {ifname}: failed on purpose (CHAOS_TEST_FAIL_ATTACH={attempts})")))
                     } else {
                         // The program that reads headers in place where the framing is known.
-                        let name = if netdev::ethernet_framing(&ifname) { PROG_TC_EGRESS } else { PROG_TC_EGRESS_L3 };
+                        let name = tc_program(direction, netdev::ethernet_framing(&ifname));
+                        let fq = if ingress { None } else { fq };
                         kernel
                             .program::<SchedClassifier>(name, "TC classifier (sched_cls)")
-                            .and_then(|prog| attach_device(prog, journal, &ns, ifindex, &ifname, tcx, fq))
+                            .and_then(|prog| attach_device(prog, journal, &ns, (ifindex, &ifname, direction), tcx, fq))
                     };
                     match attached {
                         Ok(d) => devices.push(d),
@@ -364,7 +375,11 @@ impl Attachments {
             self.sys.clear();
             killpoint::step(|| "detached the syscall hooks".into());
         }
-        for mut d in std::mem::take(&mut self.devices) {
+        // Ingress first: a clsact the session added was added with the egress link, which removes
+        // it once the device has no filter left.
+        let mut devices = std::mem::take(&mut self.devices);
+        devices.sort_by_key(|d| d.direction != TcAttachType::Ingress);
+        for mut d in devices {
             let ns = d.ns.clone();
             let link = d.link.take().map(ManuallyDrop::new);
             let (filter, clsact, fq) = (d.filter.take(), d.clsact.take(), d.fq.take());
@@ -411,7 +426,7 @@ impl Attachments {
                 }
                 Err(e) => log::warn!("{e}: its TC program stays attached and recorded for `chaos cleanup`"),
             }
-            killpoint::step(|| format!("detached from {}", d.ifname));
+            killpoint::step(|| format!("detached from {}{}", d.ifname, if d.direction == TcAttachType::Ingress { " ingress" } else { "" }));
         }
     }
 
@@ -431,6 +446,7 @@ impl Attachments {
             .map(|d| AttachedDevice {
                 netns_ino: d.ns.ino,
                 ifname: d.ifname.clone(),
+                direction: direction_name(d.direction),
                 mode: if d.filter.is_some() { "netlink" } else { "tcx" },
             })
             .collect();
@@ -451,14 +467,23 @@ impl Drop for Attachments {
     }
 }
 
-/// Runs inside `ns`: puts fq on device `ifindex` if the session needs it, then attaches `prog` at
-/// its egress. A failure to attach undoes the fq.
+/// The TC program for `direction` on a device with Ethernet framing or without.
+fn tc_program(direction: TcAttachType, ethernet: bool) -> &'static str {
+    match (direction, ethernet) {
+        (TcAttachType::Ingress, true) => PROG_TC_INGRESS,
+        (TcAttachType::Ingress, false) => PROG_TC_INGRESS_L3,
+        (_, true) => PROG_TC_EGRESS,
+        (_, false) => PROG_TC_EGRESS_L3,
+    }
+}
+
+/// Runs inside `ns`: puts fq on the device if the session needs it, then attaches `prog` to it in
+/// `direction`. A failure to attach undoes the fq.
 fn attach_device(
     prog: &mut SchedClassifier,
     journal: &mut Journal,
     ns: &Arc<Netns>,
-    ifindex: u32,
-    ifname: &str,
+    (ifindex, ifname, direction): (u32, &str, TcAttachType),
     tcx: bool,
     fq: Option<(FqNeed, u32)>,
 ) -> Result<DeviceLink> {
@@ -468,7 +493,7 @@ fn attach_device(
         Some((need, handle)) => qdisc::ensure_fq(journal, ns, ifindex, ifname, need, handle)?,
         None => None,
     };
-    match attach_program(prog, journal, ns, ifindex, ifname, tcx) {
+    match attach_program(prog, journal, ns, (ifindex, ifname, direction), tcx) {
         Ok(mut d) => {
             d.fq_when_up = fq.is_some() && was_down && fq_change.is_none();
             d.fq = fq_change;
@@ -485,30 +510,32 @@ fn attach_device(
     }
 }
 
-/// Runs inside `ns`: attaches `prog` at egress of device `ifindex`.
+/// Runs inside `ns`: attaches `prog` to device `ifindex` in `direction`.
 fn attach_program(
     prog: &mut SchedClassifier,
     journal: &mut Journal,
     ns: &Arc<Netns>,
-    ifindex: u32,
-    ifname: &str,
+    (ifindex, ifname, direction): (u32, &str, TcAttachType),
     tcx: bool,
 ) -> Result<DeviceLink> {
-    let fail = |e: &dyn std::error::Error| Error::Other(anyhow::anyhow!("attaching to {ifname} egress: {}", chain(e)));
+    let dir = direction_name(direction);
+    // Kill-point steps name the direction for ingress only (egress's names predate it).
+    let at = if direction == TcAttachType::Ingress { format!("{ifname} ingress") } else { ifname.to_string() };
+    let fail = |e: &dyn std::error::Error| Error::Other(anyhow::anyhow!("attaching to {ifname} {dir}: {}", chain(e)));
     let prog_id = prog.info().map(|i| i.id()).map_err(|e| fail(&e))?;
     let nsref = NetnsRef { ino: ns.ino, path: ns.path.clone() };
-    let mut d = DeviceLink { ns: ns.clone(), ifindex, ifname: ifname.to_string(), link: None, link_id: None, filter: None, clsact: None, fq: None, fq_when_up: false };
+    let mut d = DeviceLink { ns: ns.clone(), ifindex, ifname: ifname.to_string(), direction, link: None, link_id: None, filter: None, clsact: None, fq: None, fq_when_up: false };
     if tcx {
         // First in the device's chain: a program before chaos that returns "pass" would end the
         // chain and let the packets chaos was to act on leave.
         let id = prog
-            .attach_with_options(ifname, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::first()))
+            .attach_with_options(ifname, direction, TcAttachOptions::TcxOrder(LinkOrder::first()))
             .map_err(|e| fail(&e))?;
         let link = prog.take_link(id).map_err(|e| fail(&e))?;
         let fd: Option<&FdLink> = (&link).try_into().ok();
         d.link_id = fd.and_then(|l| l.info().ok()).map(|i| i.id());
         d.link = Some(link);
-        killpoint::step(|| format!("attached a tcx link to {ifname}"));
+        killpoint::step(|| format!("attached a tcx link to {at}"));
         return Ok(d);
     }
     // Netlink (before 6.6): a clsact qdisc first, if the device has none, then the filter. Each
@@ -543,7 +570,8 @@ fn attach_program(
     // gives a new filter a lower number than the last one but appends it after it: measured on
     // 6.1, another tool's filter at priority 100 ran first.) Priority 0 with no filter there: the
     // kernel's default (49152).
-    let existing = rtnl::filters(ifindex, rtnl::CLSACT_EGRESS).map_err(|e| fail(&e))?;
+    let parent = if direction == TcAttachType::Ingress { rtnl::CLSACT_INGRESS } else { rtnl::CLSACT_EGRESS };
+    let existing = rtnl::filters(ifindex, parent).map_err(|e| fail(&e))?;
     let priority = match existing.iter().map(|f| f.priority).min() {
         None => 0,
         Some(p) if p > 1 => p - 1,
@@ -552,13 +580,13 @@ fn attach_program(
             0
         }
     };
-    let change = Change::TcFilter { netns: nsref, ifindex, ifname: ifname.to_string(), parent: rtnl::CLSACT_EGRESS, prog_id };
+    let change = Change::TcFilter { netns: nsref, ifindex, ifname: ifname.to_string(), parent, prog_id };
     journal.before(change.clone()).map_err(journal_err)?;
-    match prog.attach_with_options(ifname, TcAttachType::Egress, TcAttachOptions::Netlink(NlOptions { priority, ..Default::default() })) {
+    match prog.attach_with_options(ifname, direction, TcAttachOptions::Netlink(NlOptions { priority, ..Default::default() })) {
         Ok(id) => {
             d.link = Some(prog.take_link(id).map_err(|e| fail(&e))?);
             d.filter = Some(change);
-            killpoint::step(|| format!("attached a TC filter to {ifname}"));
+            killpoint::step(|| format!("attached a TC filter to {at}"));
             Ok(d)
         }
         Err(e) => {

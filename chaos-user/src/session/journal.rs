@@ -79,7 +79,9 @@ pub enum Change {
 impl Change {
     pub fn describe(&self) -> String {
         match self {
-            Change::TcFilter { ifname, prog_id, .. } => format!("TC filter (program {prog_id}) on {ifname}"),
+            Change::TcFilter { ifname, prog_id, parent, .. } => {
+                format!("TC filter (program {prog_id}) on {ifname}{}", if *parent == rtnl::CLSACT_INGRESS { " ingress" } else { "" })
+            }
             Change::Clsact { ifname, .. } => format!("clsact qdisc on {ifname}"),
             Change::RootFq { ifname, handle, replaced, queues: 0, .. } => format!("fq qdisc {:x}: on {ifname} (in place of {replaced})", handle >> 16),
             Change::RootFq { ifname, handle, replaced, queues, .. } => {

@@ -16,11 +16,12 @@ pub mod qdisc;
 
 use std::{path::PathBuf, time::Duration};
 
+use aya::programs::tc::TcAttachType;
 use chaos_common::{Action, MAX_RULES, MAX_TARGETS, Rule, SessionConfig, TargetRules, loss::Prng};
 use serde::Serialize;
 
 use self::{
-    attach::{Attached, Attachments},
+    attach::{Attached, Attachments, DeviceHooks},
     journal::{Change, FaultInfo, Journal, Record},
 };
 use crate::{
@@ -52,8 +53,11 @@ pub struct Plan {
     /// ones inside another such target (its program already runs for their packets and calls,
     /// and finds their rules by their ancestors' ids).
     pub cgroup_at: Vec<(Hook, usize)>,
-    /// Targets with egress rules: the TC program goes on the devices of their namespaces.
-    pub egress_targets: Vec<usize>,
+    /// Targets with rules at TC (egress, or ingress to copy or change a received packet): the TC
+    /// programs go on the devices of their namespaces.
+    pub device_targets: Vec<usize>,
+    /// The TC directions the session's rules need, egress first.
+    pub tc_directions: Vec<TcAttachType>,
     /// Namespaces named explicitly (`--netns`).
     pub extra_netns: Vec<PathBuf>,
     /// Syscall hooks, each once.
@@ -167,7 +171,7 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
         }
     }
     let mut sys_hooks: Vec<Hook> =
-        faults.iter().flat_map(|f| f.hooks.iter().cloned()).filter(|h| *h != Hook::TcEgress && !h.per_cgroup()).collect();
+        faults.iter().flat_map(|f| f.hooks.iter().cloned()).filter(|h| !h.per_device() && !h.per_cgroup()).collect();
     sys_hooks.sort();
     sys_hooks.dedup();
     // The program that forgets closed files first, before file_open follows any.
@@ -181,7 +185,17 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
     });
     let plan = Plan {
         fq,
-        egress_targets: with_hook(&Hook::TcEgress),
+        device_targets: {
+            let mut t = [with_hook(&Hook::TcEgress), with_hook(&Hook::TcIngress)].concat();
+            t.sort_unstable();
+            t.dedup();
+            t
+        },
+        tc_directions: [(Hook::TcEgress, TcAttachType::Egress), (Hook::TcIngress, TcAttachType::Ingress)]
+            .into_iter()
+            .filter(|(h, _)| faults.iter().any(|f| f.hooks.contains(h)))
+            .map(|(_, d)| d)
+            .collect(),
         cgroup_at,
         sys_hooks,
         extra_netns,
@@ -192,7 +206,7 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
     };
     // Entering another network namespace needs CAP_SYS_ADMIN: say so before anything attaches.
     let own = netdev::own_netns_ino();
-    if plan.egress_namespaces().iter().any(|(ino, _)| *ino != own) {
+    if plan.device_namespaces().iter().any(|(ino, _)| *ino != own) {
         privileges::require(privileges::CAP_SYS_ADMIN, "CAP_SYS_ADMIN", "entering the target's network namespace (setns)")?;
     }
     Ok(plan)
@@ -240,12 +254,14 @@ impl Plan {
         for (h, t) in &self.cgroup_at {
             attach.push(format!("{} {}", h.describe().trim_end_matches("the target"), self.targets[*t].path.display()));
         }
-        for (ino, path) in self.egress_namespaces() {
+        let directions: Vec<&str> = self.tc_directions.iter().map(|d| if *d == TcAttachType::Ingress { "ingress" } else { "egress" }).collect();
+        for (ino, path) in self.device_namespaces() {
             let devices = netdev::Netns::open(&path).and_then(|ns| ns.run(netdev::devices)).map(|d| {
                 d.into_iter().map(|(_, n)| n).collect::<Vec<_>>().join(", ")
             });
             attach.push(format!(
-                "TC egress ({}) on every device of network namespace {} (inode {ino}): {}",
+                "TC {} ({}) on every device of network namespace {} (inode {ino}): {}",
+                directions.join(" and "),
                 if self.tcx { "tcx link, first in the chain" } else { "netlink cls_bpf filter, journaled" },
                 path.display(),
                 devices.unwrap_or_else(|e| format!("cannot list ({e})"))
@@ -276,12 +292,12 @@ impl Plan {
     /// The namespaces whose devices the TC program goes on: those of the egress targets'
     /// processes, the ones named with `--netns`, or this process's own for a target with no
     /// process yet (its processes will most likely start there).
-    pub fn egress_namespaces(&self) -> Vec<(u64, PathBuf)> {
-        if self.egress_targets.is_empty() {
+    pub fn device_namespaces(&self) -> Vec<(u64, PathBuf)> {
+        if self.device_targets.is_empty() {
             return Vec::new();
         }
         let mut out: Vec<(u64, PathBuf)> = Vec::new();
-        for &t in &self.egress_targets {
+        for &t in &self.device_targets {
             for (ino, path) in netdev::netns_of(&self.targets[t]) {
                 if ino == 0 || !out.iter().any(|(i, _)| *i == ino) {
                     out.push((ino, path));
@@ -574,12 +590,13 @@ impl Session {
     }
 
     fn attach_all(&mut self) -> Result<()> {
-        let namespaces = self.plan.egress_namespaces();
+        let namespaces = self.plan.device_namespaces();
         let hooks: Vec<&Hook> = self.plan.cgroup_at.iter().map(|(h, _)| h).chain(&self.plan.sys_hooks).collect();
-        self.kernel.preload(&Attachments::programs(&hooks, !namespaces.is_empty()));
+        self.kernel.preload(&Attachments::programs(&hooks, &self.plan.tc_directions));
         if !namespaces.is_empty() {
             let fq = self.plan.fq.map(|need| (need, qdisc::handle_for(&self.id)));
-            self.attachments.attach_devices(&mut self.kernel, &mut self.journal, &namespaces, self.plan.tcx, fq, true)?;
+            let to = DeviceHooks { directions: &self.plan.tc_directions, tcx: self.plan.tcx, fq };
+            self.attachments.attach_devices(&mut self.kernel, &mut self.journal, &namespaces, &to, true)?;
             self.note_guardian()?;
         }
         for (h, t) in &self.plan.cgroup_at.clone() {
@@ -698,12 +715,13 @@ impl Session {
         if let Err(e) = self.follow_open_files() {
             log::warn!("{e}");
         }
-        let namespaces = self.plan.egress_namespaces();
+        let namespaces = self.plan.device_namespaces();
         if namespaces.is_empty() {
             return;
         }
         let fq = self.plan.fq.map(|need| (need, qdisc::handle_for(&self.id)));
-        if let Err(e) = self.attachments.attach_devices(&mut self.kernel, &mut self.journal, &namespaces, self.plan.tcx, fq, false) {
+        let to = DeviceHooks { directions: &self.plan.tc_directions, tcx: self.plan.tcx, fq };
+        if let Err(e) = self.attachments.attach_devices(&mut self.kernel, &mut self.journal, &namespaces, &to, false) {
             log::warn!("{e}");
         }
         if let Err(e) = self.note_guardian() {
