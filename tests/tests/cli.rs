@@ -30,7 +30,7 @@ fn bad_input_is_one_line_and_exit_2() {
     one_line_error(&["net", "drop", "--cgroup", &cg, "--percent", "5", "--netns", "/no/such/netns"], 2, "network namespace");
     one_line_error(&["net", "explode", "--cgroup", &cg], 2, "explode");
     one_line_error(&["sys", "fail", "--cgroup", &cg, "--syscall", "connect", "--errno", "EIO", "--seed", "1"], 2, "packet faults");
-    one_line_error(&["net", "drop", "--cgroup", &cg, "--percent", "5", "--ecn", "--direction", "both"], 2, "cannot be rewritten");
+    one_line_error(&["net", "delay", "--cgroup", &cg, "--delay", "10ms", "--direction", "both"], 2, "none of their own");
     one_line_error(&["net", "delay", "--cgroup", &cg, "--delay", "10ms", "--distribution", "normal"], 2, "give --jitter");
     one_line_error(&["net", "delay", "--cgroup", &cg, "--delay", "10ms", "--jitter", "1ms", "--distribution", "lumpy"], 2, "lumpy.dist");
 }

@@ -163,3 +163,29 @@ impl Drop for NsGuard {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
+
+#[test]
+fn devices_without_ethernet_framing_get_chaos_in_both_directions() {
+    // A tun device in the target's namespace has no link-layer header, so the programs that read
+    // headers relative to the network header go on it (chaos_tc_l3, chaos_tc_ingress_l3). Each
+    // must load on every lane's kernel: once, the ingress one was refused where a tunnel device
+    // existed (errinj's sit0), and with it the whole session.
+    let sb = Sandbox::new();
+    let add = Command::new("ip").args(["-n", &sb.client_ns, "tuntap", "add", "dev", "chaostun0", "mode", "tun"]).status().expect("ip tuntap");
+    assert!(add.success(), "adding a tun device");
+    let up = Command::new("ip").args(["-n", &sb.client_ns, "link", "set", "chaostun0", "up"]).status().expect("ip link");
+    assert!(up.success(), "bringing the tun device up");
+    let mut args: Vec<String> = ["net", "duplicate", "--percent", "100", "--direction", "both", "--proto", "udp", "--for", "60s", "--json"].map(String::from).to_vec();
+    args.extend(sb.target_args());
+    let chaos = start_chaos(&args);
+    let got = udp(&sb, Place::Target, SERVER_V4, 6611, 100, &[]);
+    let summary = stop_chaos(chaos);
+    assert_eq!(got["received"], 200, "every datagram sent twice: {got}");
+    let devices = summary["attached"]["devices"].as_array().expect("attached devices");
+    for direction in ["egress", "ingress"] {
+        assert!(
+            devices.iter().any(|d| d["ifname"] == "chaostun0" && d["direction"] == direction),
+            "no {direction} program on the tun device: {devices:?}"
+        );
+    }
+}

@@ -158,3 +158,34 @@ fn ecn_marks_capable_packets_congestion_experienced_and_drops_the_others() {
     assert_eq!(plain["received"], 0, "not ECN-capable: dropped: {plain}");
     assert_eq!((counter(&summary, 0, "marked_ce"), counter(&summary, 0, "dropped")), (1000, 500), "{summary}");
 }
+
+#[test]
+fn ecn_on_received_packets_marks_them_before_the_target_reads_them() {
+    // The same, for datagrams the target receives: marked at TC ingress, where the packet can
+    // still be changed, for the target's sockets only.
+    let sb = Sandbox::new();
+    let mut args: Vec<String> =
+        ["net", "drop", "--percent", "100", "--ecn", "--direction", "ingress", "--proto", "udp", "--local-port", "5323-5326", "--for", "60s", "--json"]
+            .map(String::from)
+            .to_vec();
+    args.extend(sb.target_args());
+    let chaos = start_chaos(&args);
+    let round = |at: Place, addr: &str, port: u16, tos: &str| -> Value {
+        let (bind, to) = if addr.contains(':') { (format!("[::]:{port}"), format!("[{addr}]:{port}")) } else { (format!("0.0.0.0:{port}"), format!("{addr}:{port}")) };
+        let mut sink = sb.spawn(at, &["udp-sink", "--bind", &bind, "--idle", "1s", "--ecn"]);
+        sink.ready();
+        let sent = sb.spawn(Place::Server, &["udp-send", "--to", &to, "--count", "500", "--rate", "4000", "--tos", tos]).json(T);
+        assert_eq!((sent["sent"].as_u64(), sent["errors"].as_u64()), (Some(500), Some(0)), "{sent}");
+        sink.json(T)
+    };
+    let v4 = round(Place::Target, CLIENT_V4, 5323, "2");
+    let v6 = round(Place::Target, CLIENT_V6, 5324, "1");
+    let plain = round(Place::Target, CLIENT_V4, 5325, "0");
+    let bystander = round(Place::Bystander, CLIENT_V4, 5326, "2");
+    let summary = stop_chaos(chaos);
+    assert_eq!((&v4["received"], &v4["ce"]), (&500.into(), &500.into()), "IPv4 ECT(0): {v4}");
+    assert_eq!((&v6["received"], &v6["ce"]), (&500.into(), &500.into()), "IPv6 ECT(1): {v6}");
+    assert_eq!(plain["received"], 0, "not ECN-capable: dropped: {plain}");
+    assert_eq!((&bystander["received"], &bystander["ce"]), (&500.into(), &0.into()), "the bystander's datagrams were touched: {bystander}");
+    assert_eq!((counter(&summary, 0, "marked_ce"), counter(&summary, 0, "dropped")), (1000, 500), "{summary}");
+}

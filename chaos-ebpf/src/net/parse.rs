@@ -7,7 +7,7 @@
 //! machines with return-thunk mitigations, so the common case makes none.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2},
+    bindings::{__sk_buff, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2},
     helpers::generated::bpf_skb_load_bytes_relative,
 };
 use chaos_common::{
@@ -168,30 +168,38 @@ pub fn byte_at(skb: *mut __sk_buff, offset: u32) -> Result<u8, KernelError> {
     Ok(b[0])
 }
 
-/// The socket lookup key of a received TCP or UDP packet whose ports were read: its source and
-/// destination, in network byte order, and the key's size (IPv4's part of the union, or IPv6's).
+/// Writes the socket lookup key of a received TCP or UDP packet whose ports were read into
+/// `key`: its source and destination, in network byte order; returns the key's size (IPv4's part
+/// of the union, or IPv6's). Written field by field into the caller's key: a key built here and
+/// returned was copied through the stack in a way the 6.1 and 6.18 verifiers refused on devices
+/// without Ethernet framing ("invalid size of register fill").
 #[inline(always)]
-pub fn received_tuple(skb: *mut __sk_buff, nh: NetworkHeader, pkt: &Packet) -> Result<(bpf_sock_tuple, u32), KernelError> {
+pub fn received_tuple(skb: *mut __sk_buff, nh: NetworkHeader, pkt: &Packet, key: &mut bpf_sock_tuple) -> Result<u32, KernelError> {
     let (sport, dport) = (pkt.remote_port.to_be(), pkt.local_port.to_be());
     if is_ipv4(skb) {
         let h: [u8; 20] = read(skb, nh, 0)?;
-        let ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-            saddr: u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
-            daddr: u32::from_ne_bytes([h[16], h[17], h[18], h[19]]),
-            sport,
-            dport,
-        };
-        let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
-        return Ok((bpf_sock_tuple { __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 { ipv4 } }, size));
+        // SAFETY: writes to the IPv4 member of a plain-data union the caller owns.
+        unsafe {
+            let k = &mut key.__bindgen_anon_1.ipv4;
+            k.saddr = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
+            k.daddr = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
+            k.sport = sport;
+            k.dport = dport;
+        }
+        return Ok(core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32);
     }
     let h: [u8; 40] = read(skb, nh, 0)?;
-    let word = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
-    let ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
-        saddr: [word(8), word(12), word(16), word(20)],
-        daddr: [word(24), word(28), word(32), word(36)],
-        sport,
-        dport,
-    };
-    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32;
-    Ok((bpf_sock_tuple { __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 { ipv6 } }, size))
+    // SAFETY: writes to the IPv6 member of a plain-data union the caller owns.
+    unsafe {
+        let k = &mut key.__bindgen_anon_1.ipv6;
+        let mut i = 0;
+        while i < 4 {
+            k.saddr[i] = u32::from_ne_bytes([h[8 + 4 * i], h[9 + 4 * i], h[10 + 4 * i], h[11 + 4 * i]]);
+            k.daddr[i] = u32::from_ne_bytes([h[24 + 4 * i], h[25 + 4 * i], h[26 + 4 * i], h[27 + 4 * i]]);
+            i += 1;
+        }
+        k.sport = sport;
+        k.dport = dport;
+    }
+    Ok(core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32)
 }

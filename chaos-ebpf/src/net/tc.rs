@@ -317,7 +317,7 @@ fn dns_first(skb: *mut __sk_buff, l2: u32, pkt: &Packet, rules: u64, segs: u64) 
 /// (RFC 3168: ECT(0), ECT(1), or already CE); whether it was. IPv4's header checksum is updated
 /// for the changed byte; IPv6's header has none.
 #[inline(always)]
-fn mark_ce(skb: *mut __sk_buff, l2: u32) -> Result<bool, KernelError> {
+pub(super) fn mark_ce(skb: *mut __sk_buff, l2: u32) -> Result<bool, KernelError> {
     const ECN_MASK: u8 = 0b11;
     let ipv4 = parse::is_ipv4(skb);
     let head = parse::two_bytes(skb, l2)?;

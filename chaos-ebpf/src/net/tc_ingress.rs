@@ -1,4 +1,5 @@
-//! Received-packet faults that change the packet (duplicate, corrupt), at TC ingress on the
+//! Received-packet faults that change the packet (duplicate, corrupt, drop --ecn's CE mark), at
+//! TC ingress on the
 //! devices of the target's network namespace: `cgroup_skb/ingress` sees the packet only once the
 //! stack has checked it and found its socket, too late to copy or change it.
 //!
@@ -18,7 +19,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_F_CURRENT_NETNS, BPF_F_INGRESS, bpf_sock},
+    bindings::{BPF_F_CURRENT_NETNS, BPF_F_INGRESS, bpf_sock, bpf_sock_tuple},
     helpers::generated::{bpf_clone_redirect, bpf_probe_read_kernel, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
     macros::{classifier, map},
     maps::PerCpuArray,
@@ -32,10 +33,10 @@ use chaos_common::{
 
 use super::{
     parse::{self, NetworkHeader},
-    tc::corrupt,
+    tc::{corrupt, mark_ce},
 };
 use crate::{
-    engine::{count_error, injected, rules_for},
+    engine::{count_error, injected, marked, rules_for},
     globals::{log_packets, sock_cgroup_offsets},
 };
 
@@ -45,6 +46,10 @@ static CHAOS_SOCK_ADDRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0
 
 /// "No opinion": the next program or filter decides (tcx `TCX_NEXT`, cls_bpf `TC_ACT_UNSPEC`).
 const NEXT: i32 = -1;
+
+/// Drop (tcx `TCX_DROP`, cls_bpf `TC_ACT_SHOT`): the packet already crossed the wire, so for its
+/// sender this is wire loss.
+const DROP: i32 = 2;
 
 const ETH_HLEN: u32 = 14;
 
@@ -85,7 +90,9 @@ fn try_ingress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
     if !pkt.has_ports || (pkt.proto != PROTO_TCP && pkt.proto != PROTO_UDP) {
         return Ok(NEXT);
     }
-    let (mut tuple, size) = parse::received_tuple(skb, nh, &pkt)?;
+    // SAFETY: an all-zero key is a valid value of this plain-data union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = parse::received_tuple(skb, nh, &pkt, &mut tuple)?;
     // SAFETY: the context the kernel passed in and a key on the stack of the size given. The
     // socket returned holds a reference, released below on every path.
     let sk = unsafe {
@@ -139,7 +146,20 @@ fn try_ingress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             corrupt(skb, nh, &pkt, i, r, len)?;
             Ok(NEXT)
         }
-        // Only duplicate and corrupt rules are put in this family (user space sees to it).
+        // `drop --ecn`: other drop rules act at cgroup_skb/ingress.
+        Some((i, Action::NetDrop, r)) => {
+            if r.net_action.ecn != 0
+                && let NetworkHeader::At(l2) = nh
+                && mark_ce(skb, l2)?
+            {
+                marked(i);
+                return Ok(NEXT);
+            }
+            injected(i, segs, len);
+            Ok(DROP)
+        }
+        // Only duplicate, corrupt and drop --ecn rules are put in this family (user space sees to
+        // it).
         Some(_) | None => Ok(NEXT),
     }
 }

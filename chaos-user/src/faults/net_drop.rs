@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use chaos_common::{Action, Counters, PPM_ONE, Rule, loss::LossParams, ppm_to_threshold};
+use chaos_common::{Action, Counters, PPM_ONE, Rule, loss::LossParams, net::DIR_INGRESS, ppm_to_threshold};
 use clap::{ArgMatches, Args, FromArgMatches};
 
 pub use super::net::{NetFilters, NetScopeArgs};
@@ -34,9 +34,6 @@ fn build(m: &ArgMatches) -> Result<Box<dyn Fault>> {
         _ => None,
     };
     let filters: NetFilters = a.scope.filters.into();
-    if a.ecn {
-        filters.egress_only("net.drop --ecn", "a cgroup's received packets cannot be rewritten")?;
-    }
     Ok(Box::new(NetDrop { ppm: a.percent.unwrap_or(0), model, ecn: a.ecn, filters, netns: a.scope.netns }))
 }
 
@@ -61,7 +58,8 @@ pub struct NetDropArgs {
     #[arg(long, value_parser = cli::parse_percent, value_name = "C", requires = "percent")]
     pub correlation: Option<u32>,
     /// Mark ECN-capable packets Congestion Experienced instead of dropping them (netem's ecn);
-    /// packets that are not ECN-capable are dropped. Sent packets only.
+    /// packets that are not ECN-capable are dropped. Received packets (--direction ingress) are
+    /// marked at TC ingress, before the stack reads them, as a router on the way would have.
     #[arg(long)]
     pub ecn: bool,
     #[command(flatten)]
@@ -94,11 +92,19 @@ impl Fault for NetDrop {
     }
 
     fn needs(&self) -> Vec<&'static [Backend]> {
+        if self.ecn && self.filters.directions & DIR_INGRESS != 0 {
+            // Received packets are marked where they can still be changed: TC ingress.
+            return vec![&[Backend::Tcx, Backend::TcNetlink], &[Backend::TcIngressSocket]];
+        }
         self.filters.needs()
     }
 
     fn hooks(&self, _available: &[Backend]) -> Result<Vec<Hook>> {
-        Ok(self.filters.hooks())
+        let hooks = self.filters.hooks();
+        if self.ecn {
+            return Ok(hooks.into_iter().map(|h| if h == Hook::CgroupIngress { Hook::TcIngress } else { h }).collect());
+        }
+        Ok(hooks)
     }
 
     fn fill(&self, rule: &mut Rule, _hooks: &[Hook]) -> Result<()> {
