@@ -1,12 +1,15 @@
-//! Steady-state probes: an HTTP GET, a TCP connect or a command, run every `every` from a thread
-//! of their own (so a slow probe never delays the experiment's clock), each attempt timed.
+//! Steady-state probes: an HTTP GET, a TCP connect or a command, started every `every` from a
+//! thread of their own (so a slow probe never delays the experiment's clock), each attempt timed
+//! and run on a thread of its own: an attempt that hangs until its timeout does not hold back the
+//! next ones, so a probe keeps its rate while the service is slow, as real clients do (up to
+//! [`MAX_IN_FLIGHT`] attempts at once).
 
 use std::{
     net::{SocketAddr, TcpStream},
     process::{Command, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -100,6 +103,10 @@ pub fn sample(attempts: &[Attempt], secs: f64) -> Sample {
     }
 }
 
+/// The most attempts of one probe that run at once; past it, the next attempt waits for one to
+/// end (a probe every 10 ms with a 2 s timeout against a hung service would otherwise make 200).
+pub const MAX_IN_FLIGHT: usize = 64;
+
 /// A probe running in its thread until dropped.
 pub struct Running {
     stop: Arc<AtomicBool>,
@@ -115,25 +122,42 @@ impl Running {
         let (s, a) = (stop.clone(), attempts.clone());
         let thread = std::thread::spawn(move || {
             let http: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(timeout)).build().into();
+            let check = Arc::new(check);
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            let mut workers: Vec<JoinHandle<()>> = Vec::new();
             let mut next = Instant::now();
             while !s.load(Ordering::Relaxed) && origin.elapsed() < bound {
-                let begun = Instant::now();
-                let result = check.attempt(timeout, &http);
-                let attempt = Attempt {
-                    t: begun.duration_since(origin).as_secs_f64(),
-                    ok: result.is_ok(),
-                    ms: begun.elapsed().as_secs_f64() * 1e3,
-                    error: result.err(),
-                };
-                a.lock().unwrap_or_else(|e| e.into_inner()).push(attempt);
+                if in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                in_flight.fetch_add(1, Ordering::AcqRel);
+                let (check, http, a, in_flight) = (check.clone(), http.clone(), a.clone(), in_flight.clone());
+                workers.push(std::thread::spawn(move || {
+                    let begun = Instant::now();
+                    let result = check.attempt(timeout, &http);
+                    let attempt = Attempt {
+                        t: begun.duration_since(origin).as_secs_f64(),
+                        ok: result.is_ok(),
+                        ms: begun.elapsed().as_secs_f64() * 1e3,
+                        error: result.err(),
+                    };
+                    a.lock().unwrap_or_else(|e| e.into_inner()).push(attempt);
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                }));
+                workers.retain(|w| !w.is_finished());
                 next += every;
                 let now = Instant::now();
                 if next > now {
                     std::thread::sleep(next - now);
                 } else {
-                    // Behind (a slow attempt): start again from now rather than in a burst.
+                    // Behind (attempts at the limit): start again from now rather than in a burst.
                     next = now;
                 }
+            }
+            // Each attempt ends within its timeout.
+            for w in workers {
+                let _ = w.join();
             }
         });
         Running { stop, attempts, thread: Some(thread) }
@@ -188,5 +212,22 @@ mod tests {
         let start = Instant::now();
         assert_eq!(slow.attempt(Duration::from_millis(100), &http), Err("timed out".into()));
         assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_slow_attempt_does_not_hold_back_the_next_ones() {
+        // Attempts of half a second every 50 ms for 1.2 s: one at a time, two or three would
+        // start; each on its own, about 14 start by 0.7 s and end within the run.
+        let origin = Instant::now();
+        let sleepy = Check::Command(vec!["sleep".into(), "0.5".into()]);
+        let mut probe = Running::start(sleepy, Duration::from_millis(50), Duration::from_secs(2), origin, Duration::from_millis(1200));
+        std::thread::sleep(Duration::from_millis(1300));
+        probe.stop();
+        let attempts = probe.take();
+        assert!(attempts.iter().all(|a| a.ok && a.ms >= 500.0), "{attempts:?}");
+        assert!(attempts.len() >= 6, "only {} attempts in 1.2 s, 50 ms apart", attempts.len());
+        let mut starts: Vec<f64> = attempts.iter().map(|a| a.t).collect();
+        starts.sort_by(f64::total_cmp);
+        assert!(starts.windows(2).all(|w| w[1] - w[0] < 0.4), "attempts waited for each other: {starts:?}");
     }
 }
