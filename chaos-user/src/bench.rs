@@ -35,6 +35,8 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct Sample {
     pub config: &'static str,
+    /// The chaos program timed (its kernel name).
+    pub program: &'static str,
     pub round: usize,
     pub packets: u64,
     /// Mean ns per run of each program over the sender's packets.
@@ -70,7 +72,8 @@ fn per_run(before: (u64, u64), after: (u64, u64)) -> f64 {
 }
 
 /// A configuration: its name, and the faults of its session.
-type Config<'a> = (&'static str, Box<dyn Fn() -> Result<Vec<FaultSpec>> + 'a>);
+/// A configuration: its name, the chaos program timed, and the faults.
+type Config<'a> = (&'static str, &'static str, Box<dyn Fn() -> Result<Vec<FaultSpec>> + 'a>);
 
 /// Runs every configuration `rounds` times, interleaved; prints one JSON line per sample.
 pub fn run(rounds: usize, packets: u64) -> Result<()> {
@@ -100,28 +103,31 @@ pub fn run(rounds: usize, packets: u64) -> Result<()> {
     let sink = UdpSocket::bind("127.0.0.1:0")?;
     let to = sink.local_addr()?.to_string();
     let t = &target.path;
-    let configs: [Config; 7] = [
-        ("1 rule on the target", Box::new(|| Ok(vec![drop_spec(t)?]))),
-        ("1 rule on the target, 63 on other cgroups", Box::new(|| std::iter::once(t).chain(others.iter().map(|o| &o.path)).map(|c| drop_spec(c)).collect())),
-        ("64 rules on the target", Box::new(|| (0..64).map(|_| drop_spec(t)).collect())),
+    const EGRESS: &str = chaos_common::net::PROG_TC_EGRESS;
+    let configs: [Config; 8] = [
+        ("1 rule on the target", EGRESS, Box::new(|| Ok(vec![drop_spec(t)?]))),
+        ("1 rule on the target, 63 on other cgroups", EGRESS, Box::new(|| std::iter::once(t).chain(others.iter().map(|o| &o.path)).map(|c| drop_spec(c)).collect())),
+        ("64 rules on the target", EGRESS, Box::new(|| (0..64).map(|_| drop_spec(t)).collect())),
         // The packet actions with per-packet state of their own, each set so it acts on nothing:
-        ("1 loss-model rule (Gilbert-Elliott, stepped every packet)", Box::new(|| Ok(vec![spec("net.drop", t, &["--model", "gemodel:0.0001"])?]))),
-        ("1 police rule (10 Gbit/s token bucket, every packet)", Box::new(|| Ok(vec![spec("net.rate", t, &["--police", "--rate", "10gbit"])?]))),
-        ("1 stall rule (flow table, every packet)", Box::new(|| Ok(vec![spec("net.stall", t, &["--after-bytes", "1000mb"])?]))),
+        ("1 loss-model rule (Gilbert-Elliott, stepped every packet)", EGRESS, Box::new(|| Ok(vec![spec("net.drop", t, &["--model", "gemodel:0.0001"])?]))),
+        ("1 police rule (10 Gbit/s token bucket, every packet)", EGRESS, Box::new(|| Ok(vec![spec("net.rate", t, &["--police", "--rate", "10gbit"])?]))),
+        ("1 stall rule (flow table, every packet)", EGRESS, Box::new(|| Ok(vec![spec("net.stall", t, &["--after-bytes", "1000mb"])?]))),
         // A DNS rule's cost to the target's other UDP traffic (its queries are read only on port 53).
-        ("1 DNS rule (the traffic is not DNS)", Box::new(|| Ok(vec![spec("net.dns", t, &["--rcode", "servfail"])?]))),
+        ("1 DNS rule (the traffic is not DNS)", EGRESS, Box::new(|| Ok(vec![spec("net.dns", t, &["--rcode", "servfail"])?]))),
+        // TC ingress: each received packet's socket looked up and its cgroup read (the receiver
+        // here is this process, not a target: the cost every received packet on the device pays).
+        (
+            "1 ingress duplicate rule (socket lookup, its cgroup read; the receiver not a target)",
+            chaos_common::net::PROG_TC_INGRESS,
+            Box::new(|| Ok(vec![spec("net.duplicate", t, &["--percent", "0", "--direction", "ingress"])?])),
+        ),
     ];
     for round in 0..rounds {
-        for (name, specs) in &configs {
+        for (name, program, specs) in &configs {
             let plan = session::plan(specs()?)?;
             let s = Session::start(plan, &Options::default())?;
-            // The TC program on lo (Ethernet framing), by its kernel name.
-            let prog = s
-                .attached()
-                .programs
-                .into_iter()
-                .find(|&id| aya::programs::loaded_programs().flatten().any(|p| p.id() == id && p.name_as_str() == Some(chaos_common::net::PROG_TC_EGRESS)))
-                .context("the session loaded no TC program")?;
+            // The TC program on lo (Ethernet framing).
+            let prog = s.program_id(program).with_context(|| format!("the session loaded no {program}"))?;
             let before = (stats(prog)?, stats(floor_cg.1)?, stats(floor_tc.1)?);
             let mut cmd = Command::new(&me);
             cmd.args(["workload", "udp-send", "--to", &to, "--count", &packets.to_string(), "--rate", "50000"]).stdout(Stdio::null()).stderr(Stdio::null());
@@ -131,6 +137,7 @@ pub fn run(rounds: usize, packets: u64) -> Result<()> {
             drop(s.finish("bench", Duration::ZERO)?);
             let sample = Sample {
                 config: name,
+                program,
                 round,
                 packets,
                 chaos_tc_ns: per_run(before.0, after.0),

@@ -401,7 +401,7 @@ fn packet_time() -> Result<Vec<Row>> {
         let goal = c.contains("other cgroups").then(|| "≤ ×2 the floor".to_string());
         rows.push(Row {
             section: "Per-packet kernel time (ns per packet; baseline: the floor program)".into(),
-            measure: format!("chaos_tc_egress, {c}"),
+            measure: format!("{}, {c}", samples.iter().find(|s| s["config"] == c.as_str()).and_then(|s| s["program"].as_str()).unwrap_or("chaos_tc_egress")),
             baseline: Some(f),
             chaos: m,
             peer: Some(median(floor_tc)),

@@ -768,6 +768,12 @@ impl Session {
         self.attachments.attached(&self.kernel)
     }
 
+    /// The kernel id of the session's program `name`, if it is loaded (the kernel keeps only 15
+    /// characters of a program's name, so the benchmark asks by the object's).
+    pub fn program_id(&self, name: &str) -> Option<u32> {
+        self.kernel.ebpf.program(name)?.info().ok().map(|i| i.id())
+    }
+
     pub fn flush_log(&mut self) {
         self.kernel.flush_log();
     }

@@ -15,10 +15,12 @@ use super::{cpio::Archive, kernel::Closure};
 use crate::cmd;
 
 /// Modules the tests need on a kernel that has them as modules (Debian's): qdiscs for delay (fq,
-/// netem), veth pairs, ifb, TC classifiers and actions. Their dependencies come from modules.dep;
-/// one built into the kernel (modules.builtin) is skipped.
+/// netem), veth pairs, tun (a device without Ethernet framing), ifb, TC classifiers and actions.
+/// Their dependencies come from modules.dep; one built into the kernel (modules.builtin) is
+/// skipped.
 pub const MODULES: &[&str] = &[
     "veth",
+    "tun",
     "ifb",
     "sch_ingress",
     "cls_bpf",
