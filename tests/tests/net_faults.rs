@@ -14,9 +14,21 @@ const T: Duration = Duration::from_secs(60);
 /// Sends N stamped datagrams from `from` to a sink in the server namespace on `port`; returns
 /// the sender's and the sink's reports.
 fn udp_round(sb: &Sandbox, from: Place, port: u16, size: usize) -> (Value, Value) {
-    let mut sink = sb.spawn(Place::Server, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "1s"]);
+    udp_between(sb, from, (Place::Server, SERVER_V4), port, size)
+}
+
+/// Sends N stamped datagrams from the server namespace to a sink at `at` (the target or the
+/// bystander, in the client namespace) on `port`; returns the sink's report.
+fn udp_round_to(sb: &Sandbox, at: Place, port: u16, size: usize) -> Value {
+    udp_between(sb, Place::Server, (at, CLIENT_V4), port, size).1
+}
+
+/// N stamped datagrams of `size` bytes from `from` to a sink at `(place, address)` on `port`: the
+/// sender's and the sink's reports.
+fn udp_between(sb: &Sandbox, from: Place, (at, address): (Place, &str), port: u16, size: usize) -> (Value, Value) {
+    let mut sink = sb.spawn(at, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "1s"]);
     sink.ready();
-    let to = format!("{SERVER_V4}:{port}");
+    let to = format!("{address}:{port}");
     let sent = sb.spawn(from, &["udp-send", "--to", &to, "--count", &N.to_string(), "--rate", "4000", "--size", &size.to_string()]).json(T);
     assert_eq!(sent["errors"], 0, "{sent}");
     let got = sink.json(T);
@@ -75,28 +87,20 @@ fn corrupt_flips_payload_bits_that_the_receiver_sees_or_loses() {
     let chaos = fault(&sb, &["net", "corrupt", "--percent", "30", "--proto", "udp"]);
     let (_, got) = udp_round(&sb, Place::Target, 5404, 256);
     let (_, bystander) = udp_round(&sb, Place::Bystander, 5405, 256);
-    let summary = stop_chaos(chaos);
-    let corrupted = counter(&summary, 0, "corrupted");
-    let (received, bad) = (n(&got, "received"), n(&got, "corrupted"));
-    // Each corrupted datagram either reached the application with the flipped bit (the checksum
-    // was left to the device, as on a veth) or was dropped by the receiver's checksum check.
-    assert_eq!(bad + (N - received), corrupted, "seen corrupted {bad}, lost {}, kernel corrupted {corrupted}", N - received);
-    assert!(within_sigma(corrupted, N, 0.3), "{corrupted} of {N} corrupted; expected 30%");
-    assert_eq!(n(&got, "unique") + bad, received, "every other datagram arrived intact");
-    assert_eq!((n(&bystander, "received"), n(&bystander, "corrupted")), (N, 0), "a bystander's packet was corrupted");
+    corrupted_as_counted(&stop_chaos(chaos), &got, &bystander);
 }
 
-/// Sends N stamped datagrams from the server namespace to a sink at `at` (the target or the
-/// bystander, in the client namespace) on `port`; returns the sink's report.
-fn udp_round_to(sb: &Sandbox, at: Place, port: u16, size: usize) -> Value {
-    let mut sink = sb.spawn(at, &["udp-sink", "--bind", &format!("0.0.0.0:{port}"), "--idle", "1s"]);
-    sink.ready();
-    let to = format!("{CLIENT_V4}:{port}");
-    let sent = sb.spawn(Place::Server, &["udp-send", "--to", &to, "--count", &N.to_string(), "--rate", "4000", "--size", &size.to_string()]).json(T);
-    assert_eq!(sent["errors"], 0, "{sent}");
-    let got = sink.json(T);
-    assert_eq!(got["rcvbuf_errors"], 0, "the sink's buffer overflowed: {got}");
-    got
+/// What a 30% corrupt rule's target received (`got`) agrees with the kernel's count, and the
+/// bystander's datagrams arrived intact. Each corrupted datagram either reached the application
+/// with the flipped bit (the checksum was left to the device, as on a veth) or was dropped by the
+/// receiver's checksum check.
+fn corrupted_as_counted(summary: &Value, got: &Value, bystander: &Value) {
+    let corrupted = counter(summary, 0, "corrupted");
+    let (received, bad) = (n(got, "received"), n(got, "corrupted"));
+    assert_eq!(bad + (N - received), corrupted, "seen corrupted {bad}, lost {}, kernel corrupted {corrupted}", N - received);
+    assert!(within_sigma(corrupted, N, 0.3), "{corrupted} of {N} corrupted; expected 30%");
+    assert_eq!(n(got, "unique") + bad, received, "every other datagram arrived intact");
+    assert_eq!((n(bystander, "received"), n(bystander, "corrupted")), (N, 0), "a bystander's packet was corrupted");
 }
 
 #[test]
@@ -123,15 +127,9 @@ fn ingress_corrupt_changes_received_payloads_before_the_receiver_checks_them() {
     let chaos = fault(&sb, &["net", "corrupt", "--percent", "30", "--proto", "udp", "--direction", "ingress"]);
     let got = udp_round_to(&sb, Place::Target, 5409, 256);
     let bystander = udp_round_to(&sb, Place::Bystander, 5410, 256);
-    let summary = stop_chaos(chaos);
-    let corrupted = counter(&summary, 0, "corrupted");
-    let (received, bad) = (n(&got, "received"), n(&got, "corrupted"));
     // From a veth peer the checksum is left unchecked, so every changed datagram reaches the
-    // application; one the receiver's check caught would be lost instead.
-    assert_eq!(bad + (N - received), corrupted, "seen corrupted {bad}, lost {}, kernel corrupted {corrupted}", N - received);
-    assert!(within_sigma(corrupted, N, 0.3), "{corrupted} of {N} corrupted; expected 30%");
-    assert_eq!(n(&got, "unique") + bad, received, "every other datagram arrived intact");
-    assert_eq!((n(&bystander, "received"), n(&bystander, "corrupted")), (N, 0), "a bystander's packet was corrupted");
+    // application.
+    corrupted_as_counted(&stop_chaos(chaos), &got, &bystander);
 }
 
 #[test]
