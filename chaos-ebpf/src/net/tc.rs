@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// "No opinion": the next program or filter decides (tcx `TCX_NEXT`, cls_bpf `TC_ACT_UNSPEC`).
-const NEXT: i32 = -1;
+pub(super) const NEXT: i32 = -1;
 
 /// An ifindex no device ever has.
 const NOWHERE: u32 = 0;
@@ -67,7 +67,7 @@ pub fn chaos_tc_l3(ctx: TcContext) -> i32 {
     egress(&ctx, NetworkHeader::Unknown)
 }
 
-const ETH_HLEN: u32 = 14;
+pub(super) const ETH_HLEN: u32 = 14;
 
 #[inline(always)]
 fn egress(ctx: &TcContext, nh: NetworkHeader) -> i32 {

@@ -1,7 +1,6 @@
 //! Received-packet faults that change the packet (duplicate, corrupt, drop --ecn's CE mark), at
-//! TC ingress on the
-//! devices of the target's network namespace: `cgroup_skb/ingress` sees the packet only once the
-//! stack has checked it and found its socket, too late to copy or change it.
+//! TC ingress on the devices of the target's network namespace: `cgroup_skb/ingress` sees the
+//! packet only once the stack has checked it and found its socket, too late to copy or change it.
 //!
 //! At TC ingress a packet has no socket yet, so the program looks up the one the stack will hand
 //! it to (`bpf_sk_lookup_tcp`/`_udp` in the device's namespace, as the stack does) and takes that
@@ -33,7 +32,7 @@ use chaos_common::{
 
 use super::{
     parse::{self, NetworkHeader},
-    tc::{corrupt, mark_ce},
+    tc::{ETH_HLEN, NEXT, corrupt, mark_ce},
 };
 use crate::{
     engine::{count_error, injected, marked, rules_for},
@@ -44,14 +43,9 @@ use crate::{
 #[map]
 static CHAOS_SOCK_ADDRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// "No opinion": the next program or filter decides (tcx `TCX_NEXT`, cls_bpf `TC_ACT_UNSPEC`).
-const NEXT: i32 = -1;
-
 /// Drop (tcx `TCX_DROP`, cls_bpf `TC_ACT_SHOT`): the packet already crossed the wire, so for its
 /// sender this is wire loss.
 const DROP: i32 = 2;
-
-const ETH_HLEN: u32 = 14;
 
 /// For devices with Ethernet framing: the program runs with the packet from its link-layer header.
 #[classifier]

@@ -69,17 +69,11 @@ impl Fault for PercentFault {
     }
 
     fn needs(&self) -> Vec<&'static [Backend]> {
-        // Both directions act at TC: received packets at TC ingress, before the stack checks them,
-        // for the target whose socket they are for.
-        let mut n: Vec<&'static [Backend]> = vec![&[Backend::Tcx, Backend::TcNetlink]];
-        if self.filters.directions & DIR_INGRESS != 0 {
-            n.push(&[Backend::TcIngressSocket]);
-        }
-        n
+        self.filters.needs_at_tc()
     }
 
     fn hooks(&self, _available: &[Backend]) -> Result<Vec<Hook>> {
-        Ok(self.filters.hooks().into_iter().map(|h| if h == Hook::CgroupIngress { Hook::TcIngress } else { h }).collect())
+        Ok(self.filters.hooks_at_tc())
     }
 
     fn fill(&self, rule: &mut Rule, _hooks: &[Hook]) -> Result<()> {
@@ -240,6 +234,22 @@ impl NetFilters {
             h.push(Hook::CgroupIngress);
         }
         h
+    }
+
+    /// The hooks of a fault that changes packets: received ones at TC ingress, before the stack
+    /// checks them, for the target whose socket they are for (`cgroup_skb/ingress` can only pass
+    /// or drop).
+    pub fn hooks_at_tc(&self) -> Vec<Hook> {
+        self.hooks().into_iter().map(|h| if h == Hook::CgroupIngress { Hook::TcIngress } else { h }).collect()
+    }
+
+    /// The backends [`NetFilters::hooks_at_tc`] needs.
+    pub fn needs_at_tc(&self) -> Vec<&'static [Backend]> {
+        let mut n: Vec<&'static [Backend]> = vec![&[Backend::Tcx, Backend::TcNetlink]];
+        if self.directions & DIR_INGRESS != 0 {
+            n.push(&[Backend::TcIngressSocket]);
+        }
+        n
     }
 
     /// The backends the directions need.

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use chaos_common::{Action, Counters, PPM_ONE, Rule, loss::LossParams, net::DIR_INGRESS, ppm_to_threshold};
+use chaos_common::{Action, Counters, PPM_ONE, Rule, loss::LossParams, ppm_to_threshold};
 use clap::{ArgMatches, Args, FromArgMatches};
 
 pub use super::net::{NetFilters, NetScopeArgs};
@@ -91,20 +91,13 @@ impl Fault for NetDrop {
         if self.ecn { format!("{what} (ECN-capable ones marked CE instead)") } else { what }
     }
 
+    // `--ecn` changes packets: received ones are marked where they still can be, at TC ingress.
     fn needs(&self) -> Vec<&'static [Backend]> {
-        if self.ecn && self.filters.directions & DIR_INGRESS != 0 {
-            // Received packets are marked where they can still be changed: TC ingress.
-            return vec![&[Backend::Tcx, Backend::TcNetlink], &[Backend::TcIngressSocket]];
-        }
-        self.filters.needs()
+        if self.ecn { self.filters.needs_at_tc() } else { self.filters.needs() }
     }
 
     fn hooks(&self, _available: &[Backend]) -> Result<Vec<Hook>> {
-        let hooks = self.filters.hooks();
-        if self.ecn {
-            return Ok(hooks.into_iter().map(|h| if h == Hook::CgroupIngress { Hook::TcIngress } else { h }).collect());
-        }
-        Ok(hooks)
+        Ok(if self.ecn { self.filters.hooks_at_tc() } else { self.filters.hooks() })
     }
 
     fn fill(&self, rule: &mut Rule, _hooks: &[Hook]) -> Result<()> {
