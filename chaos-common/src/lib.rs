@@ -86,6 +86,10 @@ pub const MAX_FOLLOWED: u32 = 8192;
 /// Name of the global the loader sets to make the kernel programs log, through aya-log, every
 /// injection they make (`--log-packets`). Off by default: nothing is logged per packet or call.
 pub const LOG_PACKETS_GLOBAL: &str = "LOG_PACKETS";
+/// Name of the global that says how many of a target's packet rules the packet programs walk in
+/// line before the rest go to `bpf_loop` (at most 4): the loader's choice per kernel, as it sets
+/// how much the verifier has to walk.
+pub const INLINE_RULES_GLOBAL: &str = "INLINE_RULES";
 /// Name of the global holding the byte offset of `f_path` in `struct file` (from the kernel's BTF).
 pub const FILE_F_PATH_OFFSET_GLOBAL: &str = "FILE_F_PATH_OFFSET";
 /// Name of the global holding the byte offset of `tgid` in `struct task_struct` (kernel BTF).

@@ -15,6 +15,11 @@ pub const OBS_ERRORS_MAP: &str = "CHAOS_OBS_ERRORS";
 /// Name of the per-CPU array of [`NetStats`], by observed slot.
 pub const OBS_NET_MAP: &str = "CHAOS_OBS_NET";
 
+/// Every map only `chaos observe`'s programs use: a session of faults, which never attaches them,
+/// has them made with one entry (their memory and the time to make them saved from its start).
+pub const OBSERVE_ONLY_MAPS: [&str; 7] =
+    [OBSERVED_MAP, OBS_CALLS_MAP, OBS_ERRORS_MAP, OBS_NET_MAP, "CHAOS_OBS_LEAVES", "CHAOS_OBS_INFLIGHT", "CHAOS_OBS_SOCKS"];
+
 /// Observed cgroups at once (each with its descendants).
 pub const MAX_OBSERVED: u32 = 16;
 /// Entries of the stats map: (observed cgroup, syscall) pairs.

@@ -12,6 +12,18 @@ pub fn log_packets() -> bool {
     unsafe { core::ptr::read_volatile(&LOG_PACKETS) != 0 }
 }
 
+/// How many of a target's packet rules are walked in line before the rest go to `bpf_loop`
+/// (`net::walk`): at most `net::MAX_INLINE_RULES`. The verifier's work, most of a session's
+/// start, depends on it differently on each kernel; the loader chooses (`INLINE_RULES_GLOBAL`).
+#[unsafe(no_mangle)]
+static INLINE_RULES: u32 = 4;
+
+#[inline(always)]
+pub fn inline_rules() -> u32 {
+    // SAFETY: as in `log_packets`.
+    unsafe { core::ptr::read_volatile(&INLINE_RULES) }
+}
+
 /// The byte offset of `f_path` in the kernel's `struct file` (from its BTF; aya has no CO-RE):
 /// `bpf_d_path` takes `&file->f_path`, a pointer the verifier checks by type at that offset.
 #[unsafe(no_mangle)]

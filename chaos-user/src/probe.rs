@@ -215,7 +215,7 @@ pub fn probe() -> Result<Report> {
 /// error (a fault that does better with one, and works without).
 pub fn require(groups: &[&[Backend]], optional: &[&[Backend]]) -> Result<(Vec<Backend>, Kernel)> {
     let facts = Facts::gather();
-    let mut kernel = Kernel::load(false)?;
+    let mut kernel = Kernel::load_for_faults(false)?;
     // The first backend of each group is the one a fault picks where it works: verify their
     // programs side by side before checking them one by one.
     let first: Vec<&str> = groups.iter().chain(optional).filter_map(|g| g.first()).flat_map(|b| b.programs().iter().copied()).collect();

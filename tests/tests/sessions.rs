@@ -4,12 +4,23 @@
 
 use std::{
     os::unix::fs::PermissionsExt,
+    sync::RwLock,
     time::{Duration, Instant},
 };
 
 use chaos_tests::*;
 
 const T: Duration = Duration::from_secs(60);
+
+/// `chaos stop --all` ends every session on the machine: the test that runs it holds this for
+/// writing, every other test of this file that runs a session for reading, so it never ends
+/// theirs (a session stopped while attaching never starts its rules, and a test that froze it
+/// found them waiting).
+static ALL_SESSIONS: RwLock<()> = RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    ALL_SESSIONS.read().unwrap_or_else(|e| e.into_inner())
+}
 
 fn drop_args(sb: &Sandbox, port: &str) -> Vec<String> {
     let mut a: Vec<String> = ["net", "drop", "--percent", "100", "--proto", "udp", "--port", port, "--for", "60s", "--json"].map(String::from).to_vec();
@@ -30,6 +41,7 @@ fn find<'a>(status: &'a Value, id: &str) -> Option<&'a Value> {
 
 #[test]
 fn status_shows_live_sessions_and_stop_ends_them_with_their_summary() {
+    let _all = ALL_SESSIONS.write().unwrap_or_else(|e| e.into_inner());
     let sb = Sandbox::new();
     let mut a = start_chaos(&drop_args(&sb, "6301"));
     let mut b = start_chaos(&drop_args(&sb, "6302"));
@@ -76,6 +88,7 @@ fn status_shows_live_sessions_and_stop_ends_them_with_their_summary() {
 
 #[test]
 fn stop_ends_a_frozen_sessions_faults_in_the_kernel_at_once() {
+    let _all = shared();
     let sb = Sandbox::new();
     let mut chaos = start_chaos(&drop_args(&sb, "6311"));
     let id = session_id(&mut chaos);
@@ -105,6 +118,7 @@ fn stop_ends_a_frozen_sessions_faults_in_the_kernel_at_once() {
 
 #[test]
 fn stopping_an_unknown_session_is_bad_input() {
+    let _all = shared();
     let (code, _, err) = run_chaos(&["stop", "no-such-session"]);
     assert_eq!((code, err.len()), (2, 1), "{err:?}");
     assert!(err[0].contains("no running session no-such-session"), "{err:?}");
@@ -114,6 +128,7 @@ fn stopping_an_unknown_session_is_bad_input() {
 
 #[test]
 fn the_guardian_undoes_a_killed_sessions_change_within_a_second() {
+    let _all = shared();
     let sb = Sandbox::new();
     let marker_file = std::env::temp_dir().join(unique("chaos-guardian-"));
     let mut chaos = start_chaos_env(&drop_args(&sb, "6321"), &[("CHAOS_TEST_FAKE_CHANGE", marker_file.to_str().unwrap())]);
@@ -138,6 +153,7 @@ fn the_guardian_undoes_a_killed_sessions_change_within_a_second() {
 
 #[test]
 fn a_clean_end_undoes_its_own_change_and_leaves_no_record() {
+    let _all = shared();
     let sb = Sandbox::new();
     let marker_file = std::env::temp_dir().join(unique("chaos-guardian-"));
     let mut args = drop_args(&sb, "6331");
@@ -157,6 +173,7 @@ fn forged_record(id: &str, changes: &str) -> String {
 
 #[test]
 fn records_that_are_not_roots_alone_are_refused_never_acted_on() {
+    let _all = shared();
     // A state directory of the test's own, so other tests' sessions are not involved.
     let dir = std::env::temp_dir().join(unique("chaos-state-"));
     std::fs::create_dir(&dir).expect("state dir");
@@ -201,6 +218,7 @@ fn records_that_are_not_roots_alone_are_refused_never_acted_on() {
 
 #[test]
 fn a_forged_filter_record_never_removes_another_tools_filter() {
+    let _all = shared();
     // Another tool's cls_bpf filter on a device of the sandbox, and a record that names it with a
     // program id that is not the one it runs: the sweep must leave it.
     let sb = Sandbox::new();
@@ -238,6 +256,7 @@ fn a_forged_filter_record_never_removes_another_tools_filter() {
 /// fault then never applied; seen as one experiment in four doing nothing beside another).
 #[test]
 fn a_target_busy_while_chaos_checks_the_kernel_is_still_a_target() {
+    let _all = shared();
     let sb = Sandbox::new();
     let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("a loopback port");
     let to = sink.local_addr().expect("addr").to_string();
@@ -260,6 +279,7 @@ fn a_target_busy_while_chaos_checks_the_kernel_is_still_a_target() {
 /// when one ends the other goes on, still whole.
 #[test]
 fn two_sessions_on_one_cgroup_and_device_each_count_exactly_their_own() {
+    let _all = shared();
     let sb = Sandbox::new();
     let (a, b, c) = (6321u16, 6322u16, 6323u16);
     let first = start_chaos(&drop_args(&sb, &a.to_string()));

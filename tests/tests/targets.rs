@@ -66,6 +66,38 @@ fn a_recreated_target_is_followed_in_a_session_of_the_most_targets() {
     assert_eq!(counter(&summary, 63, "dropped"), 50, "{summary}");
 }
 
+/// A recreated target the session fails to follow (made to fail by a test hook, before anything
+/// is done for it) is reported on stderr and in the summary with the reason, once, not retried at
+/// each refresh; its new processes are indeed missed, the old directory's were not, and the
+/// session ends with nothing left in the kernel.
+#[test]
+fn a_recreated_target_that_cannot_be_followed_is_reported_once_and_missed() {
+    let sb = Sandbox::new();
+    let dir = sb.child_cgroup("restarted");
+    let netns = sb.netns_path(Place::Target).display().to_string();
+    let args: Vec<String> = ["net", "drop", "--cgroup", &dir.display().to_string(), "--netns", &netns, "--percent", "100", "--proto", "udp", "--for", "60s", "--json"]
+        .map(String::from)
+        .to_vec();
+    let mut chaos = start_chaos_env(&args, &[("CHAOS_TEST_FAIL_FOLLOW", "1")]);
+    let (programs, links) = attached_ids(&chaos.wait_for("attached:", Duration::from_secs(5)));
+    assert_eq!(udp_from(&sb, &dir, 6512, 50), 0, "the first directory's datagrams are dropped");
+    std::fs::remove_dir(&dir).expect("removing the target's directory");
+    std::fs::create_dir(&dir).expect("making it again");
+    let line = chaos.wait_for("was recreated", Duration::from_secs(20));
+    assert!(line.contains("the faults may miss its new processes") && line.contains("on purpose") && line.contains("start a new session"), "{line}");
+    assert_eq!(udp_from(&sb, &dir, 6513, 50), 50, "the new directory's datagrams are missed, as reported");
+    // Two more refreshes at least (one a second): the failure is not tried, nor reported, again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let summary = stop_chaos(chaos);
+    let changes = summary["targets_changed"].as_array().unwrap_or_else(|| panic!("no targets_changed: {summary}"));
+    assert_eq!(changes.len(), 1, "reported once: {summary}");
+    assert_eq!(changes[0]["followed"], Value::Bool(false), "{summary}");
+    assert_eq!(changes[0]["new_id"].as_u64(), Some(cgroup_id(&dir)), "{summary}");
+    assert!(changes[0]["error"].as_str().is_some_and(|e| e.contains("on purpose")), "the reason: {summary}");
+    assert_eq!((counter(&summary, 0, "matched"), counter(&summary, 0, "dropped")), (50, 50), "only the first directory's datagrams counted: {summary}");
+    assert_all_gone(&programs, &links, "after a session that failed to follow its target");
+}
+
 #[test]
 fn a_target_applies_to_descendants_at_any_depth() {
     let sb = Sandbox::new();

@@ -15,15 +15,19 @@ use chaos_common::{Action, KernelError, MAX_RULES, Rule, has_rule, net::Packet};
 
 use crate::engine::{decide, model_decides, now_coarse, rule};
 
-/// Rules walked in line; the rest (a session's 5th to 64th packet rule on a cgroup) in
+/// Rules walked in line, at most; the rest (a session's later packet rules on a cgroup) in
 /// `bpf_loop`, whose body the verifier checks once. Each rule in line is checked again on every
 /// path that reaches it: unrolling all 64 made the TC program take half a second to verify here
-/// (196,051 instructions processed). 4 in line: 90,523 for TC and 104,600 for cgroup_skb ingress on
-/// 6.18 (120 and 170 ms, most of a session's start), 90,821 for TC on 6.1. 1 in line: 51,021 and
-/// 49,692 on 6.18, but 350,405 for TC on 6.1 (6 s under emulation, every guest test twice as
-/// slow), so 4 it stays. A `bpf_loop` turn costs a helper call, which the common few rules do
-/// without.
-const INLINE_RULES: u32 = 4;
+/// (196,051 instructions processed). How many are walked in line is the loader's choice
+/// (`globals::inline_rules`; its measurements are in `chaos-user/src/kernel/mod.rs`).
+pub const MAX_INLINE_RULES: u32 = 4;
+
+/// The loader's choice, held to `MAX_INLINE_RULES`: a rule neither in line nor in the loop would be
+/// skipped.
+#[inline(always)]
+fn inline_rules() -> u32 {
+    crate::globals::inline_rules().min(MAX_INLINE_RULES)
+}
 
 /// What the `bpf_loop` turns share with the program.
 #[repr(C)]
@@ -53,12 +57,12 @@ fn consider(w: &mut Walk, i: u32) -> Result<bool, KernelError> {
     Ok(false)
 }
 
-/// One `bpf_loop` turn: rule `INLINE_RULES + index`. Returns 1 to stop.
+/// One `bpf_loop` turn: rule `inline_rules() + index`. Returns 1 to stop.
 extern "C" fn walk_turn(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Walk` on the stack of `selected`, which outlives the loop; the
     // verifier checks every access through it.
     let w = unsafe { &mut *(ctx as *mut Walk) };
-    let i = INLINE_RULES + index as u32;
+    let i = inline_rules() + index as u32;
     if i >= MAX_RULES || w.mask >> i == 0 {
         return 1;
     }
@@ -91,17 +95,18 @@ fn selected(mask: u64, dir: u8, pkt: &Packet, segs: u64) -> Result<Option<(u32, 
 #[inline(always)]
 fn walk(mask: u64, dir: u8, pkt: &Packet, segs: u64) -> Result<Option<(u32, Action)>, KernelError> {
     let mut w = Walk { mask, dir, pkt, segs, now: now_coarse(), found: 0, action: 0, error: 0 };
+    let inline = inline_rules();
     let mut i = 0;
-    while i < INLINE_RULES && mask >> i != 0 {
+    while i < inline && mask >> i != 0 {
         if consider(&mut w, i)? {
             return Ok(Some((i, Action::from_u32(w.action))));
         }
         i += 1;
     }
-    if mask >> INLINE_RULES != 0 {
+    if mask >> inline != 0 {
         // SAFETY: `walk_turn` has the callback signature the helper expects, and `w` lives until
         // the helper returns.
-        unsafe { bpf_loop(MAX_RULES - INLINE_RULES, walk_turn as *mut c_void, (&raw mut w).cast(), 0) };
+        unsafe { bpf_loop(MAX_RULES - inline, walk_turn as *mut c_void, (&raw mut w).cast(), 0) };
         if w.error != 0 {
             return Err(KernelError::RuleLookup);
         }

@@ -16,7 +16,7 @@ use aya::{
     util::nr_cpus,
 };
 use chaos_common::{
-    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, FOLLOW_OPEN_FILES_PROGRAM, FOLLOW_TGIDS_MAP, HOLDS_MAP, MAX_FOLLOW_TGIDS, TASK_TGID_OFFSET_GLOBAL, SOCK_CGROUP_KNOWN_GLOBAL, SOCK_CGROUP_OFFSET_GLOBALS, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
+    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, FOLLOW_OPEN_FILES_PROGRAM, FOLLOW_TGIDS_MAP, HOLDS_MAP, INLINE_RULES_GLOBAL, MAX_FOLLOW_TGIDS, TASK_TGID_OFFSET_GLOBAL, SOCK_CGROUP_KNOWN_GLOBAL, SOCK_CGROUP_OFFSET_GLOBALS, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
     PRNG_MAP, SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules,
     loss::Prng,
     net::{DELAY_TABLES_MAP, DelayTable},
@@ -53,24 +53,59 @@ pub struct MapIds {
     pub errors: u32,
 }
 
+/// A target's packet rules the packet programs walk in line before `bpf_loop` takes the rest.
+/// Set at load, not built in, for the verifier: built in as 1, LLVM's code for it cost 6.1's
+/// verifier 350,405 instructions for TC egress. As a load-time value, the instructions the
+/// verifier processed for TC egress and cgroup_skb ingress (4 / 2 / 1 / 0 in line): 6.18 70,844
+/// and 88,710 / 59,753 and 69,587 / 54,524 and 60,725 / 49,492 and 46,498; Debian 6.12 57,199
+/// and 54,850 / 53,862 and 49,202 / 52,449 and 46,922 / 51,269 and 45,141; 6.1 92,522 and
+/// 89,134 / 85,625 and 77,822 / 82,820 and 73,744 / 67,864 and 53,689. 0 would call the helper
+/// for every packet's first rule; 1 costs no more per packet than 4 (`chaos workload
+/// packet-time`).
+const INLINE_RULES: u32 = 1;
+
+/// Entries of a map a session never uses (its programs are not attached): a few, not one, as an
+/// LRU map keeps a free list per CPU.
+const UNUSED_MAP_ENTRIES: u32 = 64;
+
 impl Kernel {
     /// Loads the object's maps (programs are loaded one by one, when a fault needs them).
     pub fn load(log_packets: bool) -> Result<Kernel> {
+        Kernel::load_with(log_packets, false)
+    }
+
+    /// As [`Kernel::load`], for a session of faults: the maps only `chaos observe` uses are made
+    /// with a few entries (a session never attaches the programs that use them).
+    pub fn load_for_faults(log_packets: bool) -> Result<Kernel> {
+        Kernel::load_with(log_packets, true)
+    }
+
+    fn load_with(log_packets: bool, faults_only: bool) -> Result<Kernel> {
         raise_memlock();
         let log_flag = log_packets as u8;
         // Without BTF no program that needs it loads (LSM, fmod_ret, tp_btf), whatever this is.
-        let offsets = btf_member::program_offsets();
+        // aya's loader parses the kernel's BTF when it is made, and chaos does not use that (see
+        // below): about 20 ms here that no setting avoids, so it overlaps the offsets' own read.
+        let (offsets, mut loader) = std::thread::scope(|s| {
+            let loader = s.spawn(EbpfLoader::new);
+            let offsets = btf_member::program_offsets();
+            (offsets, loader.join().unwrap_or_else(|_| EbpfLoader::new()))
+        });
         let (f_path, tgid) = (offsets.f_path.unwrap_or(0), offsets.tgid.unwrap_or(0));
         let sock_cgroup_known = offsets.sock_cgroup.is_some() as u8;
         let sock_cgroup = offsets.sock_cgroup.unwrap_or_default();
-        let mut loader = EbpfLoader::new();
+        loader.override_global(INLINE_RULES_GLOBAL, &INLINE_RULES, true);
+        if faults_only {
+            for name in chaos_common::observe::OBSERVE_ONLY_MAPS {
+                loader.map_max_entries(name, UNUSED_MAP_ENTRIES);
+            }
+        }
         for (name, offset) in SOCK_CGROUP_OFFSET_GLOBALS.iter().zip(&sock_cgroup) {
             loader.override_global(name, offset, true);
         }
         let mut ebpf = loader
             // The kernel's BTF serves CO-RE relocations, which Rust programs do not have (see
-            // `btf_member`); the loader would parse it anyway (tens of ms of every start). The
-            // BTF-typed programs take it at their own load.
+            // `btf_member`): none here. The BTF-typed programs take it at their own load.
             .btf(None)
             .override_global(LOG_PACKETS_GLOBAL, &log_flag, true)
             .override_global(FILE_F_PATH_OFFSET_GLOBAL, &f_path, true)

@@ -84,7 +84,8 @@ pub struct DeviceHooks<'a> {
     pub fq: Option<(FqNeed, u32)>,
 }
 
-fn direction_name(d: TcAttachType) -> &'static str {
+/// A TC direction as the summary and `--dry-run` name it.
+pub(crate) fn direction_name(d: TcAttachType) -> &'static str {
     if d == TcAttachType::Ingress { "ingress" } else { "egress" }
 }
 

@@ -23,6 +23,10 @@ use crate::{
 /// directory for a moment before making it again.
 const GONE_AFTER: u32 = 2;
 
+/// A test hook: with this set, following a recreated directory fails before anything is done, to
+/// show that a target the session cannot follow is reported, not silently missed.
+const FAIL_FOLLOW_ENV: &str = "CHAOS_TEST_FAIL_FOLLOW";
+
 /// One change of a target's directory, as the summary reports it.
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct TargetChange {
@@ -129,6 +133,9 @@ impl Session {
     /// On failure the session keeps the old id, and the new directory may be missed in part (its
     /// rules written, a hook not attached).
     fn retarget(&mut self, t: usize, new: u64) -> Result<()> {
+        if std::env::var_os(FAIL_FOLLOW_ENV).is_some() {
+            return Err(Error::Other(anyhow::anyhow!("following failed on purpose ({FAIL_FOLLOW_ENV})")));
+        }
         let old = self.plan.targets[t].clone();
         let fresh = Cgroup { path: old.path.clone(), id: new };
         let rules = self.kernel.target(old.id)?.ok_or_else(|| Error::Other(anyhow::anyhow!("cgroup id {} has no rules in the kernel", old.id)))?;

@@ -254,7 +254,7 @@ impl Plan {
         for (h, t) in &self.cgroup_at {
             attach.push(format!("{} {}", h.describe().trim_end_matches("the target"), self.targets[*t].path.display()));
         }
-        let directions: Vec<&str> = self.tc_directions.iter().map(|d| if *d == TcAttachType::Ingress { "ingress" } else { "egress" }).collect();
+        let directions: Vec<&str> = self.tc_directions.iter().map(|d| attach::direction_name(*d)).collect();
         for (ino, path) in self.device_namespaces() {
             let devices = netdev::Netns::open(&path).and_then(|ns| ns.run(netdev::devices)).map(|d| {
                 d.into_iter().map(|(_, n)| n).collect::<Vec<_>>().join(", ")
@@ -408,7 +408,7 @@ impl Session {
         // The checks' object, unless the programs must log (a load-time setting).
         let mut kernel = match plan.kernel.take() {
             Some(k) if !opts.log_packets => k,
-            _ => Kernel::load(opts.log_packets)?,
+            _ => Kernel::load_for_faults(opts.log_packets)?,
         };
         let pid = std::process::id();
         kernel.set_session(&SessionConfig { loader_tgid: pid, ..Default::default() })?;
