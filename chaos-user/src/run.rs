@@ -224,13 +224,18 @@ pub fn run_session(specs: Vec<FaultSpec>, args: &SessionArgs, mut command: Optio
     let devices: Vec<String> = a.devices.iter().map(|d| format!("{}({})", d.ifname, d.mode)).collect();
     log::info!("attached: programs {:?} links {:?} devices [{}]", a.programs, a.links, devices.join(" "));
     let left = Duration::from_nanos(session.end_ns().saturating_sub(crate::kernel::monotonic_ns()));
-    eprintln!(
-        "chaos: injecting: session {} with {} fault(s) for {} (Ctrl-C or `chaos stop {}` ends it early)",
-        session.id,
-        session.rules(),
-        humantime::format_duration(Duration::from_secs(left.as_secs_f64().round() as u64)),
-        session.id
-    );
+    if session.stop_requested() {
+        // `chaos stop` (its `--all`, say) came while the hooks were attaching: no rule started.
+        eprintln!("chaos: session {} was stopped before its faults started", session.id);
+    } else {
+        eprintln!(
+            "chaos: injecting: session {} with {} fault(s) for {} (Ctrl-C or `chaos stop {}` ends it early)",
+            session.id,
+            session.rules(),
+            humantime::format_duration(Duration::from_secs(left.as_secs_f64().round() as u64)),
+            session.id
+        );
+    }
     let started = std::time::SystemTime::now();
     if let Some(run) = command.as_deref_mut() {
         run.start()?;
