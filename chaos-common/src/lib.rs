@@ -86,6 +86,12 @@ pub const MAX_FOLLOWED: u32 = 8192;
 /// Name of the global the loader sets to make the kernel programs log, through aya-log, every
 /// injection they make (`--log-packets`). Off by default: nothing is logged per packet or call.
 pub const LOG_PACKETS_GLOBAL: &str = "LOG_PACKETS";
+/// Every map only the syscall programs use: a session with no syscall fault has them made with a
+/// few entries (the ring buffers with one page).
+pub const SYSCALL_ONLY_MAPS: [&str; 7] = [CALLS_MAP, SYS_RULES_MAP, CALL_LOG_MAP, HELD_MAP, HOLDS_MAP, FOLLOWED_MAP, FOLLOW_TGIDS_MAP];
+/// The ring buffers among the maps above (their size is in bytes, a power of two pages).
+pub const RING_BUFFER_MAPS: [&str; 2] = [CALL_LOG_MAP, HOLDS_MAP];
+
 /// Name of the global that says how many of a target's packet rules the packet programs walk in
 /// line before the rest go to `bpf_loop` (at most 4): the loader's choice per kernel, as it sets
 /// how much the verifier has to walk.

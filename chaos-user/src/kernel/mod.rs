@@ -16,7 +16,7 @@ use aya::{
     util::nr_cpus,
 };
 use chaos_common::{
-    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, FOLLOW_OPEN_FILES_PROGRAM, FOLLOW_TGIDS_MAP, HOLDS_MAP, INLINE_RULES_GLOBAL, MAX_FOLLOW_TGIDS, TASK_TGID_OFFSET_GLOBAL, SOCK_CGROUP_KNOWN_GLOBAL, SOCK_CGROUP_OFFSET_GLOBALS, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
+    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, FOLLOW_OPEN_FILES_PROGRAM, FOLLOW_TGIDS_MAP, FLOWS_MAP, HOLDS_MAP, INLINE_RULES_GLOBAL, RING_BUFFER_MAPS, SYSCALL_ONLY_MAPS, MAX_FOLLOW_TGIDS, TASK_TGID_OFFSET_GLOBAL, SOCK_CGROUP_KNOWN_GLOBAL, SOCK_CGROUP_OFFSET_GLOBALS, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
     PRNG_MAP, SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules,
     loss::Prng,
     net::{DELAY_TABLES_MAP, DelayTable},
@@ -64,23 +64,67 @@ pub struct MapIds {
 /// packet-time`).
 const INLINE_RULES: u32 = 1;
 
-/// Entries of a map a session never uses (its programs are not attached): a few, not one, as an
-/// LRU map keeps a free list per CPU.
+/// The maps a kernel object is made with in full. The others get a few entries each: nothing its
+/// user attaches reads or writes them, and a session's start and memory are spared making them
+/// (the syscall faults' call counts alone, 65,536 entries, were a third of a packet session's map
+/// memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapsNeeded {
+    /// Those of `chaos observe`'s programs.
+    pub observe: bool,
+    /// Those of the syscall faults' programs (`sys.*`).
+    pub syscalls: bool,
+    /// The flow table of `net stall`.
+    pub flows: bool,
+}
+
+impl MapsNeeded {
+    pub const ALL: MapsNeeded = MapsNeeded { observe: true, syscalls: true, flows: true };
+
+    /// What a session of these faults needs (it never attaches `chaos observe`'s programs).
+    pub fn of_faults<'a>(kinds: impl IntoIterator<Item = &'a str>) -> MapsNeeded {
+        let mut m = MapsNeeded { observe: false, syscalls: false, flows: false };
+        for kind in kinds {
+            m.syscalls |= kind.starts_with("sys.");
+            m.flows |= kind == crate::faults::net_stall::KIND.name;
+        }
+        m
+    }
+
+    /// The maps to make small, and how small.
+    fn unused(self) -> Vec<(&'static str, u32)> {
+        let few = |name: &'static str| (name, if RING_BUFFER_MAPS.contains(&name) { page_size() } else { UNUSED_MAP_ENTRIES });
+        let mut out = Vec::new();
+        if !self.observe {
+            out.extend(chaos_common::observe::OBSERVE_ONLY_MAPS.map(few));
+        }
+        if !self.syscalls {
+            out.extend(SYSCALL_ONLY_MAPS.map(few));
+        }
+        if !self.flows {
+            out.push(few(FLOWS_MAP));
+        }
+        out
+    }
+}
+
+/// Entries of a map nothing uses: a few, not one, as an LRU map keeps a free list per CPU.
 const UNUSED_MAP_ENTRIES: u32 = 64;
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u32 } else { 4096 }
+}
 
 impl Kernel {
     /// Loads the object's maps (programs are loaded one by one, when a fault needs them).
     pub fn load(log_packets: bool) -> Result<Kernel> {
-        Kernel::load_with(log_packets, false)
+        Kernel::load_with(log_packets, MapsNeeded::ALL)
     }
 
-    /// As [`Kernel::load`], for a session of faults: the maps only `chaos observe` uses are made
-    /// with a few entries (a session never attaches the programs that use them).
-    pub fn load_for_faults(log_packets: bool) -> Result<Kernel> {
-        Kernel::load_with(log_packets, true)
-    }
-
-    fn load_with(log_packets: bool, faults_only: bool) -> Result<Kernel> {
+    /// As [`Kernel::load`], with only the maps `needed` made in full.
+    pub fn load_with(log_packets: bool, needed: MapsNeeded) -> Result<Kernel> {
         raise_memlock();
         let log_flag = log_packets as u8;
         // Without BTF no program that needs it loads (LSM, fmod_ret, tp_btf), whatever this is.
@@ -95,10 +139,8 @@ impl Kernel {
         let sock_cgroup_known = offsets.sock_cgroup.is_some() as u8;
         let sock_cgroup = offsets.sock_cgroup.unwrap_or_default();
         loader.override_global(INLINE_RULES_GLOBAL, &INLINE_RULES, true);
-        if faults_only {
-            for name in chaos_common::observe::OBSERVE_ONLY_MAPS {
-                loader.map_max_entries(name, UNUSED_MAP_ENTRIES);
-            }
+        for (name, entries) in needed.unused() {
+            loader.map_max_entries(name, entries);
         }
         for (name, offset) in SOCK_CGROUP_OFFSET_GLOBALS.iter().zip(&sock_cgroup) {
             loader.override_global(name, offset, true);
@@ -665,4 +707,21 @@ pub fn vmlinux_btf_bytes() -> Result<&'static [u8], String> {
 pub fn btf_has_function(name: &str) -> Option<bool> {
     let btf = vmlinux_btf().ok()?;
     Some(btf.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_makes_small_only_the_maps_none_of_its_faults_use() {
+        let small = |kinds: &[&str]| MapsNeeded::of_faults(kinds.iter().copied()).unused();
+        let packets = small(&["net.drop", "net.delay"]);
+        assert!(packets.contains(&(chaos_common::CALLS_MAP, UNUSED_MAP_ENTRIES)) && packets.contains(&(FLOWS_MAP, UNUSED_MAP_ENTRIES)), "{packets:?}");
+        assert!(packets.contains(&(CALL_LOG_MAP, page_size())), "a ring buffer keeps one page: {packets:?}");
+        assert!(packets.contains(&(chaos_common::observe::OBS_CALLS_MAP, UNUSED_MAP_ENTRIES)), "{packets:?}");
+        let both = small(&["sys.fail", "net.stall"]);
+        assert_eq!(both.len(), chaos_common::observe::OBSERVE_ONLY_MAPS.len(), "only observe's are small: {both:?}");
+        assert!(MapsNeeded::ALL.unused().is_empty());
+    }
 }

@@ -27,7 +27,7 @@ use self::{
 use crate::{
     error::{Error, Result},
     faults::{FaultSpec, FqNeed, Hook},
-    kernel::{Kernel, monotonic_ns, netdev, wait_for_coarse_clock},
+    kernel::{Kernel, MapsNeeded, monotonic_ns, netdev, wait_for_coarse_clock},
     privileges,
     probe::{self, Backend},
     report::{RuleSummary, Summary},
@@ -136,7 +136,8 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
             }
         }
     }
-    let (available, kernel) = probe::require(&needs, &wants)?;
+    let maps = MapsNeeded::of_faults(specs.iter().map(|s| s.fault.kind()));
+    let (available, kernel) = probe::require(&needs, &wants, maps)?;
     let mut faults = Vec::new();
     for (spec, target) in specs.into_iter().zip(target_of) {
         let hooks = spec.fault.hooks(&available).map_err(|e| e.at(&spec.at()))?;
@@ -408,7 +409,7 @@ impl Session {
         // The checks' object, unless the programs must log (a load-time setting).
         let mut kernel = match plan.kernel.take() {
             Some(k) if !opts.log_packets => k,
-            _ => Kernel::load_for_faults(opts.log_packets)?,
+            _ => Kernel::load_with(opts.log_packets, MapsNeeded::of_faults(plan.faults.iter().map(|f| f.spec.fault.kind())))?,
         };
         let pid = std::process::id();
         kernel.set_session(&SessionConfig { loader_tgid: pid, ..Default::default() })?;
