@@ -93,8 +93,9 @@ pub const SYSCALL_ONLY_MAPS: [&str; 7] = [CALLS_MAP, SYS_RULES_MAP, CALL_LOG_MAP
 pub const RING_BUFFER_MAPS: [&str; 2] = [CALL_LOG_MAP, HOLDS_MAP];
 
 /// Name of the global that says how many of a target's packet rules the packet programs walk in
-/// line before the rest go to `bpf_loop` (at most 4): the loader's choice per kernel, as it sets
-/// how much the verifier has to walk.
+/// line before the rest go to `bpf_loop` (at most 4): set at load rather than built in, as it sets
+/// how much the verifier has to walk (the loader's value and its measurements:
+/// `chaos-user/src/kernel/mod.rs`).
 pub const INLINE_RULES_GLOBAL: &str = "INLINE_RULES";
 /// Name of the global holding the byte offset of `f_path` in `struct file` (from the kernel's BTF).
 pub const FILE_F_PATH_OFFSET_GLOBAL: &str = "FILE_F_PATH_OFFSET";

@@ -16,7 +16,7 @@ pub const OBS_ERRORS_MAP: &str = "CHAOS_OBS_ERRORS";
 pub const OBS_NET_MAP: &str = "CHAOS_OBS_NET";
 
 /// Every map only `chaos observe`'s programs use: a session of faults, which never attaches them,
-/// has them made with one entry (their memory and the time to make them saved from its start).
+/// has them made with a few entries (their memory and the time to make them saved from its start).
 pub const OBSERVE_ONLY_MAPS: [&str; 7] =
     [OBSERVED_MAP, OBS_CALLS_MAP, OBS_ERRORS_MAP, OBS_NET_MAP, "CHAOS_OBS_LEAVES", "CHAOS_OBS_INFLIGHT", "CHAOS_OBS_SOCKS"];
 

@@ -14,7 +14,7 @@ pub fn log_packets() -> bool {
 
 /// How many of a target's packet rules are walked in line before the rest go to `bpf_loop`
 /// (`net::walk`): at most `net::MAX_INLINE_RULES`. The verifier's work, most of a session's
-/// start, depends on it differently on each kernel; the loader chooses (`INLINE_RULES_GLOBAL`).
+/// start, depends on it; the loader sets it (`INLINE_RULES_GLOBAL`).
 #[unsafe(no_mangle)]
 static INLINE_RULES: u32 = 4;
 
