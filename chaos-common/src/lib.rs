@@ -97,6 +97,10 @@ pub const RING_BUFFER_MAPS: [&str; 2] = [CALL_LOG_MAP, HOLDS_MAP];
 /// how much the verifier has to walk (the loader's value and its measurements:
 /// `chaos-user/src/kernel/mod.rs`).
 pub const INLINE_RULES_GLOBAL: &str = "INLINE_RULES";
+/// Name of the global that says what of the packet programs a session's rules use
+/// ([`feature`]): the code of the rest is unreachable, and the verifier, which sees the global as
+/// a constant, does not walk it.
+pub const PACKET_FEATURES_GLOBAL: &str = "PACKET_FEATURES";
 /// Name of the global holding the byte offset of `f_path` in `struct file` (from the kernel's BTF).
 pub const FILE_F_PATH_OFFSET_GLOBAL: &str = "FILE_F_PATH_OFFSET";
 /// Name of the global holding the byte offset of `tgid` in `struct task_struct` (kernel BTF).
@@ -236,6 +240,36 @@ pub struct Rule {
 }
 
 const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 56 + 48 + 32 + 16 + 8);
+
+/// What of the packet programs a rule uses beyond the rule walk, one bit each: its action's arm,
+/// a loss model that keeps state, ECN marking. A session's kernel object is loaded with the union
+/// over its rules ([`PACKET_FEATURES_GLOBAL`]).
+pub mod feature {
+    use super::{Action, Rule};
+
+    /// The arm of packet action `a`.
+    pub const fn action(a: Action) -> u64 {
+        1 << a as u32
+    }
+    /// A loss model that keeps state ([`super::loss::LossParams::is_stateful`]).
+    pub const LOSS_MODEL: u64 = 1 << 32;
+    /// Marking Congestion Experienced instead of dropping (`net.drop --ecn`).
+    pub const ECN: u64 = 1 << 33;
+    /// Everything: an object that any rule can be written to.
+    pub const ALL: u64 = u64::MAX;
+
+    /// What `rule` uses.
+    pub const fn of_rule(rule: &Rule) -> u64 {
+        let mut f = action(Action::from_u32(rule.action));
+        if rule.loss.is_stateful() {
+            f |= LOSS_MODEL;
+        }
+        if rule.net_action.ecn != 0 {
+            f |= ECN;
+        }
+        f
+    }
+}
 
 impl Rule {
     /// Whether the packet hooks must read the transport header for this rule: a port or TCP
@@ -469,6 +503,20 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rule_uses_its_actions_arm_and_the_options_it_sets() {
+        let drop = Rule { action: Action::NetDrop as u32, ..Default::default() };
+        assert_eq!(feature::of_rule(&drop), feature::action(Action::NetDrop));
+        let mut modelled = drop;
+        modelled.loss = loss::LossParams::four_state(10, 20, 30, 40, 50);
+        modelled.net_action.ecn = 1;
+        assert_eq!(feature::of_rule(&modelled), feature::action(Action::NetDrop) | feature::LOSS_MODEL | feature::ECN);
+        let delay = Rule { action: Action::NetDelay as u32, ..Default::default() };
+        assert_eq!(feature::of_rule(&delay) & feature::of_rule(&drop), 0, "each action its own bit");
+        // Every action's bit lies below the options'.
+        assert!(feature::action(Action::ProcKill) < feature::LOSS_MODEL);
+    }
 
     #[test]
     fn thresholds_at_the_edges() {

@@ -369,7 +369,7 @@ pub fn decide<const MODELS: bool>(i: u32, rule: &Rule, now: u64, filters_ok: boo
     }
     add(&mut c.matched, 1);
     add(&mut c.matched_segs, segs);
-    if MODELS && rule.loss.is_stateful() {
+    if MODELS && crate::globals::uses(chaos_common::feature::LOSS_MODEL) && rule.loss.is_stateful() {
         return Ok(true);
     }
     // 0% and 100% need no random number (and a helper call is not free). Only packet rules may be

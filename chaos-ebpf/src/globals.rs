@@ -24,6 +24,20 @@ pub fn inline_rules() -> u32 {
     unsafe { core::ptr::read_volatile(&INLINE_RULES) }
 }
 
+/// What of the packet programs the session's rules use (`chaos_common::feature`); the loader sets
+/// it (`PACKET_FEATURES_GLOBAL`). Each action's arm and each option is tested against it first,
+/// so the verifier walks only the code a session can reach.
+#[unsafe(no_mangle)]
+static PACKET_FEATURES: u64 = u64::MAX;
+
+/// Whether the session's rules use `feature` (a constant at every call, so the test is a
+/// constant to the verifier).
+#[inline(always)]
+pub fn uses(feature: u64) -> bool {
+    // SAFETY: as in `log_packets`.
+    unsafe { core::ptr::read_volatile(&PACKET_FEATURES) & feature != 0 }
+}
+
 /// The byte offset of `f_path` in the kernel's `struct file` (from its BTF; aya has no CO-RE):
 /// `bpf_d_path` takes `&file->f_path`, a pointer the verifier checks by type at that offset.
 #[unsafe(no_mangle)]

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::{
     error::{Result, chain},
-    kernel::{Kernel, MapsNeeded, config, rtnl},
+    kernel::{Kernel, Needs, config, rtnl},
     target::Cgroup,
     unsupported,
 };
@@ -213,9 +213,9 @@ pub fn probe() -> Result<Report> {
 /// session to use: loading and verifying is the slow part of a start.
 /// `optional` groups are checked the same way, but a group none of whose backends works is no
 /// error (a fault that does better with one, and works without).
-pub fn require(groups: &[&[Backend]], optional: &[&[Backend]], maps: MapsNeeded) -> Result<(Vec<Backend>, Kernel)> {
+pub fn require(groups: &[&[Backend]], optional: &[&[Backend]], object: Needs) -> Result<(Vec<Backend>, Kernel)> {
     let facts = Facts::gather();
-    let mut kernel = Kernel::load_with(false, maps)?;
+    let mut kernel = Kernel::load_with(false, object)?;
     // The first backend of each group is the one a fault picks where it works: verify their
     // programs side by side before checking them one by one.
     let first: Vec<&str> = groups.iter().chain(optional).filter_map(|g| g.first()).flat_map(|b| b.programs().iter().copied()).collect();

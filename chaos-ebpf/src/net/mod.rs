@@ -11,9 +11,12 @@ mod tc_ingress;
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_loop;
-use chaos_common::{Action, KernelError, MAX_RULES, Rule, has_rule, net::Packet};
+use chaos_common::{Action, KernelError, MAX_RULES, Rule, feature, has_rule, net::Packet};
 
-use crate::engine::{decide, model_decides, now_coarse, rule};
+use crate::{
+    engine::{decide, model_decides, now_coarse, rule},
+    globals::uses,
+};
 
 /// Rules walked in line, at most; the rest (a session's later packet rules on a cgroup) in
 /// `bpf_loop`, whose body the verifier checks once. Each rule in line is checked again on every
@@ -85,10 +88,29 @@ extern "C" fn walk_turn(index: u64, ctx: *mut c_void) -> i64 {
 fn selected(mask: u64, dir: u8, pkt: &Packet, segs: u64) -> Result<Option<(u32, Action, &'static Rule)>, KernelError> {
     let Some((i, action)) = walk(mask, dir, pkt, segs)? else { return Ok(None) };
     let r = rule(i)?;
-    if r.loss.is_stateful() && !model_decides(i, r, segs)? {
+    if uses(feature::LOSS_MODEL) && r.loss.is_stateful() && !model_decides(i, r, segs)? {
         return Ok(None);
     }
-    Ok(Some((i, action, r)))
+    Ok(Some((i, used(action), r)))
+}
+
+/// `a`, or `Action::None` where no rule of the session has it: the arms of the others are then
+/// unreachable, and the verifier does not walk them. (User space loads the object for its rules'
+/// actions, and refuses to write a rule the object was not loaded for.)
+#[inline(always)]
+fn used(a: Action) -> Action {
+    let yes = match a {
+        Action::NetDrop => uses(feature::action(Action::NetDrop)),
+        Action::NetDelay => uses(feature::action(Action::NetDelay)),
+        Action::NetDuplicate => uses(feature::action(Action::NetDuplicate)),
+        Action::NetCorrupt => uses(feature::action(Action::NetCorrupt)),
+        Action::NetShape => uses(feature::action(Action::NetShape)),
+        Action::NetPolice => uses(feature::action(Action::NetPolice)),
+        Action::NetStall => uses(feature::action(Action::NetStall)),
+        Action::NetDns => uses(feature::action(Action::NetDns)),
+        Action::SysFail | Action::SysSignal | Action::SysDelay | Action::ProcPause | Action::ProcKill | Action::None => false,
+    };
+    if yes { a } else { Action::None }
 }
 
 /// The first rule in `mask` that claims `pkt`, and its action.

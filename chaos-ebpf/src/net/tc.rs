@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use chaos_common::{
-    Action, Family, KernelError, Rule, has_rule,
+    Action, Family, KernelError, Rule, feature, has_rule,
     net::{DIR_EGRESS, DelayTable, Fragment, LastDatagram, MAX_DELAY_TABLES, Packet, corrupt_bit, departure, jittered_delay, table_delay},
 };
 
@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     engine::{count_error, draw, flow_stalled, fragment_followed, injected, marked, now, paced, rules_for, sent_at_once},
-    globals::log_packets,
+    globals::{log_packets, uses},
 };
 
 /// "No opinion": the next program or filter decides (tcx `TCX_NEXT`, cls_bpf `TC_ACT_UNSPEC`).
@@ -117,6 +117,7 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
     let len = ctx.len() as u64;
     // A target's DNS rules first: the query is read once for all of them.
     if dns_rules != 0
+        && uses(feature::action(Action::NetDns))
         && let NetworkHeader::At(l2) = nh
     {
         let verdict = dns_first(skb, l2, &pkt, dns_rules, segs);
@@ -127,6 +128,7 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
     match super::selected(mask & !dns_rules, DIR_EGRESS, &pkt, segs)? {
         Some((i, Action::NetDrop, r)) => {
             if r.net_action.ecn != 0
+                && uses(feature::ECN)
                 && let NetworkHeader::At(l2) = nh
                 && mark_ce(skb, l2)?
             {

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use chaos_common::{
-    Action, Family, KernelError, MAX_CGROUP_DEPTH,
+    Action, Family, KernelError, MAX_CGROUP_DEPTH, feature,
     net::{DIR_INGRESS, INGRESS_COPY_MARK, PROTO_TCP, PROTO_UDP},
 };
 
@@ -36,7 +36,7 @@ use super::{
 };
 use crate::{
     engine::{count_error, injected, marked, rules_for},
-    globals::{log_packets, sock_cgroup_offsets},
+    globals::{log_packets, sock_cgroup_offsets, uses},
 };
 
 /// Where a looked-up socket's address is turned into a number (see [`address_of`]).
@@ -143,6 +143,7 @@ fn try_ingress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
         // `drop --ecn`: other drop rules act at cgroup_skb/ingress.
         Some((i, Action::NetDrop, r)) => {
             if r.net_action.ecn != 0
+                && uses(feature::ECN)
                 && let NetworkHeader::At(l2) = nh
                 && mark_ce(skb, l2)?
             {

@@ -16,8 +16,8 @@ use aya::{
     util::nr_cpus,
 };
 use chaos_common::{
-    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, FOLLOW_OPEN_FILES_PROGRAM, FOLLOW_TGIDS_MAP, FLOWS_MAP, HOLDS_MAP, INLINE_RULES_GLOBAL, RING_BUFFER_MAPS, SYSCALL_ONLY_MAPS, MAX_FOLLOW_TGIDS, TASK_TGID_OFFSET_GLOBAL, SOCK_CGROUP_KNOWN_GLOBAL, SOCK_CGROUP_OFFSET_GLOBALS, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
-    PRNG_MAP, SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules,
+    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, FOLLOW_OPEN_FILES_PROGRAM, FOLLOW_TGIDS_MAP, FLOWS_MAP, HOLDS_MAP, INLINE_RULES_GLOBAL, PACKET_FEATURES_GLOBAL, RING_BUFFER_MAPS, SYSCALL_ONLY_MAPS, MAX_FOLLOW_TGIDS, TASK_TGID_OFFSET_GLOBAL, SOCK_CGROUP_KNOWN_GLOBAL, SOCK_CGROUP_OFFSET_GLOBALS, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
+    PRNG_MAP, SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules, feature,
     loss::Prng,
     net::{DELAY_TABLES_MAP, DelayTable},
     sys::CallRecord,
@@ -37,6 +37,8 @@ pub struct Kernel {
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// The kernel's BTF says where a socket's cgroup lies (what TC ingress reads).
     pub sock_cgroup_known: bool,
+    /// What of the packet programs it was loaded with (`Needs::packet_features`).
+    packet_features: u64,
 }
 
 fn map_error(e: MapError) -> Error {
@@ -64,31 +66,37 @@ pub struct MapIds {
 /// packet-time`).
 const INLINE_RULES: u32 = 1;
 
-/// The maps a kernel object is made with in full. The others get a few entries each: nothing its
-/// user attaches reads or writes them, and a session's start and memory are spared making them
-/// (the syscall faults' call counts alone, 65,536 entries, were a third of a packet session's map
-/// memory).
+/// What a session's kernel object is made for. The maps it needs are made in full, the others
+/// with a few entries each: nothing its user attaches reads or writes them, and a session's start
+/// and memory are spared making them (the syscall faults' call counts alone, 65,536 entries, were
+/// a third of a packet session's map memory). And its packet programs keep only the arms of the
+/// actions and options its rules use (`chaos_common::feature`): the verifier, most of a
+/// session's start, walks nothing else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapsNeeded {
-    /// Those of `chaos observe`'s programs.
+pub struct Needs {
+    /// The maps of `chaos observe`'s programs.
     pub observe: bool,
-    /// Those of the syscall faults' programs (`sys.*`).
+    /// The maps of the syscall faults' programs (`sys.*`).
     pub syscalls: bool,
     /// The flow table of `net stall`.
     pub flows: bool,
+    /// What of the packet programs the rules use (`chaos_common::feature` bits).
+    pub packet_features: u64,
 }
 
-impl MapsNeeded {
-    pub const ALL: MapsNeeded = MapsNeeded { observe: true, syscalls: true, flows: true };
+impl Needs {
+    pub const ALL: Needs = Needs { observe: true, syscalls: true, flows: true, packet_features: feature::ALL };
 
-    /// What a session of these faults needs (it never attaches `chaos observe`'s programs).
-    pub fn of_faults<'a>(kinds: impl IntoIterator<Item = &'a str>) -> MapsNeeded {
-        let mut m = MapsNeeded { observe: false, syscalls: false, flows: false };
-        for kind in kinds {
-            m.syscalls |= kind.starts_with("sys.");
-            m.flows |= kind == crate::faults::net_stall::KIND.name;
+    /// What a session of these rules needs (it never attaches `chaos observe`'s programs).
+    pub fn of_rules<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Needs {
+        let mut n = Needs { observe: false, syscalls: false, flows: false, packet_features: 0 };
+        for rule in rules {
+            let action = Action::from_u32(rule.action);
+            n.syscalls |= matches!(action, Action::SysFail | Action::SysSignal | Action::SysDelay);
+            n.flows |= action == Action::NetStall;
+            n.packet_features |= feature::of_rule(rule);
         }
-        m
+        n
     }
 
     /// The maps to make small, and how small.
@@ -120,11 +128,11 @@ fn page_size() -> u32 {
 impl Kernel {
     /// Loads the object's maps (programs are loaded one by one, when a fault needs them).
     pub fn load(log_packets: bool) -> Result<Kernel> {
-        Kernel::load_with(log_packets, MapsNeeded::ALL)
+        Kernel::load_with(log_packets, Needs::ALL)
     }
 
     /// As [`Kernel::load`], with only the maps `needed` made in full.
-    pub fn load_with(log_packets: bool, needed: MapsNeeded) -> Result<Kernel> {
+    pub fn load_with(log_packets: bool, needed: Needs) -> Result<Kernel> {
         raise_memlock();
         let log_flag = log_packets as u8;
         // Without BTF no program that needs it loads (LSM, fmod_ret, tp_btf), whatever this is.
@@ -139,6 +147,7 @@ impl Kernel {
         let sock_cgroup_known = offsets.sock_cgroup.is_some() as u8;
         let sock_cgroup = offsets.sock_cgroup.unwrap_or_default();
         loader.override_global(INLINE_RULES_GLOBAL, &INLINE_RULES, true);
+        loader.override_global(PACKET_FEATURES_GLOBAL, &needed.packet_features, true);
         for (name, entries) in needed.unused() {
             loader.map_max_entries(name, entries);
         }
@@ -171,7 +180,7 @@ impl Kernel {
         // arena, which glibc keeps: 1.8 MB more resident for the rest of the session, measured.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
-        Ok(Kernel { ebpf, logger, sock_cgroup_known: sock_cgroup_known != 0 })
+        Ok(Kernel { ebpf, logger, sock_cgroup_known: sock_cgroup_known != 0, packet_features: needed.packet_features })
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
@@ -183,6 +192,11 @@ impl Kernel {
     }
 
     pub fn set_rule(&mut self, index: u32, rule: &Rule) -> Result<()> {
+        // A rule whose action's arm the programs were loaded without would do nothing, silently.
+        let missing = feature::of_rule(rule) & !self.packet_features;
+        if missing != 0 {
+            return Err(Error::Other(anyhow::anyhow!("internal error: rule {index} uses what its kernel object was loaded without (features {missing:#x})")));
+        }
         let mut rules: Array<_, Rule> = Array::try_from(self.map_mut(RULES_MAP)?).map_err(map_error)?;
         rules.set(index, rule, 0).map_err(map_error)
     }
@@ -719,13 +733,28 @@ mod tests {
 
     #[test]
     fn a_session_makes_small_only_the_maps_none_of_its_faults_use() {
-        let small = |kinds: &[&str]| MapsNeeded::of_faults(kinds.iter().copied()).unused();
-        let packets = small(&["net.drop", "net.delay"]);
+        let small = |actions: &[Action]| {
+            let rules: Vec<Rule> = actions.iter().map(|&a| Rule { action: a as u32, ..Default::default() }).collect();
+            Needs::of_rules(&rules).unused()
+        };
+        let packets = small(&[Action::NetDrop, Action::NetDelay]);
         assert!(packets.contains(&(chaos_common::CALLS_MAP, UNUSED_MAP_ENTRIES)) && packets.contains(&(FLOWS_MAP, UNUSED_MAP_ENTRIES)), "{packets:?}");
         assert!(packets.contains(&(CALL_LOG_MAP, page_size())), "a ring buffer keeps one page: {packets:?}");
         assert!(packets.contains(&(chaos_common::observe::OBS_CALLS_MAP, UNUSED_MAP_ENTRIES)), "{packets:?}");
-        let both = small(&["sys.fail", "net.stall"]);
+        let both = small(&[Action::SysFail, Action::NetStall]);
         assert_eq!(both.len(), chaos_common::observe::OBSERVE_ONLY_MAPS.len(), "only observe's are small: {both:?}");
-        assert!(MapsNeeded::ALL.unused().is_empty());
+        assert!(Needs::ALL.unused().is_empty());
+    }
+
+    #[test]
+    fn a_rule_is_refused_by_an_object_loaded_without_its_action() {
+        let drop = Rule { action: Action::NetDrop as u32, ..Default::default() };
+        let mut kernel = Kernel::load_with(false, Needs::of_rules([&drop])).expect("loading the kernel object");
+        kernel.set_rule(0, &drop).expect("the rule it was loaded for");
+        let delay = Rule { action: Action::NetDelay as u32, ..Default::default() };
+        let e = kernel.set_rule(1, &delay).expect_err("a delay rule would do nothing there");
+        assert!(e.to_string().contains("internal error: rule 1 uses what its kernel object was loaded without"), "{e}");
+        let model = Rule { loss: chaos_common::loss::LossParams::four_state(1, 2, 3, 4, 5), ..drop };
+        assert!(kernel.set_rule(2, &model).is_err(), "nor a loss model");
     }
 }

@@ -27,7 +27,7 @@ use self::{
 use crate::{
     error::{Error, Result},
     faults::{FaultSpec, FqNeed, Hook},
-    kernel::{Kernel, MapsNeeded, monotonic_ns, netdev, wait_for_coarse_clock},
+    kernel::{Kernel, Needs, monotonic_ns, netdev, wait_for_coarse_clock},
     privileges,
     probe::{self, Backend},
     report::{RuleSummary, Summary},
@@ -136,21 +136,16 @@ pub fn plan(specs: Vec<FaultSpec>) -> Result<Plan> {
             }
         }
     }
-    let maps = MapsNeeded::of_faults(specs.iter().map(|s| s.fault.kind()));
-    let (available, kernel) = probe::require(&needs, &wants, maps)?;
+    // The kernel object the check loads is the session's: it is made for the rules as they will
+    // be. A rule's action and options do not depend on the backends its hooks are chosen from; one
+    // that cannot be written yet gets an object made for anything (its error comes below).
+    let previews: Option<Vec<Rule>> = specs.iter().map(|spec| rule_of(spec, &spec.fault.hooks(&Backend::ALL).ok()?).ok()).collect();
+    let object = previews.map_or(Needs::ALL, |rules| Needs::of_rules(&rules));
+    let (available, kernel) = probe::require(&needs, &wants, object)?;
     let mut faults = Vec::new();
     for (spec, target) in specs.into_iter().zip(target_of) {
         let hooks = spec.fault.hooks(&available).map_err(|e| e.at(&spec.at()))?;
-        let mut rule = Rule {
-            start_ns: Rule::NOT_STARTED,
-            deadline_ns: u64::MAX,
-            max_injections: spec.args.max_injections.unwrap_or(0),
-            ..Default::default()
-        };
-        spec.fault.fill(&mut rule, &hooks).map_err(|e| e.at(&spec.at()))?;
-        if let Some(seed) = spec.args.seed {
-            (rule.seeded, rule.seed) = (1, seed);
-        }
+        let rule = rule_of(&spec, &hooks).map_err(|e| e.at(&spec.at()))?;
         faults.push(Planned { spec, target, hooks, rule });
     }
     let with_hook = |h: &Hook| -> Vec<usize> {
@@ -400,6 +395,21 @@ fn new_id() -> String {
     format!("{:08x}", u32::from_ne_bytes(b))
 }
 
+/// Fault `spec`'s rule at `hooks`, not started.
+fn rule_of(spec: &FaultSpec, hooks: &[Hook]) -> Result<Rule> {
+    let mut rule = Rule {
+        start_ns: Rule::NOT_STARTED,
+        deadline_ns: u64::MAX,
+        max_injections: spec.args.max_injections.unwrap_or(0),
+        ..Default::default()
+    };
+    spec.fault.fill(&mut rule, hooks)?;
+    if let Some(seed) = spec.args.seed {
+        (rule.seeded, rule.seed) = (1, seed);
+    }
+    Ok(rule)
+}
+
 impl Session {
     /// Loads the object, writes the rules (not started) and targets, records the session, attaches
     /// every hook, then starts every rule's window: `--for` counts from when the session is in
@@ -409,7 +419,7 @@ impl Session {
         // The checks' object, unless the programs must log (a load-time setting).
         let mut kernel = match plan.kernel.take() {
             Some(k) if !opts.log_packets => k,
-            _ => Kernel::load_with(opts.log_packets, MapsNeeded::of_faults(plan.faults.iter().map(|f| f.spec.fault.kind())))?,
+            _ => Kernel::load_with(opts.log_packets, Needs::of_rules(plan.faults.iter().map(|f| &f.rule)))?,
         };
         let pid = std::process::id();
         kernel.set_session(&SessionConfig { loader_tgid: pid, ..Default::default() })?;
