@@ -464,6 +464,11 @@ fn a_2s_slower_payment_trips_the_carts_breaker() {
 /// the network rather than at its replies' syscall: every packet it sends is delayed 2 s (a
 /// net.delay fault on its cgroup, fq put on `lo` for the run and taken off after). The breaker
 /// trips the same way: cart answers every probe from its fallback.
+///
+/// These lanes are qemu guests without KVM, and under CI's load a guest's vCPU can stand still
+/// for half a second (a CI run saw cart's p99 at 594 ms over the fault, 8 ms in the second
+/// before): cart's latency bound is 1.5 s here instead of the example's 500 ms, which still
+/// fails if payment's 2 s reaches cart's callers.
 #[test]
 fn a_2s_network_delay_of_payment_trips_the_carts_breaker_too() {
     if !lane_has("sch_fq") {
@@ -471,6 +476,7 @@ fn a_2s_network_delay_of_payment_trips_the_carts_breaker_too() {
         return;
     }
     let run = Run::new("slow-dependency.toml", &["18120", "18121"], |t| {
+        let t = t.replace("\"p99 < 500ms\"]", "\"p99 < 1500ms\"]");
         let fault = t.find("[[fault]]").expect("a [[fault]] table");
         let cgroup = t[fault..].lines().find(|l| l.starts_with("cgroup = ")).expect("the fault's cgroup").to_string();
         format!("{}[[fault]]\nkind = \"net.delay\"\n{cgroup}\ndelay = \"2s\"\nproto = \"tcp\"\n", &t[..fault])
@@ -481,6 +487,8 @@ fn a_2s_network_delay_of_payment_trips_the_carts_breaker_too() {
     assert_eq!(sample(&report, "cart", "inject")["errors"], 0, "cart served its fallback");
     let (matched, injected) = rule0(&report);
     assert!(injected > 0 && injected <= matched, "payment's packets delayed: {injected}/{matched}");
+    let checks = report["hypothesis"].as_array().expect("hypothesis");
+    assert!(checks.iter().any(|c| c["threshold"] == "p99 < 1500ms" && c["held"] == true), "the latency bound was checked: {checks:?}");
     run.assert_cleaned_up();
 }
 
