@@ -49,7 +49,10 @@ fn fuzz<S: Strategy>(name: &str, default: u32, strategy: S, property: impl Fn(S:
     if let Err(e) = result {
         panic!("fuzz {name}: {e}");
     }
-    println!("fuzz {name}: {cases} cases ({} refused), 0 failures", refused.into_inner());
+    let refused = refused.into_inner();
+    println!("fuzz {name}: {cases} cases ({refused} refused), 0 failures");
+    // The row of `cargo xtask fuzz`'s table in BENCHMARKS.md.
+    println!("LONG| | {name} | {cases} | {refused} | 0 |");
 }
 
 /// A pass of a property with no refusal to count.

@@ -210,4 +210,9 @@ fn a_kill_at_a_random_moment_leaves_nothing_behind() {
         report.push(format!("  {i}: at {after:?} ({} steps) {line}", run.steps.len()));
     }
     eprintln!("random kills (seed {seed}, a full run {:?}): {killed} of {count} killed chaos before it ended\n{}", full.took, report.join("\n"));
+    // For `cargo xtask soak`'s section of BENCHMARKS.md.
+    eprintln!(
+        "LONG| - SIGKILL at {count} random moments of a session with a rule of every fault kind the kernel runs (seed {seed}; a whole run {:.1} s): {killed} landed before chaos ended; after each, the guardian or `chaos cleanup` left nothing (the test checks programs, links, TC filters, clsact, changed qdiscs, stopped processes, records and made cgroups).",
+        full.took.as_secs_f64()
+    );
 }

@@ -170,6 +170,12 @@ fn chaos_memory_stays_flat_under_constant_traffic() {
     let (first, last) = settled.split_at(settled.len() / 2);
     let (early, late) = (*first.iter().max().expect("samples"), *last.iter().max().expect("samples"));
     eprintln!("chaos RSS over {secs}s of 5000 datagrams/s, KiB every 0.5 s: {samples:?}");
+    // For `cargo xtask soak`'s section of BENCHMARKS.md.
+    eprintln!(
+        "LONG| - Memory: `chaos net drop` under 5,000 datagrams/s for {secs} s, `--metrics` scraped every 0.5 s: resident {} KiB after the first second, at most {early} KiB in the first half and {late} KiB in the second ({} samples).",
+        settled[0],
+        samples.len()
+    );
     assert!(late <= early + 512, "chaos's memory grew from {early} KiB to {late} KiB under constant traffic");
 }
 

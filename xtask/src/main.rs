@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod kernel_build;
+mod long_form;
 mod setup;
 mod test;
 mod vm;
@@ -148,7 +149,16 @@ fn run(task: Task) -> Result<()> {
             setup::run()?;
             let mut c = cmd::cargo();
             c.args(["test", "--release", "--package", "chaos-user", "--test", "fuzz", "--", "--nocapture"]).env("CHAOS_FUZZ_CASES", cases.to_string());
-            cmd::run(&mut c)
+            let mut rows = vec!["| target | cases | refused as bad input | failures |".to_string(), "|---|---:|---:|---:|".to_string()];
+            rows.extend(long_form::run_marked(&mut c)?);
+            let heading = format!(
+                "### Fuzzing: `cargo xtask fuzz`, {cases} cases per target ({})\n\n\
+                 `chaos-user/tests/fuzz.rs` (proptest): each target's cases, and how many of them chaos refused as bad input\n\
+                 (one line, a usage exit) rather than accepted. A failure (a panic, or an error that is not one clean line) fails\n\
+                 the run, so a table here has none.",
+                long_form::when()
+            );
+            long_form::write("fuzz", &heading, &rows)
         }
         Task::Soak { kills, memory_for } => {
             setup::run()?;
@@ -157,12 +167,19 @@ fn run(task: Task) -> Result<()> {
             c.args(["test", "--release", "--package", "chaos-tests", "--test", "kill_points", "--", "--nocapture", "a_kill_at_a_random_moment"])
                 .env("CHAOS_KILL_RANDOM", kills.to_string())
                 .env("CHAOS_LANE", "host");
-            cmd::run(&mut c)?;
+            let mut lines = long_form::run_marked(&mut c)?;
             let mut c = cmd::cargo();
             c.args(["test", "--release", "--package", "chaos-tests", "--test", "load", "--", "--nocapture", "chaos_memory_stays_flat"])
                 .env("CHAOS_SOAK_SECS", memory_for.as_secs().to_string())
                 .env("CHAOS_LANE", "host");
-            cmd::run(&mut c)
+            lines.extend(long_form::run_marked(&mut c)?);
+            let heading = format!(
+                "### Survival: `cargo xtask soak` on the host ({})\n\n\
+                 `tests/tests/kill_points.rs` and `tests/tests/load.rs`, natively: the figures of a run that passed (a kill that\n\
+                 leaves anything behind, or memory that grows, fails it).",
+                long_form::when()
+            );
+            long_form::write("soak", &heading, &lines)
         }
         Task::SyscallSets => {
             setup::run()?;
