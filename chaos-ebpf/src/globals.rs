@@ -28,7 +28,7 @@ pub fn inline_rules() -> u32 {
 /// it (`PACKET_FEATURES_GLOBAL`). Each action's arm and each option is tested against it first,
 /// so the verifier walks only the code a session can reach.
 #[unsafe(no_mangle)]
-static PACKET_FEATURES: u64 = u64::MAX;
+static PACKET_FEATURES: u64 = chaos_common::feature::ALL;
 
 /// Whether the session's rules use `feature` (a constant at every call, so the test is a
 /// constant to the verifier).

@@ -4,7 +4,7 @@
 //! their figures on lines that start with [`MARK`]: the section is those lines, in order.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Read},
     path::PathBuf,
     process::{Command, Stdio},
     sync::Mutex,
@@ -29,27 +29,24 @@ pub fn run_marked(c: &mut Command) -> Result<Vec<String>> {
     let marked = Mutex::new(Vec::new());
     let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
     std::thread::scope(|s| {
-        let pass = |from: Box<dyn Read + Send>, to: fn() -> Box<dyn Write>| {
-            let marked = &marked;
-            s.spawn(move || {
-                for line in BufReader::new(from).lines().map_while(Result::ok) {
-                    match line.strip_prefix(MARK) {
-                        Some(text) => marked.lock().expect("not poisoned").push(text.to_string()),
-                        None => {
-                            let _ = writeln!(to(), "{line}");
-                        }
-                    }
-                }
-            });
-        };
-        pass(Box::new(out), || Box::new(std::io::stdout()));
-        pass(Box::new(err), || Box::new(std::io::stderr()));
+        s.spawn(|| keep_marked(out, &marked, |line| println!("{line}")));
+        keep_marked(err, &marked, |line| eprintln!("{line}"));
     });
     let status = child.wait()?;
     if !status.success() {
         bail!("{} failed ({status})", crate::cmd::show(c));
     }
     Ok(marked.into_inner().expect("not poisoned"))
+}
+
+/// Passes `from`'s lines to `echo`, but those marked for the section into `marked`.
+fn keep_marked(from: impl Read, marked: &Mutex<Vec<String>>, echo: impl Fn(&str)) {
+    for line in BufReader::new(from).lines().map_while(Result::ok) {
+        match line.strip_prefix(MARK) {
+            Some(text) => marked.lock().expect("not poisoned").push(text.to_string()),
+            None => echo(&line),
+        }
+    }
 }
 
 /// Writes section `name` (a heading, then `lines`) into BENCHMARKS.md in place of its last run's.
@@ -67,10 +64,10 @@ pub fn write(name: &str, heading: &str, lines: &[String]) -> Result<()> {
 /// `md` with section `name` replaced (or added at the end).
 fn with_section(md: &str, name: &str, heading: &str, lines: &[String]) -> String {
     let (start, end) = markers(name);
-    let section = format!("{start}\n{heading}\n\n{}\n{end}\n", lines.join("\n"));
+    let section = format!("{start}\n{heading}\n\n{}\n{end}", lines.join("\n"));
     match (md.find(&start), md.find(&end)) {
-        (Some(a), Some(b)) if a < b => format!("{}{section}{}", &md[..a], md[b + end.len()..].trim_start_matches('\n')),
-        _ => format!("{}\n\n{section}", md.trim_end_matches('\n')),
+        (Some(a), Some(b)) if a < b => format!("{}{section}{}", &md[..a], &md[b + end.len()..]),
+        _ => format!("{}\n\n{section}\n", md.trim_end_matches('\n')),
     }
 }
 
@@ -79,8 +76,7 @@ pub fn kept(md: &str) -> String {
     let mut out = String::new();
     let mut rest = md;
     while let Some(a) = rest.find("<!-- long form: ") {
-        let name_end = rest[a..].find(" -->").map(|i| a + i);
-        let Some(name_end) = name_end else { break };
+        let Some(name_end) = rest[a..].find(" -->").map(|i| a + i) else { break };
         let name = &rest[a + "<!-- long form: ".len()..name_end];
         let (_, end) = markers(name);
         let Some(b) = rest[a..].find(&end).map(|i| a + i + end.len()) else { break };
@@ -123,5 +119,6 @@ mod tests {
         let again = with_section(&fuzzed, "soak", "### Soak", &["- 2".to_string()]);
         assert!(again.contains("- 2") && !again.contains("- 1") && again.contains("| x |") && again.starts_with("# Benchmarks\n\ntable\n"), "{again}");
         assert_eq!(again.matches("<!-- long form: soak -->").count(), 1, "{again}");
+        assert!(again.ends_with("<!-- /long form: soak -->\n\n<!-- long form: fuzz -->\n### Fuzzing\n\n| x |\n<!-- /long form: fuzz -->\n"), "the sections stay apart: {again}");
     }
 }

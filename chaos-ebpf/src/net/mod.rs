@@ -96,7 +96,9 @@ fn selected(mask: u64, dir: u8, pkt: &Packet, segs: u64) -> Result<Option<(u32, 
 
 /// `a`, or `Action::None` where no rule of the session has it: the arms of the others are then
 /// unreachable, and the verifier does not walk them. (User space loads the object for its rules'
-/// actions, and refuses to write a rule the object was not loaded for.)
+/// actions, and refuses to write a rule the object was not loaded for.) One arm per action, each
+/// testing its own constant bit: `uses(feature::action(a))` would test a bit the verifier cannot
+/// know, and prune nothing.
 #[inline(always)]
 fn used(a: Action) -> Action {
     let yes = match a {

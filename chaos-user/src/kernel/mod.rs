@@ -37,7 +37,7 @@ pub struct Kernel {
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// The kernel's BTF says where a socket's cgroup lies (what TC ingress reads).
     pub sock_cgroup_known: bool,
-    /// What of the packet programs it was loaded with (`Needs::packet_features`).
+    /// What of the packet programs it was loaded with (`Needs::features`).
     packet_features: u64,
 }
 
@@ -76,27 +76,21 @@ const INLINE_RULES: u32 = 1;
 pub struct Needs {
     /// The maps of `chaos observe`'s programs.
     pub observe: bool,
-    /// The maps of the syscall faults' programs (`sys.*`).
-    pub syscalls: bool,
-    /// The flow table of `net stall`.
-    pub flows: bool,
-    /// What of the packet programs the rules use (`chaos_common::feature` bits).
-    pub packet_features: u64,
+    /// What the rules use (`chaos_common::feature` bits): the packet programs' arms, and so which
+    /// fault maps are needed.
+    pub features: u64,
 }
 
 impl Needs {
-    pub const ALL: Needs = Needs { observe: true, syscalls: true, flows: true, packet_features: feature::ALL };
+    pub const ALL: Needs = Needs { observe: true, features: feature::ALL };
 
     /// What a session of these rules needs (it never attaches `chaos observe`'s programs).
     pub fn of_rules<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Needs {
-        let mut n = Needs { observe: false, syscalls: false, flows: false, packet_features: 0 };
-        for rule in rules {
-            let action = Action::from_u32(rule.action);
-            n.syscalls |= matches!(action, Action::SysFail | Action::SysSignal | Action::SysDelay);
-            n.flows |= action == Action::NetStall;
-            n.packet_features |= feature::of_rule(rule);
-        }
-        n
+        Needs { observe: false, features: rules.into_iter().fold(0, |f, rule| f | feature::of_rule(rule)) }
+    }
+
+    fn has(self, action: Action) -> bool {
+        self.features & feature::action(action) != 0
     }
 
     /// The maps to make small, and how small.
@@ -106,10 +100,10 @@ impl Needs {
         if !self.observe {
             out.extend(chaos_common::observe::OBSERVE_ONLY_MAPS.map(few));
         }
-        if !self.syscalls {
+        if ![Action::SysFail, Action::SysSignal, Action::SysDelay].into_iter().any(|a| self.has(a)) {
             out.extend(SYSCALL_ONLY_MAPS.map(few));
         }
-        if !self.flows {
+        if !self.has(Action::NetStall) {
             out.push(few(FLOWS_MAP));
         }
         out
@@ -147,7 +141,7 @@ impl Kernel {
         let sock_cgroup_known = offsets.sock_cgroup.is_some() as u8;
         let sock_cgroup = offsets.sock_cgroup.unwrap_or_default();
         loader.override_global(INLINE_RULES_GLOBAL, &INLINE_RULES, true);
-        loader.override_global(PACKET_FEATURES_GLOBAL, &needed.packet_features, true);
+        loader.override_global(PACKET_FEATURES_GLOBAL, &needed.features, true);
         for (name, entries) in needed.unused() {
             loader.map_max_entries(name, entries);
         }
@@ -180,7 +174,7 @@ impl Kernel {
         // arena, which glibc keeps: 1.8 MB more resident for the rest of the session, measured.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
-        Ok(Kernel { ebpf, logger, sock_cgroup_known: sock_cgroup_known != 0, packet_features: needed.packet_features })
+        Ok(Kernel { ebpf, logger, sock_cgroup_known: sock_cgroup_known != 0, packet_features: needed.features })
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
