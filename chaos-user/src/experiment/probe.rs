@@ -203,9 +203,14 @@ mod tests {
         let http: ureq::Agent = ureq::Agent::config_builder().build().into();
         let t = Duration::from_secs(2);
         assert!(Check::Tcp(listener.local_addr().unwrap()).attempt(t, &http).is_ok());
-        let closed = listener.local_addr().unwrap();
-        drop(listener);
-        assert!(Check::Tcp(closed).attempt(t, &http).is_err());
+        // A port bound but not listening refuses connections, and stays this test's: a listener's
+        // port, once closed, could be taken by another test running beside this one.
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, socket};
+        use std::os::fd::AsRawFd;
+        let held = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None).unwrap();
+        bind(held.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+        let closed: SockaddrIn = getsockname(held.as_raw_fd()).unwrap();
+        assert!(Check::Tcp(SocketAddr::from(std::net::SocketAddrV4::from(closed))).attempt(t, &http).is_err());
         assert!(Check::Command(vec!["true".into()]).attempt(t, &http).is_ok());
         assert!(Check::Command(vec!["false".into()]).attempt(t, &http).is_err());
         let slow = Check::Command(vec!["sleep".into(), "5".into()]);
