@@ -363,7 +363,9 @@ impl SessionConfig {
 /// Counters of one rule. Per CPU in the kernel, updated with atomic adds (a program in process
 /// context and one in softirq context can run for the same rule on the same CPU), summed by user
 /// space. Packet rules count both skbs and wire segments (`*_segs`: an skb of a GSO packet on
-/// `lo`, a veth or a TSO device carries up to 64 KB, many segments on the wire).
+/// `lo`, a veth or a TSO device carries up to 64 KB, many segments on the wire). In the kernel's
+/// copy the `*_segs` fields hold only the segments past each event's first ([`Counters::from_kernel`]):
+/// most packets are one segment, and a counter left alone is an atomic add fewer per packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -408,6 +410,25 @@ impl Counters {
         self.capped += o.capped;
         self.fragments += o.fragments;
         self.marked += o.marked;
+    }
+
+    /// The counters the kernel keeps (summed or not), with each event's first segment counted in
+    /// the `*_segs` fields.
+    pub const fn from_kernel(mut self) -> Counters {
+        self.seen_segs += self.seen;
+        self.matched_segs += self.matched;
+        self.selected_segs += self.selected;
+        self.injected_segs += self.injected;
+        self
+    }
+
+    /// The kernel's form of these counters: [`Counters::from_kernel`] undone.
+    pub const fn to_kernel(mut self) -> Counters {
+        self.seen_segs = self.seen_segs.saturating_sub(self.seen);
+        self.matched_segs = self.matched_segs.saturating_sub(self.matched);
+        self.selected_segs = self.selected_segs.saturating_sub(self.selected);
+        self.injected_segs = self.injected_segs.saturating_sub(self.injected);
+        self
     }
 }
 
@@ -516,6 +537,20 @@ mod tests {
         assert_eq!(feature::of_rule(&delay) & feature::of_rule(&drop), 0, "each action its own bit");
         // Every action's bit lies below the options'.
         assert!(feature::action(Action::ProcKill) < feature::LOSS_MODEL);
+    }
+
+    #[test]
+    fn the_kernels_counters_count_each_events_first_segment_back_in() {
+        // Per CPU, as the kernel keeps them: 3 packets of 1 segment and one GSO packet of 5 seen;
+        // the GSO packet's 4 later segments are all the kernel added to seen_segs.
+        let cpu0 = Counters { seen: 3, matched: 3, selected: 1, injected: 1, seen_segs: 0, matched_segs: 0, ..Default::default() };
+        let cpu1 = Counters { seen: 1, matched: 1, selected: 1, injected: 1, seen_segs: 4, matched_segs: 4, selected_segs: 4, injected_segs: 4, ..Default::default() };
+        let mut total = Counters::default();
+        total.add(&cpu0);
+        total.add(&cpu1);
+        let c = total.from_kernel();
+        assert_eq!((c.seen, c.seen_segs, c.matched_segs, c.selected_segs, c.injected_segs), (4, 8, 8, 6, 6));
+        assert_eq!(c.to_kernel(), total, "and back");
     }
 
     #[test]

@@ -254,6 +254,15 @@ fn add(counter: &mut u64, n: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
 }
 
+/// Counts an event of `segs` wire segments in a `*_segs` counter, which holds the segments past
+/// each event's first (see `Counters::from_kernel`): no atomic add at all for the usual packet.
+#[inline(always)]
+fn add_segments(counter: &mut u64, segs: u64) {
+    if segs > 1 {
+        add(counter, segs - 1);
+    }
+}
+
 #[inline(always)]
 pub fn count_error(e: KernelError) {
     if let Some(p) = CHAOS_ERRORS.get_ptr_mut(e as u32) {
@@ -363,12 +372,12 @@ fn counters(i: u32) -> Result<&'static mut Counters, KernelError> {
 pub fn decide<const MODELS: bool>(i: u32, rule: &Rule, now: u64, filters_ok: bool, segs: u64) -> Result<bool, KernelError> {
     let c = counters(i)?;
     add(&mut c.seen, 1);
-    add(&mut c.seen_segs, segs);
+    add_segments(&mut c.seen_segs, segs);
     if !filters_ok || !rule.live(now) {
         return Ok(false);
     }
     add(&mut c.matched, 1);
-    add(&mut c.matched_segs, segs);
+    add_segments(&mut c.matched_segs, segs);
     if MODELS && crate::globals::uses(chaos_common::feature::LOSS_MODEL) && rule.loss.is_stateful() {
         return Ok(true);
     }
@@ -397,7 +406,7 @@ pub fn model_decides(i: u32, rule: &Rule, segs: u64) -> Result<bool, KernelError
 #[inline(always)]
 fn chosen(i: u32, rule: &Rule, c: &mut Counters, segs: u64) -> Result<bool, KernelError> {
     add(&mut c.selected, 1);
-    add(&mut c.selected_segs, segs);
+    add_segments(&mut c.selected_segs, segs);
     if rule.max_injections != 0 {
         let budget = CHAOS_INJECTED.get_ptr_mut(i).ok_or(KernelError::RuleLookup)?;
         // SAFETY: a shared map value, valid for the program's run; only atomics touch it. The
@@ -420,7 +429,7 @@ fn chosen(i: u32, rule: &Rule, c: &mut Counters, segs: u64) -> Result<bool, Kern
 pub fn injected(i: u32, segs: u64, bytes: u64) {
     if let Ok(c) = counters(i) {
         add(&mut c.injected, 1);
-        add(&mut c.injected_segs, segs);
+        add_segments(&mut c.injected_segs, segs);
         add(&mut c.injected_bytes, bytes);
     }
 }

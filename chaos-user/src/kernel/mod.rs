@@ -271,7 +271,7 @@ impl Kernel {
     pub fn set_counters(&mut self, index: u32, c: &Counters) -> Result<()> {
         let mut per_cpu: PerCpuArray<_, Counters> = PerCpuArray::try_from(self.map_mut(COUNTERS_MAP)?).map_err(map_error)?;
         let mut values = vec![Counters::default(); cpus()];
-        values[0] = *c;
+        values[0] = c.to_kernel();
         let values = PerCpuValues::try_from(values).map_err(|e| Error::Other(anyhow::anyhow!("{e}")))?;
         per_cpu.set(index, values, 0).map_err(map_error)
     }
@@ -515,7 +515,7 @@ fn sum(per_cpu: &PerCpuValues<Counters>) -> Counters {
     for c in per_cpu.iter() {
         total.add(c);
     }
-    total
+    total.from_kernel()
 }
 
 fn errors_of<T: std::borrow::Borrow<MapData>>(errors: PerCpuArray<T, u64>) -> Result<BTreeMap<String, u64>> {
