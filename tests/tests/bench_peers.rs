@@ -143,9 +143,16 @@ fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, fault: &[&
     // Per backend: (0% target, 0% bystander, 100% target) per round.
     let mut with: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); backends.len()];
     let (mut base, mut base_by, mut armed, mut firing) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        base.push(run(cg, None, &mut || {}));
-        base_by.push(run(bystander, None, &mut || {}));
+    for round in 0..ROUNDS {
+        // Every other round measures the workload alone after chaos rather than before: a drift
+        // over a round (a cache warming, the kernel's state growing) then favours neither.
+        let alone = |base: &mut Vec<f64>, base_by: &mut Vec<f64>| {
+            base.push(run(cg, None, &mut || {}));
+            base_by.push(run(bystander, None, &mut || {}));
+        };
+        if round % 2 == 0 {
+            alone(&mut base, &mut base_by);
+        }
         for (i, (_, flags)) in backends.iter().enumerate() {
             let chaos = start(flags, "0");
             let (t, by) = (run(cg, None, &mut || {}), run(bystander, None, &mut || {}));
@@ -154,6 +161,9 @@ fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, fault: &[&
             let all = run(cg, None, &mut || session = Some(start(flags, "100")));
             stop_chaos(session.expect("started"));
             with[i].push((t, by, all));
+        }
+        if round % 2 == 1 {
+            alone(&mut base, &mut base_by);
         }
         armed.push(run(cg, Some(&format!("{}:when=65535", b.inject)), &mut || {}));
         firing.push(run(cg, Some(b.inject), &mut || {}));
