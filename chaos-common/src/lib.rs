@@ -348,7 +348,10 @@ pub struct SessionConfig {
     pub guardian_tgid: u32,
     /// Set by `chaos stop` (user space reads it; the kernel ends rules by their deadline).
     pub stop_requested: u32,
-    pub _pad: u32,
+    /// Nonzero when a rule of the session may mark a thread at a call's entry (`sys.delay` holds
+    /// it, `sys.signal` signals it; the call's later hooks refuse the call): only then do the
+    /// syscall hooks look the calling thread up among the marked.
+    pub marks_threads: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<SessionConfig>() == 16);

@@ -449,9 +449,3 @@ pub fn fragment_followed(i: u32) {
         add(&mut c.fragments, 1);
     }
 }
-
-/// Whether the calling process is the session's own (the loader or its guardian).
-#[inline(always)]
-pub fn is_session_process(tgid: u32) -> bool {
-    CHAOS_SESSION.get(0).is_some_and(|s| s.exempt(tgid))
-}

@@ -22,7 +22,10 @@ use chaos_common::{
 use core::hint::black_box;
 
 use crate::{
-    engine::{CHAOS_CALL_LOG, CHAOS_CALLS, CHAOS_HELD, CHAOS_HOLDS, CHAOS_SYS_RULES, count_error, decide, fetch_add_slot, injected, is_session_process, now, rule, rules_for},
+    engine::{
+        CHAOS_CALL_LOG, CHAOS_CALLS, CHAOS_HELD, CHAOS_HOLDS, CHAOS_SESSION, CHAOS_SYS_RULES, count_error, decide, fetch_add_slot, injected, now, rule,
+        rules_for,
+    },
     globals::{file_f_path_offset, task_tgid_offset},
 };
 
@@ -91,31 +94,14 @@ fn try_decide_call(hook: u32, nr: impl FnOnce() -> u32, path: &mut impl CallPath
         return Ok(Verdict::Pass);
     }
     let nr = nr();
-    // A thread a delay rule stopped at this call's entry (the map is empty without one).
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if hook == HOOK_SYS_ENTER {
-        // A new call of the thread: the mark is done with. The call the kernel restarts after
-        // its hold was decided at its first entry.
-        // SAFETY: a map value, valid for this run.
-        if let Some(mark) = unsafe { CHAOS_HELD.get(&tid) }.copied() {
-            let _ = CHAOS_HELD.remove(&tid);
-            if mark == held_call(nr, HELD_RESTARTING) {
-                return Ok(Verdict::Pass);
-            }
-        }
-    } else if restartable(hook)
-        && let Some(mark) = CHAOS_HELD.get_ptr_mut(&tid)
+    // The session's settings: an array's value, looked up in line (no helper call).
+    let Some(session) = CHAOS_SESSION.get(0).copied() else { return Err(KernelError::RuleLookup) };
+    // A thread a delay rule stopped, or a signal rule signalled, at this call's entry: only a
+    // session with such a rule marks any, and a hash lookup for every call of a target is not free.
+    if session.marks_threads != 0
+        && let Some(verdict) = held(hook, nr)
     {
-        // SAFETY: a map value, valid for this run; a thread's entry is written by that thread only.
-        unsafe {
-            let held_nr = *mark >> 2;
-            // A hook that sees the number checks it; a cgroup hook sees the call of this thread's
-            // current syscall, whatever its number.
-            if *mark & 3 == HELD_AT_ENTRY && (!SysMatch::per_syscall(hook) || held_nr == nr) {
-                *mark = held_call(held_nr, HELD_RESTARTING);
-                return Ok(Verdict::Restart);
-            }
-        }
+        return Ok(verdict);
     }
     // The rules of this call's hook and syscall, from one lookup, before any other helper: a
     // target's other syscalls (sys_enter sees them all) stop here. Each is decided by one copy of
@@ -129,9 +115,11 @@ fn try_decide_call(hook: u32, nr: impl FnOnce() -> u32, path: &mut impl CallPath
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     // chaos never fails its own calls, even in a target that contains it (`--force`).
-    if is_session_process((pid_tgid >> 32) as u32) {
+    if session.exempt((pid_tgid >> 32) as u32) {
         return Ok(Verdict::Pass);
     }
+    // Not the coarse clock of the packet hooks: tracing and cgroup sockopt programs may not read
+    // it (the verifier refuses the helper).
     let now = now();
     let mut n = 0;
     while todo != 0 && n < RULES_PER_CALL {
@@ -158,6 +146,38 @@ fn try_decide_call(hook: u32, nr: impl FnOnce() -> u32, path: &mut impl CallPath
         count_error(KernelError::SysRulesSkipped);
     }
     Ok(Verdict::Pass)
+}
+
+/// What a call of a thread marked at a call's entry (held by a delay rule, signalled by a signal
+/// rule) comes to, if the mark decides it: the marked call is refused by its later hooks, and
+/// when the kernel restarts it, passes (it was decided at its first entry).
+#[inline(always)]
+fn held(hook: u32, nr: u32) -> Option<Verdict> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if hook == HOOK_SYS_ENTER {
+        // A new call of the thread: the mark is done with.
+        // SAFETY: a map value, valid for this run.
+        if let Some(mark) = unsafe { CHAOS_HELD.get(&tid) }.copied() {
+            let _ = CHAOS_HELD.remove(&tid);
+            if mark == held_call(nr, HELD_RESTARTING) {
+                return Some(Verdict::Pass);
+            }
+        }
+    } else if restartable(hook)
+        && let Some(mark) = CHAOS_HELD.get_ptr_mut(&tid)
+    {
+        // SAFETY: a map value, valid for this run; a thread's entry is written by that thread only.
+        unsafe {
+            let held_nr = *mark >> 2;
+            // A hook that sees the number checks it; a cgroup hook sees the call of this thread's
+            // current syscall, whatever its number.
+            if *mark & 3 == HELD_AT_ENTRY && (!SysMatch::per_syscall(hook) || held_nr == nr) {
+                *mark = held_call(held_nr, HELD_RESTARTING);
+                return Some(Verdict::Restart);
+            }
+        }
+    }
+    None
 }
 
 /// `--log-calls`: a record of the call rule `i` injected, for chaos to print.
