@@ -12,7 +12,7 @@ use chaos_common::{Action, Family, KernelError, net::DIR_INGRESS};
 
 use super::parse::{self, NetworkHeader};
 use crate::{
-    engine::{count_error, flow_stalled, injected, paced, rules_for},
+    engine::{Segs, count_error, flow_stalled, injected, paced, rules_for},
     globals::log_packets,
 };
 
@@ -45,7 +45,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, KernelError> {
     }
     let Some(pkt) = parse::packet(skb, NetworkHeader::At(0), DIR_INGRESS, port_rules != 0)? else { return Ok(PASS) };
     // SAFETY: as above.
-    let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
+    let segs = Segs::Of(skb.cast());
     let len = ctx.len() as u64;
     match super::selected(mask, DIR_INGRESS, &pkt, segs)? {
         Some((i, Action::NetDrop, _)) => {

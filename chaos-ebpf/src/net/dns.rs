@@ -29,7 +29,7 @@ use chaos_common::{
     net::{DIR_EGRESS, Fragment, PROTO_UDP, Packet},
 };
 
-use crate::engine::{decide, now_coarse, rule};
+use crate::engine::{Segs, decide, now_coarse, rule};
 
 /// The packet as a whole: the context, where its network header starts, its length.
 #[derive(Clone, Copy)]
@@ -155,7 +155,7 @@ extern "C" fn suffix_turn(index: u64, ctx: *mut c_void) -> i64 {
 /// whose filters match, spared that read but made the verifier walk the rules' loop with one more
 /// state: 40% more instructions to verify at every session start.
 #[inline(always)]
-pub fn select(rules: u64, pkt: &Packet, frame: Frame, segs: u64) -> Result<Option<(u32, &'static Rule)>, KernelError> {
+pub fn select(rules: u64, pkt: &Packet, frame: Frame, segs: Segs) -> Result<Option<(u32, &'static Rule)>, KernelError> {
     if read_query(&frame, pkt)? != QUERY {
         return Ok(None);
     }
@@ -178,7 +178,7 @@ struct RuleWalk<'a> {
     rules: u64,
     pkt: &'a Packet,
     query: *const Query,
-    segs: u64,
+    segs: Segs,
     now: u64,
     /// 1 + the index of the rule that selected the query; 0: none.
     found: u32,

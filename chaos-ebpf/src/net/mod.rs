@@ -14,7 +14,7 @@ use aya_ebpf::helpers::generated::bpf_loop;
 use chaos_common::{Action, KernelError, MAX_RULES, Rule, feature, has_rule, net::Packet};
 
 use crate::{
-    engine::{decide, model_decides, now_coarse, rule},
+    engine::{Segs, decide, model_decides, now_coarse, rule},
     globals::uses,
 };
 
@@ -38,7 +38,7 @@ struct Walk<'a> {
     mask: u64,
     dir: u8,
     pkt: &'a Packet,
-    segs: u64,
+    segs: Segs,
     now: u64,
     /// 1 + the index of the rule that selected the packet; 0: none.
     found: u32,
@@ -85,7 +85,7 @@ extern "C" fn walk_turn(index: u64, ctx: *mut c_void) -> i64 {
 /// rule with a loss model that claims the packet decides it alone: its model is stepped here,
 /// once, and if it keeps the packet no later rule sees it.
 #[inline(always)]
-fn selected(mask: u64, dir: u8, pkt: &Packet, segs: u64) -> Result<Option<(u32, Action, &'static Rule)>, KernelError> {
+fn selected(mask: u64, dir: u8, pkt: &Packet, segs: Segs) -> Result<Option<(u32, Action, &'static Rule)>, KernelError> {
     let Some((i, action)) = walk(mask, dir, pkt, segs)? else { return Ok(None) };
     let r = rule(i)?;
     if uses(feature::LOSS_MODEL) && r.loss.is_stateful() && !model_decides(i, r, segs)? {
@@ -117,7 +117,7 @@ fn used(a: Action) -> Action {
 
 /// The first rule in `mask` that claims `pkt`, and its action.
 #[inline(always)]
-fn walk(mask: u64, dir: u8, pkt: &Packet, segs: u64) -> Result<Option<(u32, Action)>, KernelError> {
+fn walk(mask: u64, dir: u8, pkt: &Packet, segs: Segs) -> Result<Option<(u32, Action)>, KernelError> {
     let mut w = Walk { mask, dir, pkt, segs, now: now_coarse(), found: 0, action: 0, error: 0 };
     let inline = inline_rules();
     let mut i = 0;

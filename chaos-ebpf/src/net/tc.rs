@@ -31,7 +31,7 @@ use super::{
     parse::{self, NetworkHeader},
 };
 use crate::{
-    engine::{count_error, draw, flow_stalled, fragment_followed, injected, marked, now, paced, rules_for, sent_at_once},
+    engine::{Segs, count_error, draw, flow_stalled, fragment_followed, injected, marked, now, paced, rules_for, sent_at_once},
     globals::{log_packets, uses},
 };
 
@@ -113,7 +113,7 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
         return Ok(NEXT);
     }
     // SAFETY: as above.
-    let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
+    let segs = Segs::Of(skb.cast());
     let len = ctx.len() as u64;
     // A target's DNS rules first: the query is read once for all of them.
     if dns_rules != 0
@@ -244,7 +244,7 @@ pub(super) fn corrupt(skb: *mut __sk_buff, nh: NetworkHeader, pkt: &Packet, i: u
         // docs/design.md, "Corruption and checksums".
         let r = unsafe { bpf_skb_store_bytes(skb.cast(), net + offset, (&raw const flipped).cast(), 1, 0) };
         if r == 0 {
-            injected(i, 1, len);
+            injected(i, Segs::One, len);
         } else {
             count_error(KernelError::PacketWrite);
         }
@@ -285,7 +285,7 @@ const NOT_TAKEN: i32 = i32::MIN;
 /// own, so the main rule walk is verified from one state whether or not the target has DNS rules
 /// (inlined, it left the walk to be verified twice).
 #[inline(never)]
-fn dns_first(skb: *mut __sk_buff, l2: u32, pkt: &Packet, rules: u64, segs: u64) -> i32 {
+fn dns_first(skb: *mut __sk_buff, l2: u32, pkt: &Packet, rules: u64, segs: Segs) -> i32 {
     // SAFETY: the context the kernel passed in.
     let len = unsafe { (*skb).len } as u64;
     let taken = match dns::select(rules, pkt, dns::Frame { skb, l2, len: len as u32 }, segs) {

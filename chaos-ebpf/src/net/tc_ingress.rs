@@ -35,7 +35,7 @@ use super::{
     tc::{ETH_HLEN, NEXT, corrupt, mark_ce},
 };
 use crate::{
-    engine::{count_error, injected, marked, rules_for},
+    engine::{Segs, count_error, injected, marked, rules_for},
     globals::{log_packets, sock_cgroup_offsets, uses},
 };
 
@@ -113,7 +113,7 @@ fn try_ingress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
         return Ok(NEXT);
     }
     // SAFETY: as above.
-    let segs = unsafe { (*skb).gso_segs }.max(1) as u64;
+    let segs = Segs::Of(skb.cast());
     let len = ctx.len() as u64;
     match super::selected(mask, DIR_INGRESS, &pkt, segs)? {
         Some((i, Action::NetDuplicate, _)) => {

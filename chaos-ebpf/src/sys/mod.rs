@@ -23,7 +23,7 @@ use core::hint::black_box;
 
 use crate::{
     engine::{
-        CHAOS_CALL_LOG, CHAOS_CALLS, CHAOS_HELD, CHAOS_HOLDS, CHAOS_SESSION, CHAOS_SYS_RULES, count_error, decide, fetch_add_slot, injected, now, rule,
+        CHAOS_CALL_LOG, CHAOS_CALLS, CHAOS_HELD, CHAOS_HOLDS, CHAOS_SESSION, CHAOS_SYS_RULES, Segs, count_error, decide, fetch_add_slot, injected, now, rule,
         rules_for,
     },
     globals::{file_f_path_offset, task_tgid_offset},
@@ -134,8 +134,8 @@ fn try_decide_call(hook: u32, nr: impl FnOnce() -> u32, path: &mut impl CallPath
         }
         // `--when` counts the calls of a live rule, then samples among those it selects.
         let candidate = !r.sys.when.counts() || !r.live(now) || when_selects(i, r, hook, nr, pid_tgid);
-        if decide::<false>(i, r, now, candidate, 1)? {
-            injected(i, 1, 0);
+        if decide::<false>(i, r, now, candidate, Segs::One)? {
+            injected(i, Segs::One, 0);
             if r.sys.log != 0 {
                 log_call(i, r, hook, nr, pid_tgid);
             }
