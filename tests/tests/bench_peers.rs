@@ -143,16 +143,10 @@ fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, fault: &[&
     // Per backend: (0% target, 0% bystander, 100% target) per round.
     let mut with: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); backends.len()];
     let (mut base, mut base_by, mut armed, mut firing) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        // Every other round measures the workload alone after chaos rather than before: a drift
-        // over a round (a cache warming, the kernel's state growing) then favours neither.
-        let alone = |base: &mut Vec<f64>, base_by: &mut Vec<f64>| {
-            base.push(run(cg, None, &mut || {}));
-            base_by.push(run(bystander, None, &mut || {}));
-        };
-        if round % 2 == 0 {
-            alone(&mut base, &mut base_by);
-        }
+    // The workload alone before and after chaos, each round: (before, after), target and bystander.
+    let (mut alone, mut alone_by) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let before = (run(cg, None, &mut || {}), run(bystander, None, &mut || {}));
         for (i, (_, flags)) in backends.iter().enumerate() {
             let chaos = start(flags, "0");
             let (t, by) = (run(cg, None, &mut || {}), run(bystander, None, &mut || {}));
@@ -162,18 +156,26 @@ fn call_bench(b: &CallBench, cg: &TempCgroup, bystander: &TempCgroup, fault: &[&
             stop_chaos(session.expect("started"));
             with[i].push((t, by, all));
         }
-        if round % 2 == 1 {
-            alone(&mut base, &mut base_by);
-        }
+        let after = (run(cg, None, &mut || {}), run(bystander, None, &mut || {}));
+        // The baseline is the mean of the two, so a drift over the round (a cache warming, the
+        // kernel's state growing) favours neither; their ratio is the measurement's own noise.
+        base.push((before.0 + after.0) / 2.0);
+        base_by.push((before.1 + after.1) / 2.0);
+        alone.push((before.0, after.0, None));
+        alone_by.push((before.1, after.1, None));
         armed.push(run(cg, Some(&format!("{}:when=65535", b.inject)), &mut || {}));
         firing.push(run(cg, Some(b.inject), &mut || {}));
     }
     let section = format!(
-        "Syscall faults {}: {} {} calls by a process in the target cgroup, or in a bystander cgroup beside it (µs per call; baseline: the workload alone in the same cgroup; peer: strace -e inject=, armed and not firing for the 0% rows, firing on every call for the 100% rows)",
+        "Syscall faults {}: {} {} calls by a process in the target cgroup, or in a bystander cgroup beside it (µs per call; baseline: the workload alone in the same cgroup, the mean of a run before chaos and one after in each round; peer: strace -e inject=, armed and not firing for the 0% rows, firing on every call for the 100% rows)",
         place(),
         b.count,
         b.what
     );
+    // What a ratio of one is worth here: a "with chaos" no different from the workload alone would
+    // read like these.
+    row(&section, &format!("{}: the workload alone after chaos, beside alone before it (the noise), target", b.what), &alone, None, None);
+    row(&section, &format!("{}: the workload alone after chaos, beside alone before it (the noise), bystander", b.what), &alone_by, None, None);
     for (i, (label, _)) in backends.iter().enumerate() {
         let r = &with[i];
         let at0: Vec<(f64, f64, Option<f64>)> = (0..ROUNDS).map(|k| (base[k], r[k].0, Some(armed[k]))).collect();
