@@ -173,6 +173,12 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether it marks a thread at a call's entry (`sys.delay` holds it, `sys.signal` signals
+    /// it) for the call's later hooks to refuse the call ([`SessionConfig::marks_threads`]).
+    pub const fn marks_threads(self) -> bool {
+        matches!(self, Action::SysDelay | Action::SysSignal)
+    }
+
     /// Whether the packet hooks act on it (every `Net*` action).
     pub const fn is_packet(self) -> bool {
         matches!(

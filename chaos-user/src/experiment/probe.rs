@@ -184,6 +184,10 @@ impl Drop for Running {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, socket};
+
     use super::*;
 
     #[test]
@@ -205,8 +209,6 @@ mod tests {
         assert!(Check::Tcp(listener.local_addr().unwrap()).attempt(t, &http).is_ok());
         // A port bound but not listening refuses connections, and stays this test's: a listener's
         // port, once closed, could be taken by another test running beside this one.
-        use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, socket};
-        use std::os::fd::AsRawFd;
         let held = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None).unwrap();
         bind(held.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
         let closed: SockaddrIn = getsockname(held.as_raw_fd()).unwrap();

@@ -422,7 +422,7 @@ impl Session {
             _ => Kernel::load_with(opts.log_packets, Needs::of_rules(plan.faults.iter().map(|f| &f.rule)))?,
         };
         let pid = std::process::id();
-        let marks_threads = plan.faults.iter().any(|f| [Action::SysDelay as u32, Action::SysSignal as u32].contains(&f.rule.action)) as u32;
+        let marks_threads = plan.faults.iter().any(|f| Action::from_u32(f.rule.action).marks_threads()) as u32;
         kernel.set_session(&SessionConfig { loader_tgid: pid, marks_threads, ..Default::default() })?;
         let mut masks = vec![TargetRules::default(); plan.targets.len()];
         for (i, f) in plan.faults.iter().enumerate() {
