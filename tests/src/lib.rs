@@ -716,8 +716,17 @@ pub fn root_qdisc_line(qdiscs: &str, dev: &str) -> String {
 
 /// A process's state letter from /proc/PID/stat (`T` stopped, `Z` zombie, ...); `None` if it is gone.
 pub fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
+    Some(proc_stat(pid)?.state)
+}
+
+/// What /proc/PID/stat says of a process; `None` if it is gone.
+pub fn proc_stat(pid: u32) -> Option<procfs::process::Stat> {
+    procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).ok()
+}
+
+/// What /proc/PID/status says of a process (memory in kB, signal masks); `None` if it is gone.
+pub fn proc_status(pid: u32) -> Option<procfs::process::Status> {
+    procfs::process::Process::new(pid as i32).and_then(|p| p.status()).ok()
 }
 
 /// Waits until process `pid` is stopped (state T), bounded.

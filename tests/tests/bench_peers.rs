@@ -778,14 +778,6 @@ fn observe_cost() {
     let _ = std::fs::remove_file(&file);
 }
 
-/// A field of /proc/PID/status in kB (VmRSS, VmHWM).
-fn status_kb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim_start_matches(':').trim().trim_end_matches(" kB").parse().unwrap_or(0.0))))
-        .unwrap_or(0.0)
-}
-
 /// The memory the kernel charges for the BPF maps process `pid` holds open (fdinfo's memlock), kB.
 fn maps_kb(pid: u32) -> f64 {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return 0.0 };
@@ -814,8 +806,9 @@ fn footprint() {
         let mut chaos = start_chaos(&args);
         active.push(ms(t));
         let pid = chaos.child.id();
-        rss.push(status_kb(pid, "VmRSS"));
-        peak.push(status_kb(pid, "VmHWM"));
+        let memory = proc_status(pid);
+        rss.push(memory.as_ref().and_then(|s| s.vmrss).unwrap_or(0) as f64);
+        peak.push(memory.as_ref().and_then(|s| s.vmhwm).unwrap_or(0) as f64);
         maps.push(maps_kb(pid));
         let t = Instant::now();
         chaos.signal(libc::SIGTERM);

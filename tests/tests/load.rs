@@ -120,9 +120,7 @@ fn scrape(port: u16) -> String {
 
 /// A process's resident memory, in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number")
+    proc_status(pid).and_then(|s| s.vmrss).expect("the process's VmRSS")
 }
 
 #[test]

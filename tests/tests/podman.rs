@@ -60,10 +60,8 @@ fn prepare() {
 /// `PID-STARTTIME` of a live process (a zombie is dead), which a later process with the same pid
 /// does not share.
 fn process_tag(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command's parenthesis: the state (field 3), ..., the start time (field 22).
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    (fields.first() != Some(&"Z")).then(|| format!("{pid}-{}", fields.get(19).copied().unwrap_or("?")))
+    let stat = proc_stat(pid)?;
+    (stat.state != 'Z').then(|| format!("{pid}-{}", stat.starttime))
 }
 
 /// Where the libraries `chaos` links live (the directories of the paths `ldd` prints), each

@@ -99,9 +99,8 @@ fn a_stop_not_yet_landed_when_chaos_is_killed_never_lands() {
     // SAFETY: kill(2) on the target process this test spawned, which is still running.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
     let stop = 1u64 << (libc::SIGSTOP - 1);
-    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the target's status");
-    let pending = proc_status.lines().filter_map(|l| l.strip_prefix("ShdPnd:")).any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & stop != 0));
-    assert!(pending && proc_state(pid) != Some('T'), "the frozen target holds the stop pending: {proc_status}");
+    let shared_pending = proc_status(pid).expect("the target's status").shdpnd;
+    assert!(shared_pending & stop != 0 && proc_state(pid) != Some('T'), "the frozen target holds the stop pending: ShdPnd {shared_pending:#x}");
     chaos.signal(libc::SIGKILL);
     let _ = chaos.finish(Duration::from_secs(10));
     let end = Instant::now() + Duration::from_secs(10);

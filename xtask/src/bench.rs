@@ -132,14 +132,8 @@ fn chaos() -> PathBuf {
 }
 
 fn cgroup2_mount() -> Result<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    info.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mount_point = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .context("no cgroup2 mount")
+    let mounts = procfs::process::Process::myself().and_then(|p| p.mountinfo()).context("reading /proc/self/mountinfo")?;
+    mounts.into_iter().find(|m| m.fs_type == "cgroup2").map(|m| m.mount_point).context("no cgroup2 mount")
 }
 
 /// Runs `chaos workload ARGS` inside `cgroup` and returns its last stdout line as JSON.

@@ -6,10 +6,10 @@ use std::{
     fs::{self, File},
     io::Write,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use flate2::{Compression, write::GzEncoder};
 
 enum Entry {
     Dir,
@@ -73,23 +73,14 @@ impl Archive {
         }
     }
 
-    /// Writes the archive through `gzip -1` to `out` (via a temporary file renamed into place).
+    /// Writes the archive gzip'd at the fastest level (no name or time in the header, so the
+    /// same files give the same bytes) to `out`, via a temporary file renamed into place.
     pub fn write_gz(&self, out: &Path) -> Result<()> {
         let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
-        let mut gzip = Command::new("gzip")
-            .args(["-1", "-n", "-c"])
-            .stdin(Stdio::piped())
-            .stdout(File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?)
-            .spawn()
-            .context("could not start gzip")?;
-        let mut sink = std::io::BufWriter::new(gzip.stdin.take().expect("piped"));
-        let written = self.write_to(&mut sink).and_then(|()| Ok(sink.flush()?));
-        drop(sink);
-        let status = gzip.wait()?;
-        written?;
-        if !status.success() {
-            bail!("gzip failed ({status}) writing {}", tmp.display());
-        }
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut gz = GzEncoder::new(std::io::BufWriter::new(file), Compression::fast());
+        self.write_to(&mut gz)?;
+        gz.finish()?.flush().with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, out).with_context(|| format!("moving {} to {}", tmp.display(), out.display()))
     }
 
