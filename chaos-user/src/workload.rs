@@ -636,7 +636,7 @@ impl Stamps {
             self.delays_ns[i] as f64 / 1e6
         };
         // Runs of consecutive missing sequence numbers below the highest received: the loss
-        // bursts (on a path that does not reorder).
+        // bursts, whatever order the datagrams arrived in.
         let mut seqs: Vec<u64> = self.seen.iter().copied().collect();
         seqs.sort_unstable();
         let mut bursts = 0u64;

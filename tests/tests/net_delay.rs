@@ -319,14 +319,20 @@ fn delay_shaping_and_reorder_end_at_their_deadline_even_with_chaos_frozen() {
     sleep_past(started, lifetime);
     // The same ports: each rule would still act on its own port's datagrams if it outlived its
     // deadline.
+    // (What arrives is not counted: a stalled emulated guest lost 4 of 100 datagrams of a round
+    // after the deadline once, with no fault of chaos's live; the kernel's counts below say
+    // whether a rule took any.)
     for (flags, port) in &ports {
         let after = small_round(&sb, *port);
-        assert_eq!(after["unique"], 100, "net {flags:?}: {after}");
+        assert!(after["unique"].as_u64().unwrap_or(0) > 0, "net {flags:?}: {after}");
         assert_eq!(after["reordered"], 0, "net {flags:?}: the fault outlived its deadline with chaos frozen: {after}");
         assert!(delay_ms(&after, "max") < 100.0, "net {flags:?}: the fault outlived its deadline with chaos frozen: {after}");
     }
     chaos.signal(libc::SIGCONT);
-    chaos.json(Duration::from_secs(30));
+    let summary = chaos.json(Duration::from_secs(30));
+    for (i, (flags, _)) in ports.iter().enumerate() {
+        assert_eq!(counter(&summary, i, "matched"), 100, "net {flags:?} matched the round before its deadline only: {summary}");
+    }
     assert_eq!(sb.client_root_qdisc(), before_qdisc, "the default qdisc is back");
 }
 
@@ -508,14 +514,19 @@ fn a_device_brought_up_during_the_session_gets_fq_then() {
     let redirect = ["action", "mirred", "egress", "redirect", "dev", &ifb];
     sb.client_tc(&[&["filter", "add", "dev", &sb.client_dev, "egress", "prio", "60000"][..], &every_packet, &redirect].concat());
     let ifb_root = || root_qdisc_line(&sb.client_qdiscs(), &ifb);
+    // The kernel's default (pfifo_fast, or fq_codel on Debian's kernels) for an ifb as it comes
+    // up, from a twin brought up before chaos starts (a read after the device comes up can come
+    // after chaos's refresh in a stalled emulated guest).
+    let twin = format!("{}v", sb.client_dev);
+    ip(&["-n", &sb.client_ns, "link", "add", &twin, "type", "ifb"]);
+    ip(&["-n", &sb.client_ns, "link", "set", &twin, "up"]);
+    let default = root_qdisc_line(&sb.client_qdiscs(), &twin).replacen(&format!(" dev {twin} "), &format!(" dev {ifb} "), 1);
+    ip(&["-n", &sb.client_ns, "link", "del", &twin]);
 
     let chaos = start_chaos(&delay_args(&sb, &["--delay", "1s"]));
     assert!(!ifb_root().starts_with("qdisc fq "), "a device that is down gets no fq: {}", ifb_root());
     ip(&["-n", &sb.client_ns, "link", "set", &ifb, "up"]);
     let up = Instant::now();
-    // The kernel's default (pfifo_fast, or fq_codel on Debian's kernels) as it came up.
-    let default = ifb_root();
-    assert!(!default.starts_with("qdisc fq c"), "read before chaos's refresh: {default}");
     while !ifb_root().starts_with("qdisc fq c") && up.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -21,7 +21,10 @@ fn udp_round(sb: &Sandbox, port: u16, n: u64) -> Value {
     assert_eq!(sent["errors"], 0, "{sent}");
     let got = sink.json(T);
     assert_eq!(got["rcvbuf_errors"], 0, "the sink's buffer overflowed: {got}");
-    assert_eq!(got["reordered"], 0, "bursts are counted from sequence gaps: {got}");
+    // Arrival order is not asserted: the kernel draws in the order the sender sends (the TC
+    // program runs in the sending thread), and the sink counts bursts from the sorted sequence
+    // numbers. A veth can still reorder, when the sender moves between CPUs and its datagrams
+    // wait in two CPUs' backlogs: a stalled TCG guest reordered 143 of 64,000 in one CI run.
     got
 }
 
