@@ -110,6 +110,9 @@ pub const TASK_TGID_OFFSET_GLOBAL: &str = "TASK_TGID_OFFSET";
 /// `kernfs_node.id`, `cgroup.level`, the cgroup's array of ancestors by level, and 1 where that
 /// array holds ids (`ancestor_ids`, before 6.2) rather than cgroups (`ancestors`).
 pub const SOCK_CGROUP_KNOWN_GLOBAL: &str = "SOCK_CGROUP_KNOWN";
+/// Name of the global holding the bit offset of `ip_summed` (two bits) in `struct sk_buff`
+/// (kernel BTF), or `u32::MAX` where the BTF does not say: a corrupted packet's checksum state.
+pub const SKB_IP_SUMMED_BIT_GLOBAL: &str = "SKB_IP_SUMMED_BIT";
 pub const SOCK_CGROUP_OFFSET_GLOBALS: [&str; 6] = [
     "SOCK_CGROUP_OFFSET",
     "CGROUP_KN_OFFSET",
@@ -400,9 +403,15 @@ pub struct Counters {
     /// Selected packets marked Congestion Experienced instead of dropped (`net.drop --ecn`): not
     /// counted as injected.
     pub marked: u64,
+    /// Injected packets a receiver's checksum will not catch (`net.corrupt`): sent with the
+    /// checksum left to the device (`CHECKSUM_PARTIAL`: it is computed after the change), or
+    /// received with it already checked (`CHECKSUM_PARTIAL` from a local peer, or
+    /// `CHECKSUM_UNNECESSARY`). The change reaches the application; the rest of the injected
+    /// are dropped by the receiver's check, as a wire's corruption would be.
+    pub checksum_offloaded: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Counters>() == 96);
+const _: () = assert!(core::mem::size_of::<Counters>() == 104);
 
 impl Counters {
     /// Adds another CPU's counters.
@@ -419,6 +428,7 @@ impl Counters {
         self.capped += o.capped;
         self.fragments += o.fragments;
         self.marked += o.marked;
+        self.checksum_offloaded += o.checksum_offloaded;
     }
 
     /// The counters the kernel keeps (summed or not), with each event's first segment counted in

@@ -467,6 +467,14 @@ pub fn marked(i: u32) {
     }
 }
 
+/// Counts a packet rule `i` changed whose checksum the receiver will not check against the change.
+#[inline(always)]
+pub fn checksum_offloaded(i: u32) {
+    if let Ok(c) = counters(i) {
+        add(&mut c.checksum_offloaded, 1);
+    }
+}
+
 /// Counts a later IP fragment that followed its datagram's fate under rule `i`.
 #[inline(always)]
 pub fn fragment_followed(i: u32) {

@@ -100,3 +100,15 @@ pub fn sock_cgroup_offsets() -> Option<[u64; 6]> {
         ])
     }
 }
+
+/// The bit offset of `ip_summed` (two bits) in the kernel's `struct sk_buff`, from its BTF, or
+/// `u32::MAX` where the BTF does not say (`chaos_common::SKB_IP_SUMMED_BIT_GLOBAL`).
+#[unsafe(no_mangle)]
+static SKB_IP_SUMMED_BIT: u32 = u32::MAX;
+
+#[inline(always)]
+pub fn skb_ip_summed_bit() -> Option<u32> {
+    // SAFETY: as in `log_packets`.
+    let bit = unsafe { core::ptr::read_volatile(&SKB_IP_SUMMED_BIT) };
+    (bit != u32::MAX).then_some(bit)
+}

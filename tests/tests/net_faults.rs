@@ -87,17 +87,40 @@ fn corrupt_flips_payload_bits_that_the_receiver_sees_or_loses() {
     let chaos = fault(&sb, &["net", "corrupt", "--percent", "30", "--proto", "udp"]);
     let (_, got) = udp_round(&sb, Place::Target, 5404, 256);
     let (_, bystander) = udp_round(&sb, Place::Bystander, 5405, 256);
-    corrupted_as_counted(&stop_chaos(chaos), &got, &bystander);
+    // A veth leaves the checksum to the device: every changed datagram reaches the application.
+    let summary = stop_chaos(chaos);
+    assert_eq!(counter(&summary, 0, "corrupted_checksum_offloaded"), counter(&summary, 0, "corrupted"), "{summary}");
+    corrupted_as_counted(&summary, &got, &bystander);
 }
 
-/// What a 30% corrupt rule's target received (`got`) agrees with the kernel's count, and the
+#[test]
+fn corrupt_of_a_datagram_checksummed_before_chaos_is_lost_as_on_a_wire() {
+    // A datagram larger than the veth's MTU (1500) leaves in fragments, whose UDP checksum the
+    // stack computes itself, before TC: the receiver's check then drops every corrupted one, and
+    // the kernel counts none as offloaded.
+    let sb = Sandbox::new();
+    let chaos = fault(&sb, &["net", "corrupt", "--percent", "30", "--proto", "udp"]);
+    let (_, got) = udp_round(&sb, Place::Target, 5415, 2000);
+    let (_, bystander) = udp_round(&sb, Place::Bystander, 5416, 2000);
+    let summary = stop_chaos(chaos);
+    assert_eq!(counter(&summary, 0, "corrupted_checksum_offloaded"), 0, "{summary}");
+    assert_eq!(n(&got, "corrupted"), 0, "a corrupted datagram passed the receiver's checksum: {got}");
+    corrupted_as_counted(&summary, &got, &bystander);
+}
+
+/// What a 30% corrupt rule's target received (`got`) agrees with the kernel's counts, and the
 /// bystander's datagrams arrived intact. Each corrupted datagram either reached the application
-/// with the flipped bit (the checksum was left to the device, as on a veth) or was dropped by the
-/// receiver's checksum check.
+/// with the flipped bit, as the kernel counted it (its checksum was left to the device, as on a
+/// veth, or was checked before chaos changed it), or was dropped by the receiver's checksum check.
 fn corrupted_as_counted(summary: &Value, got: &Value, bystander: &Value) {
     let corrupted = counter(summary, 0, "corrupted");
+    let offloaded = counter(summary, 0, "corrupted_checksum_offloaded");
     let (received, bad) = (n(got, "received"), n(got, "corrupted"));
-    assert_eq!(bad + (N - received), corrupted, "seen corrupted {bad}, lost {}, kernel corrupted {corrupted}", N - received);
+    assert_eq!(
+        (bad, N - received),
+        (offloaded, corrupted - offloaded),
+        "seen corrupted and lost; the kernel's corrupted {corrupted}, of which {offloaded} past the checksum"
+    );
     assert!(within_sigma(corrupted, N, 0.3), "{corrupted} of {N} corrupted; expected 30%");
     assert_eq!(n(got, "unique") + bad, received, "every other datagram arrived intact");
     assert_eq!((n(bystander, "received"), n(bystander, "corrupted")), (N, 0), "a bystander's packet was corrupted");
@@ -128,8 +151,10 @@ fn ingress_corrupt_changes_received_payloads_before_the_receiver_checks_them() {
     let got = udp_round_to(&sb, Place::Target, 5409, 256);
     let bystander = udp_round_to(&sb, Place::Bystander, 5410, 256);
     // From a veth peer the checksum is left unchecked, so every changed datagram reaches the
-    // application.
-    corrupted_as_counted(&stop_chaos(chaos), &got, &bystander);
+    // application, and the kernel counts each as offloaded.
+    let summary = stop_chaos(chaos);
+    assert_eq!(counter(&summary, 0, "corrupted_checksum_offloaded"), counter(&summary, 0, "corrupted"), "{summary}");
+    corrupted_as_counted(&summary, &got, &bystander);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, __sk_buff},
     helpers::{
         bpf_redirect,
-        generated::{bpf_clone_redirect, bpf_l3_csum_replace, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_set_tstamp, bpf_skb_store_bytes},
+        generated::{bpf_clone_redirect, bpf_l3_csum_replace, bpf_probe_read_kernel, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_set_tstamp, bpf_skb_store_bytes},
     },
     macros::{classifier, map},
     maps::{HashMap, PerCpuArray},
@@ -31,8 +31,8 @@ use super::{
     parse::{self, NetworkHeader},
 };
 use crate::{
-    engine::{Segs, count_error, draw, flow_stalled, fragment_followed, injected, marked, now, paced, rules_for, sent_at_once},
-    globals::{log_packets, uses},
+    engine::{Segs, checksum_offloaded, count_error, draw, flow_stalled, fragment_followed, injected, marked, now, paced, rules_for, sent_at_once},
+    globals::{log_packets, skb_ip_summed_bit, uses},
 };
 
 /// "No opinion": the next program or filter decides (tcx `TCX_NEXT`, cls_bpf `TC_ACT_UNSPEC`).
@@ -214,7 +214,7 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             Ok(NEXT)
         }
         Some((i, Action::NetCorrupt, r)) => {
-            corrupt(skb, nh, &pkt, i, r, len)?;
+            corrupt(skb, nh, &pkt, i, r, len, false)?;
             remember(&pkt, 0);
             Ok(NEXT)
         }
@@ -228,9 +228,10 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
 }
 
 /// Flips one random bit of the payload of `pkt` (`len` bytes long, headers `nh`) for rule `i`,
-/// where it has one. Shared by both directions.
+/// where it has one, and counts apart a packet whose checksum will not catch the change. Shared by
+/// both directions (`received`: at ingress).
 #[inline(always)]
-pub(super) fn corrupt(skb: *mut __sk_buff, nh: NetworkHeader, pkt: &Packet, i: u32, r: &Rule, len: u64) -> Result<(), KernelError> {
+pub(super) fn corrupt(skb: *mut __sk_buff, nh: NetworkHeader, pkt: &Packet, i: u32, r: &Rule, len: u64, received: bool) -> Result<(), KernelError> {
     let net = match nh {
         NetworkHeader::At(l2) => l2,
         // Devices without a link-layer header: the packet starts at the network header.
@@ -239,17 +240,40 @@ pub(super) fn corrupt(skb: *mut __sk_buff, nh: NetworkHeader, pkt: &Packet, i: u
     let payload = parse::payload_offset(skb, pkt)?;
     if let Some((offset, bit)) = corrupt_bit(payload, (len as u32).saturating_sub(net), draw(i, r)) {
         let flipped = parse::byte_at(skb, offset)? ^ bit;
+        let summed = ip_summed(skb);
         // SAFETY: the context the kernel passed in; the helper copies one byte from the stack into
         // the packet (making that part of it writable first). No checksum update: see
         // docs/design.md, "Corruption and checksums".
         let r = unsafe { bpf_skb_store_bytes(skb.cast(), net + offset, (&raw const flipped).cast(), 1, 0) };
         if r == 0 {
             injected(i, Segs::One, len);
+            // Sent: the device (or the stack's fallback) computes the checksum over the changed
+            // payload. Received: the stack takes the checksum as checked and looks no further.
+            if summed == Some(CHECKSUM_PARTIAL) || (received && summed == Some(CHECKSUM_UNNECESSARY)) {
+                checksum_offloaded(i);
+            }
         } else {
             count_error(KernelError::PacketWrite);
         }
     }
     Ok(())
+}
+
+/// `skb->ip_summed` values (include/linux/skbuff.h).
+const CHECKSUM_UNNECESSARY: u8 = 1;
+const CHECKSUM_PARTIAL: u8 = 3;
+
+/// The packet's `ip_summed` (whether its checksum is computed, left to the device, or checked),
+/// read from the kernel's `sk_buff` at the bit the loader found in the BTF; None where unknown.
+#[inline(always)]
+fn ip_summed(skb: *mut __sk_buff) -> Option<u8> {
+    let bit = skb_ip_summed_bit()?;
+    let mut byte = 0u8;
+    // SAFETY: a TC program's context is the kernel's `sk_buff` itself (`__sk_buff` is the view
+    // whose field accesses the verifier rewrites), and the offset lies inside it (from the BTF);
+    // the helper copies that one byte to the stack, failing rather than faulting.
+    let r = unsafe { bpf_probe_read_kernel((&raw mut byte).cast(), 1, skb.cast::<u8>().wrapping_add((bit / 8) as usize).cast()) };
+    (r == 0).then_some((byte >> (bit % 8)) & 3)
 }
 
 /// Sends the packet at `departs` (CLOCK_MONOTONIC ns), which sch_fq holds it until, charged to

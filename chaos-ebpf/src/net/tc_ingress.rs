@@ -137,7 +137,7 @@ fn try_ingress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
             Ok(NEXT)
         }
         Some((i, Action::NetCorrupt, r)) => {
-            corrupt(skb, nh, &pkt, i, r, len)?;
+            corrupt(skb, nh, &pkt, i, r, len, true)?;
             Ok(NEXT)
         }
         // `drop --ecn`: other drop rules act at cgroup_skb/ingress.

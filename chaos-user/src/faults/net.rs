@@ -29,7 +29,12 @@ pub struct PercentAction {
     pub verb: &'static str,
     /// The report's names for the count, the wire segments and the bytes of the packets it acted on.
     pub counters: [&'static str; 3],
+    /// Counters of its own, by their names in the report.
+    pub more: &'static [NamedCounter],
 }
+
+/// A counter by its name in a report, and how to read it.
+pub type NamedCounter = (&'static str, fn(&Counters) -> u64);
 
 /// The flags of a [`PercentAction`] fault.
 #[derive(Args, Debug)]
@@ -85,7 +90,9 @@ impl Fault for PercentFault {
 
     fn report(&self, c: &Counters) -> Vec<(&'static str, u64)> {
         let [n, segs, bytes] = self.what.counters;
-        vec![(n, c.injected), (segs, c.injected_segs), (bytes, c.injected_bytes)]
+        let mut report = vec![(n, c.injected), (segs, c.injected_segs), (bytes, c.injected_bytes)];
+        report.extend(self.what.more.iter().map(|(name, read)| (*name, read(c))));
+        report
     }
 
     fn netns(&self) -> &[PathBuf] {

@@ -18,6 +18,9 @@ static WHAT: PercentAction = PercentAction {
     action: Action::NetCorrupt,
     verb: "corrupt one bit in",
     counters: ["corrupted", "corrupted_segs", "corrupted_bytes"],
+    // Of the corrupted, those whose checksum will not catch the change: they reach the
+    // application, and the rest are dropped by the receiver's check.
+    more: &[("corrupted_checksum_offloaded", |c| c.checksum_offloaded)],
 };
 
 fn command() -> clap::Command {
@@ -27,8 +30,10 @@ fn command() -> clap::Command {
             "On devices that leave the checksum to the hardware (veth, lo and most NICs: the kernel \
              computes it after chaos, or never), the corrupted payload reaches the receiving \
              application; where the checksum was already computed, the receiver's check drops the \
-             packet as it would a corrupted frame. One GSO packet is one decision: one bit in up to \
-             64 KB. With --direction ingress (or both), received TCP and UDP packets of the \
+             packet as it would a corrupted frame. The summary counts the first kind apart \
+             (corrupted_checksum_offloaded: the checksum was left to the device, or was already \
+             checked as received); the receiver drops the rest. One GSO packet is one decision: \
+             one bit in up to 64 KB. With --direction ingress (or both), received TCP and UDP packets of the \
              target's sockets are changed at the device's ingress, before the receiver's checksum \
              check: a packet whose checksum the sender's device left unchecked (a local veth peer) \
              reaches the application changed.\n\n\

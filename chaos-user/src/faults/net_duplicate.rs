@@ -19,6 +19,7 @@ static WHAT: PercentAction = PercentAction {
     action: Action::NetDuplicate,
     verb: "duplicate",
     counters: ["duplicated", "duplicated_segs", "duplicated_bytes"],
+    more: &[],
 };
 
 fn command() -> clap::Command {

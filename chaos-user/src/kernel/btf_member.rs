@@ -38,6 +38,26 @@ pub fn member_offset(btf: &[u8], strukt: &str, member: &str) -> Option<u32> {
 
 /// [`member_offset`] of each `(struct, member)`, the BTF indexed once (it is megabytes).
 pub fn member_offsets(btf: &[u8], wanted: &[(&str, &str)]) -> Vec<Option<u32>> {
+    member_bits(btf, wanted).into_iter().map(|m| m.and_then(MemberBits::bytes)).collect()
+}
+
+/// Where a member lies, in bits from the struct's start; `bits` is a bitfield's width, 0 for a
+/// whole member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberBits {
+    pub offset: u32,
+    pub bits: u32,
+}
+
+impl MemberBits {
+    /// The byte offset of a whole member that starts on a byte.
+    fn bytes(self) -> Option<u32> {
+        (self.bits == 0 && self.offset.is_multiple_of(8)).then_some(self.offset / 8)
+    }
+}
+
+/// Where each `(struct, member)` lies, bitfields included, the BTF indexed once.
+pub fn member_bits(btf: &[u8], wanted: &[(&str, &str)]) -> Vec<Option<MemberBits>> {
     let Some(types) = indexed(btf) else { return vec![None; wanted.len()] };
     wanted
         .iter()
@@ -98,26 +118,24 @@ impl Types<'_> {
         Some(((info >> 24) & 0x1f, info & 0xffff > 0))
     }
 
-    /// `member`'s offset in the struct or union `id`, which starts at byte `base`.
-    fn find(&self, id: usize, member: &[u8], base: u32) -> Option<u32> {
+    /// Where `member` lies in the struct or union `id`, which starts at bit `base`.
+    fn find(&self, id: usize, member: &[u8], base: u32) -> Option<MemberBits> {
         let at = *self.at.get(id)?;
         let info = u32_at(self.types, at + 4)?;
         let bitfields = info >> 31 == 1;
         for m in 0..(info & 0xffff) as usize {
             let rec = at + 12 + 12 * m;
             let (name_off, ty, offset) = (u32_at(self.types, rec)?, u32_at(self.types, rec + 4)? as usize, u32_at(self.types, rec + 8)?);
-            // With the kind flag, the offset's low 24 bits are the bit offset.
-            let bits = if bitfields { offset & 0x00ff_ffff } else { offset };
-            if bits % 8 != 0 {
-                continue;
-            }
-            let here = base + bits / 8;
+            // With the kind flag, the offset's low 24 bits are the bit offset and its high 8 the
+            // bitfield's width (0 for a whole member).
+            let (bits, width) = if bitfields { (offset & 0x00ff_ffff, offset >> 24) } else { (offset, 0) };
+            let here = base + bits;
             if name_off == 0 && matches!(self.kind(ty), Some((KIND_STRUCT | KIND_UNION, _))) {
                 if let Some(found) = self.find(ty, member, here) {
                     return Some(found);
                 }
             } else if self.name(name_off)? == member {
-                return Some(here);
+                return Some(MemberBits { offset: here, bits: width });
             }
         }
         None
@@ -138,9 +156,14 @@ pub fn program_offsets() -> ProgramOffsets {
         ("cgroup", "level"),
         ("cgroup", "ancestors"),
         ("cgroup", "ancestor_ids"),
+        ("sk_buff", "ip_summed"),
     ];
-    match member_offsets(btf, &wanted)[..] {
-        [f_path, tgid, sk_cgrp_data, cgroup, kn, id, level, ancestors, ancestor_ids] => ProgramOffsets {
+    let found = member_bits(btf, &wanted);
+    let bytes: Vec<Option<u32>> = found.iter().map(|m| m.and_then(MemberBits::bytes)).collect();
+    match (&bytes[..], found.last()) {
+        (&[f_path, tgid, sk_cgrp_data, cgroup, kn, id, level, ancestors, ancestor_ids, _], Some(ip_summed)) => ProgramOffsets {
+            // Two bits within one byte, as every kernel since 2.6 has it.
+            skb_ip_summed: ip_summed.filter(|m| m.bits == 2 && m.offset % 8 <= 6).map(|m| m.offset),
             f_path,
             tgid,
             sock_cgroup: (|| {
@@ -166,15 +189,20 @@ pub struct ProgramOffsets {
     /// A socket's cgroup (`chaos_common::SOCK_CGROUP_OFFSET_GLOBALS`, in that order): before
     /// 5.15 `sock_cgroup_data` has no `cgroup` member.
     pub sock_cgroup: Option<[u32; 6]>,
+    /// The bit offset of `sk_buff.ip_summed` (two bits: whether the checksum is computed, to be
+    /// computed by the device, or checked), for the corrupt fault's count of what a checksum
+    /// will not catch.
+    pub skb_ip_summed: Option<u32>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A BTF blob with an int and `struct pair { int a; int b; }`, b at byte 4.
+    /// A BTF blob with an int, `struct pair { int a; union { int b; }; }` (b at byte 4) and
+    /// `struct flags { int x:3; int y:2; }` (y at bit 3).
     fn pair() -> Vec<u8> {
-        let strings = b"\0int\0pair\0a\0b\0";
+        let strings = b"\0int\0pair\0a\0b\0flags\0x\0y\0";
         let mut types = Vec::new();
         let mut word = |w: u32| types.extend_from_slice(&w.to_le_bytes());
         // [1] int: name "int", kind INT, size 4, encoding.
@@ -198,6 +226,15 @@ mod tests {
         for w in [12, 1, 0] {
             word(w);
         }
+        // [4] struct flags, with the kind flag: each member's offset holds its width above bit 24.
+        word(14);
+        word((1 << 31) | (4 << 24) | 2);
+        word(1);
+        for (name, ty, bits) in [(20, 1, 3 << 24), (22, 1, (2 << 24) | 3)] {
+            word(name);
+            word(ty);
+            word(bits);
+        }
         let mut btf = Vec::new();
         btf.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         btf.extend_from_slice(&[1, 0]);
@@ -217,6 +254,8 @@ mod tests {
         assert_eq!(member_offset(&btf, "pair", "c"), None);
         assert_eq!(member_offset(&btf, "file", "f_path"), None);
         assert_eq!(member_offset(&btf[..20], "pair", "b"), None, "a cut blob is no answer");
+        assert_eq!(member_bits(&btf, &[("flags", "y"), ("pair", "b")]), [Some(MemberBits { offset: 3, bits: 2 }), Some(MemberBits { offset: 32, bits: 0 })]);
+        assert_eq!(member_offset(&btf, "flags", "x"), None, "a bitfield has no byte offset");
     }
 
     #[test]
@@ -232,5 +271,8 @@ mod tests {
         assert!(sock > 64 && sock % 8 == 0 && kn % 8 == 0 && id % 8 == 0 && level % 4 == 0, "{:?}", o.sock_cgroup);
         // The array of ancestors ends struct cgroup, past its level; this host (6.18) has cgroups.
         assert!(ancestors > level && ancestors % 8 == 0 && ids == 0, "{:?}", o.sock_cgroup);
+        // ip_summed: two bits past the skb's list links and its socket and device pointers.
+        let ip_summed = o.skb_ip_summed.expect("no sk_buff.ip_summed of two bits in the BTF");
+        assert!(ip_summed > 8 * 64 && ip_summed < 8 * 256, "{ip_summed}");
     }
 }

@@ -16,7 +16,7 @@ use aya::{
     util::nr_cpus,
 };
 use chaos_common::{
-    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, FOLLOW_OPEN_FILES_PROGRAM, FOLLOW_TGIDS_MAP, FLOWS_MAP, HOLDS_MAP, INLINE_RULES_GLOBAL, PACKET_FEATURES_GLOBAL, RING_BUFFER_MAPS, SYSCALL_ONLY_MAPS, MAX_FOLLOW_TGIDS, TASK_TGID_OFFSET_GLOBAL, SOCK_CGROUP_KNOWN_GLOBAL, SOCK_CGROUP_OFFSET_GLOBALS, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
+    Action, CALL_LOG_MAP, FILE_F_PATH_OFFSET_GLOBAL, FOLLOW_OPEN_FILES_PROGRAM, FOLLOW_TGIDS_MAP, FLOWS_MAP, HOLDS_MAP, INLINE_RULES_GLOBAL, PACKET_FEATURES_GLOBAL, RING_BUFFER_MAPS, SYSCALL_ONLY_MAPS, MAX_FOLLOW_TGIDS, TASK_TGID_OFFSET_GLOBAL, SKB_IP_SUMMED_BIT_GLOBAL, SOCK_CGROUP_KNOWN_GLOBAL, SOCK_CGROUP_OFFSET_GLOBALS, COUNTERS_MAP, SYS_RULES_MAP, Counters, ERRORS_MAP, KERNEL_ERROR_KINDS, KERNEL_ERROR_NAMES, LOG_PACKETS_GLOBAL, RULES_MAP, Rule,
     PRNG_MAP, SESSION_MAP, SessionConfig, TARGETS_MAP, TargetRules, feature,
     loss::Prng,
     net::{DELAY_TABLES_MAP, DelayTable},
@@ -140,6 +140,7 @@ impl Kernel {
         let (f_path, tgid) = (offsets.f_path.unwrap_or(0), offsets.tgid.unwrap_or(0));
         let sock_cgroup_known = offsets.sock_cgroup.is_some() as u8;
         let sock_cgroup = offsets.sock_cgroup.unwrap_or_default();
+        let ip_summed = offsets.skb_ip_summed.unwrap_or(u32::MAX);
         loader.override_global(INLINE_RULES_GLOBAL, &INLINE_RULES, true);
         loader.override_global(PACKET_FEATURES_GLOBAL, &needed.features, true);
         for (name, entries) in needed.unused() {
@@ -156,6 +157,7 @@ impl Kernel {
             .override_global(FILE_F_PATH_OFFSET_GLOBAL, &f_path, true)
             .override_global(TASK_TGID_OFFSET_GLOBAL, &tgid, true)
             .override_global(SOCK_CGROUP_KNOWN_GLOBAL, &sock_cgroup_known, true)
+            .override_global(SKB_IP_SUMMED_BIT_GLOBAL, &ip_summed, true)
             .load(KERNEL_OBJECT)
             .map_err(|e| {
             log::debug!("loading the kernel object: {e:?}");
