@@ -248,7 +248,7 @@ pub struct Rule {
     pub seed: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 56 + 48 + 32 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<Rule>() == 40 + 48 + 56 + 56 + 32 + 16 + 8);
 
 /// What of the packet programs a rule uses beyond the rule walk, one bit each: its action's arm,
 /// a loss model that keeps state, ECN marking. A session's kernel object is loaded with the union

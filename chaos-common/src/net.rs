@@ -122,6 +122,10 @@ pub struct NetAction {
     /// been, then the next is sent at once with probability `at_once_ppm` (parts per million).
     pub gap: u32,
     pub at_once_ppm: u32,
+    /// `NetCorrupt`: 1 to flip a bit anywhere from the network header on (`--where any`, as
+    /// netem does: a header's checksum catches most of those); 0: in the payload only.
+    pub headers_too: u32,
+    pub _pad: u32,
 }
 
 /// A flow as the stall fault tracks it, the same from both directions: the rule, the protocol,
@@ -155,7 +159,7 @@ impl FlowKey {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<NetAction>() == 48);
+const _: () = assert!(core::mem::size_of::<NetAction>() == 56);
 
 /// The delay one packet gets: `delay` plus a uniform draw in `-jitter..=+jitter` made from a
 /// random u32, never below zero (netem's uniform jitter). Drawn in microseconds, as

@@ -678,13 +678,13 @@ const FAULTS: [FaultCfg; 4] = [
         read: |v| count(v, "duplicates"),
     },
     FaultCfg {
-        name: "corrupt 10%",
-        chaos: "kind = \"net.corrupt\"\npercent = 10",
+        name: "corrupt 10%, any bit",
+        chaos: "kind = \"net.corrupt\"\npercent = 10\nwhere = \"any\"",
         netem: &["corrupt", "10%"],
         port: 5902,
-        // chaos flips a payload bit that offloaded checksums let through; netem computes the
-        // checksum first and flips any bit, so the receiver's checks drop most of its packets:
-        // both count here.
+        // Both flip any bit. chaos leaves an offloaded checksum to the device, so a payload bit
+        // arrives changed; netem computes the checksum first, so the receiver's check drops most
+        // of its packets: both count here.
         figure: "datagrams corrupted or lost, of 2000",
         read: |v| count(v, "corrupted") + (FAULT_N as f64 - count(v, "unique") - count(v, "corrupted")).max(0.0),
     },

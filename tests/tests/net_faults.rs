@@ -88,9 +88,7 @@ fn corrupt_flips_payload_bits_that_the_receiver_sees_or_loses() {
     let (_, got) = udp_round(&sb, Place::Target, 5404, 256);
     let (_, bystander) = udp_round(&sb, Place::Bystander, 5405, 256);
     // A veth leaves the checksum to the device: every changed datagram reaches the application.
-    let summary = stop_chaos(chaos);
-    assert_eq!(counter(&summary, 0, "corrupted_checksum_offloaded"), counter(&summary, 0, "corrupted"), "{summary}");
-    corrupted_as_counted(&summary, &got, &bystander);
+    corrupted_as_counted(&stop_chaos(chaos), &got, &bystander, true);
 }
 
 #[test]
@@ -102,19 +100,41 @@ fn corrupt_of_a_datagram_checksummed_before_chaos_is_lost_as_on_a_wire() {
     let chaos = fault(&sb, &["net", "corrupt", "--percent", "30", "--proto", "udp"]);
     let (_, got) = udp_round(&sb, Place::Target, 5415, 2000);
     let (_, bystander) = udp_round(&sb, Place::Bystander, 5416, 2000);
+    corrupted_as_counted(&stop_chaos(chaos), &got, &bystander, false);
+}
+
+#[test]
+fn corrupt_anywhere_hits_headers_as_netem_does_and_a_checksum_drops_those_of_ipv4() {
+    // 256-byte payloads over IPv4: 284 bytes from the network header on, 20 of them the IPv4
+    // header, 8 the UDP header. A bit of the IPv4 header fails its checksum at the receiver: lost.
+    // A bit of the payload arrives (the device computes the UDP checksum after chaos): corrupted.
+    // A bit of the UDP header changes a port, the length or the checksum's seed: lost or arrived.
+    let sb = Sandbox::new();
+    let chaos = fault(&sb, &["net", "corrupt", "--percent", "30", "--proto", "udp", "--where", "any"]);
+    let (_, got) = udp_round(&sb, Place::Target, 5417, 256);
     let summary = stop_chaos(chaos);
-    assert_eq!(counter(&summary, 0, "corrupted_checksum_offloaded"), 0, "{summary}");
-    assert_eq!(n(&got, "corrupted"), 0, "a corrupted datagram passed the receiver's checksum: {got}");
-    corrupted_as_counted(&summary, &got, &bystander);
+    let corrupted = counter(&summary, 0, "corrupted");
+    let (lost, bad) = (N - n(&got, "received"), n(&got, "corrupted"));
+    eprintln!("corrupted {corrupted}: arrived corrupted {bad}, lost {lost}");
+    assert!(within_sigma(corrupted, N, 0.3), "{corrupted} of {N} corrupted; expected 30%");
+    assert_eq!(counter(&summary, 0, "corrupted_checksum_offloaded"), corrupted, "a veth computes UDP checksums: {summary}");
+    assert!(within_sigma(bad, corrupted, 256.0 / 284.0), "{bad} of {corrupted} arrived corrupted; the payload's share is 256/284");
+    let sd = |p: f64| (corrupted as f64 * p * (1.0 - p)).sqrt();
+    let (ip, ip_and_udp) = (20.0 / 284.0, 28.0 / 284.0);
+    assert!(lost as f64 >= corrupted as f64 * ip - 4.5 * sd(ip), "lost {lost}: a bit in the IPv4 header is lost");
+    assert!(lost as f64 <= corrupted as f64 * ip_and_udp + 4.5 * sd(ip_and_udp), "lost {lost}: only a header's bit loses the datagram");
+    assert!(bad + lost <= corrupted, "arrived corrupted {bad} and lost {lost} of {corrupted} corrupted");
 }
 
 /// What a 30% corrupt rule's target received (`got`) agrees with the kernel's counts, and the
 /// bystander's datagrams arrived intact. Each corrupted datagram either reached the application
 /// with the flipped bit, as the kernel counted it (its checksum was left to the device, as on a
-/// veth, or was checked before chaos changed it), or was dropped by the receiver's checksum check.
-fn corrupted_as_counted(summary: &Value, got: &Value, bystander: &Value) {
+/// veth, or was checked before chaos changed it), or was dropped by the receiver's checksum check;
+/// `reach`: whether all of them (or none) were to reach it.
+fn corrupted_as_counted(summary: &Value, got: &Value, bystander: &Value, reach: bool) {
     let corrupted = counter(summary, 0, "corrupted");
     let offloaded = counter(summary, 0, "corrupted_checksum_offloaded");
+    assert_eq!(offloaded, if reach { corrupted } else { 0 }, "corrupted {corrupted}, of which past the checksum: {summary}");
     let (received, bad) = (n(got, "received"), n(got, "corrupted"));
     assert_eq!(
         (bad, N - received),
@@ -152,9 +172,7 @@ fn ingress_corrupt_changes_received_payloads_before_the_receiver_checks_them() {
     let bystander = udp_round_to(&sb, Place::Bystander, 5410, 256);
     // From a veth peer the checksum is left unchecked, so every changed datagram reaches the
     // application, and the kernel counts each as offloaded.
-    let summary = stop_chaos(chaos);
-    assert_eq!(counter(&summary, 0, "corrupted_checksum_offloaded"), counter(&summary, 0, "corrupted"), "{summary}");
-    corrupted_as_counted(&summary, &got, &bystander);
+    corrupted_as_counted(&stop_chaos(chaos), &got, &bystander, true);
 }
 
 #[test]

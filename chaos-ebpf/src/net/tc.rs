@@ -228,7 +228,7 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
 }
 
 /// Flips one random bit of the payload of `pkt` (`len` bytes long, headers `nh`) for rule `i`,
-/// where it has one, and counts apart a packet whose checksum will not catch the change. Shared by
+/// where it has one (or of the packet from its network header on), and counts apart a packet whose checksum will not catch the change. Shared by
 /// both directions (`received`: at ingress).
 #[inline(always)]
 pub(super) fn corrupt(skb: *mut __sk_buff, nh: NetworkHeader, pkt: &Packet, i: u32, r: &Rule, len: u64, received: bool) -> Result<(), KernelError> {
@@ -237,8 +237,9 @@ pub(super) fn corrupt(skb: *mut __sk_buff, nh: NetworkHeader, pkt: &Packet, i: u
         // Devices without a link-layer header: the packet starts at the network header.
         NetworkHeader::Unknown => 0,
     };
-    let payload = parse::payload_offset(skb, pkt)?;
-    if let Some((offset, bit)) = corrupt_bit(payload, (len as u32).saturating_sub(net), draw(i, r)) {
+    // `--where any`: from the network header on, as netem (which flips a bit anywhere).
+    let first = if r.net_action.headers_too != 0 { 0 } else { parse::payload_offset(skb, pkt)? };
+    if let Some((offset, bit)) = corrupt_bit(first, (len as u32).saturating_sub(net), draw(i, r)) {
         let flipped = parse::byte_at(skb, offset)? ^ bit;
         let summed = ip_summed(skb);
         // SAFETY: the context the kernel passed in; the helper copies one byte from the stack into

@@ -59,8 +59,11 @@ impl PercentFault {
     /// Builds the fault from its flags ([`PercentArgs`]).
     pub fn build(what: &'static PercentAction, m: &ArgMatches) -> Result<Box<dyn Fault>> {
         let a = PercentArgs::from_arg_matches(m).map_err(|e| usage!("{}", cli::one_line(&e)))?;
-        let filters: NetFilters = a.scope.filters.into();
-        Ok(Box::new(PercentFault { what, ppm: a.percent, filters, netns: a.scope.netns }))
+        Ok(Box::new(PercentFault::new(what, a)))
+    }
+
+    pub fn new(what: &'static PercentAction, a: PercentArgs) -> PercentFault {
+        PercentFault { what, ppm: a.percent, filters: a.scope.filters.into(), netns: a.scope.netns }
     }
 }
 
