@@ -716,7 +716,7 @@ pub fn root_qdisc_line(qdiscs: &str, dev: &str) -> String {
 
 /// A process's state letter from /proc/PID/stat (`T` stopped, `Z` zombie, ...); `None` if it is gone.
 pub fn proc_state(pid: u32) -> Option<char> {
-    Some(proc_stat(pid)?.state)
+    proc_stat(pid).map(|s| s.state)
 }
 
 /// What /proc/PID/stat says of a process; `None` if it is gone.

@@ -83,12 +83,9 @@ fn duplicate_at_100_percent_sends_exactly_two_of_each() {
 
 #[test]
 fn corrupt_flips_payload_bits_that_the_receiver_sees_or_loses() {
-    let sb = Sandbox::new();
-    let chaos = fault(&sb, &["net", "corrupt", "--percent", "30", "--proto", "udp"]);
-    let (_, got) = udp_round(&sb, Place::Target, 5404, 256);
-    let (_, bystander) = udp_round(&sb, Place::Bystander, 5405, 256);
     // A veth leaves the checksum to the device: every changed datagram reaches the application.
-    corrupted_as_counted(&stop_chaos(chaos), &got, &bystander, true);
+    let (summary, got, bystander) = corrupt_sent(5404, 256);
+    corrupted_as_counted(&summary, &got, &bystander, true);
 }
 
 #[test]
@@ -96,11 +93,19 @@ fn corrupt_of_a_datagram_checksummed_before_chaos_is_lost_as_on_a_wire() {
     // A datagram larger than the veth's MTU (1500) leaves in fragments, whose UDP checksum the
     // stack computes itself, before TC: the receiver's check then drops every corrupted one, and
     // the kernel counts none as offloaded.
+    let (summary, got, bystander) = corrupt_sent(5415, 2000);
+    corrupted_as_counted(&summary, &got, &bystander, false);
+}
+
+/// Under a 30% corrupt rule on the target's sent UDP, N datagrams of `size` bytes from the target
+/// (to `port`), then from the bystander (to `port + 1`): the session's summary and the two sinks'
+/// reports.
+fn corrupt_sent(port: u16, size: usize) -> (Value, Value, Value) {
     let sb = Sandbox::new();
     let chaos = fault(&sb, &["net", "corrupt", "--percent", "30", "--proto", "udp"]);
-    let (_, got) = udp_round(&sb, Place::Target, 5415, 2000);
-    let (_, bystander) = udp_round(&sb, Place::Bystander, 5416, 2000);
-    corrupted_as_counted(&stop_chaos(chaos), &got, &bystander, false);
+    let (_, got) = udp_round(&sb, Place::Target, port, size);
+    let (_, bystander) = udp_round(&sb, Place::Bystander, port + 1, size);
+    (stop_chaos(chaos), got, bystander)
 }
 
 #[test]

@@ -228,8 +228,8 @@ fn try_egress(ctx: &TcContext, nh: NetworkHeader) -> Result<i32, KernelError> {
 }
 
 /// Flips one random bit of the payload of `pkt` (`len` bytes long, headers `nh`) for rule `i`,
-/// where it has one (or of the packet from its network header on), and counts apart a packet whose checksum will not catch the change. Shared by
-/// both directions (`received`: at ingress).
+/// where it has one (or of the packet from its network header on), and counts apart a packet
+/// whose checksum will not catch the change. Shared by both directions (`received`: at ingress).
 #[inline(always)]
 pub(super) fn corrupt(skb: *mut __sk_buff, nh: NetworkHeader, pkt: &Packet, i: u32, r: &Rule, len: u64, received: bool) -> Result<(), KernelError> {
     let net = match nh {
